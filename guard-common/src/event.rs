@@ -1,0 +1,89 @@
+//! Kernel → user events and counters.
+
+use crate::{ProcKey, agent::NAME_LEN};
+
+/// Event kinds: stable, gapped ids.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// A process became an agent root at exec.
+    AgentExec = 1,
+    /// A tagged process exec'd (a new program inside an agent tree).
+    TaggedExec = 2,
+    /// A tagged process exited (the whole thread group).
+    TaggedExit = 3,
+}
+
+impl EventKind {
+    pub const fn from_u32(v: u32) -> Option<Self> {
+        match v {
+            1 => Some(Self::AgentExec),
+            2 => Some(Self::TaggedExec),
+            3 => Some(Self::TaggedExit),
+            _ => None,
+        }
+    }
+}
+
+/// Header common to every event.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct EventHeader {
+    pub kind: u32,
+    pub agent_id: u32,
+    /// Boot-time clock, ns.
+    pub time_ns: u64,
+    /// The process the event is about.
+    pub proc: ProcKey,
+    /// Its agent root.
+    pub root: ProcKey,
+    /// Parent tgid at the time of the event.
+    pub ppid: u32,
+    pub uid: u32,
+}
+const _: () = assert!(core::mem::size_of::<EventHeader>() == 56);
+
+/// `AgentExec`, `TaggedExec`, `TaggedExit`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ProcessEvent {
+    pub header: EventHeader,
+    pub comm: [u8; 16],
+    /// Script or module argument that matched (AgentExec of an interpreter), else empty.
+    pub script: [u8; NAME_LEN],
+    /// Exit code (TaggedExit).
+    pub exit_code: i32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<ProcessEvent>() == 112);
+
+/// Per-CPU counters in [`crate::maps::COUNTERS`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// An event could not be reserved in the ring buffer.
+    EventsDropped = 0,
+    /// A tag could not be stored (map full): the tree may have an untagged child.
+    TagInsertFailed = 1,
+    /// A program hit an internal error and did nothing.
+    ProbeErrors = 2,
+    /// Tags copied at fork.
+    Forks = 3,
+    /// Roots recognised at exec.
+    AgentExecs = 4,
+}
+
+pub const COUNTER_NAMES: [&str; 5] = [
+    "events_dropped",
+    "tag_insert_failed",
+    "probe_errors",
+    "forks_tagged",
+    "agent_execs",
+];
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: repr(C), explicit padding, integers only.
+    unsafe impl aya::Pod for super::EventHeader {}
+    unsafe impl aya::Pod for super::ProcessEvent {}
+}

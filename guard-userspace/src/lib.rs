@@ -1,0 +1,8 @@
+//! guard: kernel-enforced containment for AI coding agents.
+//!
+//! The daemon is a set of tasks (loader, policy, events, process tree, API) that talk over
+//! channels; the `guard` binary is a thin CLI over this library.
+
+pub mod paths;
+pub mod policy;
+pub mod probe;

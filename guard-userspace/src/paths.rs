@@ -1,0 +1,33 @@
+//! Every default location, each overridable by a flag and an environment variable.
+
+use std::path::PathBuf;
+
+pub const POLICY: &str = "/etc/guard/policy.yaml";
+pub const SOCKET: &str = "/run/guard/guard.sock";
+pub const BPFFS_ROOT: &str = "/sys/fs/bpf";
+pub const PIN_DIR: &str = "/sys/fs/bpf/guard";
+pub const EVENT_LOG: &str = "/var/log/guard/events.jsonl";
+pub const CGROUP2_CANDIDATES: [&str; 2] = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"];
+
+pub const ENV_POLICY: &str = "GUARD_POLICY";
+pub const ENV_SOCKET: &str = "GUARD_SOCKET";
+pub const ENV_PIN_DIR: &str = "GUARD_PIN_DIR";
+pub const ENV_EVENT_LOG: &str = "GUARD_EVENT_LOG";
+
+/// The locations one daemon (and the CLI talking to it) uses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Paths {
+    pub socket: PathBuf,
+    pub pin_dir: PathBuf,
+    pub event_log: PathBuf,
+}
+
+impl Default for Paths {
+    fn default() -> Self {
+        Self {
+            socket: SOCKET.into(),
+            pin_dir: PIN_DIR.into(),
+            event_log: EVENT_LOG.into(),
+        }
+    }
+}
