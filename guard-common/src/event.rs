@@ -12,6 +12,8 @@ pub enum EventKind {
     TaggedExec = 2,
     /// A tagged process exited (the whole thread group).
     TaggedExit = 3,
+    /// A tagged process forked a new process, which inherited the tag.
+    TaggedFork = 4,
 }
 
 impl EventKind {
@@ -20,6 +22,7 @@ impl EventKind {
             1 => Some(Self::AgentExec),
             2 => Some(Self::TaggedExec),
             3 => Some(Self::TaggedExit),
+            4 => Some(Self::TaggedFork),
             _ => None,
         }
     }
@@ -43,7 +46,8 @@ pub struct EventHeader {
 }
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 56);
 
-/// `AgentExec`, `TaggedExec`, `TaggedExit`.
+/// `AgentExec`, `TaggedExec`, `TaggedExit`, `TaggedFork` (for a fork, `proc` is the child
+/// and `ppid` the parent).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct ProcessEvent {

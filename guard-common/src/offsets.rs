@@ -18,7 +18,10 @@ pub struct KernelOffsets {
     pub mm_arg_start: u32,
     /// `mm_struct.arg_end`
     pub mm_arg_end: u32,
+    /// `task_struct.exit_code`
+    pub task_exit_code: u32,
     /// Non-zero once filled in by the loader; programs do nothing with unset offsets.
     pub valid: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 32);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 40);

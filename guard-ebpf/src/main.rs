@@ -1,5 +1,10 @@
+//! guard's kernel programs. Built for `bpfel-unknown-none` by guard-userspace's build.rs.
 #![no_std]
 #![no_main]
+
+mod kernel;
+mod maps;
+mod probes;
 
 #[cfg(not(test))]
 #[panic_handler]

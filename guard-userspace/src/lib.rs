@@ -3,6 +3,13 @@
 //! The daemon is a set of tasks (loader, policy, events, process tree, API) that talk over
 //! channels; the `guard` binary is a thin CLI over this library.
 
+pub mod api;
+pub mod btf;
+pub mod daemon;
+pub mod events;
+pub mod kernel;
 pub mod paths;
 pub mod policy;
 pub mod probe;
+pub mod render;
+pub mod tags;

@@ -1,1 +1,250 @@
-fn main() {}
+//! `guard`: kernel-enforced containment for AI coding agents.
+
+use std::{
+    io::IsTerminal,
+    os::unix::process::CommandExt,
+    path::PathBuf,
+    process::{Command, ExitCode},
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use guard::{
+    api::{self, DaemonStatus, PsReply, Request, TagReply},
+    daemon::{self, DaemonConfig},
+    kernel, paths,
+    paths::Paths,
+    policy::Policy,
+    probe,
+};
+
+/// Kernel-enforced containment for AI coding agents.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// The daemon's API socket.
+    #[arg(long, global = true, env = paths::ENV_SOCKET, default_value = paths::SOCKET)]
+    socket: PathBuf,
+    /// Directory in bpffs where programs, links and maps are pinned.
+    #[arg(long, global = true, env = paths::ENV_PIN_DIR, default_value = paths::PIN_DIR)]
+    pin_dir: PathBuf,
+    /// The JSON-lines event log.
+    #[arg(long, global = true, env = paths::ENV_EVENT_LOG, default_value = paths::EVENT_LOG)]
+    event_log: PathBuf,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Load the programs, apply the policy, serve the API and write events (root only).
+    Daemon {
+        /// Policy file; the embedded default policy when omitted.
+        #[arg(long, env = paths::ENV_POLICY)]
+        policy: Option<PathBuf>,
+        /// Also write every event to stdout.
+        #[arg(long)]
+        log_stdout: bool,
+        /// Remove every pinned program, link and map, which stops enforcement, and exit.
+        #[arg(long)]
+        uninstall: bool,
+    },
+    /// Start CMD as a tagged agent root. Refuses to start it when the daemon is not enforcing.
+    Run {
+        /// Agent name from the policy's `agents:` list.
+        #[arg(long)]
+        agent: Option<String>,
+        /// The command and its arguments.
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        cmd: Vec<String>,
+    },
+    /// List the tagged process trees.
+    Ps {
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Show the enforcement tier, kernel features, trackers and counters.
+    Status {
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Policy tools.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCmd {
+    /// Validate FILE and print the compiled summary, or the errors with line and column.
+    Check { file: PathBuf },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if !matches!(cli.command, Cmd::Daemon { .. }) {
+        // A CLI piped into `head` should end quietly, not panic on EPIPE. (The daemon keeps
+        // SIGPIPE ignored: a client hanging up must not kill it.)
+        // SAFETY: called before any thread is started.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
+    init_tracing();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("guard: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("GUARD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::io::stderr().is_terminal() {
+        builder.init();
+    } else {
+        builder.json().init();
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let paths = Paths {
+        socket: cli.socket,
+        pin_dir: cli.pin_dir,
+        event_log: cli.event_log,
+    };
+    match cli.command {
+        Cmd::Daemon {
+            policy,
+            log_stdout,
+            uninstall,
+        } => {
+            if uninstall {
+                if !nix::unistd::geteuid().is_root() {
+                    bail!("guard daemon --uninstall must run as root");
+                }
+                let removed = kernel::uninstall(&paths.pin_dir)
+                    .with_context(|| format!("removing {}", paths.pin_dir.display()))?;
+                println!(
+                    "{}: {}",
+                    paths.pin_dir.display(),
+                    if removed {
+                        "removed; guard no longer enforces"
+                    } else {
+                        "nothing pinned"
+                    }
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            rt.block_on(daemon::run(DaemonConfig {
+                policy,
+                paths,
+                log_stdout,
+            }))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Run { agent, cmd } => run_tagged(&paths, agent, cmd),
+        Cmd::Ps { output } => {
+            let reply: PsReply = api::call(&paths.socket, &Request::Ps)?;
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&reply)?),
+                Output::Table => print!("{}", guard::render::ps_tree(&reply.processes)),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Status { output } => status(&paths, output),
+        Cmd::Policy {
+            command: PolicyCmd::Check { file },
+        } => match Policy::load(&file) {
+            Ok(policy) => {
+                for w in policy.warnings() {
+                    eprintln!("warning: {w}");
+                }
+                print!("{}", policy.compile().summary());
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                Ok(ExitCode::FAILURE)
+            }
+        },
+    }
+}
+
+/// Ask the daemon to tag this process, then exec CMD: it starts already tagged.
+fn run_tagged(paths: &Paths, agent: Option<String>, cmd: Vec<String>) -> anyhow::Result<ExitCode> {
+    let reply: TagReply = api::call(&paths.socket, &Request::Tag { agent })
+        .context("refusing to start the command untagged")?;
+    if !reply.enforcing {
+        bail!("the guard daemon is not enforcing; refusing to start the command untagged");
+    }
+    if reply.already_tagged {
+        eprintln!(
+            "guard: already in the tree of agent root {} ({}); it stays the root",
+            reply.root_pid, reply.agent
+        );
+    }
+    let err = Command::new(&cmd[0]).args(&cmd[1..]).exec();
+    eprintln!("guard: cannot run {}: {err}", cmd[0]);
+    Ok(ExitCode::from(127))
+}
+
+fn status(paths: &Paths, output: Output) -> anyhow::Result<ExitCode> {
+    match api::call::<DaemonStatus>(&paths.socket, &Request::Status) {
+        Ok(st) => {
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&st)?),
+                Output::Table => print!(
+                    "{}",
+                    guard::render::status(&st, std::io::stdout().is_terminal())
+                ),
+            }
+            Ok(if st.enforcing {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Err(api::ClientError::Connect { path, source }) => {
+            if !nix::unistd::geteuid().is_root() {
+                bail!(
+                    "the guard daemon is not running ({path}: {source}); run `guard status` as root to probe the kernel"
+                );
+            }
+            let bpffs = paths
+                .pin_dir
+                .parent()
+                .map_or_else(|| PathBuf::from(paths::BPFFS_ROOT), PathBuf::from);
+            let p = probe::probe(&bpffs, true);
+            match output {
+                Output::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "daemon": null,
+                        "enforcing": false,
+                        "pinned_links": kernel::Kernel::pinned_links(&paths.pin_dir),
+                        "probe": p,
+                    }))?
+                ),
+                Output::Table => {
+                    print!("{}", p.render_table(std::io::stdout().is_terminal()));
+                    println!("daemon: not running ({path}: {source})");
+                }
+            }
+            Ok(ExitCode::FAILURE)
+        }
+        Err(e) => Err(e.into()),
+    }
+}

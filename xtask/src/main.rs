@@ -1,1 +1,136 @@
-fn main() {}
+//! `cargo xtask`: set up the eBPF toolchain, build and run guard, and run every test tier.
+//!
+//! ```text
+//! cargo xtask setup                 nightly + rust-src + a bpf-linker matching nightly's LLVM
+//! cargo xtask build [--release]     setup, then build the guard binary
+//! cargo xtask run [--release] [-- ARGS]   build, then exec `guard daemon ARGS` (root)
+//! cargo xtask test [-- EXTRA]       unit tests, then privileged integration tests (root)
+//! cargo xtask fmt-check | lint      rustfmt / clippy, warnings denied
+//! ```
+
+mod setup;
+mod test;
+mod util;
+
+use std::{ffi::OsString, os::unix::process::CommandExt as _, process::ExitCode};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Build, run and test guard", version)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what building guard needs: the nightly toolchain, rust-src and a bpf-linker
+    /// built against nightly's LLVM (cached; fast when everything is present).
+    Setup,
+    /// Set up, then `cargo build -p guard-userspace`; prints the binary's path.
+    Build {
+        /// Build with the release profile.
+        #[arg(long)]
+        release: bool,
+    },
+    /// Build, then exec `guard daemon ARGS…` (needs root).
+    Run {
+        /// Build and run the release binary.
+        #[arg(long)]
+        release: bool,
+        /// Arguments for `guard daemon` (after `--`).
+        #[arg(last = true)]
+        args: Vec<OsString>,
+    },
+    /// Unit tests, then the privileged integration tests against the running kernel (needs root).
+    Test {
+        /// Extra arguments for the integration test harness (after `--`), e.g. a test name filter.
+        #[arg(last = true)]
+        extra: Vec<OsString>,
+    },
+    /// `cargo fmt --check`.
+    FmtCheck,
+    /// `cargo clippy --all-targets -- -D warnings`.
+    Lint,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli.cmd) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("\nerror: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cmd: Cmd) -> Result<()> {
+    match cmd {
+        Cmd::Setup => setup::setup().map(drop),
+        Cmd::Build { release } => {
+            setup::setup()?;
+            let bin = build(release)?;
+            println!("{}", bin.display());
+            Ok(())
+        }
+        Cmd::Run { release, args } => run(release, args),
+        Cmd::Test { extra } => test::test(&extra),
+        Cmd::FmtCheck => util::run(
+            util::cargo().args(["fmt", "--check"]),
+            "run `cargo fmt` and commit the result",
+        )
+        .context("fmt-check failed"),
+        Cmd::Lint => util::run(
+            util::cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]),
+            "fix the warnings above (or run `cargo clippy --fix`)",
+        )
+        .context("lint failed"),
+    }
+}
+
+/// `cargo build -p guard-userspace [--release]`; returns the guard binary's path.
+fn build(release: bool) -> Result<std::path::PathBuf> {
+    let mut cmd = util::cargo();
+    cmd.args(["build", "-p", "guard-userspace", "--bin", "guard"]);
+    if release {
+        cmd.arg("--release");
+    }
+    util::run(
+        &mut cmd,
+        "fix the compiler errors above; for eBPF build errors check `cargo xtask setup`",
+    )
+    .context("build step (cargo build -p guard-userspace) failed")?;
+    let bin = util::guard_bin(release);
+    if !bin.is_file() {
+        bail!(
+            "build step: cargo succeeded but {} does not exist (is the target directory \
+             configured somewhere xtask does not look?)",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+fn run(release: bool, args: Vec<OsString>) -> Result<()> {
+    if !util::is_root() {
+        bail!(
+            "`guard daemon` needs root: it loads eBPF programs and attaches them to cgroups\n  \
+             what to do: sudo -E env \"PATH=$PATH\" cargo xtask run{} -- …",
+            if release { " --release" } else { "" }
+        );
+    }
+    setup::setup()?;
+    let bin = build(release)?;
+    let mut cmd = std::process::Command::new(&bin);
+    cmd.arg("daemon").args(&args);
+    println!("exec {}", util::show(&cmd));
+    // exec replaces this process, so signals (Ctrl-C, SIGTERM) go straight to guard.
+    let err = cmd.exec();
+    Err(err).with_context(|| format!("run step: cannot exec {}", bin.display()))
+}

@@ -99,15 +99,33 @@ pub fn cache_dir() -> PathBuf {
     base.join("guard").join("toolchain")
 }
 
+/// Where [`locate_bpf_linker`] found a bpf-linker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkerSource {
+    /// Named by `$GUARD_BPF_LINKER`.
+    Env,
+    /// Built by `cargo xtask setup` for the current nightly.
+    Cached,
+    /// Found on PATH; its LLVM may not match the nightly's.
+    Path,
+}
+
 /// The bpf-linker to use: `$GUARD_BPF_LINKER`, the one cached for the current nightly, or one
 /// on PATH, in that order.
 pub fn find_bpf_linker(nightly: &Nightly) -> Option<PathBuf> {
+    locate_bpf_linker(nightly).map(|(path, _)| path)
+}
+
+/// Like [`find_bpf_linker`], and also says where the linker came from.
+pub fn locate_bpf_linker(nightly: &Nightly) -> Option<(PathBuf, LinkerSource)> {
     if let Some(p) = env::var_os(BPF_LINKER_ENV) {
-        return Some(PathBuf::from(p));
+        return Some((PathBuf::from(p), LinkerSource::Env));
     }
     let cached = nightly.bpf_linker();
     if cached.is_file() {
-        return Some(cached);
+        return Some((cached, LinkerSource::Cached));
     }
-    which::which("bpf-linker").ok()
+    which::which("bpf-linker")
+        .ok()
+        .map(|p| (p, LinkerSource::Path))
 }

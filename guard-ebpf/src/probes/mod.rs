@@ -1,0 +1,2 @@
+//! Programs grouped by concern.
+pub mod process;

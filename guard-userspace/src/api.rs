@@ -1,0 +1,154 @@
+//! The daemon's API: JSON lines over a unix stream socket.
+//!
+//! The socket is world-connectable so that any user can ask to be contained: the only
+//! state-changing call, `tag`, tags the *calling* process (identified by `SO_PEERCRED`, never
+//! by an argument), only ever adds a tag, and never changes the root of a tagged process.
+//! Tagging yourself only takes rights away, so anyone may ask for it; nothing may untag.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    os::unix::net::UnixStream,
+    path::Path,
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::tags::TaggedProc;
+
+/// A request, one JSON object per line.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "op", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Request {
+    Status,
+    Ps,
+    /// Tag the calling process as an agent root (`guard run`).
+    Tag {
+        agent: Option<String>,
+    },
+}
+
+/// A reply: `{"ok": true, …}` or `{"ok": false, "error": "…"}`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Reply<T> {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default = "Option::default", skip_serializing_if = "Option::is_none")]
+    pub data: Option<T>,
+}
+
+impl<T> Reply<T> {
+    pub fn ok(data: T) -> Self {
+        Self {
+            ok: true,
+            error: None,
+            data: Some(data),
+        }
+    }
+    pub fn err(error: impl Into<String>) -> Self {
+        Self {
+            ok: false,
+            error: Some(error.into()),
+            data: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TagReply {
+    /// Whether the daemon's trackers (and rules) are attached: `guard run` refuses otherwise.
+    pub enforcing: bool,
+    pub agent: String,
+    pub root_pid: u32,
+    pub root_start_ns: u64,
+    /// The caller was already in an agent tree and keeps its original root.
+    pub already_tagged: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PsReply {
+    pub processes: Vec<TaggedProc>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DaemonStatus {
+    pub daemon_pid: u32,
+    pub enforcing: bool,
+    pub tier: String,
+    pub policy: String,
+    pub policy_generation: u64,
+    pub trackers: Vec<String>,
+    pub tagged_processes: usize,
+    pub counters: Vec<(String, u64)>,
+    pub probe: serde_json::Value,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("the guard daemon is not running (cannot connect to {path}: {source})")]
+    Connect {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("talking to the guard daemon at {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the guard daemon sent a reply that could not be read: {0}")]
+    Decode(#[source] serde_json::Error),
+    #[error("the guard daemon refused: {0}")]
+    Refused(String),
+}
+
+/// Send one request and read one reply.
+pub fn call<T: for<'de> Deserialize<'de>>(socket: &Path, req: &Request) -> Result<T, ClientError> {
+    let path = socket.display().to_string();
+    let mut stream = UnixStream::connect(socket).map_err(|source| ClientError::Connect {
+        path: path.clone(),
+        source,
+    })?;
+    let io = |source| ClientError::Io {
+        path: path.clone(),
+        source,
+    };
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(io)?;
+    let mut line = serde_json::to_string(req).map_err(ClientError::Decode)?;
+    line.push('\n');
+    stream.write_all(line.as_bytes()).map_err(io)?;
+    let mut reply = String::new();
+    BufReader::new(&stream).read_line(&mut reply).map_err(io)?;
+    let reply: Reply<T> = serde_json::from_str(&reply).map_err(ClientError::Decode)?;
+    match (reply.ok, reply.data) {
+        (true, Some(data)) => Ok(data),
+        _ => Err(ClientError::Refused(
+            reply.error.unwrap_or_else(|| "no reason given".into()),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_wire_format() {
+        let tag = Request::Tag {
+            agent: Some("claude-code".into()),
+        };
+        assert_eq!(
+            serde_json::to_string(&tag).unwrap(),
+            r#"{"op":"tag","agent":"claude-code"}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"op":"ps"}"#).unwrap(),
+            Request::Ps
+        );
+        assert!(serde_json::from_str::<Request>(r#"{"op":"untag","pid":1}"#).is_err());
+    }
+}

@@ -1,0 +1,367 @@
+//! `guard daemon`: load and pin the programs, apply the policy, seed the tag map, serve the
+//! API and write events. Start-up is race-free: attach trackers → install agents → seed from
+//! `/proc` (to a fixpoint) → serve.
+
+use std::{
+    os::unix::fs::PermissionsExt,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+};
+
+use guard_common::agent::trim_nul;
+use tokio::{
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader, unix::AsyncFd},
+    net::{UnixListener, UnixStream},
+    signal::unix::{SignalKind, signal},
+};
+use tracing::{error, info, warn};
+
+use crate::{
+    api::{self, DaemonStatus, PsReply, Reply, Request, TagReply},
+    btf,
+    events::{self, Clock, EventLog},
+    kernel::{Kernel, KernelError},
+    paths::Paths,
+    policy::{CompiledPolicy, Policy, PolicyError},
+    probe::{self, Probe},
+    tags::{self, AgentNames, AgentSpec, ProcInfo, TagError},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(
+        "guard daemon must run as root (it loads eBPF programs and pins them in bpffs); run it with sudo"
+    )]
+    NotRoot,
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error("bpffs: {0}")]
+    Bpffs(#[from] probe::ProbeError),
+    #[error("this kernel lacks features guard needs: {0}")]
+    MissingFeatures(String),
+    #[error(transparent)]
+    Btf(#[from] btf::BtfError),
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+    #[error(transparent)]
+    Tags(#[from] TagError),
+    #[error("another guard daemon (pid {0}) is serving {1}")]
+    AlreadyRunning(u32, String),
+    #[error("API socket {path}: {source}")]
+    Socket {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("event log {path}: {source}")]
+    EventLog {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("signal handler: {0}")]
+    Signal(#[source] std::io::Error),
+}
+
+pub struct DaemonConfig {
+    pub policy: Option<PathBuf>,
+    pub paths: Paths,
+    pub log_stdout: bool,
+}
+
+/// Agents as the kernel maps them: ids start at 1 (0 is `guard run` without `--agent`).
+pub fn agent_specs(policy: &CompiledPolicy) -> Vec<AgentSpec> {
+    let text =
+        |k: &guard_common::agent::NameKey| String::from_utf8_lossy(trim_nul(&k.bytes)).into_owned();
+    policy
+        .agents
+        .iter()
+        .map(|a| AgentSpec {
+            id: a.id + 1,
+            name: a.name.clone(),
+            executables: a.executables.iter().map(text).collect(),
+            scripts: a.scripts.iter().map(text).collect(),
+        })
+        .collect()
+}
+
+struct State {
+    kernel: Kernel,
+    names: AgentNames,
+    policy_name: String,
+    generation: u64,
+    probe: Probe,
+    enforcing: bool,
+}
+
+type Shared = Arc<Mutex<State>>;
+
+pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err(DaemonError::NotRoot);
+    }
+    let policy = match &cfg.policy {
+        Some(path) => Policy::load(path)?,
+        None => Policy::embedded_default(),
+    };
+    let compiled = policy.compile();
+    let origin = cfg
+        .policy
+        .as_ref()
+        .map_or("embedded default".to_string(), |p| p.display().to_string());
+    info!(policy = %compiled.name, %origin, "policy parsed");
+
+    if let Ok(status) = api::call::<DaemonStatus>(&cfg.paths.socket, &Request::Status) {
+        return Err(DaemonError::AlreadyRunning(
+            status.daemon_pid,
+            cfg.paths.socket.display().to_string(),
+        ));
+    }
+
+    let bpffs_root = cfg
+        .paths
+        .pin_dir
+        .parent()
+        .map_or_else(|| PathBuf::from(crate::paths::BPFFS_ROOT), PathBuf::from);
+    if probe::ensure_bpffs(&bpffs_root)? {
+        info!(path = %bpffs_root.display(), "mounted bpffs");
+    }
+    let probe = probe::probe(&bpffs_root, true);
+    let missing: Vec<String> = probe
+        .missing_required()
+        .iter()
+        .map(|f| format!("{} ({})", f.name, f.detail))
+        .collect();
+    if !missing.is_empty() {
+        return Err(DaemonError::MissingFeatures(missing.join(", ")));
+    }
+    info!(tier = ?probe.tier, kernel = %probe.kernel_release, "kernel probed");
+
+    let offsets = btf::kernel_offsets(std::path::Path::new(btf::VMLINUX_BTF))?;
+    let mut kernel = Kernel::load(&cfg.paths.pin_dir, &offsets, std::process::id())?;
+    info!(pin_dir = %cfg.paths.pin_dir.display(), "trackers attached and pinned");
+    let agents = agent_specs(&compiled);
+    tags::install_agents(&mut kernel, &agents)?;
+    let events = kernel.take_events();
+    let report = tags::seed(&mut kernel, &agents)?;
+    info!(
+        roots = report.roots,
+        tagged = report.tagged,
+        stale_removed = report.stale_removed,
+        passes = report.passes,
+        "seeded tags from /proc"
+    );
+
+    let log = EventLog::open(&cfg.paths.event_log, cfg.log_stdout).map_err(|source| {
+        DaemonError::EventLog {
+            path: cfg.paths.event_log.display().to_string(),
+            source,
+        }
+    })?;
+    let state: Shared = Arc::new(Mutex::new(State {
+        kernel,
+        names: AgentNames::new(&agents),
+        policy_name: compiled.name.clone(),
+        generation: 1,
+        probe,
+        enforcing: true,
+    }));
+
+    let listener = bind(&cfg.paths)?;
+    info!(socket = %cfg.paths.socket.display(), "serving API");
+    if let Some(ring) = events {
+        tokio::spawn(read_events(ring, log, state.clone()));
+    }
+    tokio::spawn(serve(listener, state.clone()));
+
+    let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;
+    let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Signal)?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => reload(&cfg, &state),
+        }
+    }
+    let _ = std::fs::remove_file(&cfg.paths.socket);
+    info!(
+        "daemon stopping; pinned programs keep enforcing (guard daemon --uninstall removes them)"
+    );
+    Ok(())
+}
+
+fn reload(cfg: &DaemonConfig, state: &Shared) {
+    let Some(path) = &cfg.policy else {
+        info!("SIGHUP: running on the embedded default policy; nothing to reload");
+        return;
+    };
+    match Policy::load(path) {
+        Ok(policy) => {
+            let compiled = policy.compile();
+            let agents = agent_specs(&compiled);
+            let mut st = state.lock().expect("state lock");
+            match tags::install_agents(&mut st.kernel, &agents) {
+                Ok(()) => {
+                    st.names = AgentNames::new(&agents);
+                    st.policy_name = compiled.name;
+                    st.generation += 1;
+                    info!(generation = st.generation, "policy reloaded");
+                }
+                Err(e) => error!(error = %e, "policy reload failed; the previous policy stays"),
+            }
+        }
+        Err(e) => error!(error = %e, "policy rejected; the previous policy stays in force"),
+    }
+}
+
+fn bind(paths: &Paths) -> Result<UnixListener, DaemonError> {
+    let path = &paths.socket;
+    let err = |source| DaemonError::Socket {
+        path: path.display().to_string(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path).map_err(err)?;
+    // Anyone may connect: the only privileged-looking call (tag) tags the caller itself.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).map_err(err)?;
+    Ok(listener)
+}
+
+async fn serve(listener: UnixListener, state: Shared) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(handle(stream, state.clone()));
+            }
+            Err(e) => warn!(error = %e, "accept failed"),
+        }
+    }
+}
+
+async fn handle(stream: UnixStream, state: Shared) {
+    let peer = stream.peer_cred().ok();
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let reply = match serde_json::from_str::<Request>(&line) {
+            Err(e) => serde_json::to_string(&Reply::<()>::err(format!("bad request: {e}"))),
+            Ok(Request::Status) => serde_json::to_string(&status(&state)),
+            Ok(Request::Ps) => serde_json::to_string(&ps(&state)),
+            Ok(Request::Tag { agent }) => {
+                let pid = peer.as_ref().and_then(|c| c.pid());
+                serde_json::to_string(&tag(&state, pid, agent.as_deref()))
+            }
+        };
+        let mut reply = reply.unwrap_or_else(|e| format!(r#"{{"ok":false,"error":"{e}"}}"#));
+        reply.push('\n');
+        if write.write_all(reply.as_bytes()).await.is_err() {
+            break;
+        }
+    }
+}
+
+fn status(state: &Shared) -> Reply<DaemonStatus> {
+    let st = state.lock().expect("state lock");
+    Reply::ok(DaemonStatus {
+        daemon_pid: std::process::id(),
+        enforcing: st.enforcing,
+        tier: format!("{:?}", st.probe.tier),
+        policy: st.policy_name.clone(),
+        policy_generation: st.generation,
+        trackers: Kernel::pinned_links(st.kernel.pin_dir()),
+        tagged_processes: st.kernel.tags.keys().filter_map(Result::ok).count(),
+        counters: st
+            .kernel
+            .counters()
+            .into_iter()
+            .map(|(n, v)| (n.to_string(), v))
+            .collect(),
+        probe: serde_json::to_value(&st.probe).unwrap_or_default(),
+    })
+}
+
+fn ps(state: &Shared) -> Reply<PsReply> {
+    let st = state.lock().expect("state lock");
+    Reply::ok(PsReply {
+        processes: tags::list(&st.kernel, &st.names),
+    })
+}
+
+fn tag(state: &Shared, pid: Option<i32>, agent: Option<&str>) -> Reply<TagReply> {
+    let Some(pid) = pid.filter(|p| *p > 0) else {
+        return Reply::err("cannot identify the calling process (no SO_PEERCRED pid)");
+    };
+    let info = match ProcInfo::read(pid) {
+        Ok(i) => i,
+        Err(e) => return Reply::err(format!("cannot read the calling process: {e}")),
+    };
+    let mut st = state.lock().expect("state lock");
+    let agent_id = match agent {
+        None => tags::UNNAMED_AGENT,
+        Some(name) => match st.names.id(name) {
+            Some(id) => id,
+            None => {
+                let mut known: Vec<String> = st.names.0.values().cloned().collect();
+                known.sort();
+                return Reply::err(format!(
+                    "unknown agent {name:?}; the policy defines: {}",
+                    known.join(", ")
+                ));
+            }
+        },
+    };
+    let before = st.kernel.tags.get(&(pid as u32), 0).ok();
+    match tags::tag_root(&mut st.kernel, pid as u32, info.start_ns, agent_id) {
+        Ok(tag) => {
+            info!(pid, agent = %st.names.name(tag.agent_id), "tagged by guard run");
+            Reply::ok(TagReply {
+                enforcing: st.enforcing,
+                agent: st.names.name(tag.agent_id),
+                root_pid: tag.root.tgid,
+                root_start_ns: tag.root.start_ns,
+                already_tagged: before.is_some(),
+            })
+        }
+        Err(e) => Reply::err(format!("tagging failed: {e}")),
+    }
+}
+
+async fn read_events(
+    ring: aya::maps::RingBuf<aya::maps::MapData>,
+    mut log: EventLog,
+    state: Shared,
+) {
+    let clock = Clock::now();
+    // SAFETY: the ring buffer owns its fd and lives inside the AsyncFd, so the fd stays open
+    // for as long as it is registered.
+    let mut fd = match unsafe { AsyncFd::register(ring) } {
+        Ok(fd) => fd,
+        Err(e) => {
+            error!(error = %e, "cannot poll the event ring buffer; events are not recorded");
+            return;
+        }
+    };
+    loop {
+        let mut guard = match fd.readable_mut().await {
+            Ok(g) => g,
+            Err(e) => {
+                error!(error = %e, "event ring buffer poll failed");
+                return;
+            }
+        };
+        let names = state.lock().expect("state lock").names.clone();
+        let ring = guard.get_inner_mut();
+        while let Some(item) = ring.next() {
+            if let Some(ev) = events::decode(&item, &clock, &names)
+                && let Err(e) = log.write(&ev)
+            {
+                error!(error = %e, path = %log.path().display(), "cannot write event");
+            }
+        }
+        guard.clear_ready();
+    }
+}

@@ -1,0 +1,201 @@
+//! Loading guard's kernel programs, attaching them and pinning everything under the bpffs
+//! directory so that enforcement outlives the daemon.
+//!
+//! Layout under the pin directory: `maps/<MAP>` (shared with every later daemon: tags
+//! survive restarts) and `links/<program>` (the attachments). A new daemon reuses the pinned
+//! maps, attaches its programs, then atomically replaces each link pin, so there is never a
+//! moment without an attached tracker.
+
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Btf, Ebpf, EbpfLoader,
+    maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf},
+    programs::{BtfTracePoint, ProgramError, links::FdLink},
+};
+use guard_common::{
+    Tag,
+    agent::NameKey,
+    event::COUNTER_NAMES,
+    maps::{self, programs},
+    offsets::KernelOffsets,
+};
+
+/// The compiled kernel object, embedded in the binary.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/guard"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error("pin directory {path}: {source}")]
+    PinDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("loading guard's eBPF object: {0}")]
+    Load(#[source] aya::EbpfError),
+    #[error("reading kernel BTF: {0}")]
+    Btf(#[source] aya::BtfError),
+    #[error("program {name}: {source}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("pinning link {path}: {source}")]
+    Pin {
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("map {name} is missing from the object")]
+    NoMap { name: &'static str },
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: MapError,
+    },
+}
+
+/// The tracker programs: tracepoint name and program name.
+pub const TRACKERS: [(&str, &str); 3] = [
+    ("sched_process_fork", programs::FORK),
+    ("sched_process_exec", programs::EXEC),
+    ("sched_process_exit", programs::EXIT),
+];
+
+/// Loaded and attached programs plus handles to their maps.
+pub struct Kernel {
+    pin_dir: PathBuf,
+    pub tags: HashMap<MapData, u32, Tag>,
+    pub agent_exes: HashMap<MapData, NameKey, u32>,
+    pub agent_scripts: HashMap<MapData, NameKey, u32>,
+    pub interpreters: HashMap<MapData, NameKey, u32>,
+    pub counters: PerCpuArray<MapData, u64>,
+    events: Option<RingBuf<MapData>>,
+    /// Keeps the programs' file descriptors for the daemon's lifetime.
+    _ebpf: Ebpf,
+}
+
+impl Kernel {
+    /// Load the programs (reusing pinned maps), attach the trackers and pin their links.
+    pub fn load(
+        pin_dir: &Path,
+        offsets: &KernelOffsets,
+        daemon_tgid: u32,
+    ) -> Result<Self, KernelError> {
+        let maps_dir = pin_dir.join("maps");
+        let links_dir = pin_dir.join("links");
+        for dir in [pin_dir, &maps_dir, &links_dir] {
+            fs::create_dir_all(dir).map_err(|source| KernelError::PinDir {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        }
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&maps_dir)
+            .override_global(maps::OFFSETS_GLOBAL, offsets, true)
+            .override_global(maps::DAEMON_TGID_GLOBAL, &daemon_tgid, true)
+            .load(OBJECT)
+            .map_err(KernelError::Load)?;
+        let btf = Btf::from_sys_fs().map_err(KernelError::Btf)?;
+        for (tracepoint, name) in TRACKERS {
+            let err = |source| KernelError::Program { name, source };
+            let prog: &mut BtfTracePoint = ebpf
+                .program_mut(name)
+                .ok_or(ProgramError::NotLoaded)
+                .and_then(TryInto::try_into)
+                .map_err(err)?;
+            prog.load(tracepoint, &btf).map_err(err)?;
+            let id = prog.attach().map_err(err)?;
+            let link: FdLink = prog.take_link(id).map_err(err)?.into();
+            replace_link_pin(link, &links_dir.join(name))?;
+        }
+        Ok(Self {
+            pin_dir: pin_dir.to_path_buf(),
+            tags: take_map(&mut ebpf, maps::TAGS)?,
+            agent_exes: take_map(&mut ebpf, maps::AGENT_EXES)?,
+            agent_scripts: take_map(&mut ebpf, maps::AGENT_SCRIPTS)?,
+            interpreters: take_map(&mut ebpf, maps::INTERPRETERS)?,
+            counters: take_map(&mut ebpf, maps::COUNTERS)?,
+            events: Some(take_map(&mut ebpf, maps::EVENTS)?),
+            _ebpf: ebpf,
+        })
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    /// The event ring buffer (once).
+    pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
+        self.events.take()
+    }
+
+    /// Sum of each per-CPU counter, by name.
+    pub fn counters(&self) -> Vec<(&'static str, u64)> {
+        COUNTER_NAMES
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let total = self
+                    .counters
+                    .get(&(i as u32), 0)
+                    .map(|v| v.iter().sum())
+                    .unwrap_or(0);
+                (*name, total)
+            })
+            .collect()
+    }
+
+    /// Names of the links pinned under the pin directory.
+    pub fn pinned_links(pin_dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(pin_dir.join("links"))
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, KernelError>
+where
+    T: TryFrom<aya::maps::Map, Error = MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(KernelError::NoMap { name })?;
+    T::try_from(map).map_err(|source| KernelError::Map { name, source })
+}
+
+/// Pin `link` at `path`, replacing an older pin atomically: the old link is detached only
+/// after the new one is attached and pinned.
+fn replace_link_pin(link: FdLink, path: &Path) -> Result<(), KernelError> {
+    // bpffs refuses names with a dot.
+    let tmp = path.with_file_name(format!(
+        "{}_new",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("link")
+    ));
+    let _ = fs::remove_file(&tmp);
+    let pin_err = |source: Box<dyn std::error::Error + Send + Sync>| KernelError::Pin {
+        path: path.to_path_buf(),
+        source,
+    };
+    link.pin(&tmp).map_err(|e| pin_err(Box::new(e)))?;
+    fs::rename(&tmp, path).map_err(|e| pin_err(Box::new(e)))?;
+    Ok(())
+}
+
+/// Remove every pin guard created (maps and links): enforcement stops.
+pub fn uninstall(pin_dir: &Path) -> io::Result<bool> {
+    if !pin_dir.exists() {
+        return Ok(false);
+    }
+    fs::remove_dir_all(pin_dir)?;
+    Ok(true)
+}

@@ -1,0 +1,498 @@
+//! The compiled form of a policy: what the loader turns into map entries. Pure: no IO, no DNS
+//! (hosts stay names, `~` paths stay unexpanded until the loader supplies the homes).
+
+use std::{fmt::Write as _, net::IpAddr, path::PathBuf};
+
+use guard_common::agent::{COMM_LEN, NAME_LEN, NameKey, trim_nul};
+use ipnet::{IpNet, Ipv4Net};
+
+use super::{
+    error::Warning,
+    model::{Access, Action, Mode, Policy, Protocol},
+    pattern::{PathPattern, PathSpec},
+    values::Capability,
+};
+
+/// Access bits of a path rule.
+pub const READ: u32 = 1;
+pub const WRITE: u32 = 2;
+pub const DELETE: u32 = 4;
+pub const EXEC: u32 = 8;
+
+impl Access {
+    pub fn bit(self) -> u32 {
+        match self {
+            Self::Read => READ,
+            Self::Write => WRITE,
+            Self::Delete => DELETE,
+            Self::Exec => EXEC,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CompiledPolicy {
+    /// `metadata.name`.
+    pub name: String,
+    /// `spec.mode`; each rule carries its effective mode.
+    pub mode: Mode,
+    /// Agent `i` has id `i`.
+    pub agents: Vec<CompiledAgent>,
+    /// Rule ids are indexes over all rules: endpoints first, then paths.
+    pub endpoints: Vec<CompiledEndpointRule>,
+    pub paths: Vec<CompiledPathRule>,
+    pub drop_capabilities: Vec<Capability>,
+    pub warnings: Vec<Warning>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CompiledAgent {
+    pub id: u32,
+    pub name: String,
+    /// Keys compared with `comm` (at most `COMM_LEN - 1` bytes).
+    pub executables: Vec<NameKey>,
+    /// Keys compared with the script candidates of an interpreter (at most `NAME_LEN` bytes).
+    pub scripts: Vec<NameKey>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CompiledEndpointRule {
+    pub id: u32,
+    pub name: String,
+    pub action: Action,
+    /// Effective mode: the rule's own, else `spec.mode`.
+    pub mode: Mode,
+    pub protocol: Protocol,
+    /// Inclusive ranges, sorted and merged; empty means every port.
+    pub ports: Vec<(u16, u16)>,
+    /// `cidrs` and `ips` (as /32 and /128), host bits cleared, IPv4-mapped IPv6 networks
+    /// rewritten as IPv4, duplicates removed.
+    pub networks: Vec<IpNet>,
+    /// DNS names for the daemon to resolve and refresh into networks of this rule.
+    pub hosts: Vec<String>,
+    /// Unix socket paths; `@name` is an abstract socket.
+    pub unix: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CompiledPathRule {
+    pub id: u32,
+    pub name: String,
+    /// [`READ`] | [`WRITE`] | [`DELETE`] | [`EXEC`].
+    pub access: u32,
+    pub action: Action,
+    /// Effective mode: the rule's own, else `spec.mode`.
+    pub mode: Mode,
+    /// As written; `~` forms expand per home with [`CompiledPathRule::patterns`].
+    pub paths: Vec<PathSpec>,
+}
+
+impl CompiledPathRule {
+    /// Every pattern of this rule, `~` expanded once per home directory
+    /// (see [`super::homes_from_passwd`]).
+    pub fn patterns(&self, homes: &[(u32, PathBuf)]) -> Vec<PathPattern> {
+        self.paths.iter().flat_map(|p| p.expand(homes)).collect()
+    }
+}
+
+impl Policy {
+    /// Compile into the form the loader installs.
+    pub fn compile(&self) -> CompiledPolicy {
+        let spec = &self.spec;
+        let effective = |mode: Option<Mode>| mode.unwrap_or(spec.mode);
+        let agents = spec
+            .agents
+            .iter()
+            .zip(0u32..)
+            .map(|(a, id)| CompiledAgent {
+                id,
+                name: a.name.to_string(),
+                executables: a
+                    .executables
+                    .iter()
+                    .map(|e| NameKey::new(e.as_str().as_bytes(), COMM_LEN - 1))
+                    .collect(),
+                scripts: a
+                    .scripts
+                    .iter()
+                    .map(|s| NameKey::new(s.as_str().as_bytes(), NAME_LEN))
+                    .collect(),
+            })
+            .collect();
+        let endpoints: Vec<CompiledEndpointRule> = spec
+            .endpoints
+            .iter()
+            .zip(0u32..)
+            .map(|(r, id)| {
+                let nets = r.cidrs.iter().copied().chain(r.ips.iter().map(|ip| {
+                    IpNet::from(*ip) // /32 or /128
+                }));
+                let mut networks: Vec<IpNet> = Vec::new();
+                for net in nets.map(normalise) {
+                    if !networks.contains(&net) {
+                        networks.push(net);
+                    }
+                }
+                CompiledEndpointRule {
+                    id,
+                    name: r.name.to_string(),
+                    action: r.action,
+                    mode: effective(r.mode),
+                    protocol: r.protocol,
+                    ports: merge_ports(r.ports.iter().map(|p| (p.start, p.end)).collect()),
+                    networks,
+                    hosts: r.hosts.iter().map(ToString::to_string).collect(),
+                    unix: r.unix.iter().map(ToString::to_string).collect(),
+                }
+            })
+            .collect();
+        let first_path_id = u32::try_from(endpoints.len()).unwrap_or(u32::MAX);
+        let paths = spec
+            .paths
+            .iter()
+            .zip(first_path_id..)
+            .map(|(r, id)| CompiledPathRule {
+                id,
+                name: r.name.to_string(),
+                access: r.access.iter().fold(0, |mask, a| mask | a.bit()),
+                action: r.action,
+                mode: effective(r.mode),
+                paths: r.paths.clone(),
+            })
+            .collect();
+        CompiledPolicy {
+            name: self.metadata.name.clone(),
+            mode: spec.mode,
+            agents,
+            endpoints,
+            paths,
+            drop_capabilities: spec
+                .self_protection
+                .as_ref()
+                .map(|s| s.drop_capabilities.clone())
+                .unwrap_or_default(),
+            warnings: self.warnings.clone(),
+        }
+    }
+}
+
+/// Clear host bits; an IPv6 network inside `::ffff:0:0/96` becomes the IPv4 network it maps.
+pub fn normalise(net: IpNet) -> IpNet {
+    let net = net.trunc();
+    if let IpNet::V6(v6) = net
+        && v6.prefix_len() >= 96
+        && let Some(v4) = v6.addr().to_ipv4_mapped()
+        && let Ok(mapped) = Ipv4Net::new(v4, v6.prefix_len() - 96)
+    {
+        return IpNet::V4(mapped);
+    }
+    net
+}
+
+/// An address as the kernel should compare it: IPv4-mapped IPv6 addresses as IPv4.
+pub fn canonical_addr(addr: IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+fn merge_ports(mut ports: Vec<(u16, u16)>) -> Vec<(u16, u16)> {
+    ports.sort_unstable();
+    let mut merged: Vec<(u16, u16)> = Vec::with_capacity(ports.len());
+    for (start, end) in ports {
+        match merged.last_mut() {
+            Some(last) if u32::from(start) <= u32::from(last.1) + 1 => last.1 = last.1.max(end),
+            _ => merged.push((start, end)),
+        }
+    }
+    merged
+}
+
+impl CompiledPolicy {
+    /// Name of the rule with this id.
+    pub fn rule_name(&self, id: u32) -> Option<&str> {
+        let endpoints = self.endpoints.iter().map(|r| (r.id, &r.name));
+        let paths = self.paths.iter().map(|r| (r.id, &r.name));
+        endpoints
+            .chain(paths)
+            .find(|(i, _)| *i == id)
+            .map(|(_, n)| n.as_str())
+    }
+
+    /// Human summary for `guard policy check`: counts, then one line per agent and per rule.
+    pub fn summary(&self) -> String {
+        let rules = self.endpoints.len() + self.paths.len();
+        let recording = self
+            .endpoints
+            .iter()
+            .map(|r| (r.action, r.mode))
+            .chain(self.paths.iter().map(|r| (r.action, r.mode)))
+            .filter(|(action, mode)| *action == Action::Audit || *mode == Mode::Audit)
+            .count();
+        let width = self
+            .endpoints
+            .iter()
+            .map(|r| r.name.len())
+            .chain(self.paths.iter().map(|r| r.name.len()))
+            .chain(self.agents.iter().map(|a| a.name.len()))
+            .max()
+            .unwrap_or(0);
+        let mut s = String::new();
+        let _ = writeln!(s, "policy {:?}: mode {}", self.name, self.mode);
+        let _ = writeln!(
+            s,
+            "{}, {}, {}; {} of {} only record (audit)",
+            plural(self.agents.len(), "agent"),
+            plural(self.endpoints.len(), "endpoint rule"),
+            plural(self.paths.len(), "path rule"),
+            recording,
+            plural(rules, "rule"),
+        );
+        if !self.agents.is_empty() {
+            s.push_str("agents:\n");
+        }
+        for a in &self.agents {
+            let keys = |keys: &[NameKey]| {
+                keys.iter()
+                    .map(|k| String::from_utf8_lossy(trim_nul(&k.bytes)).into_owned())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let mut lists = Vec::new();
+            if !a.executables.is_empty() {
+                lists.push(format!("executables [{}]", keys(&a.executables)));
+            }
+            if !a.scripts.is_empty() {
+                lists.push(format!("scripts [{}]", keys(&a.scripts)));
+            }
+            let _ = writeln!(s, "  {:width$}  {}", a.name, lists.join(" "));
+        }
+        if !self.endpoints.is_empty() {
+            s.push_str("endpoint rules:\n");
+        }
+        for r in &self.endpoints {
+            let mut targets: Vec<String> = r.networks.iter().map(ToString::to_string).collect();
+            targets.extend(r.hosts.iter().map(|h| format!("{h} (dns)")));
+            targets.extend(r.unix.iter().map(|u| format!("unix:{u}")));
+            let ports = if r.ports.is_empty() {
+                "all ports".to_owned()
+            } else {
+                let list: Vec<String> = r
+                    .ports
+                    .iter()
+                    .map(|&(a, b)| {
+                        if a == b {
+                            a.to_string()
+                        } else {
+                            format!("{a}-{b}")
+                        }
+                    })
+                    .collect();
+                format!("ports {}", list.join(","))
+            };
+            let _ = write!(
+                s,
+                "  #{:<3} {:width$}  {:9} {:7}  {}",
+                r.id,
+                r.name,
+                r.action,
+                r.mode,
+                targets.join(", "),
+            );
+            if !(r.networks.is_empty() && r.hosts.is_empty()) {
+                let protocol = match r.protocol {
+                    Protocol::Any => "any protocol".to_owned(),
+                    p => p.to_string(),
+                };
+                let _ = write!(s, " ({protocol}, {ports})");
+            }
+            s.push('\n');
+        }
+        if !self.paths.is_empty() {
+            s.push_str("path rules:\n");
+        }
+        for r in &self.paths {
+            let access: Vec<&str> = [
+                (READ, "read"),
+                (WRITE, "write"),
+                (DELETE, "delete"),
+                (EXEC, "exec"),
+            ]
+            .into_iter()
+            .filter(|(bit, _)| r.access & bit != 0)
+            .map(|(_, name)| name)
+            .collect();
+            let paths: Vec<String> = r
+                .paths
+                .iter()
+                .map(|p| {
+                    if p.pattern().is_pattern() {
+                        format!("{p} (pattern)")
+                    } else {
+                        p.to_string()
+                    }
+                })
+                .collect();
+            let _ = writeln!(
+                s,
+                "  #{:<3} {:width$}  {:9} {:7}  {}: {}",
+                r.id,
+                r.name,
+                r.action,
+                r.mode,
+                access.join(","),
+                paths.join(", "),
+            );
+        }
+        if !self.drop_capabilities.is_empty() {
+            let caps: Vec<String> = self
+                .drop_capabilities
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            let _ = writeln!(s, "self-protection: drop {}", caps.join(", "));
+        }
+        if !self.warnings.is_empty() {
+            let _ = writeln!(s, "{}:", plural(self.warnings.len(), "warning"));
+        }
+        for w in &self.warnings {
+            let _ = writeln!(s, "  {w}");
+        }
+        s
+    }
+}
+
+fn plural(n: usize, word: &str) -> String {
+    if n == 1 {
+        format!("1 {word}")
+    } else {
+        format!("{n} {word}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv6Addr;
+
+    use super::*;
+
+    fn net(s: &str) -> IpNet {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn mapped_ipv6_networks_become_ipv4() {
+        assert_eq!(normalise(net("::ffff:10.0.0.0/104")), net("10.0.0.0/8"));
+        assert_eq!(normalise(net("::ffff:10.1.2.3/128")), net("10.1.2.3/32"));
+        assert_eq!(normalise(net("::ffff:0.0.0.0/96")), net("0.0.0.0/0"));
+        // Wider than the mapped block, or not mapped at all: stays IPv6.
+        assert_eq!(normalise(net("::/0")), net("::/0"));
+        assert_eq!(normalise(net("2001:db8::/32")), net("2001:db8::/32"));
+        assert_eq!(normalise(net("10.20.1.0/16")), net("10.20.0.0/16"));
+        assert_eq!(
+            canonical_addr("::ffff:169.254.169.254".parse().unwrap()),
+            "169.254.169.254".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            canonical_addr(IpAddr::V6(Ipv6Addr::LOCALHOST)),
+            IpAddr::V6(Ipv6Addr::LOCALHOST)
+        );
+    }
+
+    #[test]
+    fn ports_merge() {
+        assert_eq!(
+            merge_ports(vec![
+                (443, 443),
+                (80, 80),
+                (8000, 8100),
+                (8050, 9000),
+                (81, 81)
+            ]),
+            [(80, 81), (443, 443), (8000, 9000)]
+        );
+        assert_eq!(merge_ports(vec![(65535, 65535), (1, 65535)]), [(1, 65535)]);
+        assert_eq!(merge_ports(vec![]), []);
+    }
+
+    #[test]
+    fn compiles_ids_modes_keys_and_masks() {
+        let policy = Policy::from_yaml(
+            r#"
+apiVersion: guard.dev/v1alpha1
+kind: GuardPolicy
+metadata: { name: t }
+spec:
+  mode: audit
+  agents:
+    - { name: a, executables: [a-very-long-executable], scripts: [a] }
+    - { name: b, scripts: [b] }
+  endpoints:
+    - { name: e0, ips: ["::ffff:10.0.0.1", 10.0.0.1, "fd00::1"], cidrs: ["::ffff:10.0.0.0/104"], ports: [443, "80-81"], action: kill, mode: enforce }
+    - { name: e1, hosts: [API.example.com], unix: ["@x"], protocol: tcp }
+  paths:
+    - { name: p0, paths: ["~/.netrc", "/srv/db"], access: [write, delete], action: kill-tree }
+"#,
+            "t.yaml",
+        )
+        .unwrap();
+        let c = policy.compile();
+        assert_eq!(c.agents[1].id, 1);
+        assert_eq!(
+            trim_nul(&c.agents[0].executables[0].bytes),
+            b"a-very-long-exe"
+        );
+        assert_eq!(c.agents[0].scripts[0], NameKey::new(b"a", NAME_LEN));
+        let e0 = &c.endpoints[0];
+        assert_eq!(
+            (e0.id, e0.action, e0.mode),
+            (0, Action::Kill, Mode::Enforce)
+        );
+        assert_eq!(
+            e0.networks,
+            [net("10.0.0.0/8"), net("10.0.0.1/32"), net("fd00::1/128")]
+        );
+        assert_eq!(e0.ports, [(80, 81), (443, 443)]);
+        let e1 = &c.endpoints[1];
+        assert_eq!((e1.mode, e1.protocol), (Mode::Audit, Protocol::Tcp));
+        assert_eq!(
+            (e1.hosts.as_slice(), e1.unix.as_slice()),
+            (&["api.example.com".to_owned()][..], &["@x".to_owned()][..])
+        );
+        let p0 = &c.paths[0];
+        assert_eq!(
+            (p0.id, p0.access, p0.action),
+            (2, WRITE | DELETE, Action::KillTree)
+        );
+        assert_eq!(c.rule_name(2), Some("p0"));
+        let homes = [
+            (0, PathBuf::from("/root")),
+            (1000, PathBuf::from("/home/u")),
+        ];
+        assert_eq!(
+            p0.patterns(&homes),
+            [
+                PathPattern::Exact("/root/.netrc".into()),
+                PathPattern::Exact("/home/u/.netrc".into()),
+                PathPattern::Exact("/srv/db".into())
+            ]
+        );
+        assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+        let summary = c.summary();
+        assert!(summary.contains("#0   e0  kill      enforce  10.0.0.0/8, 10.0.0.1/32, fd00::1/128 (any protocol, ports 80-81,443)"), "{summary}");
+        assert!(
+            summary.contains("api.example.com (dns), unix:@x (tcp, all ports)"),
+            "{summary}"
+        );
+        assert!(summary.contains("kill-tree"), "{summary}");
+        assert!(
+            summary.contains("write,delete: ~/.netrc, /srv/db"),
+            "{summary}"
+        );
+        assert!(
+            summary.contains("t.yaml:8:32: spec.agents[0].executables[0]"),
+            "{summary}"
+        );
+    }
+}

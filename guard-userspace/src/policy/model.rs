@@ -1,0 +1,234 @@
+//! The policy resource as written: a Kubernetes-style `GuardPolicy`, so the same file is a
+//! ConfigMap now and a CRD later. Unknown fields are errors; every scalar is checked as it is
+//! read (see `values.rs`), cross-field rules are checked in `validate.rs`.
+
+use std::{collections::BTreeMap, fmt, net::IpAddr};
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use super::{
+    error::Warning,
+    pattern::PathSpec,
+    values::{Capability, Hostname, Name, PortRange, Program, UnixSocket, scalars},
+};
+
+/// A parsed and validated policy. Obtain it with [`Policy::from_yaml`], [`Policy::load`] or
+/// [`Policy::embedded_default`].
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Policy {
+    pub api_version: ApiVersion,
+    pub kind: Kind,
+    pub metadata: Metadata,
+    pub spec: Spec,
+    /// Warnings found while loading, with their locations.
+    #[serde(skip)]
+    pub(crate) warnings: Vec<Warning>,
+}
+
+/// The only `apiVersion` this guard reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+pub enum ApiVersion {
+    #[serde(rename = "guard.dev/v1alpha1")]
+    V1Alpha1,
+}
+
+/// The only `kind` this guard reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+pub enum Kind {
+    GuardPolicy,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metadata {
+    pub name: String,
+    /// Accepted so a manifest applied to a cluster loads unchanged; not used.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Spec {
+    /// Mode of every rule that does not set its own.
+    #[serde(default)]
+    pub mode: Mode,
+    #[serde(default)]
+    pub agents: Vec<Agent>,
+    #[serde(default)]
+    pub endpoints: Vec<EndpointRule>,
+    #[serde(default)]
+    pub paths: Vec<PathRule>,
+    #[serde(default)]
+    pub self_protection: Option<SelfProtection>,
+}
+
+/// `enforce`: rules act as written. `audit`: rules only record what they would have done.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    #[default]
+    Enforce,
+    Audit,
+}
+
+/// What a rule does to a matching operation of a tagged process.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    /// Fail the operation with EPERM.
+    #[default]
+    Deny,
+    /// Deny, then SIGKILL the offending process.
+    Kill,
+    /// Deny, then kill every process of the agent tree.
+    KillTree,
+    /// Allow and record.
+    Audit,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    #[default]
+    Any,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Access {
+    Read,
+    Write,
+    /// unlink, rmdir, rename away, truncate.
+    Delete,
+    Exec,
+}
+
+/// A known agent: a process that execs one of `executables` (compared with the kernel's
+/// `comm`, at most 15 bytes), or an interpreter (`node`, `python3`, …) running one of
+/// `scripts`, becomes the root of a tagged tree.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Agent {
+    pub name: Name,
+    #[serde(default)]
+    pub executables: Vec<Program>,
+    #[serde(default)]
+    pub scripts: Vec<Program>,
+}
+
+/// Network destinations tagged processes must not reach.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointRule {
+    pub name: Name,
+    #[serde(default, deserialize_with = "scalars")]
+    pub cidrs: Vec<IpNet>,
+    #[serde(default, deserialize_with = "scalars")]
+    pub ips: Vec<IpAddr>,
+    /// Resolved (and refreshed) by the daemon, never here.
+    #[serde(default)]
+    pub hosts: Vec<Hostname>,
+    /// Empty: every port.
+    #[serde(default)]
+    pub ports: Vec<PortRange>,
+    #[serde(default)]
+    pub protocol: Protocol,
+    #[serde(default)]
+    pub unix: Vec<UnixSocket>,
+    #[serde(default)]
+    pub action: Action,
+    /// Overrides `spec.mode`.
+    #[serde(default)]
+    pub mode: Option<Mode>,
+}
+
+/// Files and directories tagged processes must not access in the listed ways.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PathRule {
+    pub name: Name,
+    pub paths: Vec<PathSpec>,
+    pub access: Vec<Access>,
+    #[serde(default)]
+    pub action: Action,
+    /// Overrides `spec.mode`.
+    #[serde(default)]
+    pub mode: Option<Mode>,
+}
+
+/// Capabilities removed from the agent roots guard starts (`guard run`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SelfProtection {
+    #[serde(default)]
+    pub drop_capabilities: Vec<Capability>,
+}
+
+impl Policy {
+    /// Warnings found when the policy was loaded (empty for a policy built in code).
+    pub fn warnings(&self) -> &[Warning] {
+        &self.warnings
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(match self {
+            Self::Enforce => "enforce",
+            Self::Audit => "audit",
+        })
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(match self {
+            Self::Deny => "deny",
+            Self::Kill => "kill",
+            Self::KillTree => "kill-tree",
+            Self::Audit => "audit",
+        })
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+            Self::Any => "any",
+        })
+    }
+}
+
+impl fmt::Display for Access {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(match self {
+            Self::Read => "read",
+            Self::Write => "write",
+            Self::Delete => "delete",
+            Self::Exec => "exec",
+        })
+    }
+}
+
+impl fmt::Display for ApiVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad("guard.dev/v1alpha1")
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad("GuardPolicy")
+    }
+}

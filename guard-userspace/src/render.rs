@@ -1,0 +1,105 @@
+//! Human output of the CLI: tables and trees.
+
+use std::{collections::BTreeMap, fmt::Write as _};
+
+use crate::{api::DaemonStatus, tags::TaggedProc};
+
+/// Tagged processes as trees, one per agent root.
+pub fn ps_tree(procs: &[TaggedProc]) -> String {
+    let mut out = String::new();
+    if procs.is_empty() {
+        out.push_str("no tagged processes\n");
+        return out;
+    }
+    let mut roots: BTreeMap<(u64, u32), Vec<&TaggedProc>> = BTreeMap::new();
+    for p in procs {
+        roots
+            .entry((p.root_start_ns, p.root_pid))
+            .or_default()
+            .push(p);
+    }
+    for ((start, root), members) in roots {
+        let agent = members.first().map_or("?", |p| p.agent.as_str());
+        let _ = writeln!(
+            out,
+            "{agent}  root {root}  started {:.2}s after boot  ({} processes)",
+            start as f64 / 1e9,
+            members.len()
+        );
+        let pids: std::collections::HashSet<u32> = members.iter().map(|p| p.pid).collect();
+        // Top of the tree: the root, or members whose parent is not tagged (reparented).
+        let mut tops: Vec<&&TaggedProc> = members
+            .iter()
+            .filter(|p| p.pid == root || !pids.contains(&p.ppid))
+            .collect();
+        tops.sort_by_key(|p| (p.pid != root, p.start_ns));
+        for top in tops {
+            walk(&mut out, top, &members, 1);
+        }
+    }
+    out
+}
+
+fn walk(out: &mut String, p: &TaggedProc, all: &[&TaggedProc], depth: usize) {
+    let cmd = if p.argv.is_empty() {
+        format!("[{}]", p.comm)
+    } else {
+        p.argv.join(" ")
+    };
+    let _ = writeln!(
+        out,
+        "{:indent$}{} {}  {}",
+        "",
+        p.pid,
+        p.exe.as_deref().unwrap_or("-"),
+        cmd,
+        indent = depth * 2
+    );
+    if depth > 64 {
+        return;
+    }
+    for c in all.iter().filter(|c| c.ppid == p.pid && c.pid != p.pid) {
+        walk(out, c, all, depth + 1);
+    }
+}
+
+pub fn status(st: &DaemonStatus, color: bool) -> String {
+    let mut out = String::new();
+    let yes = |b: bool| match (b, color) {
+        (true, true) => "\x1b[32menforcing\x1b[0m",
+        (true, false) => "enforcing",
+        (false, true) => "\x1b[31mNOT ENFORCING\x1b[0m",
+        (false, false) => "NOT ENFORCING",
+    };
+    let _ = writeln!(
+        out,
+        "daemon       pid {}  {}",
+        st.daemon_pid,
+        yes(st.enforcing)
+    );
+    let _ = writeln!(out, "tier         {}", st.tier);
+    let _ = writeln!(
+        out,
+        "policy       {} (generation {})",
+        st.policy, st.policy_generation
+    );
+    let _ = writeln!(out, "trackers     {}", st.trackers.join(", "));
+    let _ = writeln!(out, "tagged       {} processes", st.tagged_processes);
+    for (name, value) in &st.counters {
+        let _ = writeln!(out, "counter      {name:<20} {value}");
+    }
+    if let Some(features) = st.probe.get("features").and_then(|f| f.as_array()) {
+        let _ = writeln!(out, "kernel features:");
+        for f in features {
+            let s = |k: &str| f.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
+            let _ = writeln!(
+                out,
+                "  {:<24} {:<10} {}",
+                s("name"),
+                s("status"),
+                s("detail")
+            );
+        }
+    }
+    out
+}

@@ -1,0 +1,400 @@
+//! The tag map from userspace: which names make an agent, seeding from `/proc`, tagging a
+//! `guard run` launcher, and listing the tagged trees.
+
+use std::collections::{BTreeMap, HashMap as StdHashMap, HashSet};
+
+use aya::maps::MapError;
+use guard_common::{
+    ProcKey, Tag,
+    agent::{self, COMM_LEN, NAME_LEN, NameKey},
+    tag_flags,
+};
+use serde::Serialize;
+
+use crate::kernel::Kernel;
+
+/// Agent id used for `guard run` without `--agent`.
+pub const UNNAMED_AGENT: u32 = 0;
+pub const UNNAMED_AGENT_NAME: &str = "guard-run";
+
+/// Interpreters whose script argument names the agent.
+const INTERPRETERS: &[&str] = &[
+    "node",
+    "nodejs",
+    "bun",
+    "deno",
+    "python",
+    "python2",
+    "python3",
+    "python3.6",
+    "python3.7",
+    "python3.8",
+    "python3.9",
+    "python3.10",
+    "python3.11",
+    "python3.12",
+    "python3.13",
+    "python3.14",
+    "python3.15",
+];
+
+/// One agent as the kernel knows it. Ids start at 1; 0 is `guard run` without a name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AgentSpec {
+    pub id: u32,
+    pub name: String,
+    pub executables: Vec<String>,
+    pub scripts: Vec<String>,
+}
+
+/// Names of agents by id, for display.
+#[derive(Clone, Debug, Default)]
+pub struct AgentNames(pub StdHashMap<u32, String>);
+
+impl AgentNames {
+    pub fn new(specs: &[AgentSpec]) -> Self {
+        let mut names: StdHashMap<u32, String> =
+            specs.iter().map(|a| (a.id, a.name.clone())).collect();
+        names.insert(UNNAMED_AGENT, UNNAMED_AGENT_NAME.into());
+        Self(names)
+    }
+    pub fn name(&self, id: u32) -> String {
+        self.0
+            .get(&id)
+            .cloned()
+            .unwrap_or_else(|| format!("agent-{id}"))
+    }
+    pub fn id(&self, name: &str) -> Option<u32> {
+        self.0.iter().find(|(_, n)| *n == name).map(|(id, _)| *id)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TagError {
+    #[error("tag map: {0}")]
+    Map(#[from] MapError),
+    #[error("process {pid}: {source}")]
+    Proc {
+        pid: i32,
+        #[source]
+        source: procfs::ProcError,
+    },
+    #[error("reading /proc: {0}")]
+    ProcList(#[source] procfs::ProcError),
+}
+
+/// Install the recognition maps for `agents`: new keys first, then stale keys removed, so
+/// recognition never has a gap during a reload.
+pub fn install_agents(kernel: &mut Kernel, agents: &[AgentSpec]) -> Result<(), TagError> {
+    let mut exes = BTreeMap::new();
+    let mut scripts = BTreeMap::new();
+    for a in agents {
+        for e in &a.executables {
+            exes.insert(NameKey::new(e.as_bytes(), COMM_LEN - 1).bytes, a.id);
+        }
+        for s in &a.scripts {
+            scripts.insert(NameKey::new(s.as_bytes(), NAME_LEN - 1).bytes, a.id);
+        }
+    }
+    let interpreters: BTreeMap<_, _> = INTERPRETERS
+        .iter()
+        .map(|i| (NameKey::new(i.as_bytes(), COMM_LEN - 1).bytes, 1u32))
+        .collect();
+    for (map, want) in [
+        (&mut kernel.agent_exes, &exes),
+        (&mut kernel.agent_scripts, &scripts),
+        (&mut kernel.interpreters, &interpreters),
+    ] {
+        for (k, v) in want {
+            map.insert(NameKey { bytes: *k }, v, 0)?;
+        }
+        let stale: Vec<NameKey> = map
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !want.contains_key(&k.bytes))
+            .collect();
+        for k in stale {
+            map.remove(&k)?;
+        }
+    }
+    Ok(())
+}
+
+/// What userspace knows of a live process.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProcInfo {
+    pub pid: u32,
+    pub ppid: u32,
+    pub start_ns: u64,
+    pub comm: String,
+    pub exe: Option<String>,
+    pub argv: Vec<String>,
+    pub uid: Option<u32>,
+}
+
+impl ProcInfo {
+    pub fn read(pid: i32) -> Result<Self, TagError> {
+        let err = |source| TagError::Proc { pid, source };
+        let p = procfs::process::Process::new(pid).map_err(err)?;
+        let stat = p.stat().map_err(err)?;
+        Ok(Self {
+            pid: pid as u32,
+            ppid: stat.ppid as u32,
+            start_ns: stat.starttime * guard_common::NS_PER_TICK,
+            comm: stat.comm,
+            exe: p.exe().ok().map(|e| e.display().to_string()),
+            argv: p.cmdline().unwrap_or_default(),
+            uid: p.uid().ok(),
+        })
+    }
+
+    pub fn key(&self) -> ProcKey {
+        ProcKey::new(self.pid, self.start_ns)
+    }
+
+    /// The agent this process runs, by the same rules as the kernel's exec probe.
+    pub fn recognise(&self, agents: &[AgentSpec]) -> Option<u32> {
+        let comm = NameKey::new(self.comm.as_bytes(), COMM_LEN - 1);
+        let comm = agent::trim_nul(&comm.bytes);
+        for a in agents {
+            if a.executables
+                .iter()
+                .any(|e| agent::trim_nul(&NameKey::new(e.as_bytes(), COMM_LEN - 1).bytes) == comm)
+            {
+                return Some(a.id);
+            }
+        }
+        if !agent::is_interpreter(comm) {
+            return None;
+        }
+        let script = agent::script_arg(self.argv.iter().skip(1).map(|a| a.as_bytes()))?;
+        let mut found = None;
+        agent::script_candidates(script, |cand| {
+            let cand = NameKey::new(cand, NAME_LEN - 1);
+            found = agents
+                .iter()
+                .find(|a| {
+                    a.scripts
+                        .iter()
+                        .any(|s| NameKey::new(s.as_bytes(), NAME_LEN - 1) == cand)
+                })
+                .map(|a| a.id);
+            found.is_some()
+        });
+        found
+    }
+}
+
+/// Outcome of seeding the tag map from `/proc`.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SeedReport {
+    pub roots: usize,
+    pub tagged: usize,
+    pub stale_removed: usize,
+    pub passes: usize,
+}
+
+/// Tag every running agent and all its descendants, then rescan until a pass finds nothing
+/// new: a process that forked before its parent was tagged shows up as a child on the next
+/// pass, and every fork after its parent was tagged is tagged by the kernel.
+pub fn seed(kernel: &mut Kernel, agents: &[AgentSpec]) -> Result<SeedReport, TagError> {
+    let mut report = SeedReport::default();
+    // Drop entries whose process is gone or whose pid was reused.
+    let existing: Vec<(u32, Tag)> = kernel.tags.iter().filter_map(Result::ok).collect();
+    for (tgid, tag) in existing {
+        let live = ProcInfo::read(tgid as i32).ok();
+        if live.is_none_or(|p| p.key().start_ns != tag.start_ns) {
+            let _ = kernel.tags.remove(&tgid);
+            report.stale_removed += 1;
+        }
+    }
+    let mut roots_seen = HashSet::new();
+    loop {
+        report.passes += 1;
+        let procs = list_procs()?;
+        let by_pid: StdHashMap<u32, &ProcInfo> = procs.iter().map(|p| (p.pid, p)).collect();
+        let mut new = 0;
+        // Parents before children: sort by start time.
+        let mut order: Vec<&ProcInfo> = procs.iter().collect();
+        order.sort_by_key(|p| (p.start_ns, p.pid));
+        for p in order {
+            if p.pid == std::process::id() {
+                continue;
+            }
+            if kernel.tags.get(&p.pid, 0).is_ok() {
+                continue;
+            }
+            let parent_tag = by_pid
+                .get(&p.ppid)
+                .and_then(|_| kernel.tags.get(&p.ppid, 0).ok());
+            let tag = if let Some(pt) = parent_tag {
+                Tag {
+                    root: pt.root,
+                    agent_id: pt.agent_id,
+                    flags: pt.flags | tag_flags::INHERITED | tag_flags::FROM_SEED,
+                    start_ns: p.key().start_ns,
+                }
+            } else if let Some(agent_id) = p.recognise(agents) {
+                roots_seen.insert(p.pid);
+                Tag {
+                    root: p.key(),
+                    agent_id,
+                    flags: tag_flags::FROM_SEED,
+                    start_ns: p.key().start_ns,
+                }
+            } else {
+                continue;
+            };
+            // BPF_NOEXIST: the kernel may have tagged it meanwhile (it wins).
+            if kernel.tags.insert(p.pid, tag, 1).is_ok() {
+                new += 1;
+            }
+        }
+        report.tagged += new;
+        if new == 0 && report.passes >= 2 {
+            break;
+        }
+        if report.passes >= 64 {
+            break;
+        }
+    }
+    report.roots = roots_seen.len();
+    Ok(report)
+}
+
+/// Every live process (skipping ones that exit while being read).
+pub fn list_procs() -> Result<Vec<ProcInfo>, TagError> {
+    let all = procfs::process::all_processes().map_err(TagError::ProcList)?;
+    Ok(all
+        .filter_map(Result::ok)
+        .filter_map(|p| ProcInfo::read(p.pid).ok())
+        .collect())
+}
+
+/// Tag `pid` (a `guard run` launcher) as a new agent root, unless it is already tagged:
+/// a tagged process keeps its original root. Returns the tag in force.
+pub fn tag_root(
+    kernel: &mut Kernel,
+    pid: u32,
+    expected_start_ns: u64,
+    agent_id: u32,
+) -> Result<Tag, TagError> {
+    if let Ok(existing) = kernel.tags.get(&pid, 0) {
+        return Ok(existing);
+    }
+    let key = ProcKey::new(pid, expected_start_ns);
+    let tag = Tag {
+        root: key,
+        agent_id,
+        flags: tag_flags::FROM_RUN,
+        start_ns: key.start_ns,
+    };
+    match kernel.tags.insert(pid, tag, 1) {
+        Ok(()) => Ok(tag),
+        // Lost a race with the kernel (e.g. an exec recognised it): keep what is there.
+        Err(e) => kernel.tags.get(&pid, 0).map_err(|_| TagError::Map(e)),
+    }
+}
+
+/// A tagged process with what `/proc` says about it.
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct TaggedProc {
+    pub pid: u32,
+    pub ppid: u32,
+    pub start_ns: u64,
+    pub agent: String,
+    pub root_pid: u32,
+    pub root_start_ns: u64,
+    pub flags: u32,
+    pub comm: String,
+    pub exe: Option<String>,
+    pub argv: Vec<String>,
+}
+
+/// Every tagged process, with `/proc` details where the process is still readable.
+pub fn list(kernel: &Kernel, names: &AgentNames) -> Vec<TaggedProc> {
+    let mut out: Vec<TaggedProc> = kernel
+        .tags
+        .iter()
+        .filter_map(Result::ok)
+        .map(|(tgid, tag)| {
+            let info = ProcInfo::read(tgid as i32).ok();
+            TaggedProc {
+                pid: tgid,
+                ppid: info.as_ref().map_or(0, |i| i.ppid),
+                start_ns: tag.start_ns,
+                agent: names.name(tag.agent_id),
+                root_pid: tag.root.tgid,
+                root_start_ns: tag.root.start_ns,
+                flags: tag.flags,
+                comm: info.as_ref().map(|i| i.comm.clone()).unwrap_or_default(),
+                exe: info.as_ref().and_then(|i| i.exe.clone()),
+                argv: info.map(|i| i.argv).unwrap_or_default(),
+            }
+        })
+        .collect();
+    out.sort_by_key(|p| (p.root_start_ns, p.root_pid, p.start_ns, p.pid));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agents() -> Vec<AgentSpec> {
+        vec![
+            AgentSpec {
+                id: 1,
+                name: "claude-code".into(),
+                executables: vec!["claude".into()],
+                scripts: vec!["claude".into(), "claude-code".into()],
+            },
+            AgentSpec {
+                id: 2,
+                name: "aider".into(),
+                executables: vec!["aider".into()],
+                scripts: vec!["aider".into()],
+            },
+        ]
+    }
+
+    fn proc(comm: &str, argv: &[&str]) -> ProcInfo {
+        ProcInfo {
+            pid: 10,
+            ppid: 1,
+            start_ns: 0,
+            comm: comm.into(),
+            exe: None,
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+            uid: None,
+        }
+    }
+
+    #[test]
+    fn recognises_executables_and_scripts() {
+        let a = agents();
+        assert_eq!(proc("claude", &["claude"]).recognise(&a), Some(1));
+        let node = [
+            "node",
+            "/usr/lib/node_modules/@anthropic-ai/claude-code/cli.js",
+        ];
+        assert_eq!(proc("node", &node).recognise(&a), Some(1));
+        assert_eq!(
+            proc("python3", &["python3", "-m", "aider"]).recognise(&a),
+            Some(2)
+        );
+        assert_eq!(
+            proc("python3.11", &["python3.11", "/opt/x/aider.py"]).recognise(&a),
+            Some(2)
+        );
+        assert_eq!(
+            proc("node", &["node", "/srv/app/server.js"]).recognise(&a),
+            None
+        );
+        assert_eq!(
+            proc("python3", &["python3", "-c", "aider"]).recognise(&a),
+            None
+        );
+        assert_eq!(proc("bash", &["bash", "claude"]).recognise(&a), None);
+    }
+}

@@ -1,0 +1,129 @@
+//! `cargo xtask test`: every test tier, in order, with a summary of what ran. Integration tests
+//! need root; without it they are reported as not run and the command fails (never a silent skip).
+
+use std::{ffi::OsString, time::Instant};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{setup, util};
+
+const UNIT: &str = "unit tests";
+const TOOLS: &str = "test tools";
+const BINARY: &str = "guard binary";
+const INTEGRATION: &str = "integration tests";
+
+/// Outcome of each tier, printed at the end whatever happened.
+#[derive(Default)]
+struct Summary {
+    rows: Vec<(&'static str, String)>,
+}
+
+impl Summary {
+    fn record(&mut self, tier: &'static str, outcome: impl Into<String>) {
+        self.rows.push((tier, outcome.into()));
+    }
+
+    /// Run one tier, recording "passed (time)" or "FAILED".
+    fn tier<T>(&mut self, tier: &'static str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let start = Instant::now();
+        let result = f();
+        let took = util::secs(start.elapsed());
+        match &result {
+            Ok(_) => self.record(tier, format!("passed ({took})")),
+            Err(_) => self.record(tier, format!("FAILED ({took})")),
+        }
+        result
+    }
+
+    fn print(&self, all: &[&'static str]) {
+        println!("\n== cargo xtask test summary ==");
+        for tier in all {
+            let outcome = self
+                .rows
+                .iter()
+                .find(|(t, _)| t == tier)
+                .map_or("not run", |(_, o)| o.as_str());
+            println!("  {tier:<18} {outcome}");
+        }
+    }
+}
+
+pub fn test(extra: &[OsString]) -> Result<()> {
+    let all = ["setup", TOOLS, UNIT, BINARY, INTEGRATION];
+    let mut summary = Summary::default();
+    let result = run_tiers(extra, &mut summary);
+    summary.print(&all);
+    result
+}
+
+fn run_tiers(extra: &[OsString], summary: &mut Summary) -> Result<()> {
+    let root = util::is_root();
+    summary.tier("setup", setup::setup)?;
+
+    match setup::ensure_test_tools(root) {
+        Ok(tools) => {
+            println!("[test tools] {tools}");
+            summary.record(TOOLS, tools);
+        }
+        Err(e) => {
+            summary.record(TOOLS, "FAILED");
+            return Err(e.context("test tools step failed"));
+        }
+    }
+
+    println!("\n== unit tests (no root needed) ==");
+    summary.tier(UNIT, || {
+        util::run(
+            util::cargo().args([
+                "test",
+                "--workspace",
+                "--exclude",
+                "guard-ebpf",
+                "--exclude",
+                "guard-tests",
+            ]),
+            "fix the failing unit tests above",
+        )
+        .context("unit tests failed")
+    })?;
+
+    if !root {
+        summary.record(BINARY, "not run (needs root for the integration tests)");
+        summary.record(INTEGRATION, "NOT RUN: needs root");
+        bail!(
+            "integration tests need root: they load eBPF programs into the running kernel and \
+             attach them to cgroups; the unit tests passed, but the suite is incomplete\n  \
+             what to do: run as root, e.g. sudo -E env \"PATH=$PATH\" cargo xtask test"
+        );
+    }
+
+    println!("\n== guard binary for the integration tests ==");
+    let bin = summary.tier(BINARY, || {
+        util::run(
+            util::cargo().args(["build", "-p", "guard-userspace", "--bin", "guard"]),
+            "fix the compiler errors above; for eBPF build errors check `cargo xtask setup`",
+        )
+        .context("building the guard binary failed")?;
+        let bin = util::guard_bin(false);
+        if !bin.is_file() {
+            bail!("cargo succeeded but {} does not exist", bin.display());
+        }
+        Ok(bin)
+    })?;
+
+    println!(
+        "\n== integration tests (root, GUARD_BIN={}) ==",
+        bin.display()
+    );
+    summary.tier(INTEGRATION, || {
+        util::run(
+            util::cargo()
+                .args(["test", "-p", "guard-tests", "--", "--test-threads=1"])
+                .args(extra)
+                .env("GUARD_BIN", &bin),
+            "fix the failing integration tests above",
+        )
+        .context("integration tests failed")
+    })?;
+    Ok(())
+}
