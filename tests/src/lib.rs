@@ -1,1 +1,353 @@
+//! Harness for guard's privileged integration tests: they load the real programs into the
+//! running kernel and drive real processes. Every resource a test creates (daemon, pins,
+//! temp dirs, child processes, network namespaces, mounts) is owned by an RAII guard that
+//! cleans up on drop, also when the test panics.
+//!
+//! Tests never skip silently: without root they fail with a message saying so.
 
+pub mod netns;
+
+use std::{
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    thread::sleep,
+    time::{Duration, Instant},
+};
+
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+use serde_json::Value;
+use tempfile::TempDir;
+
+/// Fail the test (never skip) unless running as root.
+pub fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "guard's integration tests load eBPF programs and need root: run them with `cargo xtask test` as root"
+    );
+}
+
+/// Whether the run is under CI, where every kernel feature of this machine must be present.
+pub fn under_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// The `guard` binary under test: `$GUARD_BIN`, else the workspace's debug build.
+pub fn guard_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("GUARD_BIN") {
+        return PathBuf::from(p);
+    }
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/guard");
+    assert!(
+        p.exists(),
+        "no guard binary at {} and GUARD_BIN is not set: run the tests with `cargo xtask test`",
+        p.display()
+    );
+    p
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A unique name for this test process's resources.
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Poll `f` until it returns `Some`, or panic with `what` after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        sleep(Duration::from_millis(20));
+    }
+}
+
+/// A `guard daemon` with its own socket, pin directory, event log and policy.
+pub struct Daemon {
+    pub dir: TempDir,
+    pub socket: PathBuf,
+    pub pin_dir: PathBuf,
+    pub event_log: PathBuf,
+    pub policy: Option<PathBuf>,
+    child: Option<Child>,
+    /// Keep the pins after drop (for tests that restart a daemon on the same pins).
+    pub keep_pins: bool,
+}
+
+impl Daemon {
+    /// Start a daemon on the embedded default policy.
+    pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// Start a daemon on `policy_yaml`, written to a file in the daemon's temp dir.
+    pub fn start_with_policy(policy_yaml: &str) -> Self {
+        Self::start_with(Some(policy_yaml))
+    }
+
+    fn start_with(policy_yaml: Option<&str>) -> Self {
+        Self::start_at(
+            policy_yaml,
+            PathBuf::from("/sys/fs/bpf").join(unique("guard-test")),
+        )
+    }
+
+    /// Start a daemon pinning under `pin_dir`.
+    pub fn start_at(policy_yaml: Option<&str>, pin_dir: PathBuf) -> Self {
+        require_root();
+        let dir = tempfile::Builder::new()
+            .prefix("guard-test-")
+            .tempdir()
+            .expect("tempdir");
+        let policy = policy_yaml.map(|y| {
+            let p = dir.path().join("policy.yaml");
+            std::fs::write(&p, y).expect("write policy");
+            p
+        });
+        let mut d = Self {
+            socket: dir.path().join("guard.sock"),
+            pin_dir,
+            event_log: dir.path().join("events.jsonl"),
+            policy,
+            dir,
+            child: None,
+            keep_pins: false,
+        };
+        d.spawn();
+        d
+    }
+
+    /// Environment that points a `guard` command at this daemon.
+    pub fn env(&self) -> Vec<(&'static str, PathBuf)> {
+        vec![
+            ("GUARD_SOCKET", self.socket.clone()),
+            ("GUARD_PIN_DIR", self.pin_dir.clone()),
+            ("GUARD_EVENT_LOG", self.event_log.clone()),
+        ]
+    }
+
+    /// A `guard` command aimed at this daemon.
+    pub fn guard(&self) -> Command {
+        let mut c = Command::new(guard_bin());
+        c.envs(self.env()).env_remove("RUST_BACKTRACE");
+        c
+    }
+
+    /// (Re)start the daemon process on the same socket, pins and log.
+    pub fn spawn(&mut self) {
+        let log = std::fs::File::create(self.dir.path().join("daemon.log")).expect("daemon log");
+        let mut cmd = self.guard();
+        cmd.arg("daemon")
+            .stdout(log.try_clone().expect("dup"))
+            .stderr(log);
+        if let Some(p) = &self.policy {
+            cmd.arg("--policy").arg(p);
+        }
+        let child = cmd.spawn().expect("spawn guard daemon");
+        let pid = child.id();
+        self.child = Some(child);
+        wait_for(
+            "the daemon to serve its API",
+            Duration::from_secs(30),
+            || {
+                if let Some(status) = self
+                    .child
+                    .as_mut()
+                    .and_then(|c| c.try_wait().ok().flatten())
+                {
+                    panic!(
+                        "guard daemon (pid {pid}) exited with {status}:\n{}",
+                        self.log()
+                    );
+                }
+                self.status_json().filter(|s| s["daemon_pid"] == pid)
+            },
+        );
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).expect("daemon running")
+    }
+
+    /// The daemon's own log (stderr/stdout).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    /// `guard status -o json`, or None if the daemon does not answer.
+    pub fn status_json(&self) -> Option<Value> {
+        let out = self.guard().args(["status", "-o", "json"]).output().ok()?;
+        serde_json::from_slice::<Value>(&out.stdout)
+            .ok()
+            .filter(|v| v.get("daemon_pid").is_some())
+    }
+
+    /// `guard ps -o json` processes.
+    pub fn ps(&self) -> Vec<Value> {
+        let out = self
+            .guard()
+            .args(["ps", "-o", "json"])
+            .output()
+            .expect("guard ps");
+        assert!(
+            out.status.success(),
+            "guard ps failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).expect("ps json");
+        v["processes"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// The tag of `pid` as `guard ps` shows it.
+    pub fn tag_of(&self, pid: u32) -> Option<Value> {
+        self.ps().into_iter().find(|p| p["pid"] == pid)
+    }
+
+    /// Every line of the event log, parsed.
+    pub fn events(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.event_log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| {
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("bad event line {l:?}: {e}"))
+            })
+            .collect()
+    }
+
+    /// Kill the daemon with `sig` and reap it; the pins stay.
+    pub fn signal_and_reap(&mut self, sig: Signal) {
+        if let Some(mut child) = self.child.take() {
+            let _ = kill(Pid::from_raw(child.id() as i32), sig);
+            let _ = child.wait();
+        }
+    }
+
+    /// `guard run -- args…` aimed at this daemon, as a spawned child in its own process group.
+    pub fn run_tagged(&self, args: &[&str]) -> Proc {
+        let mut c = self.guard();
+        c.arg("run").arg("--").args(args);
+        Proc::spawn(c)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.signal_and_reap(Signal::SIGTERM);
+        if !self.keep_pins {
+            let _ = Command::new(guard_bin())
+                .envs(self.env())
+                .args(["daemon", "--uninstall"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            let _ = std::fs::remove_dir_all(&self.pin_dir);
+        }
+    }
+}
+
+/// A child process in its own process group, killed (whole group) on drop.
+pub struct Proc {
+    pub child: Child,
+}
+
+impl Proc {
+    pub fn spawn(mut cmd: Command) -> Self {
+        cmd.process_group(0).stdin(Stdio::null());
+        Self {
+            child: cmd.spawn().expect("spawn"),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Wait for exit with a timeout; panics on timeout.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        wait_for("a child process to exit", timeout, || {
+            self.child.try_wait().ok().flatten()
+        })
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = kill(Pid::from_raw(-(self.child.id() as i32)), Signal::SIGKILL);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Kill every pid in `pids` (processes a test started that left its process group).
+pub struct KillOnDrop(pub Vec<u32>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            let _ = kill(Pid::from_raw(*pid as i32), Signal::SIGKILL);
+        }
+    }
+}
+
+/// Run a command to completion and return its output.
+pub fn output(mut cmd: Command) -> Output {
+    cmd.stdin(Stdio::null()).output().expect("run command")
+}
+
+/// Read a pid written by a test process into `file`, waiting for it.
+pub fn read_pid_file(file: &Path) -> u32 {
+    wait_for(
+        &format!("a pid in {}", file.display()),
+        Duration::from_secs(10),
+        || std::fs::read_to_string(file).ok()?.trim().parse().ok(),
+    )
+}
+
+/// Whether `pid` is alive (and not a zombie).
+pub fn alive(pid: u32) -> bool {
+    match procfs::process::Process::new(pid as i32).and_then(|p| p.stat()) {
+        Ok(stat) => stat.state != 'Z',
+        Err(_) => false,
+    }
+}
+
+/// All live descendants of `pid` (by ppid, from /proc).
+pub fn descendants(pid: u32) -> Vec<u32> {
+    let procs: Vec<(u32, u32)> = procfs::process::all_processes()
+        .expect("/proc")
+        .filter_map(Result::ok)
+        .filter_map(|p| p.stat().ok())
+        .filter(|s| s.state != 'Z')
+        .map(|s| (s.pid as u32, s.ppid as u32))
+        .collect();
+    let mut out = Vec::new();
+    let mut frontier = vec![pid];
+    while let Some(p) = frontier.pop() {
+        for (child, parent) in &procs {
+            if *parent == p && !out.contains(child) {
+                out.push(*child);
+                frontier.push(*child);
+            }
+        }
+    }
+    out
+}
+
+/// Run `cmd` as an unprivileged user (nobody).
+pub fn as_nobody(cmd: &mut Command) -> &mut Command {
+    cmd.uid(65534).gid(65534)
+}

@@ -124,4 +124,3 @@ pub fn decode(raw: &[u8], clock: &Clock, names: &AgentNames) -> Option<Event> {
         exit_code: (kind == EventKind::TaggedExit).then_some(ev.exit_code),
     })
 }
-
