@@ -269,7 +269,7 @@ fn status(state: &Shared) -> Reply<DaemonStatus> {
     Reply::ok(DaemonStatus {
         daemon_pid: std::process::id(),
         enforcing: st.enforcing,
-        tier: format!("{:?}", st.probe.tier),
+        tier: st.probe.tier.to_string(),
         policy: st.policy_name.clone(),
         policy_generation: st.generation,
         trackers: Kernel::pinned_links(st.kernel.pin_dir()),

@@ -351,3 +351,34 @@ pub fn descendants(pid: u32) -> Vec<u32> {
 pub fn as_nobody(cmd: &mut Command) -> &mut Command {
     cmd.uid(65534).gid(65534)
 }
+
+/// A copy of the guard binary that any user may execute (the build tree may sit in a
+/// directory only root can enter); removed on drop.
+pub struct PublicGuard {
+    _dir: TempDir,
+    pub path: PathBuf,
+}
+
+pub fn world_executable_guard() -> PublicGuard {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::Builder::new().prefix("guard-test-bin-").tempdir().expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let path = dir.path().join("guard");
+    std::fs::copy(guard_bin(), &path).expect("copy guard");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    PublicGuard { _dir: dir, path }
+}
+
+/// Spawn `cmd` with piped stdout and read the first line as a pid.
+pub fn spawn_reading_pid(mut cmd: Command) -> (Proc, u32) {
+    cmd.stdout(Stdio::piped());
+    let mut p = Proc::spawn(cmd);
+    let stdout = p.child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).expect("read");
+    let pid = line
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("expected a pid, got {line:?}"));
+    (p, pid)
+}

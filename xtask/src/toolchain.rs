@@ -25,15 +25,20 @@ pub struct Nightly {
 impl Nightly {
     /// Ask rustup/rustc about the nightly toolchain.
     pub fn detect() -> Result<Self, String> {
+        Self::detect_named(NIGHTLY)
+    }
+
+    /// Ask rustup/rustc about the toolchain named `toolchain`.
+    pub fn detect_named(toolchain: &str) -> Result<Self, String> {
         let out = Command::new("rustc")
-            .args([&format!("+{NIGHTLY}"), "-vV"])
+            .args([&format!("+{toolchain}"), "-vV"])
             .env_remove("RUSTC")
             .output()
-            .map_err(|e| format!("cannot run `rustc +{NIGHTLY} -vV`: {e}"))?;
+            .map_err(|e| format!("cannot run `rustc +{toolchain} -vV`: {e}"))?;
         if !out.status.success() {
             return Err(format!(
-                "the {NIGHTLY} toolchain is not installed (`rustc +{NIGHTLY} -vV` failed: {}); \
-                 install it with `rustup toolchain install {NIGHTLY} --component rust-src`",
+                "the {toolchain} toolchain is not installed (`rustc +{toolchain} -vV` failed: {}); \
+                 install it with `rustup toolchain install {toolchain} --component rust-src`",
                 String::from_utf8_lossy(&out.stderr).trim()
             ));
         }
@@ -47,10 +52,10 @@ impl Nightly {
         let llvm = field("LLVM version:").ok_or("rustc -vV printed no LLVM version")?;
         let llvm_major = llvm.split('.').next().unwrap_or_default().to_string();
         let out = Command::new("rustc")
-            .args([&format!("+{NIGHTLY}"), "--print", "sysroot"])
+            .args([&format!("+{toolchain}"), "--print", "sysroot"])
             .env_remove("RUSTC")
             .output()
-            .map_err(|e| format!("cannot run `rustc +{NIGHTLY} --print sysroot`: {e}"))?;
+            .map_err(|e| format!("cannot run `rustc +{toolchain} --print sysroot`: {e}"))?;
         let sysroot = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
         Ok(Self {
             sysroot,
@@ -128,4 +133,23 @@ pub fn locate_bpf_linker(nightly: &Nightly) -> Option<(PathBuf, LinkerSource)> {
     which::which("bpf-linker")
         .ok()
         .map(|p| (p, LinkerSource::Path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_nightly_toolchain_is_named_with_the_fix() {
+        let err = Nightly::detect_named("guard-no-such-toolchain").unwrap_err();
+        assert!(err.contains("guard-no-such-toolchain"), "{err}");
+        assert!(err.contains("rustup toolchain install"), "{err}");
+    }
+
+    #[test]
+    fn the_installed_nightly_is_detected() {
+        let n = Nightly::detect().expect("this machine has the nightly toolchain");
+        assert!(!n.llvm_major.is_empty());
+        assert!(n.bpf_linker_root().to_string_lossy().contains(&n.commit));
+    }
 }
