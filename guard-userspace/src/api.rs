@@ -78,6 +78,9 @@ pub struct DaemonStatus {
     pub tier: String,
     pub policy: String,
     pub policy_generation: u64,
+    /// Why the last policy change was rejected (the previous generation stays in force).
+    #[serde(default)]
+    pub policy_rejected: Option<String>,
     pub trackers: Vec<String>,
     pub tagged_processes: usize,
     pub counters: Vec<(String, u64)>,

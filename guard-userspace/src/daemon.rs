@@ -59,6 +59,8 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Watch(#[from] crate::watch::WatchError),
     #[error("signal handler: {0}")]
     Signal(#[source] std::io::Error),
 }
@@ -92,6 +94,8 @@ struct State {
     generation: u64,
     probe: Probe,
     enforcing: bool,
+    /// The last policy that was rejected (and why); the previous one stays in force.
+    rejected: Option<String>,
 }
 
 type Shared = Arc<Mutex<State>>;
@@ -165,6 +169,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
         generation: 1,
         probe,
         enforcing: true,
+        rejected: None,
     }));
 
     let listener = bind(&cfg.paths)?;
@@ -177,11 +182,19 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
     let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
     let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;
     let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Signal)?;
+    let (_watch, mut changed) = match &cfg.policy {
+        Some(path) => {
+            let (w, rx) = crate::watch::watch(path, std::time::Duration::from_millis(200))?;
+            (Some(w), rx)
+        }
+        None => (None, tokio::sync::mpsc::channel(1).1),
+    };
     loop {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => reload(&cfg, &state),
+            Some(()) = changed.recv() => reload(&cfg, &state),
         }
     }
     let _ = std::fs::remove_file(&cfg.paths.socket);
@@ -206,12 +219,19 @@ fn reload(cfg: &DaemonConfig, state: &Shared) {
                     st.names = AgentNames::new(&agents);
                     st.policy_name = compiled.name;
                     st.generation += 1;
+                    st.rejected = None;
                     info!(generation = st.generation, "policy reloaded");
                 }
-                Err(e) => error!(error = %e, "policy reload failed; the previous policy stays"),
+                Err(e) => {
+                    error!(error = %e, "policy reload failed; the previous policy stays");
+                    st.rejected = Some(format!("installing the policy failed: {e}"));
+                }
             }
         }
-        Err(e) => error!(error = %e, "policy rejected; the previous policy stays in force"),
+        Err(e) => {
+            error!(error = %e, "policy rejected; the previous policy stays in force");
+            state.lock().expect("state lock").rejected = Some(e.to_string());
+        }
     }
 }
 
@@ -272,6 +292,7 @@ fn status(state: &Shared) -> Reply<DaemonStatus> {
         tier: st.probe.tier.to_string(),
         policy: st.policy_name.clone(),
         policy_generation: st.generation,
+        policy_rejected: st.rejected.clone(),
         trackers: Kernel::pinned_links(st.kernel.pin_dir()),
         tagged_processes: st.kernel.tags.keys().filter_map(Result::ok).count(),
         counters: st

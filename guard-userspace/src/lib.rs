@@ -13,3 +13,4 @@ pub mod policy;
 pub mod probe;
 pub mod render;
 pub mod tags;
+pub mod watch;

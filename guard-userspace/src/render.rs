@@ -83,6 +83,9 @@ pub fn status(st: &DaemonStatus, color: bool) -> String {
         "policy       {} (generation {})",
         st.policy, st.policy_generation
     );
+    if let Some(why) = &st.policy_rejected {
+        let _ = writeln!(out, "rejected     {why}");
+    }
     let _ = writeln!(out, "trackers     {}", st.trackers.join(", "));
     let _ = writeln!(out, "tagged       {} processes", st.tagged_processes);
     for (name, value) in &st.counters {
