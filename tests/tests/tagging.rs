@@ -149,7 +149,9 @@ fn agents_are_recognised_at_exec_without_guard_run() {
         c.args(args).env("PYTHONPATH", p.join("mods"));
         Proc::spawn(c)
     };
-    let py = Path::new("python3");
+    // The real interpreter, not a version-manager shim script in front of it.
+    let py = real_python3();
+    let py = py.as_path();
     let cases: Vec<(Proc, Option<&str>)> = vec![
         (spawn(&p.join("claude"), &["60"]), Some("claude-code")),
         (spawn(&p.join("claudette"), &["60"]), None),
@@ -187,7 +189,17 @@ fn agents_are_recognised_at_exec_without_guard_run() {
         );
         println!("SKIPPED node script recognition: node is not installed");
     }
-    std::thread::sleep(Duration::from_millis(500));
+    // Wait until every expected agent is tagged; then the others had time too.
+    for (proc, want) in cases.iter().chain(node_cases.iter()) {
+        if want.is_some() {
+            let pid = proc.pid();
+            wait_for(
+                &format!("{} to be tagged", proc_cmdline(pid)),
+                Duration::from_secs(10),
+                || d.tag_of(pid),
+            );
+        }
+    }
     for (proc, want) in cases.iter().chain(node_cases.iter()) {
         let tag = d.tag_of(proc.pid());
         let args = proc_cmdline(proc.pid());
@@ -224,6 +236,17 @@ fn agents_are_recognised_at_exec_without_guard_run() {
     let inner = inner.unwrap_or_else(|| panic!("no tagged_exec event for {root}: {evs:?}"));
     assert_eq!(inner["agent"], "guard-run");
     assert_eq!(inner["root"]["pid"], root);
+}
+
+fn real_python3() -> std::path::PathBuf {
+    let out = output({
+        let mut c = Command::new("python3");
+        c.args(["-c", "import sys; print(sys.executable)"]);
+        c
+    });
+    assert!(out.status.success(), "python3 is installed");
+    let exe = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    std::fs::canonicalize(exe).expect("python3 executable")
 }
 
 fn which(prog: &str) -> bool {
