@@ -64,6 +64,9 @@ pub struct TagReply {
     pub root_start_ns: u64,
     /// The caller was already in an agent tree and keeps its original root.
     pub already_tagged: bool,
+    /// Capability numbers the caller must drop from its bounding set before it execs.
+    #[serde(default)]
+    pub drop_capabilities: Vec<u8>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

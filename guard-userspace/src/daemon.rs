@@ -96,6 +96,8 @@ struct State {
     enforcing: bool,
     /// The last policy that was rejected (and why); the previous one stays in force.
     rejected: Option<String>,
+    /// Capabilities `guard run` drops from its tree's bounding set.
+    drop_caps: Vec<u8>,
 }
 
 type Shared = Arc<Mutex<State>>;
@@ -170,6 +172,11 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
         probe,
         enforcing: true,
         rejected: None,
+        drop_caps: compiled
+            .drop_capabilities
+            .iter()
+            .map(|c| c.number())
+            .collect(),
     }));
 
     let listener = bind(&cfg.paths)?;
@@ -220,6 +227,11 @@ fn reload(cfg: &DaemonConfig, state: &Shared) {
                     st.policy_name = compiled.name;
                     st.generation += 1;
                     st.rejected = None;
+                    st.drop_caps = compiled
+                        .drop_capabilities
+                        .iter()
+                        .map(|c| c.number())
+                        .collect();
                     info!(generation = st.generation, "policy reloaded");
                 }
                 Err(e) => {
@@ -345,6 +357,7 @@ fn tag(state: &Shared, pid: Option<i32>, agent: Option<&str>) -> Reply<TagReply>
                 root_pid: tag.root.tgid,
                 root_start_ns: tag.root.start_ns,
                 already_tagged: before.is_some(),
+                drop_capabilities: st.drop_caps.clone(),
             })
         }
         Err(e) => Reply::err(format!("tagging failed: {e}")),

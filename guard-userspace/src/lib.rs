@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod btf;
+pub mod caps;
 pub mod daemon;
 pub mod events;
 pub mod kernel;

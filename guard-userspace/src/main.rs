@@ -196,6 +196,8 @@ fn run_tagged(paths: &Paths, agent: Option<String>, cmd: Vec<String>) -> anyhow:
             reply.root_pid, reply.agent
         );
     }
+    guard::caps::confine(&reply.drop_capabilities)
+        .context("refusing to start the command with capabilities the policy removes")?;
     let err = Command::new(&cmd[0]).args(&cmd[1..]).exec();
     eprintln!("guard: cannot run {}: {err}", cmd[0]);
     Ok(ExitCode::from(127))

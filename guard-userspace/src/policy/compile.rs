@@ -169,8 +169,7 @@ impl Policy {
             drop_capabilities: spec
                 .self_protection
                 .as_ref()
-                .map(|s| s.drop_capabilities.clone())
-                .unwrap_or_default(),
+                .map_or_else(Capability::default_drops, |s| s.drop_capabilities.clone()),
             warnings: self.warnings.clone(),
         }
     }

@@ -423,6 +423,26 @@ impl Capability {
     pub fn number(self) -> u8 {
         self.0
     }
+
+    /// What `guard run` drops when the policy has no `selfProtection` section: what an agent
+    /// never needs and an escape always does (remount, detach programs, load modules,
+    /// ptrace other processes, reconfigure the network, raw device I/O).
+    pub fn default_drops() -> Vec<Self> {
+        [
+            "SYS_ADMIN",
+            "BPF",
+            "PERFMON",
+            "SYS_PTRACE",
+            "SYS_MODULE",
+            "NET_ADMIN",
+            "SYS_RAWIO",
+        ]
+        .iter()
+        .filter_map(|n| CAPABILITIES.iter().position(|c| c == n))
+        .filter_map(|i| u8::try_from(i).ok())
+        .map(Self)
+        .collect()
+    }
 }
 
 impl fmt::Display for Capability {
