@@ -14,6 +14,17 @@ pub enum EventKind {
     TaggedExit = 3,
     /// A tagged process forked a new process, which inherited the tag.
     TaggedFork = 4,
+    /// An endpoint rule decided a connect or sendmsg of a tagged process
+    /// ([`crate::net::NetEvent`]).
+    NetConnect = 60,
+    /// A tagged process modified (wrote, deleted, renamed) a protected file or directory
+    /// ([`crate::file::FileEvent`]).
+    FileChange = 40,
+    /// A tagged process opened a protected volume's block device ([`crate::file::FileEvent`]).
+    FileDevice = 41,
+    /// An open of a protected object by a tagged process, decided in userspace (fanotify
+    /// permission events); never in a ring buffer.
+    FileOpen = 42,
 }
 
 impl EventKind {
@@ -23,6 +34,10 @@ impl EventKind {
             2 => Some(Self::TaggedExec),
             3 => Some(Self::TaggedExit),
             4 => Some(Self::TaggedFork),
+            60 => Some(Self::NetConnect),
+            40 => Some(Self::FileChange),
+            41 => Some(Self::FileDevice),
+            42 => Some(Self::FileOpen),
             _ => None,
         }
     }
@@ -75,15 +90,35 @@ pub enum Counter {
     Forks = 3,
     /// Roots recognised at exec.
     AgentExecs = 4,
+    /// Connections and datagrams of tagged processes failed with EPERM by an endpoint rule.
+    NetDenied = 5,
+    /// Connections and datagrams of tagged processes allowed and recorded (audit).
+    NetAudited = 6,
+    /// Kills scheduled by a kill or kill-tree endpoint rule.
+    NetKillsScheduled = 7,
+    /// SIGKILLs sent at system call exit.
+    NetKillsSent = 8,
+    /// A kill could not be scheduled or sent (the operation was still denied).
+    NetKillFailed = 9,
+    /// A network hook hit an internal error and let the operation through (fail open).
+    NetFailOpen = 10,
 }
 
-pub const COUNTER_NAMES: [&str; 5] = [
+pub const COUNTER_NAMES: [&str; 11] = [
     "events_dropped",
     "tag_insert_failed",
     "probe_errors",
     "forks_tagged",
     "agent_execs",
+    "net_denied",
+    "net_audited",
+    "net_kills_scheduled",
+    "net_kills_sent",
+    "net_kill_failed",
+    "net_fail_open",
 ];
+const _: () = assert!(COUNTER_NAMES.len() == Counter::NetFailOpen as usize + 1);
+const _: () = assert!(COUNTER_NAMES.len() <= crate::maps::COUNTERS_MAX as usize);
 
 #[cfg(feature = "user")]
 mod pod {

@@ -6,7 +6,9 @@
 
 pub mod agent;
 pub mod event;
+pub mod file;
 pub mod maps;
+pub mod net;
 pub mod offsets;
 
 /// Identity of a process: pids are reused, `(tgid, start)` is not.
@@ -71,4 +73,10 @@ mod pod {
     unsafe impl aya::Pod for super::Tag {}
     unsafe impl aya::Pod for super::agent::NameKey {}
     unsafe impl aya::Pod for super::offsets::KernelOffsets {}
+    unsafe impl aya::Pod for super::offsets::UnixOffsets {}
+    unsafe impl aya::Pod for super::offsets::FileOffsets {}
+    unsafe impl aya::Pod for super::file::FileKey {}
+    unsafe impl aya::Pod for super::file::DevKey {}
+    unsafe impl aya::Pod for super::file::FileRule {}
+    unsafe impl aya::Pod for super::file::FileEvent {}
 }

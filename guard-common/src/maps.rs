@@ -25,10 +25,80 @@ pub const OFFSETS_GLOBAL: &str = "GUARD_OFFSETS";
 /// tgid of the daemon, which programs never act against.
 pub const DAEMON_TGID_GLOBAL: &str = "GUARD_DAEMON_TGID";
 
+/// LPM trie of IPv4 prefixes → [`crate::net::RuleSet`].
+pub const NET4: &str = "GUARD_NET4";
+/// LPM trie of IPv6 prefixes → [`crate::net::RuleSet`].
+pub const NET6: &str = "GUARD_NET6";
+pub const NET_PREFIXES_MAX: u32 = 16_384;
+/// [`crate::net::UnixKey`] → [`crate::net::RuleSet`].
+pub const NET_UNIX: &str = "GUARD_NET_UNIX";
+pub const NET_UNIX_MAX: u32 = 1024;
+/// Rule slot → [`crate::net::NetRule`], two generations of
+/// [`crate::net::RULES_PER_GENERATION`] slots.
+pub const NET_RULES: &str = "GUARD_NET_RULES";
+/// tgid → [`crate::net::PendingKill`]: processes to SIGKILL at their next system call exit.
+pub const NET_PENDING_KILLS: &str = "GUARD_NET_PENDING_KILLS";
+pub const NET_PENDING_KILLS_MAX: u32 = 4096;
+/// One `u64`: number of entries in [`NET_PENDING_KILLS`], so that the system call exit
+/// program costs one array read for everyone while no kill is pending.
+pub const NET_PENDING_COUNT: &str = "GUARD_NET_PENDING_COUNT";
+
+/// Offsets of `bpf_sock_addr_kern` and `sockaddr_un` for the unix socket programs.
+pub const UNIX_OFFSETS_GLOBAL: &str = "GUARD_UNIX_OFFSETS";
+
 /// Program names (the function names in guard-ebpf).
 pub mod programs {
     pub const FORK: &str = "guard_fork";
     pub const EXEC: &str = "guard_exec";
     pub const EXIT: &str = "guard_exit";
     pub const EXIT_NO_GROUP_DEAD: &str = "guard_exit_compat";
+    pub const CONNECT4: &str = "guard_connect4";
+    pub const CONNECT6: &str = "guard_connect6";
+    pub const SENDMSG4: &str = "guard_sendmsg4";
+    pub const SENDMSG6: &str = "guard_sendmsg6";
+    /// Loaded by guard itself with the unix attach types (aya 0.14 has none).
+    pub const CONNECT_UNIX: &str = "guard_connect_unix";
+    pub const SENDMSG_UNIX: &str = "guard_sendmsg_unix";
+    /// `tp_btf/sys_exit`: sends the pending kills.
+    pub const SYS_EXIT: &str = "guard_sys_exit";
+}
+
+// --- File protection (probes/file.rs). Pinned: kill-on-detect and the device rule keep
+// applying while no daemon runs.
+
+/// [`crate::file::FileKey`] → [`crate::file::FileRule`]: protected objects and volumes.
+pub const FILE_OBJECTS: &str = "GUARD_FILE_OBJECTS";
+pub const FILE_OBJECTS_MAX: u32 = 65_536;
+/// [`crate::file::DevKey`] → [`crate::file::FileRule`]: block devices behind protected volumes.
+pub const FILE_DEVICES: &str = "GUARD_FILE_DEVICES";
+pub const FILE_DEVICES_MAX: u32 = 1024;
+/// Kernel → user [`crate::file::FileEvent`]s.
+pub const FILE_EVENTS: &str = "GUARD_FILE_EVENTS";
+pub const FILE_EVENTS_BYTES: u32 = 1 << 20;
+/// Per-CPU counters, indexed by [`crate::file::counter`].
+pub const FILE_COUNTERS: &str = "GUARD_FILE_COUNTERS";
+pub const FILE_COUNTERS_MAX: u32 = 8;
+/// tgid → start time of a process already sent SIGKILL (LRU): one kill, one event.
+pub const FILE_KILLED: &str = "GUARD_FILE_KILLED";
+pub const FILE_KILLED_MAX: u32 = 4096;
+/// [`crate::offsets::FileOffsets`] global.
+pub const FILE_OFFSETS_GLOBAL: &str = "GUARD_FILE_OFFSETS";
+
+/// File program names (the function names in guard-ebpf) and their attach points.
+pub mod file_programs {
+    /// `tp_btf/ctime_ns_xchg`: a multigrain filesystem (ext4, xfs, btrfs, tmpfs) stamped a
+    /// new ctime on an inode.
+    pub const CTIME_XCHG: &str = "guard_file_ctime";
+    /// `tp_btf/ctime_xchg_skip`: the same, when the new ctime equals the old one.
+    pub const CTIME_SKIP: &str = "guard_file_ctime_skip";
+    /// `tp_btf/inode_set_ctime_to_ts`: any other filesystem set an inode's ctime.
+    pub const CTIME_SET: &str = "guard_file_ctime_set";
+    /// `cgroup/dev` on the cgroup v2 root: raw opens of protected block devices.
+    pub const DEVICE: &str = "guard_file_device";
+    /// (program, tracepoint) of the change detectors.
+    pub const TRACEPOINTS: [(&str, &str); 3] = [
+        (CTIME_XCHG, "ctime_ns_xchg"),
+        (CTIME_SKIP, "ctime_xchg_skip"),
+        (CTIME_SET, "inode_set_ctime_to_ts"),
+    ];
 }

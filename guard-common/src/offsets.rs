@@ -25,3 +25,58 @@ pub struct KernelOffsets {
     pub _pad: u32,
 }
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 40);
+
+/// Offsets for the unix socket programs, whose context is really a
+/// `struct bpf_sock_addr_kern` (aya-ebpf has no binding for its `uaddr`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnixOffsets {
+    /// `bpf_sock_addr_kern.uaddr` (a `struct sockaddr *`).
+    pub ctx_uaddr: u32,
+    /// `bpf_sock_addr_kern.uaddrlen` (kernels ≥ 6.7).
+    pub ctx_uaddrlen: u32,
+    /// `sockaddr_un.sun_path`.
+    pub sun_path: u32,
+    /// Non-zero once filled in by the loader.
+    pub valid: u32,
+}
+const _: () = assert!(core::mem::size_of::<UnixOffsets>() == 16);
+
+/// Bytes of the context the unix programs copy; every offset read from it must fit.
+pub const UNIX_CTX_READ: u32 = 64;
+
+/// Offsets for the file programs (probes/file.rs): from a changed inode to its device, its
+/// dentries and their ancestors, and the system call in progress.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FileOffsets {
+    /// `inode.i_ino`
+    pub inode_ino: u32,
+    /// `inode.i_sb`
+    pub inode_sb: u32,
+    /// `inode.i_dentry` (an `hlist_head` of the inode's dentries)
+    pub inode_dentry: u32,
+    /// `super_block.s_dev`
+    pub sb_dev: u32,
+    /// `dentry.d_parent`
+    pub dentry_parent: u32,
+    /// `dentry.d_inode`
+    pub dentry_inode: u32,
+    /// `dentry.d_name.name`
+    pub dentry_name: u32,
+    /// `dentry.d_u.d_alias` (the `hlist_node` linking it into `i_dentry`)
+    pub dentry_alias: u32,
+    /// `task_struct.flags`
+    pub task_flags: u32,
+    /// `pt_regs.orig_ax` (x86-64); `u32::MAX` where unknown: every change then counts as a
+    /// write and a delete.
+    pub regs_syscall: u32,
+    /// `pt_regs.di` and `pt_regs.si`: the first two system call arguments.
+    pub regs_arg0: u32,
+    pub regs_arg1: u32,
+    /// Non-zero once filled in by the loader; the programs do nothing with unset offsets.
+    pub valid: u32,
+    /// `inode.i_mode`
+    pub inode_mode: u32,
+}
+const _: () = assert!(core::mem::size_of::<FileOffsets>() == 56);

@@ -2,14 +2,18 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
 };
 use guard_common::{
     Tag,
     agent::NameKey,
     event::Counter,
-    maps::{AGENT_NAMES_MAX, COUNTERS_MAX, EVENTS_BYTES, TAGS_MAX},
-    offsets::KernelOffsets,
+    maps::{
+        AGENT_NAMES_MAX, COUNTERS_MAX, EVENTS_BYTES, NET_PENDING_KILLS_MAX, NET_PREFIXES_MAX,
+        NET_UNIX_MAX, TAGS_MAX,
+    },
+    net::{Ip4Data, Ip6Data, NetRule, PendingKill, RULE_SLOTS_TOTAL, RuleSet, UnixKey},
+    offsets::{KernelOffsets, UnixOffsets},
 };
 
 /// tgid → tag of every process in an agent tree. Pinned: tags outlive the daemon.
@@ -87,7 +91,6 @@ pub fn offsets() -> KernelOffsets {
 }
 
 #[inline(always)]
-#[expect(dead_code, reason = "used by the enforcement probes")]
 pub fn daemon_tgid() -> u32 {
     // SAFETY: a global in .rodata, patched by the loader before load.
     unsafe { core::ptr::read_volatile(&GUARD_DAEMON_TGID) }
@@ -96,6 +99,101 @@ pub fn daemon_tgid() -> u32 {
 #[inline(always)]
 pub fn count(counter: Counter) {
     if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *slot += 1 };
+    }
+}
+
+// --- Network enforcement (probes/net.rs). Pinned: rules keep applying while no daemon runs.
+
+#[map(name = "GUARD_NET4")]
+pub static NET4: LpmTrie<Ip4Data, RuleSet> = LpmTrie::pinned(NET_PREFIXES_MAX, 0);
+
+#[map(name = "GUARD_NET6")]
+pub static NET6: LpmTrie<Ip6Data, RuleSet> = LpmTrie::pinned(NET_PREFIXES_MAX, 0);
+
+#[map(name = "GUARD_NET_UNIX")]
+pub static NET_UNIX: HashMap<UnixKey, RuleSet> = HashMap::pinned(NET_UNIX_MAX, 0);
+
+#[map(name = "GUARD_NET_RULES")]
+pub static NET_RULES: Array<NetRule> = Array::pinned(RULE_SLOTS_TOTAL, 0);
+
+#[map(name = "GUARD_NET_PENDING_KILLS")]
+pub static PENDING_KILLS: HashMap<u32, PendingKill> = HashMap::pinned(NET_PENDING_KILLS_MAX, 0);
+
+#[map(name = "GUARD_NET_PENDING_COUNT")]
+pub static PENDING_COUNT: Array<u64> = Array::pinned(1, 0);
+
+/// Offsets for the unix programs, set by the loader from BTF.
+#[unsafe(no_mangle)]
+static GUARD_UNIX_OFFSETS: UnixOffsets = UnixOffsets {
+    ctx_uaddr: 0,
+    ctx_uaddrlen: 0,
+    sun_path: 0,
+    valid: 0,
+};
+
+#[inline(always)]
+pub fn unix_offsets() -> UnixOffsets {
+    // SAFETY: a global in .rodata, patched by the loader before load.
+    unsafe { core::ptr::read_volatile(&GUARD_UNIX_OFFSETS) }
+}
+
+// --- File protection (probes/file.rs). Pinned: kill-on-detect and the device rule keep
+// applying while no daemon runs.
+
+#[map(name = "GUARD_FILE_OBJECTS")]
+pub static FILE_OBJECTS: aya_ebpf::maps::HashMap<
+    guard_common::file::FileKey,
+    guard_common::file::FileRule,
+> = aya_ebpf::maps::HashMap::pinned(guard_common::maps::FILE_OBJECTS_MAX, 0);
+
+#[map(name = "GUARD_FILE_DEVICES")]
+pub static FILE_DEVICES: aya_ebpf::maps::HashMap<
+    guard_common::file::DevKey,
+    guard_common::file::FileRule,
+> = aya_ebpf::maps::HashMap::pinned(guard_common::maps::FILE_DEVICES_MAX, 0);
+
+#[map(name = "GUARD_FILE_EVENTS")]
+pub static FILE_EVENTS: RingBuf = RingBuf::pinned(guard_common::maps::FILE_EVENTS_BYTES, 0);
+
+#[map(name = "GUARD_FILE_COUNTERS")]
+pub static FILE_COUNTERS: PerCpuArray<u64> =
+    PerCpuArray::pinned(guard_common::maps::FILE_COUNTERS_MAX, 0);
+
+#[map(name = "GUARD_FILE_KILLED")]
+pub static FILE_KILLED: aya_ebpf::maps::LruHashMap<u32, u64> =
+    aya_ebpf::maps::LruHashMap::with_max_entries(guard_common::maps::FILE_KILLED_MAX, 0);
+
+/// Offsets for the file programs, set by the loader from BTF.
+#[unsafe(no_mangle)]
+static GUARD_FILE_OFFSETS: guard_common::offsets::FileOffsets =
+    guard_common::offsets::FileOffsets {
+        inode_ino: 0,
+        inode_sb: 0,
+        inode_dentry: 0,
+        sb_dev: 0,
+        dentry_parent: 0,
+        dentry_inode: 0,
+        dentry_name: 0,
+        dentry_alias: 0,
+        task_flags: 0,
+        regs_syscall: 0,
+        regs_arg0: 0,
+        regs_arg1: 0,
+        valid: 0,
+        inode_mode: 0,
+    };
+
+#[inline(always)]
+pub fn file_offsets() -> guard_common::offsets::FileOffsets {
+    // SAFETY: a global in .rodata, patched by the loader before load.
+    unsafe { core::ptr::read_volatile(&GUARD_FILE_OFFSETS) }
+}
+
+#[inline(always)]
+pub fn count_file(index: u32) {
+    if let Some(slot) = FILE_COUNTERS.get_ptr_mut(index) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU.
         unsafe { *slot += 1 };
     }

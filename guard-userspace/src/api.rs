@@ -67,6 +67,9 @@ pub struct TagReply {
     /// Capability numbers the caller must drop from its bounding set before it execs.
     #[serde(default)]
     pub drop_capabilities: Vec<u8>,
+    /// Paths the caller makes read-only or masks in its own mount namespace.
+    #[serde(default)]
+    pub protections: Option<crate::files::Protections>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -88,6 +91,9 @@ pub struct DaemonStatus {
     pub tagged_processes: usize,
     pub counters: Vec<(String, u64)>,
     pub probe: serde_json::Value,
+    /// Path rules: what protects each access of each rule, and what it resolved to.
+    #[serde(default)]
+    pub path_rules: Vec<crate::files::PathRuleStatus>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use btf_rs::{Btf, Type};
-use guard_common::offsets::KernelOffsets;
+use guard_common::offsets::{FileOffsets, KernelOffsets};
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
@@ -57,20 +57,23 @@ pub fn member_offset(
     strukt: &'static str,
     member: &'static str,
 ) -> Result<u32, BtfError> {
-    let types = btf
-        .resolve_types_by_name(strukt)
-        .map_err(|_| BtfError::NoStruct(strukt))?;
-    let s = types
-        .iter()
+    let s = find_struct(btf, strukt)?;
+    let bits = find_member(btf, &s, member)
+        .ok_or(BtfError::NoMember { strukt, member })?
+        .map_err(|()| BtfError::Bitfield { strukt, member })?;
+    Ok(bits / 8)
+}
+
+/// The definition (not a forward declaration) of `struct strukt`.
+fn find_struct(btf: &Btf, strukt: &'static str) -> Result<btf_rs::Struct, BtfError> {
+    btf.resolve_types_by_name(strukt)
+        .map_err(|_| BtfError::NoStruct(strukt))?
+        .into_iter()
         .find_map(|t| match t {
             Type::Struct(s) if !s.members.is_empty() => Some(s),
             _ => None,
         })
-        .ok_or(BtfError::NoStruct(strukt))?;
-    let bits = find_member(btf, s, member)
-        .ok_or(BtfError::NoMember { strukt, member })?
-        .map_err(|()| BtfError::Bitfield { strukt, member })?;
-    Ok(bits / 8)
+        .ok_or(BtfError::NoStruct(strukt))
 }
 
 /// Bit offset of `name` in `s`; `Err(())` if it is a bitfield.
@@ -131,5 +134,85 @@ mod tests {
             err.to_string(),
             "kernel BTF: struct task_struct has no member no_such_field"
         );
+    }
+}
+
+/// Offsets of the fields the file programs read (see [`FileOffsets`]). The system call
+/// registers are x86-64's; where `pt_regs` has no `orig_ax` they are marked unknown and every
+/// change of a protected object counts as both a write and a delete.
+pub fn file_offsets(path: &Path) -> Result<FileOffsets, BtfError> {
+    let btf = Btf::from_file(path).map_err(|source| BtfError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let off = |strukt, member| member_offset(&btf, strukt, member);
+    let regs = |member| member_offset(&btf, "pt_regs", member).ok();
+    let (regs_syscall, regs_arg0, regs_arg1) = match (regs("orig_ax"), regs("di"), regs("si")) {
+        (Some(nr), Some(a0), Some(a1)) => (nr, a0, a1),
+        _ => (u32::MAX, 0, 0),
+    };
+    Ok(FileOffsets {
+        inode_ino: off("inode", "i_ino")?,
+        inode_sb: off("inode", "i_sb")?,
+        inode_dentry: off("inode", "i_dentry")?,
+        sb_dev: off("super_block", "s_dev")?,
+        dentry_parent: off("dentry", "d_parent")?,
+        dentry_inode: off("dentry", "d_inode")?,
+        dentry_name: off("dentry", "d_name")? + off("qstr", "name")?,
+        dentry_alias: nested_offset(&btf, "dentry", "d_u", "d_alias")?,
+        task_flags: off("task_struct", "flags")?,
+        regs_syscall,
+        regs_arg0,
+        regs_arg1,
+        valid: 1,
+        inode_mode: off("inode", "i_mode")?,
+    })
+}
+
+/// Byte offset of `inner` inside the struct or union member `outer` of `struct strukt`.
+fn nested_offset(
+    btf: &Btf,
+    strukt: &'static str,
+    outer: &'static str,
+    inner: &'static str,
+) -> Result<u32, BtfError> {
+    let base = member_offset(btf, strukt, outer)?;
+    let s = find_struct(btf, strukt)?;
+    let missing = BtfError::NoMember {
+        strukt,
+        member: inner,
+    };
+    let member = s
+        .members
+        .iter()
+        .find(|m| btf.resolve_name(*m).is_ok_and(|n| n == outer))
+        .ok_or(BtfError::NoMember {
+            strukt,
+            member: outer,
+        })?;
+    match btf.resolve_chained_type(member) {
+        Ok(Type::Struct(agg) | Type::Union(agg)) => match find_member(btf, &agg, inner) {
+            Some(Ok(bits)) => Ok(base + bits / 8),
+            Some(Err(())) => Err(BtfError::Bitfield {
+                strukt,
+                member: inner,
+            }),
+            None => Err(missing),
+        },
+        _ => Err(missing),
+    }
+}
+
+#[cfg(test)]
+mod file_tests {
+    use super::*;
+
+    #[test]
+    fn file_offsets_of_the_running_kernel() {
+        let o = file_offsets(Path::new(VMLINUX_BTF)).unwrap();
+        assert_eq!(o.valid, 1);
+        assert!(o.inode_ino > 0 && o.inode_sb > 0 && o.dentry_parent > 0);
+        assert!(o.dentry_name > 0 && o.dentry_alias > 0 && o.inode_dentry > 0);
+        assert_ne!(o.regs_syscall, u32::MAX, "x86-64 pt_regs has orig_ax");
     }
 }

@@ -3,6 +3,7 @@
 //! `/proc` (to a fixpoint) → serve.
 
 use std::{
+    net::SocketAddr,
     os::unix::fs::PermissionsExt,
     path::PathBuf,
     sync::{Arc, Mutex},
@@ -10,7 +11,7 @@ use std::{
 
 use guard_common::agent::trim_nul;
 use tokio::{
-    io::{AsyncBufReadExt, AsyncWriteExt, BufReader, unix::AsyncFd},
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
     net::{UnixListener, UnixStream},
     signal::unix::{SignalKind, signal},
 };
@@ -19,11 +20,17 @@ use tracing::{error, info, warn};
 use crate::{
     api::{self, DaemonStatus, PsReply, Reply, Request, TagReply},
     btf,
-    events::{self, Clock, EventLog},
+    events::{
+        EventLog, LogConfig, Responder,
+        pipeline::{self, Pipeline},
+    },
     kernel::{Kernel, KernelError},
+    metrics::{self, DaemonView, HookStatus, KernelSnapshot, Metrics},
+    net,
     paths::Paths,
     policy::{CompiledPolicy, Policy, PolicyError},
     probe::{self, Probe},
+    proctree::{ProcTree, ProcTreeHandle, Procfs, TreeConfig},
     tags::{self, AgentNames, AgentSpec, ProcInfo, TagError},
 };
 
@@ -45,6 +52,10 @@ pub enum DaemonError {
     Kernel(#[from] KernelError),
     #[error(transparent)]
     Tags(#[from] TagError),
+    #[error("path rules: {0}")]
+    Files(#[from] crate::files::FileError),
+    #[error("endpoint rules: {0}")]
+    Net(#[from] crate::net::NetError),
     #[error("another guard daemon (pid {0}) is serving {1}")]
     AlreadyRunning(u32, String),
     #[error("API socket {path}: {source}")]
@@ -63,12 +74,18 @@ pub enum DaemonError {
     Watch(#[from] crate::watch::WatchError),
     #[error("signal handler: {0}")]
     Signal(#[source] std::io::Error),
+    #[error(transparent)]
+    Metrics(#[from] metrics::MetricsError),
 }
 
 pub struct DaemonConfig {
     pub policy: Option<PathBuf>,
     pub paths: Paths,
     pub log_stdout: bool,
+    /// Rotation of the event log.
+    pub log: LogConfig,
+    /// Serve Prometheus metrics on this address (off when `None`).
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// Agents as the kernel maps them: ids start at 1 (0 is `guard run` without `--agent`).
@@ -98,6 +115,10 @@ struct State {
     rejected: Option<String>,
     /// Capabilities `guard run` drops from its tree's bounding set.
     drop_caps: Vec<u8>,
+    /// Whether the policy has enforced kill rules (the kill program must be attached).
+    kills: bool,
+    /// File protection (path rules).
+    files: Option<Arc<crate::files::FileGuard>>,
 }
 
 type Shared = Arc<Mutex<State>>;
@@ -148,6 +169,23 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
     info!(pin_dir = %cfg.paths.pin_dir.display(), "trackers attached and pinned");
     let agents = agent_specs(&compiled);
     tags::install_agents(&mut kernel, &agents)?;
+    let kills = needs_killer(&compiled);
+    if kills {
+        kernel.set_killer(true)?;
+    }
+    let net = match kernel.net.take() {
+        Some(maps) => {
+            let config = net::NetConfig::from_env().map_err(net::NetError::from)?;
+            Some(net::NetHandle::install(maps, &compiled, &config).await?)
+        }
+        None => None,
+    };
+    if !kills {
+        kernel.set_killer(false)?;
+    }
+    if let Some(why) = &kernel.net_attached.unix_missing {
+        warn!("unix socket rules are not enforced: {why}");
+    }
     let events = kernel.take_events();
     let report = tags::seed(&mut kernel, &agents)?;
     info!(
@@ -158,7 +196,18 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
         "seeded tags from /proc"
     );
 
-    let log = EventLog::open(&cfg.paths.event_log, cfg.log_stdout).map_err(|source| {
+    let files = crate::files::FileGuard::start(
+        crate::files::FileConfig {
+            pin_dir: cfg.paths.pin_dir.clone(),
+            event_log: cfg.paths.event_log.clone(),
+            log_stdout: cfg.log_stdout,
+            passwd: "/etc/passwd".into(),
+        },
+        kernel.files.take(),
+        &compiled.paths,
+        AgentNames::new(&agents),
+    )?;
+    let log = EventLog::open(&cfg.paths.event_log, cfg.log, cfg.log_stdout).map_err(|source| {
         DaemonError::EventLog {
             path: cfg.paths.event_log.display().to_string(),
             source,
@@ -177,12 +226,43 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
             .iter()
             .map(|c| c.number())
             .collect(),
+        kills,
+        files: Some(Arc::new(files)),
     }));
 
     let listener = bind(&cfg.paths)?;
     info!(socket = %cfg.paths.socket.display(), "serving API");
+    let view: Arc<dyn DaemonView> = Arc::new(View(state.clone()));
+    let metrics = Arc::new(Metrics::new(view.clone()));
+    if let Some(addr) = cfg.metrics_addr {
+        let bound = metrics::serve(addr, metrics.clone()).await?;
+        info!(addr = %bound, "serving metrics");
+    }
     if let Some(ring) = events {
-        tokio::spawn(read_events(ring, log, state.clone()));
+        let tree = ProcTreeHandle::spawn(ProcTree::new(TreeConfig::default(), Box::new(Procfs)));
+        let responders: Vec<Arc<dyn Responder>> = net
+            .iter()
+            .map(|n| Arc::new(n.clone()) as Arc<dyn Responder>)
+            .collect();
+        let labels: Arc<dyn crate::events::net::NetLabels + Send + Sync> = match &net {
+            Some(n) => Arc::new(n.clone()),
+            None => Arc::new(crate::events::net::NoLabels),
+        };
+        let sink = pipeline::spawn(
+            ring,
+            Pipeline {
+                log,
+                tree,
+                view,
+                metrics,
+                node: pipeline::hostname(),
+                responders,
+                net: labels,
+            },
+        );
+        if let Some(files) = state.lock().expect("state lock").files.clone() {
+            files.set_sink(sink);
+        }
     }
     tokio::spawn(serve(listener, state.clone()));
 
@@ -200,8 +280,8 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => reload(&cfg, &state),
-            Some(()) = changed.recv() => reload(&cfg, &state),
+            _ = hup.recv() => reload(&cfg, &state, net.as_ref()),
+            Some(()) = changed.recv() => reload(&cfg, &state, net.as_ref()),
         }
     }
     let _ = std::fs::remove_file(&cfg.paths.socket);
@@ -211,7 +291,16 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
     Ok(())
 }
 
-fn reload(cfg: &DaemonConfig, state: &Shared) {
+/// Whether `policy` has an enforced endpoint rule that kills.
+fn needs_killer(policy: &CompiledPolicy) -> bool {
+    use crate::policy::{Action, Mode};
+    policy
+        .endpoints
+        .iter()
+        .any(|r| matches!(r.action, Action::Kill | Action::KillTree) && r.mode == Mode::Enforce)
+}
+
+fn reload(cfg: &DaemonConfig, state: &Shared, net: Option<&net::NetHandle>) {
     let Some(path) = &cfg.policy else {
         info!("SIGHUP: running on the embedded default policy; nothing to reload");
         return;
@@ -219,6 +308,8 @@ fn reload(cfg: &DaemonConfig, state: &Shared) {
     match Policy::load(path) {
         Ok(policy) => {
             let compiled = policy.compile();
+            let compiled_net = compiled.clone();
+            let path_rules = compiled.paths.clone();
             let agents = agent_specs(&compiled);
             let mut st = state.lock().expect("state lock");
             match tags::install_agents(&mut st.kernel, &agents) {
@@ -233,6 +324,32 @@ fn reload(cfg: &DaemonConfig, state: &Shared) {
                         .map(|c| c.number())
                         .collect();
                     info!(generation = st.generation, "policy reloaded");
+                    // The kill program goes in before rules that kill, and out after them.
+                    st.kills = needs_killer(&compiled_net);
+                    if st.kills
+                        && let Err(e) = st.kernel.set_killer(true)
+                    {
+                        error!(error = %e, "cannot attach the kill program; kill rules only deny");
+                    }
+                    if let Some(net) = net.cloned() {
+                        let state = state.clone();
+                        tokio::spawn(async move {
+                            if let Err(e) = net.apply(&compiled_net).await {
+                                error!(error = %e, "endpoint rules not reloaded; the previous ones stay");
+                                return;
+                            }
+                            let mut st = state.lock().expect("state lock");
+                            if !st.kills
+                                && let Err(e) = st.kernel.set_killer(false)
+                            {
+                                warn!(error = %e, "cannot detach the kill program");
+                            }
+                        });
+                    }
+                    if let Some(files) = st.files.clone() {
+                        let names = st.names.clone();
+                        std::thread::spawn(move || files.reload(&path_rules, names));
+                    }
                 }
                 Err(e) => {
                     error!(error = %e, "policy reload failed; the previous policy stays");
@@ -312,8 +429,10 @@ fn status(state: &Shared) -> Reply<DaemonStatus> {
             .counters()
             .into_iter()
             .map(|(n, v)| (n.to_string(), v))
+            .chain(st.files.as_ref().map(|f| f.counters()).unwrap_or_default())
             .collect(),
         probe: serde_json::to_value(&st.probe).unwrap_or_default(),
+        path_rules: st.files.as_ref().map(|f| f.status()).unwrap_or_default(),
     })
 }
 
@@ -358,44 +477,58 @@ fn tag(state: &Shared, pid: Option<i32>, agent: Option<&str>) -> Reply<TagReply>
                 root_start_ns: tag.root.start_ns,
                 already_tagged: before.is_some(),
                 drop_capabilities: st.drop_caps.clone(),
+                protections: st.files.as_ref().map(|f| f.protections()),
             })
         }
         Err(e) => Reply::err(format!("tagging failed: {e}")),
     }
 }
 
-async fn read_events(
-    ring: aya::maps::RingBuf<aya::maps::MapData>,
-    mut log: EventLog,
-    state: Shared,
-) {
-    let clock = Clock::now();
-    // SAFETY: the ring buffer owns its fd and lives inside the AsyncFd, so the fd stays open
-    // for as long as it is registered.
-    let mut fd = match unsafe { AsyncFd::register(ring) } {
-        Ok(fd) => fd,
-        Err(e) => {
-            error!(error = %e, "cannot poll the event ring buffer; events are not recorded");
-            return;
+/// The daemon's state as the event pipeline and the metrics see it.
+struct View(Shared);
+
+impl DaemonView for View {
+    fn agent_names(&self) -> AgentNames {
+        self.0.lock().expect("state lock").names.clone()
+    }
+
+    fn events_dropped(&self) -> u64 {
+        let st = self.0.lock().expect("state lock");
+        st.kernel
+            .counters()
+            .into_iter()
+            .find(|(n, _)| *n == "events_dropped")
+            .map_or(0, |(_, v)| v)
+    }
+
+    fn snapshot(&self) -> KernelSnapshot {
+        let st = self.0.lock().expect("state lock");
+        let tier = st.probe.tier.to_string();
+        // Every pinned link is an attached hook: the trackers, and each enforcement hook.
+        let hooks = Kernel::pinned_links(st.kernel.pin_dir())
+            .into_iter()
+            .map(|hook| HookStatus {
+                tier: if crate::kernel::TRACKERS.iter().any(|(_, p)| *p == hook) {
+                    "tracking".into()
+                } else {
+                    tier.clone()
+                },
+                hook,
+                status: "attached".into(),
+            })
+            .collect();
+        KernelSnapshot {
+            counters: st
+                .kernel
+                .counters()
+                .into_iter()
+                .map(|(n, v)| (n.to_string(), v))
+                .collect(),
+            tagged_processes: st.kernel.tags.keys().filter_map(Result::ok).count() as u64,
+            policy_generation: st.generation,
+            enforcing: st.enforcing,
+            tier,
+            hooks,
         }
-    };
-    loop {
-        let mut guard = match fd.readable_mut().await {
-            Ok(g) => g,
-            Err(e) => {
-                error!(error = %e, "event ring buffer poll failed");
-                return;
-            }
-        };
-        let names = state.lock().expect("state lock").names.clone();
-        let ring = guard.get_inner_mut();
-        while let Some(item) = ring.next() {
-            if let Some(ev) = events::decode(&item, &clock, &names)
-                && let Err(e) = log.write(&ev)
-            {
-                error!(error = %e, path = %log.path().display(), "cannot write event");
-            }
-        }
-        guard.clear_ready();
     }
 }

@@ -25,7 +25,7 @@ use guard_common::{
 };
 
 /// The compiled kernel object, embedded in the binary.
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/guard"));
+pub(crate) static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/guard"));
 
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
@@ -59,6 +59,8 @@ pub enum KernelError {
         #[source]
         source: MapError,
     },
+    #[error("network hooks: {0}")]
+    Net(#[from] crate::net::NetError),
 }
 
 /// The tracker programs: tracepoint name and program name.
@@ -67,6 +69,13 @@ pub const TRACKERS: [(&str, &str); 3] = [
     ("sched_process_exec", programs::EXEC),
     ("sched_process_exit", programs::EXIT),
 ];
+
+/// The program that carries out `kill` decisions of the cgroup hooks: `tp_btf/sys_exit` sends
+/// SIGKILL in the offender's own context before it returns to user space. Any program on
+/// `raw_syscalls:sys_exit` puts every thread of the host on the slow system-call path (about
+/// 100 ns a call), so it is attached only while the policy has an enforced `kill` or
+/// `kill-tree` endpoint rule.
+pub const KILLER: (&str, &str) = ("sys_exit", programs::SYS_EXIT);
 
 /// Loaded and attached programs plus handles to their maps.
 pub struct Kernel {
@@ -77,6 +86,12 @@ pub struct Kernel {
     pub interpreters: HashMap<MapData, NameKey, u32>,
     pub counters: PerCpuArray<MapData, u64>,
     events: Option<RingBuf<MapData>>,
+    /// Network rule maps, until the network controller takes them.
+    pub net: Option<crate::net::NetMaps>,
+    /// What the network hooks attached.
+    pub net_attached: crate::net::Attached,
+    /// File protection maps and what attached, until the file guard takes them.
+    pub files: Option<crate::files::Loaded>,
     /// Keeps the programs' file descriptors for the daemon's lifetime.
     _ebpf: Ebpf,
 }
@@ -96,25 +111,51 @@ impl Kernel {
                 source,
             })?;
         }
+        let unix_offsets = crate::net::unix_offsets();
+        let (file_offsets, file_offsets_error) = crate::files::kernel::offsets();
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&maps_dir)
             .override_global(maps::OFFSETS_GLOBAL, offsets, true)
             .override_global(maps::DAEMON_TGID_GLOBAL, &daemon_tgid, true)
+            .override_global(maps::UNIX_OFFSETS_GLOBAL, &unix_offsets, true)
+            .override_global(maps::FILE_OFFSETS_GLOBAL, &file_offsets, true)
             .load(OBJECT)
             .map_err(KernelError::Load)?;
         let btf = Btf::from_sys_fs().map_err(KernelError::Btf)?;
         for (tracepoint, name) in TRACKERS {
             let err = |source| KernelError::Program { name, source };
-            let prog: &mut BtfTracePoint = ebpf
-                .program_mut(name)
-                .ok_or(ProgramError::NotLoaded)
-                .and_then(TryInto::try_into)
-                .map_err(err)?;
+            let prog = tracepoint_program(&mut ebpf, name)?;
             prog.load(tracepoint, &btf).map_err(err)?;
             let id = prog.attach().map_err(err)?;
             let link: FdLink = prog.take_link(id).map_err(err)?.into();
             replace_link_pin(link, &links_dir.join(name))?;
         }
+        {
+            let (tracepoint, name) = KILLER;
+            let err = |source| KernelError::Program { name, source };
+            let prog = tracepoint_program(&mut ebpf, name)?;
+            prog.load(tracepoint, &btf).map_err(err)?;
+        }
+        let net_attached = crate::net::attach(
+            &mut ebpf,
+            OBJECT,
+            &links_dir,
+            &unix_offsets,
+            |link, path| {
+                replace_link_pin(link, path).map_err(|e| crate::net::NetError::PinLink {
+                    path: path.to_path_buf(),
+                    source: Box::new(e),
+                })
+            },
+        )?;
+        let net = crate::net::take_maps(&mut ebpf, &maps_dir)?;
+        let files = crate::files::kernel::load(
+            &mut ebpf,
+            &btf,
+            &links_dir,
+            file_offsets_error,
+            |link, path| replace_link_pin(link, path).map_err(|e| e.to_string()),
+        );
         Ok(Self {
             pin_dir: pin_dir.to_path_buf(),
             tags: take_map(&mut ebpf, maps::TAGS)?,
@@ -123,12 +164,39 @@ impl Kernel {
             interpreters: take_map(&mut ebpf, maps::INTERPRETERS)?,
             counters: take_map(&mut ebpf, maps::COUNTERS)?,
             events: Some(take_map(&mut ebpf, maps::EVENTS)?),
+            net: Some(net),
+            net_attached,
+            files,
             _ebpf: ebpf,
         })
     }
 
     pub fn pin_dir(&self) -> &Path {
         &self.pin_dir
+    }
+
+    /// Whether the kill program is attached (its link is pinned).
+    pub fn killer_attached(&self) -> bool {
+        self.pin_dir.join("links").join(KILLER.1).exists()
+    }
+
+    /// Attach (`on`) or detach the kill program. Attach before installing rules that kill;
+    /// detach only after the last such rule is gone.
+    pub fn set_killer(&mut self, on: bool) -> Result<(), KernelError> {
+        let (_, name) = KILLER;
+        let pin = self.pin_dir.join("links").join(name);
+        if on == pin.exists() {
+            return Ok(());
+        }
+        if !on {
+            return fs::remove_file(&pin)
+                .map_err(|source| KernelError::PinDir { path: pin, source });
+        }
+        let err = |source| KernelError::Program { name, source };
+        let prog = tracepoint_program(&mut self._ebpf, name)?;
+        let id = prog.attach().map_err(err)?;
+        let link: FdLink = prog.take_link(id).map_err(err)?.into();
+        replace_link_pin(link, &pin)
     }
 
     /// The event ring buffer (once).
@@ -163,6 +231,17 @@ impl Kernel {
         names.sort();
         names
     }
+}
+
+/// The `tp_btf` program `name` of the object.
+fn tracepoint_program<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut BtfTracePoint, KernelError> {
+    ebpf.program_mut(name)
+        .ok_or(ProgramError::NotLoaded)
+        .and_then(TryInto::try_into)
+        .map_err(|source| KernelError::Program { name, source })
 }
 
 fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, KernelError>

@@ -2,9 +2,11 @@
 
 use std::{
     io::IsTerminal,
+    net::SocketAddr,
     os::unix::process::CommandExt,
     path::PathBuf,
     process::{Command, ExitCode},
+    time::Duration,
 };
 
 use anyhow::{Context as _, bail};
@@ -12,6 +14,10 @@ use clap::{Parser, Subcommand, ValueEnum};
 use guard::{
     api::{self, DaemonStatus, PsReply, Request, TagReply},
     daemon::{self, DaemonConfig},
+    events::{
+        LogConfig,
+        query::{self, EventsArgs, Filter},
+    },
     kernel, paths,
     paths::Paths,
     policy::Policy,
@@ -45,6 +51,16 @@ enum Cmd {
         /// Also write every event to stdout.
         #[arg(long)]
         log_stdout: bool,
+        /// Rotate the event log when it would grow past this size (bytes, or with a K, M, G,
+        /// KiB, MiB or GiB suffix).
+        #[arg(long, default_value = "50MiB", value_parser = guard::events::parse_size)]
+        log_max_bytes: u64,
+        /// Event log files kept, the live one included (events.jsonl, events.jsonl.1, …).
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        log_files: u32,
+        /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9469 (off by default).
+        #[arg(long)]
+        metrics_addr: Option<SocketAddr>,
         /// Remove every pinned program, link and map, which stops enforcement, and exit.
         #[arg(long)]
         uninstall: bool,
@@ -57,6 +73,34 @@ enum Cmd {
         /// The command and its arguments.
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         cmd: Vec<String>,
+    },
+    /// Review the event log: filter, follow and summarise what agents did and what was decided.
+    Events {
+        /// Keep printing new events as they are written (survives log rotation).
+        #[arg(short, long)]
+        follow: bool,
+        /// Only decisions with this action: deny, kill, kill-tree, audit.
+        #[arg(long)]
+        action: Option<String>,
+        /// Only events of this agent (its name in the policy, or guard-run).
+        #[arg(long)]
+        agent: Option<String>,
+        /// Only decisions of this rule.
+        #[arg(long)]
+        rule: Option<String>,
+        /// Only events of this kind (agent_exec, tagged_exec, tagged_fork, tagged_exit,
+        /// net_connect, file_change, events_lost, …).
+        #[arg(long)]
+        kind: Option<String>,
+        /// Only events newer than this, e.g. 90s, 10m, 2h, 1day.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        since: Option<Duration>,
+        /// A table (colour on a terminal), or the log's JSON lines.
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+        /// Counts by agent, rule and action over the window, instead of the events.
+        #[arg(long, conflicts_with = "follow")]
+        summary: bool,
     },
     /// List the tagged process trees.
     Ps {
@@ -128,6 +172,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Daemon {
             policy,
             log_stdout,
+            log_max_bytes,
+            log_files,
+            metrics_addr,
             uninstall,
         } => {
             if uninstall {
@@ -152,10 +199,41 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 policy,
                 paths,
                 log_stdout,
+                log: LogConfig {
+                    max_bytes: log_max_bytes,
+                    files: log_files,
+                },
+                metrics_addr,
             }))?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Run { agent, cmd } => run_tagged(&paths, agent, cmd),
+        Cmd::Events {
+            follow,
+            action,
+            agent,
+            rule,
+            kind,
+            since,
+            output,
+            summary,
+        } => {
+            let args = EventsArgs {
+                filter: Filter {
+                    action,
+                    agent,
+                    rule,
+                    kind,
+                    since: since.map(EventsArgs::since),
+                },
+                follow,
+                json: output == Output::Json,
+                summary,
+                color: std::io::stdout().is_terminal(),
+            };
+            query::run(&paths.event_log, &args, &mut std::io::stdout().lock())?;
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Ps { output } => {
             let reply: PsReply = api::call(&paths.socket, &Request::Ps)?;
             match output {
@@ -195,6 +273,19 @@ fn run_tagged(paths: &Paths, agent: Option<String>, cmd: Vec<String>) -> anyhow:
             "guard: already in the tree of agent root {} ({}); it stays the root",
             reply.root_pid, reply.agent
         );
+    }
+    // Before the capabilities go: setting up mounts needs them.
+    if let Some(p) = reply.protections.as_ref().filter(|p| !p.is_empty()) {
+        match guard::files::mountns::apply(p) {
+            Ok(applied) => {
+                for s in applied.skipped {
+                    eprintln!("guard: not covered in the private mount namespace: {s}");
+                }
+            }
+            Err(e) => eprintln!(
+                "guard: no private mount namespace for protected paths ({e}); the daemon's layers still apply"
+            ),
+        }
     }
     guard::caps::confine(&reply.drop_capabilities)
         .context("refusing to start the command with capabilities the policy removes")?;

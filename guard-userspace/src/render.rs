@@ -104,5 +104,6 @@ pub fn status(st: &DaemonStatus, color: bool) -> String {
             );
         }
     }
+    out.push_str(&crate::files::status::render(&st.path_rules));
     out
 }

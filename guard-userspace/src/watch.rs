@@ -42,16 +42,23 @@ pub fn watch(
         let Ok(event) = res else { return };
         let relevant = event.paths.iter().any(|p| {
             p.file_name().map(|n| n.to_os_string()) == name
-                || p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("..data"))
+                || p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("..data"))
         });
         if relevant && !event.kind.is_access() {
             let _ = raw_tx.send(());
         }
     })
-    .map_err(|source| WatchError { path: dir.clone(), source })?;
+    .map_err(|source| WatchError {
+        path: dir.clone(),
+        source,
+    })?;
     watcher
         .watch(&dir, RecursiveMode::NonRecursive)
-        .map_err(|source| WatchError { path: dir.clone(), source })?;
+        .map_err(|source| WatchError {
+            path: dir.clone(),
+            source,
+        })?;
     let (tx, rx) = mpsc::channel(1);
     tokio::spawn(async move {
         while raw_rx.recv().await.is_some() {
@@ -78,9 +85,14 @@ mod tests {
         std::fs::write(dir.path().join("other.txt"), "x").unwrap();
         std::fs::write(&file, "b").unwrap();
         std::fs::write(&file, "c").unwrap();
-        tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
         assert!(
-            tokio::time::timeout(Duration::from_millis(400), rx.recv()).await.is_err(),
+            tokio::time::timeout(Duration::from_millis(400), rx.recv())
+                .await
+                .is_err(),
             "a burst of writes is one reload"
         );
     }

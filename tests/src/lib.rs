@@ -83,6 +83,8 @@ pub struct Daemon {
     pub pin_dir: PathBuf,
     pub event_log: PathBuf,
     pub policy: Option<PathBuf>,
+    /// Extra `guard daemon` arguments.
+    pub args: Vec<String>,
     child: Option<Child>,
     /// Keep the pins after drop (for tests that restart a daemon on the same pins).
     pub keep_pins: bool,
@@ -106,8 +108,21 @@ impl Daemon {
         )
     }
 
+    /// Start a daemon on `policy_yaml` (or the embedded default) with extra daemon arguments.
+    pub fn start_with_args(policy_yaml: Option<&str>, args: &[&str]) -> Self {
+        Self::start_full(
+            policy_yaml,
+            PathBuf::from("/sys/fs/bpf").join(unique("guard-test")),
+            args,
+        )
+    }
+
     /// Start a daemon pinning under `pin_dir`.
     pub fn start_at(policy_yaml: Option<&str>, pin_dir: PathBuf) -> Self {
+        Self::start_full(policy_yaml, pin_dir, &[])
+    }
+
+    fn start_full(policy_yaml: Option<&str>, pin_dir: PathBuf, args: &[&str]) -> Self {
         require_root();
         let dir = tempfile::Builder::new()
             .prefix("guard-test-")
@@ -123,6 +138,7 @@ impl Daemon {
             pin_dir,
             event_log: dir.path().join("events.jsonl"),
             policy,
+            args: args.iter().map(|a| a.to_string()).collect(),
             dir,
             child: None,
             keep_pins: false,
@@ -157,6 +173,7 @@ impl Daemon {
         if let Some(p) = &self.policy {
             cmd.arg("--policy").arg(p);
         }
+        cmd.args(&self.args);
         let child = cmd.spawn().expect("spawn guard daemon");
         let pid = child.id();
         self.child = Some(child);
@@ -361,7 +378,10 @@ pub struct PublicGuard {
 
 pub fn world_executable_guard() -> PublicGuard {
     use std::os::unix::fs::PermissionsExt;
-    let dir = tempfile::Builder::new().prefix("guard-test-bin-").tempdir().expect("tempdir");
+    let dir = tempfile::Builder::new()
+        .prefix("guard-test-bin-")
+        .tempdir()
+        .expect("tempdir");
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
     let path = dir.path().join("guard");
     std::fs::copy(guard_bin(), &path).expect("copy guard");

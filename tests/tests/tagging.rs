@@ -313,6 +313,15 @@ fn sigkilled_daemon_leaves_tags_and_trackers_and_a_restart_adopts_them() {
     let _kill = KillOnDrop(vec![before]);
     let root = root_of(&d.tag_of(before).expect("tagged before the crash"));
 
+    let links_before: Vec<String> = d.status_json().unwrap()["trackers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    for t in ["guard_exec", "guard_exit", "guard_fork"] {
+        assert!(links_before.iter().any(|l| l == t), "{t} attached");
+    }
     d.signal_and_reap(Signal::SIGKILL);
     // While no daemon runs, the pinned trackers still tag new children.
     std::fs::write(&go, "").unwrap();
@@ -329,17 +338,16 @@ fn sigkilled_daemon_leaves_tags_and_trackers_and_a_restart_adopts_them() {
     let roots: std::collections::HashSet<(u64, u64)> = d.ps().iter().map(root_of).collect();
     assert_eq!(roots.len(), 1, "duplicate roots after restart: {roots:?}");
     let st = d.status_json().unwrap();
-    let trackers: Vec<&str> = st["trackers"]
+    let links: Vec<String> = st["trackers"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|v| v.as_str().unwrap())
+        .map(|v| v.as_str().unwrap().to_string())
         .collect();
     assert_eq!(
-        trackers,
-        ["guard_exec", "guard_exit", "guard_fork"],
-        "one pinned link per tracker"
+        links, links_before,
+        "the restart replaced each link pin once: no duplicates, none lost"
     );
-    let links = std::fs::read_dir(d.pin_dir.join("links")).unwrap().count();
-    assert_eq!(links, 3);
+    let pinned = std::fs::read_dir(d.pin_dir.join("links")).unwrap().count();
+    assert_eq!(pinned, links_before.len());
 }

@@ -5,12 +5,16 @@
 //! cargo xtask build [--release]     setup, then build the guard binary
 //! cargo xtask run [--release] [-- ARGS]   build, then exec `guard daemon ARGS` (root)
 //! cargo xtask test [-- EXTRA]       unit tests, then privileged integration tests (root)
+//! cargo xtask bench [--quick]       what guard costs the host, vs no guard and auditd (root)
+//! cargo xtask vm-test [--kernel 6.1|6.12|all]   tiers and integration tests in qemu guests
 //! cargo xtask fmt-check | lint      rustfmt / clippy, warnings denied
 //! ```
 
+mod bench;
 mod setup;
 mod test;
 mod util;
+mod vm;
 
 use std::{ffi::OsString, os::unix::process::CommandExt as _, process::ExitCode};
 
@@ -50,6 +54,25 @@ enum Cmd {
         #[arg(last = true)]
         extra: Vec<OsString>,
     },
+    /// Measure what guard costs the host, against no guard and auditd; prints a table and
+    /// writes <target>/bench/bench.json (needs root).
+    Bench {
+        /// A short development run (about a minute): fewer rounds, shorter loops.
+        #[arg(long)]
+        quick: bool,
+        /// Number of rounds (each runs every configuration once); default 9, or 2 with --quick.
+        #[arg(long)]
+        rounds: Option<usize>,
+        /// Skip the auditd comparison.
+        #[arg(long)]
+        no_auditd: bool,
+        /// Measure this guard binary instead of building one (release) from the workspace.
+        #[arg(long, value_name = "PATH")]
+        guard_bin: Option<std::path::PathBuf>,
+    },
+    /// Boot Debian's 6.1 and 6.12 cloud kernels under qemu (TCG), with BPF LSM on and off,
+    /// and run the tier checks and the integration tests inside (static musl builds).
+    VmTest(vm::Args),
     /// `cargo fmt --check`.
     FmtCheck,
     /// `cargo clippy --workspace --exclude guard-ebpf --all-targets -- -D warnings` (the eBPF
@@ -82,6 +105,18 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         }
         Cmd::Run { release, args } => run(release, args),
         Cmd::Test { extra } => test::test(&extra),
+        Cmd::VmTest(args) => vm::vm_test(&args),
+        Cmd::Bench {
+            quick,
+            rounds,
+            no_auditd,
+            guard_bin,
+        } => bench::bench(&bench::Options {
+            quick,
+            rounds,
+            no_auditd,
+            guard_bin,
+        }),
         Cmd::FmtCheck => util::run(
             util::cargo().args(["fmt", "--check"]),
             "run `cargo fmt` and commit the result",

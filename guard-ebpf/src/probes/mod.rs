@@ -1,2 +1,4 @@
 //! Programs grouped by concern.
+pub mod file;
+pub mod net;
 pub mod process;

@@ -194,6 +194,7 @@ fn try_exit() -> Result<(), i32> {
         code,
         &[0; NAME_LEN],
     );
+    super::net::forget_pending_kill(tgid);
     TAGS.remove(tgid)?;
     Ok(())
 }

@@ -1,20 +1,176 @@
-//! Kernel events → the durable JSON-lines log.
+//! Kernel events → enriched, durable JSON lines → `guard events`.
+//!
+//! The pipeline has three stages, each in its own module:
+//! - **decode** (this module and one decoder per concern, e.g. [`process`]): a raw ring-buffer
+//!   record becomes a [`Decoded`] — typed, no I/O. Adding an event kind is one decoder function
+//!   and one arm in [`decode`].
+//! - **enrich and write** ([`pipeline`]): the process tree ([`crate::proctree`]) adds the
+//!   process, its ancestry to init, cgroup and container; the result is an [`Event`], appended
+//!   to the rotating [`EventLog`].
+//! - **review** ([`query`], [`table`]): `guard events` reads, follows, filters and summarises
+//!   the log.
 
 mod log;
+pub mod net;
+pub mod pipeline;
+pub mod process;
+pub mod query;
+pub mod ring;
+mod schema;
+pub mod table;
 
-pub use log::EventLog;
-
-use guard_common::{
-    agent::trim_nul,
-    event::{EventKind, ProcessEvent},
+pub use log::{EventLog, LogConfig, log_files, parse_size};
+pub use schema::{
+    Ancestor, Decision, Destination, Event, Object, ProcessInfo, ProcessRef, RootRef,
 };
-use serde::Serialize;
+
+use guard_common::event::{EventHeader, EventKind};
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
-use crate::tags::{AgentNames, ProcInfo};
+use crate::tags::AgentNames;
 
 /// Version of the event schema; bumped on incompatible changes.
 pub const SCHEMA: u32 = 1;
+
+/// `kind` of the line written when the kernel reports events it could not queue.
+pub const KIND_EVENTS_LOST: &str = "events_lost";
+
+/// The stable name of a kernel event kind, as written in the log and taken by `--kind`.
+pub const fn kind_name(kind: EventKind) -> &'static str {
+    match kind {
+        EventKind::AgentExec => "agent_exec",
+        EventKind::TaggedExec => "tagged_exec",
+        EventKind::TaggedExit => "tagged_exit",
+        EventKind::TaggedFork => "tagged_fork",
+        EventKind::NetConnect => "net_connect",
+        EventKind::FileChange => "file_change",
+        EventKind::FileDevice => "file_device",
+        EventKind::FileOpen => "file_open",
+    }
+}
+
+/// Every kind name `guard events --kind` accepts.
+pub fn kind_names() -> Vec<&'static str> {
+    let mut names: Vec<&'static str> = (0..1024)
+        .filter_map(EventKind::from_u32)
+        .map(kind_name)
+        .collect();
+    names.push(KIND_EVENTS_LOST);
+    names
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("record of {got} bytes is shorter than the {want} bytes of its layout")]
+    Short { got: usize, want: usize },
+    #[error("unknown event kind {0}")]
+    UnknownKind(u32),
+    #[error("event kind {0:?} is not expected on this ring buffer")]
+    OtherRing(EventKind),
+}
+
+/// Acts on a raw record as soon as it is read, before it is enriched and logged (e.g. telling
+/// a denied process why, killing a tree). Called on the reader task: must not block.
+pub trait Responder: Send + Sync + 'static {
+    fn respond(&self, raw: &[u8]);
+}
+
+/// What decoders need besides the raw record.
+pub struct DecodeCtx<'a> {
+    pub clock: &'a Clock,
+    pub agents: &'a AgentNames,
+    /// Names of network rules and hosts, which the kernel records by id.
+    pub net: &'a dyn net::NetLabels,
+}
+
+/// How an event changes the process tree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lifecycle {
+    /// `header.proc` was forked by `header.ppid`.
+    Fork,
+    /// `header.proc` exec'd a new program (`agent_root`: and became an agent root).
+    Exec { agent_root: bool },
+    /// `header.proc` exited.
+    Exit,
+}
+
+/// A decoded kernel record, before enrichment. Decoders fill what their layout carries and
+/// leave the rest `None`; the pipeline adds everything that comes from the process tree.
+#[derive(Clone, Debug)]
+pub struct Decoded {
+    pub kind: EventKind,
+    pub header: EventHeader,
+    /// `comm` of the current task when the event was emitted.
+    pub comm: Option<String>,
+    /// Process-tree effect (fork/exec/exit kinds only).
+    pub lifecycle: Option<Lifecycle>,
+    /// Rule, action and result (enforcement kinds only).
+    pub decision: Option<Decision>,
+    /// Network destination (network kinds).
+    pub destination: Option<Destination>,
+    /// File or other object (file kinds).
+    pub object: Option<Object>,
+    pub matched_script: Option<String>,
+    pub exit_code: Option<i32>,
+    /// The signal that ended the process.
+    pub signal: Option<i32>,
+}
+
+impl Decoded {
+    /// A record with only the header filled in; decoders add their fields.
+    pub fn new(kind: EventKind, header: EventHeader) -> Self {
+        Self {
+            kind,
+            header,
+            comm: None,
+            lifecycle: None,
+            decision: None,
+            destination: None,
+            object: None,
+            matched_script: None,
+            exit_code: None,
+            signal: None,
+        }
+    }
+}
+
+/// Decode one ring-buffer record. One arm per concern: adding a kind is a decoder function
+/// in its module and an arm here.
+pub fn decode(raw: &[u8], ctx: &DecodeCtx<'_>) -> Result<Decoded, DecodeError> {
+    let header: EventHeader = read_pod(raw)?;
+    let kind = EventKind::from_u32(header.kind).ok_or(DecodeError::UnknownKind(header.kind))?;
+    match kind {
+        EventKind::AgentExec
+        | EventKind::TaggedExec
+        | EventKind::TaggedExit
+        | EventKind::TaggedFork => process::decode(kind, raw, ctx),
+        EventKind::NetConnect => net::decode_record(raw, ctx),
+        // Read by `files` from its own ring buffer (GUARD_FILE_EVENTS).
+        // (FileOpen is decided in userspace and submitted to the pipeline directly.)
+        EventKind::FileChange | EventKind::FileDevice | EventKind::FileOpen => {
+            Err(DecodeError::OtherRing(kind))
+        }
+    }
+}
+
+/// Copy a `T` out of the front of a record, checking its length.
+pub fn read_pod<T: aya::Pod>(raw: &[u8]) -> Result<T, DecodeError> {
+    let want = size_of::<T>();
+    if raw.len() < want {
+        return Err(DecodeError::Short {
+            got: raw.len(),
+            want,
+        });
+    }
+    // SAFETY: the length is checked above; `T: Pod` is plain old data valid for any bytes;
+    // read_unaligned copes with any alignment of the ring-buffer record.
+    Ok(unsafe { std::ptr::read_unaligned(raw.as_ptr().cast::<T>()) })
+}
+
+/// Text of a NUL-padded kernel string.
+pub fn c_str(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(guard_common::agent::trim_nul(bytes)).into_owned()
+}
 
 /// Converts the kernel's boot-time clock to wall-clock time.
 #[derive(Clone, Copy, Debug)]
@@ -36,6 +192,14 @@ impl Clock {
         }
     }
 
+    /// A clock with a fixed offset (tests).
+    pub const fn with_offset(realtime_minus_boottime_ns: i128) -> Self {
+        Self {
+            realtime_minus_boottime_ns,
+        }
+    }
+
+    /// RFC 3339 UTC time of a boot-time clock reading.
     pub fn rfc3339(&self, boot_ns: u64) -> String {
         let wall = boot_ns as i128 + self.realtime_minus_boottime_ns;
         OffsetDateTime::from_unix_timestamp_nanos(wall)
@@ -45,82 +209,9 @@ impl Clock {
     }
 }
 
-#[derive(Clone, Debug, Serialize)]
-pub struct ProcessRef {
-    pub pid: u32,
-    pub start_ns: u64,
-}
-
-/// One line of the event log.
-#[derive(Clone, Debug, Serialize)]
-pub struct Event {
-    pub schema: u32,
-    pub time: String,
-    pub kind: &'static str,
-    pub agent: String,
-    pub process: ProcessRef,
-    pub ppid: u32,
-    pub uid: u32,
-    pub comm: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub exe: Option<String>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub argv: Vec<String>,
-    pub root: ProcessRef,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub matched_script: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub exit_code: Option<i32>,
-}
-
-fn kind_name(kind: EventKind) -> &'static str {
-    match kind {
-        EventKind::AgentExec => "agent_exec",
-        EventKind::TaggedExec => "tagged_exec",
-        EventKind::TaggedExit => "tagged_exit",
-        EventKind::TaggedFork => "tagged_fork",
-    }
-}
-
-/// Decode a raw ring-buffer record.
-pub fn decode(raw: &[u8], clock: &Clock, names: &AgentNames) -> Option<Event> {
-    if raw.len() < size_of::<ProcessEvent>() {
-        return None;
-    }
-    // SAFETY: length checked; ProcessEvent is plain old data; read_unaligned copes with any
-    // alignment of the ring-buffer record.
-    let ev: ProcessEvent = unsafe { std::ptr::read_unaligned(raw.as_ptr().cast()) };
-    let kind = EventKind::from_u32(ev.header.kind)?;
-    let h = ev.header;
-    let (exe, argv) = match kind {
-        EventKind::AgentExec | EventKind::TaggedExec | EventKind::TaggedFork => {
-            match ProcInfo::read(h.proc.tgid as i32) {
-                Ok(p) if p.key().start_ns == h.proc.start_ns => (p.exe, p.argv),
-                _ => (None, Vec::new()),
-            }
-        }
-        EventKind::TaggedExit => (None, Vec::new()),
-    };
-    let script = trim_nul(&ev.script);
-    Some(Event {
-        schema: SCHEMA,
-        time: clock.rfc3339(h.time_ns),
-        kind: kind_name(kind),
-        agent: names.name(h.agent_id),
-        process: ProcessRef {
-            pid: h.proc.tgid,
-            start_ns: h.proc.start_ns,
-        },
-        ppid: h.ppid,
-        uid: h.uid,
-        comm: String::from_utf8_lossy(trim_nul(&ev.comm)).into_owned(),
-        exe,
-        argv,
-        root: ProcessRef {
-            pid: h.root.tgid,
-            start_ns: h.root.start_ns,
-        },
-        matched_script: (!script.is_empty()).then(|| String::from_utf8_lossy(script).into_owned()),
-        exit_code: (kind == EventKind::TaggedExit).then_some(ev.exit_code),
-    })
+/// RFC 3339 UTC time of now.
+pub fn now_rfc3339() -> String {
+    OffsetDateTime::now_utc()
+        .format(&Rfc3339)
+        .unwrap_or_default()
 }

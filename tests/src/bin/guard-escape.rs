@@ -61,7 +61,10 @@ fn main() {
             let f = CString::new(file).unwrap();
             let argv = [me.as_ptr(), mode.as_ptr(), f.as_ptr(), std::ptr::null()];
             // SAFETY: the vfork child only calls execv or _exit.
-            #[expect(deprecated, reason = "the test exercises vfork on purpose; the child only execs")]
+            #[expect(
+                deprecated,
+                reason = "the test exercises vfork on purpose; the child only execs"
+            )]
             let pid = unsafe { libc::vfork() };
             if pid == 0 {
                 // SAFETY: as above.

@@ -1,0 +1,495 @@
+//! Network enforcement: the layouts of the endpoint maps and of [`NetEvent`], and the pure
+//! matching logic that the kernel programs and userspace share.
+//!
+//! Lookup path of a tagged process's `connect`/`sendmsg`:
+//! 1. The destination address is looked up in an LPM trie ([`crate::maps::NET4`] or
+//!    [`crate::maps::NET6`]; an IPv4-mapped IPv6 address goes to the IPv4 trie). A unix socket
+//!    name is looked up in [`crate::maps::NET_UNIX`] by its [`UnixKey`].
+//! 2. The value is a [`RuleSet`]: the rule slots that cover that prefix. Userspace copies the
+//!    slots of every shorter covering prefix into each longer one, so the longest-prefix match
+//!    never hides a broader rule, and orders them strongest first.
+//! 3. Each slot indexes [`crate::maps::NET_RULES`]; the first [`NetRule`] whose protocol and
+//!    ports match decides.
+
+/// Port ranges a rule holds; a rule with more ranges is rejected by the loader.
+pub const PORT_RANGES_MAX: usize = 8;
+/// Rule slots one prefix or unix name can name.
+pub const RULE_SLOTS_MAX: usize = 16;
+/// Rule slots of one policy generation; [`crate::maps::NET_RULES`] holds two generations so
+/// that a reload never rewrites a slot that live trie entries still point at.
+pub const RULES_PER_GENERATION: u32 = 256;
+pub const RULE_SLOTS_TOTAL: u32 = 2 * RULES_PER_GENERATION;
+const _: () = assert!(RULE_SLOTS_TOTAL.is_power_of_two());
+/// Bytes of `sockaddr_un.sun_path`.
+pub const UNIX_PATH_LEN: usize = 108;
+
+/// `action` of a [`NetRule`] and of a [`NetEvent`].
+pub mod action {
+    pub const DENY: u32 = 1;
+    pub const KILL: u32 = 2;
+    pub const KILL_TREE: u32 = 3;
+    pub const AUDIT: u32 = 4;
+}
+
+/// `mode` of a [`NetRule`]: an audit-mode rule only records.
+pub mod mode {
+    pub const ENFORCE: u32 = 0;
+    pub const AUDIT: u32 = 1;
+}
+
+/// `result` of a [`NetEvent`]: what happened to the operation.
+pub mod result {
+    /// Allowed and recorded (audit action or audit mode).
+    pub const ALLOWED: u32 = 0;
+    /// Failed with EPERM.
+    pub const DENIED: u32 = 1;
+    /// Failed with EPERM, and SIGKILL is sent before the process returns to user space.
+    pub const KILLED: u32 = 2;
+    /// Failed with EPERM, but the kill could not be scheduled (pending-kill map full).
+    pub const KILL_FAILED: u32 = 3;
+}
+
+/// Protocol classes of a rule (`PROTO_ANY` matches every class) and of a [`NetEvent`].
+pub mod proto {
+    pub const ANY: u32 = 0;
+    pub const TCP: u32 = 1;
+    pub const UDP: u32 = 2;
+    pub const OTHER: u32 = 3;
+}
+
+/// The hook that made a decision.
+pub mod hook {
+    pub const CONNECT4: u32 = 1;
+    pub const CONNECT6: u32 = 2;
+    pub const SENDMSG4: u32 = 3;
+    pub const SENDMSG6: u32 = 4;
+    pub const CONNECT_UNIX: u32 = 5;
+    pub const SENDMSG_UNIX: u32 = 6;
+}
+
+pub const AF_UNIX: u32 = 1;
+pub const AF_INET: u32 = 2;
+pub const AF_INET6: u32 = 10;
+
+const SOCK_STREAM: u32 = 1;
+const SOCK_DGRAM: u32 = 2;
+const IPPROTO_TCP: u32 = 6;
+const IPPROTO_UDP: u32 = 17;
+const IPPROTO_UDPLITE: u32 = 136;
+const IPPROTO_MPTCP: u32 = 262;
+
+/// Data of an IPv4 trie key (aya's LPM `Key` adds the `u32` prefix length: 8 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Ip4Data {
+    pub addr: [u8; 4],
+}
+const _: () = assert!((4 + core::mem::size_of::<Ip4Data>()).is_multiple_of(8));
+
+/// Data of an IPv6 trie key, padded so the whole key is 24 bytes. The padding is always zero
+/// and lookups use a prefix length of at most 128, so it never takes part in a match.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Ip6Data {
+    pub addr: [u8; 16],
+    pub _pad: [u8; 4],
+}
+const _: () = assert!((4 + core::mem::size_of::<Ip6Data>()).is_multiple_of(8));
+
+/// A port range, inclusive, host byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PortRange {
+    pub start: u16,
+    pub end: u16,
+}
+
+/// One endpoint rule as the kernel applies it. Indexed by slot in [`crate::maps::NET_RULES`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetRule {
+    /// The policy's rule id (what events report).
+    pub rule_id: u32,
+    /// Policy generation that wrote this slot; 0 = unused.
+    pub generation: u32,
+    /// [`action`].
+    pub action: u32,
+    /// [`mode`].
+    pub mode: u32,
+    /// [`proto`] class the rule applies to.
+    pub protocol: u32,
+    /// Number of valid `ports`; 0 = every port.
+    pub nports: u32,
+    pub ports: [PortRange; PORT_RANGES_MAX],
+}
+const _: () = assert!(core::mem::size_of::<NetRule>() == 56);
+
+/// The rule slots covering one prefix or unix name, strongest rule first.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuleSet {
+    pub count: u32,
+    pub slots: [u32; RULE_SLOTS_MAX],
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<RuleSet>() == 72);
+
+/// Key of a unix socket name: `len` bytes of `sun_path`, the rest zero. A path name ends at
+/// its first NUL; an abstract name starts with a NUL and is exactly `addrlen - 2` bytes long.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct UnixKey {
+    pub len: u32,
+    pub path: [u8; UNIX_PATH_LEN],
+}
+const _: () = assert!(core::mem::size_of::<UnixKey>() == 112);
+
+impl Default for UnixKey {
+    fn default() -> Self {
+        Self {
+            len: 0,
+            path: [0; UNIX_PATH_LEN],
+        }
+    }
+}
+
+impl UnixKey {
+    /// Turn the raw `sun_path` bytes in `self.path` (of which the caller supplied
+    /// `name_len = addrlen - offsetof(sun_path)`) into the canonical key, in place.
+    ///
+    /// Branch-free on the bytes: the kernel programs keep the key on the stack, where a
+    /// branch per byte would make the verifier explore one path per possible name length.
+    #[inline(always)]
+    pub fn normalise(&mut self, name_len: u32) {
+        let name_len = if name_len as usize > UNIX_PATH_LEN {
+            UNIX_PATH_LEN as u32
+        } else {
+            name_len
+        };
+        // 1 when the name is abstract (non-empty, leading NUL), else 0.
+        let first = u32::from(self.path[0]);
+        let is_abstract = (first.wrapping_sub(1) >> 31) & (0u32.wrapping_sub(name_len) >> 31);
+        // 1 once the name has ended.
+        let mut stopped = 0u32;
+        let mut len = 0u32;
+        let mut i = 0usize;
+        while i < UNIX_PATH_LEN {
+            let c = u32::from(self.path[i]);
+            let past_len = ((i as u32).wrapping_sub(name_len) >> 31) ^ 1; // i >= name_len
+            let nul = (c.wrapping_sub(1) >> 31) & (is_abstract ^ 1); // c == 0 on a path
+            stopped |= past_len | nul;
+            self.path[i] &= (stopped as u8).wrapping_sub(1);
+            len += stopped ^ 1;
+            i += 1;
+        }
+        self.len = len;
+    }
+
+    /// The key of a configured name: `/path` or `@abstract`. `None` if it does not fit.
+    pub fn from_name(name: &[u8]) -> Option<Self> {
+        let mut key = Self::default();
+        let (lead, body) = match name.first() {
+            Some(b'@') => (1usize, name.split_at(1).1),
+            _ => (0, name),
+        };
+        if lead + body.len() > UNIX_PATH_LEN || (lead == 0 && body.is_empty()) {
+            return None;
+        }
+        let mut i = 0;
+        while i < body.len() {
+            key.path[lead + i] = body[i];
+            i += 1;
+        }
+        key.normalise((lead + body.len()) as u32);
+        Some(key)
+    }
+}
+
+/// Value of [`crate::maps::NET_PENDING_KILLS`], keyed by tgid: the process is sent SIGKILL
+/// the next time one of its threads leaves a system call.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PendingKill {
+    /// Start time of the process ([`crate::ProcKey::start_ns`]), so a reused pid is spared.
+    pub start_ns: u64,
+    pub rule_id: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<PendingKill>() == 16);
+
+/// Kernel → user: a decision of an endpoint rule (`EventKind::NetConnect`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct NetEvent {
+    pub header: crate::event::EventHeader,
+    pub comm: [u8; 16],
+    /// [`hook`].
+    pub hook: u32,
+    /// `AF_INET`, `AF_INET6` or `AF_UNIX` of the destination as matched (an IPv4-mapped IPv6
+    /// destination is reported as `AF_INET`).
+    pub family: u32,
+    /// [`proto`] class of the socket.
+    pub protocol: u32,
+    /// Destination port, host byte order.
+    pub port: u32,
+    /// Destination address: 4 bytes for IPv4, 16 for IPv6.
+    pub addr: [u8; 16],
+    pub rule_id: u32,
+    /// [`action`] of the rule.
+    pub action: u32,
+    /// [`mode`] of the rule.
+    pub mode: u32,
+    /// [`result`].
+    pub result: u32,
+    /// Unix socket name ([`UnixKey`] form): `unix_len` bytes of `unix_path`.
+    pub unix_len: u32,
+    /// Policy generation of the rule (names the rule across reloads).
+    pub generation: u32,
+    pub unix_path: [u8; UNIX_PATH_LEN],
+    pub _pad2: [u8; 4],
+}
+const _: () = assert!(core::mem::size_of::<NetEvent>() == 240);
+
+/// The protocol class of a socket from the `type` and `protocol` of `bpf_sock_addr`.
+#[inline(always)]
+pub fn proto_class(sock_type: u32, protocol: u32) -> u32 {
+    match protocol {
+        IPPROTO_TCP | IPPROTO_MPTCP => proto::TCP,
+        IPPROTO_UDP | IPPROTO_UDPLITE => proto::UDP,
+        0 => match sock_type {
+            SOCK_STREAM => proto::TCP,
+            SOCK_DGRAM => proto::UDP,
+            _ => proto::OTHER,
+        },
+        _ => proto::OTHER,
+    }
+}
+
+/// Does `port` fall in the first `nports` ranges (all ports when `nports` is 0)?
+#[inline(always)]
+pub fn port_in_ranges(ranges: &[PortRange; PORT_RANGES_MAX], nports: u32, port: u16) -> bool {
+    if nports == 0 {
+        return true;
+    }
+    let mut i = 0;
+    while i < PORT_RANGES_MAX {
+        if i as u32 >= nports {
+            break;
+        }
+        if ranges[i].start <= port && port <= ranges[i].end {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+impl NetRule {
+    /// Does this rule apply to a socket of protocol class `class` sending to `port`?
+    /// Unix names match on the name alone (`check_ports` false).
+    #[inline(always)]
+    pub fn matches(&self, class: u32, port: u16, check_ports: bool) -> bool {
+        if self.generation == 0 {
+            return false;
+        }
+        if !check_ports {
+            return true;
+        }
+        (self.protocol == proto::ANY || self.protocol == class)
+            && port_in_ranges(&self.ports, self.nports, port)
+    }
+
+    /// Does the rule block the operation (enforce mode and an action other than audit)?
+    #[inline(always)]
+    pub fn blocks(&self) -> bool {
+        self.mode == mode::ENFORCE && self.action != action::AUDIT
+    }
+
+    /// Does the rule kill the offender (kill or kill-tree, enforced)?
+    #[inline(always)]
+    pub fn kills(&self) -> bool {
+        self.blocks() && (self.action == action::KILL || self.action == action::KILL_TREE)
+    }
+
+    /// Precedence when several rules match one destination: enforced before audit, then
+    /// kill-tree, kill, deny, audit. Higher is stronger.
+    pub fn strength(&self) -> u32 {
+        let by_action = match self.action {
+            action::KILL_TREE => 4,
+            action::KILL => 3,
+            action::DENY => 2,
+            _ => 1,
+        };
+        if self.blocks() {
+            10 + by_action
+        } else {
+            by_action
+        }
+    }
+}
+
+/// The IPv4 address inside an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`).
+#[inline(always)]
+pub fn v4_mapped(addr: &[u8; 16]) -> Option<[u8; 4]> {
+    let mut i = 0;
+    while i < 10 {
+        if addr[i] != 0 {
+            return None;
+        }
+        i += 1;
+    }
+    if addr[10] != 0xff || addr[11] != 0xff {
+        return None;
+    }
+    Some([addr[12], addr[13], addr[14], addr[15]])
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: repr(C), explicit padding, integers and byte arrays only.
+    unsafe impl aya::Pod for super::Ip4Data {}
+    unsafe impl aya::Pod for super::Ip6Data {}
+    unsafe impl aya::Pod for super::NetRule {}
+    unsafe impl aya::Pod for super::RuleSet {}
+    unsafe impl aya::Pod for super::UnixKey {}
+    unsafe impl aya::Pod for super::PendingKill {}
+    unsafe impl aya::Pod for super::NetEvent {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(protocol: u32, ports: &[(u16, u16)]) -> NetRule {
+        let mut r = NetRule {
+            rule_id: 7,
+            generation: 1,
+            action: action::DENY,
+            mode: mode::ENFORCE,
+            protocol,
+            nports: ports.len() as u32,
+            ports: [PortRange::default(); PORT_RANGES_MAX],
+        };
+        for (i, (start, end)) in ports.iter().enumerate() {
+            r.ports[i] = PortRange {
+                start: *start,
+                end: *end,
+            };
+        }
+        r
+    }
+
+    #[test]
+    fn ports_and_protocols() {
+        let r = rule(proto::TCP, &[(80, 81), (443, 443), (8000, 9000)]);
+        for (port, yes) in [
+            (80, true),
+            (81, true),
+            (82, false),
+            (443, true),
+            (444, false),
+            (8000, true),
+            (9000, true),
+            (9001, false),
+            (0, false),
+        ] {
+            assert_eq!(r.matches(proto::TCP, port, true), yes, "port {port}");
+        }
+        assert!(!r.matches(proto::UDP, 443, true));
+        assert!(r.matches(proto::UDP, 443, false), "unix names ignore ports");
+        let any = rule(proto::ANY, &[]);
+        assert!(any.matches(proto::UDP, 1, true) && any.matches(proto::OTHER, 65535, true));
+        let unused = NetRule::default();
+        assert!(!unused.matches(proto::TCP, 1, false));
+        // Ranges past nports are ignored even when set.
+        let mut r = rule(proto::ANY, &[(1, 1)]);
+        r.ports[1] = PortRange { start: 5, end: 5 };
+        assert!(!r.matches(proto::TCP, 5, true));
+    }
+
+    #[test]
+    fn protocol_classes() {
+        assert_eq!(proto_class(SOCK_STREAM, IPPROTO_TCP), proto::TCP);
+        assert_eq!(proto_class(SOCK_STREAM, IPPROTO_MPTCP), proto::TCP);
+        assert_eq!(proto_class(SOCK_DGRAM, IPPROTO_UDP), proto::UDP);
+        assert_eq!(proto_class(SOCK_STREAM, 0), proto::TCP);
+        assert_eq!(proto_class(SOCK_DGRAM, 1 /* ICMP */), proto::OTHER);
+        assert_eq!(proto_class(3 /* RAW */, 0), proto::OTHER);
+    }
+
+    #[test]
+    fn mapped_addresses() {
+        let mut a = [0u8; 16];
+        a[10] = 0xff;
+        a[11] = 0xff;
+        a[12..].copy_from_slice(&[10, 20, 0, 5]);
+        assert_eq!(v4_mapped(&a), Some([10, 20, 0, 5]));
+        a[0] = 0x20;
+        assert_eq!(v4_mapped(&a), None);
+        let mut compat = [0u8; 16];
+        compat[15] = 1;
+        assert_eq!(v4_mapped(&compat), None, "::1 is not mapped");
+    }
+
+    #[test]
+    fn precedence() {
+        let mut deny = rule(proto::ANY, &[]);
+        let mut kill = deny;
+        kill.action = action::KILL;
+        let mut audit_kill = kill;
+        audit_kill.mode = mode::AUDIT;
+        assert!(kill.strength() > deny.strength());
+        assert!(deny.strength() > audit_kill.strength());
+        assert!(kill.kills() && !audit_kill.kills() && !audit_kill.blocks());
+        deny.action = action::AUDIT;
+        assert!(!deny.blocks());
+    }
+
+    #[test]
+    fn unix_keys() {
+        let path = UnixKey::from_name(b"/run/docker.sock").unwrap();
+        assert_eq!(path.len, 16);
+        assert_eq!(&path.path[..16], b"/run/docker.sock");
+        assert!(path.path[16..].iter().all(|b| *b == 0));
+        // What the kernel sees: the path, a NUL, garbage after it, addrlen past the NUL.
+        let mut raw = UnixKey::default();
+        raw.path[..16].copy_from_slice(b"/run/docker.sock");
+        raw.path[17..20].copy_from_slice(b"xyz");
+        raw.normalise(30);
+        assert_eq!(raw, path);
+        // No NUL: addrlen bounds it.
+        let mut raw = UnixKey::default();
+        raw.path[..20].copy_from_slice(b"/run/docker.sockjunk");
+        raw.normalise(16);
+        assert_eq!(raw, path);
+
+        let abs = UnixKey::from_name(b"@guard-test").unwrap();
+        assert_eq!(abs.len, 11);
+        assert_eq!(&abs.path[..11], b"\0guard-test");
+        let mut raw = UnixKey::default();
+        raw.path[..11].copy_from_slice(b"\0guard-test");
+        raw.path[11] = b'!';
+        raw.normalise(11);
+        assert_eq!(raw, abs);
+        // An abstract name that is longer (even by a NUL) is another socket.
+        let mut raw = UnixKey::default();
+        raw.path[..11].copy_from_slice(b"\0guard-test");
+        raw.normalise(12);
+        assert_ne!(raw, abs);
+
+        // Abstract names may hold NULs; they are part of the name.
+        let mut raw = UnixKey::default();
+        raw.path[..5].copy_from_slice(b"\0a\0b!");
+        raw.normalise(4);
+        assert_eq!((raw.len, &raw.path[..5]), (4, &b"\0a\0b\0"[..]));
+        // Empty (an unnamed socket): nothing.
+        let mut raw = UnixKey::default();
+        raw.path[0] = b'x';
+        raw.normalise(0);
+        assert_eq!(raw, UnixKey::default());
+
+        assert!(UnixKey::from_name(b"").is_none());
+        assert!(UnixKey::from_name(&[b'/'; 109]).is_none());
+        assert!(UnixKey::from_name(&[b'/'; 108]).is_some());
+    }
+}

@@ -1,0 +1,392 @@
+//! File protection on kernels without BPF LSM: the parts the fanotify layer in userspace
+//! cannot do.
+//!
+//! - Kill-on-detect. No permission hook covers unlink, rmdir, rename or truncate here, but
+//!   every one of them (and chmod, chown, link, create, write) stamps a new ctime on the inode
+//!   it changes or on its directory, in the context of the process doing it. The timestamp
+//!   tracepoints hand us that inode; if it, one of its ancestors (walking `d_parent` from each
+//!   of its dentries) or its volume is protected and the process is tagged, the process gets
+//!   SIGKILL before the system call returns: `rm -rf` dies at its first unlink. The change
+//!   itself has happened: at most one object is lost per process.
+//! - Raw block devices. A `cgroup/dev` program refuses tagged opens (and mknod) of the block
+//!   devices behind protected volumes, whatever the device node is called.
+//!
+//! One lookup of the tag map decides for untagged processes. Internal errors do nothing and
+//! are counted (`file_probe_errors`); every decision is an event, a lost event is counted.
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        bpf_ktime_get_boot_ns, bpf_probe_read_kernel, generated,
+    },
+    macros::{btf_tracepoint, cgroup_device},
+    programs::{BtfTracePointContext, DeviceContext},
+};
+use guard_common::{
+    ProcKey, Tag,
+    event::{EventHeader, EventKind},
+    file::{
+        DevKey, FileEvent, FileKey, FileRule, NAME_LEN, TARGET_LEN, access, change_access, counter,
+        kernel_dev, outcome, path_arg,
+    },
+    offsets::FileOffsets,
+};
+
+use crate::{
+    kernel::Task,
+    maps::{
+        FILE_DEVICES, FILE_EVENTS, FILE_KILLED, FILE_OBJECTS, TAGS, count_file, daemon_tgid,
+        file_offsets, offsets,
+    },
+};
+
+const SIGKILL: u32 = 9;
+/// `task_struct.flags`: an io_uring worker, whose registers hold no system call.
+const PF_IO_WORKER: u32 = 0x10;
+/// Dentries of one inode examined (hard links).
+const MAX_ALIASES: u32 = 4;
+/// Ancestors examined above a changed inode.
+const MAX_DEPTH: u32 = 48;
+/// `bpf_cgroup_dev_ctx.access_type`: type in the low 16 bits, access in the high 16.
+const DEVCG_DEV_BLOCK: u32 = 1;
+const DEVCG_ACC_MKNOD: u32 = 1;
+const DEVCG_ACC_READ: u32 = 2;
+const DEVCG_ACC_WRITE: u32 = 4;
+
+#[btf_tracepoint(function = "ctime_ns_xchg")]
+pub fn guard_file_ctime(ctx: BtfTracePointContext) -> i32 {
+    changed(ctx.arg(0))
+}
+
+#[btf_tracepoint(function = "ctime_xchg_skip")]
+pub fn guard_file_ctime_skip(ctx: BtfTracePointContext) -> i32 {
+    changed(ctx.arg(0))
+}
+
+#[btf_tracepoint(function = "inode_set_ctime_to_ts")]
+pub fn guard_file_ctime_set(ctx: BtfTracePointContext) -> i32 {
+    changed(ctx.arg(0))
+}
+
+#[cgroup_device]
+pub fn guard_file_device(ctx: DeviceContext) -> i32 {
+    match try_device(&ctx) {
+        Ok(verdict) => verdict,
+        Err(_) => {
+            count_file(counter::ERRORS);
+            1
+        }
+    }
+}
+
+#[inline(always)]
+fn changed(inode: *const u8) -> i32 {
+    if try_changed(inode).is_err() {
+        count_file(counter::ERRORS);
+    }
+    0
+}
+
+#[inline(always)]
+fn current_tgid() -> u32 {
+    (bpf_get_current_pid_tgid() >> 32) as u32
+}
+
+#[inline(always)]
+fn read<T>(base: *const u8, off: u32) -> Result<T, i32> {
+    // SAFETY: bpf_probe_read_kernel validates the address.
+    unsafe { bpf_probe_read_kernel(base.wrapping_add(off as usize) as *const T) }
+}
+
+/// The protected object a change matched.
+struct Hit {
+    rule: FileRule,
+    root_ino: u64,
+    depth: u32,
+}
+
+fn try_changed(inode: *const u8) -> Result<(), i32> {
+    let tgid = current_tgid();
+    let Some(tag) = TAGS.get_ptr(tgid) else {
+        return Ok(());
+    };
+    if tgid == daemon_tgid() {
+        return Ok(());
+    }
+    // SAFETY: map value pointer from a successful lookup.
+    let tag = unsafe { *tag };
+    let o = file_offsets();
+    if o.valid == 0 {
+        return Err(-1);
+    }
+    let sb: *const u8 = read(inode, o.inode_sb)?;
+    let dev: u32 = read(sb, o.sb_dev)?;
+    let ino: u64 = read(inode, o.inode_ino)?;
+    let Some(hit) = lookup(inode, dev, ino, &o)? else {
+        return Ok(());
+    };
+    let (syscall, regs) = current_syscall(&o);
+    let access = change_access(syscall);
+    let enforce = hit.rule.enforce & access;
+    if enforce == 0 && hit.rule.audit & access == 0 {
+        return Ok(());
+    }
+    let result = if enforce != 0 {
+        // One kill, one event: the unlink that changed a directory also changes the file.
+        // SAFETY (closure body): map value pointer from a successful lookup.
+        if FILE_KILLED
+            .get_ptr(&tgid)
+            .is_some_and(|start| unsafe { *start } == tag.start_ns)
+        {
+            return Ok(());
+        }
+        // SAFETY: helper without memory arguments; signals the current process.
+        if unsafe { generated::bpf_send_signal(SIGKILL) } == 0 {
+            let _ = FILE_KILLED.insert(&tgid, &tag.start_ns, 0);
+            count_file(counter::KILLS);
+            outcome::KILLED
+        } else {
+            count_file(counter::KILL_FAILED);
+            outcome::KILL_FAILED
+        }
+    } else {
+        count_file(counter::AUDITED);
+        outcome::ALLOWED
+    };
+    let Some(mut entry) = FILE_EVENTS.reserve::<FileEvent>(0) else {
+        count_file(counter::EVENTS_DROPPED);
+        return Ok(());
+    };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: `ev` points to a reserved record of FileEvent's size; every field is written
+    // before submit (the string buffers are zeroed, then filled by the helpers, which bound
+    // their writes by the sizes given).
+    unsafe {
+        header(ev, EventKind::FileChange, tgid, &tag);
+        (*ev).dev = dev;
+        (*ev).outcome = result;
+        (*ev).ino = ino;
+        (*ev).root_ino = hit.root_ino;
+        (*ev).rule_id = hit.rule.rule_id;
+        (*ev).access = access;
+        (*ev).action = hit.rule.action;
+        (*ev).syscall = syscall as i32;
+        (*ev).depth = hit.depth;
+        (*ev).major = 0;
+        (*ev).minor = 0;
+        (*ev).mode = u32::from(read::<u16>(inode, o.inode_mode).unwrap_or(0));
+        (*ev).name = [0; NAME_LEN];
+        (*ev).target = [0; TARGET_LEN];
+        if let Ok(first) = read::<*const u8>(inode, o.inode_dentry)
+            && !first.is_null()
+            && let Ok(name) =
+                read::<*const u8>(first.wrapping_sub(o.dentry_alias as usize), o.dentry_name)
+        {
+            generated::bpf_probe_read_kernel_str(
+                (*ev).name.as_mut_ptr().cast(),
+                NAME_LEN as u32,
+                name.cast(),
+            );
+        }
+        if let (Some(arg), Some(regs)) = (path_arg(syscall), regs) {
+            let off = if arg == 0 { o.regs_arg0 } else { o.regs_arg1 };
+            if let Ok(ptr) = read::<u64>(regs, off) {
+                generated::bpf_probe_read_user_str(
+                    (*ev).target.as_mut_ptr().cast(),
+                    TARGET_LEN as u32,
+                    ptr as *const _,
+                );
+            }
+        }
+    }
+    entry.submit(0);
+    Ok(())
+}
+
+/// The protected object `inode` is, or lies under: its volume, itself, or an ancestor
+/// directory of one of its dentries.
+#[inline(always)]
+fn lookup(inode: *const u8, dev: u32, ino: u64, o: &FileOffsets) -> Result<Option<Hit>, i32> {
+    if let Some(rule) = FILE_OBJECTS.get_ptr(&FileKey::new(dev, 0)) {
+        // SAFETY: map value pointer from a successful lookup.
+        let rule = unsafe { *rule };
+        return Ok(Some(Hit {
+            rule,
+            root_ino: 0,
+            depth: 0,
+        }));
+    }
+    if let Some(rule) = FILE_OBJECTS.get_ptr(&FileKey::new(dev, ino)) {
+        // SAFETY: map value pointer from a successful lookup.
+        let rule = unsafe { *rule };
+        return Ok(Some(Hit {
+            rule,
+            root_ino: ino,
+            depth: 0,
+        }));
+    }
+    let mut node: *const u8 = read(inode, o.inode_dentry)?;
+    let mut alias = 0;
+    while alias < MAX_ALIASES {
+        if node.is_null() {
+            break;
+        }
+        let dentry = node.wrapping_sub(o.dentry_alias as usize);
+        if let Some(hit) = ancestors(dentry, dev, o)? {
+            return Ok(Some(hit));
+        }
+        // `hlist_node.next` is its first field.
+        node = read(node, 0)?;
+        alias += 1;
+    }
+    Ok(None)
+}
+
+#[inline(always)]
+fn ancestors(dentry: *const u8, dev: u32, o: &FileOffsets) -> Result<Option<Hit>, i32> {
+    let mut d = dentry;
+    let mut depth = 1;
+    while depth <= MAX_DEPTH {
+        let parent: *const u8 = read(d, o.dentry_parent)?;
+        // The root of a filesystem is its own parent.
+        if parent.is_null() || parent == d {
+            break;
+        }
+        let inode: *const u8 = read(parent, o.dentry_inode)?;
+        if inode.is_null() {
+            break;
+        }
+        let ino: u64 = read(inode, o.inode_ino)?;
+        if let Some(rule) = FILE_OBJECTS.get_ptr(&FileKey::new(dev, ino)) {
+            // SAFETY: map value pointer from a successful lookup.
+            let rule = unsafe { *rule };
+            return Ok(Some(Hit {
+                rule,
+                root_ino: ino,
+                depth,
+            }));
+        }
+        d = parent;
+        depth += 1;
+    }
+    Ok(None)
+}
+
+/// The system call the current task is in, and its saved registers; `(-1, None)` for an
+/// io_uring worker or when the registers are unknown.
+#[inline(always)]
+fn current_syscall(o: &FileOffsets) -> (i64, Option<*const u8>) {
+    // SAFETY: helper without arguments; returns the current task.
+    let task = unsafe { generated::bpf_get_current_task_btf() };
+    let flags: u32 = read(task as *const u8, o.task_flags).unwrap_or(PF_IO_WORKER);
+    if flags & PF_IO_WORKER != 0 || o.regs_syscall == u32::MAX {
+        return (-1, None);
+    }
+    // SAFETY: `task` is the current task as a BTF pointer, which the helper requires.
+    let regs = unsafe { generated::bpf_task_pt_regs(task) } as *const u8;
+    match read::<u64>(regs, o.regs_syscall) {
+        Ok(nr) => (nr as i64, Some(regs)),
+        Err(_) => (-1, None),
+    }
+}
+
+fn try_device(ctx: &DeviceContext) -> Result<i32, i32> {
+    // SAFETY: the program's context; the verifier rewrites these loads into reads of the
+    // kernel's own context. Volatile keeps each one a single 4-byte load.
+    let (access_type, major, minor) = unsafe {
+        (
+            core::ptr::read_volatile(&(*ctx.device).access_type),
+            core::ptr::read_volatile(&(*ctx.device).major),
+            core::ptr::read_volatile(&(*ctx.device).minor),
+        )
+    };
+    if access_type & 0xffff != DEVCG_DEV_BLOCK {
+        return Ok(1);
+    }
+    let tgid = current_tgid();
+    let Some(tag) = TAGS.get_ptr(tgid) else {
+        return Ok(1);
+    };
+    if tgid == daemon_tgid() {
+        return Ok(1);
+    }
+    // SAFETY: map value pointer from a successful lookup.
+    let tag = unsafe { *tag };
+    let Some(rule) = FILE_DEVICES.get_ptr(&DevKey { major, minor }) else {
+        return Ok(1);
+    };
+    // SAFETY: map value pointer from a successful lookup.
+    let rule = unsafe { *rule };
+    let acc = access_type >> 16;
+    let mut want = 0;
+    if acc & DEVCG_ACC_READ != 0 {
+        want |= access::READ;
+    }
+    if acc & (DEVCG_ACC_WRITE | DEVCG_ACC_MKNOD) != 0 {
+        want |= access::WRITE;
+    }
+    let enforce = rule.enforce & want;
+    if enforce == 0 && rule.audit & want == 0 {
+        return Ok(1);
+    }
+    let result = if enforce != 0 {
+        count_file(counter::DEVICE_DENIED);
+        outcome::DENIED
+    } else {
+        count_file(counter::AUDITED);
+        outcome::ALLOWED
+    };
+    if let Some(mut entry) = FILE_EVENTS.reserve::<FileEvent>(0) {
+        let ev = entry.as_mut_ptr();
+        // SAFETY: `ev` points to a reserved record of FileEvent's size; every field is
+        // written before submit.
+        unsafe {
+            header(ev, EventKind::FileDevice, tgid, &tag);
+            (*ev).dev = kernel_dev(major, minor);
+            (*ev).outcome = result;
+            (*ev).ino = 0;
+            (*ev).root_ino = 0;
+            (*ev).rule_id = rule.rule_id;
+            (*ev).access = want;
+            (*ev).action = rule.action;
+            (*ev).syscall = -1;
+            (*ev).depth = 0;
+            (*ev).major = major;
+            (*ev).minor = minor;
+            (*ev).mode = 0;
+            (*ev).name = [0; NAME_LEN];
+            (*ev).target = [0; TARGET_LEN];
+        }
+        entry.submit(0);
+    } else {
+        count_file(counter::EVENTS_DROPPED);
+    }
+    Ok(if enforce != 0 { 0 } else { 1 })
+}
+
+/// Write the common header of a file event.
+///
+/// # Safety
+/// `ev` points to a reserved ring-buffer record of [`FileEvent`]'s size.
+#[inline(always)]
+unsafe fn header(ev: *mut FileEvent, kind: EventKind, tgid: u32, tag: &Tag) {
+    let o = offsets();
+    let ppid = if o.valid != 0 {
+        Task::current().parent_tgid(&o).unwrap_or(0)
+    } else {
+        0
+    };
+    // SAFETY: the caller guarantees `ev` is a writable FileEvent record.
+    unsafe {
+        (*ev).header = EventHeader {
+            kind: kind as u32,
+            agent_id: tag.agent_id,
+            time_ns: bpf_ktime_get_boot_ns(),
+            proc: ProcKey::new(tgid, tag.start_ns),
+            root: tag.root,
+            ppid,
+            uid: bpf_get_current_uid_gid() as u32,
+        };
+        (*ev).comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    }
+}

@@ -1,0 +1,471 @@
+//! Network enforcement: cgroup v2 sock_addr programs on `connect` and `sendmsg` (IPv4, IPv6,
+//! unix), and the system call exit program that carries out kills.
+//!
+//! Every program starts with one lookup of the caller's tgid in the tag map and allows an
+//! untagged caller straight away: that lookup is the whole cost for the rest of the host.
+//! A tagged caller's destination is looked up in the rule maps (see `guard_common::net`).
+//!
+//! Returning 0 from a sock_addr program fails the system call with EPERM before anything is
+//! sent. A cgroup program cannot send signals, so `kill` records the process in the
+//! pending-kill map and [`guard_sys_exit`] sends SIGKILL in its own context before the system
+//! call returns to user space. Internal errors fail open and are counted
+//! (`Counter::NetFailOpen`); a decision is never dropped silently: each one is an event, and
+//! a lost event is counted.
+
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
+use aya_ebpf::{
+    bindings::bpf_sock_addr,
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        bpf_ktime_get_boot_ns, generated,
+    },
+    macros::{btf_tracepoint, cgroup_sock_addr},
+    maps::lpm_trie::Key,
+    programs::{BtfTracePointContext, SockAddrContext},
+};
+use guard_common::{
+    ProcKey, Tag,
+    event::{Counter, EventHeader, EventKind},
+    net::{
+        AF_INET, AF_INET6, AF_UNIX, Ip4Data, Ip6Data, NetEvent, NetRule, PendingKill,
+        RULE_SLOTS_MAX, RULE_SLOTS_TOTAL, RuleSet, UNIX_PATH_LEN, UnixKey, hook, proto_class,
+        result, v4_mapped,
+    },
+    offsets::UNIX_CTX_READ,
+};
+
+use crate::{
+    kernel::Task,
+    maps::{
+        EVENTS, NET_RULES, NET_UNIX, NET4, NET6, PENDING_COUNT, PENDING_KILLS, TAGS, count,
+        daemon_tgid, offsets, unix_offsets,
+    },
+};
+
+/// sock_addr verdicts.
+const ALLOW: i32 = 1;
+const DENY: i32 = 0;
+const SIGKILL: u32 = 9;
+const BPF_NOEXIST: u64 = 1;
+const EEXIST: i32 = 17;
+
+#[cgroup_sock_addr(connect4)]
+pub fn guard_connect4(ctx: SockAddrContext) -> i32 {
+    verdict(try_inet(&ctx, hook::CONNECT4))
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn guard_connect6(ctx: SockAddrContext) -> i32 {
+    verdict(try_inet(&ctx, hook::CONNECT6))
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn guard_sendmsg4(ctx: SockAddrContext) -> i32 {
+    verdict(try_inet(&ctx, hook::SENDMSG4))
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn guard_sendmsg6(ctx: SockAddrContext) -> i32 {
+    verdict(try_inet(&ctx, hook::SENDMSG6))
+}
+
+// aya 0.14 has no unix attach types. These two live in a section aya-obj understands and are
+// never loaded by aya: guard's loader takes their relocated instructions and loads them with
+// expected_attach_type BPF_CGROUP_UNIX_CONNECT / BPF_CGROUP_UNIX_SENDMSG itself.
+
+#[cgroup_sock_addr(connect4)]
+pub fn guard_connect_unix(ctx: SockAddrContext) -> i32 {
+    verdict(try_unix(&ctx, hook::CONNECT_UNIX))
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn guard_sendmsg_unix(ctx: SockAddrContext) -> i32 {
+    verdict(try_unix(&ctx, hook::SENDMSG_UNIX))
+}
+
+/// `raw_syscalls:sys_exit(regs, ret)`: SIGKILL a process with a pending kill, in its own
+/// context, before the system call returns to user space. For everyone else it costs one
+/// array read while no kill is pending.
+#[btf_tracepoint(function = "sys_exit")]
+pub fn guard_sys_exit(_ctx: BtfTracePointContext) -> i32 {
+    let Some(pending) = PENDING_COUNT.get_ptr(0) else {
+        return 0;
+    };
+    // SAFETY: pointer to the array slot from a successful lookup.
+    if unsafe { core::ptr::read_volatile(pending) } == 0 {
+        return 0;
+    }
+    send_pending_kill();
+    0
+}
+
+#[inline(always)]
+fn verdict(r: Result<i32, i32>) -> i32 {
+    match r {
+        Ok(v) => v,
+        Err(_) => {
+            count(Counter::NetFailOpen);
+            ALLOW
+        }
+    }
+}
+
+#[inline(always)]
+fn current_tgid() -> u32 {
+    (bpf_get_current_pid_tgid() >> 32) as u32
+}
+
+/// Where a tagged process is connecting or sending to.
+struct Dest {
+    family: u32,
+    addr: [u8; 16],
+    port: u16,
+    class: u32,
+}
+
+#[inline(always)]
+fn try_inet(ctx: &SockAddrContext, hook: u32) -> Result<i32, i32> {
+    let tgid = current_tgid();
+    let Some(tag) = TAGS.get_ptr(tgid) else {
+        return Ok(ALLOW);
+    };
+    if tgid == daemon_tgid() {
+        return Ok(ALLOW);
+    }
+    // SAFETY: map value pointer from a successful lookup.
+    let tag = unsafe { *tag };
+    let sa = ctx.sock_addr;
+    let mut dest = Dest {
+        family: AF_INET,
+        addr: [0; 16],
+        port: u16::from_be(ctx_u32(sa, CtxField::Port) as u16),
+        class: proto_class(ctx_u32(sa, CtxField::Type), ctx_u32(sa, CtxField::Protocol)),
+    };
+    let set = if hook == hook::CONNECT4 || hook == hook::SENDMSG4 {
+        let ip = ctx_u32(sa, CtxField::Ip4).to_ne_bytes();
+        dest.addr = [
+            ip[0], ip[1], ip[2], ip[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        ];
+        NET4.get(Key::new(32, Ip4Data { addr: ip }))
+    } else {
+        let mut addr = [0u8; 16];
+        let mut i = 0;
+        while i < 4 {
+            let w = ctx_u32(sa, CtxField::Ip6(i)).to_ne_bytes();
+            addr[4 * i] = w[0];
+            addr[4 * i + 1] = w[1];
+            addr[4 * i + 2] = w[2];
+            addr[4 * i + 3] = w[3];
+            i += 1;
+        }
+        match v4_mapped(&addr) {
+            Some(ip) => {
+                dest.addr = [
+                    ip[0], ip[1], ip[2], ip[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                ];
+                NET4.get(Key::new(32, Ip4Data { addr: ip }))
+            }
+            None => {
+                dest.family = AF_INET6;
+                dest.addr = addr;
+                NET6.get(Key::new(128, Ip6Data { addr, _pad: [0; 4] }))
+            }
+        }
+    };
+    let Some(set) = set else {
+        return Ok(ALLOW);
+    };
+    Ok(decide(tgid, &tag, set, &dest, hook, None))
+}
+
+#[inline(always)]
+fn try_unix(ctx: &SockAddrContext, hook: u32) -> Result<i32, i32> {
+    let tgid = current_tgid();
+    let Some(tag) = TAGS.get_ptr(tgid) else {
+        return Ok(ALLOW);
+    };
+    if tgid == daemon_tgid() {
+        return Ok(ALLOW);
+    }
+    // SAFETY: map value pointer from a successful lookup.
+    let tag = unsafe { *tag };
+    let uo = unix_offsets();
+    if uo.valid == 0 || uo.ctx_uaddr > UNIX_CTX_READ - 8 || uo.ctx_uaddrlen > UNIX_CTX_READ - 4 {
+        return Err(-1);
+    }
+    // On the stack, not in a per-CPU scratch map: a sock_addr program can be preempted by
+    // another task's on the same CPU, which would overwrite shared scratch mid-lookup.
+    let mut ctx_copy = [0u8; UNIX_CTX_READ as usize];
+    let mut key = UnixKey::default();
+    // The context of a sock_addr program is a `struct bpf_sock_addr_kern`; its `uaddr` and
+    // `uaddrlen` have no `bpf_sock_addr` field, so copy the start of it (the verifier lets a
+    // privileged program hand the context pointer to the helper) and read them at their BTF
+    // offsets.
+    // SAFETY: the helper checks the source address and writes at most the buffer's size.
+    let ret = unsafe {
+        generated::bpf_probe_read_kernel(
+            ctx_copy.as_mut_ptr().cast(),
+            UNIX_CTX_READ,
+            ctx.sock_addr as *const _,
+        )
+    };
+    if ret != 0 {
+        return Err(ret as i32);
+    }
+    let uaddr_off = (uo.ctx_uaddr & (UNIX_CTX_READ - 8)) as usize;
+    let len_off = (uo.ctx_uaddrlen & (UNIX_CTX_READ - 4)) as usize;
+    // SAFETY: both offsets are masked inside `ctx`; unaligned reads of plain integers.
+    let (uaddr, uaddrlen) = unsafe {
+        (
+            core::ptr::read_unaligned(ctx_copy.as_ptr().add(uaddr_off).cast::<u64>()),
+            core::ptr::read_unaligned(ctx_copy.as_ptr().add(len_off).cast::<u32>()),
+        )
+    };
+    if uaddr == 0 {
+        return Err(-1);
+    }
+    // SAFETY: the helper checks the source address and writes exactly UNIX_PATH_LEN bytes.
+    let ret = unsafe {
+        generated::bpf_probe_read_kernel(
+            key.path.as_mut_ptr().cast(),
+            UNIX_PATH_LEN as u32,
+            (uaddr + u64::from(uo.sun_path)) as *const _,
+        )
+    };
+    if ret != 0 {
+        return Err(ret as i32);
+    }
+    key.normalise(uaddrlen.saturating_sub(uo.sun_path));
+    #[expect(
+        clippy::needless_borrows_for_generic_args,
+        reason = "a by-value key would be one more 112-byte copy on the 512-byte stack"
+    )]
+    let Some(set) = NET_UNIX.get_ptr(&key) else {
+        return Ok(ALLOW);
+    };
+    let sa = ctx.sock_addr;
+    let dest = Dest {
+        family: AF_UNIX,
+        addr: [0; 16],
+        port: 0,
+        class: proto_class(ctx_u32(sa, CtxField::Type), ctx_u32(sa, CtxField::Protocol)),
+    };
+    // SAFETY: map value pointer from a successful lookup.
+    let set = unsafe { &*set };
+    Ok(decide(tgid, &tag, set, &dest, hook, Some(&key)))
+}
+
+/// The `bpf_sock_addr` fields the programs read. Each read is one 4-byte load, the only
+/// access the verifier allows to them.
+#[derive(Clone, Copy)]
+enum CtxField {
+    Ip4,
+    Ip6(usize),
+    Port,
+    Type,
+    Protocol,
+}
+
+#[inline(always)]
+fn ctx_u32(sa: *mut bpf_sock_addr, field: CtxField) -> u32 {
+    // SAFETY: `sa` is the program's context; the verifier rewrites these loads into reads of
+    // the kernel's own context. Volatile keeps each one a single 4-byte load.
+    unsafe {
+        match field {
+            CtxField::Ip4 => core::ptr::read_volatile(&(*sa).user_ip4),
+            CtxField::Ip6(0) => core::ptr::read_volatile(&(*sa).user_ip6[0]),
+            CtxField::Ip6(1) => core::ptr::read_volatile(&(*sa).user_ip6[1]),
+            CtxField::Ip6(2) => core::ptr::read_volatile(&(*sa).user_ip6[2]),
+            CtxField::Ip6(_) => core::ptr::read_volatile(&(*sa).user_ip6[3]),
+            CtxField::Port => core::ptr::read_volatile(&(*sa).user_port),
+            CtxField::Type => core::ptr::read_volatile(&(*sa).type_),
+            CtxField::Protocol => core::ptr::read_volatile(&(*sa).protocol),
+        }
+    }
+}
+
+/// The first rule of `set` (strongest first) that applies to `dest`.
+#[inline(always)]
+fn first_match(set: &RuleSet, dest: &Dest, check_ports: bool) -> Option<NetRule> {
+    let mut i = 0;
+    while i < RULE_SLOTS_MAX {
+        if i as u32 >= set.count {
+            break;
+        }
+        let slot = set.slots[i] & (RULE_SLOTS_TOTAL - 1);
+        if let Some(rule) = NET_RULES.get(slot)
+            && rule.matches(dest.class, dest.port, check_ports)
+        {
+            return Some(*rule);
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Apply the matching rule, record the decision and return the verdict.
+#[inline(always)]
+fn decide(
+    tgid: u32,
+    tag: &Tag,
+    set: &RuleSet,
+    dest: &Dest,
+    hook: u32,
+    unix: Option<&UnixKey>,
+) -> i32 {
+    let Some(rule) = first_match(set, dest, unix.is_none()) else {
+        return ALLOW;
+    };
+    let outcome = if !rule.blocks() {
+        count(Counter::NetAudited);
+        result::ALLOWED
+    } else if rule.kills() {
+        count(Counter::NetDenied);
+        if schedule_kill(tgid, tag, rule.rule_id) {
+            count(Counter::NetKillsScheduled);
+            result::KILLED
+        } else {
+            count(Counter::NetKillFailed);
+            result::KILL_FAILED
+        }
+    } else {
+        count(Counter::NetDenied);
+        result::DENIED
+    };
+    emit(tgid, tag, dest, hook, &rule, outcome, unix);
+    if outcome == result::ALLOWED {
+        ALLOW
+    } else {
+        DENY
+    }
+}
+
+/// Record `tgid` for SIGKILL at its next system call exit.
+#[inline(always)]
+fn schedule_kill(tgid: u32, tag: &Tag, rule_id: u32) -> bool {
+    let pending = PendingKill {
+        start_ns: tag.start_ns,
+        rule_id,
+        _pad: 0,
+    };
+    match PENDING_KILLS.insert(tgid, pending, BPF_NOEXIST) {
+        Ok(()) => {
+            adjust_pending(1);
+            true
+        }
+        // Already pending (another thread got there first).
+        Err(e) if e == -EEXIST => true,
+        Err(_) => false,
+    }
+}
+
+#[inline(always)]
+fn adjust_pending(delta: u64) {
+    if let Some(slot) = PENDING_COUNT.get_ptr_mut(0) {
+        // SAFETY: the array slot lives as long as the map; the add is one atomic BPF
+        // instruction, shared with every CPU. The old value is not used (BPF_ADD without
+        // BPF_FETCH, which every BPF CPU version has).
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(slot, delta) };
+    }
+}
+
+/// Drop a pending kill of `tgid` (its process is gone). Called by the exit tracker.
+#[inline(always)]
+pub fn forget_pending_kill(tgid: u32) {
+    let Some(pending) = PENDING_COUNT.get_ptr(0) else {
+        return;
+    };
+    // SAFETY: pointer to the array slot from a successful lookup.
+    if unsafe { core::ptr::read_volatile(pending) } == 0 {
+        return;
+    }
+    if PENDING_KILLS.remove(tgid).is_ok() {
+        adjust_pending(u64::MAX); // -1
+    }
+}
+
+#[inline(always)]
+fn send_pending_kill() {
+    let tgid = current_tgid();
+    let Some(pending) = PENDING_KILLS.get_ptr(tgid) else {
+        return;
+    };
+    // SAFETY: map value pointer from a successful lookup.
+    let pending = unsafe { *pending };
+    // Spare a process that reused the pid: the offender was tagged with this start time.
+    // SAFETY (closure body): map value pointer from a successful lookup.
+    let same = TAGS
+        .get_ptr(tgid)
+        .is_some_and(|tag| unsafe { (*tag).start_ns } == pending.start_ns);
+    if same {
+        // SAFETY: helper without memory arguments; signals the current process.
+        if unsafe { generated::bpf_send_signal(SIGKILL) } != 0 {
+            count(Counter::NetKillFailed);
+            return; // retried at the next system call exit
+        }
+        count(Counter::NetKillsSent);
+    }
+    if PENDING_KILLS.remove(tgid).is_ok() {
+        adjust_pending(u64::MAX); // -1
+    }
+}
+
+#[inline(always)]
+fn emit(
+    tgid: u32,
+    tag: &Tag,
+    dest: &Dest,
+    hook: u32,
+    rule: &NetRule,
+    outcome: u32,
+    unix: Option<&UnixKey>,
+) {
+    let Some(mut entry) = EVENTS.reserve::<NetEvent>(0) else {
+        count(Counter::EventsDropped);
+        return;
+    };
+    let o = offsets();
+    let ppid = if o.valid != 0 {
+        Task::current().parent_tgid(&o).unwrap_or(0)
+    } else {
+        0
+    };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: `ev` points to a reserved record of NetEvent's size; every field is written
+    // before submit.
+    unsafe {
+        (*ev).header = EventHeader {
+            kind: EventKind::NetConnect as u32,
+            agent_id: tag.agent_id,
+            time_ns: bpf_ktime_get_boot_ns(),
+            proc: ProcKey::new(tgid, tag.start_ns),
+            root: tag.root,
+            ppid,
+            uid: bpf_get_current_uid_gid() as u32,
+        };
+        (*ev).comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        (*ev).hook = hook;
+        (*ev).family = dest.family;
+        (*ev).protocol = dest.class;
+        (*ev).port = u32::from(dest.port);
+        (*ev).addr = dest.addr;
+        (*ev).rule_id = rule.rule_id;
+        (*ev).action = rule.action;
+        (*ev).mode = rule.mode;
+        (*ev).result = outcome;
+        (*ev).generation = rule.generation;
+        (*ev)._pad2 = [0; 4];
+        match unix {
+            Some(key) => {
+                (*ev).unix_len = key.len;
+                (*ev).unix_path = key.path;
+            }
+            None => {
+                (*ev).unix_len = 0;
+                (*ev).unix_path = [0; UNIX_PATH_LEN];
+            }
+        }
+    }
+    entry.submit(0);
+}

@@ -1,0 +1,463 @@
+//! File protection: the policy's `paths:` rules enforced on volumes, directories and files by
+//! identity (device and inode), for tagged processes only.
+//!
+//! Layers on a kernel without BPF LSM, each with its guarantee (`guard status` shows which
+//! one covers which access of each rule, and whether it is attached):
+//! - **enforced** — fanotify permission events (`perm.rs`): opens for reading, writing or
+//!   truncation (`O_TRUNC`), reads through inherited descriptors and exec of protected
+//!   objects fail with EPERM before anything happens. Inode marks follow the object through
+//!   renames, hard links, symlinks, bind mounts and `/proc/self/root/...`. Lives in the
+//!   daemon.
+//! - **kill-on-detect** — the ctime tracepoints (`guard-ebpf/src/probes/file.rs`): unlink,
+//!   rmdir, rename, truncate(2), chmod, create and link inside a protected object have no
+//!   permission hook here; the kernel kills the offender before the system call returns, so
+//!   at most one object per process is changed. Pinned: holds without the daemon.
+//! - **enforced** for raw block devices behind protected volumes (cgroup device program),
+//!   pinned.
+//! - **enforced** for `guard run` trees by their private mount namespace (`mountns.rs`),
+//!   which needs no daemon at all.
+//!
+//! Identity is kept current by `engine.rs` (a fanotify notification group); rules are
+//! resolved by `resolve.rs`; decisions become events, stderr reasons and kills in `report.rs`.
+
+pub mod access;
+pub mod engine;
+pub mod fanotify;
+pub mod kernel;
+pub mod mountns;
+pub mod perm;
+pub mod report;
+pub mod resolve;
+pub mod status;
+
+use std::{
+    collections::HashMap as StdHashMap,
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+        mpsc::{self, Receiver, RecvTimeoutError, Sender},
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use aya::maps::{HashMap, MapData, MapError};
+use guard_common::{
+    Tag,
+    agent::trim_nul,
+    event::EventKind,
+    file::{FileEvent, FileKey, access as bits, dev_parts, outcome},
+    maps,
+};
+use tracing::{error, info};
+
+pub use kernel::{Attached, FileMaps};
+pub use mountns::Protections;
+pub use status::PathRuleStatus;
+
+use engine::{Engine, RuleInfo};
+use report::{Decision, Hook, Log, Outcome};
+
+use crate::{
+    events::{Clock, pipeline::EventSink},
+    policy::{Action, CompiledPathRule},
+    tags::AgentNames,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("map {name} is missing from the object")]
+    NoMap { name: &'static str },
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("event log {path}: {source}")]
+    Log {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("starting a file protection thread: {0}")]
+    Thread(#[source] std::io::Error),
+}
+
+/// What the kernel loader hands over: the maps, and what attached.
+pub struct Loaded {
+    pub maps: FileMaps,
+    pub attached: Attached,
+}
+
+pub struct FileConfig {
+    /// The daemon's pin directory (the tag map is opened from its pin).
+    pub pin_dir: PathBuf,
+    pub event_log: PathBuf,
+    pub log_stdout: bool,
+    /// Where `~` homes come from.
+    pub passwd: PathBuf,
+}
+
+/// Work for the reporter thread.
+pub enum Report {
+    Decision(Decision),
+    Kernel(EventKind, FileEvent),
+}
+
+/// Names for the kernel's ids: rules by id, protected objects by key.
+#[derive(Default)]
+pub struct Catalog {
+    pub rules: StdHashMap<u32, RuleInfo>,
+    pub objects: StdHashMap<FileKey, PathBuf>,
+}
+
+/// State shared by every engine and thread.
+pub struct Shared {
+    pub tags: HashMap<MapData, u32, Tag>,
+    pub reports: Sender<Report>,
+    pub kernel: Mutex<Option<FileMaps>>,
+    pub catalog: Mutex<Catalog>,
+    pub names: Mutex<AgentNames>,
+    /// The daemon's event pipeline, once it runs; until then lines go to the log directly.
+    pub sink: Mutex<Option<EventSink>>,
+}
+
+/// The running file protection.
+pub struct FileGuard {
+    shared: Arc<Shared>,
+    engine: Mutex<Arc<Engine>>,
+    attached: Attached,
+    passwd: PathBuf,
+    /// One reload at a time.
+    reload_lock: Mutex<()>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl FileGuard {
+    /// Start file protection for `rules`. `loaded` is `None` when the kernel side is absent.
+    pub fn start(
+        cfg: FileConfig,
+        loaded: Option<Loaded>,
+        rules: &[CompiledPathRule],
+        names: AgentNames,
+    ) -> Result<Self, FileError> {
+        let tags_err = |source| FileError::Map {
+            name: maps::TAGS,
+            source,
+        };
+        let tags = MapData::from_pin(cfg.pin_dir.join("maps").join(maps::TAGS))
+            .and_then(|m| HashMap::try_from(aya::maps::Map::HashMap(m)))
+            .map_err(tags_err)?;
+        let log = Log::open(&cfg.event_log, cfg.log_stdout).map_err(|source| FileError::Log {
+            path: cfg.event_log.clone(),
+            source,
+        })?;
+        let (tx, rx) = mpsc::channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (mut maps, attached) = match loaded {
+            Some(l) => (Some(l.maps), l.attached),
+            None => (None, Attached::default()),
+        };
+        let ring = maps.as_mut().and_then(|m| m.events.take());
+        let shared = Arc::new(Shared {
+            tags,
+            reports: tx.clone(),
+            kernel: Mutex::new(maps),
+            catalog: Mutex::new(Catalog::default()),
+            names: Mutex::new(names),
+            sink: Mutex::new(None),
+        });
+        let mut threads = Vec::new();
+        if let Some(ring) = ring {
+            let (ktx, krx) = mpsc::channel();
+            threads.push(kernel::spawn_reader(ring, ktx, stop.clone()).map_err(FileError::Thread)?);
+            let tx = tx.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name("guard-file-forward".into())
+                    .spawn(move || {
+                        for (kind, ev) in krx {
+                            if tx.send(Report::Kernel(kind, ev)).is_err() {
+                                return;
+                            }
+                        }
+                    })
+                    .map_err(FileError::Thread)?,
+            );
+        }
+        {
+            let shared = shared.clone();
+            let stop = stop.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name("guard-file-report".into())
+                    .spawn(move || reporter(&shared, rx, log, &stop))
+                    .map_err(FileError::Thread)?,
+            );
+        }
+        let homes = read_homes(&cfg.passwd);
+        let engine = Engine::build(rules, &homes, shared.clone());
+        info!(
+            rules = rules.len(),
+            detectors = ?attached.detectors,
+            device = attached.device,
+            "file protection started"
+        );
+        if let Some(e) = &attached.detect_error {
+            error!(error = %e, "kill-on-detect for delete/rename/truncate is NOT attached");
+        }
+        if let Some(e) = &attached.device_error {
+            error!(error = %e, "raw block device protection is NOT attached");
+        }
+        Ok(Self {
+            shared,
+            engine: Mutex::new(engine),
+            attached,
+            passwd: cfg.passwd,
+            reload_lock: Mutex::new(()),
+            stop,
+            threads,
+        })
+    }
+
+    /// Apply new rules: the new engine is complete before the old one stops.
+    pub fn reload(&self, rules: &[CompiledPathRule], names: AgentNames) {
+        let _one = self.reload_lock.lock().expect("reload lock");
+        *self.shared.names.lock().expect("names lock") = names;
+        let homes = read_homes(&self.passwd);
+        let new = Engine::build(rules, &homes, self.shared.clone());
+        let old = std::mem::replace(&mut *self.engine.lock().expect("engine lock"), new);
+        old.stop();
+    }
+
+    /// Send decisions through the daemon's event pipeline from now on.
+    pub fn set_sink(&self, sink: EventSink) {
+        *self.shared.sink.lock().expect("sink lock") = Some(sink);
+    }
+
+    pub fn attached(&self) -> &Attached {
+        &self.attached
+    }
+
+    /// Per-rule status.
+    pub fn status(&self) -> Vec<PathRuleStatus> {
+        let engine = self.engine.lock().expect("engine lock").clone();
+        let state = engine.state.lock().expect("state lock");
+        engine
+            .rules
+            .iter()
+            .zip(state.iter())
+            .map(|(r, st)| {
+                let group = engine.group.is_some() || r.perm_mask() == 0;
+                status::rule_status(r, st, group, &self.attached)
+            })
+            .collect()
+    }
+
+    /// What `guard run` makes read-only or masks in its mount namespace.
+    pub fn protections(&self) -> Protections {
+        let engine = self.engine.lock().expect("engine lock").clone();
+        let state = engine.state.lock().expect("state lock");
+        let mut p = Protections::default();
+        for (r, st) in engine.rules.iter().zip(state.iter()) {
+            if !r.enforcing() {
+                continue;
+            }
+            for o in &st.targets.objects {
+                let is_dir = matches!(o.kind, resolve::Kind::Dir | resolve::Kind::Volume);
+                if r.access & (bits::READ | bits::EXEC) != 0 {
+                    p.masked.push((o.path.clone(), is_dir));
+                } else if r.access & (bits::WRITE | bits::DELETE) != 0 {
+                    p.readonly.push(o.path.clone());
+                }
+            }
+        }
+        p.masked.sort();
+        p.masked.dedup();
+        p.readonly.sort();
+        p.readonly.dedup();
+        p.readonly
+            .retain(|ro| !p.masked.iter().any(|(m, _)| m == ro));
+        p
+    }
+
+    /// The kernel counters of file protection, by name.
+    pub fn counters(&self) -> Vec<(String, u64)> {
+        let kernel = self.shared.kernel.lock().expect("kernel lock");
+        kernel
+            .as_ref()
+            .map(|m| {
+                m.counters()
+                    .into_iter()
+                    .map(|(n, v)| (n.to_owned(), v))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for FileGuard {
+    fn drop(&mut self) {
+        self.engine.lock().expect("engine lock").stop();
+        self.stop.store(true, Ordering::Relaxed);
+        for t in std::mem::take(&mut self.threads) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn read_homes(passwd: &Path) -> Vec<(u32, PathBuf)> {
+    crate::policy::read_homes(passwd).unwrap_or_else(|_| vec![(0, PathBuf::from("/root"))])
+}
+
+/// The reporter thread: event lines, stderr reasons and kills for kernel decisions, and
+/// kill-tree.
+fn reporter(shared: &Shared, rx: Receiver<Report>, mut log: Log, stop: &AtomicBool) {
+    let clock = Clock::now();
+    let node = crate::events::pipeline::hostname();
+    loop {
+        let report = match rx.recv_timeout(Duration::from_millis(500)) {
+            Ok(r) => r,
+            Err(RecvTimeoutError::Timeout) if !stop.load(Ordering::Relaxed) => continue,
+            Err(_) => return,
+        };
+        let d = match report {
+            Report::Decision(d) => d,
+            Report::Kernel(kind, ev) => {
+                let mut d = kernel_decision(shared, kind, &ev);
+                act_on_kernel_decision(shared, &mut d);
+                d
+            }
+        };
+        // Kernel decisions; fanotify decisions kill the tree before they answer.
+        if d.action == Action::KillTree
+            && matches!(d.hook, Hook::Change | Hook::Device)
+            && matches!(d.outcome, Outcome::Killed | Outcome::Denied)
+        {
+            let n = report::kill_tree(&shared.tags, d.tag.root);
+            info!(root = d.tag.root.tgid, killed = n, rule = %d.rule, "kill-tree");
+        }
+        let decoded = d.to_decoded();
+        let sink = shared.sink.lock().expect("sink lock").clone();
+        let decoded = match sink {
+            // The daemon's pipeline adds the process tree, rotates the log and counts.
+            Some(sink) if sink.submit_blocking(decoded.clone()) => continue,
+            _ => decoded,
+        };
+        let names = shared.names.lock().expect("names lock").clone();
+        let event = crate::events::pipeline::build(&decoded, None, &names, &node, &clock, None);
+        if let Err(e) = log.write(&event) {
+            error!(error = %e, "cannot write a file event");
+        }
+    }
+}
+
+/// Turn a kernel record into a decision, naming its rule and object.
+fn kernel_decision(shared: &Shared, kind: EventKind, ev: &FileEvent) -> Decision {
+    let h = ev.header;
+    let catalog = shared.catalog.lock().expect("catalog lock");
+    let rule = catalog.rules.get(&ev.rule_id);
+    let text = |b: &[u8]| String::from_utf8_lossy(trim_nul(b)).into_owned();
+    let name = text(&ev.name);
+    let path = if kind == EventKind::FileDevice {
+        device_name(ev.major, ev.minor)
+    } else {
+        let base = catalog
+            .objects
+            .get(&FileKey::new(ev.dev, ev.root_ino))
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| {
+                let (a, b) = dev_parts(ev.dev);
+                format!("<{a}:{b}:{}>", ev.root_ino)
+            });
+        let changed = match ev.depth {
+            0 => base,
+            1 => format!("{base}/{name}"),
+            _ => format!("{base}/…/{name}"),
+        };
+        // A directory changed because an entry in it was removed, renamed or created: name
+        // the entry.
+        let entry = Path::new(trim_nul_str(&ev.target)).file_name();
+        match entry {
+            Some(e) if ev.mode & libc::S_IFMT == libc::S_IFDIR => {
+                format!("{changed}/{}", e.to_string_lossy())
+            }
+            _ => changed,
+        }
+    };
+    let target = text(&ev.target);
+    Decision {
+        hook: if kind == EventKind::FileDevice {
+            Hook::Device
+        } else {
+            Hook::Change
+        },
+        time_ns: h.time_ns,
+        tgid: h.proc.tgid,
+        tag: Tag {
+            root: h.root,
+            agent_id: h.agent_id,
+            flags: 0,
+            start_ns: h.proc.start_ns,
+        },
+        ppid: h.ppid,
+        uid: h.uid,
+        comm: text(&ev.comm),
+        rule_id: ev.rule_id,
+        rule: rule.map_or_else(|| format!("rule-{}", ev.rule_id), |r| r.name.clone()),
+        action: rule.map_or(Action::Deny, |r| r.action),
+        mode: rule.map_or(crate::policy::Mode::Enforce, |r| r.mode),
+        outcome: match ev.outcome {
+            outcome::ALLOWED => Outcome::Allowed,
+            outcome::DENIED => Outcome::Denied,
+            outcome::KILLED => Outcome::Killed,
+            _ => Outcome::KillFailed,
+        },
+        access: ev.access,
+        path,
+        dev: ev.dev,
+        ino: ev.ino,
+        syscall: (ev.syscall >= 0).then_some(i64::from(ev.syscall)),
+        target: (!target.is_empty()).then_some(target),
+    }
+}
+
+/// The offender's reason line (on its own stderr, or its parent's when it is already gone),
+/// and the kill a device rule asks for.
+fn act_on_kernel_decision(shared: &Shared, d: &mut Decision) {
+    if d.outcome == Outcome::Allowed {
+        return;
+    }
+    if d.hook == Hook::Device
+        && d.outcome == Outcome::Denied
+        && matches!(d.action, Action::Kill | Action::KillTree)
+        && report::kill_process(d.tgid, d.tag.start_ns)
+    {
+        d.outcome = Outcome::Killed;
+    }
+    let line = d.reason();
+    if !report::write_reason(d.tgid, d.tag.start_ns, &line)
+        && let Ok(parent) = shared.tags.get(&d.ppid, 0)
+        && parent.root == d.tag.root
+    {
+        report::write_reason(d.ppid, parent.start_ns, &line);
+    }
+}
+
+fn trim_nul_str(b: &[u8]) -> &str {
+    std::str::from_utf8(trim_nul(b)).unwrap_or("")
+}
+
+/// `/dev/NAME` of block device `major:minor`, else `major:minor`.
+fn device_name(major: u32, minor: u32) -> String {
+    std::fs::read_to_string(format!("/sys/dev/block/{major}:{minor}/uevent"))
+        .ok()
+        .and_then(|u| {
+            u.lines()
+                .find_map(|l| l.strip_prefix("DEVNAME=").map(|n| format!("/dev/{n}")))
+        })
+        .unwrap_or_else(|| format!("{major}:{minor}"))
+}

@@ -1,0 +1,370 @@
+//! Acting on file decisions: the event record, the offender's one-line reason on its stderr,
+//! and kills (the offender, or its whole agent tree).
+//!
+//! The reason is written through a duplicate of the offender's fd 2 taken with
+//! `pidfd_getfd`, not by opening `/proc/PID/fd/2`: an open could itself be a permission event
+//! of a group whose reader is the caller (a deadlock when fd 2 is a protected file), a
+//! duplicate is not an open. The write is attempted only when `poll` says it will not block.
+
+use std::{
+    fs::{File, OpenOptions},
+    io::{self, Write as _},
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    path::Path,
+};
+
+use aya::maps::{HashMap, MapData};
+use guard_common::{
+    ProcKey, Tag,
+    event::{EventHeader, EventKind},
+    file::dev_parts,
+};
+
+use super::access::names;
+use crate::{
+    events::{self, Decoded},
+    policy::{Action, Mode},
+    tags::ProcInfo,
+};
+
+/// Where a decision was made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    /// fanotify `FAN_OPEN_PERM`: an open, refused before it happens.
+    FanotifyOpen,
+    /// fanotify `FAN_ACCESS_PERM`: a read through an already open descriptor.
+    FanotifyAccess,
+    /// fanotify `FAN_OPEN_EXEC_PERM`.
+    FanotifyExec,
+    /// The ctime tracepoints: a modification, detected while it happens.
+    Change,
+    /// The cgroup device program: a raw block device open.
+    Device,
+}
+
+impl Hook {
+    /// The `hook` field of the event.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::FanotifyOpen => "fanotify_open_perm",
+            Self::FanotifyAccess => "fanotify_access_perm",
+            Self::FanotifyExec => "fanotify_open_exec_perm",
+            Self::Change => "ctime_change",
+            Self::Device => "cgroup_device",
+        }
+    }
+}
+
+/// What happened to the operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Allowed,
+    Denied,
+    /// Refused (fanotify) or detected (kernel), and the process killed.
+    Killed,
+    KillFailed,
+}
+
+impl Outcome {
+    /// The `result` field of the event.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Allowed => "allowed",
+            Self::Denied => "denied",
+            Self::Killed => "killed",
+            Self::KillFailed => "kill-failed",
+        }
+    }
+}
+
+/// One decision about a tagged process and a protected object.
+#[derive(Clone, Debug)]
+pub struct Decision {
+    pub hook: Hook,
+    /// Boot-time clock, ns.
+    pub time_ns: u64,
+    pub tgid: u32,
+    pub tag: Tag,
+    pub ppid: u32,
+    pub uid: u32,
+    pub comm: String,
+    pub rule_id: u32,
+    pub rule: String,
+    pub action: Action,
+    pub mode: Mode,
+    pub outcome: Outcome,
+    pub access: u32,
+    pub path: String,
+    /// Kernel encoding.
+    pub dev: u32,
+    pub ino: u64,
+    pub syscall: Option<i64>,
+    pub target: Option<String>,
+}
+
+/// Now, on the boot-time clock the kernel's events use.
+pub fn boot_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
+}
+
+impl Decision {
+    /// The record the event pipeline enriches and logs.
+    pub fn to_decoded(&self) -> Decoded {
+        let kind = match self.hook {
+            Hook::Change => EventKind::FileChange,
+            Hook::Device => EventKind::FileDevice,
+            _ => EventKind::FileOpen,
+        };
+        let mut d = Decoded::new(
+            kind,
+            EventHeader {
+                kind: kind as u32,
+                agent_id: self.tag.agent_id,
+                time_ns: self.time_ns,
+                proc: ProcKey::new(self.tgid, self.tag.start_ns),
+                root: self.tag.root,
+                ppid: self.ppid,
+                uid: self.uid,
+            },
+        );
+        let (major, minor) = dev_parts(self.dev);
+        d.comm = Some(self.comm.clone());
+        d.decision = Some(events::Decision {
+            rule: self.rule.clone(),
+            rule_id: Some(self.rule_id),
+            action: self.action.to_string(),
+            mode: Some(self.mode.to_string()),
+            result: self.outcome.name().to_owned(),
+            hook: Some(self.hook.name().to_owned()),
+        });
+        d.object = Some(events::Object {
+            path: Some(self.path.clone()),
+            dev: Some(libc::makedev(major, minor)),
+            ino: Some(self.ino),
+            operation: Some(self.operation()),
+        });
+        d
+    }
+
+    /// `read`, `write`, `read,write`, `exec` for opens; `delete`, `rename`, `truncate`,
+    /// `link`, `write` for changes.
+    pub fn operation(&self) -> String {
+        match self.hook {
+            Hook::Change => operation(self.syscall).to_owned(),
+            _ => names(self.access).join(","),
+        }
+    }
+
+    /// The one line the offender reads on its stderr.
+    pub fn reason(&self) -> String {
+        let access = names(self.access).join("/");
+        let what = match self.hook {
+            Hook::Change => format!(
+                "{} of {}",
+                operation(self.syscall),
+                self.target.as_deref().unwrap_or(&self.path)
+            ),
+            Hook::Device => format!("open of block device {} for {access}", self.path),
+            _ => format!("open of {} for {access}", self.path),
+        };
+        let verdict = match (self.outcome, self.hook) {
+            (Outcome::Allowed, _) => "recorded (audit)",
+            (Outcome::Killed, Hook::Change) => "detected; process killed",
+            (Outcome::Killed, _) => "denied; process killed",
+            (Outcome::KillFailed, _) => "detected; the kill failed",
+            (Outcome::Denied, _) => "denied",
+        };
+        let tree = if self.action == Action::KillTree && self.outcome != Outcome::Allowed {
+            " (and its agent tree)"
+        } else {
+            ""
+        };
+        format!("guard: {what} {verdict}{tree} by rule {}\n", self.rule)
+    }
+}
+
+fn operation(syscall: Option<i64>) -> &'static str {
+    use guard_common::file::nr;
+    match syscall {
+        Some(nr::UNLINK | nr::UNLINKAT | nr::RMDIR) => "delete",
+        Some(nr::RENAME | nr::RENAMEAT | nr::RENAMEAT2) => "rename",
+        Some(nr::TRUNCATE | nr::FTRUNCATE) => "truncate",
+        Some(nr::LINK | nr::LINKAT) => "link",
+        _ => "write",
+    }
+}
+
+/// The append-only event log, opened separately from the daemon's (each line is one
+/// `write(2)` on an `O_APPEND` file, so lines of both never interleave).
+pub struct Log {
+    file: File,
+    stdout: bool,
+}
+
+impl Log {
+    pub fn open(path: &Path, stdout: bool) -> io::Result<Self> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        Ok(Self {
+            file: OpenOptions::new().create(true).append(true).open(path)?,
+            stdout,
+        })
+    }
+
+    /// Append `event` as one line.
+    pub fn write(&mut self, event: &events::Event) -> io::Result<()> {
+        let mut bytes = serde_json::to_vec(event).map_err(io::Error::other)?;
+        bytes.push(b'\n');
+        self.file.write_all(&bytes)?;
+        if self.stdout {
+            io::stdout().write_all(&bytes)?;
+        }
+        Ok(())
+    }
+}
+
+fn pidfd_open(pid: u32) -> Option<OwnedFd> {
+    // SAFETY: plain system call; the returned fd is owned below.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    // SAFETY: a fresh fd owned by nobody else.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Is the process behind `pidfd` still the one that started at `start_ns`?
+fn same_process(pid: u32, start_ns: u64) -> bool {
+    ProcInfo::read(pid as i32).is_ok_and(|p| p.key().start_ns == start_ns)
+}
+
+/// Write `line` to the stderr of process `pid` (started at `start_ns`), without blocking.
+pub fn write_reason(pid: u32, start_ns: u64, line: &str) -> bool {
+    let Some(pidfd) = pidfd_open(pid) else {
+        return false;
+    };
+    if !same_process(pid, start_ns) {
+        return false;
+    }
+    // SAFETY: plain system call on our pidfd; the returned fd is owned below.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), 2, 0) };
+    if fd < 0 {
+        return false;
+    }
+    // SAFETY: a fresh fd (a duplicate of the offender's stderr), owned by nobody else.
+    let err = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let mut pfd = libc::pollfd {
+        fd: err.as_raw_fd(),
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, no wait.
+    let ready = unsafe { libc::poll(&raw mut pfd, 1, 0) };
+    if ready != 1 || pfd.revents & libc::POLLOUT == 0 {
+        return false;
+    }
+    // SAFETY: writing a valid buffer to an fd we own.
+    let n = unsafe { libc::write(err.as_raw_fd(), line.as_ptr().cast(), line.len()) };
+    n == line.len() as isize
+}
+
+/// SIGKILL process `pid` if it is still the one that started at `start_ns`.
+pub fn kill_process(pid: u32, start_ns: u64) -> bool {
+    let Some(pidfd) = pidfd_open(pid) else {
+        return false;
+    };
+    if !same_process(pid, start_ns) {
+        return false;
+    }
+    // SAFETY: plain system call on our pidfd.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            libc::SIGKILL,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    r == 0
+}
+
+/// SIGKILL every process of the agent tree rooted at `root`; returns how many were killed.
+pub fn kill_tree(tags: &HashMap<MapData, u32, Tag>, root: ProcKey) -> usize {
+    let members: Vec<(u32, Tag)> = tags
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(_, t)| t.root == root)
+        .collect();
+    members
+        .into_iter()
+        .filter(|(pid, t)| kill_process(*pid, t.start_ns))
+        .count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decision(hook: Hook, outcome: Outcome) -> Decision {
+        Decision {
+            hook,
+            time_ns: 1_000_000_000,
+            tgid: 42,
+            tag: Tag::default(),
+            ppid: 1,
+            uid: 0,
+            comm: "rm".into(),
+            rule_id: 3,
+            rule: "prod-volume".into(),
+            action: Action::Deny,
+            mode: Mode::Enforce,
+            outcome,
+            access: guard_common::file::access::DELETE,
+            path: "/srv/db/base/1".into(),
+            dev: guard_common::file::kernel_dev(7, 0),
+            ino: 12,
+            syscall: Some(guard_common::file::nr::UNLINKAT),
+            target: Some("base/1".into()),
+        }
+    }
+
+    #[test]
+    fn reasons_name_the_operation_and_the_rule() {
+        assert_eq!(
+            decision(Hook::Change, Outcome::Killed).reason(),
+            "guard: delete of base/1 detected; process killed by rule prod-volume\n"
+        );
+        let mut open = decision(Hook::FanotifyOpen, Outcome::Denied);
+        open.access = guard_common::file::access::WRITE;
+        assert_eq!(
+            open.reason(),
+            "guard: open of /srv/db/base/1 for write denied by rule prod-volume\n"
+        );
+    }
+
+    #[test]
+    fn the_event_line_has_the_stable_fields() {
+        let d = decision(Hook::Change, Outcome::Killed).to_decoded();
+        let ev = events::pipeline::build(
+            &d,
+            None,
+            &crate::tags::AgentNames::default(),
+            "node",
+            &events::Clock::now(),
+            None,
+        );
+        let v = serde_json::to_value(&ev).unwrap();
+        assert_eq!(v["kind"], "file_change");
+        assert_eq!(v["hook"], "ctime_change");
+        assert_eq!(v["result"], "killed");
+        assert_eq!(v["rule"], "prod-volume");
+        assert_eq!(v["object"]["path"], "/srv/db/base/1");
+        assert_eq!(v["object"]["operation"], "delete");
+        assert_eq!(v["object"]["dev"], libc::makedev(7, 0));
+        assert_eq!(v["process"]["comm"], "rm");
+        assert_eq!(v["schema"], events::SCHEMA);
+        let open = decision(Hook::FanotifyOpen, Outcome::Denied).to_decoded();
+        assert_eq!(open.kind, EventKind::FileOpen);
+    }
+}

@@ -1,0 +1,509 @@
+//! The network controller: owns the rule maps, installs each policy generation, keeps
+//! hostname rules resolved, and responds to the kernel's network decisions.
+//!
+//! ## Swapping rules
+//! A generation is installed in three steps: (1) its rules are written into its own half of
+//! the rule array (the half the live trie entries do not point at), (2) every trie and unix
+//! entry of the new plan is written (inserted or overwritten), (3) entries the new plan does
+//! not have are deleted. Every lookup sees one whole rule set, old or new, for its
+//! destination. During (2) some destinations already have the new rules and others still the
+//! old ones; until (3) ends, a destination that the new policy drops is still enforced with
+//! the old rules. No destination of both policies is ever unprotected. For hostname rules
+//! this is what keeps the old addresses in force until the new set is installed.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, SocketAddr},
+    path::Path,
+    sync::{Arc, Mutex},
+};
+
+use aya::maps::lpm_trie::Key;
+use aya::maps::{HashMap, MapData};
+use guard_common::{
+    Tag,
+    net::{Ip4Data, Ip6Data, UnixKey, action, result},
+};
+use hickory_resolver::TokioResolver;
+use tokio::{sync::Notify, task::JoinSet, time::Instant};
+use tracing::{info, warn};
+
+use super::{
+    NetError, NetMaps, dns,
+    plan::{self, Plan, UnixKeyBytes},
+    respond,
+};
+use crate::policy::{CompiledEndpointRule, CompiledPolicy};
+
+/// How the controller finds names.
+#[derive(Clone, Debug, Default)]
+pub struct NetConfig {
+    /// Name server for hostname rules; the system's when `None`.
+    pub dns_server: Option<SocketAddr>,
+}
+
+impl NetConfig {
+    /// From the environment (`GUARD_DNS_SERVER`).
+    pub fn from_env() -> Result<Self, dns::DnsError> {
+        Ok(Self {
+            dns_server: dns::server_from_env()?,
+        })
+    }
+}
+
+/// Resolution state of one host of one rule.
+#[derive(Clone, Debug)]
+struct HostState {
+    addrs: BTreeSet<IpAddr>,
+    /// When to resolve again.
+    due: Instant,
+}
+
+struct State {
+    maps: RuleMaps,
+    rules: Vec<CompiledEndpointRule>,
+    /// `(rule id, host)` → addresses in force.
+    hosts: BTreeMap<(u32, String), HostState>,
+    generation: u32,
+    /// Rule names by generation (the last few), for events decoded after a reload.
+    names: BTreeMap<u32, BTreeMap<u32, String>>,
+}
+
+/// The maps the controller writes (the tag map is kept apart, for kill-tree).
+struct RuleMaps {
+    net4: aya::maps::LpmTrie<MapData, Ip4Data, guard_common::net::RuleSet>,
+    net6: aya::maps::LpmTrie<MapData, Ip6Data, guard_common::net::RuleSet>,
+    unix: HashMap<MapData, UnixKey, guard_common::net::RuleSet>,
+    rules: aya::maps::Array<MapData, guard_common::net::NetRule>,
+}
+
+/// Shared handle on the controller.
+#[derive(Clone)]
+pub struct NetHandle {
+    state: Arc<Mutex<State>>,
+    tags: Arc<HashMap<MapData, u32, Tag>>,
+    resolver: Arc<TokioResolver>,
+    wake: Arc<Notify>,
+}
+
+/// Generations whose rule names are kept.
+const NAMES_KEPT: usize = 4;
+
+impl NetHandle {
+    /// Install `policy`'s endpoint rules (resolving its hosts first, each query bounded by
+    /// [`dns::QUERY_TIMEOUT`]) and start the DNS refresher.
+    pub async fn install(
+        maps: NetMaps,
+        policy: &CompiledPolicy,
+        config: &NetConfig,
+    ) -> Result<Self, NetError> {
+        let resolver = dns::resolver(config.dns_server)?;
+        let NetMaps {
+            net4,
+            net6,
+            unix,
+            rules,
+            tags,
+        } = maps;
+        let maps = RuleMaps {
+            net4,
+            net6,
+            unix,
+            rules,
+        };
+        let generation = current_generation(&maps) + 1;
+        let handle = Self {
+            tags: Arc::new(tags),
+            state: Arc::new(Mutex::new(State {
+                maps,
+                rules: Vec::new(),
+                hosts: BTreeMap::new(),
+                generation: generation - 1,
+                names: BTreeMap::new(),
+            })),
+            resolver: Arc::new(resolver),
+            wake: Arc::new(Notify::new()),
+        };
+        handle.apply(policy).await?;
+        tokio::spawn(handle.clone().refresh_forever());
+        Ok(handle)
+    }
+
+    /// Install a new policy's endpoint rules (a reload). Hosts not known yet are resolved
+    /// before the swap; hosts kept from the previous policy keep their addresses.
+    pub async fn apply(&self, policy: &CompiledPolicy) -> Result<(), NetError> {
+        let wanted: BTreeSet<(u32, String)> = policy
+            .endpoints
+            .iter()
+            .flat_map(|r| r.hosts.iter().map(|h| (r.id, h.clone())))
+            .collect();
+        let known: BTreeSet<(u32, String)> = {
+            let st = self.state.lock().expect("net state");
+            st.hosts.keys().cloned().collect()
+        };
+        let fresh = self
+            .resolve_all(wanted.difference(&known).cloned().collect())
+            .await;
+        let mut st = self.state.lock().expect("net state");
+        st.hosts.retain(|k, _| wanted.contains(k));
+        st.hosts.extend(fresh);
+        st.rules = policy.endpoints.clone();
+        let generation = st.generation + 1;
+        install(&mut st, generation)?;
+        drop(st);
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Resolve `(rule, host)` pairs concurrently; failures get no addresses and are due for
+    /// a retry.
+    async fn resolve_all(&self, pairs: Vec<(u32, String)>) -> Vec<((u32, String), HostState)> {
+        let mut set = JoinSet::new();
+        for (rule, host) in pairs {
+            let resolver = self.resolver.clone();
+            set.spawn(async move {
+                let r = dns::resolve(&resolver, &host).await;
+                ((rule, host), r)
+            });
+        }
+        let mut out = Vec::new();
+        while let Some(joined) = set.join_next().await {
+            let Ok((key, r)) = joined else { continue };
+            let state = match r {
+                Ok((addrs, ttl)) => {
+                    info!(host = %key.1, addrs = ?addrs, ttl_s = ttl.as_secs(), "resolved endpoint host");
+                    HostState {
+                        addrs,
+                        due: Instant::now() + ttl,
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %e, "endpoint host not resolved; retrying");
+                    HostState {
+                        addrs: BTreeSet::new(),
+                        due: Instant::now() + dns::RETRY,
+                    }
+                }
+            };
+            out.push((key, state));
+        }
+        out
+    }
+
+    /// Re-resolve each host when its answer expires; reinstall when an address set changes.
+    async fn refresh_forever(self) {
+        loop {
+            let next = {
+                let st = self.state.lock().expect("net state");
+                st.hosts.values().map(|h| h.due).min()
+            };
+            match next {
+                Some(due) => {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(due) => {}
+                        () = self.wake.notified() => continue,
+                    }
+                }
+                None => {
+                    self.wake.notified().await;
+                    continue;
+                }
+            }
+            let now = Instant::now();
+            let due: Vec<(u32, String)> = {
+                let st = self.state.lock().expect("net state");
+                let due = st.hosts.iter().filter(|(_, h)| h.due <= now);
+                due.map(|(k, _)| k.clone()).collect()
+            };
+            let fresh = self.resolve_all(due).await;
+            let mut st = self.state.lock().expect("net state");
+            let mut changed = false;
+            for (key, new) in fresh {
+                let Some(old) = st.hosts.get_mut(&key) else {
+                    continue; // dropped by a reload meanwhile
+                };
+                if new.addrs.is_empty() {
+                    // Failed: keep the addresses in force, retry later.
+                    old.due = new.due;
+                    continue;
+                }
+                if new.addrs != old.addrs {
+                    info!(host = %key.1, old = ?old.addrs, new = ?new.addrs, "endpoint host moved");
+                    changed = true;
+                }
+                *old = new;
+            }
+            if changed {
+                let generation = st.generation + 1;
+                if let Err(e) = install(&mut st, generation) {
+                    warn!(error = %e, "reinstalling endpoint rules after re-resolution failed");
+                }
+            }
+        }
+    }
+
+    /// Name of rule `id` of `generation`.
+    pub fn rule_name(&self, generation: u32, id: u32) -> Option<String> {
+        let st = self.state.lock().expect("net state");
+        st.names.get(&generation)?.get(&id).cloned()
+    }
+
+    /// The host of rule `id` that resolved to `addr`, if any.
+    pub fn host_for(&self, id: u32, addr: IpAddr) -> Option<String> {
+        let st = self.state.lock().expect("net state");
+        let addr = crate::policy::canonical_addr(addr);
+        st.hosts
+            .iter()
+            .find(|((rule, _), h)| {
+                *rule == id
+                    && h.addrs
+                        .iter()
+                        .any(|a| crate::policy::canonical_addr(*a) == addr)
+            })
+            .map(|((_, host), _)| host.clone())
+    }
+
+    /// Act on a raw ring-buffer record if it is a network decision: the reason line on the
+    /// offender's stderr (deny, kill), and kill-tree. Never blocks the caller.
+    pub fn respond(&self, raw: &[u8]) {
+        let Some(ev) = crate::events::net::raw_net_event(raw) else {
+            return;
+        };
+        if ev.result == result::ALLOWED {
+            return;
+        }
+        let details = crate::events::net::details(&ev, self);
+        let line = reason_line(&details);
+        let h = ev.header;
+        let tags = self.tags.clone();
+        tokio::task::spawn_blocking(move || {
+            match respond::tell_nearest(&tags, h.proc, h.ppid, h.root, &line) {
+                Ok(pid) => tracing::debug!(pid, "reason line written"),
+                Err(e) => tracing::debug!(pid = h.proc.tgid, error = %e, "reason line not written"),
+            }
+        });
+        if ev.action == action::KILL_TREE {
+            let tags = self.tags.clone();
+            let root = ev.header.root;
+            tokio::task::spawn_blocking(move || {
+                let report = respond::kill_tree(&tags, root);
+                info!(
+                    root = root.tgid,
+                    killed = report.killed,
+                    passes = report.passes,
+                    survivors = report.survivors,
+                    "kill-tree"
+                );
+            });
+        }
+    }
+}
+
+/// `guard: connect to 10.20.0.5:5432 denied by rule prod-db (…)`.
+pub fn reason_line(d: &crate::events::net::NetDetails) -> String {
+    let verb = if d.hook.starts_with("sendmsg") {
+        "send to"
+    } else {
+        "connect to"
+    };
+    let dest = &d.destination;
+    let target = match (&dest.unix_path, &dest.address, &dest.host) {
+        (Some(path), _, _) => format!("unix socket {path}"),
+        (None, Some(addr), host) => {
+            let hostport = if addr.contains(':') {
+                format!("[{addr}]:{}", dest.port)
+            } else {
+                format!("{addr}:{}", dest.port)
+            };
+            match host {
+                Some(h) => format!("{h} ({hostport})"),
+                None => hostport,
+            }
+        }
+        (None, None, _) => "?".to_owned(),
+    };
+    let what = if d.result == "killed" {
+        "denied and the process killed"
+    } else {
+        "denied"
+    };
+    format!(
+        "guard: {verb} {target} {what} by rule {rule} (ask your security team for an \
+         exception: guard events --rule {rule})",
+        rule = d.rule
+    )
+}
+
+/// Highest generation written in the rule array (0 when empty): a restarted daemon continues
+/// from it, so it never overwrites the half the pinned entries use.
+fn current_generation(maps: &RuleMaps) -> u32 {
+    (0..guard_common::net::RULE_SLOTS_TOTAL)
+        .filter_map(|i| maps.rules.get(&i, 0).ok())
+        .map(|r| r.generation)
+        .max()
+        .unwrap_or(0)
+}
+
+/// Compile and install generation `generation` of `st` (see the module docs for the order).
+fn install(st: &mut State, generation: u32) -> Result<(), NetError> {
+    let resolved: BTreeMap<u32, BTreeSet<IpAddr>> =
+        st.hosts
+            .iter()
+            .fold(BTreeMap::new(), |mut acc, ((rule, _), h)| {
+                acc.entry(*rule)
+                    .or_insert_with(BTreeSet::new)
+                    .extend(&h.addrs);
+                acc
+            });
+    let plan = plan::plan(&st.rules, &resolved, unix_aliases, generation)?;
+    write_plan(&mut st.maps, &plan)?;
+    st.generation = generation;
+    let names = st.rules.iter().map(|r| (r.id, r.name.clone())).collect();
+    st.names.insert(generation, names);
+    while st.names.len() > NAMES_KEPT {
+        st.names.pop_first();
+    }
+    info!(
+        generation,
+        v4 = plan.v4.len(),
+        v6 = plan.v6.len(),
+        unix = plan.unix.len(),
+        "endpoint rules installed"
+    );
+    Ok(())
+}
+
+fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> NetError {
+    move |source| NetError::Map { name, source }
+}
+
+fn write_plan(maps: &mut RuleMaps, plan: &Plan) -> Result<(), NetError> {
+    use guard_common::maps::{NET_RULES, NET_UNIX, NET4, NET6};
+    for (slot, rule) in &plan.rules {
+        maps.rules.set(*slot, rule, 0).map_err(map_err(NET_RULES))?;
+    }
+    for (net, set) in &plan.v4 {
+        let (len, addr) = plan::v4_key(net);
+        let key = Key::new(len, Ip4Data { addr });
+        maps.net4.insert(&key, set, 0).map_err(map_err(NET4))?;
+    }
+    for (net, set) in &plan.v6 {
+        let (len, addr) = plan::v6_key(net);
+        let key = Key::new(len, Ip6Data { addr, _pad: [0; 4] });
+        maps.net6.insert(&key, set, 0).map_err(map_err(NET6))?;
+    }
+    for (key, set) in &plan.unix {
+        let key: UnixKey = (*key).into();
+        maps.unix.insert(key, set, 0).map_err(map_err(NET_UNIX))?;
+    }
+    // Stale entries last.
+    let stale4: Vec<Key<Ip4Data>> = maps
+        .net4
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| {
+            plan::v4_net(k.prefix_len(), k.data().addr).is_none_or(|n| !plan.v4.contains_key(&n))
+        })
+        .collect();
+    for k in stale4 {
+        maps.net4.remove(&k).map_err(map_err(NET4))?;
+    }
+    let stale6: Vec<Key<Ip6Data>> = maps
+        .net6
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| {
+            plan::v6_net(k.prefix_len(), k.data().addr).is_none_or(|n| !plan.v6.contains_key(&n))
+        })
+        .collect();
+    for k in stale6 {
+        maps.net6.remove(&k).map_err(map_err(NET6))?;
+    }
+    let stale_unix: Vec<UnixKey> = maps
+        .unix
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| !plan.unix.contains_key(&UnixKeyBytes::from(*k)))
+        .collect();
+    for k in stale_unix {
+        maps.unix.remove(&k).map_err(map_err(NET_UNIX))?;
+    }
+    Ok(())
+}
+
+/// Other spellings of a configured socket path: its resolved path (symlinks, `..`) when
+/// that differs. A socket that does not exist yet is resolved through its directory.
+pub fn unix_aliases(name: &str) -> Vec<String> {
+    if name.starts_with('@') {
+        return Vec::new();
+    }
+    let path = Path::new(name);
+    let resolved = std::fs::canonicalize(path).ok().or_else(|| {
+        let dir = std::fs::canonicalize(path.parent()?).ok()?;
+        Some(dir.join(path.file_name()?))
+    });
+    match resolved {
+        Some(r) if r != path => r.to_str().map(|s| vec![s.to_owned()]).unwrap_or_default(),
+        _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::net::{Destination, NetDetails};
+
+    fn details(unix: Option<&str>, addr: Option<&str>, host: Option<&str>) -> NetDetails {
+        NetDetails {
+            destination: Destination {
+                address: addr.map(str::to_owned),
+                port: 5432,
+                family: "ipv4",
+                protocol: "tcp",
+                unix_path: unix.map(str::to_owned),
+                host: host.map(str::to_owned),
+            },
+            rule: "prod-db".into(),
+            rule_id: 0,
+            action: "deny",
+            mode: "enforce",
+            result: "denied",
+            hook: "connect4",
+        }
+    }
+
+    #[test]
+    fn reason_lines() {
+        assert_eq!(
+            reason_line(&details(None, Some("10.20.0.5"), None)),
+            "guard: connect to 10.20.0.5:5432 denied by rule prod-db (ask your security team \
+             for an exception: guard events --rule prod-db)"
+        );
+        let mut d = details(None, Some("fd00:20::5"), Some("db.prod"));
+        d.result = "killed";
+        assert!(
+            reason_line(&d)
+                .starts_with("guard: connect to db.prod ([fd00:20::5]:5432) denied and the process killed by rule prod-db")
+        );
+        let mut d = details(Some("/run/docker.sock"), None, None);
+        d.hook = "sendmsg_unix";
+        assert!(reason_line(&d).starts_with("guard: send to unix socket /run/docker.sock denied"));
+    }
+
+    #[test]
+    fn aliases_resolve_symlinked_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        std::fs::create_dir(&real).unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let real = std::fs::canonicalize(&real).unwrap();
+        let name = link.join("x.sock");
+        assert_eq!(
+            unix_aliases(name.to_str().unwrap()),
+            [real.join("x.sock").to_str().unwrap().to_owned()]
+        );
+        assert!(unix_aliases("@abstract").is_empty());
+        assert!(unix_aliases(real.join("x.sock").to_str().unwrap()).is_empty());
+    }
+}

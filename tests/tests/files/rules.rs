@@ -1,0 +1,185 @@
+//! Actions and rule kinds beyond deny: kill-tree, exec rules, whole volumes, reloads.
+
+use std::{fs, process::Command, time::Duration};
+
+use guard_tests::{Daemon, wait_for};
+
+use super::harness::*;
+
+#[test]
+fn a_kill_tree_rule_kills_the_whole_agent_tree_before_the_open_returns() {
+    let home = tempfile::tempdir().unwrap();
+    let cred = home.path().join("token");
+    fs::write(&cred, SECRET).unwrap();
+    let d = Daemon::start_with_policy(&one_rule(&format!(
+        "{{ name: token, paths: [\"{}\"], access: [read], action: kill-tree }}",
+        cred.display()
+    )));
+    let agent = Agent::new();
+    let pidfile = home.path().join("sibling");
+    let out = agent.sh(&format!(
+        "sleep 60 & echo $! > {}; cat {}; echo \"after=$?\"; wait",
+        pidfile.display(),
+        cred.display()
+    ));
+    use std::os::unix::process::ExitStatusExt as _;
+    assert_eq!(
+        out.status.signal(),
+        Some(9),
+        "the agent shell is killed: {out:?}"
+    );
+    assert!(!text(&out.stdout).contains(SECRET));
+    assert!(
+        !text(&out.stdout).contains("after="),
+        "the shell ran on: {out:?}"
+    );
+    let sibling: u32 = fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    wait_for("the sibling to die", Duration::from_secs(5), || {
+        (!guard_tests::alive(sibling)).then_some(())
+    });
+    let ev = wait_for("the event", Duration::from_secs(5), || {
+        file_events(&d, "token").into_iter().next()
+    });
+    assert_eq!(ev["result"], "killed");
+    assert_eq!(ev["action"], "kill-tree");
+}
+
+#[test]
+fn an_exec_rule_refuses_to_run_a_protected_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    let tool = dir.path().join("prodctl");
+    fs::copy("/bin/true", &tool).unwrap();
+    let d = Daemon::start_with_policy(&one_rule(&format!(
+        "{{ name: prod-tools, paths: [\"{}\"], access: [exec], action: deny }}",
+        tool.display()
+    )));
+    let out = Agent::new().sh(&format!("{}; echo \"exit=$?\"", tool.display()));
+    assert!(text(&out.stdout).contains("exit=126"), "{out:?}");
+    assert!(
+        text(&out.stderr).contains("denied by rule prod-tools"),
+        "{out:?}"
+    );
+    // Reading it is not executing it; untagged processes run it.
+    let out = Agent::new().sh(&format!("cat {} > /dev/null", tool.display()));
+    assert!(out.status.success(), "{out:?}");
+    assert!(Command::new(&tool).status().unwrap().success());
+    let ev = wait_for("the event", Duration::from_secs(5), || {
+        file_events(&d, "prod-tools").into_iter().next()
+    });
+    assert_eq!(ev["hook"], "fanotify_open_exec_perm");
+    assert_eq!(ev["object"]["operation"], "exec");
+}
+
+#[test]
+fn a_policy_reload_swaps_path_rules() {
+    let home = tempfile::tempdir().unwrap();
+    let cred = home.path().join("token");
+    fs::write(&cred, SECRET).unwrap();
+    let d = Daemon::start_with_policy(&one_rule(
+        "{ name: other, paths: [/nonexistent/guard-test], access: [read], action: deny }",
+    ));
+    let agent = Agent::new();
+    assert!(
+        agent
+            .sh(&format!("cat {}", cred.display()))
+            .status
+            .success()
+    );
+    let policy = d.policy.clone().unwrap();
+    fs::write(
+        &policy,
+        one_rule(&format!(
+            "{{ name: token, paths: [\"{}\"], access: [read], action: deny }}",
+            cred.display()
+        )),
+    )
+    .unwrap();
+    wait_for("the new rule", Duration::from_secs(10), || {
+        let st = d.status_json()?;
+        st["path_rules"]
+            .as_array()?
+            .iter()
+            .any(|r| r["name"] == "token" && r["object_count"] == 1)
+            .then_some(())
+    });
+    let out = agent.sh(&format!("cat {}", cred.display()));
+    assert!(!out.status.success(), "{out:?}");
+    fs::write(
+        &policy,
+        one_rule("{ name: other, paths: [/nonexistent/guard-test], access: [read], action: deny }"),
+    )
+    .unwrap();
+    wait_for("the rule to go", Duration::from_secs(10), || {
+        agent
+            .sh(&format!("cat {}", cred.display()))
+            .status
+            .success()
+            .then_some(())
+    });
+}
+
+#[test]
+fn a_rule_on_the_mount_point_protects_the_whole_volume_through_any_mount() {
+    let vol = Volume::new();
+    let d = Daemon::start_with_policy(&one_rule(&format!(
+        "{{ name: volume, paths: [\"{}\"], access: [write, delete], action: deny }}",
+        vol.mnt.display()
+    )));
+    let rule = path_rule(&d, "volume");
+    assert!(
+        rule["objects"][0].as_str().unwrap().contains("(volume "),
+        "the mount point is a whole volume: {rule}"
+    );
+    let before = snapshot(&vol.mnt);
+    // The same filesystem reached through a bind mount of a subdirectory elsewhere.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let bind = Bind(elsewhere.path().join("db"));
+    fs::create_dir(&bind.0).unwrap();
+    nix::mount::mount(
+        Some(&vol.db()),
+        &bind.0,
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .unwrap();
+    let agent = Agent::new();
+    // Creating a file is a change of the volume's root directory: kill-on-detect (the empty
+    // file exists, nothing is written to it).
+    let out = agent.sh(&format!(
+        "echo x > {}/new-top-level-file",
+        vol.mnt.display()
+    ));
+    use std::os::unix::process::ExitStatusExt as _;
+    assert_eq!(out.status.signal(), Some(9), "{out:?}");
+    assert_eq!(fs::read(vol.mnt.join("new-top-level-file")).unwrap(), b"");
+    for script in [
+        format!("echo x > {}/PG_VERSION", bind.0.display()),
+        format!(
+            "dd if=/dev/zero of={}/base/1/16384 bs=1 count=1 conv=notrunc",
+            bind.0.display()
+        ),
+    ] {
+        let out = agent.sh(&script);
+        assert!(!out.status.success(), "{script}: {out:?}");
+        assert!(
+            text(&out.stderr).contains("denied by rule volume"),
+            "{script}: {out:?}"
+        );
+    }
+    let out = agent.sh(&format!(
+        "rm -rf {}/base; echo \"exit=$?\"; sleep 0.5",
+        bind.0.display()
+    ));
+    assert!(text(&out.stdout).contains("exit=137"), "{out:?}");
+    let after = snapshot(&vol.mnt);
+    let lost = changed(&before, &after);
+    assert_eq!(lost.len(), 1, "{lost:?}");
+    // Only the one created-then-refused file may be new on the volume.
+    let added: Vec<&String> = after.keys().filter(|k| !before.contains_key(*k)).collect();
+    assert!(added.len() <= 1, "{added:?}");
+}

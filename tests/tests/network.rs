@@ -1,0 +1,605 @@
+//! Network enforcement, end to end: the real programs attached at the cgroup v2 root, real
+//! tools (curl, python3, bash /dev/tcp, nc, io_uring) run tagged through `guard run` and
+//! untagged, against real listeners in a network namespace each test creates. Traffic only
+//! ever goes to that namespace.
+//!
+//! Run as root with `--test-threads=1` (the DNS test sets the daemon's environment).
+
+mod network_support;
+
+use std::{
+    path::Path,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use guard_tests::{Daemon, Proc, output, unique, wait_for};
+use network_support::*;
+
+#[test]
+fn tagged_tools_get_eperm_and_nothing_reaches_the_listener() {
+    let net = Net::new();
+    let port = 5432;
+    let listener = Listener::start(&net, &[format!("tcp:{port}:{}", net.a)]);
+    let daemon = Daemon::start_with_policy(&policy(&format!(
+        "    - {{ name: prod-db, cidrs: [{}/32], ports: [{port}], action: deny }}\n",
+        net.a
+    )));
+    let url = format!("http://{}:{port}/", net.a);
+    let dev_tcp = format!(
+        "exec 3<>/dev/tcp/{}/{port} && echo GET >&3 && cat <&3",
+        net.a
+    );
+    let port_s = port.to_string();
+    let tools: Vec<(&str, Vec<&str>)> = vec![
+        // -v: curl names the errno only in its verbose log.
+        ("curl", vec!["curl", "-sSv", "--max-time", "5", &url]),
+        (
+            "python3",
+            vec!["python3", "-c", CLIENT, "tcp", &net.a, &port_s],
+        ),
+        ("bash /dev/tcp", vec!["bash", "-c", &dev_tcp]),
+        ("nc", vec!["nc", "-v", "-w", "3", "-N", &net.a, &port_s]),
+    ];
+
+    let capture = Capture::start(&net, &format!("tcp port {port}"));
+    for (name, args) in &tools {
+        let out = run(Some(&daemon), args);
+        let all = text(&out);
+        assert!(
+            all.contains("Operation not permitted") || stdout(&out).starts_with("err 1\n"),
+            "tagged {name} should get EPERM:\n{all}"
+        );
+        assert!(
+            !out.status.success() || *name == "python3",
+            "tagged {name}: {all}"
+        );
+    }
+    assert_eq!(listener.count(&format!("tcp:{port}")), 0);
+    assert_eq!(capture.packets(), 0, "no packet may leave a tagged connect");
+    let evs = net_events(&daemon, tools.len(), |e| e["rule"] == "prod-db");
+    let e = &evs[0];
+    assert_eq!(e["destination"]["address"], net.a.as_str());
+    assert_eq!(e["destination"]["port"], port);
+    assert_eq!(e["destination"]["family"], "ipv4");
+    assert_eq!(e["destination"]["protocol"], "tcp");
+    assert_eq!(
+        (&e["action"], &e["result"]),
+        (&"deny".into(), &"denied".into())
+    );
+    assert_eq!(e["hook"], "connect4");
+    assert!(counter(&daemon, "net_denied") >= tools.len() as u64);
+
+    // The same commands untagged reach the listener.
+    let capture = Capture::start(&net, &format!("tcp port {port}"));
+    for (name, args) in &tools {
+        let out = run(None, args);
+        assert!(
+            !text(&out).contains("Operation not permitted") && !stdout(&out).starts_with("err"),
+            "untagged {name} must not be blocked:\n{}",
+            text(&out)
+        );
+    }
+    assert_eq!(listener.count(&format!("tcp:{port}")), tools.len() as u64);
+    assert!(capture.packets() > 0, "the capture sees untagged traffic");
+}
+
+#[test]
+fn ipv6_and_ipv4_mapped_destinations() {
+    let net = Net::new();
+    let listener = Listener::start(
+        &net,
+        &[
+            format!("tcp:5432:{}", net.a),
+            format!("tcp:5432:{}", net.a6),
+        ],
+    );
+    let daemon = Daemon::start_with_policy(&policy(&format!(
+        "    - {{ name: prod-v6, cidrs: [\"{}/64\"], action: deny }}\n\
+         \x20   - {{ name: prod-v4, ips: [{}], ports: [5432], action: deny }}\n",
+        net.a6, net.a
+    )));
+    assert_eperm(&client(Some(&daemon), "tcp", &net.a6, 5432), "tagged IPv6");
+    let mapped = format!("::ffff:{}", net.a);
+    assert_eperm(
+        &client(Some(&daemon), "tcp", &mapped, 5432),
+        "tagged IPv4-mapped IPv6",
+    );
+    assert_eq!(listener.count("tcp:5432"), 0);
+    let evs = net_events(&daemon, 2, |_| true);
+    let v6 = evs
+        .iter()
+        .find(|e| e["rule"] == "prod-v6")
+        .expect("v6 event");
+    assert_eq!(v6["destination"]["family"], "ipv6");
+    assert_eq!(v6["destination"]["address"], net.a6.as_str());
+    assert_eq!(v6["hook"], "connect6");
+    let m = evs
+        .iter()
+        .find(|e| e["rule"] == "prod-v4")
+        .expect("mapped event");
+    assert_eq!(
+        m["destination"]["family"], "ipv4",
+        "mapped is matched as IPv4"
+    );
+    assert_eq!(m["destination"]["address"], net.a.as_str());
+    assert_eq!(m["hook"], "connect6");
+
+    assert_ok(&client(None, "tcp", &net.a6, 5432), "untagged IPv6");
+    assert_ok(&client(None, "tcp", &mapped, 5432), "untagged mapped");
+    assert_eq!(listener.count("tcp:5432"), 2);
+}
+
+#[test]
+fn udp_sendto_without_connect_and_protocol_match() {
+    let net = Net::new();
+    let listener = Listener::start(
+        &net,
+        &[
+            format!("udp:5353:{}", net.a),
+            format!("tcp:5353:{}", net.a),
+            format!("udp:5353:{}", net.a6),
+        ],
+    );
+    let daemon = Daemon::start_with_policy(&policy(&format!(
+        "    - {{ name: prod-dns, ips: [{}, \"{}\"], ports: [5353], protocol: udp }}\n",
+        net.a, net.a6
+    )));
+    assert_eperm(&client(Some(&daemon), "udp", &net.a, 5353), "tagged sendto");
+    assert_eperm(
+        &client(Some(&daemon), "udp", &net.a6, 5353),
+        "tagged sendto v6",
+    );
+    let mapped = format!("::ffff:{}", net.a);
+    assert_eperm(
+        &client(Some(&daemon), "udp", &mapped, 5353),
+        "tagged sendto mapped",
+    );
+    assert_eperm(
+        &client(Some(&daemon), "udpconn", &net.a, 5353),
+        "tagged connected UDP",
+    );
+    // The rule is for UDP: TCP to the same port is allowed.
+    assert_ok(&client(Some(&daemon), "tcp", &net.a, 5353), "tagged TCP");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(listener.count("udp:5353"), 0);
+    let evs = net_events(&daemon, 4, |e| e["rule"] == "prod-dns");
+    assert!(evs.iter().any(|e| e["hook"] == "sendmsg4"));
+    assert!(evs.iter().any(|e| e["hook"] == "sendmsg6"));
+    assert!(evs.iter().all(|e| e["destination"]["protocol"] == "udp"));
+
+    assert_ok(&client(None, "udp", &net.a, 5353), "untagged sendto");
+    assert_ok(&client(None, "udp", &net.a6, 5353), "untagged sendto v6");
+    wait_for("untagged datagrams", Duration::from_secs(5), || {
+        (listener.count("udp:5353") == 2).then_some(())
+    });
+}
+
+#[test]
+fn tcp_fast_open_and_io_uring_connect() {
+    let net = Net::new();
+    let listener = Listener::start(&net, &[format!("tcp:5432:{}", net.a)]);
+    let daemon = Daemon::start_with_policy(&policy(&format!(
+        "    - {{ name: prod-db, ips: [{}], ports: [5432] }}\n",
+        net.a
+    )));
+    assert_eperm(&client(Some(&daemon), "tfo", &net.a, 5432), "tagged TFO");
+    let uring = env!("CARGO_BIN_EXE_guard-uring-connect");
+    let dest = format!("{}:5432", net.a);
+    for extra in [None, Some("--async")] {
+        let mut args = vec![uring, dest.as_str()];
+        args.extend(extra);
+        let out = run(Some(&daemon), &args);
+        assert_eq!(
+            stdout(&out),
+            "err 1\n",
+            "tagged io_uring {extra:?}: {}",
+            text(&out)
+        );
+    }
+    assert_eq!(listener.count("tcp:5432"), 0);
+    net_events(&daemon, 3, |e| e["rule"] == "prod-db");
+
+    assert_ok(&client(None, "tfo", &net.a, 5432), "untagged TFO");
+    let out = run(None, &[uring, &dest]);
+    assert_eq!(stdout(&out), "ok\n", "untagged io_uring: {}", text(&out));
+    wait_for("untagged connections", Duration::from_secs(5), || {
+        (listener.count("tcp:5432") == 2).then_some(())
+    });
+}
+
+#[test]
+fn hostname_rule_follows_dns_changes() {
+    let net = Net::new();
+    let listener = Listener::start(
+        &net,
+        &[format!("tcp:5432:{}", net.a), format!("tcp:5432:{}", net.b)],
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let answer = dir.path().join("answer");
+    std::fs::write(&answer, &net.a).unwrap();
+    let _dns = net.spawn_ready(
+        "python3",
+        &["-c", DNS, &net.a, "db.prod.test", answer.to_str().unwrap()],
+    );
+    // SAFETY: the network tests run with --test-threads=1; nothing else reads or writes the
+    // environment while the daemon is spawned.
+    unsafe { std::env::set_var("GUARD_DNS_SERVER", format!("{}:53", net.a)) };
+    let daemon = Daemon::start_with_policy(&policy(
+        "    - { name: prod-api, hosts: [db.prod.test], ports: [5432], action: deny }\n",
+    ));
+    // SAFETY: as above.
+    unsafe { std::env::remove_var("GUARD_DNS_SERVER") };
+
+    assert_eperm(
+        &client(Some(&daemon), "tcp", &net.a, 5432),
+        "resolved address",
+    );
+    assert_ok(&client(Some(&daemon), "tcp", &net.b, 5432), "other address");
+    let evs = net_events(&daemon, 1, |e| e["rule"] == "prod-api");
+    assert_eq!(evs[0]["destination"]["host"], "db.prod.test");
+
+    // The name moves: after re-resolution the new address is blocked, the old one freed.
+    std::fs::write(&answer, &net.b).unwrap();
+    wait_for(
+        "the new address to be blocked",
+        Duration::from_secs(30),
+        || {
+            let out = client(Some(&daemon), "tcp", &net.b, 5432);
+            stdout(&out).starts_with("err 1\n").then_some(())
+        },
+    );
+    assert_ok(&client(Some(&daemon), "tcp", &net.a, 5432), "old address");
+    let evs = net_events(&daemon, 2, |e| e["rule"] == "prod-api");
+    assert!(
+        evs.iter()
+            .any(|e| e["destination"]["address"] == net.b.as_str()
+                && e["destination"]["host"] == "db.prod.test"),
+        "{evs:?}"
+    );
+    assert!(listener.count("tcp:5432") >= 2);
+}
+
+/// A unix socket server in a temp dir reached through a symlinked directory, plus an
+/// abstract socket and a datagram socket.
+#[test]
+fn unix_socket_rules() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let real = dir.path().join("real");
+    std::fs::create_dir(&real).unwrap();
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let sock = real.join("app.sock");
+    let dgram = real.join("dgram.sock");
+    let abstract_name = format!("@{}", unique("guard-test"));
+    let counts = dir.path().join("count");
+    let server = {
+        let mut cmd = Command::new("python3");
+        cmd.args([
+            "-c",
+            UNIX_SERVER,
+            counts.to_str().unwrap(),
+            &format!("stream={}", sock.display()),
+            &format!("stream={abstract_name}"),
+            &format!("dgram={}", dgram.display()),
+        ])
+        .stdout(Stdio::piped());
+        let mut p = Proc::spawn(cmd);
+        let mut line = String::new();
+        let out = p.child.stdout.take().unwrap();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line).unwrap();
+        assert_eq!(line.trim(), "ready");
+        p
+    };
+    let count = || {
+        std::fs::read_to_string(&counts)
+            .ok()
+            .and_then(|t| t.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // The rule names the socket through the symlink; the kernel also gets the resolved path.
+    let daemon = Daemon::start_with_policy(&policy(&format!(
+        "    - {{ name: runtime-sock, unix: [\"{}\", \"{abstract_name}\", \"{}\"], action: deny }}\n",
+        link.join("app.sock").display(),
+        link.join("dgram.sock").display(),
+    )));
+    let s = |p: &Path| p.to_str().unwrap().to_owned();
+    assert_eperm(
+        &client(Some(&daemon), "unix", &s(&sock), 0),
+        "resolved path",
+    );
+    assert_eperm(
+        &client(Some(&daemon), "unix", &s(&link.join("app.sock")), 0),
+        "configured path",
+    );
+    assert_eperm(
+        &client(Some(&daemon), "unix", &abstract_name, 0),
+        "abstract",
+    );
+    assert_eperm(
+        &client(Some(&daemon), "unixdgram", &s(&dgram), 0),
+        "datagram",
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(count(), 0, "no connection reached the server");
+    let evs = net_events(&daemon, 4, |e| e["rule"] == "runtime-sock");
+    assert!(
+        evs.iter()
+            .any(|e| e["destination"]["unix_path"] == abstract_name.as_str())
+    );
+    assert!(
+        evs.iter()
+            .any(|e| e["destination"]["unix_path"] == s(&sock).as_str())
+    );
+    assert!(evs.iter().any(|e| e["hook"] == "sendmsg_unix"));
+    assert!(evs.iter().all(|e| e["destination"]["family"] == "unix"));
+
+    assert_ok(&client(None, "unix", &s(&sock), 0), "untagged path");
+    assert_ok(
+        &client(None, "unix", &abstract_name, 0),
+        "untagged abstract",
+    );
+    assert_ok(
+        &client(None, "unixdgram", &s(&dgram), 0),
+        "untagged datagram",
+    );
+    wait_for("untagged unix connections", Duration::from_secs(5), || {
+        (count() == 3).then_some(())
+    });
+    drop(server);
+}
+
+#[test]
+fn kill_leaves_the_offender_dead_and_the_socket_unconnected() {
+    let net = Net::new();
+    let listener = Listener::start(&net, &[format!("tcp:5432:{}", net.a)]);
+    let daemon = Daemon::start_with_policy(&policy(&format!(
+        "    - {{ name: prod-db, ips: [{}], ports: [5432], action: kill }}\n",
+        net.a
+    )));
+    let out = run(
+        Some(&daemon),
+        &["python3", "-c", CLIENT, "tcp", &net.a, "5432", "1"],
+    );
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&out.status),
+        Some(libc::SIGKILL),
+        "killed by SIGKILL: {}",
+        text(&out)
+    );
+    assert_eq!(
+        stdout(&out),
+        "",
+        "the offender never ran again: {}",
+        text(&out)
+    );
+    assert_eq!(listener.count("tcp:5432"), 0);
+    let evs = net_events(&daemon, 1, |e| e["rule"] == "prod-db");
+    assert_eq!(
+        (&evs[0]["action"], &evs[0]["result"]),
+        (&"kill".into(), &"killed".into())
+    );
+    wait_for("the kill counter", Duration::from_secs(5), || {
+        (counter(&daemon, "net_kills_sent") >= 1).then_some(())
+    });
+
+    // io_uring from a worker thread: the process dies at its next system call exit.
+    let uring = env!("CARGO_BIN_EXE_guard-uring-connect");
+    let dest = format!("{}:5432", net.a);
+    let out = run(Some(&daemon), &[uring, &dest, "--async"]);
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&out.status),
+        Some(libc::SIGKILL),
+        "io_uring offender killed: {}",
+        text(&out)
+    );
+    assert_eq!(listener.count("tcp:5432"), 0);
+}
+
+#[test]
+fn kill_tree_kills_the_tree_and_spares_the_untagged_parent() {
+    let net = Net::new();
+    let listener = Listener::start(&net, &[format!("tcp:5432:{}", net.a)]);
+    let daemon = Daemon::start_with_policy(&policy(&format!(
+        "    - {{ name: prod-db, ips: [{}], ports: [5432], action: kill-tree }}\n",
+        net.a
+    )));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pids = dir.path().join("pids");
+    let guard = guard_tests::guard_bin();
+    // parent (untagged) → guard run → bash (root) → sleeps, a setsid'd sleeper, python.
+    let tree = format!(
+        "sleep 300 & echo $! >> {p}; setsid sleep 300 & echo $! >> {p}; echo $$ >> {p}; \
+         python3 -c \"$CLIENT\" tcp {a} 5432; sleep 300",
+        p = pids.display(),
+        a = net.a,
+    );
+    let parent_script = format!(
+        "{} run -- bash -c \"$TREE\"; echo parent-alive-$?",
+        guard.display()
+    );
+    let mut cmd = Command::new("bash");
+    cmd.args(["-c", &parent_script])
+        .env("TREE", &tree)
+        .env("CLIENT", CLIENT)
+        .envs(daemon.env())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut parent = Proc::spawn(cmd);
+    let status = parent.wait_timeout(Duration::from_secs(20));
+    let mut out = String::new();
+    std::io::Read::read_to_string(parent.child.stdout.as_mut().unwrap(), &mut out).unwrap();
+    assert!(status.success(), "untagged parent survived: {out}");
+    assert!(
+        out.contains("parent-alive-137"),
+        "the tree root died by SIGKILL: {out}"
+    );
+    let members: Vec<u32> = std::fs::read_to_string(&pids)
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    assert_eq!(members.len(), 3);
+    let _cleanup = guard_tests::KillOnDrop(members.clone());
+    wait_for(
+        "every process of the tree to die",
+        Duration::from_secs(10),
+        || {
+            members
+                .iter()
+                .all(|p| !guard_tests::alive(*p))
+                .then_some(())
+        },
+    );
+    assert_eq!(listener.count("tcp:5432"), 0);
+    let evs = net_events(&daemon, 1, |e| e["rule"] == "prod-db");
+    assert_eq!(evs[0]["action"], "kill-tree");
+}
+
+#[test]
+fn reason_line_reaches_the_parent_and_never_blocks_the_daemon() {
+    let net = Net::new();
+    let _listener = Listener::start(&net, &[format!("tcp:5432:{}", net.a)]);
+    let daemon = Daemon::start_with_policy(&policy(&format!(
+        "    - {{ name: prod-db, ips: [{}], ports: [5432], action: deny }}\n",
+        net.a
+    )));
+    let expected = format!(
+        "guard: connect to {}:5432 denied by rule prod-db (ask your security team for an \
+         exception: guard events --rule prod-db)",
+        net.a
+    );
+    // The tagged process stays alive for a moment: its own stderr gets the line.
+    let out = run(
+        Some(&daemon),
+        &["python3", "-c", CLIENT, "tcp", &net.a, "5432", "1.5"],
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&expected),
+        "{}",
+        text(&out)
+    );
+    // curl exits at once: the line reaches the shell's stderr, the same stream.
+    let curl = format!("curl -sSv --max-time 3 http://{}:5432/; sleep 1.5", net.a);
+    let out = run(Some(&daemon), &["bash", "-c", &curl]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Operation not permitted"), "{}", text(&out));
+    assert!(err.contains(&expected), "{}", text(&out));
+
+    // Closed stderr, and a full stderr pipe nobody reads: the daemon goes on.
+    let closed = format!("exec 2>&-; python3 -c \"$CLIENT\" tcp {} 5432 1", net.a);
+    let mut c = daemon.guard();
+    c.args(["run", "--", "bash", "-c", &closed])
+        .env("CLIENT", CLIENT);
+    let out = output(c);
+    assert!(stdout(&out).starts_with("err 1"), "{}", text(&out));
+    let full = format!(
+        "head -c 70000 /dev/zero >&2 & sleep 0.5; python3 -c \"$CLIENT\" tcp {} 5432 2",
+        net.a
+    );
+    let mut c = daemon.guard();
+    c.args(["run", "--", "bash", "-c", &full])
+        .env("CLIENT", CLIENT)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut stuck = Proc::spawn(c);
+    std::thread::sleep(Duration::from_millis(1500));
+    let t = std::time::Instant::now();
+    assert!(daemon.status_json().is_some(), "the daemon answers");
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "the daemon is not stuck writing to a full pipe"
+    );
+    let before = net_events(&daemon, 4, |e| e["rule"] == "prod-db").len();
+    assert_eperm(
+        &client(Some(&daemon), "tcp", &net.a, 5432),
+        "after a full pipe",
+    );
+    net_events(&daemon, before + 1, |e| e["rule"] == "prod-db");
+    drop(stuck.child.stderr.take());
+    drop(stuck);
+}
+
+#[test]
+fn audit_mode_allows_and_records() {
+    let net = Net::new();
+    let listener = Listener::start(&net, &[format!("tcp:5432:{}", net.a)]);
+    let daemon = Daemon::start_with_policy(&policy(&format!(
+        "    - {{ name: prod-db, cidrs: [{}/24], ports: [5432], action: kill, mode: audit }}\n",
+        net.a
+    )));
+    assert_ok(
+        &client(Some(&daemon), "tcp", &net.a, 5432),
+        "audited connect",
+    );
+    let evs = net_events(&daemon, 1, |e| e["rule"] == "prod-db");
+    assert_eq!(
+        (&evs[0]["mode"], &evs[0]["result"]),
+        (&"audit".into(), &"allowed".into())
+    );
+    wait_for("the connection", Duration::from_secs(5), || {
+        (listener.count("tcp:5432") == 1).then_some(())
+    });
+}
+
+#[test]
+fn enforcement_outlives_the_daemon_and_a_restart_adopts_it() {
+    let net = Net::new();
+    let listener = Listener::start(&net, &[format!("tcp:5432:{}", net.a)]);
+    let mut daemon = Daemon::start_with_policy(&policy(&format!(
+        "    - {{ name: prod-db, ips: [{}], ports: [5432], action: deny }}\n",
+        net.a
+    )));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (trigger, result) = (dir.path().join("go"), dir.path().join("result"));
+    // A tagged shell that connects only when told to, after the daemon is gone.
+    let script = format!(
+        "while [ ! -e {t} ]; do sleep 0.05; done; python3 -c \"$CLIENT\" tcp {a} 5432 > {r}; sleep 300",
+        t = trigger.display(),
+        r = result.display(),
+        a = net.a
+    );
+    let mut c = daemon.guard();
+    c.args(["run", "--", "bash", "-c", &script])
+        .env("CLIENT", CLIENT)
+        .stderr(Stdio::null());
+    let _waiter = Proc::spawn(c);
+    wait_for("the waiter to be tagged", Duration::from_secs(10), || {
+        daemon
+            .ps()
+            .iter()
+            .any(|p| p["comm"] == "bash")
+            .then_some(())
+    });
+    daemon.signal_and_reap(nix::sys::signal::Signal::SIGKILL);
+    std::fs::write(&trigger, "").unwrap();
+    let out = wait_for("the waiter's attempt", Duration::from_secs(10), || {
+        std::fs::read_to_string(&result)
+            .ok()
+            .filter(|s| s.contains('\n'))
+    });
+    assert!(
+        out.starts_with("err 1"),
+        "denied while no daemon runs: {out}"
+    );
+    assert_eq!(listener.count("tcp:5432"), 0);
+
+    // A new daemon on the same pins keeps the rules in force and replaces the links.
+    daemon.spawn();
+    assert_eperm(
+        &client(Some(&daemon), "tcp", &net.a, 5432),
+        "after the restart",
+    );
+    let links: Vec<String> = std::fs::read_dir(daemon.pin_dir.join("links"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("guard_connect") || n.starts_with("guard_sendmsg"))
+        .collect();
+    assert_eq!(
+        links.len(),
+        6,
+        "one pinned link per network hook: {links:?}"
+    );
+    assert_eq!(listener.count("tcp:5432"), 0);
+}

@@ -1,0 +1,357 @@
+//! `cargo xtask vm-test`: prove the enforcement tiers on kernels other than the development
+//! one. Debian's 6.1 and 6.12 cloud kernels boot under qemu (TCG) with a busybox initramfs
+//! holding static (musl) builds of `guard` and of the integration tests; the guest's `/init`
+//! runs the tier checks and every selected integration test, one machine-readable result line
+//! each on the serial console. Each kernel boots twice: with `bpf` in `lsm=` (the BPF LSM tier
+//! must be in force) and without it (the fallback tier).
+//!
+//! Integration tests are found by name: every test of every file in `tests/tests/` runs unless
+//! `--test FILE` or a `-- FILTER` narrows the selection, so new network, file and
+//! self-protection tests are picked up without touching this module. In the guest the tests
+//! see `GUARD_VM=1` and `GUARD_EXPECT_TIER=bpf-lsm|fallback`.
+
+mod binaries;
+mod guest;
+mod host;
+mod init;
+mod layout;
+mod modules;
+mod report;
+mod rootfs;
+
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::ValueEnum;
+
+use self::{
+    guest::Outcome,
+    host::Series,
+    init::{Plan, Step},
+};
+use crate::{setup, util};
+
+/// LSMs on the guest's command line; the BPF LSM tier adds `bpf`.
+const LSM_BASE: &str = "lockdown,capability,landlock,yama";
+
+/// Integration tests that cannot run in the guest, by `FILE::TEST` prefix, with the reason.
+/// They are listed as not run in every report — never counted as passed.
+const NOT_IN_GUEST: &[(&str, &str)] = &[];
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Kernel series to boot.
+    #[arg(long, value_enum, default_value_t = KernelArg::All)]
+    kernel: KernelArg,
+    /// Tier to prove: bpf-lsm (bpf in lsm=), fallback (bpf left out of lsm=) or all.
+    #[arg(long, value_enum, default_value_t = TierArg::All)]
+    tier: TierArg,
+    /// Integration-test file to run (tests/tests/FILE.rs); repeatable. Default: every file.
+    #[arg(long = "test", value_name = "FILE")]
+    tests: Vec<String>,
+    /// Also run this shell command in the guest as a step (passes when it exits 0); for
+    /// looking at a kernel by hand. Repeatable.
+    #[arg(long, value_name = "CMD")]
+    exec: Vec<String>,
+    /// Leave out tests whose `FILE::TEST` name contains this; repeatable.
+    #[arg(long, value_name = "SUBSTR")]
+    skip: Vec<String>,
+    /// Only the tier checks, no integration tests.
+    #[arg(long)]
+    checks_only: bool,
+    /// Kill a guest step (check or test) after this many seconds.
+    #[arg(long, default_value_t = 300, value_name = "SECS")]
+    step_timeout: u32,
+    /// Build guard and the tests with the dev profile instead of release (quicker to build,
+    /// about five times slower to load programs under emulation).
+    #[arg(long)]
+    debug: bool,
+    /// Show that the harness fails: the tier checks expect the other tier, and the tests run
+    /// with a guard whose daemon policy recognises no agent and denies nothing.
+    #[arg(long)]
+    inject_failure: bool,
+    /// Run only tests whose `FILE::TEST` name contains one of these (after `--`).
+    #[arg(last = true, value_name = "FILTER")]
+    filters: Vec<String>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum KernelArg {
+    #[value(name = "6.1")]
+    V6_1,
+    #[value(name = "6.12")]
+    V6_12,
+    All,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum TierArg {
+    BpfLsm,
+    Fallback,
+    All,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Tier {
+    BpfLsm,
+    Fallback,
+}
+
+impl Tier {
+    fn name(self) -> &'static str {
+        match self {
+            Self::BpfLsm => "bpf-lsm",
+            Self::Fallback => "fallback",
+        }
+    }
+
+    fn lsm(self) -> String {
+        match self {
+            Self::BpfLsm => format!("{LSM_BASE},bpf"),
+            Self::Fallback => LSM_BASE.to_owned(),
+        }
+    }
+}
+
+/// One boot's identity and outcome.
+pub struct Run {
+    pub label: String,
+    pub outcome: Outcome,
+}
+
+pub fn vm_test(args: &Args) -> Result<()> {
+    let start = Instant::now();
+    let series: Vec<Series> = match args.kernel {
+        KernelArg::V6_1 => vec![Series::V6_1],
+        KernelArg::V6_12 => vec![Series::V6_12],
+        KernelArg::All => Series::ALL.to_vec(),
+    };
+    let tiers: Vec<Tier> = match args.tier {
+        TierArg::BpfLsm => vec![Tier::BpfLsm],
+        TierArg::Fallback => vec![Tier::Fallback],
+        TierArg::All => vec![Tier::BpfLsm, Tier::Fallback],
+    };
+
+    setup::setup()?;
+    println!("[vm host] {}", host::ensure_packages()?);
+    println!("[vm build] {}", binaries::ensure_musl_target()?);
+    let t = Instant::now();
+    let bins = binaries::build(!args.debug)?;
+    let build_time = t.elapsed();
+
+    let (plan, not_run) = plan(args, &bins)?;
+    let tests = plan
+        .steps
+        .iter()
+        .filter(|s| matches!(s, Step::Test { .. }))
+        .count();
+    println!(
+        "[vm plan] {} checks and {tests} integration tests per boot{}",
+        plan.steps.len() - tests,
+        if not_run.is_empty() {
+            String::new()
+        } else {
+            format!(", {} not runnable in the guest", not_run.len())
+        }
+    );
+
+    let t = Instant::now();
+    let kernels = series
+        .iter()
+        .map(|s| host::fetch_kernel(*s))
+        .collect::<Result<Vec<_>>>()?;
+    for k in &kernels {
+        let how = if k.downloaded { "downloaded" } else { "cached" };
+        println!(
+            "[vm kernel {}] {} ({how}: {})",
+            k.series.name(),
+            k.package,
+            k.vmlinuz.display()
+        );
+    }
+    let kernel_time = t.elapsed();
+
+    let t = Instant::now();
+    let dir = util::target_dir().join("vm");
+    fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let (tree, notes) = layout::tree(&bins, &plan)?;
+    for n in &notes {
+        println!("[vm initramfs] {n}");
+    }
+    let common = dir.join("initramfs.cpio.gz");
+    let size = tree.write_gz(&common, &dir)?;
+    println!(
+        "[vm initramfs] {} ({} MiB, {} MiB unpacked)",
+        common.display(),
+        fs::metadata(&common)?.len() >> 20,
+        size >> 20,
+    );
+    let mut initrds = Vec::new();
+    for k in &kernels {
+        initrds.push(with_modules(&common, k, &dir)?);
+    }
+    let initramfs_time = t.elapsed();
+    println!("[vm initramfs] built in {}", util::secs(initramfs_time));
+
+    let mut runs = Vec::new();
+    for (k, initrd) in kernels.iter().zip(&initrds) {
+        for tier in &tiers {
+            let label = format!("{}/{}", k.series.name(), tier.name());
+            let log = dir.join(format!("{}-{}.log", k.series.name(), tier.name()));
+            println!(
+                "\n== {label}: booting {} with lsm={} ==",
+                k.package,
+                tier.lsm()
+            );
+            let outcome = guest::run(&guest::Boot {
+                label: label.clone(),
+                vmlinuz: &k.vmlinuz,
+                initrd,
+                append: format!(
+                    "console=ttyS0 lsm={} panic=-1 {}={}",
+                    tier.lsm(),
+                    init::TIER_PARAM,
+                    tier.name()
+                ),
+                log: &log,
+                boot_timeout: Duration::from_secs(120),
+                step_timeout: Duration::from_secs(u64::from(args.step_timeout)),
+            })?;
+            println!(
+                "[{label}] {} in {} (console log: {})",
+                if outcome.error.is_some() {
+                    "guest FAILED"
+                } else {
+                    "guest done"
+                },
+                util::secs(outcome.total),
+                log.display()
+            );
+            runs.push(Run { label, outcome });
+        }
+    }
+
+    let failed = report::print(&plan, &not_run, &runs);
+    let boots: Duration = runs.iter().map(|r| r.outcome.total).sum();
+    println!(
+        "\nvm-test took {} (build {}, kernels {}, initramfs {}, {} boots {})",
+        util::secs(start.elapsed()),
+        util::secs(build_time),
+        util::secs(kernel_time),
+        util::secs(initramfs_time),
+        runs.len(),
+        util::secs(boots)
+    );
+    if args.inject_failure {
+        println!("(--inject-failure: failures were injected on purpose; this run must fail)");
+    }
+    if failed > 0 {
+        bail!(
+            "vm-test: {failed} failure(s); the console logs are in {}",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// The shared initramfs followed by a second archive with this kernel's modules (the kernel
+/// unpacks concatenated archives in order).
+fn with_modules(common: &Path, k: &host::Kernel, dir: &Path) -> Result<PathBuf> {
+    let mut t = rootfs::Tree::default();
+    let names = modules::add(&mut t, &k.modules)
+        .with_context(|| format!("kernel modules of {}", k.package))?;
+    let extra = dir.join(format!("modules-{}.cpio.gz", k.series.name()));
+    t.write_gz(&extra, dir)?;
+    let initrd = dir.join(format!("initramfs-{}.cpio.gz", k.series.name()));
+    fs::copy(common, &initrd)?;
+    let mut out = fs::OpenOptions::new().append(true).open(&initrd)?;
+    io::copy(&mut fs::File::open(&extra)?, &mut out)?;
+    fs::remove_file(&extra)?;
+    println!(
+        "[vm initramfs {}] + modules {}",
+        k.series.name(),
+        if names.is_empty() {
+            "(none needed)".to_owned()
+        } else {
+            names.join(" ")
+        }
+    );
+    Ok(initrd)
+}
+
+/// The steps of every boot, and the selected tests that cannot run in the guest.
+fn plan(args: &Args, bins: &binaries::Binaries) -> Result<(Plan, Vec<(String, &'static str)>)> {
+    let expect_other = args.inject_failure;
+    let mut steps = vec![
+        Step::Check {
+            id: "check::probe-tier".into(),
+            mode: "probe",
+            expect_other,
+        },
+        Step::Check {
+            id: "check::daemon-tier".into(),
+            mode: "daemon",
+            expect_other,
+        },
+    ];
+    for (i, command) in args.exec.iter().enumerate() {
+        let id = format!("exec::{}", i + 1);
+        steps.push(Step::Shell {
+            id,
+            command: command.clone(),
+        });
+    }
+    let mut not_run = Vec::new();
+    if !args.checks_only {
+        for file in &args.tests {
+            if !bins.tests.iter().any(|(name, _)| name == file) {
+                let known: Vec<&str> = bins.tests.iter().map(|(n, _)| n.as_str()).collect();
+                bail!(
+                    "no integration-test file `{file}`; known: {}",
+                    known.join(", ")
+                );
+            }
+        }
+        for (file, binary) in &bins.tests {
+            if !args.tests.is_empty() && !args.tests.contains(file) {
+                continue;
+            }
+            for name in binaries::list_tests(binary)? {
+                let id = format!("{file}::{name}");
+                if args.skip.iter().any(|f| id.contains(f.as_str())) {
+                    continue;
+                }
+                if !args.filters.is_empty() && !args.filters.iter().any(|f| id.contains(f.as_str()))
+                {
+                    continue;
+                }
+                if let Some((_, why)) = NOT_IN_GUEST.iter().find(|(p, _)| id.starts_with(p)) {
+                    not_run.push((id, *why));
+                    continue;
+                }
+                let binary = binary.to_string_lossy().into_owned();
+                steps.push(Step::Test { id, binary, name });
+            }
+        }
+        if steps.len() == 2 + args.exec.len() && not_run.is_empty() {
+            bail!("the filters {:?} select no integration test", args.filters);
+        }
+    }
+    let guard_bin = if args.inject_failure {
+        init::DENY_NOTHING_GUARD
+    } else {
+        init::GUARD
+    };
+    Ok((
+        Plan {
+            steps,
+            timeout_secs: args.step_timeout,
+            guard_bin,
+        },
+        not_run,
+    ))
+}
