@@ -306,7 +306,7 @@ fn flood_every_event_is_logged_or_counted_as_dropped_and_memory_stays_bounded() 
     let forks_before = counter(&d, "forks_tagged");
     let daemon = d.pid();
     let rss_start = rss_kib(daemon);
-    let mut flood = spawn_flood(&d, "8", &WORKERS.to_string());
+    let mut flood = spawn_flood(&d, "10", &WORKERS.to_string());
     let root = flood.pid();
     let started = Instant::now();
     let mut rss_peak = rss_start;
@@ -606,4 +606,71 @@ fn network_denial_is_logged_with_its_rule_destination_and_ancestry() {
     let summary: Value = serde_json::from_slice(&summary.stdout).unwrap();
     assert_eq!(summary["by_rule"]["prod-db"], 1);
     assert_eq!(summary["by_action"]["deny"], 1);
+}
+
+#[test]
+fn denials_of_each_kind_come_back_from_guard_events_with_their_ancestry() {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let cred = dir.path().join("token");
+    let vault = dir.path().join("vault");
+    std::fs::write(&cred, "secret").unwrap();
+    std::fs::create_dir(&vault).unwrap();
+    std::fs::write(vault.join("victim"), "data").unwrap();
+    let policy = format!(
+        "apiVersion: guard.dev/v1alpha1\nkind: GuardPolicy\nmetadata: {{ name: events-all }}\nspec:\n  \
+         agents:\n    - {{ name: claude-code, executables: [claude] }}\n  \
+         endpoints:\n    - {{ name: prod-db, cidrs: [127.0.0.2/32], ports: [{port}], action: deny }}\n  \
+         paths:\n    - {{ name: creds, paths: [{cred}], access: [read], action: deny }}\n    \
+         - {{ name: vault, paths: [{vault}], access: [delete], action: kill }}\n",
+        cred = cred.display(),
+        vault = vault.display()
+    );
+    let d = Daemon::start_with_policy(&policy);
+    let script = format!(
+        "( exec 3<>/dev/tcp/127.0.0.2/{port} ) 2>/dev/null; cat {cred} 2>/dev/null; rm -f {vault}/victim; true",
+        cred = cred.display(),
+        vault = vault.display()
+    );
+    // An agent recognised at exec (a `guard run` tree would also get the read-only mount
+    // layer, which refuses the rm before the kill-on-detect hook sees it).
+    let bash_as_claude = dir.path().join("claude");
+    std::fs::copy("/bin/bash", &bash_as_claude).unwrap();
+    let mut p = Proc::spawn({
+        let mut c = Command::new(&bash_as_claude);
+        c.args(["-c", &script]);
+        c
+    });
+    let root = p.pid();
+    assert!(p.wait_timeout(Duration::from_secs(20)).success());
+    assert_eq!(std::fs::read_to_string(&cred).unwrap(), "secret");
+    let decisions = wait_for("one decision per rule", Duration::from_secs(15), || {
+        let evs: Vec<Value> = events_json(&d, &[])
+            .into_iter()
+            .filter(|e| e["rule"].is_string())
+            .collect();
+        let rules: std::collections::BTreeSet<String> = evs
+            .iter()
+            .map(|e| e["rule"].as_str().unwrap().to_string())
+            .collect();
+        (rules.len() == 3).then_some(evs)
+    });
+    for (rule, kind, action) in [
+        ("prod-db", "net_connect", "deny"),
+        ("creds", "file_open", "deny"),
+        ("vault", "file_change", "kill"),
+    ] {
+        let mine: Vec<&Value> = decisions.iter().filter(|e| e["rule"] == rule).collect();
+        assert_eq!(mine.len(), 1, "exactly one {rule} decision: {decisions:#?}");
+        let e = mine[0];
+        assert_eq!(e["kind"], kind, "{e}");
+        assert_eq!(e["action"], action, "{e}");
+        assert_eq!(e["root"]["pid"], root, "{e}");
+        let chain = ancestry_pids(e);
+        assert!(
+            chain.contains(&u64::from(root)),
+            "{rule}: ancestry reaches the root: {e}"
+        );
+        assert_eq!(chain.last(), Some(&1), "{rule}: and on to init: {e}");
+    }
 }
