@@ -125,5 +125,35 @@ fn run_tiers(extra: &[OsString], summary: &mut Summary) -> Result<()> {
         )
         .context("integration tests failed")
     })?;
+    report_kernel_skips(&bin);
     Ok(())
+}
+
+/// Name, in the output, each kernel feature this machine lacks and the tests therefore could
+/// not exercise (the only skips allowed: features every required check depends on fail the
+/// tests instead, under CI).
+fn report_kernel_skips(bin: &std::path::Path) {
+    let out = std::process::Command::new(bin)
+        .args(["status", "-o", "json"])
+        .env("GUARD_SOCKET", "/nonexistent/guard-xtask-probe.sock")
+        .output();
+    let Ok(out) = out else { return };
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
+        println!("kernel probe: no JSON from `guard status -o json`");
+        return;
+    };
+    let tier = v["probe"]["tier"].as_str().unwrap_or("?");
+    println!("\n== kernel features (tier: {tier}) ==");
+    for f in v["probe"]["features"].as_array().into_iter().flatten() {
+        if f["status"] != "available" {
+            let name = f["name"].as_str().unwrap_or("?");
+            let detail = f["detail"].as_str().unwrap_or("");
+            let what = if name == "bpf-lsm" {
+                "bpf-lsm tier"
+            } else {
+                name
+            };
+            println!("SKIPPED: {what} — this kernel: {detail}");
+        }
+    }
 }
