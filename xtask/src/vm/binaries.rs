@@ -22,6 +22,8 @@ pub struct Binaries {
     /// guard-tests' helper bins; tests find them through `CARGO_BIN_EXE_*`, an absolute path
     /// fixed at compile time, so the guest holds them at exactly that path.
     pub helpers: Vec<PathBuf>,
+    /// A static `true` (see `layout.rs`).
+    pub static_true: PathBuf,
 }
 
 /// `rustup target add` the musl target when it is missing.
@@ -111,7 +113,29 @@ pub fn build(release: bool) -> Result<Binaries> {
         guard,
         tests,
         helpers,
+        static_true: static_true()?,
     })
+}
+
+/// `true` as a static musl program, built once into the target dir.
+fn static_true() -> Result<PathBuf> {
+    let dir = util::target_dir().join("vm");
+    let out = dir.join("true");
+    if out.is_file() {
+        return Ok(out);
+    }
+    std::fs::create_dir_all(&dir)?;
+    let src = dir.join("true.rs");
+    std::fs::write(&src, "fn main() {}\n")?;
+    util::run(
+        Command::new("rustc")
+            .args(["--edition", "2021", "--target", MUSL, "-C", "opt-level=s"])
+            .args(["-C", "panic=abort", "-C", "strip=symbols", "-o"])
+            .arg(&out)
+            .arg(&src),
+        "check that the musl target is installed (rustup target add x86_64-unknown-linux-musl)",
+    )?;
+    Ok(out)
 }
 
 /// The names of the tests in a libtest binary (`--list --format terse`; runs on the host).
