@@ -418,7 +418,10 @@ fn status(state: &Shared) -> Reply<DaemonStatus> {
     Reply::ok(DaemonStatus {
         daemon_pid: std::process::id(),
         enforcing: st.enforcing,
-        tier: st.probe.tier.to_string(),
+        // The tier that enforces, not the one the kernel could offer: the BPF LSM programs
+        // are not written yet, so the fallback hooks enforce on every kernel (the probe below
+        // says whether BPF LSM is available).
+        tier: crate::probe::Tier::Fallback.to_string(),
         policy: st.policy_name.clone(),
         policy_generation: st.generation,
         policy_rejected: st.rejected.clone(),
@@ -503,7 +506,8 @@ impl DaemonView for View {
 
     fn snapshot(&self) -> KernelSnapshot {
         let st = self.0.lock().expect("state lock");
-        let tier = st.probe.tier.to_string();
+        // The enforcing tier (see `status`): the fallback hooks on every kernel for now.
+        let tier = crate::probe::Tier::Fallback.to_string();
         // Every pinned link is an attached hook: the trackers, and each enforcement hook.
         let hooks = Kernel::pinned_links(st.kernel.pin_dir())
             .into_iter()
