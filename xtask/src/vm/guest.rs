@@ -5,7 +5,7 @@
 use std::{
     fs,
     io::{BufRead as _, BufReader, Write as _},
-    path::Path,
+    path::PathBuf,
     process::{Command, Stdio},
     sync::mpsc,
     thread,
@@ -39,12 +39,12 @@ pub struct Outcome {
     pub error: Option<String>,
 }
 
-pub struct Boot<'a> {
+pub struct Boot {
     pub label: String,
-    pub vmlinuz: &'a Path,
-    pub initrd: &'a Path,
+    pub vmlinuz: PathBuf,
+    pub initrd: PathBuf,
     pub append: String,
-    pub log: &'a Path,
+    pub log: PathBuf,
     /// Longest wait for the `boot` line, and for each step's result after its `start`.
     pub boot_timeout: Duration,
     pub step_timeout: Duration,
@@ -55,7 +55,7 @@ enum Msg {
     Eof,
 }
 
-pub fn run(b: &Boot<'_>) -> Result<Outcome> {
+pub fn run(b: &Boot) -> Result<Outcome> {
     let mut cmd = Command::new(QEMU);
     cmd.args([
         "-accel",
@@ -67,15 +67,15 @@ pub fn run(b: &Boot<'_>) -> Result<Outcome> {
         "stdio",
     ])
     .args(["-display", "none", "-no-reboot", "-kernel"])
-    .arg(b.vmlinuz)
+    .arg(&b.vmlinuz)
     .arg("-initrd")
-    .arg(b.initrd)
+    .arg(&b.initrd)
     .args(["-append", &b.append])
     .stdin(Stdio::null())
     .stdout(Stdio::piped())
     .stderr(Stdio::piped());
     let mut log =
-        fs::File::create(b.log).with_context(|| format!("cannot create {}", b.log.display()))?;
+        fs::File::create(&b.log).with_context(|| format!("cannot create {}", b.log.display()))?;
     writeln!(log, "# {}", crate::util::show(&cmd))?;
     let start = Instant::now();
     let mut child = cmd

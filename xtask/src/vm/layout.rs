@@ -1,6 +1,7 @@
-//! What goes into the guest: busybox for the shell and the small commands, the real host
-//! programs the integration tests drive (bash, coreutils sleep, python3 with its standard
-//! library, ip, curl, nc), `guard`, the test binaries and the guest's `/init`.
+//! What goes into the guest: the host's own programs that the integration tests drive (dash as
+//! /bin/sh, coreutils, findutils, util-linux, bash, python3 with its standard library, node,
+//! ip, tcpdump, mkfs.ext4, curl, nc — each with the shared libraries `ldd` names), busybox for
+//! every other small command, `guard`, the test binaries and the guest's `/init`.
 
 use std::{
     fs,
@@ -109,7 +110,8 @@ pub fn tree(bins: &Binaries, plan: &Plan) -> Result<(Tree, Vec<String>)> {
     // A static `true`: the tests exec it by the thousand, and under emulation a dynamically
     // linked program costs ~26 ms an exec against ~6 ms (measured on 6.12); it stays a real
     // program that can be copied under another name, unlike a busybox applet link.
-    t.stripped("/usr/bin/true", &bins.static_true);
+    let true_path = fs::canonicalize("/bin/true").unwrap_or_else(|_| "/bin/true".into());
+    t.stripped(true_path, &bins.static_true);
     notes.push("true: a static musl build of `fn main() {}` (exec speed)".into());
     for (tool, why) in HOST_TOOLS {
         match host_tool(tool) {

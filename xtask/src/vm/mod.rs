@@ -1,9 +1,10 @@
 //! `cargo xtask vm-test`: prove the enforcement tiers on kernels other than the development
-//! one. Debian's 6.1 and 6.12 cloud kernels boot under qemu (TCG) with a busybox initramfs
-//! holding static (musl) builds of `guard` and of the integration tests; the guest's `/init`
-//! runs the tier checks and every selected integration test, one machine-readable result line
-//! each on the serial console. Each kernel boots twice: with `bpf` in `lsm=` (the BPF LSM tier
-//! must be in force) and without it (the fallback tier).
+//! one. Debian's 6.1 and 6.12 cloud kernels boot under qemu (TCG) with an initramfs holding
+//! static (musl) builds of `guard` and of the integration tests, the host programs the tests
+//! drive, busybox for the rest, and the few kernel modules they need; the guest's `/init` runs
+//! the tier checks and every selected integration test, one machine-readable result line each
+//! on the serial console. Each kernel boots twice: with `bpf` in `lsm=` (the BPF LSM tier must
+//! be in force) and without it (the fallback tier).
 //!
 //! Integration tests are found by name: every test of every file in `tests/tests/` runs unless
 //! `--test FILE` or a `-- FILTER` narrows the selection, so new network, file and
@@ -22,6 +23,8 @@ mod rootfs;
 use std::{
     fs, io,
     path::{Path, PathBuf},
+    sync::Mutex,
+    thread,
     time::{Duration, Instant},
 };
 
@@ -63,6 +66,9 @@ pub struct Args {
     /// Only the tier checks, no integration tests.
     #[arg(long)]
     checks_only: bool,
+    /// Boot this many guests at once (each is one busy host core under emulation).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    jobs: usize,
     /// Kill a guest step (check or test) after this many seconds.
     #[arg(long, default_value_t = 300, value_name = "SECS")]
     step_timeout: u32,
@@ -197,54 +203,40 @@ pub fn vm_test(args: &Args) -> Result<()> {
     let initramfs_time = t.elapsed();
     println!("[vm initramfs] built in {}", util::secs(initramfs_time));
 
-    let mut runs = Vec::new();
+    let mut boots = Vec::new();
     for (k, initrd) in kernels.iter().zip(&initrds) {
         for tier in &tiers {
             let label = format!("{}/{}", k.series.name(), tier.name());
-            let log = dir.join(format!("{}-{}.log", k.series.name(), tier.name()));
-            println!(
-                "\n== {label}: booting {} with lsm={} ==",
-                k.package,
-                tier.lsm()
-            );
-            let outcome = guest::run(&guest::Boot {
-                label: label.clone(),
-                vmlinuz: &k.vmlinuz,
-                initrd,
+            println!("[{label}] {} with lsm={}", k.package, tier.lsm());
+            boots.push(guest::Boot {
+                log: dir.join(format!("{}-{}.log", k.series.name(), tier.name())),
+                label,
+                vmlinuz: k.vmlinuz.clone(),
+                initrd: initrd.clone(),
                 append: format!(
                     "console=ttyS0 lsm={} panic=-1 {}={}",
                     tier.lsm(),
                     init::TIER_PARAM,
                     tier.name()
                 ),
-                log: &log,
                 boot_timeout: Duration::from_secs(120),
                 step_timeout: Duration::from_secs(u64::from(args.step_timeout)),
-            })?;
-            println!(
-                "[{label}] {} in {} (console log: {})",
-                if outcome.error.is_some() {
-                    "guest FAILED"
-                } else {
-                    "guest done"
-                },
-                util::secs(outcome.total),
-                log.display()
-            );
-            runs.push(Run { label, outcome });
+            });
         }
     }
+    let runs = boot_all(&boots, args.jobs.max(1))?;
 
     let failed = report::print(&plan, &not_run, &runs);
-    let boots: Duration = runs.iter().map(|r| r.outcome.total).sum();
+    let boot_sum: Duration = runs.iter().map(|r| r.outcome.total).sum();
     println!(
-        "\nvm-test took {} (build {}, kernels {}, initramfs {}, {} boots {})",
+        "\nvm-test took {} (build {}, kernels {}, initramfs {}, {} boots {} summed, {} at a time)",
         util::secs(start.elapsed()),
         util::secs(build_time),
         util::secs(kernel_time),
         util::secs(initramfs_time),
         runs.len(),
-        util::secs(boots)
+        util::secs(boot_sum),
+        args.jobs.max(1)
     );
     if args.inject_failure {
         println!("(--inject-failure: failures were injected on purpose; this run must fail)");
@@ -256,6 +248,49 @@ pub fn vm_test(args: &Args) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Run the boots, `jobs` at a time; results in the order of `boots`.
+fn boot_all(boots: &[guest::Boot], jobs: usize) -> Result<Vec<Run>> {
+    let next = Mutex::new(0..boots.len());
+    let done: Mutex<Vec<(usize, Result<Outcome>)>> = Mutex::new(Vec::new());
+    thread::scope(|scope| {
+        for _ in 0..jobs.min(boots.len()) {
+            scope.spawn(|| {
+                loop {
+                    let Some(i) = next.lock().expect("not poisoned").next() else {
+                        return;
+                    };
+                    let b = &boots[i];
+                    let outcome = guest::run(b);
+                    if let Ok(o) = &outcome {
+                        println!(
+                            "[{}] {} in {} (console log: {})",
+                            b.label,
+                            if o.error.is_some() {
+                                "guest FAILED"
+                            } else {
+                                "guest done"
+                            },
+                            util::secs(o.total),
+                            b.log.display()
+                        );
+                    }
+                    done.lock().expect("not poisoned").push((i, outcome));
+                }
+            });
+        }
+    });
+    let mut done = done.into_inner().expect("not poisoned");
+    done.sort_by_key(|(i, _)| *i);
+    done.into_iter()
+        .map(|(i, outcome)| {
+            Ok(Run {
+                label: boots[i].label.clone(),
+                outcome: outcome?,
+            })
+        })
+        .collect()
 }
 
 /// The shared initramfs followed by a second archive with this kernel's modules (the kernel
