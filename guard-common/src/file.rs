@@ -53,14 +53,16 @@ pub mod counter {
     pub const EVENTS_DROPPED: u32 = 4;
     /// A signal could not be sent.
     pub const KILL_FAILED: u32 = 5;
+    pub const LSM_DENIED: u32 = 6;
 }
-pub const COUNTER_NAMES: [&str; 6] = [
+pub const COUNTER_NAMES: [&str; 7] = [
     "file_kills",
     "file_audited",
     "file_device_denied",
     "file_probe_errors",
     "file_events_dropped",
     "file_kill_failed",
+    "file_lsm_denied",
 ];
 
 /// Key of [`crate::maps::FILE_OBJECTS`]: one object, or with `ino == 0` a whole volume.
@@ -148,15 +150,54 @@ pub struct FileEvent {
     pub minor: u32,
     /// `i_mode` of the changed inode (file type and permissions).
     pub mode: u32,
+    /// The BPF LSM hook that decided ([`lsm_hook`]); 0 for the fallback tier's programs.
+    pub hook: u32,
+    pub _pad: u32,
     pub comm: [u8; 16],
     /// Name of the changed inode's dentry.
     pub name: [u8; NAME_LEN],
     /// The system call's path argument, as the process spelled it.
     pub target: [u8; TARGET_LEN],
 }
-const _: () = assert!(core::mem::size_of::<FileEvent>() == 320);
+const _: () = assert!(core::mem::size_of::<FileEvent>() == 328);
 
 /// The kernel's `dev_t` encoding (`MKDEV`) of `major:minor`.
+/// The BPF LSM hook of a [`FileEvent`] (its `hook` field).
+pub mod lsm_hook {
+    pub const NONE: u32 = 0;
+    pub const FILE_OPEN: u32 = 1;
+    pub const FILE_TRUNCATE: u32 = 2;
+    pub const PATH_UNLINK: u32 = 3;
+    pub const PATH_RMDIR: u32 = 4;
+    pub const PATH_RENAME: u32 = 5;
+    pub const PATH_TRUNCATE: u32 = 6;
+    pub const PATH_LINK: u32 = 7;
+    pub const PATH_MKNOD: u32 = 8;
+    pub const PATH_MKDIR: u32 = 9;
+    pub const PATH_SYMLINK: u32 = 10;
+    pub const PATH_CHMOD: u32 = 11;
+    pub const PATH_CHOWN: u32 = 12;
+
+    /// The event's `hook` name.
+    pub const fn name(hook: u32) -> &'static str {
+        match hook {
+            FILE_OPEN => "lsm_file_open",
+            FILE_TRUNCATE => "lsm_file_truncate",
+            PATH_UNLINK => "lsm_path_unlink",
+            PATH_RMDIR => "lsm_path_rmdir",
+            PATH_RENAME => "lsm_path_rename",
+            PATH_TRUNCATE => "lsm_path_truncate",
+            PATH_LINK => "lsm_path_link",
+            PATH_MKNOD => "lsm_path_mknod",
+            PATH_MKDIR => "lsm_path_mkdir",
+            PATH_SYMLINK => "lsm_path_symlink",
+            PATH_CHMOD => "lsm_path_chmod",
+            PATH_CHOWN => "lsm_path_chown",
+            _ => "lsm",
+        }
+    }
+}
+
 pub const fn kernel_dev(major: u32, minor: u32) -> u32 {
     (major << 20) | (minor & 0xf_ffff)
 }

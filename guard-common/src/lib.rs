@@ -75,6 +75,7 @@ mod pod {
     unsafe impl aya::Pod for super::offsets::KernelOffsets {}
     unsafe impl aya::Pod for super::offsets::UnixOffsets {}
     unsafe impl aya::Pod for super::offsets::FileOffsets {}
+    unsafe impl aya::Pod for super::offsets::LsmOffsets {}
     unsafe impl aya::Pod for super::file::FileKey {}
     unsafe impl aya::Pod for super::file::DevKey {}
     unsafe impl aya::Pod for super::file::FileRule {}

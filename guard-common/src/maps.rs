@@ -63,6 +63,52 @@ pub mod programs {
     pub const SYS_EXIT: &str = "guard_sys_exit";
 }
 
+/// [`crate::offsets::LsmOffsets`] global.
+pub const LSM_OFFSETS_GLOBAL: &str = "GUARD_LSM_OFFSETS";
+
+/// The BPF LSM programs (the bpf-lsm tier): `(program, hook)`. Each replaces what the
+/// fallback tier does with a cgroup program, fanotify or kill-on-detect.
+pub mod lsm_programs {
+    pub const SOCKET_CONNECT: &str = "guard_lsm_socket_connect";
+    pub const SOCKET_SENDMSG: &str = "guard_lsm_socket_sendmsg";
+    pub const FILE_OPEN: &str = "guard_lsm_file_open";
+    pub const FILE_TRUNCATE: &str = "guard_lsm_file_truncate";
+    pub const PATH_UNLINK: &str = "guard_lsm_path_unlink";
+    pub const PATH_RMDIR: &str = "guard_lsm_path_rmdir";
+    pub const PATH_RENAME: &str = "guard_lsm_path_rename";
+    pub const PATH_TRUNCATE: &str = "guard_lsm_path_truncate";
+    pub const PATH_LINK: &str = "guard_lsm_path_link";
+    pub const PATH_MKNOD: &str = "guard_lsm_path_mknod";
+    pub const PATH_MKDIR: &str = "guard_lsm_path_mkdir";
+    pub const PATH_SYMLINK: &str = "guard_lsm_path_symlink";
+    pub const PATH_CHMOD: &str = "guard_lsm_path_chmod";
+    pub const PATH_CHOWN: &str = "guard_lsm_path_chown";
+
+    /// The network hooks.
+    pub const NET: [(&str, &str); 2] = [
+        (SOCKET_CONNECT, "socket_connect"),
+        (SOCKET_SENDMSG, "socket_sendmsg"),
+    ];
+    /// The file hooks. `file_truncate` exists from Linux 6.2 (before, `ftruncate` and
+    /// `O_TRUNC` go through `path_truncate`); it is attached where the kernel has it.
+    pub const FILE: [(&str, &str); 12] = [
+        (FILE_OPEN, "file_open"),
+        (FILE_TRUNCATE, "file_truncate"),
+        (PATH_UNLINK, "path_unlink"),
+        (PATH_RMDIR, "path_rmdir"),
+        (PATH_RENAME, "path_rename"),
+        (PATH_TRUNCATE, "path_truncate"),
+        (PATH_LINK, "path_link"),
+        (PATH_MKNOD, "path_mknod"),
+        (PATH_MKDIR, "path_mkdir"),
+        (PATH_SYMLINK, "path_symlink"),
+        (PATH_CHMOD, "path_chmod"),
+        (PATH_CHOWN, "path_chown"),
+    ];
+    /// Hooks a kernel may lack without a gap (another hook covers the same operations).
+    pub const OPTIONAL: [&str; 1] = ["file_truncate"];
+}
+
 // --- File protection (probes/file.rs). Pinned: kill-on-detect and the device rule keep
 // applying while no daemon runs.
 

@@ -65,6 +65,9 @@ pub mod hook {
     pub const SENDMSG6: u32 = 4;
     pub const CONNECT_UNIX: u32 = 5;
     pub const SENDMSG_UNIX: u32 = 6;
+    /// BPF LSM `socket_connect` / `socket_sendmsg` (any family).
+    pub const LSM_CONNECT: u32 = 7;
+    pub const LSM_SENDMSG: u32 = 8;
 }
 
 pub const AF_UNIX: u32 = 1;

@@ -20,11 +20,15 @@ pub struct KernelOffsets {
     pub mm_arg_end: u32,
     /// `task_struct.exit_code`
     pub task_exit_code: u32,
+    /// `task_struct.signal`
+    pub task_signal: u32,
+    /// `signal_struct.live` (the thread group's live threads, an `atomic_t`)
+    pub signal_live: u32,
     /// Non-zero once filled in by the loader; programs do nothing with unset offsets.
     pub valid: u32,
     pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 40);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 48);
 
 /// Offsets for the unix socket programs, whose context is really a
 /// `struct bpf_sock_addr_kern` (aya-ebpf has no binding for its `uaddr`).
@@ -80,3 +84,34 @@ pub struct FileOffsets {
     pub inode_mode: u32,
 }
 const _: () = assert!(core::mem::size_of::<FileOffsets>() == 56);
+
+/// Offsets for the BPF LSM programs (probes/lsm.rs): the hook arguments' structs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LsmOffsets {
+    /// `socket.type` (a `short`)
+    pub socket_type: u32,
+    /// `socket.sk`
+    pub socket_sk: u32,
+    /// `sock.sk_protocol` (a `u16`)
+    pub sock_protocol: u32,
+    /// `msghdr.msg_name`
+    pub msghdr_name: u32,
+    /// `msghdr.msg_namelen`
+    pub msghdr_namelen: u32,
+    /// `file.f_inode`
+    pub file_inode: u32,
+    /// `file.f_mode`
+    pub file_mode: u32,
+    /// `file.f_flags`
+    pub file_flags: u32,
+    /// `file.f_path.dentry`
+    pub file_dentry: u32,
+    /// `path.dentry`
+    pub path_dentry: u32,
+    /// Non-zero once filled in by the loader; the programs allow everything with unset
+    /// offsets (and count it).
+    pub valid: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<LsmOffsets>() == 48);

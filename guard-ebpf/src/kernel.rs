@@ -46,6 +46,16 @@ impl Task {
         self.read::<i32>(o.task_exit_code)
     }
 
+    /// Live threads of the task's thread group (`signal->live`).
+    #[inline(always)]
+    pub fn live_threads(self, o: &KernelOffsets) -> Result<i32, i32> {
+        let signal: *const u8 = self.read(o.task_signal)?;
+        if signal.is_null() {
+            return Err(-1);
+        }
+        Task(signal).read::<i32>(o.signal_live)
+    }
+
     /// `[arg_start, arg_end)` of the task's mm, in user memory.
     #[inline(always)]
     pub fn args(self, o: &KernelOffsets) -> Result<(u64, u64), i32> {

@@ -76,6 +76,8 @@ static GUARD_OFFSETS: KernelOffsets = KernelOffsets {
     mm_arg_start: 0,
     mm_arg_end: 0,
     task_exit_code: 0,
+    task_signal: 0,
+    signal_live: 0,
     valid: 0,
     _pad: 0,
 };
@@ -197,4 +199,29 @@ pub fn count_file(index: u32) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU.
         unsafe { *slot += 1 };
     }
+}
+
+// --- BPF LSM tier (probes/lsm.rs).
+
+/// Offsets for the LSM programs, set by the loader from BTF.
+#[unsafe(no_mangle)]
+static GUARD_LSM_OFFSETS: guard_common::offsets::LsmOffsets = guard_common::offsets::LsmOffsets {
+    socket_type: 0,
+    socket_sk: 0,
+    sock_protocol: 0,
+    msghdr_name: 0,
+    msghdr_namelen: 0,
+    file_inode: 0,
+    file_mode: 0,
+    file_flags: 0,
+    file_dentry: 0,
+    path_dentry: 0,
+    valid: 0,
+    _pad: 0,
+};
+
+#[inline(always)]
+pub fn lsm_offsets() -> guard_common::offsets::LsmOffsets {
+    // SAFETY: a global in .rodata, patched by the loader before load.
+    unsafe { core::ptr::read_volatile(&GUARD_LSM_OFFSETS) }
 }

@@ -81,7 +81,14 @@ pub struct PsReply {
 pub struct DaemonStatus {
     pub daemon_pid: u32,
     pub enforcing: bool,
+    /// The tier that enforces: `bpf-lsm` or `fallback`.
     pub tier: String,
+    /// Why the bpf-lsm tier does not enforce on a kernel that offers it (or was asked for).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier_error: Option<String>,
+    /// What enforces endpoint rules.
+    #[serde(default)]
+    pub network: NetworkStatus,
     pub policy: String,
     pub policy_generation: u64,
     /// Why the last policy change was rejected (the previous generation stays in force).
@@ -94,6 +101,19 @@ pub struct DaemonStatus {
     /// Path rules: what protects each access of each rule, and what it resolved to.
     #[serde(default)]
     pub path_rules: Vec<crate::files::PathRuleStatus>,
+}
+
+/// What enforces endpoint rules (`guard status`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct NetworkStatus {
+    /// `bpf-lsm` (LSM `socket_connect`/`socket_sendmsg`) or `fallback` (cgroup sock_addr).
+    pub tier: String,
+    /// Attached programs.
+    pub programs: Vec<String>,
+    /// `enforced`, or `not-loaded: <why>` for unix socket rules.
+    pub unix: String,
+    /// How `kill` is carried out.
+    pub kill: String,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use btf_rs::{Btf, Type};
-use guard_common::offsets::{FileOffsets, KernelOffsets};
+use guard_common::offsets::{FileOffsets, KernelOffsets, LsmOffsets};
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
@@ -46,6 +46,8 @@ pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets, BtfError> {
         mm_arg_start: off("mm_struct", "arg_start")?,
         mm_arg_end: off("mm_struct", "arg_end")?,
         task_exit_code: off("task_struct", "exit_code")?,
+        task_signal: off("task_struct", "signal")?,
+        signal_live: off("signal_struct", "live")?,
         valid: 1,
         _pad: 0,
     })
@@ -108,6 +110,59 @@ fn find_member(btf: &Btf, s: &btf_rs::Struct, name: &str) -> Option<Result<u32, 
     None
 }
 
+/// Offsets of the fields the BPF LSM programs read (see [`LsmOffsets`]).
+pub fn lsm_offsets(path: &Path) -> Result<LsmOffsets, BtfError> {
+    let btf = Btf::from_file(path).map_err(|source| BtfError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let off = |strukt, member| member_offset(&btf, strukt, member);
+    Ok(LsmOffsets {
+        socket_type: off("socket", "type")?,
+        socket_sk: off("socket", "sk")?,
+        sock_protocol: off("sock", "sk_protocol")?,
+        msghdr_name: off("msghdr", "msg_name")?,
+        msghdr_namelen: off("msghdr", "msg_namelen")?,
+        file_inode: off("file", "f_inode")?,
+        file_mode: off("file", "f_mode")?,
+        file_flags: off("file", "f_flags")?,
+        // `f_path` sits in an anonymous union on recent kernels.
+        file_dentry: off("file", "f_path")? + off("path", "dentry")?,
+        path_dentry: off("path", "dentry")?,
+        valid: 1,
+        _pad: 0,
+    })
+}
+
+/// Number of parameters of the function or function-pointer typedef `name` in the BTF at
+/// `path` (`bpf_lsm_file_open`, `btf_trace_sched_process_exit`, …); `None` when the BTF has no
+/// such name. Tracepoint typedefs count their leading `void *` context too.
+pub fn func_params(path: &Path, name: &str) -> Option<usize> {
+    let btf = Btf::from_file(path).ok()?;
+    func_params_in(&btf, name)
+}
+
+pub fn func_params_in(btf: &Btf, name: &str) -> Option<usize> {
+    for ty in btf.resolve_types_by_name(name).ok()? {
+        let mut ty = ty;
+        // typedef -> ptr -> func_proto, or func -> func_proto.
+        for _ in 0..4 {
+            match &ty {
+                Type::FuncProto(fp) => return Some(fp.parameters.len()),
+                Type::Typedef(_) | Type::Ptr(_) | Type::Func(_) | Type::Const(_) => {
+                    let Some(b) = ty.as_btf_type() else { break };
+                    let Ok(next) = btf.resolve_chained_type(b) else {
+                        break;
+                    };
+                    ty = next;
+                }
+                _ => break,
+            }
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,6 +179,29 @@ mod tests {
         assert!(o.task_tgid > o.task_pid.saturating_sub(8));
         assert!(o.task_pid > 0 && o.task_tgid > 0 && o.task_start_boottime > 0);
         assert!(o.mm_arg_end > o.mm_arg_start);
+    }
+
+    #[test]
+    fn function_arity_comes_from_btf() {
+        let btf = Btf::from_file(VMLINUX_BTF).unwrap();
+        // (void *, struct task_struct *, bool group_dead) on 6.16 and later.
+        let exit = func_params_in(&btf, "btf_trace_sched_process_exit").unwrap();
+        assert!(exit == 2 || exit == 3, "{exit}");
+        assert_eq!(
+            func_params_in(&btf, "btf_trace_sched_process_fork"),
+            Some(3)
+        );
+        assert_eq!(func_params_in(&btf, "no_such_function_anywhere"), None);
+    }
+
+    #[test]
+    fn lsm_offsets_of_the_running_kernel() {
+        let o = lsm_offsets(Path::new(VMLINUX_BTF)).unwrap();
+        assert_eq!(o.valid, 1);
+        // `struct path` is { vfsmount *mnt; dentry *dentry; }.
+        assert_eq!(o.path_dentry, 8);
+        assert_eq!(o.msghdr_name, 0);
+        assert!(o.file_dentry > 0 && o.file_inode > 0 && o.socket_sk > o.socket_type);
     }
 
     #[test]

@@ -86,6 +86,8 @@ pub struct DaemonConfig {
     pub log: LogConfig,
     /// Serve Prometheus metrics on this address (off when `None`).
     pub metrics_addr: Option<SocketAddr>,
+    /// The enforcement tier asked for.
+    pub tier: crate::kernel::TierChoice,
 }
 
 /// Agents as the kernel maps them: ids start at 1 (0 is `guard run` without `--agent`).
@@ -165,8 +167,17 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
     info!(tier = ?probe.tier, kernel = %probe.kernel_release, "kernel probed");
 
     let offsets = btf::kernel_offsets(std::path::Path::new(btf::VMLINUX_BTF))?;
-    let mut kernel = Kernel::load(&cfg.paths.pin_dir, &offsets, std::process::id())?;
-    info!(pin_dir = %cfg.paths.pin_dir.display(), "trackers attached and pinned");
+    let mut kernel = Kernel::load(
+        &cfg.paths.pin_dir,
+        &offsets,
+        std::process::id(),
+        cfg.tier,
+        probe.tier == probe::Tier::BpfLsm,
+    )?;
+    info!(pin_dir = %cfg.paths.pin_dir.display(), tier = %kernel.tier, "trackers and enforcement attached and pinned");
+    if let Some(e) = &kernel.lsm_error {
+        error!(error = %e, "the bpf-lsm tier is NOT enforcing; the fallback tier enforces instead");
+    }
     let agents = agent_specs(&compiled);
     tags::install_agents(&mut kernel, &agents)?;
     let kills = needs_killer(&compiled);
@@ -418,10 +429,11 @@ fn status(state: &Shared) -> Reply<DaemonStatus> {
     Reply::ok(DaemonStatus {
         daemon_pid: std::process::id(),
         enforcing: st.enforcing,
-        // The tier that enforces, not the one the kernel could offer: the BPF LSM programs
-        // are not written yet, so the fallback hooks enforce on every kernel (the probe below
-        // says whether BPF LSM is available).
-        tier: crate::probe::Tier::Fallback.to_string(),
+        // The tier that enforces, not the one the kernel could offer (the probe below says
+        // what the kernel offers).
+        tier: st.kernel.tier.to_string(),
+        tier_error: st.kernel.lsm_error.clone(),
+        network: network_status(&st.kernel),
         policy: st.policy_name.clone(),
         policy_generation: st.generation,
         policy_rejected: st.rejected.clone(),
@@ -437,6 +449,25 @@ fn status(state: &Shared) -> Reply<DaemonStatus> {
         probe: serde_json::to_value(&st.probe).unwrap_or_default(),
         path_rules: st.files.as_ref().map(|f| f.status()).unwrap_or_default(),
     })
+}
+
+fn network_status(kernel: &Kernel) -> crate::api::NetworkStatus {
+    let a = &kernel.net_attached;
+    crate::api::NetworkStatus {
+        tier: if a.lsm { "bpf-lsm" } else { "fallback" }.into(),
+        programs: a.programs.iter().map(|p| (*p).to_owned()).collect(),
+        unix: match &a.unix_missing {
+            None => crate::files::status::ENFORCED.into(),
+            Some(why) => format!("{}: {why}", crate::files::status::NOT_LOADED),
+        },
+        kill: if a.lsm {
+            "SIGKILL from the LSM program, before the system call returns".into()
+        } else if kernel.killer_attached() {
+            "SIGKILL from tp_btf/sys_exit, before the system call returns".into()
+        } else {
+            "tp_btf/sys_exit attached when a policy has kill rules".into()
+        },
+    }
 }
 
 fn ps(state: &Shared) -> Reply<PsReply> {
@@ -506,8 +537,7 @@ impl DaemonView for View {
 
     fn snapshot(&self) -> KernelSnapshot {
         let st = self.0.lock().expect("state lock");
-        // The enforcing tier (see `status`): the fallback hooks on every kernel for now.
-        let tier = crate::probe::Tier::Fallback.to_string();
+        let tier = st.kernel.tier.to_string();
         // Every pinned link is an attached hook: the trackers, and each enforcement hook.
         let hooks = Kernel::pinned_links(st.kernel.pin_dir())
             .into_iter()

@@ -24,6 +24,20 @@ use guard_common::{
     offsets::KernelOffsets,
 };
 
+pub use crate::probe::Tier;
+
+/// Which tier the daemon is asked to enforce with (`guard daemon --tier`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum TierChoice {
+    /// bpf-lsm where the kernel runs BPF LSM and the programs attach, else fallback.
+    #[default]
+    Auto,
+    /// bpf-lsm or refuse to start.
+    BpfLsm,
+    /// The fallback hooks even where BPF LSM is active.
+    Fallback,
+}
+
 /// The compiled kernel object, embedded in the binary.
 pub(crate) static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/guard"));
 
@@ -61,6 +75,8 @@ pub enum KernelError {
     },
     #[error("network hooks: {0}")]
     Net(#[from] crate::net::NetError),
+    #[error("the bpf-lsm tier was asked for and cannot enforce: {0}")]
+    Lsm(String),
 }
 
 /// The tracker programs: tracepoint name and program name.
@@ -69,6 +85,22 @@ pub const TRACKERS: [(&str, &str); 3] = [
     ("sched_process_exec", programs::EXEC),
     ("sched_process_exit", programs::EXIT),
 ];
+
+/// The program behind the tracker pinned as `pin_name`: kernels before 6.16 pass no
+/// `group_dead` to `sched_process_exit` (a program reading it is rejected), and get the variant
+/// that reads `signal->live` instead.
+fn tracker_program(pin_name: &'static str) -> &'static str {
+    if pin_name != programs::EXIT {
+        return pin_name;
+    }
+    match crate::btf::func_params(
+        Path::new(crate::btf::VMLINUX_BTF),
+        "btf_trace_sched_process_exit",
+    ) {
+        Some(n) if n < 3 => programs::EXIT_NO_GROUP_DEAD,
+        _ => programs::EXIT,
+    }
+}
 
 /// The program that carries out `kill` decisions of the cgroup hooks: `tp_btf/sys_exit` sends
 /// SIGKILL in the offender's own context before it returns to user space. Any program on
@@ -92,16 +124,29 @@ pub struct Kernel {
     pub net_attached: crate::net::Attached,
     /// File protection maps and what attached, until the file guard takes them.
     pub files: Option<crate::files::Loaded>,
+    /// The tier that enforces: `BpfLsm` when the LSM programs are attached.
+    pub tier: Tier,
+    /// What the bpf-lsm tier attached (when it enforces).
+    pub lsm: Option<crate::lsm::LsmAttached>,
+    /// Why the bpf-lsm tier is not enforcing although it was asked for.
+    pub lsm_error: Option<String>,
     /// Keeps the programs' file descriptors for the daemon's lifetime.
     _ebpf: Ebpf,
 }
 
 impl Kernel {
     /// Load the programs (reusing pinned maps), attach the trackers and pin their links.
+    ///
+    /// With `tier` [`TierChoice::BpfLsm`] or [`TierChoice::Auto`] on a kernel running BPF LSM
+    /// (`lsm_available`), the LSM programs enforce and the fallback tier's enforcement hooks
+    /// are not attached (their old pins are removed once the LSM links are in place). If
+    /// they cannot attach, `Auto` falls back (and says why in `lsm_error`), `BpfLsm` fails.
     pub fn load(
         pin_dir: &Path,
         offsets: &KernelOffsets,
         daemon_tgid: u32,
+        tier: TierChoice,
+        lsm_available: bool,
     ) -> Result<Self, KernelError> {
         let maps_dir = pin_dir.join("maps");
         let links_dir = pin_dir.join("links");
@@ -113,7 +158,10 @@ impl Kernel {
         }
         let unix_offsets = crate::net::unix_offsets();
         let (file_offsets, file_offsets_error) = crate::files::kernel::offsets();
+        let lsm_offsets =
+            crate::btf::lsm_offsets(Path::new(crate::btf::VMLINUX_BTF)).unwrap_or_default();
         let mut ebpf = EbpfLoader::new()
+            .override_global(maps::LSM_OFFSETS_GLOBAL, &lsm_offsets, true)
             .default_map_pin_directory(&maps_dir)
             .override_global(maps::OFFSETS_GLOBAL, offsets, true)
             .override_global(maps::DAEMON_TGID_GLOBAL, &daemon_tgid, true)
@@ -122,13 +170,14 @@ impl Kernel {
             .load(OBJECT)
             .map_err(KernelError::Load)?;
         let btf = Btf::from_sys_fs().map_err(KernelError::Btf)?;
-        for (tracepoint, name) in TRACKERS {
+        for (tracepoint, pin_name) in TRACKERS {
+            let name = tracker_program(pin_name);
             let err = |source| KernelError::Program { name, source };
             let prog = tracepoint_program(&mut ebpf, name)?;
             prog.load(tracepoint, &btf).map_err(err)?;
             let id = prog.attach().map_err(err)?;
             let link: FdLink = prog.take_link(id).map_err(err)?.into();
-            replace_link_pin(link, &links_dir.join(name))?;
+            replace_link_pin(link, &links_dir.join(pin_name))?;
         }
         {
             let (tracepoint, name) = KILLER;
@@ -136,26 +185,68 @@ impl Kernel {
             let prog = tracepoint_program(&mut ebpf, name)?;
             prog.load(tracepoint, &btf).map_err(err)?;
         }
-        let net_attached = crate::net::attach(
-            &mut ebpf,
-            OBJECT,
-            &links_dir,
-            &unix_offsets,
-            |link, path| {
-                replace_link_pin(link, path).map_err(|e| crate::net::NetError::PinLink {
-                    path: path.to_path_buf(),
-                    source: Box::new(e),
-                })
+        let pin = |link, path: &Path| replace_link_pin(link, path).map_err(|e| e.to_string());
+        let (lsm, lsm_error) = match tier {
+            TierChoice::Fallback => (None, None),
+            _ if !lsm_available => (
+                None,
+                (tier == TierChoice::BpfLsm)
+                    .then(|| "BPF LSM is not active on this kernel (see guard status)".to_owned()),
+            ),
+            _ if lsm_offsets.valid == 0 || file_offsets.valid == 0 => (
+                None,
+                Some("kernel BTF lacks a struct field the LSM programs read".to_owned()),
+            ),
+            _ => match crate::lsm::attach(&mut ebpf, &btf, &links_dir, pin) {
+                Ok(a) => (Some(a), None),
+                Err(e) => (None, Some(e)),
             },
-        )?;
+        };
+        if let (TierChoice::BpfLsm, Some(e)) = (tier, &lsm_error) {
+            return Err(KernelError::Lsm(e.clone()));
+        }
+        let net_attached = if let Some(lsm) = &lsm {
+            crate::net::Attached {
+                programs: guard_common::maps::lsm_programs::NET
+                    .iter()
+                    .map(|(p, _)| *p)
+                    .collect(),
+                unix_missing: None,
+                lsm: lsm.hooks.iter().any(|h| h == "socket_connect"),
+            }
+        } else {
+            crate::net::attach(
+                &mut ebpf,
+                OBJECT,
+                &links_dir,
+                &unix_offsets,
+                |link, path| {
+                    replace_link_pin(link, path).map_err(|e| crate::net::NetError::PinLink {
+                        path: path.to_path_buf(),
+                        source: Box::new(e),
+                    })
+                },
+            )?
+        };
         let net = crate::net::take_maps(&mut ebpf, &maps_dir)?;
         let files = crate::files::kernel::load(
             &mut ebpf,
             &btf,
             &links_dir,
             file_offsets_error,
-            |link, path| replace_link_pin(link, path).map_err(|e| e.to_string()),
+            lsm.as_ref(),
+            pin,
         );
+        if lsm.is_some() {
+            crate::lsm::remove_fallback_pins(&links_dir);
+        } else {
+            crate::lsm::detach(&links_dir);
+        }
+        let tier = if lsm.is_some() {
+            Tier::BpfLsm
+        } else {
+            Tier::Fallback
+        };
         Ok(Self {
             pin_dir: pin_dir.to_path_buf(),
             tags: take_map(&mut ebpf, maps::TAGS)?,
@@ -167,6 +258,9 @@ impl Kernel {
             net: Some(net),
             net_attached,
             files,
+            tier,
+            lsm,
+            lsm_error,
             _ebpf: ebpf,
         })
     }
@@ -182,7 +276,9 @@ impl Kernel {
 
     /// Attach (`on`) or detach the kill program. Attach before installing rules that kill;
     /// detach only after the last such rule is gone.
+    /// The bpf-lsm tier kills from its own programs and never needs it.
     pub fn set_killer(&mut self, on: bool) -> Result<(), KernelError> {
+        let on = on && self.tier == Tier::Fallback;
         let (_, name) = KILLER;
         let pin = self.pin_dir.join("links").join(name);
         if on == pin.exists() {

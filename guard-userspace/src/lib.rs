@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod events;
 pub mod files;
 pub mod kernel;
+pub mod lsm;
 pub mod metrics;
 pub mod net;
 pub mod paths;

@@ -64,6 +64,11 @@ enum Cmd {
         /// Remove every pinned program, link and map, which stops enforcement, and exit.
         #[arg(long)]
         uninstall: bool,
+        /// Enforcement tier: `auto` uses BPF LSM where the kernel runs it (falling back, with
+        /// the reason in `guard status`, if its programs cannot attach); `bpf-lsm` refuses to
+        /// start without it; `fallback` never uses it.
+        #[arg(long, value_enum, default_value_t = guard::kernel::TierChoice::Auto, env = "GUARD_TIER")]
+        tier: guard::kernel::TierChoice,
     },
     /// Start CMD as a tagged agent root. Refuses to start it when the daemon is not enforcing.
     Run {
@@ -175,6 +180,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             log_max_bytes,
             log_files,
             metrics_addr,
+            tier,
             uninstall,
         } => {
             if uninstall {
@@ -204,6 +210,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     files: log_files,
                 },
                 metrics_addr,
+                tier,
             }))?;
             Ok(ExitCode::SUCCESS)
         }

@@ -36,6 +36,22 @@ pub fn under_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
 
+/// The tier the daemon must enforce with, when the environment says (`GUARD_EXPECT_TIER`,
+/// set by the VM harness: `bpf-lsm` or `fallback`). On the development machine BPF LSM
+/// programs are refused, so the daemon's tier there is `fallback`.
+pub fn expected_tier() -> String {
+    std::env::var("GUARD_EXPECT_TIER")
+        .ok()
+        .filter(|t| t == "bpf-lsm" || t == "fallback")
+        .unwrap_or_else(|| "fallback".into())
+}
+
+/// Whether the tests run against the bpf-lsm tier (the LSM programs refuse operations in
+/// the kernel: denials replace the fallback tier's kill-on-detect).
+pub fn lsm_tier() -> bool {
+    expected_tier() == "bpf-lsm"
+}
+
 /// The `guard` binary under test: `$GUARD_BIN`, else the workspace's debug build.
 pub fn guard_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("GUARD_BIN") {
@@ -211,6 +227,21 @@ impl Daemon {
         serde_json::from_slice::<Value>(&out.stdout)
             .ok()
             .filter(|v| v.get("daemon_pid").is_some())
+    }
+
+    /// The tier the daemon enforces with; asserts it is the one this run expects.
+    pub fn assert_tier(&self) -> String {
+        let status = wait_for("guard status", Duration::from_secs(30), || {
+            self.status_json()
+        });
+        let tier = status["tier"].as_str().unwrap_or_default().to_owned();
+        assert_eq!(
+            tier,
+            expected_tier(),
+            "the daemon enforces with the wrong tier: {}",
+            status["tier_error"]
+        );
+        tier
     }
 
     /// `guard ps -o json` processes.

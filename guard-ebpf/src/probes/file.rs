@@ -26,8 +26,8 @@ use guard_common::{
     ProcKey, Tag,
     event::{EventHeader, EventKind},
     file::{
-        DevKey, FileEvent, FileKey, FileRule, NAME_LEN, TARGET_LEN, access, change_access, counter,
-        kernel_dev, outcome, path_arg,
+        DevKey, FileEvent, FileKey, FileRule, NAME_LEN, TARGET_LEN, access, action, change_access,
+        counter, kernel_dev, lsm_hook, outcome, path_arg,
     },
     offsets::FileOffsets,
 };
@@ -93,13 +93,13 @@ fn current_tgid() -> u32 {
 }
 
 #[inline(always)]
-fn read<T>(base: *const u8, off: u32) -> Result<T, i32> {
+pub(super) fn read<T>(base: *const u8, off: u32) -> Result<T, i32> {
     // SAFETY: bpf_probe_read_kernel validates the address.
     unsafe { bpf_probe_read_kernel(base.wrapping_add(off as usize) as *const T) }
 }
 
 /// The protected object a change matched.
-struct Hit {
+pub(super) struct Hit {
     rule: FileRule,
     root_ino: u64,
     depth: u32,
@@ -153,34 +153,82 @@ fn try_changed(inode: *const u8) -> Result<(), i32> {
         count_file(counter::AUDITED);
         outcome::ALLOWED
     };
+    emit_change(&Change {
+        tgid,
+        tag: &tag,
+        inode,
+        entry: core::ptr::null(),
+        dev,
+        ino,
+        hit: &hit,
+        access,
+        outcome: result,
+        hook: lsm_hook::NONE,
+        syscall,
+        regs,
+    });
+    Ok(())
+}
+
+/// A decision on a protected object, for its event.
+pub(super) struct Change<'a> {
+    pub tgid: u32,
+    pub tag: &'a Tag,
+    /// The inode the rule matched.
+    pub inode: *const u8,
+    /// The dentry of the entry operated on, when the hook names one (may be negative: a
+    /// new entry); else the inode's first dentry is named.
+    pub entry: *const u8,
+    pub dev: u32,
+    pub ino: u64,
+    pub hit: &'a Hit,
+    pub access: u32,
+    pub outcome: u32,
+    pub hook: u32,
+    pub syscall: i64,
+    pub regs: Option<*const u8>,
+}
+
+/// Record a decision on a protected object.
+#[inline(always)]
+pub(super) fn emit_change(c: &Change<'_>) {
+    let o = file_offsets();
     let Some(mut entry) = FILE_EVENTS.reserve::<FileEvent>(0) else {
         count_file(counter::EVENTS_DROPPED);
-        return Ok(());
+        return;
     };
     let ev = entry.as_mut_ptr();
     // SAFETY: `ev` points to a reserved record of FileEvent's size; every field is written
     // before submit (the string buffers are zeroed, then filled by the helpers, which bound
     // their writes by the sizes given).
     unsafe {
-        header(ev, EventKind::FileChange, tgid, &tag);
-        (*ev).dev = dev;
-        (*ev).outcome = result;
-        (*ev).ino = ino;
-        (*ev).root_ino = hit.root_ino;
-        (*ev).rule_id = hit.rule.rule_id;
-        (*ev).access = access;
-        (*ev).action = hit.rule.action;
-        (*ev).syscall = syscall as i32;
-        (*ev).depth = hit.depth;
+        header(ev, EventKind::FileChange, c.tgid, c.tag);
+        (*ev).dev = c.dev;
+        (*ev).outcome = c.outcome;
+        (*ev).ino = c.ino;
+        (*ev).root_ino = c.hit.root_ino;
+        (*ev).rule_id = c.hit.rule.rule_id;
+        (*ev).access = c.access;
+        (*ev).action = c.hit.rule.action;
+        (*ev).syscall = c.syscall as i32;
+        (*ev).depth = c.hit.depth;
         (*ev).major = 0;
         (*ev).minor = 0;
-        (*ev).mode = u32::from(read::<u16>(inode, o.inode_mode).unwrap_or(0));
+        (*ev).mode = u32::from(read::<u16>(c.inode, o.inode_mode).unwrap_or(0));
+        (*ev).hook = c.hook;
+        (*ev)._pad = 0;
         (*ev).name = [0; NAME_LEN];
         (*ev).target = [0; TARGET_LEN];
-        if let Ok(first) = read::<*const u8>(inode, o.inode_dentry)
-            && !first.is_null()
-            && let Ok(name) =
-                read::<*const u8>(first.wrapping_sub(o.dentry_alias as usize), o.dentry_name)
+        let dentry = if c.entry.is_null() {
+            match read::<*const u8>(c.inode, o.inode_dentry) {
+                Ok(first) if !first.is_null() => first.wrapping_sub(o.dentry_alias as usize),
+                _ => core::ptr::null(),
+            }
+        } else {
+            c.entry
+        };
+        if !dentry.is_null()
+            && let Ok(name) = read::<*const u8>(dentry, o.dentry_name)
         {
             generated::bpf_probe_read_kernel_str(
                 (*ev).name.as_mut_ptr().cast(),
@@ -188,7 +236,7 @@ fn try_changed(inode: *const u8) -> Result<(), i32> {
                 name.cast(),
             );
         }
-        if let (Some(arg), Some(regs)) = (path_arg(syscall), regs) {
+        if let (Some(arg), Some(regs)) = (path_arg(c.syscall), c.regs) {
             let off = if arg == 0 { o.regs_arg0 } else { o.regs_arg1 };
             if let Ok(ptr) = read::<u64>(regs, off) {
                 generated::bpf_probe_read_user_str(
@@ -200,13 +248,103 @@ fn try_changed(inode: *const u8) -> Result<(), i32> {
         }
     }
     entry.submit(0);
-    Ok(())
+}
+
+/// A BPF LSM decision (probes/lsm.rs) on an operation of the current process on `inode`
+/// (`entry`: the dentry operated on, if any) needing access `want`: 0 to allow, `-EPERM` to
+/// refuse. Untagged processes cost one map lookup. Internal errors allow and are counted.
+#[inline(always)]
+pub(super) fn lsm_decide(inode: *const u8, entry: *const u8, want: u32, hook: u32) -> i32 {
+    let tgid = current_tgid();
+    let Some(tag) = TAGS.get_ptr(tgid) else {
+        return 0;
+    };
+    if tgid == daemon_tgid() || inode.is_null() {
+        return 0;
+    }
+    // SAFETY: map value pointer from a successful lookup.
+    let tag = unsafe { *tag };
+    match try_lsm_decide(tgid, &tag, inode, entry, want, hook) {
+        Ok(v) => v,
+        Err(_) => {
+            count_file(counter::ERRORS);
+            0
+        }
+    }
+}
+
+const EPERM: i32 = 1;
+
+#[inline(always)]
+fn try_lsm_decide(
+    tgid: u32,
+    tag: &Tag,
+    inode: *const u8,
+    entry: *const u8,
+    want: u32,
+    hook: u32,
+) -> Result<i32, i32> {
+    let o = file_offsets();
+    if o.valid == 0 {
+        return Err(-1);
+    }
+    let sb: *const u8 = read(inode, o.inode_sb)?;
+    let dev: u32 = read(sb, o.sb_dev)?;
+    let ino: u64 = read(inode, o.inode_ino)?;
+    let Some(hit) = lookup(inode, dev, ino, &o)? else {
+        return Ok(0);
+    };
+    let enforce = hit.rule.enforce & want;
+    let audit = hit.rule.audit & want;
+    if enforce == 0 && audit == 0 {
+        return Ok(0);
+    }
+    let (verdict, result, access) = if enforce != 0 {
+        if hit.rule.action == action::KILL || hit.rule.action == action::KILL_TREE {
+            // SAFETY: helper without memory arguments; signals the current process, which
+            // is refused the operation as well.
+            if unsafe { generated::bpf_send_signal(SIGKILL) } == 0 {
+                count_file(counter::KILLS);
+                (-EPERM, outcome::KILLED, enforce)
+            } else {
+                count_file(counter::KILL_FAILED);
+                (-EPERM, outcome::KILL_FAILED, enforce)
+            }
+        } else {
+            count_file(counter::LSM_DENIED);
+            (-EPERM, outcome::DENIED, enforce)
+        }
+    } else {
+        count_file(counter::AUDITED);
+        (0, outcome::ALLOWED, audit)
+    };
+    let (syscall, regs) = current_syscall(&o);
+    emit_change(&Change {
+        tgid,
+        tag,
+        inode,
+        entry,
+        dev,
+        ino,
+        hit: &hit,
+        access,
+        outcome: result,
+        hook,
+        syscall,
+        regs,
+    });
+    Ok(verdict)
 }
 
 /// The protected object `inode` is, or lies under: its volume, itself, or an ancestor
 /// directory of one of its dentries.
 #[inline(always)]
-fn lookup(inode: *const u8, dev: u32, ino: u64, o: &FileOffsets) -> Result<Option<Hit>, i32> {
+pub(super) fn lookup(
+    inode: *const u8,
+    dev: u32,
+    ino: u64,
+    o: &FileOffsets,
+) -> Result<Option<Hit>, i32> {
     if let Some(rule) = FILE_OBJECTS.get_ptr(&FileKey::new(dev, 0)) {
         // SAFETY: map value pointer from a successful lookup.
         let rule = unsafe { *rule };
@@ -354,6 +492,8 @@ fn try_device(ctx: &DeviceContext) -> Result<i32, i32> {
             (*ev).major = major;
             (*ev).minor = minor;
             (*ev).mode = 0;
+            (*ev).hook = lsm_hook::NONE;
+            (*ev)._pad = 0;
             (*ev).name = [0; NAME_LEN];
             (*ev).target = [0; TARGET_LEN];
         }

@@ -44,8 +44,8 @@ use crate::{
 };
 
 /// sock_addr verdicts.
-const ALLOW: i32 = 1;
-const DENY: i32 = 0;
+pub(super) const ALLOW: i32 = 1;
+pub(super) const DENY: i32 = 0;
 const SIGKILL: u32 = 9;
 const BPF_NOEXIST: u64 = 1;
 const EEXIST: i32 = 17;
@@ -117,11 +117,20 @@ fn current_tgid() -> u32 {
 }
 
 /// Where a tagged process is connecting or sending to.
-struct Dest {
-    family: u32,
-    addr: [u8; 16],
-    port: u16,
-    class: u32,
+pub(super) struct Dest {
+    pub family: u32,
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub class: u32,
+}
+
+/// How a `kill` decision is carried out.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kill {
+    /// A cgroup program cannot signal: the sys_exit program kills at the syscall's exit.
+    Pending,
+    /// A BPF LSM program runs in the offender's context and signals it right away.
+    Now,
 }
 
 #[inline(always)]
@@ -176,7 +185,7 @@ fn try_inet(ctx: &SockAddrContext, hook: u32) -> Result<i32, i32> {
     let Some(set) = set else {
         return Ok(ALLOW);
     };
-    Ok(decide(tgid, &tag, set, &dest, hook, None))
+    Ok(decide(tgid, &tag, set, &dest, hook, None, Kill::Pending))
 }
 
 #[inline(always)]
@@ -253,7 +262,15 @@ fn try_unix(ctx: &SockAddrContext, hook: u32) -> Result<i32, i32> {
     };
     // SAFETY: map value pointer from a successful lookup.
     let set = unsafe { &*set };
-    Ok(decide(tgid, &tag, set, &dest, hook, Some(&key)))
+    Ok(decide(
+        tgid,
+        &tag,
+        set,
+        &dest,
+        hook,
+        Some(&key),
+        Kill::Pending,
+    ))
 }
 
 /// The `bpf_sock_addr` fields the programs read. Each read is one 4-byte load, the only
@@ -306,13 +323,14 @@ fn first_match(set: &RuleSet, dest: &Dest, check_ports: bool) -> Option<NetRule>
 
 /// Apply the matching rule, record the decision and return the verdict.
 #[inline(always)]
-fn decide(
+pub(super) fn decide(
     tgid: u32,
     tag: &Tag,
     set: &RuleSet,
     dest: &Dest,
     hook: u32,
     unix: Option<&UnixKey>,
+    kill: Kill,
 ) -> i32 {
     let Some(rule) = first_match(set, dest, unix.is_none()) else {
         return ALLOW;
@@ -320,6 +338,16 @@ fn decide(
     let outcome = if !rule.blocks() {
         count(Counter::NetAudited);
         result::ALLOWED
+    } else if rule.kills() && kill == Kill::Now {
+        count(Counter::NetDenied);
+        // SAFETY: helper without memory arguments; signals the current process.
+        if unsafe { generated::bpf_send_signal(SIGKILL) } == 0 {
+            count(Counter::NetKillsSent);
+            result::KILLED
+        } else {
+            count(Counter::NetKillFailed);
+            result::KILL_FAILED
+        }
     } else if rule.kills() {
         count(Counter::NetDenied);
         if schedule_kill(tgid, tag, rule.rule_id) {

@@ -69,6 +69,32 @@ pub fn guard_exit(ctx: BtfTracePointContext) -> i32 {
     }
 }
 
+/// `sched_process_exit(p)` on kernels before 6.16, which pass no `group_dead`: the thread
+/// group is dead once `signal->live`, decremented earlier in `do_exit`, has reached zero.
+#[btf_tracepoint(function = "sched_process_exit")]
+pub fn guard_exit_compat(_ctx: BtfTracePointContext) -> i32 {
+    let o = offsets();
+    if o.valid == 0 {
+        count(Counter::ProbeErrors);
+        return 0;
+    }
+    match Task::current().live_threads(&o) {
+        Ok(0) => {}
+        Ok(_) => return 0,
+        Err(_) => {
+            count(Counter::ProbeErrors);
+            return 0;
+        }
+    }
+    match try_exit() {
+        Ok(()) => 0,
+        Err(_) => {
+            count(Counter::ProbeErrors);
+            0
+        }
+    }
+}
+
 #[inline(always)]
 fn current_tgid() -> u32 {
     (bpf_get_current_pid_tgid() >> 32) as u32

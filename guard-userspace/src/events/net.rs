@@ -151,6 +151,8 @@ pub fn details(ev: &NetEvent, labels: &dyn NetLabels) -> NetDetails {
             hook::SENDMSG4 => "sendmsg4",
             hook::SENDMSG6 => "sendmsg6",
             hook::CONNECT_UNIX => "connect_unix",
+            hook::LSM_CONNECT => "lsm_socket_connect",
+            hook::LSM_SENDMSG => "lsm_socket_sendmsg",
             _ => "sendmsg_unix",
         },
     }

@@ -182,7 +182,9 @@ impl Engine {
     ) -> Arc<Self> {
         let infos: Vec<RuleInfo> = rules.iter().map(RuleInfo::new).collect();
         let mut state = vec![RuleState::default(); infos.len()];
-        let group = if infos.iter().any(|r| r.perm_mask() != 0) {
+        // On the bpf-lsm tier the LSM programs decide every access in the kernel: no
+        // permission events (the tracking group still keeps identities current).
+        let group = if !shared.lsm && infos.iter().any(|r| r.perm_mask() != 0) {
             match Group::permission() {
                 Ok(g) => Some(Arc::new(g)),
                 Err(e) => {
@@ -535,11 +537,13 @@ impl Engine {
                         _ => FileKey::new(o.dev, o.ino),
                     };
                     names.entry(key).or_insert_with(|| o.path.clone());
-                    if modify != 0 {
+                    // Every access: the LSM programs decide reads and execs too (the
+                    // fallback tier's change detectors only act on write and delete bits).
+                    if rule.access != 0 {
                         objects
                             .entry(key)
                             .or_default()
-                            .merge(&rule.kernel_rule(modify));
+                            .merge(&rule.kernel_rule(rule.access));
                     }
                 }
                 let mut dev_bits = 0;

@@ -45,6 +45,10 @@ pub struct Attached {
     /// The block-device program is attached to the cgroup v2 root.
     pub device: bool,
     pub device_error: Option<String>,
+    /// The bpf-lsm tier's file hooks, when it enforces (then there are no detectors and no
+    /// fanotify permission events: the LSM programs refuse every access in the kernel).
+    #[serde(default)]
+    pub lsm: Vec<String>,
 }
 
 impl Attached {
@@ -52,6 +56,11 @@ impl Attached {
     /// tmpfs) and for the others are all attached.
     pub fn detects(&self) -> bool {
         self.detectors.len() == file_programs::TRACEPOINTS.len()
+    }
+
+    /// The bpf-lsm tier's file hooks enforce.
+    pub fn lsm(&self) -> bool {
+        !self.lsm.is_empty()
     }
 }
 
@@ -164,7 +173,7 @@ fn replace_pin(link: &std::os::fd::OwnedFd, path: &Path) -> std::io::Result<()> 
 }
 
 /// A program error with the verifier's log, if there is one.
-fn verifier_text(e: &ProgramError) -> String {
+pub(crate) fn verifier_text(e: &ProgramError) -> String {
     match e {
         ProgramError::LoadError {
             io_error,
@@ -267,9 +276,30 @@ pub fn load(
     btf: &Btf,
     links_dir: &Path,
     offsets_error: Option<String>,
+    lsm: Option<&crate::lsm::LsmAttached>,
     pin: impl Fn(FdLink, &Path) -> Result<(), String>,
 ) -> Option<super::Loaded> {
-    let mut attached = attach(ebpf, btf, links_dir, pin);
+    let mut attached = match lsm {
+        Some(lsm) => {
+            let mut a = Attached::default();
+            match attach_device(ebpf, links_dir) {
+                Ok(()) => a.device = true,
+                Err(e) => a.device_error = Some(e),
+            }
+            let net: Vec<&str> = guard_common::maps::lsm_programs::NET
+                .iter()
+                .map(|(_, h)| *h)
+                .collect();
+            a.lsm = lsm
+                .hooks
+                .iter()
+                .filter(|h| !net.contains(&h.as_str()))
+                .cloned()
+                .collect();
+            a
+        }
+        None => attach(ebpf, btf, links_dir, pin),
+    };
     if let Some(e) = offsets_error {
         attached.detect_error = Some(format!("kernel BTF: {e}"));
         attached.detectors.clear();

@@ -122,6 +122,8 @@ pub struct Shared {
     pub names: Mutex<AgentNames>,
     /// The daemon's event pipeline, once it runs; until then lines go to the log directly.
     pub sink: Mutex<Option<EventSink>>,
+    /// The bpf-lsm tier's file hooks enforce (no fanotify permission events then).
+    pub lsm: bool,
 }
 
 /// The running file protection.
@@ -169,6 +171,7 @@ impl FileGuard {
             catalog: Mutex::new(Catalog::default()),
             names: Mutex::new(names),
             sink: Mutex::new(None),
+            lsm: attached.lsm(),
         });
         let mut threads = Vec::new();
         if let Some(ring) = ring {
@@ -334,7 +337,7 @@ fn reporter(shared: &Shared, rx: Receiver<Report>, mut log: Log, stop: &AtomicBo
         };
         // Kernel decisions; fanotify decisions kill the tree before they answer.
         if d.action == Action::KillTree
-            && matches!(d.hook, Hook::Change | Hook::Device)
+            && matches!(d.hook, Hook::Change | Hook::Device | Hook::Lsm(_))
             && matches!(d.outcome, Outcome::Killed | Outcome::Denied)
         {
             let n = report::kill_tree(&shared.tags, d.tag.root);
@@ -392,6 +395,8 @@ fn kernel_decision(shared: &Shared, kind: EventKind, ev: &FileEvent) -> Decision
     Decision {
         hook: if kind == EventKind::FileDevice {
             Hook::Device
+        } else if ev.hook != guard_common::file::lsm_hook::NONE {
+            Hook::Lsm(ev.hook)
         } else {
             Hook::Change
         },

@@ -40,6 +40,8 @@ pub enum Hook {
     Change,
     /// The cgroup device program: a raw block device open.
     Device,
+    /// A BPF LSM program (`guard_common::file::lsm_hook`): refused before it happened.
+    Lsm(u32),
 }
 
 impl Hook {
@@ -51,6 +53,7 @@ impl Hook {
             Self::FanotifyExec => "fanotify_open_exec_perm",
             Self::Change => "ctime_change",
             Self::Device => "cgroup_device",
+            Self::Lsm(h) => guard_common::file::lsm_hook::name(h),
         }
     }
 }
@@ -114,6 +117,7 @@ impl Decision {
     pub fn to_decoded(&self) -> Decoded {
         let kind = match self.hook {
             Hook::Change => EventKind::FileChange,
+            Hook::Lsm(h) if h != guard_common::file::lsm_hook::FILE_OPEN => EventKind::FileChange,
             Hook::Device => EventKind::FileDevice,
             _ => EventKind::FileOpen,
         };
@@ -153,6 +157,7 @@ impl Decision {
     pub fn operation(&self) -> String {
         match self.hook {
             Hook::Change => operation(self.syscall).to_owned(),
+            Hook::Lsm(h) => lsm_operation(h, self.access),
             _ => names(self.access).join(","),
         }
     }
@@ -167,6 +172,11 @@ impl Decision {
                 self.target.as_deref().unwrap_or(&self.path)
             ),
             Hook::Device => format!("open of block device {} for {access}", self.path),
+            Hook::Lsm(h) if h != guard_common::file::lsm_hook::FILE_OPEN => format!(
+                "{} of {}",
+                lsm_operation(h, self.access),
+                self.target.as_deref().unwrap_or(&self.path)
+            ),
             _ => format!("open of {} for {access}", self.path),
         };
         let verdict = match (self.outcome, self.hook) {
@@ -182,6 +192,21 @@ impl Decision {
             ""
         };
         format!("guard: {what} {verdict}{tree} by rule {}\n", self.rule)
+    }
+}
+
+/// The operation an LSM hook refused or recorded.
+fn lsm_operation(hook: u32, access: u32) -> String {
+    use guard_common::file::lsm_hook as h;
+    match hook {
+        h::PATH_UNLINK | h::PATH_RMDIR => "delete".into(),
+        h::PATH_RENAME => "rename".into(),
+        h::PATH_TRUNCATE | h::FILE_TRUNCATE => "truncate".into(),
+        h::PATH_LINK => "link".into(),
+        h::PATH_MKNOD | h::PATH_MKDIR | h::PATH_SYMLINK => "create".into(),
+        h::PATH_CHMOD => "chmod".into(),
+        h::PATH_CHOWN => "chown".into(),
+        _ => names(access).join(","),
     }
 }
 

@@ -84,21 +84,46 @@ pub fn rule_status(
         via: via.to_owned(),
     };
     let mut own = Vec::new();
-    if rule.access & access::READ != 0 {
+    if attached.lsm() {
+        let via = |hooks: &str| {
+            format!("BPF LSM {hooks} (in the kernel: EPERM before the operation, daemon or not)")
+        };
+        if rule.access & access::READ != 0 {
+            own.push(layer("read", ENFORCED, &via("file_open")));
+        }
+        if rule.access & access::EXEC != 0 {
+            own.push(layer("exec", ENFORCED, &via("file_open")));
+        }
+        if rule.access & access::WRITE != 0 {
+            own.push(layer(
+                "write: open for writing or O_TRUNC, truncate, chmod/chown, create, link",
+                ENFORCED,
+                &via("file_open, path_truncate/file_truncate, path_chmod, path_chown, path_mknod, path_mkdir, path_symlink, path_link, path_rename"),
+            ));
+        }
+        if rule.access & access::DELETE != 0 {
+            own.push(layer(
+                "delete: unlink, rmdir, rename away",
+                ENFORCED,
+                &via("path_unlink, path_rmdir, path_rename"),
+            ));
+        }
+    }
+    if !attached.lsm() && rule.access & access::READ != 0 {
         own.push(layer(
             "read",
             fan,
             "fanotify FAN_OPEN_PERM/FAN_ACCESS_PERM answered FAN_DENY (EPERM) by the daemon",
         ));
     }
-    if rule.access & access::EXEC != 0 {
+    if !attached.lsm() && rule.access & access::EXEC != 0 {
         own.push(layer(
             "exec",
             fan,
             "fanotify FAN_OPEN_EXEC_PERM answered FAN_DENY (EPERM) by the daemon",
         ));
     }
-    if rule.access & access::WRITE != 0 {
+    if !attached.lsm() && rule.access & access::WRITE != 0 {
         own.push(layer(
             "write: open for writing or with O_TRUNC",
             fan,
@@ -110,7 +135,7 @@ pub fn rule_status(
             "ctime tracepoints (pinned); SIGKILL before the system call returns (that object is changed)",
         ));
     }
-    if rule.access & access::DELETE != 0 {
+    if !attached.lsm() && rule.access & access::DELETE != 0 {
         own.push(layer(
             "delete: unlink, rmdir, rename away",
             detect,

@@ -82,7 +82,7 @@ struct RuleMaps {
 pub struct NetHandle {
     state: Arc<Mutex<State>>,
     tags: Arc<HashMap<MapData, u32, Tag>>,
-    resolver: Arc<TokioResolver>,
+    resolver: Arc<Result<TokioResolver, String>>,
     wake: Arc<Notify>,
 }
 
@@ -97,7 +97,12 @@ impl NetHandle {
         policy: &CompiledPolicy,
         config: &NetConfig,
     ) -> Result<Self, NetError> {
-        let resolver = dns::resolver(config.dns_server)?;
+        // A host without /etc/resolv.conf still enforces address and unix rules; host rules
+        // then stay unresolved, with the reason, until the daemon is restarted with a resolver.
+        let resolver = dns::resolver(config.dns_server).map_err(|e| {
+            warn!(error = %e, "no DNS resolver: endpoint host rules cannot be resolved");
+            e.to_string()
+        });
         let NetMaps {
             net4,
             net6,
@@ -162,7 +167,13 @@ impl NetHandle {
         for (rule, host) in pairs {
             let resolver = self.resolver.clone();
             set.spawn(async move {
-                let r = dns::resolve(&resolver, &host).await;
+                let r = match &*resolver {
+                    Ok(resolver) => dns::resolve(resolver, &host).await,
+                    Err(reason) => Err(dns::DnsError::NoResolver {
+                        host: host.clone(),
+                        reason: reason.clone(),
+                    }),
+                };
                 ((rule, host), r)
             });
         }

@@ -42,6 +42,8 @@ pub enum DnsError {
         #[source]
         source: hickory_resolver::ResolveError,
     },
+    #[error("resolving {host}: no resolver ({reason})")]
+    NoResolver { host: String, reason: String },
     #[error("resolving {host}: no A or AAAA records")]
     Empty { host: String },
 }

@@ -105,6 +105,8 @@ pub struct Attached {
     pub programs: Vec<&'static str>,
     /// Why the unix programs are not attached, if they are not.
     pub unix_missing: Option<String>,
+    /// The programs are the bpf-lsm tier's `socket_connect`/`socket_sendmsg`.
+    pub lsm: bool,
 }
 
 /// The IP hooks and their aya programs.

@@ -261,6 +261,7 @@ pub fn setup() -> Setup {
     let audited = home.path().join(".netrc");
     fs::write(&audited, "machine x login y password audited-secret").unwrap();
     let daemon = Daemon::start_with_policy(&policy(&vol, &cred, &missing, &audited));
+    daemon.assert_tier();
     Setup {
         vol,
         home,

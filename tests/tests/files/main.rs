@@ -5,9 +5,16 @@
 //! policy, so it is tagged at exec by the kernel, without `guard run`'s mount namespace) and
 //! as untagged processes. Every check compares the data byte for byte before and after.
 //!
-//! What each tier guarantees, and what these tests assert:
-//! - opens for writing or truncation, and reads of credentials: refused with EPERM (fanotify);
-//!   nothing changes.
+//! What each tier guarantees, and what these tests assert (the daemon's tier is checked
+//! against the run's: `fallback` here, `bpf-lsm` or `fallback` in the VM matrix):
+//! - bpf-lsm: every access — opens, unlink, rmdir, rename, truncate, create, link, chmod —
+//!   is refused with EPERM by an LSM program before it happens; nothing changes, nothing dies
+//!   (unless the rule's action is kill). The reason line is written by the daemon after the
+//!   fact: a process that has already exited does not see it, so it is checked on the
+//!   fallback tier (where the daemon answers before the open returns) and the event is
+//!   checked on both.
+//! - fallback: opens for writing or truncation, and reads of credentials: refused with EPERM
+//!   (fanotify); nothing changes.
 //! - unlink, rmdir, rename and truncate(2): kill-on-detect; the offender dies with SIGKILL
 //!   inside the system call that changed the first object, so exactly one object is changed.
 //! - raw block device writes: refused (cgroup device program).
@@ -25,7 +32,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use guard_tests::{Daemon, wait_for};
+use guard_tests::{Daemon, lsm_tier, wait_for};
 use harness::*;
 use serde_json::Value;
 
@@ -77,7 +84,8 @@ fn opens_for_writing_are_denied_and_the_data_stays_intact() {
         let err = text(&out.stderr);
         assert!(!out.status.success(), "{label}: succeeded\n{err}");
         assert!(
-            err.contains("guard: open of ") && err.contains("denied by rule prod-volume"),
+            lsm_tier()
+                || err.contains("guard: open of ") && err.contains("denied by rule prod-volume"),
             "{label}: no reason line on stderr:\n{err}"
         );
         assert!(err.contains("Operation not permitted"), "{label}: {err}");
@@ -96,7 +104,12 @@ fn opens_for_writing_are_denied_and_the_data_stays_intact() {
         .expect("an event names the file as resolved");
     assert_eq!(dd["object"]["operation"], "write");
     assert_eq!(dd["agent"], "test-agent");
-    assert_eq!(dd["hook"], "fanotify_open_perm");
+    let hook = if lsm_tier() {
+        "lsm_file_open"
+    } else {
+        "fanotify_open_perm"
+    };
+    assert_eq!(dd["hook"], hook);
     assert!(dd["object"]["ino"].as_u64().unwrap() > 0);
     assert!(
         dd["ancestry"].as_array().is_some_and(|a| !a.is_empty()),
@@ -152,6 +165,20 @@ fn destructive_tools_die_at_the_first_object() {
         let started = Instant::now();
         let out = s.agent.sh(&format!("{tool}; echo \"exit=$?\"; sleep 0.5"));
         let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+        if lsm_tier() {
+            // Refused before anything happens: the tool fails, nothing is lost.
+            assert!(
+                !stdout.contains("exit=0") && !stdout.contains("exit=137"),
+                "{label}: expected a plain failure\nstdout: {stdout}\nstderr: {stderr}"
+            );
+            assert!(
+                stderr.contains("Operation not permitted") || stdout.contains("err 1"),
+                "{label}: not refused with EPERM\nstdout: {stdout}\nstderr: {stderr}"
+            );
+            let lost = changed(&before, &snapshot(&mnt));
+            assert_eq!(lost, Vec::<String>::new(), "{label}: data changed");
+            continue;
+        }
         assert!(
             stdout.contains("exit=137"),
             "{label}: the tool was not killed by SIGKILL\nstdout: {stdout}\nstderr: {stderr}"
@@ -171,6 +198,27 @@ fn destructive_tools_die_at_the_first_object() {
             started.elapsed()
         );
         restore(&mnt, &before);
+    }
+    if lsm_tier() {
+        let denied = events_with(&s.daemon, "prod-volume", cases.len(), |e| {
+            e["result"] == "denied"
+        });
+        assert!(
+            denied
+                .iter()
+                .all(|e| e["hook"].as_str().unwrap().starts_with("lsm_")),
+            "{denied:?}"
+        );
+        let rm = denied
+            .iter()
+            .find(|e| e["process"]["comm"] == "rm")
+            .expect("rm's denial is recorded");
+        assert_eq!(rm["object"]["operation"], "delete");
+        assert!(
+            rm["ancestry"].as_array().is_some_and(|a| !a.is_empty()),
+            "{rm}"
+        );
+        return;
     }
     let kills = events_with(&s.daemon, "prod-volume", cases.len(), |e| {
         e["result"] == "killed"
@@ -207,6 +255,16 @@ fn renaming_the_protected_directory_kills_the_renamer_and_keeps_every_byte() {
         db.display(),
         moved.display()
     ));
+    if lsm_tier() {
+        // Refused before the rename: nothing moved.
+        assert!(text(&out.stdout).contains("exit=1"), "{out:?}");
+        assert!(!moved.exists());
+        assert_eq!(snapshot(&db), before);
+        let out = s.agent.sh(&format!("echo x > {}/PG_VERSION", db.display()));
+        assert!(!out.status.success(), "still protected");
+        assert_eq!(snapshot(&db), before);
+        return;
+    }
     assert!(text(&out.stdout).contains("exit=137"), "{out:?}");
     // The one object changed is the directory's name; its content is intact, and the
     // directory is still protected by identity under its new name.
@@ -343,12 +401,22 @@ fn credential_reads_are_denied_however_they_are_spelled() {
     assert_eq!(text(&out.stdout).trim(), format!("ok {SECRET}"));
     let denied = events_with(&s.daemon, "credentials", cases.len(), |_| true);
     assert!(denied.iter().all(|e| e["result"] == "denied"));
-    assert!(
-        denied
-            .iter()
-            .any(|e| e["object"]["path"] == format!("{home}/hard")),
-        "events name the path as the kernel resolved it: {denied:?}"
-    );
+    if lsm_tier() {
+        // The LSM program names the object by identity: the protected file, whatever name
+        // was opened.
+        let ino = std::os::unix::fs::MetadataExt::ino(&fs::metadata(&s.cred).unwrap());
+        assert!(
+            denied.iter().all(|e| e["object"]["ino"] == ino),
+            "{denied:?}"
+        );
+    } else {
+        assert!(
+            denied
+                .iter()
+                .any(|e| e["object"]["path"] == format!("{home}/hard")),
+            "events name the path as the kernel resolved it: {denied:?}"
+        );
+    }
 }
 
 #[test]
@@ -426,7 +494,12 @@ fn raw_writes_to_the_volume_device_are_denied() {
 fn status_shows_each_rule_as_the_tests_observe_it_and_new_objects_get_protected() {
     let s = setup();
     let vol = path_rule(&s.daemon, "prod-volume");
-    assert_eq!(vol["status"], "kill-on-detect", "{vol}");
+    let lsm = s.daemon.assert_tier() == "bpf-lsm";
+    assert_eq!(
+        vol["status"],
+        if lsm { "enforced" } else { "kill-on-detect" },
+        "{vol}"
+    );
     let layer = |r: &Value, covers: &str| -> String {
         r["layers"]
             .as_array()
@@ -439,8 +512,12 @@ fn status_shows_each_rule_as_the_tests_observe_it_and_new_objects_get_protected(
             .to_owned()
     };
     assert_eq!(layer(&vol, "write: open"), "enforced");
-    assert_eq!(layer(&vol, "write: truncate(2)"), "kill-on-detect");
-    assert_eq!(layer(&vol, "delete"), "kill-on-detect");
+    if lsm {
+        assert_eq!(layer(&vol, "delete"), "enforced");
+    } else {
+        assert_eq!(layer(&vol, "write: truncate(2)"), "kill-on-detect");
+        assert_eq!(layer(&vol, "delete"), "kill-on-detect");
+    }
     assert_eq!(layer(&vol, "raw block device"), "enforced");
     assert_eq!(layer(&vol, "guard run trees"), "enforced");
     assert_eq!(

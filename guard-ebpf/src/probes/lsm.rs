@@ -1,0 +1,378 @@
+//! The bpf-lsm tier: BPF LSM programs that refuse a tagged process's operation before it
+//! happens, in the kernel, whether or not the daemon runs. Loaded instead of the fallback
+//! tier's cgroup sock_addr programs, fanotify permission events and kill-on-detect
+//! tracepoints when the kernel runs BPF LSM (`lsm=…,bpf`).
+//!
+//! - Network: `socket_connect` and `socket_sendmsg` see the destination of every connect,
+//!   `sendto`/`sendmsg` with an address (UDP without connect, TCP Fast Open) and io_uring
+//!   connect, for IPv4, IPv6 (v4-mapped matched as IPv4) and unix sockets alike, and decide
+//!   with the same rule maps as the cgroup programs. `kill` is a SIGKILL sent right here.
+//! - Files: `file_open` (read, write, `O_TRUNC`, exec), `path_unlink`, `path_rmdir`,
+//!   `path_rename`, `path_truncate`/`file_truncate`, `path_link`, `path_mknod` (which
+//!   `open(O_CREAT)` goes through), `path_mkdir`, `path_symlink`, `path_chmod` and
+//!   `path_chown` match the object by identity (device + inode, its ancestors, its volume),
+//!   as the kill-on-detect programs do, and refuse with EPERM: nothing is lost.
+//!
+//! Struct fields are read at offsets from the running kernel's BTF (`LsmOffsets`,
+//! `FileOffsets`), so one build runs on 6.1, 6.12 and 6.18. Untagged processes cost one map
+//! lookup; internal errors allow and are counted.
+
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid, macros::lsm, maps::lpm_trie::Key, programs::LsmContext,
+};
+use guard_common::{
+    file::{access, lsm_hook},
+    net::{
+        AF_INET, AF_INET6, AF_UNIX, Ip4Data, Ip6Data, UNIX_PATH_LEN, UnixKey, hook, proto_class,
+        v4_mapped,
+    },
+};
+
+use super::{
+    file::{lsm_decide, read},
+    net::{ALLOW, Dest, Kill, decide},
+};
+use crate::maps::{NET_UNIX, NET4, NET6, TAGS, count, daemon_tgid, file_offsets, lsm_offsets};
+use guard_common::event::Counter;
+
+const EPERM: i32 = 1;
+const FMODE_READ: u32 = 0x1;
+const FMODE_WRITE: u32 = 0x2;
+const FMODE_EXEC: u32 = 0x20;
+const O_TRUNC: u32 = 0o1000;
+
+// --- Network.
+
+/// `socket_connect(struct socket *sock, struct sockaddr *address, int addrlen)`.
+#[lsm(hook = "socket_connect")]
+pub fn guard_lsm_socket_connect(ctx: LsmContext) -> i32 {
+    let sock: *const u8 = ctx.arg(0);
+    let addr: *const u8 = ctx.arg(1);
+    let len: i32 = ctx.arg(2);
+    net_verdict(try_net(sock, addr, len, hook::LSM_CONNECT))
+}
+
+/// `socket_sendmsg(struct socket *sock, struct msghdr *msg, int size)`: only a message with
+/// a destination address is decided (a connected socket's was decided at connect).
+#[lsm(hook = "socket_sendmsg")]
+pub fn guard_lsm_socket_sendmsg(ctx: LsmContext) -> i32 {
+    let sock: *const u8 = ctx.arg(0);
+    let msg: *const u8 = ctx.arg(1);
+    let tgid = current_tgid();
+    if TAGS.get_ptr(tgid).is_none() {
+        return 0;
+    }
+    let lo = lsm_offsets();
+    if lo.valid == 0 {
+        return net_verdict(Err(-1));
+    }
+    let Ok(name) = read::<*const u8>(msg, lo.msghdr_name) else {
+        return net_verdict(Err(-1));
+    };
+    if name.is_null() {
+        return 0;
+    }
+    let Ok(len) = read::<i32>(msg, lo.msghdr_namelen) else {
+        return net_verdict(Err(-1));
+    };
+    net_verdict(try_net(sock, name, len, hook::LSM_SENDMSG))
+}
+
+#[inline(always)]
+fn current_tgid() -> u32 {
+    (bpf_get_current_pid_tgid() >> 32) as u32
+}
+
+#[inline(always)]
+fn net_verdict(r: Result<i32, i32>) -> i32 {
+    match r {
+        Ok(v) if v == ALLOW => 0,
+        Ok(_) => -EPERM,
+        Err(_) => {
+            count(Counter::NetFailOpen);
+            0
+        }
+    }
+}
+
+#[inline(always)]
+fn try_net(sock: *const u8, addr: *const u8, len: i32, hook: u32) -> Result<i32, i32> {
+    let tgid = current_tgid();
+    let Some(tag) = TAGS.get_ptr(tgid) else {
+        return Ok(ALLOW);
+    };
+    if tgid == daemon_tgid() || addr.is_null() {
+        return Ok(ALLOW);
+    }
+    // SAFETY: map value pointer from a successful lookup.
+    let tag = unsafe { *tag };
+    let lo = lsm_offsets();
+    if lo.valid == 0 {
+        return Err(-1);
+    }
+    let len = if len < 0 { 0 } else { len as u32 };
+    let family = u32::from(read::<u16>(addr, 0)?);
+    let sock_type: i16 = read(sock, lo.socket_type)?;
+    let sk: *const u8 = read(sock, lo.socket_sk)?;
+    let protocol = if sk.is_null() {
+        0
+    } else {
+        u32::from(read::<u16>(sk, lo.sock_protocol)?)
+    };
+    let mut dest = Dest {
+        family: AF_INET,
+        addr: [0; 16],
+        port: 0,
+        class: proto_class(sock_type as u32, protocol),
+    };
+    if family == AF_UNIX {
+        if len <= 2 {
+            return Ok(ALLOW);
+        }
+        let mut key = UnixKey::default();
+        // The address is the kernel's copy in a `sockaddr_storage` (128 bytes): the path
+        // buffer after the family always lies inside it.
+        // SAFETY: the helper checks the source address and writes exactly UNIX_PATH_LEN
+        // bytes into the key.
+        let ret = unsafe {
+            aya_ebpf::helpers::generated::bpf_probe_read_kernel(
+                key.path.as_mut_ptr().cast(),
+                UNIX_PATH_LEN as u32,
+                addr.wrapping_add(2).cast(),
+            )
+        };
+        if ret != 0 {
+            return Err(ret as i32);
+        }
+        key.normalise(len - 2);
+        #[expect(
+            clippy::needless_borrows_for_generic_args,
+            reason = "a by-value key would be one more 112-byte copy on the 512-byte stack"
+        )]
+        let Some(set) = NET_UNIX.get_ptr(&key) else {
+            return Ok(ALLOW);
+        };
+        dest.family = AF_UNIX;
+        // SAFETY: map value pointer from a successful lookup.
+        let set = unsafe { &*set };
+        return Ok(decide(tgid, &tag, set, &dest, hook, Some(&key), Kill::Now));
+    }
+    let set = if family == AF_INET {
+        if len < 8 {
+            return Ok(ALLOW);
+        }
+        dest.port = u16::from_be(read::<u16>(addr, 2)?);
+        let ip: [u8; 4] = read(addr, 4)?;
+        dest.addr = [
+            ip[0], ip[1], ip[2], ip[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        ];
+        NET4.get(Key::new(32, Ip4Data { addr: ip }))
+    } else if family == AF_INET6 {
+        if len < 24 {
+            return Ok(ALLOW);
+        }
+        dest.port = u16::from_be(read::<u16>(addr, 2)?);
+        let ip: [u8; 16] = read(addr, 8)?;
+        match v4_mapped(&ip) {
+            Some(v4) => {
+                dest.addr = [
+                    v4[0], v4[1], v4[2], v4[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                ];
+                NET4.get(Key::new(32, Ip4Data { addr: v4 }))
+            }
+            None => {
+                dest.family = AF_INET6;
+                dest.addr = ip;
+                NET6.get(Key::new(
+                    128,
+                    Ip6Data {
+                        addr: ip,
+                        _pad: [0; 4],
+                    },
+                ))
+            }
+        }
+    } else {
+        // AF_UNSPEC (disconnect) and families no rule can name.
+        return Ok(ALLOW);
+    };
+    let Some(set) = set else {
+        return Ok(ALLOW);
+    };
+    Ok(decide(tgid, &tag, set, &dest, hook, None, Kill::Now))
+}
+
+// --- Files.
+
+/// The dentry of a `const struct path *`.
+#[inline(always)]
+fn path_dentry(path: *const u8) -> *const u8 {
+    let lo = lsm_offsets();
+    if lo.valid == 0 || path.is_null() {
+        return core::ptr::null();
+    }
+    read::<*const u8>(path, lo.path_dentry).unwrap_or(core::ptr::null())
+}
+
+/// The inode of a dentry (null for a negative dentry).
+#[inline(always)]
+fn dentry_inode(dentry: *const u8) -> *const u8 {
+    let o = file_offsets();
+    if o.valid == 0 || dentry.is_null() {
+        return core::ptr::null();
+    }
+    read::<*const u8>(dentry, o.dentry_inode).unwrap_or(core::ptr::null())
+}
+
+/// Decide on the object behind `dentry`.
+#[inline(always)]
+fn on_dentry(dentry: *const u8, want: u32, hook: u32) -> i32 {
+    if TAGS.get_ptr(current_tgid()).is_none() {
+        return 0;
+    }
+    lsm_decide(dentry_inode(dentry), dentry, want, hook)
+}
+
+/// Decide on creating the entry `dentry` in the directory `dir`.
+#[inline(always)]
+fn on_create(dir: *const u8, dentry: *const u8, hook: u32) -> i32 {
+    if TAGS.get_ptr(current_tgid()).is_none() {
+        return 0;
+    }
+    lsm_decide(dentry_inode(path_dentry(dir)), dentry, access::WRITE, hook)
+}
+
+/// Decide on an opened or truncated `struct file *`.
+#[inline(always)]
+fn on_file(file: *const u8, want: u32, hook: u32) -> i32 {
+    if TAGS.get_ptr(current_tgid()).is_none() {
+        return 0;
+    }
+    let lo = lsm_offsets();
+    if lo.valid == 0 {
+        return 0;
+    }
+    let inode = read::<*const u8>(file, lo.file_inode).unwrap_or(core::ptr::null());
+    let dentry = read::<*const u8>(file, lo.file_dentry).unwrap_or(core::ptr::null());
+    lsm_decide(inode, dentry, want, hook)
+}
+
+/// `file_open(struct file *file)`: reads, writes (and `O_TRUNC`) and exec opens.
+#[lsm(hook = "file_open")]
+pub fn guard_lsm_file_open(ctx: LsmContext) -> i32 {
+    let file: *const u8 = ctx.arg(0);
+    if TAGS.get_ptr(current_tgid()).is_none() {
+        return 0;
+    }
+    let lo = lsm_offsets();
+    if lo.valid == 0 {
+        return 0;
+    }
+    let mode: u32 = read(file, lo.file_mode).unwrap_or(FMODE_READ | FMODE_WRITE);
+    let flags: u32 = read(file, lo.file_flags).unwrap_or(O_TRUNC);
+    let mut want = 0;
+    if mode & FMODE_READ != 0 {
+        want |= access::READ;
+    }
+    if mode & FMODE_WRITE != 0 || flags & O_TRUNC != 0 {
+        want |= access::WRITE;
+    }
+    if mode & FMODE_EXEC != 0 {
+        want |= access::EXEC;
+    }
+    on_file(file, want, lsm_hook::FILE_OPEN)
+}
+
+/// `file_truncate(struct file *file)` (Linux ≥ 6.2): `ftruncate` and `O_TRUNC`.
+#[lsm(hook = "file_truncate")]
+pub fn guard_lsm_file_truncate(ctx: LsmContext) -> i32 {
+    on_file(ctx.arg(0), access::WRITE, lsm_hook::FILE_TRUNCATE)
+}
+
+/// `path_unlink(const struct path *dir, struct dentry *dentry)`.
+#[lsm(hook = "path_unlink")]
+pub fn guard_lsm_path_unlink(ctx: LsmContext) -> i32 {
+    on_dentry(ctx.arg(1), access::DELETE, lsm_hook::PATH_UNLINK)
+}
+
+/// `path_rmdir(const struct path *dir, struct dentry *dentry)`.
+#[lsm(hook = "path_rmdir")]
+pub fn guard_lsm_path_rmdir(ctx: LsmContext) -> i32 {
+    on_dentry(ctx.arg(1), access::DELETE, lsm_hook::PATH_RMDIR)
+}
+
+/// `path_rename(old_dir, old_dentry, new_dir, new_dentry[, flags])`: moving an object away
+/// deletes it from where it was; an entry appearing in (or replaced in) a protected
+/// directory is a write of it.
+#[lsm(hook = "path_rename")]
+pub fn guard_lsm_path_rename(ctx: LsmContext) -> i32 {
+    let old_dentry: *const u8 = ctx.arg(1);
+    let new_dir: *const u8 = ctx.arg(2);
+    let new_dentry: *const u8 = ctx.arg(3);
+    let r = on_dentry(old_dentry, access::DELETE, lsm_hook::PATH_RENAME);
+    if r != 0 {
+        return r;
+    }
+    // A replaced target is deleted (nothing to do for a negative dentry).
+    let r = on_dentry(new_dentry, access::DELETE, lsm_hook::PATH_RENAME);
+    if r != 0 {
+        return r;
+    }
+    on_create(new_dir, new_dentry, lsm_hook::PATH_RENAME)
+}
+
+/// `path_truncate(const struct path *path)`: `truncate(2)` (and on kernels without
+/// `file_truncate`, `ftruncate` and `O_TRUNC`).
+#[lsm(hook = "path_truncate")]
+pub fn guard_lsm_path_truncate(ctx: LsmContext) -> i32 {
+    on_dentry(
+        path_dentry(ctx.arg(0)),
+        access::WRITE,
+        lsm_hook::PATH_TRUNCATE,
+    )
+}
+
+/// `path_link(struct dentry *old_dentry, const struct path *new_dir, struct dentry *new)`:
+/// a new name for a protected object is a write of it (it would outlive a rename of the
+/// original), and a new entry in a protected directory is a write of the directory.
+#[lsm(hook = "path_link")]
+pub fn guard_lsm_path_link(ctx: LsmContext) -> i32 {
+    let old_dentry: *const u8 = ctx.arg(0);
+    let new_dir: *const u8 = ctx.arg(1);
+    let new_dentry: *const u8 = ctx.arg(2);
+    let r = on_dentry(old_dentry, access::WRITE, lsm_hook::PATH_LINK);
+    if r != 0 {
+        return r;
+    }
+    on_create(new_dir, new_dentry, lsm_hook::PATH_LINK)
+}
+
+/// `path_mknod(dir, dentry, mode, dev)`: also every `open(O_CREAT)` of a new file.
+#[lsm(hook = "path_mknod")]
+pub fn guard_lsm_path_mknod(ctx: LsmContext) -> i32 {
+    on_create(ctx.arg(0), ctx.arg(1), lsm_hook::PATH_MKNOD)
+}
+
+/// `path_mkdir(dir, dentry, mode)`.
+#[lsm(hook = "path_mkdir")]
+pub fn guard_lsm_path_mkdir(ctx: LsmContext) -> i32 {
+    on_create(ctx.arg(0), ctx.arg(1), lsm_hook::PATH_MKDIR)
+}
+
+/// `path_symlink(dir, dentry, old_name)`.
+#[lsm(hook = "path_symlink")]
+pub fn guard_lsm_path_symlink(ctx: LsmContext) -> i32 {
+    on_create(ctx.arg(0), ctx.arg(1), lsm_hook::PATH_SYMLINK)
+}
+
+/// `path_chmod(const struct path *path, umode_t mode)`.
+#[lsm(hook = "path_chmod")]
+pub fn guard_lsm_path_chmod(ctx: LsmContext) -> i32 {
+    on_dentry(path_dentry(ctx.arg(0)), access::WRITE, lsm_hook::PATH_CHMOD)
+}
+
+/// `path_chown(const struct path *path, kuid_t uid, kgid_t gid)`.
+#[lsm(hook = "path_chown")]
+pub fn guard_lsm_path_chown(ctx: LsmContext) -> i32 {
+    on_dentry(path_dentry(ctx.arg(0)), access::WRITE, lsm_hook::PATH_CHOWN)
+}

@@ -1,0 +1,102 @@
+//! The bpf-lsm tier: loading, attaching and pinning guard's BPF LSM programs
+//! (guard-ebpf/src/probes/lsm.rs).
+//!
+//! Chosen at start when the probe finds BPF LSM active. Either every required hook attaches
+//! or none stays attached: a half-attached tier would enforce some rules in the kernel and
+//! leave the rest to nobody. The caller then falls back to the cgroup, fanotify and
+//! kill-on-detect hooks and says why.
+
+use std::{fs, path::Path};
+
+use aya::{
+    Btf, Ebpf,
+    programs::{Lsm, ProgramError, links::FdLink},
+};
+use guard_common::maps::{file_programs, lsm_programs, programs};
+
+/// What the bpf-lsm tier attached.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct LsmAttached {
+    /// LSM hooks attached (`socket_connect`, `file_open`, …).
+    pub hooks: Vec<String>,
+    /// Optional hooks this kernel does not have (another hook covers them).
+    pub absent: Vec<String>,
+}
+
+/// The fallback tier's enforcement programs, whose link pins the bpf-lsm tier replaces.
+pub const FALLBACK_LINKS: [&str; 10] = [
+    programs::CONNECT4,
+    programs::CONNECT6,
+    programs::SENDMSG4,
+    programs::SENDMSG6,
+    programs::CONNECT_UNIX,
+    programs::SENDMSG_UNIX,
+    programs::SYS_EXIT,
+    file_programs::CTIME_XCHG,
+    file_programs::CTIME_SKIP,
+    file_programs::CTIME_SET,
+];
+
+/// Every LSM program: network hooks first.
+pub fn all_programs() -> impl Iterator<Item = (&'static str, &'static str)> {
+    lsm_programs::NET.into_iter().chain(lsm_programs::FILE)
+}
+
+/// Load and attach every LSM program of `ebpf`, pinning each link under `links_dir` with
+/// `pin`. On failure every LSM link pinned here is removed again and the error names the
+/// hook and the kernel's reason.
+pub fn attach(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    links_dir: &Path,
+    pin: impl Fn(FdLink, &Path) -> Result<(), String>,
+) -> Result<LsmAttached, String> {
+    let kernel_btf = btf_rs::Btf::from_file(crate::btf::VMLINUX_BTF)
+        .map_err(|e| format!("{}: {e}", crate::btf::VMLINUX_BTF))?;
+    let mut attached = LsmAttached::default();
+    for (name, hook) in all_programs() {
+        let has_hook =
+            crate::btf::func_params_in(&kernel_btf, &format!("bpf_lsm_{hook}")).is_some();
+        if !has_hook && lsm_programs::OPTIONAL.contains(&hook) {
+            attached.absent.push(hook.to_owned());
+            continue;
+        }
+        let result = (|| -> Result<(), String> {
+            if !has_hook {
+                return Err("this kernel has no such LSM hook".into());
+            }
+            let prog: &mut Lsm = ebpf
+                .program_mut(name)
+                .ok_or(ProgramError::NotLoaded)
+                .and_then(TryInto::try_into)
+                .map_err(|e| e.to_string())?;
+            prog.load(hook, btf)
+                .map_err(|e| crate::files::kernel::verifier_text(&e))?;
+            let id = prog.attach().map_err(|e| e.to_string())?;
+            let link: FdLink = prog.take_link(id).map_err(|e| e.to_string())?.into();
+            pin(link, &links_dir.join(name))
+        })();
+        if let Err(e) = result {
+            detach(links_dir);
+            return Err(format!("lsm/{hook}: {e}"));
+        }
+        attached.hooks.push(hook.to_owned());
+    }
+    Ok(attached)
+}
+
+/// Remove the pins of every LSM link under `links_dir` (they detach once the daemon's file
+/// descriptors are closed too).
+pub fn detach(links_dir: &Path) {
+    for (name, _) in all_programs() {
+        let _ = fs::remove_file(links_dir.join(name));
+    }
+}
+
+/// Remove the pins of the fallback tier's enforcement links (after the LSM links are
+/// attached: there is no moment without enforcement).
+pub fn remove_fallback_pins(links_dir: &Path) {
+    for name in FALLBACK_LINKS {
+        let _ = fs::remove_file(links_dir.join(name));
+    }
+}
