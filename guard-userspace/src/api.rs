@@ -70,6 +70,9 @@ pub struct TagReply {
     /// Paths the caller makes read-only or masks in its own mount namespace.
     #[serde(default)]
     pub protections: Option<crate::files::Protections>,
+    /// The daemon's pid, which the caller's seccomp filter protects.
+    #[serde(default)]
+    pub daemon_pid: u32,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -621,6 +621,7 @@ fn tag(state: &Shared, pid: Option<i32>, agent: Option<&str>) -> Reply<TagReply>
                 already_tagged: before.is_some(),
                 drop_capabilities: st.drop_caps.clone(),
                 protections: st.files.as_ref().map(|f| f.protections()),
+                daemon_pid: std::process::id(),
             })
         }
         Err(e) => Reply::err(format!("tagging failed: {e}")),

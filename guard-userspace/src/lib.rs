@@ -18,6 +18,7 @@ pub mod policy;
 pub mod probe;
 pub mod proctree;
 pub mod render;
+pub mod seccomp;
 pub mod selfprot;
 pub mod tags;
 pub mod watch;

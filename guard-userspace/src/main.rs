@@ -297,6 +297,10 @@ fn run_tagged(paths: &Paths, agent: Option<String>, cmd: Vec<String>) -> anyhow:
     }
     guard::caps::confine(&reply.drop_capabilities)
         .context("refusing to start the command with capabilities the policy removes")?;
+    // Last: installing the filter needs no_new_privs (set above for ordinary users) or
+    // CAP_SYS_ADMIN (root keeps its effective capabilities until the exec).
+    guard::seccomp::install(reply.daemon_pid)
+        .context("refusing to start the command without its seccomp filter")?;
     let err = Command::new(&cmd[0]).args(&cmd[1..]).exec();
     eprintln!("guard: cannot run {}: {err}", cmd[0]);
     Ok(ExitCode::from(127))
