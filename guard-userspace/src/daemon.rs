@@ -121,6 +121,10 @@ struct State {
     files: Option<Arc<crate::files::FileGuard>>,
     /// Path rules guard adds for its own files (policy, event log, binary, pins).
     internal: Vec<crate::policy::CompiledPathRule>,
+    /// The policy's path rules in force.
+    path_rules: Vec<crate::policy::CompiledPathRule>,
+    /// Orders the file guard's reloads (each runs on its own thread).
+    files_seq: u64,
     /// Where decisions made here (API refusals, pins put back) are logged.
     sink: Option<EventSink>,
 }
@@ -266,6 +270,8 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
         kills,
         files: Some(Arc::new(files)),
         internal,
+        path_rules: compiled.paths.clone(),
+        files_seq: 0,
         sink: None,
     }));
 
@@ -368,9 +374,8 @@ fn reload(cfg: &DaemonConfig, state: &Shared, net: Option<&net::NetHandle>) {
         Ok(policy) => {
             let compiled = policy.compile();
             let compiled_net = compiled.clone();
-            let path_rules = compiled.paths.clone();
             let internal = state.lock().expect("state lock").internal.clone();
-            let path_rules: Vec<_> = path_rules.into_iter().chain(internal).collect();
+            let path_rules: Vec<_> = compiled.paths.iter().cloned().chain(internal).collect();
             let agents = agent_specs(&compiled);
             let mut st = state.lock().expect("state lock");
             match tags::install_agents(&mut st.kernel, &agents) {
@@ -379,6 +384,7 @@ fn reload(cfg: &DaemonConfig, state: &Shared, net: Option<&net::NetHandle>) {
                     st.policy_name = compiled.name;
                     st.generation += 1;
                     st.rejected = None;
+                    st.path_rules = compiled_net.paths.clone();
                     st.drop_caps = compiled
                         .drop_capabilities
                         .iter()
@@ -409,7 +415,9 @@ fn reload(cfg: &DaemonConfig, state: &Shared, net: Option<&net::NetHandle>) {
                     }
                     if let Some(files) = st.files.clone() {
                         let names = st.names.clone();
-                        std::thread::spawn(move || files.reload(&path_rules, names));
+                        st.files_seq += 1;
+                        let seq = st.files_seq;
+                        std::thread::spawn(move || files.reload(seq, &path_rules, names));
                     }
                 }
                 Err(e) => {
@@ -420,7 +428,17 @@ fn reload(cfg: &DaemonConfig, state: &Shared, net: Option<&net::NetHandle>) {
         }
         Err(e) => {
             error!(error = %e, "policy rejected; the previous policy stays in force");
-            state.lock().expect("state lock").rejected = Some(e.to_string());
+            let mut st = state.lock().expect("state lock");
+            st.rejected = Some(e.to_string());
+            // The file may be a new inode (an editor's rename, a ConfigMap swap): resolve the
+            // rules in force again, so that the internal rule covers it.
+            if let Some(files) = st.files.clone() {
+                let rules: Vec<_> = st.path_rules.iter().chain(&st.internal).cloned().collect();
+                let names = st.names.clone();
+                st.files_seq += 1;
+                let seq = st.files_seq;
+                std::thread::spawn(move || files.reload(seq, &rules, names));
+            }
         }
     }
 }

@@ -167,3 +167,226 @@ fn a_bad_policy_change_is_rejected_and_the_old_one_stays_in_force() {
             .filter(|s| s["policy_generation"].as_u64() == Some(generation + 2))
     });
 }
+
+// --- Reload storm: no generation, valid or not, lets a probe through.
+
+#[expect(
+    dead_code,
+    reason = "shared with the network tests; the storm uses the namespace and listener only"
+)]
+mod network_support;
+
+/// A tagged prober: connects to ADDR:PORT and opens FILE for writing in a loop until STOP
+/// exists, then writes its counts to OUT. Touches OUT.ready after the first round.
+const PROBER: &str = r#"
+import errno, json, os, socket, sys, time
+addr, port, path, stop, out = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+c = dict(rounds=0, connected=0, eperm=0, other=0, file_eperm=0, file_opened=0, file_other=0)
+while not os.path.exists(stop):
+    s = socket.socket()
+    s.settimeout(5)
+    try:
+        s.connect((addr, port))
+        c["connected"] += 1
+    except OSError as e:
+        c["eperm" if e.errno == errno.EPERM else "other"] += 1
+    finally:
+        s.close()
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_APPEND))
+        c["file_opened"] += 1
+    except OSError as e:
+        c["file_eperm" if e.errno == errno.EPERM else "file_other"] += 1
+    c["rounds"] += 1
+    if c["rounds"] == 1:
+        open(out + ".ready", "w").close()
+    time.sleep(0.005)
+with open(out + ".tmp", "w") as f:
+    json.dump(c, f)
+os.replace(out + ".tmp", out)
+"#;
+
+fn storm_policy(n: usize, addr: &str, ledger: &std::path::Path) -> String {
+    format!(
+        "apiVersion: guard.dev/v1alpha1
+kind: GuardPolicy
+metadata: {{ name: storm-{n} }}
+spec:
+  agents:
+    - {{ name: claude-code, executables: [claude] }}
+  endpoints:
+    - {{ name: prod-db, ips: [{addr}], ports: [5432], action: deny }}
+    - {{ name: extra-{n}, cidrs: [10.99.{m}.0/24], ports: [{port}], action: deny }}
+  paths:
+    - {{ name: ledger, paths: [{ledger}], access: [write, delete], action: deny }}
+",
+        m = n % 250,
+        port = 1000 + n,
+        ledger = ledger.display()
+    )
+}
+
+/// Broken variants of a valid policy, each rejected for a different reason.
+fn broken(valid: &str, n: usize) -> String {
+    match n % 5 {
+        0 => valid.replace("executables", "executabels"),
+        1 => valid.replace("10.99.", "10.299."),
+        2 => valid.replace("action: deny }\n  paths", "action: obliterate }\n  paths"),
+        3 => valid.replace("ports: [5432]", "ports: [5432"),
+        _ => valid.replace("kind: GuardPolicy", "kind: GuardPolice"),
+    }
+}
+
+fn sighup(d: &Daemon) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(d.pid() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_reload_storm_never_lets_a_tagged_probe_through() {
+    use network_support::{Listener, Net, assert_ok, client};
+
+    let net = Net::new();
+    let listener = Listener::start(&net, &[format!("tcp:5432:{}", net.a)]);
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("ledger.db");
+    std::fs::write(&ledger, "balance 100\n").unwrap();
+    let d = Daemon::start_with_policy(&storm_policy(0, &net.a, &ledger));
+    let policy = d.policy.clone().unwrap();
+
+    let (stop, out) = (dir.path().join("stop"), dir.path().join("counts.json"));
+    // An agent recognised at exec (python3 under the name `claude`): no private mount
+    // namespace, so the ledger is protected by the daemon's reloaded rules alone.
+    let claude = dir.path().join("claude");
+    std::os::unix::fs::symlink("/usr/bin/python3", &claude).unwrap();
+    let mut prober = guard_tests::Proc::spawn({
+        let mut c = Command::new(&claude);
+        c.args([
+            "-c",
+            PROBER,
+            &net.a,
+            "5432",
+            ledger.to_str().unwrap(),
+            stop.to_str().unwrap(),
+            out.to_str().unwrap(),
+        ])
+        .stderr(std::process::Stdio::null());
+        c
+    });
+    wait_for("the prober to be tagged", Duration::from_secs(10), || {
+        d.tag_of(prober.pid())
+    });
+    let ready = out.with_extension("json.ready");
+    wait_for("the prober's first round", Duration::from_secs(20), || {
+        ready.exists().then_some(())
+    });
+
+    let mut valid_loads = 0u64;
+    let mut rejected = 0;
+    let mut last_valid = 0;
+    for i in 1..=100usize {
+        let valid = storm_policy(i, &net.a, &ledger);
+        let hup = i % 10 == 0 || i % 10 == 5;
+        if i % 2 == 0 {
+            std::fs::write(&policy, &valid).unwrap();
+            let st = wait_for(
+                &format!("generation storm-{i} to be installed"),
+                Duration::from_secs(20),
+                || {
+                    d.status_json().filter(|s| {
+                        s["policy"] == format!("storm-{i}").as_str()
+                            && s["policy_rejected"].is_null()
+                    })
+                },
+            );
+            valid_loads += 1;
+            last_valid = i;
+            if hup {
+                let g = st["policy_generation"].as_u64().unwrap();
+                sighup(&d);
+                wait_for("SIGHUP to reload", Duration::from_secs(20), || {
+                    d.status_json()
+                        .filter(|s| s["policy_generation"].as_u64() == Some(g + 1))
+                });
+                valid_loads += 1;
+            }
+        } else {
+            let before = d.log().matches("policy rejected").count();
+            std::fs::write(&policy, broken(&valid, i)).unwrap();
+            let st = wait_for(
+                &format!("change {i} to be rejected"),
+                Duration::from_secs(20),
+                || d.status_json().filter(|s| s["policy_rejected"].is_string()),
+            );
+            let why = st["policy_rejected"].as_str().unwrap();
+            assert!(why.contains("policy.yaml"), "change {i}: {why}");
+            assert_eq!(
+                st["policy"],
+                format!("storm-{last_valid}").as_str(),
+                "change {i} is ignored: {st}"
+            );
+            rejected += 1;
+            if hup {
+                sighup(&d);
+                wait_for(
+                    "SIGHUP of a bad policy to be rejected again",
+                    Duration::from_secs(20),
+                    || (d.log().matches("policy rejected").count() >= before + 2).then_some(()),
+                );
+                let st = d.status_json().unwrap();
+                assert!(st["policy_rejected"].is_string());
+                assert_eq!(st["policy"], format!("storm-{last_valid}").as_str());
+            }
+        }
+    }
+    assert_eq!(rejected, 50);
+
+    std::fs::write(&stop, "").unwrap();
+    let counts: serde_json::Value =
+        wait_for("the prober's counts", Duration::from_secs(30), || {
+            serde_json::from_str(&std::fs::read_to_string(&out).ok()?).ok()
+        });
+    prober.wait_timeout(Duration::from_secs(10));
+    let n = |k: &str| counts[k].as_u64().unwrap();
+    assert!(n("rounds") > 0, "{counts}");
+    assert_eq!(n("connected"), 0, "a probe got through: {counts}");
+    assert_eq!(n("other"), 0, "every probe failed with EPERM: {counts}");
+    assert_eq!(n("eperm"), n("rounds"), "{counts}");
+    assert_eq!(
+        n("file_opened"),
+        0,
+        "the ledger opened for writing: {counts}"
+    );
+    assert_eq!(n("file_eperm"), n("rounds"), "{counts}");
+    assert_eq!(
+        listener.count("tcp:5432"),
+        0,
+        "the listener accepted a tagged probe"
+    );
+    assert_eq!(std::fs::read_to_string(&ledger).unwrap(), "balance 100\n");
+
+    // The last valid generation is the one in force, with every valid load counted.
+    let st = d.status_json().unwrap();
+    assert_eq!(st["policy"], "storm-100");
+    assert!(st["policy_rejected"].is_null());
+    assert_eq!(st["policy_generation"].as_u64().unwrap(), 1 + valid_loads);
+    let rules: Vec<&str> = st["path_rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["name"].as_str())
+        .collect();
+    assert!(rules.contains(&"ledger"), "{rules:?}");
+    // Untagged, the same destination is reachable: the rule is for agents only.
+    assert_ok(&client(None, "tcp", &net.a, 5432), "untagged");
+    wait_for("the untagged connection", Duration::from_secs(10), || {
+        (listener.count("tcp:5432") == 1).then_some(())
+    });
+    eprintln!(
+        "storm: {} probes (connect + open for write), 0 through; {valid_loads} valid loads, {rejected} rejected",
+        n("rounds")
+    );
+}
