@@ -390,3 +390,323 @@ fn a_reload_storm_never_lets_a_tagged_probe_through() {
         n("rounds")
     );
 }
+
+// --- A hostile agent tree, running as root with every capability, goes for the daemon.
+
+/// `claude -c SCRIPT`: bash under an agent's name, recognised and tagged at exec (so it keeps
+/// root's capabilities, unlike a `guard run` tree).
+fn agent_shell(claude: &std::path::Path, script: &str) -> std::process::Output {
+    let mut c = Command::new(claude);
+    c.args(["-c", script]);
+    output(c)
+}
+
+fn killed(out: &std::process::Output) -> bool {
+    use std::os::unix::process::ExitStatusExt;
+    out.status.signal() == Some(9)
+}
+
+fn text(out: &std::process::Output) -> String {
+    format!(
+        "{:?}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Wait for an event of `kind` matching `f`, with its ancestry.
+fn event(d: &Daemon, what: &str, f: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let e = wait_for(what, Duration::from_secs(15), || {
+        d.events().into_iter().find(|e| f(e))
+    });
+    assert!(
+        e["ancestry"].as_array().is_some_and(|a| !a.is_empty()),
+        "{what}: the event carries the ancestry: {e}"
+    );
+    e
+}
+
+fn proc_state(pid: u32) -> Vec<(char, u32)> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    tasks
+        .filter_map(Result::ok)
+        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+        .map(|s| {
+            let field = |k: &str| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix(k))
+                    .map(|v| v.trim().to_string())
+                    .unwrap_or_default()
+            };
+            (
+                field("State:").chars().next().unwrap_or('?'),
+                field("TracerPid:").parse().unwrap_or(0),
+            )
+        })
+        .collect()
+}
+
+/// Every thread of `pid` runs (not stopped) and is not traced.
+fn free(pid: u32) -> Option<()> {
+    proc_state(pid)
+        .iter()
+        .all(|(state, tracer)| *state != 'T' && *state != 't' && *tracer == 0)
+        .then_some(())
+}
+
+fn api_request(socket: &std::path::Path, line: &str) -> String {
+    format!(
+        "python3 -c 'import socket; s = socket.socket(socket.AF_UNIX); s.connect(\"{}\"); s.sendall(b\"{}\\n\"); print(s.recv(4096).decode())'",
+        socket.display(),
+        line.replace('"', "\\\"")
+    )
+}
+
+#[test]
+fn a_hostile_root_agent_tree_cannot_stop_blind_or_rewrite_the_daemon() {
+    let mut d = Daemon::start_with_policy(GOOD);
+    d.keep_pins = false;
+    let policy = d.policy.clone().unwrap();
+    let policy_text = std::fs::read_to_string(&policy).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let claude = dir.path().join("claude");
+    std::fs::copy("/bin/bash", &claude).unwrap();
+    let pid = d.pid();
+    let links_before: Vec<String> = {
+        let mut l: Vec<String> = std::fs::read_dir(d.pin_dir.join("links"))
+            .unwrap()
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        l.sort();
+        l
+    };
+    let st = d.status_json().unwrap();
+    let hooks = st["self_protection"]["hooks"].as_array().unwrap().len();
+    assert_eq!(hooks, 3, "self-protection hooks attached: {st}");
+    // A long-lived agent tree, to check adoption after the daemon is killed.
+    let mut sleeper = guard_tests::Proc::spawn({
+        let mut c = Command::new(&claude);
+        c.args(["-c", "sleep 600"]);
+        c
+    });
+    let sleeper_tag = wait_for(
+        "the long-lived agent to be tagged",
+        Duration::from_secs(10),
+        || d.tag_of(sleeper.pid()),
+    );
+
+    // 1. Termination, stop and user signals: the sender dies, the daemon carries on.
+    for sig in ["TERM", "INT", "HUP", "USR1", "STOP"] {
+        let out = agent_shell(&claude, &format!("kill -{sig} {pid}; echo survived"));
+        assert!(killed(&out), "kill -{sig}: {}", text(&out));
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("survived"));
+        event(&d, &format!("the SIG{sig} event"), |e| {
+            e["kind"] == "self_protect"
+                && e["result"] == "killed"
+                && e["object"]["operation"] == format!("signal SIG{sig}").as_str()
+        });
+        wait_for("the daemon to run on", Duration::from_secs(10), || {
+            free(pid)
+        });
+        assert!(d.status_json().is_some_and(|s| s["daemon_pid"] == pid));
+    }
+
+    // 2. strace -p (PTRACE_SEIZE): the tracer dies at its first wait; the daemon resumes.
+    let out = agent_shell(
+        &claude,
+        &format!("strace -f -p {pid} -o /dev/null; echo survived"),
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("survived")
+            || String::from_utf8_lossy(&out.stderr).contains("Killed"),
+        "strace: {}",
+        text(&out)
+    );
+    event(&d, "the tracer's kill", |e| {
+        e["kind"] == "self_protect"
+            && e["hook"] == "sched_process_wait"
+            && e["result"] == "killed"
+            && e["process"]["comm"] == "strace"
+    });
+    wait_for("the daemon to be untraced", Duration::from_secs(10), || {
+        free(pid)
+    });
+    // PTRACE_ATTACH (as gdb does): the SIGSTOP it sends gives it away at once.
+    let out = agent_shell(
+        &claude,
+        &format!(
+            "python3 -c 'import ctypes; print(ctypes.CDLL(None).ptrace(16, {pid}, 0, 0), flush=True); import time; time.sleep(5)'"
+        ),
+    );
+    assert!(killed(&out), "PTRACE_ATTACH: {}", text(&out));
+    wait_for("the daemon to be untraced", Duration::from_secs(10), || {
+        free(pid)
+    });
+    assert!(d.status_json().is_some_and(|s| s["daemon_pid"] == pid));
+
+    // 3. Removing the pins: rm dies at its first unlink; the pin is put back at once.
+    let out = agent_shell(&claude, &format!("rm -rf {}", d.pin_dir.display()));
+    assert!(killed(&out), "rm -rf pins: {}", text(&out));
+    event(&d, "the pin removal", |e| {
+        e["kind"] == "file_change" && e["rule"] == "guard:pins" && e["result"] == "killed"
+    });
+    let restored = wait_for("the pin to be put back", Duration::from_secs(10), || {
+        d.events()
+            .into_iter()
+            .find(|e| e["hook"] == "pin-keeper" && e["result"] == "restored")
+    });
+    wait_for("every link pinned", Duration::from_secs(10), || {
+        let mut l: Vec<String> = std::fs::read_dir(d.pin_dir.join("links"))
+            .ok()?
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        l.sort();
+        (l == links_before).then_some(())
+    });
+    eprintln!("pin put back: {}", restored["object"]["path"]);
+
+    // 4. The policy and the event log: opens for writing fail with EPERM.
+    for (what, script) in [
+        (
+            "overwrite the policy",
+            format!("echo 'kind: x' > {}", policy.display()),
+        ),
+        (
+            "truncate the event log",
+            format!("truncate -s 0 {}", d.event_log.display()),
+        ),
+        (
+            "empty the event log",
+            format!(": > {}", d.event_log.display()),
+        ),
+    ] {
+        let out = agent_shell(&claude, &format!("{script} && echo WROTE"));
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).contains("WROTE")
+                && String::from_utf8_lossy(&out.stderr).contains("Operation not permitted"),
+            "{what}: {}",
+            text(&out)
+        );
+    }
+    assert_eq!(std::fs::read_to_string(&policy).unwrap(), policy_text);
+    event(&d, "the policy write", |e| {
+        e["kind"] == "file_open" && e["rule"] == "guard:policy" && e["result"] == "denied"
+    });
+    event(&d, "the event log write", |e| {
+        e["kind"] == "file_open" && e["rule"] == "guard:event-log" && e["result"] == "denied"
+    });
+    assert!(d.events().len() > 10, "the event log kept its lines");
+
+    // 5. The API: anything but the read-only calls is refused, and recorded.
+    for req in [
+        r#"{"op":"untag","pid":1}"#,
+        r#"{"op":"reload","policy":"/tmp/evil.yaml"}"#,
+    ] {
+        let out = agent_shell(&claude, &api_request(&d.socket, req));
+        let reply = String::from_utf8_lossy(&out.stdout);
+        assert!(reply.contains(r#""ok":false"#), "{req}: {}", text(&out));
+    }
+    event(&d, "the refused API calls", |e| {
+        e["kind"] == "self_protect"
+            && e["hook"] == "api"
+            && e["result"] == "denied"
+            && e["object"]["operation"]
+                .as_str()
+                .is_some_and(|o| o.contains("reload"))
+    });
+    assert!(
+        d.tag_of(sleeper.pid()).is_some(),
+        "nothing untagged the agent"
+    );
+
+    // 6. Untagged root doing the same (where it does no harm) is not affected.
+    let out = output({
+        let mut c = Command::new("timeout");
+        c.args([
+            "-s",
+            "INT",
+            "2",
+            "strace",
+            "-p",
+            &pid.to_string(),
+            "-o",
+            "/dev/null",
+        ]);
+        c
+    });
+    assert!(!killed(&out), "untagged strace: {}", text(&out));
+    wait_for("the daemon to be untraced", Duration::from_secs(10), || {
+        free(pid)
+    });
+    std::fs::write(&policy, &policy_text).unwrap();
+    let out = output({
+        let mut c = Command::new("bash");
+        c.args([
+            "-c",
+            &format!(
+                "kill -USR1 {pid} && {}",
+                api_request(&d.socket, r#"{"op":"untag"}"#)
+            ),
+        ]);
+        c
+    });
+    assert!(out.status.success(), "untagged: {}", text(&out));
+    assert!(d.status_json().is_some_and(|s| s["daemon_pid"] == pid));
+    let api_events = d
+        .events()
+        .into_iter()
+        .filter(|e| e["hook"] == "api")
+        .count();
+    assert_eq!(api_events, 2, "untagged API calls are not agent events");
+
+    // 7. kill -9: the sender dies too, the daemon cannot refuse SIGKILL. Enforcement stays
+    // pinned; a restart adopts the tags and records what happened from the pinned ring.
+    let out = agent_shell(&claude, &format!("kill -9 {pid}; echo survived"));
+    assert!(killed(&out), "kill -9: {}", text(&out));
+    wait_for("the daemon to die", Duration::from_secs(10), || {
+        (!guard_tests::alive(pid)).then_some(())
+    });
+    d.signal_and_reap(nix::sys::signal::Signal::SIGKILL);
+    let out = agent_shell(&claude, &format!("rm -rf {}", d.pin_dir.display()));
+    assert!(
+        killed(&out),
+        "with the daemon down, pins are still protected: {}",
+        text(&out)
+    );
+    d.spawn();
+    let new_pid = d.pid();
+    let tag = wait_for(
+        "the agent's tag after the restart",
+        Duration::from_secs(10),
+        || d.tag_of(sleeper.pid()),
+    );
+    assert_eq!(tag["root_pid"], sleeper_tag["root_pid"], "{tag}");
+    // The killer exited before this daemon started, so its ancestry is not known here; the
+    // record names it, its parent and its agent root.
+    let e = wait_for(
+        "the SIGKILL event, read after the restart",
+        Duration::from_secs(15),
+        || {
+            d.events().into_iter().find(|e| {
+                e["kind"] == "self_protect" && e["object"]["operation"] == "signal SIGKILL"
+            })
+        },
+    );
+    assert_eq!(e["result"], "killed", "{e}");
+    assert_eq!(e["agent"], "claude-code", "{e}");
+    assert!(e["process"]["ppid"].as_u64().is_some_and(|p| p > 0), "{e}");
+    assert_eq!(e["root"]["pid"], e["process"]["pid"], "{e}");
+    let out = agent_shell(&claude, &format!("kill -TERM {new_pid}; echo survived"));
+    assert!(
+        killed(&out),
+        "the restarted daemon is protected: {}",
+        text(&out)
+    );
+    assert!(d.status_json().is_some_and(|s| s["daemon_pid"] == new_pid));
+    let st = d.status_json().unwrap();
+    assert_eq!(st["problems"].as_array().map(Vec::len), Some(0), "{st}");
+    let _ = sleeper.child.kill();
+}
