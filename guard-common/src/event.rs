@@ -25,6 +25,10 @@ pub enum EventKind {
     /// An open of a protected object by a tagged process, decided in userspace (fanotify
     /// permission events); never in a ring buffer.
     FileOpen = 42,
+    /// A tagged process went for the daemon: signalled or traced it
+    /// ([`crate::selfprot::SelfEvent`]), or asked its API for something it may not have
+    /// (decided in userspace).
+    SelfProtect = 80,
 }
 
 impl EventKind {
@@ -38,6 +42,7 @@ impl EventKind {
             40 => Some(Self::FileChange),
             41 => Some(Self::FileDevice),
             42 => Some(Self::FileOpen),
+            80 => Some(Self::SelfProtect),
             _ => None,
         }
     }

@@ -10,6 +10,7 @@ pub mod file;
 pub mod maps;
 pub mod net;
 pub mod offsets;
+pub mod selfprot;
 
 /// Identity of a process: pids are reused, `(tgid, start)` is not.
 ///

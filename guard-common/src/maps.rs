@@ -83,6 +83,16 @@ pub mod lsm_programs {
     pub const PATH_SYMLINK: &str = "guard_lsm_path_symlink";
     pub const PATH_CHMOD: &str = "guard_lsm_path_chmod";
     pub const PATH_CHOWN: &str = "guard_lsm_path_chown";
+    pub const TASK_KILL: &str = "guard_lsm_task_kill";
+    pub const PTRACE_ACCESS_CHECK: &str = "guard_lsm_ptrace_access_check";
+    pub const BPF: &str = "guard_lsm_bpf";
+
+    /// The self-protection hooks.
+    pub const SELF: [(&str, &str); 3] = [
+        (TASK_KILL, "task_kill"),
+        (PTRACE_ACCESS_CHECK, "ptrace_access_check"),
+        (BPF, "bpf"),
+    ];
 
     /// The network hooks.
     pub const NET: [(&str, &str); 2] = [
@@ -146,5 +156,35 @@ pub mod file_programs {
         (CTIME_XCHG, "ctime_ns_xchg"),
         (CTIME_SKIP, "ctime_xchg_skip"),
         (CTIME_SET, "inode_set_ctime_to_ts"),
+    ];
+}
+
+// --- Self-protection (probes/guard_self.rs). Pinned: holds while the daemon restarts.
+
+/// Index 0: [`crate::selfprot::SelfState`].
+pub const SELF_STATE: &str = "GUARD_SELF_STATE";
+/// Per signal number: count of signals tagged processes sent the daemon (see
+/// [`crate::selfprot::SIGNAL_SLOTS`]).
+pub const SELF_SIGNALS: &str = "GUARD_SELF_SIGNALS";
+/// tgid → start time of a tagged tracer of the daemon, killed at its next wait.
+pub const SELF_TRACERS: &str = "GUARD_SELF_TRACERS";
+pub const SELF_TRACERS_MAX: u32 = 1024;
+/// [`crate::selfprot::SelfOffsets`] global.
+pub const SELF_OFFSETS_GLOBAL: &str = "GUARD_SELF_OFFSETS";
+
+/// Self-protection program names and their tracepoints.
+pub mod self_programs {
+    /// `tp_btf/signal_generate`: a signal to the daemon from a tagged process, or a SIGCHLD
+    /// from the daemon to a tagged tracer.
+    pub const SIGNAL: &str = "guard_self_signal";
+    /// `tp_btf/signal_deliver`: the daemon resumes itself after a stop signal a tagged process
+    /// sent.
+    pub const DELIVER: &str = "guard_self_deliver";
+    /// `tp_btf/sched_process_wait`: a tagged tracer of the daemon is killed when it waits.
+    pub const WAIT: &str = "guard_self_wait";
+    pub const TRACEPOINTS: [(&str, &str); 3] = [
+        (SIGNAL, "signal_generate"),
+        (DELIVER, "signal_deliver"),
+        (WAIT, "sched_process_wait"),
     ];
 }

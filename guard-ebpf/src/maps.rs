@@ -225,3 +225,29 @@ pub fn lsm_offsets() -> guard_common::offsets::LsmOffsets {
     // SAFETY: a global in .rodata, patched by the loader before load.
     unsafe { core::ptr::read_volatile(&GUARD_LSM_OFFSETS) }
 }
+
+// --- Self-protection (probes/guard_self.rs). Pinned: holds while the daemon restarts.
+
+#[map(name = "GUARD_SELF_STATE")]
+pub static SELF_STATE: Array<guard_common::selfprot::SelfState> = Array::pinned(1, 0);
+
+#[map(name = "GUARD_SELF_SIGNALS")]
+pub static SELF_SIGNALS: Array<u64> = Array::pinned(guard_common::selfprot::SIGNAL_SLOTS, 0);
+
+#[map(name = "GUARD_SELF_TRACERS")]
+pub static SELF_TRACERS: HashMap<u32, u64> =
+    HashMap::pinned(guard_common::maps::SELF_TRACERS_MAX, 0);
+
+/// Offsets for the self-protection programs, set by the loader from BTF.
+#[unsafe(no_mangle)]
+static GUARD_SELF_OFFSETS: guard_common::selfprot::SelfOffsets =
+    guard_common::selfprot::SelfOffsets {
+        siginfo_code: 0,
+        valid: 0,
+    };
+
+#[inline(always)]
+pub fn self_offsets() -> guard_common::selfprot::SelfOffsets {
+    // SAFETY: a global in .rodata, patched by the loader before load.
+    unsafe { core::ptr::read_volatile(&GUARD_SELF_OFFSETS) }
+}

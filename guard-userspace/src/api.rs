@@ -70,6 +70,9 @@ pub struct TagReply {
     /// Paths the caller makes read-only or masks in its own mount namespace.
     #[serde(default)]
     pub protections: Option<crate::files::Protections>,
+    /// The daemon's pid, which the caller's seccomp filter protects.
+    #[serde(default)]
+    pub daemon_pid: u32,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -101,6 +104,23 @@ pub struct DaemonStatus {
     /// Path rules: what protects each access of each rule, and what it resolved to.
     #[serde(default)]
     pub path_rules: Vec<crate::files::PathRuleStatus>,
+    /// What protects the daemon itself.
+    #[serde(default)]
+    pub self_protection: Option<SelfProtectionStatus>,
+    /// What is meant to be enforced but is not loaded; `guard status` exits 2 when any.
+    #[serde(default)]
+    pub problems: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct SelfProtectionStatus {
+    /// Tracepoints of the self-protection programs that are attached.
+    pub hooks: Vec<String>,
+    pub error: Option<String>,
+    /// Pinned maps and links the daemon holds (and pins again if removed).
+    pub pins_held: usize,
+    /// Path rules guard adds for its own files (shown among the path rules).
+    pub internal_rules: Vec<String>,
 }
 
 /// What enforces endpoint rules (`guard status`).

@@ -213,6 +213,14 @@ mod tests {
             "kernel BTF: struct task_struct has no member no_such_field"
         );
     }
+
+    #[test]
+    fn siginfo_code_offset_of_the_running_kernel() {
+        // si_signo, si_errno, si_code: the ABI fixes it at 8 on every Linux architecture.
+        let o = self_offsets(Path::new(VMLINUX_BTF)).unwrap();
+        assert_eq!(o.siginfo_code, 8);
+        assert_eq!(o.valid, 1);
+    }
 }
 
 /// Offsets of the fields the file programs read (see [`FileOffsets`]). The system call
@@ -244,6 +252,18 @@ pub fn file_offsets(path: &Path) -> Result<FileOffsets, BtfError> {
         regs_arg1,
         valid: 1,
         inode_mode: off("inode", "i_mode")?,
+    })
+}
+
+/// Offsets for the self-protection programs, from the BTF at `path`.
+pub fn self_offsets(path: &Path) -> Result<guard_common::selfprot::SelfOffsets, BtfError> {
+    let btf = Btf::from_file(path).map_err(|source| BtfError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    Ok(guard_common::selfprot::SelfOffsets {
+        siginfo_code: member_offset(&btf, "kernel_siginfo", "si_code")?,
+        valid: 1,
     })
 }
 

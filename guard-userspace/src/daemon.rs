@@ -18,11 +18,11 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use crate::{
-    api::{self, DaemonStatus, PsReply, Reply, Request, TagReply},
+    api::{self, DaemonStatus, PsReply, Reply, Request, SelfProtectionStatus, TagReply},
     btf,
     events::{
         EventLog, LogConfig, Responder,
-        pipeline::{self, Pipeline},
+        pipeline::{self, EventSink, Pipeline},
     },
     kernel::{Kernel, KernelError},
     metrics::{self, DaemonView, HookStatus, KernelSnapshot, Metrics},
@@ -121,6 +121,14 @@ struct State {
     kills: bool,
     /// File protection (path rules).
     files: Option<Arc<crate::files::FileGuard>>,
+    /// Path rules guard adds for its own files (policy, event log, binary, pins).
+    internal: Vec<crate::policy::CompiledPathRule>,
+    /// The policy's path rules in force.
+    path_rules: Vec<crate::policy::CompiledPathRule>,
+    /// Orders the file guard's reloads (each runs on its own thread).
+    files_seq: u64,
+    /// Where decisions made here (API refusals, pins put back) are logged.
+    sink: Option<EventSink>,
 }
 
 type Shared = Arc<Mutex<State>>;
@@ -128,6 +136,9 @@ type Shared = Arc<Mutex<State>>;
 pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
     if !nix::unistd::geteuid().is_root() {
         return Err(DaemonError::NotRoot);
+    }
+    if let Err(e) = crate::selfprot::harden_process() {
+        warn!(error = %e, "cannot make the daemon undumpable");
     }
     let policy = match &cfg.policy {
         Some(path) => Policy::load(path)?,
@@ -178,6 +189,10 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
     if let Some(e) = &kernel.lsm_error {
         error!(error = %e, "the bpf-lsm tier is NOT enforcing; the fallback tier enforces instead");
     }
+    match &kernel.self_attached.error {
+        None => info!(hooks = ?kernel.self_attached.attached, "self-protection attached"),
+        Some(e) => error!(error = %e, "self-protection is NOT fully attached"),
+    }
     let agents = agent_specs(&compiled);
     tags::install_agents(&mut kernel, &agents)?;
     let kills = needs_killer(&compiled);
@@ -207,6 +222,13 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
         "seeded tags from /proc"
     );
 
+    let internal = crate::selfprot::internal_rules(&crate::selfprot::OwnFiles {
+        policy: cfg.policy.as_ref().map(|p| absolute(p)),
+        event_log: absolute(&cfg.paths.event_log),
+        binary: std::env::current_exe().ok(),
+        pin_dir: absolute(&cfg.paths.pin_dir),
+    });
+    let path_rules: Vec<_> = compiled.paths.iter().chain(&internal).cloned().collect();
     let files = crate::files::FileGuard::start(
         crate::files::FileConfig {
             pin_dir: cfg.paths.pin_dir.clone(),
@@ -215,9 +237,28 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
             passwd: "/etc/passwd".into(),
         },
         kernel.files.take(),
-        &compiled.paths,
+        &path_rules,
         AgentNames::new(&agents),
     )?;
+    let restored: Arc<Mutex<Option<EventSink>>> = Arc::new(Mutex::new(None));
+    {
+        let restored = restored.clone();
+        match crate::pins::PinKeeper::start(&cfg.paths.pin_dir, move |r| {
+            let sink = restored.lock().expect("sink lock").clone();
+            if let Some(sink) = sink {
+                sink.submit_blocking(crate::selfprot::pin_restored(&r));
+            }
+        }) {
+            Ok(k) => {
+                info!(
+                    held = k.held(),
+                    "holding every pin; removed pins are pinned again"
+                );
+                kernel.keeper = Some(k);
+            }
+            Err(e) => error!(error = %e, "cannot keep the pins: a removed pin stays removed"),
+        }
+    }
     let log = EventLog::open(&cfg.paths.event_log, cfg.log, cfg.log_stdout).map_err(|source| {
         DaemonError::EventLog {
             path: cfg.paths.event_log.display().to_string(),
@@ -239,6 +280,10 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
             .collect(),
         kills,
         files: Some(Arc::new(files)),
+        internal,
+        path_rules: compiled.paths.clone(),
+        files_seq: 0,
+        sink: None,
     }));
 
     let listener = bind(&cfg.paths)?;
@@ -271,7 +316,10 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
                 net: labels,
             },
         );
-        if let Some(files) = state.lock().expect("state lock").files.clone() {
+        *restored.lock().expect("sink lock") = Some(sink.clone());
+        let mut st = state.lock().expect("state lock");
+        st.sink = Some(sink.clone());
+        if let Some(files) = st.files.clone() {
             files.set_sink(sink);
         }
     }
@@ -287,11 +335,28 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
         }
         None => (None, tokio::sync::mpsc::channel(1).1),
     };
+    let mut sources = {
+        let st = state.lock().expect("state lock");
+        crate::selfprot::SignalSources::new(st.kernel.guard_self.as_ref())
+    };
+    let mut from_tagged = |sig: i32| {
+        let st = state.lock().expect("state lock");
+        let tagged = sources.from_tagged(st.kernel.guard_self.as_ref(), sig);
+        if tagged {
+            warn!(
+                signal = sig,
+                "ignoring a signal from a tagged process (it was killed)"
+            );
+        }
+        tagged
+    };
     loop {
         tokio::select! {
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-            _ = hup.recv() => reload(&cfg, &state, net.as_ref()),
+            _ = term.recv() => if !from_tagged(libc::SIGTERM) { break },
+            _ = int.recv() => if !from_tagged(libc::SIGINT) { break },
+            _ = hup.recv() => if !from_tagged(libc::SIGHUP) {
+                reload(&cfg, &state, net.as_ref());
+            },
             Some(()) = changed.recv() => reload(&cfg, &state, net.as_ref()),
         }
     }
@@ -320,7 +385,8 @@ fn reload(cfg: &DaemonConfig, state: &Shared, net: Option<&net::NetHandle>) {
         Ok(policy) => {
             let compiled = policy.compile();
             let compiled_net = compiled.clone();
-            let path_rules = compiled.paths.clone();
+            let internal = state.lock().expect("state lock").internal.clone();
+            let path_rules: Vec<_> = compiled.paths.iter().cloned().chain(internal).collect();
             let agents = agent_specs(&compiled);
             let mut st = state.lock().expect("state lock");
             match tags::install_agents(&mut st.kernel, &agents) {
@@ -329,6 +395,7 @@ fn reload(cfg: &DaemonConfig, state: &Shared, net: Option<&net::NetHandle>) {
                     st.policy_name = compiled.name;
                     st.generation += 1;
                     st.rejected = None;
+                    st.path_rules = compiled_net.paths.clone();
                     st.drop_caps = compiled
                         .drop_capabilities
                         .iter()
@@ -359,7 +426,9 @@ fn reload(cfg: &DaemonConfig, state: &Shared, net: Option<&net::NetHandle>) {
                     }
                     if let Some(files) = st.files.clone() {
                         let names = st.names.clone();
-                        std::thread::spawn(move || files.reload(&path_rules, names));
+                        st.files_seq += 1;
+                        let seq = st.files_seq;
+                        std::thread::spawn(move || files.reload(seq, &path_rules, names));
                     }
                 }
                 Err(e) => {
@@ -370,9 +439,24 @@ fn reload(cfg: &DaemonConfig, state: &Shared, net: Option<&net::NetHandle>) {
         }
         Err(e) => {
             error!(error = %e, "policy rejected; the previous policy stays in force");
-            state.lock().expect("state lock").rejected = Some(e.to_string());
+            let mut st = state.lock().expect("state lock");
+            st.rejected = Some(e.to_string());
+            // The file may be a new inode (an editor's rename, a ConfigMap swap): resolve the
+            // rules in force again, so that the internal rule covers it.
+            if let Some(files) = st.files.clone() {
+                let rules: Vec<_> = st.path_rules.iter().chain(&st.internal).cloned().collect();
+                let names = st.names.clone();
+                st.files_seq += 1;
+                let seq = st.files_seq;
+                std::thread::spawn(move || files.reload(seq, &rules, names));
+            }
         }
     }
+}
+
+/// `path` made absolute against the working directory (rules need absolute paths).
+fn absolute(path: &std::path::Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
 fn bind(paths: &Paths) -> Result<UnixListener, DaemonError> {
@@ -408,7 +492,14 @@ async fn handle(stream: UnixStream, state: Shared) {
     let mut lines = BufReader::new(read).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         let reply = match serde_json::from_str::<Request>(&line) {
-            Err(e) => serde_json::to_string(&Reply::<()>::err(format!("bad request: {e}"))),
+            Err(e) => {
+                // Anything but the read-only calls and tagging oneself: from a tagged caller,
+                // an attempt on guard itself.
+                if let Some(cred) = &peer {
+                    refused_tagged(&state, cred, &line).await;
+                }
+                serde_json::to_string(&Reply::<()>::err(format!("bad request: {e}")))
+            }
             Ok(Request::Status) => serde_json::to_string(&status(&state)),
             Ok(Request::Ps) => serde_json::to_string(&ps(&state)),
             Ok(Request::Tag { agent }) => {
@@ -424,8 +515,49 @@ async fn handle(stream: UnixStream, state: Shared) {
     }
 }
 
+/// Record a refused request from a tagged caller.
+async fn refused_tagged(state: &Shared, cred: &tokio::net::unix::UCred, line: &str) {
+    let Some(pid) = cred.pid().and_then(|p| u32::try_from(p).ok()) else {
+        return;
+    };
+    let (sink, header) = {
+        let st = state.lock().expect("state lock");
+        let Ok(tag) = st.kernel.tags.get(&pid, 0) else {
+            return;
+        };
+        let ppid = ProcInfo::read(pid as i32).map_or(0, |i| i.ppid);
+        let header = guard_common::event::EventHeader {
+            kind: guard_common::event::EventKind::SelfProtect as u32,
+            agent_id: tag.agent_id,
+            time_ns: crate::selfprot::boot_ns(),
+            proc: guard_common::ProcKey::new(pid, tag.start_ns),
+            root: tag.root,
+            ppid,
+            uid: cred.uid(),
+        };
+        (st.sink.clone(), header)
+    };
+    let what: String = line.chars().take(120).collect();
+    warn!(pid, request = %what, "refused an API request from a tagged process");
+    if let Some(sink) = sink {
+        sink.submit(crate::selfprot::api_denied(
+            header,
+            &format!("api request {what}"),
+        ))
+        .await;
+    }
+}
+
 fn status(state: &Shared) -> Reply<DaemonStatus> {
     let st = state.lock().expect("state lock");
+    let path_rules = st.files.as_ref().map(|f| f.status()).unwrap_or_default();
+    let self_protection = SelfProtectionStatus {
+        hooks: st.kernel.self_attached.attached.clone(),
+        error: st.kernel.self_attached.error.clone(),
+        pins_held: st.kernel.keeper.as_ref().map_or(0, |k| k.held()),
+        internal_rules: st.internal.iter().map(|r| r.name.clone()).collect(),
+    };
+    let problems = problems(&path_rules, &st.kernel, &self_protection);
     Reply::ok(DaemonStatus {
         daemon_pid: std::process::id(),
         enforcing: st.enforcing,
@@ -447,7 +579,9 @@ fn status(state: &Shared) -> Reply<DaemonStatus> {
             .chain(st.files.as_ref().map(|f| f.counters()).unwrap_or_default())
             .collect(),
         probe: serde_json::to_value(&st.probe).unwrap_or_default(),
-        path_rules: st.files.as_ref().map(|f| f.status()).unwrap_or_default(),
+        path_rules,
+        self_protection: Some(self_protection),
+        problems,
     })
 }
 
@@ -468,6 +602,33 @@ fn network_status(kernel: &Kernel) -> crate::api::NetworkStatus {
             "tp_btf/sys_exit attached when a policy has kill rules".into()
         },
     }
+}
+
+/// What is meant to be enforced but is not loaded: `guard status` exits non-zero when this
+/// is not empty. A rejected policy is not a problem here (the previous one is in force).
+fn problems(
+    path_rules: &[crate::files::PathRuleStatus],
+    kernel: &Kernel,
+    guard_self: &SelfProtectionStatus,
+) -> Vec<String> {
+    let mut out: Vec<String> = path_rules
+        .iter()
+        .filter(|r| r.status == crate::files::status::NOT_LOADED)
+        .map(|r| format!("path rule {} is not loaded", r.name))
+        .collect();
+    if let Some(why) = &kernel.net_attached.unix_missing {
+        out.push(format!("unix socket rules are not enforced: {why}"));
+    }
+    if let Some(e) = &kernel.lsm_error {
+        out.push(format!("the bpf-lsm tier is not enforcing: {e}"));
+    }
+    if let Some(e) = &guard_self.error {
+        out.push(format!("self-protection is not fully attached: {e}"));
+    }
+    if guard_self.pins_held == 0 {
+        out.push("removed pins are not put back (the pin keeper is not running)".into());
+    }
+    out
 }
 
 fn ps(state: &Shared) -> Reply<PsReply> {
@@ -512,6 +673,7 @@ fn tag(state: &Shared, pid: Option<i32>, agent: Option<&str>) -> Reply<TagReply>
                 already_tagged: before.is_some(),
                 drop_capabilities: st.drop_caps.clone(),
                 protections: st.files.as_ref().map(|f| f.protections()),
+                daemon_pid: std::process::id(),
             })
         }
         Err(e) => Reply::err(format!("tagging failed: {e}")),

@@ -130,6 +130,11 @@ pub struct Kernel {
     pub lsm: Option<crate::lsm::LsmAttached>,
     /// Why the bpf-lsm tier is not enforcing although it was asked for.
     pub lsm_error: Option<String>,
+    /// Self-protection maps (absent if the object lacks them) and what attached.
+    pub guard_self: Option<crate::selfprot::SelfMaps>,
+    pub self_attached: crate::selfprot::SelfAttached,
+    /// Puts removed pins back; told before the daemon removes a pin itself.
+    pub keeper: Option<std::sync::Arc<crate::pins::PinKeeper>>,
     /// Keeps the programs' file descriptors for the daemon's lifetime.
     _ebpf: Ebpf,
 }
@@ -160,6 +165,7 @@ impl Kernel {
         let (file_offsets, file_offsets_error) = crate::files::kernel::offsets();
         let lsm_offsets =
             crate::btf::lsm_offsets(Path::new(crate::btf::VMLINUX_BTF)).unwrap_or_default();
+        let (self_offsets, self_offsets_error) = crate::selfprot::offsets();
         let mut ebpf = EbpfLoader::new()
             .override_global(maps::LSM_OFFSETS_GLOBAL, &lsm_offsets, true)
             .default_map_pin_directory(&maps_dir)
@@ -167,6 +173,7 @@ impl Kernel {
             .override_global(maps::DAEMON_TGID_GLOBAL, &daemon_tgid, true)
             .override_global(maps::UNIX_OFFSETS_GLOBAL, &unix_offsets, true)
             .override_global(maps::FILE_OFFSETS_GLOBAL, &file_offsets, true)
+            .override_global(maps::SELF_OFFSETS_GLOBAL, &self_offsets, true)
             .load(OBJECT)
             .map_err(KernelError::Load)?;
         let btf = Btf::from_sys_fs().map_err(KernelError::Btf)?;
@@ -247,6 +254,26 @@ impl Kernel {
         } else {
             Tier::Fallback
         };
+        // The daemon's tgid goes in before the programs attach: a restarted daemon takes over
+        // from the old one at once.
+        let mut guard_self = match crate::selfprot::SelfMaps::take(&mut ebpf) {
+            Ok(m) => Some(m),
+            Err((name, source)) => return Err(KernelError::Map { name, source }),
+        };
+        if let Some(m) = guard_self.as_mut() {
+            m.set_daemon(daemon_tgid)
+                .map_err(|source| KernelError::Map {
+                    name: maps::SELF_STATE,
+                    source,
+                })?;
+        }
+        let self_attached = crate::selfprot::attach(
+            &mut ebpf,
+            &btf,
+            &links_dir,
+            self_offsets_error,
+            |link, path| replace_link_pin(link, path).map_err(|e| e.to_string()),
+        );
         Ok(Self {
             pin_dir: pin_dir.to_path_buf(),
             tags: take_map(&mut ebpf, maps::TAGS)?,
@@ -261,6 +288,9 @@ impl Kernel {
             tier,
             lsm,
             lsm_error,
+            guard_self,
+            self_attached,
+            keeper: None,
             _ebpf: ebpf,
         })
     }
@@ -285,6 +315,9 @@ impl Kernel {
             return Ok(());
         }
         if !on {
+            if let Some(k) = &self.keeper {
+                k.release(&pin);
+            }
             return fs::remove_file(&pin)
                 .map_err(|source| KernelError::PinDir { path: pin, source });
         }

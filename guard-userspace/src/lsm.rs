@@ -39,7 +39,10 @@ pub const FALLBACK_LINKS: [&str; 10] = [
 
 /// Every LSM program: network hooks first.
 pub fn all_programs() -> impl Iterator<Item = (&'static str, &'static str)> {
-    lsm_programs::NET.into_iter().chain(lsm_programs::FILE)
+    lsm_programs::NET
+        .into_iter()
+        .chain(lsm_programs::FILE)
+        .chain(lsm_programs::SELF)
 }
 
 /// Load and attach every LSM program of `ebpf`, pinning each link under `links_dir` with

@@ -112,7 +112,9 @@ enum Cmd {
         #[arg(short, long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
-    /// Show the enforcement tier, kernel features, trackers and counters.
+    /// Show the enforcement tier, kernel features, trackers, counters and rules. Exits 0 when
+    /// everything meant to be enforced is loaded, 1 when the daemon is unreachable or not
+    /// enforcing, 2 when something meant to be enforced is not loaded.
     Status {
         #[arg(short, long, value_enum, default_value_t = Output::Table)]
         output: Output,
@@ -186,6 +188,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if uninstall {
                 if !nix::unistd::geteuid().is_root() {
                     bail!("guard daemon --uninstall must run as root");
+                }
+                if let Ok(st) = api::call::<DaemonStatus>(&paths.socket, &Request::Status) {
+                    bail!(
+                        "the guard daemon (pid {}) is running and pins removed pins again; stop it first",
+                        st.daemon_pid
+                    );
                 }
                 let removed = kernel::uninstall(&paths.pin_dir)
                     .with_context(|| format!("removing {}", paths.pin_dir.display()))?;
@@ -296,6 +304,10 @@ fn run_tagged(paths: &Paths, agent: Option<String>, cmd: Vec<String>) -> anyhow:
     }
     guard::caps::confine(&reply.drop_capabilities)
         .context("refusing to start the command with capabilities the policy removes")?;
+    // Last: installing the filter needs no_new_privs (set above for ordinary users) or
+    // CAP_SYS_ADMIN (root keeps its effective capabilities until the exec).
+    guard::seccomp::install(reply.daemon_pid)
+        .context("refusing to start the command without its seccomp filter")?;
     let err = Command::new(&cmd[0]).args(&cmd[1..]).exec();
     eprintln!("guard: cannot run {}: {err}", cmd[0]);
     Ok(ExitCode::from(127))
@@ -311,10 +323,16 @@ fn status(paths: &Paths, output: Output) -> anyhow::Result<ExitCode> {
                     guard::render::status(&st, std::io::stdout().is_terminal())
                 ),
             }
-            Ok(if st.enforcing {
-                ExitCode::SUCCESS
-            } else {
+            // 0: enforcing everything the policy asks for (a rejected policy change is not a
+            // failure: the previous policy is in force, and the table says so); 1: not
+            // enforcing or unreachable; 2: running, but something meant to be enforced is
+            // not loaded (listed as problems).
+            Ok(if !st.enforcing {
                 ExitCode::FAILURE
+            } else if !st.problems.is_empty() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
             })
         }
         Err(api::ClientError::Connect { path, source }) => {

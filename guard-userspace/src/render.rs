@@ -104,6 +104,25 @@ pub fn status(st: &DaemonStatus, color: bool) -> String {
             );
         }
     }
+    if let Some(sp) = &st.self_protection {
+        let _ = writeln!(
+            out,
+            "self-protection  hooks: {}; pins held: {}; own files: {} (path rules below)",
+            if sp.hooks.is_empty() {
+                "none".to_string()
+            } else {
+                sp.hooks.join(", ")
+            },
+            sp.pins_held,
+            sp.internal_rules.join(", ")
+        );
+        if let Some(e) = &sp.error {
+            let _ = writeln!(out, "  NOT ATTACHED: {e}");
+        }
+    }
     out.push_str(&crate::files::status::render(&st.path_rules));
+    for p in &st.problems {
+        let _ = writeln!(out, "PROBLEM      {p}");
+    }
     out
 }

@@ -167,3 +167,546 @@ fn a_bad_policy_change_is_rejected_and_the_old_one_stays_in_force() {
             .filter(|s| s["policy_generation"].as_u64() == Some(generation + 2))
     });
 }
+
+// --- Reload storm: no generation, valid or not, lets a probe through.
+
+#[expect(
+    dead_code,
+    reason = "shared with the network tests; the storm uses the namespace and listener only"
+)]
+mod network_support;
+
+/// A tagged prober: connects to ADDR:PORT and opens FILE for writing in a loop until STOP
+/// exists, then writes its counts to OUT. Touches OUT.ready after the first round.
+const PROBER: &str = r#"
+import errno, json, os, socket, sys, time
+addr, port, path, stop, out = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+c = dict(rounds=0, connected=0, eperm=0, other=0, file_eperm=0, file_opened=0, file_other=0)
+while not os.path.exists(stop):
+    s = socket.socket()
+    s.settimeout(5)
+    try:
+        s.connect((addr, port))
+        c["connected"] += 1
+    except OSError as e:
+        c["eperm" if e.errno == errno.EPERM else "other"] += 1
+    finally:
+        s.close()
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_APPEND))
+        c["file_opened"] += 1
+    except OSError as e:
+        c["file_eperm" if e.errno == errno.EPERM else "file_other"] += 1
+    c["rounds"] += 1
+    if c["rounds"] == 1:
+        open(out + ".ready", "w").close()
+    time.sleep(0.005)
+with open(out + ".tmp", "w") as f:
+    json.dump(c, f)
+os.replace(out + ".tmp", out)
+"#;
+
+fn storm_policy(n: usize, addr: &str, ledger: &std::path::Path) -> String {
+    format!(
+        "apiVersion: guard.dev/v1alpha1
+kind: GuardPolicy
+metadata: {{ name: storm-{n} }}
+spec:
+  agents:
+    - {{ name: claude-code, executables: [claude] }}
+  endpoints:
+    - {{ name: prod-db, ips: [{addr}], ports: [5432], action: deny }}
+    - {{ name: extra-{n}, cidrs: [10.99.{m}.0/24], ports: [{port}], action: deny }}
+  paths:
+    - {{ name: ledger, paths: [{ledger}], access: [write, delete], action: deny }}
+",
+        m = n % 250,
+        port = 1000 + n,
+        ledger = ledger.display()
+    )
+}
+
+/// Broken variants of a valid policy, each rejected for a different reason.
+fn broken(valid: &str, n: usize) -> String {
+    match n % 5 {
+        0 => valid.replace("executables", "executabels"),
+        1 => valid.replace("10.99.", "10.299."),
+        2 => valid.replace("action: deny }\n  paths", "action: obliterate }\n  paths"),
+        3 => valid.replace("ports: [5432]", "ports: [5432"),
+        _ => valid.replace("kind: GuardPolicy", "kind: GuardPolice"),
+    }
+}
+
+fn sighup(d: &Daemon) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(d.pid() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_reload_storm_never_lets_a_tagged_probe_through() {
+    use network_support::{Listener, Net, assert_ok, client};
+
+    let net = Net::new();
+    let listener = Listener::start(&net, &[format!("tcp:5432:{}", net.a)]);
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("ledger.db");
+    std::fs::write(&ledger, "balance 100\n").unwrap();
+    let d = Daemon::start_with_policy(&storm_policy(0, &net.a, &ledger));
+    let policy = d.policy.clone().unwrap();
+
+    let (stop, out) = (dir.path().join("stop"), dir.path().join("counts.json"));
+    // An agent recognised at exec (python3 under the name `claude`): no private mount
+    // namespace, so the ledger is protected by the daemon's reloaded rules alone.
+    let claude = dir.path().join("claude");
+    std::os::unix::fs::symlink("/usr/bin/python3", &claude).unwrap();
+    let mut prober = guard_tests::Proc::spawn({
+        let mut c = Command::new(&claude);
+        c.args([
+            "-c",
+            PROBER,
+            &net.a,
+            "5432",
+            ledger.to_str().unwrap(),
+            stop.to_str().unwrap(),
+            out.to_str().unwrap(),
+        ])
+        .stderr(std::process::Stdio::null());
+        c
+    });
+    wait_for("the prober to be tagged", Duration::from_secs(10), || {
+        d.tag_of(prober.pid())
+    });
+    let ready = out.with_extension("json.ready");
+    wait_for("the prober's first round", Duration::from_secs(20), || {
+        ready.exists().then_some(())
+    });
+
+    let mut valid_loads = 0u64;
+    let mut rejected = 0;
+    let mut last_valid = 0;
+    for i in 1..=100usize {
+        let valid = storm_policy(i, &net.a, &ledger);
+        let hup = i % 10 == 0 || i % 10 == 5;
+        if i % 2 == 0 {
+            std::fs::write(&policy, &valid).unwrap();
+            let st = wait_for(
+                &format!("generation storm-{i} to be installed"),
+                Duration::from_secs(20),
+                || {
+                    d.status_json().filter(|s| {
+                        s["policy"] == format!("storm-{i}").as_str()
+                            && s["policy_rejected"].is_null()
+                    })
+                },
+            );
+            valid_loads += 1;
+            last_valid = i;
+            if hup {
+                let g = st["policy_generation"].as_u64().unwrap();
+                sighup(&d);
+                wait_for("SIGHUP to reload", Duration::from_secs(20), || {
+                    d.status_json()
+                        .filter(|s| s["policy_generation"].as_u64() == Some(g + 1))
+                });
+                valid_loads += 1;
+            }
+        } else {
+            let before = d.log().matches("policy rejected").count();
+            std::fs::write(&policy, broken(&valid, i)).unwrap();
+            let st = wait_for(
+                &format!("change {i} to be rejected"),
+                Duration::from_secs(20),
+                || d.status_json().filter(|s| s["policy_rejected"].is_string()),
+            );
+            let why = st["policy_rejected"].as_str().unwrap();
+            assert!(why.contains("policy.yaml"), "change {i}: {why}");
+            assert_eq!(
+                st["policy"],
+                format!("storm-{last_valid}").as_str(),
+                "change {i} is ignored: {st}"
+            );
+            rejected += 1;
+            if hup {
+                sighup(&d);
+                wait_for(
+                    "SIGHUP of a bad policy to be rejected again",
+                    Duration::from_secs(20),
+                    || (d.log().matches("policy rejected").count() >= before + 2).then_some(()),
+                );
+                let st = d.status_json().unwrap();
+                assert!(st["policy_rejected"].is_string());
+                assert_eq!(st["policy"], format!("storm-{last_valid}").as_str());
+            }
+        }
+    }
+    assert_eq!(rejected, 50);
+
+    std::fs::write(&stop, "").unwrap();
+    let counts: serde_json::Value =
+        wait_for("the prober's counts", Duration::from_secs(30), || {
+            serde_json::from_str(&std::fs::read_to_string(&out).ok()?).ok()
+        });
+    prober.wait_timeout(Duration::from_secs(10));
+    let n = |k: &str| counts[k].as_u64().unwrap();
+    assert!(n("rounds") > 0, "{counts}");
+    assert_eq!(n("connected"), 0, "a probe got through: {counts}");
+    assert_eq!(n("other"), 0, "every probe failed with EPERM: {counts}");
+    assert_eq!(n("eperm"), n("rounds"), "{counts}");
+    assert_eq!(
+        n("file_opened"),
+        0,
+        "the ledger opened for writing: {counts}"
+    );
+    assert_eq!(n("file_eperm"), n("rounds"), "{counts}");
+    assert_eq!(
+        listener.count("tcp:5432"),
+        0,
+        "the listener accepted a tagged probe"
+    );
+    assert_eq!(std::fs::read_to_string(&ledger).unwrap(), "balance 100\n");
+
+    // The last valid generation is the one in force, with every valid load counted.
+    let st = d.status_json().unwrap();
+    assert_eq!(st["policy"], "storm-100");
+    assert!(st["policy_rejected"].is_null());
+    assert_eq!(st["policy_generation"].as_u64().unwrap(), 1 + valid_loads);
+    let rules: Vec<&str> = st["path_rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["name"].as_str())
+        .collect();
+    assert!(rules.contains(&"ledger"), "{rules:?}");
+    // Untagged, the same destination is reachable: the rule is for agents only.
+    assert_ok(&client(None, "tcp", &net.a, 5432), "untagged");
+    wait_for("the untagged connection", Duration::from_secs(10), || {
+        (listener.count("tcp:5432") == 1).then_some(())
+    });
+    eprintln!(
+        "storm: {} probes (connect + open for write), 0 through; {valid_loads} valid loads, {rejected} rejected",
+        n("rounds")
+    );
+}
+
+// --- A hostile agent tree, running as root with every capability, goes for the daemon.
+
+/// `claude -c SCRIPT`: bash under an agent's name, recognised and tagged at exec (so it keeps
+/// root's capabilities, unlike a `guard run` tree).
+fn agent_shell(claude: &std::path::Path, script: &str) -> std::process::Output {
+    let mut c = Command::new(claude);
+    c.args(["-c", script]);
+    output(c)
+}
+
+fn killed(out: &std::process::Output) -> bool {
+    use std::os::unix::process::ExitStatusExt;
+    out.status.signal() == Some(9)
+}
+
+fn text(out: &std::process::Output) -> String {
+    format!(
+        "{:?}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Wait for an event of `kind` matching `f`, with its ancestry.
+fn event(d: &Daemon, what: &str, f: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let e = wait_for(what, Duration::from_secs(15), || {
+        d.events().into_iter().find(|e| f(e))
+    });
+    assert!(
+        e["ancestry"].as_array().is_some_and(|a| !a.is_empty()),
+        "{what}: the event carries the ancestry: {e}"
+    );
+    e
+}
+
+fn proc_state(pid: u32) -> Vec<(char, u32)> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    tasks
+        .filter_map(Result::ok)
+        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+        .map(|s| {
+            let field = |k: &str| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix(k))
+                    .map(|v| v.trim().to_string())
+                    .unwrap_or_default()
+            };
+            (
+                field("State:").chars().next().unwrap_or('?'),
+                field("TracerPid:").parse().unwrap_or(0),
+            )
+        })
+        .collect()
+}
+
+/// Every thread of `pid` runs (not stopped) and is not traced.
+fn free(pid: u32) -> Option<()> {
+    proc_state(pid)
+        .iter()
+        .all(|(state, tracer)| *state != 'T' && *state != 't' && *tracer == 0)
+        .then_some(())
+}
+
+fn api_request(socket: &std::path::Path, line: &str) -> String {
+    format!(
+        "python3 -c 'import socket; s = socket.socket(socket.AF_UNIX); s.connect(\"{}\"); s.sendall(b\"{}\\n\"); print(s.recv(4096).decode())'",
+        socket.display(),
+        line.replace('"', "\\\"")
+    )
+}
+
+#[test]
+fn a_hostile_root_agent_tree_cannot_stop_blind_or_rewrite_the_daemon() {
+    let mut d = Daemon::start_with_policy(GOOD);
+    d.keep_pins = false;
+    let policy = d.policy.clone().unwrap();
+    let policy_text = std::fs::read_to_string(&policy).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let claude = dir.path().join("claude");
+    std::fs::copy("/bin/bash", &claude).unwrap();
+    let pid = d.pid();
+    let links_before: Vec<String> = {
+        let mut l: Vec<String> = std::fs::read_dir(d.pin_dir.join("links"))
+            .unwrap()
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        l.sort();
+        l
+    };
+    let st = d.status_json().unwrap();
+    let hooks = st["self_protection"]["hooks"].as_array().unwrap().len();
+    assert_eq!(hooks, 3, "self-protection hooks attached: {st}");
+    // A long-lived agent tree, to check adoption after the daemon is killed.
+    let mut sleeper = guard_tests::Proc::spawn({
+        let mut c = Command::new(&claude);
+        c.args(["-c", "sleep 600"]);
+        c
+    });
+    let sleeper_tag = wait_for(
+        "the long-lived agent to be tagged",
+        Duration::from_secs(10),
+        || d.tag_of(sleeper.pid()),
+    );
+
+    // 1. Termination, stop and user signals: the sender dies, the daemon carries on.
+    for sig in ["TERM", "INT", "HUP", "USR1", "STOP"] {
+        let out = agent_shell(&claude, &format!("kill -{sig} {pid}; echo survived"));
+        assert!(killed(&out), "kill -{sig}: {}", text(&out));
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("survived"));
+        event(&d, &format!("the SIG{sig} event"), |e| {
+            e["kind"] == "self_protect"
+                && e["result"] == "killed"
+                && e["object"]["operation"] == format!("signal SIG{sig}").as_str()
+        });
+        wait_for("the daemon to run on", Duration::from_secs(10), || {
+            free(pid)
+        });
+        assert!(d.status_json().is_some_and(|s| s["daemon_pid"] == pid));
+    }
+
+    // 2. strace -p (PTRACE_SEIZE): the tracer dies at its first wait; the daemon resumes.
+    let out = agent_shell(
+        &claude,
+        &format!("strace -f -p {pid} -o /dev/null; echo survived"),
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("survived")
+            || String::from_utf8_lossy(&out.stderr).contains("Killed"),
+        "strace: {}",
+        text(&out)
+    );
+    event(&d, "the tracer's kill", |e| {
+        e["kind"] == "self_protect"
+            && e["hook"] == "sched_process_wait"
+            && e["result"] == "killed"
+            && e["process"]["comm"] == "strace"
+    });
+    wait_for("the daemon to be untraced", Duration::from_secs(10), || {
+        free(pid)
+    });
+    // PTRACE_ATTACH (as gdb does): the SIGSTOP it sends gives it away at once.
+    let out = agent_shell(
+        &claude,
+        &format!(
+            "python3 -c 'import ctypes; print(ctypes.CDLL(None).ptrace(16, {pid}, 0, 0), flush=True); import time; time.sleep(5)'"
+        ),
+    );
+    assert!(killed(&out), "PTRACE_ATTACH: {}", text(&out));
+    wait_for("the daemon to be untraced", Duration::from_secs(10), || {
+        free(pid)
+    });
+    assert!(d.status_json().is_some_and(|s| s["daemon_pid"] == pid));
+
+    // 3. Removing the pins: rm dies at its first unlink; the pin is put back at once.
+    let out = agent_shell(&claude, &format!("rm -rf {}", d.pin_dir.display()));
+    assert!(killed(&out), "rm -rf pins: {}", text(&out));
+    event(&d, "the pin removal", |e| {
+        e["kind"] == "file_change" && e["rule"] == "guard:pins" && e["result"] == "killed"
+    });
+    let restored = wait_for("the pin to be put back", Duration::from_secs(10), || {
+        d.events()
+            .into_iter()
+            .find(|e| e["hook"] == "pin-keeper" && e["result"] == "restored")
+    });
+    wait_for("every link pinned", Duration::from_secs(10), || {
+        let mut l: Vec<String> = std::fs::read_dir(d.pin_dir.join("links"))
+            .ok()?
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        l.sort();
+        (l == links_before).then_some(())
+    });
+    eprintln!("pin put back: {}", restored["object"]["path"]);
+
+    // 4. The policy and the event log: opens for writing fail with EPERM.
+    for (what, script) in [
+        (
+            "overwrite the policy",
+            format!("echo 'kind: x' > {}", policy.display()),
+        ),
+        (
+            "truncate the event log",
+            format!("truncate -s 0 {}", d.event_log.display()),
+        ),
+        (
+            "empty the event log",
+            format!(": > {}", d.event_log.display()),
+        ),
+    ] {
+        let out = agent_shell(&claude, &format!("{script} && echo WROTE"));
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).contains("WROTE")
+                && String::from_utf8_lossy(&out.stderr).contains("Operation not permitted"),
+            "{what}: {}",
+            text(&out)
+        );
+    }
+    assert_eq!(std::fs::read_to_string(&policy).unwrap(), policy_text);
+    event(&d, "the policy write", |e| {
+        e["kind"] == "file_open" && e["rule"] == "guard:policy" && e["result"] == "denied"
+    });
+    event(&d, "the event log write", |e| {
+        e["kind"] == "file_open" && e["rule"] == "guard:event-log" && e["result"] == "denied"
+    });
+    assert!(d.events().len() > 10, "the event log kept its lines");
+
+    // 5. The API: anything but the read-only calls is refused, and recorded.
+    for req in [
+        r#"{"op":"untag","pid":1}"#,
+        r#"{"op":"reload","policy":"/tmp/evil.yaml"}"#,
+    ] {
+        let out = agent_shell(&claude, &api_request(&d.socket, req));
+        let reply = String::from_utf8_lossy(&out.stdout);
+        assert!(reply.contains(r#""ok":false"#), "{req}: {}", text(&out));
+    }
+    event(&d, "the refused API calls", |e| {
+        e["kind"] == "self_protect"
+            && e["hook"] == "api"
+            && e["result"] == "denied"
+            && e["object"]["operation"]
+                .as_str()
+                .is_some_and(|o| o.contains("reload"))
+    });
+    assert!(
+        d.tag_of(sleeper.pid()).is_some(),
+        "nothing untagged the agent"
+    );
+
+    // 6. Untagged root doing the same (where it does no harm) is not affected.
+    let out = output({
+        let mut c = Command::new("timeout");
+        c.args([
+            "-s",
+            "INT",
+            "2",
+            "strace",
+            "-p",
+            &pid.to_string(),
+            "-o",
+            "/dev/null",
+        ]);
+        c
+    });
+    assert!(!killed(&out), "untagged strace: {}", text(&out));
+    wait_for("the daemon to be untraced", Duration::from_secs(10), || {
+        free(pid)
+    });
+    std::fs::write(&policy, &policy_text).unwrap();
+    let out = output({
+        let mut c = Command::new("bash");
+        c.args([
+            "-c",
+            &format!(
+                "kill -USR1 {pid} && {}",
+                api_request(&d.socket, r#"{"op":"untag"}"#)
+            ),
+        ]);
+        c
+    });
+    assert!(out.status.success(), "untagged: {}", text(&out));
+    assert!(d.status_json().is_some_and(|s| s["daemon_pid"] == pid));
+    let api_events = d
+        .events()
+        .into_iter()
+        .filter(|e| e["hook"] == "api")
+        .count();
+    assert_eq!(api_events, 2, "untagged API calls are not agent events");
+
+    // 7. kill -9: the sender dies too, the daemon cannot refuse SIGKILL. Enforcement stays
+    // pinned; a restart adopts the tags and records what happened from the pinned ring.
+    let out = agent_shell(&claude, &format!("kill -9 {pid}; echo survived"));
+    assert!(killed(&out), "kill -9: {}", text(&out));
+    wait_for("the daemon to die", Duration::from_secs(10), || {
+        (!guard_tests::alive(pid)).then_some(())
+    });
+    d.signal_and_reap(nix::sys::signal::Signal::SIGKILL);
+    let out = agent_shell(&claude, &format!("rm -rf {}", d.pin_dir.display()));
+    assert!(
+        killed(&out),
+        "with the daemon down, pins are still protected: {}",
+        text(&out)
+    );
+    d.spawn();
+    let new_pid = d.pid();
+    let tag = wait_for(
+        "the agent's tag after the restart",
+        Duration::from_secs(10),
+        || d.tag_of(sleeper.pid()),
+    );
+    assert_eq!(tag["root_pid"], sleeper_tag["root_pid"], "{tag}");
+    // The killer exited before this daemon started, so its ancestry is not known here; the
+    // record names it, its parent and its agent root.
+    let e = wait_for(
+        "the SIGKILL event, read after the restart",
+        Duration::from_secs(15),
+        || {
+            d.events().into_iter().find(|e| {
+                e["kind"] == "self_protect" && e["object"]["operation"] == "signal SIGKILL"
+            })
+        },
+    );
+    assert_eq!(e["result"], "killed", "{e}");
+    assert_eq!(e["agent"], "claude-code", "{e}");
+    assert!(e["process"]["ppid"].as_u64().is_some_and(|p| p > 0), "{e}");
+    assert_eq!(e["root"]["pid"], e["process"]["pid"], "{e}");
+    let out = agent_shell(&claude, &format!("kill -TERM {new_pid}; echo survived"));
+    assert!(
+        killed(&out),
+        "the restarted daemon is protected: {}",
+        text(&out)
+    );
+    assert!(d.status_json().is_some_and(|s| s["daemon_pid"] == new_pid));
+    let st = d.status_json().unwrap();
+    assert_eq!(st["problems"].as_array().map(Vec::len), Some(0), "{st}");
+    let _ = sleeper.child.kill();
+}

@@ -13,6 +13,10 @@
 //!   `path_chown` match the object by identity (device + inode, its ancestors, its volume),
 //!   as the kill-on-detect programs do, and refuse with EPERM: nothing is lost.
 //!
+//! - Self-protection: `task_kill` and `ptrace_access_check` (which also guards
+//!   `/proc/PID/mem` and `process_vm_*`) refuse a tagged process anything aimed at the daemon,
+//!   and `bpf` refuses tagged processes every `bpf()` call.
+//!
 //! Struct fields are read at offsets from the running kernel's BTF (`LsmOffsets`,
 //! `FileOffsets`), so one build runs on 6.1, 6.12 and 6.18. Untagged processes cost one map
 //! lookup; internal errors allow and are counted.
@@ -375,4 +379,100 @@ pub fn guard_lsm_path_chmod(ctx: LsmContext) -> i32 {
 #[lsm(hook = "path_chown")]
 pub fn guard_lsm_path_chown(ctx: LsmContext) -> i32 {
     on_dentry(path_dentry(ctx.arg(0)), access::WRITE, lsm_hook::PATH_CHOWN)
+}
+
+// --- Self-protection.
+
+/// Record a refused attempt on the daemon (or a `bpf()` call) by the current, tagged process.
+#[inline(always)]
+fn refuse_self(tag: &guard_common::Tag, what: u32, detail: u32, daemon: u32) {
+    let o = crate::maps::offsets();
+    if o.valid == 0 {
+        return;
+    }
+    let me = crate::kernel::Task::current();
+    let Ok(key) = me.key(&o) else { return };
+    super::guard_self::emit(
+        tag,
+        key,
+        me.parent_tgid(&o).unwrap_or(0),
+        aya_ebpf::helpers::bpf_get_current_uid_gid() as u32,
+        true,
+        what,
+        detail,
+        daemon,
+        guard_common::selfprot::outcome::DENIED,
+    );
+}
+
+/// Whether `task` belongs to the daemon, seen from a tagged current process.
+#[inline(always)]
+fn targets_daemon(task: *const u8) -> Option<(guard_common::Tag, u32)> {
+    let tag = TAGS.get_ptr(current_tgid())?;
+    let daemon = super::guard_self::daemon_tgid();
+    if daemon == 0 {
+        return None;
+    }
+    let o = crate::maps::offsets();
+    if o.valid == 0 || crate::kernel::Task(task).tgid(&o).ok()? != daemon {
+        return None;
+    }
+    // SAFETY: map value pointer from a successful lookup.
+    Some((unsafe { *tag }, daemon))
+}
+
+/// `task_kill(struct task_struct *p, struct kernel_siginfo *info, int sig, const struct cred
+/// *cred)`: no signal from a tagged process reaches the daemon (signal 0, the existence
+/// probe, is allowed).
+#[lsm(hook = "task_kill")]
+pub fn guard_lsm_task_kill(ctx: LsmContext) -> i32 {
+    let sig: i32 = ctx.arg(2);
+    if sig == 0 {
+        return 0;
+    }
+    match targets_daemon(ctx.arg(0)) {
+        Some((tag, daemon)) => {
+            refuse_self(
+                &tag,
+                guard_common::selfprot::op::LSM_SIGNAL,
+                sig as u32,
+                daemon,
+            );
+            -EPERM
+        }
+        None => 0,
+    }
+}
+
+/// `ptrace_access_check(struct task_struct *child, unsigned int mode)`: attach, seize,
+/// `/proc/PID/mem` and `process_vm_*` on the daemon.
+#[lsm(hook = "ptrace_access_check")]
+pub fn guard_lsm_ptrace_access_check(ctx: LsmContext) -> i32 {
+    let mode: u32 = ctx.arg(1);
+    match targets_daemon(ctx.arg(0)) {
+        Some((tag, daemon)) => {
+            refuse_self(&tag, guard_common::selfprot::op::LSM_PTRACE, mode, daemon);
+            -EPERM
+        }
+        None => 0,
+    }
+}
+
+/// `bpf(int cmd, union bpf_attr *attr, unsigned int size[, bool kernel])`: tagged processes
+/// load, attach, detach and read nothing.
+#[lsm(hook = "bpf")]
+pub fn guard_lsm_bpf(ctx: LsmContext) -> i32 {
+    let cmd: i32 = ctx.arg(0);
+    let Some(tag) = TAGS.get_ptr(current_tgid()) else {
+        return 0;
+    };
+    // SAFETY: map value pointer from a successful lookup.
+    let tag = unsafe { *tag };
+    refuse_self(
+        &tag,
+        guard_common::selfprot::op::LSM_BPF,
+        cmd as u32,
+        super::guard_self::daemon_tgid(),
+    );
+    -EPERM
 }

@@ -1,5 +1,6 @@
 //! Programs grouped by concern.
 pub mod file;
+pub mod guard_self;
 pub mod lsm;
 pub mod net;
 pub mod process;

@@ -221,6 +221,7 @@ fn try_exit() -> Result<(), i32> {
         &[0; NAME_LEN],
     );
     super::net::forget_pending_kill(tgid);
+    super::guard_self::forget_tracer(tgid);
     TAGS.remove(tgid)?;
     Ok(())
 }

@@ -46,6 +46,7 @@ pub const fn kind_name(kind: EventKind) -> &'static str {
         EventKind::FileChange => "file_change",
         EventKind::FileDevice => "file_device",
         EventKind::FileOpen => "file_open",
+        EventKind::SelfProtect => "self_protect",
     }
 }
 
@@ -145,6 +146,7 @@ pub fn decode(raw: &[u8], ctx: &DecodeCtx<'_>) -> Result<Decoded, DecodeError> {
         | EventKind::TaggedExit
         | EventKind::TaggedFork => process::decode(kind, raw, ctx),
         EventKind::NetConnect => net::decode_record(raw, ctx),
+        EventKind::SelfProtect => crate::selfprot::decode(raw, ctx),
         // Read by `files` from its own ring buffer (GUARD_FILE_EVENTS).
         // (FileOpen is decided in userspace and submitted to the pipeline directly.)
         EventKind::FileChange | EventKind::FileDevice | EventKind::FileOpen => {

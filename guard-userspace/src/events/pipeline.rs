@@ -246,15 +246,20 @@ pub fn build(
         time: clock.rfc3339(h.time_ns),
         node: node.to_string(),
         kind: kind_name(d.kind).into(),
-        agent: names.name(h.agent_id),
+        // u32::MAX: an event of the daemon itself, about no agent.
+        agent: if h.agent_id == u32::MAX {
+            String::new()
+        } else {
+            names.name(h.agent_id)
+        },
         rule: decision.as_ref().map(|x| x.rule.clone()),
         rule_id: decision.as_ref().and_then(|x| x.rule_id),
         action: decision.as_ref().map(|x| x.action.clone()),
         mode: decision.as_ref().and_then(|x| x.mode.clone()),
         hook: decision.as_ref().and_then(|x| x.hook.clone()),
         result: decision.map(|x| x.result),
-        process: Some(process),
-        root: Some(root),
+        process: (h.proc.tgid != 0).then_some(process),
+        root: (h.root.tgid != 0).then_some(root),
         ancestry,
         ancestry_complete: Some(ctx.is_some_and(|c| c.complete)),
         destination: d.destination.clone(),

@@ -286,14 +286,14 @@ pub fn load(
                 Ok(()) => a.device = true,
                 Err(e) => a.device_error = Some(e),
             }
-            let net: Vec<&str> = guard_common::maps::lsm_programs::NET
+            let file: Vec<&str> = guard_common::maps::lsm_programs::FILE
                 .iter()
                 .map(|(_, h)| *h)
                 .collect();
             a.lsm = lsm
                 .hooks
                 .iter()
-                .filter(|h| !net.contains(&h.as_str()))
+                .filter(|h| file.contains(&h.as_str()))
                 .cloned()
                 .collect();
             a

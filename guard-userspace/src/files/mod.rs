@@ -132,8 +132,8 @@ pub struct FileGuard {
     engine: Mutex<Arc<Engine>>,
     attached: Attached,
     passwd: PathBuf,
-    /// One reload at a time.
-    reload_lock: Mutex<()>,
+    /// One reload at a time; the sequence number of the rules applied last.
+    reload_lock: Mutex<u64>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
 }
@@ -220,15 +220,20 @@ impl FileGuard {
             engine: Mutex::new(engine),
             attached,
             passwd: cfg.passwd,
-            reload_lock: Mutex::new(()),
+            reload_lock: Mutex::new(0),
             stop,
             threads,
         })
     }
 
-    /// Apply new rules: the new engine is complete before the old one stops.
-    pub fn reload(&self, rules: &[CompiledPathRule], names: AgentNames) {
-        let _one = self.reload_lock.lock().expect("reload lock");
+    /// Apply new rules: the new engine is complete before the old one stops. `seq` orders
+    /// reloads started from several threads: rules older than those applied are dropped.
+    pub fn reload(&self, seq: u64, rules: &[CompiledPathRule], names: AgentNames) {
+        let mut last = self.reload_lock.lock().expect("reload lock");
+        if seq <= *last {
+            return;
+        }
+        *last = seq;
         *self.shared.names.lock().expect("names lock") = names;
         let homes = read_homes(&self.passwd);
         let new = Engine::build(rules, &homes, self.shared.clone());

@@ -98,6 +98,9 @@ pub fn apply(p: &Protections) -> Result<Applied, MountNsError> {
     for path in ro {
         match readonly(path) {
             Ok(()) => applied.readonly += 1,
+            // Out of the caller's reach already (e.g. guard's pin directory for an ordinary
+            // user): nothing to make read-only.
+            Err(e) if e.raw_os_error() == Some(libc::EACCES) => {}
             Err(e) => applied.skipped.push(format!("{}: {e}", path.display())),
         }
     }

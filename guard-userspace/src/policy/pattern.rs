@@ -48,6 +48,12 @@ impl PathSpec {
         &self.0
     }
 
+    /// A path guard adds itself (internal rules), checked like a policy's; `None` if it is
+    /// not a valid absolute path or pattern.
+    pub fn internal(text: &str) -> Option<Self> {
+        <Self as Scalar>::parse(text).ok()
+    }
+
     /// `~` or `~/…`: one path per home directory.
     pub fn is_home_relative(&self) -> bool {
         self.0 == "~" || self.0.starts_with("~/")

@@ -1,0 +1,89 @@
+//! Self-protection on kernels without BPF LSM (guard-ebpf `probes/guard_self.rs`): signals and
+//! ptrace aimed at the daemon by tagged processes.
+
+use crate::event::EventHeader;
+
+/// Index 0 of [`crate::maps::SELF_STATE`]: what the programs protect. The daemon writes it
+/// when it starts or adopts the pins.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SelfState {
+    /// tgid of the running daemon (0: none yet).
+    pub daemon_tgid: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<SelfState>() == 8);
+
+/// Slots of [`crate::maps::SELF_SIGNALS`]: per signal number, how many times a tagged process
+/// sent that signal to the daemon (the daemon ignores a termination signal it counts here).
+pub const SIGNAL_SLOTS: u32 = 65;
+/// Slot of [`crate::maps::SELF_SIGNALS`] set while a stop signal from a tagged process is on
+/// its way to the daemon: the daemon resumes itself (SIGCONT) when it is delivered.
+pub const STOP_PENDING_SLOT: u32 = 0;
+
+/// What a tagged process did to the daemon.
+pub mod op {
+    /// Sent it a signal (`signal` says which).
+    pub const SIGNAL: u32 = 1;
+    /// Traced it: a daemon thread stopped for a tracer (`PTRACE_SEIZE` + interrupt, or
+    /// `PTRACE_ATTACH`); the tracer is killed at its next wait.
+    pub const TRACED: u32 = 2;
+    /// The tracer was killed when it waited for the daemon.
+    pub const TRACER_KILLED: u32 = 3;
+    /// bpf-lsm tier: a signal refused by `task_kill` (`signal` says which).
+    pub const LSM_SIGNAL: u32 = 4;
+    /// bpf-lsm tier: ptrace, `/proc/PID/mem` or `process_vm_*` access refused by
+    /// `ptrace_access_check` (`signal` holds the `PTRACE_MODE_*` bits).
+    pub const LSM_PTRACE: u32 = 5;
+    /// bpf-lsm tier: a `bpf()` call refused (`signal` holds the command).
+    pub const LSM_BPF: u32 = 6;
+}
+
+/// How it ended.
+pub mod outcome {
+    pub const KILLED: u32 = 1;
+    pub const KILL_FAILED: u32 = 2;
+    /// The kill is scheduled for the offender's next wait.
+    pub const KILL_SCHEDULED: u32 = 3;
+    /// Refused with EPERM before it happened (bpf-lsm tier).
+    pub const DENIED: u32 = 4;
+}
+
+/// `EventKind::SelfProtect`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SelfEvent {
+    pub header: EventHeader,
+    pub comm: [u8; 16],
+    /// [`op`].
+    pub op: u32,
+    pub signal: u32,
+    /// tgid of the daemon it aimed at.
+    pub target_tgid: u32,
+    /// [`outcome`].
+    pub outcome: u32,
+}
+const _: () = assert!(core::mem::size_of::<SelfEvent>() == 88);
+
+/// Offsets for the self-protection programs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SelfOffsets {
+    /// `kernel_siginfo.si_code`.
+    pub siginfo_code: u32,
+    /// Non-zero once filled in by the loader.
+    pub valid: u32,
+}
+const _: () = assert!(core::mem::size_of::<SelfOffsets>() == 8);
+
+/// `si_code` of the SIGCHLD a tracee sends its tracer when it stops for it.
+pub const CLD_TRAPPED: i32 = 4;
+pub const CLD_STOPPED: i32 = 5;
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: repr(C), explicit padding, integers only.
+    unsafe impl aya::Pod for super::SelfState {}
+    unsafe impl aya::Pod for super::SelfEvent {}
+    unsafe impl aya::Pod for super::SelfOffsets {}
+}

@@ -1,0 +1,312 @@
+//! Self-protection on kernels without BPF LSM: kill-on-detect for signals and ptrace aimed at
+//! the daemon by tagged processes.
+//!
+//! - A signal to any thread of the daemon from a tagged process (`signal_generate`, in the
+//!   sender's context): the sender gets SIGKILL before the system call returns, and the
+//!   signal is counted per number so that the daemon ignores a SIGTERM, SIGINT or SIGHUP it
+//!   did not get from someone entitled to send it. A stop signal is remembered: when it is
+//!   delivered (`signal_deliver`, in the daemon's context) the daemon sends itself SIGCONT.
+//!   SIGKILL itself cannot be refused here: the daemon dies, the pinned programs keep
+//!   enforcing, and the restarted daemon records the event from the pinned ring buffer.
+//! - ptrace: `PTRACE_SEIZE` sends no signal, but as soon as a traced daemon thread stops for
+//!   its tracer, the daemon sends the tracer SIGCHLD (`CLD_TRAPPED`/`CLD_STOPPED`, in the
+//!   daemon's context). A tagged receiver of that SIGCHLD is marked, and killed when it waits
+//!   (`sched_process_wait`, in its own context): `strace -p` and `gdb -p` die at their first
+//!   wait, and the daemon thread resumes when the tracer is gone. `PTRACE_ATTACH` sends
+//!   SIGSTOP and is caught at once by the first rule.
+//!
+//! The daemon's tgid comes from a pinned map the daemon writes when it starts or adopts the
+//! pins. Internal errors do nothing and are counted (`probe_errors`).
+
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        bpf_ktime_get_boot_ns, bpf_probe_read_kernel, generated,
+    },
+    macros::btf_tracepoint,
+    programs::BtfTracePointContext,
+};
+use guard_common::{
+    ProcKey, Tag,
+    event::{Counter, EventHeader, EventKind},
+    selfprot::{CLD_STOPPED, CLD_TRAPPED, SIGNAL_SLOTS, STOP_PENDING_SLOT, SelfEvent, op, outcome},
+};
+
+use crate::{
+    kernel::Task,
+    maps::{EVENTS, SELF_SIGNALS, SELF_STATE, SELF_TRACERS, TAGS, count, offsets, self_offsets},
+};
+
+const SIGKILL: u32 = 9;
+const SIGCHLD: u32 = 17;
+const SIGCONT: u32 = 18;
+const SIGSTOP: u32 = 19;
+const SIGTSTP: u32 = 20;
+const SIGTTIN: u32 = 21;
+const SIGTTOU: u32 = 22;
+
+/// `signal_generate(sig, info, task, group, result)`.
+#[btf_tracepoint(function = "signal_generate")]
+pub fn guard_self_signal(ctx: BtfTracePointContext) -> i32 {
+    match try_signal(&ctx) {
+        Ok(()) => 0,
+        Err(_) => {
+            count(Counter::ProbeErrors);
+            0
+        }
+    }
+}
+
+/// `signal_deliver(sig, info, ka)`, in the receiving task's context.
+#[btf_tracepoint(function = "signal_deliver")]
+pub fn guard_self_deliver(ctx: BtfTracePointContext) -> i32 {
+    let sig = ctx.arg::<u64>(0) as u32;
+    if !is_stop(sig) {
+        return 0;
+    }
+    let daemon = daemon_tgid();
+    if daemon == 0 || current_tgid() != daemon {
+        return 0;
+    }
+    let Some(slot) = SELF_SIGNALS.get_ptr_mut(STOP_PENDING_SLOT) else {
+        return 0;
+    };
+    // SAFETY: pointer to an array slot from a successful lookup.
+    unsafe {
+        if core::ptr::read_volatile(slot) == 0 {
+            return 0;
+        }
+        core::ptr::write_volatile(slot, 0);
+        generated::bpf_send_signal(SIGCONT);
+    }
+    0
+}
+
+/// `sched_process_wait(pid)`, in the waiter's context.
+#[btf_tracepoint(function = "sched_process_wait")]
+pub fn guard_self_wait(_ctx: BtfTracePointContext) -> i32 {
+    match try_wait() {
+        Ok(()) => 0,
+        Err(_) => {
+            count(Counter::ProbeErrors);
+            0
+        }
+    }
+}
+
+#[inline(always)]
+fn current_tgid() -> u32 {
+    (bpf_get_current_pid_tgid() >> 32) as u32
+}
+
+#[inline(always)]
+pub(super) fn daemon_tgid() -> u32 {
+    match SELF_STATE.get(0) {
+        Some(s) => s.daemon_tgid,
+        None => 0,
+    }
+}
+
+#[inline(always)]
+fn is_stop(sig: u32) -> bool {
+    matches!(sig, SIGSTOP | SIGTSTP | SIGTTIN | SIGTTOU)
+}
+
+fn try_signal(ctx: &BtfTracePointContext) -> Result<(), i32> {
+    let daemon = daemon_tgid();
+    if daemon == 0 {
+        return Ok(());
+    }
+    let sig = ctx.arg::<u64>(0) as u32;
+    let me = current_tgid();
+    if me == daemon {
+        return if sig == SIGCHLD {
+            tracer_notified(ctx, daemon)
+        } else {
+            Ok(())
+        };
+    }
+    let Some(tag) = TAGS.get_ptr(me) else {
+        return Ok(());
+    };
+    // SAFETY: map value pointer from a successful lookup.
+    let tag = unsafe { *tag };
+    let o = offsets();
+    if o.valid == 0 {
+        return Err(-1);
+    }
+    let target = Task(ctx.arg::<*const u8>(2));
+    if target.tgid(&o)? != daemon {
+        return Ok(());
+    }
+    if sig < SIGNAL_SLOTS
+        && let Some(slot) = SELF_SIGNALS.get_ptr_mut(sig)
+    {
+        // SAFETY: the array slot lives as long as the map; one atomic BPF add.
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(slot, 1) };
+    }
+    if is_stop(sig)
+        && let Some(slot) = SELF_SIGNALS.get_ptr_mut(STOP_PENDING_SLOT)
+    {
+        // SAFETY: as above.
+        unsafe { core::ptr::write_volatile(slot, 1) };
+    }
+    // SAFETY: helper without preconditions; the signal goes to the current process.
+    let sent = unsafe { generated::bpf_send_signal(SIGKILL) } == 0;
+    let me_task = Task::current();
+    emit(
+        &tag,
+        me_task.key(&o)?,
+        me_task.parent_tgid(&o).unwrap_or(0),
+        bpf_get_current_uid_gid() as u32,
+        true,
+        op::SIGNAL,
+        sig,
+        daemon,
+        if sent {
+            outcome::KILLED
+        } else {
+            outcome::KILL_FAILED
+        },
+    );
+    Ok(())
+}
+
+/// The daemon sends SIGCHLD to `task`: a tagged receiver that is told a daemon thread
+/// stopped or trapped is tracing it (or is its parent — a tagged process may not start the
+/// daemon either).
+fn tracer_notified(ctx: &BtfTracePointContext, daemon: u32) -> Result<(), i32> {
+    let o = offsets();
+    let so = self_offsets();
+    if o.valid == 0 || so.valid == 0 {
+        return Err(-1);
+    }
+    let target = Task(ctx.arg::<*const u8>(2));
+    let tgid = target.tgid(&o)?;
+    let Some(tag) = TAGS.get_ptr(tgid) else {
+        return Ok(());
+    };
+    // SAFETY: map value pointer from a successful lookup.
+    let tag = unsafe { *tag };
+    let info = ctx.arg::<*const u8>(1);
+    if info.is_null() {
+        return Ok(());
+    }
+    // SAFETY: bpf_probe_read_kernel validates the address.
+    let code: i32 =
+        unsafe { bpf_probe_read_kernel(info.add(so.siginfo_code as usize) as *const i32)? };
+    if code != CLD_TRAPPED && code != CLD_STOPPED {
+        return Ok(());
+    }
+    let key = target.key(&o)?;
+    SELF_TRACERS.insert(&tgid, &key.start_ns, 0)?;
+    emit(
+        &tag,
+        key,
+        target.parent_tgid(&o).unwrap_or(0),
+        u32::MAX,
+        false,
+        op::TRACED,
+        SIGCHLD,
+        daemon,
+        outcome::KILL_SCHEDULED,
+    );
+    Ok(())
+}
+
+fn try_wait() -> Result<(), i32> {
+    let me = current_tgid();
+    let Some(start) = SELF_TRACERS.get_ptr(me) else {
+        return Ok(());
+    };
+    // SAFETY: map value pointer from a successful lookup.
+    let start = unsafe { *start };
+    SELF_TRACERS.remove(&me)?;
+    let o = offsets();
+    if o.valid == 0 {
+        return Err(-1);
+    }
+    let task = Task::current();
+    let key = task.key(&o)?;
+    if key.start_ns != start {
+        // The pid was reused.
+        return Ok(());
+    }
+    let Some(tag) = TAGS.get_ptr(me) else {
+        return Ok(());
+    };
+    // SAFETY: map value pointer from a successful lookup.
+    let tag = unsafe { *tag };
+    // SAFETY: helper without preconditions; the signal goes to the current process.
+    let sent = unsafe { generated::bpf_send_signal(SIGKILL) } == 0;
+    emit(
+        &tag,
+        key,
+        task.parent_tgid(&o).unwrap_or(0),
+        bpf_get_current_uid_gid() as u32,
+        true,
+        op::TRACER_KILLED,
+        0,
+        daemon_tgid(),
+        if sent {
+            outcome::KILLED
+        } else {
+            outcome::KILL_FAILED
+        },
+    );
+    Ok(())
+}
+
+/// Drop a tracer mark of `tgid` (its process is gone). Called by the exit tracker.
+#[inline(always)]
+pub fn forget_tracer(tgid: u32) {
+    let _ = SELF_TRACERS.remove(&tgid);
+}
+
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one flat record; a builder costs stack"
+)]
+#[inline(always)]
+#[expect(clippy::too_many_arguments, reason = "one event's fields")]
+pub(super) fn emit(
+    tag: &Tag,
+    proc: ProcKey,
+    ppid: u32,
+    uid: u32,
+    current_comm: bool,
+    what: u32,
+    signal: u32,
+    target_tgid: u32,
+    result: u32,
+) {
+    let Some(mut entry) = EVENTS.reserve::<SelfEvent>(0) else {
+        count(Counter::EventsDropped);
+        return;
+    };
+    let comm = if current_comm {
+        bpf_get_current_comm().unwrap_or([0; 16])
+    } else {
+        [0; 16]
+    };
+    entry.write(SelfEvent {
+        header: EventHeader {
+            kind: EventKind::SelfProtect as u32,
+            agent_id: tag.agent_id,
+            // SAFETY: helper without preconditions.
+            time_ns: unsafe { bpf_ktime_get_boot_ns() },
+            proc,
+            root: tag.root,
+            ppid,
+            uid,
+        },
+        comm,
+        op: what,
+        signal,
+        target_tgid,
+        outcome: result,
+    });
+    entry.submit(0);
+}

@@ -1,0 +1,320 @@
+//! Keeps guard's pins in bpffs: the daemon holds a descriptor of every pinned map and link,
+//! watches the pin directory (inotify works on bpffs), and pins an object again at once when
+//! its pin is removed by anyone but the daemon itself. While the daemon holds the descriptor
+//! a link stays attached, so removing its pin opens no gap. The offender, if tagged, is
+//! killed by the change detector of the internal `guard:pins` rule (bpffs stamps ctimes like
+//! any filesystem).
+
+use std::{
+    collections::{HashMap, HashSet},
+    ffi::CString,
+    os::{
+        fd::{AsRawFd, FromRawFd, OwnedFd},
+        unix::ffi::OsStrExt,
+    },
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+};
+
+use tracing::{error, info, warn};
+
+/// Subdirectories of the pin directory that hold pins.
+const DIRS: [&str; 2] = ["maps", "links"];
+
+/// A pin put back, reported to the daemon.
+#[derive(Clone, Debug)]
+pub struct Restored {
+    pub path: PathBuf,
+    pub ok: bool,
+    pub error: Option<String>,
+}
+
+#[derive(Default)]
+struct Held {
+    objects: HashMap<PathBuf, OwnedFd>,
+    /// Pins the daemon removes on purpose (e.g. detaching the kill program).
+    released: HashSet<PathBuf>,
+}
+
+/// The pin keeper.
+pub struct PinKeeper {
+    pin_dir: PathBuf,
+    held: Mutex<Held>,
+}
+
+impl PinKeeper {
+    /// Hold every pin under `pin_dir` and start watching it. `report` is called for every
+    /// pin put back.
+    pub fn start(
+        pin_dir: &Path,
+        report: impl Fn(Restored) + Send + 'static,
+    ) -> std::io::Result<Arc<Self>> {
+        let keeper = Arc::new(Self {
+            pin_dir: pin_dir.to_path_buf(),
+            held: Mutex::new(Held::default()),
+        });
+        let inotify = Inotify::new()?;
+        let mut watches = HashMap::new();
+        for dir in DIRS {
+            let d = pin_dir.join(dir);
+            watches.insert(inotify.watch(&d)?, d.clone());
+            for entry in std::fs::read_dir(&d)?.filter_map(Result::ok) {
+                keeper.hold(&entry.path());
+            }
+        }
+        watches.insert(inotify.watch(pin_dir)?, pin_dir.to_path_buf());
+        let k = keeper.clone();
+        std::thread::Builder::new()
+            .name("guard-pin-keeper".into())
+            .spawn(move || k.run(inotify, watches, report))?;
+        Ok(keeper)
+    }
+
+    /// The daemon is about to remove `path` itself: do not put it back.
+    pub fn release(&self, path: &Path) {
+        let mut held = self.held.lock().expect("pins lock");
+        held.objects.remove(path);
+        held.released.insert(path.to_path_buf());
+    }
+
+    /// How many objects are held.
+    pub fn held(&self) -> usize {
+        self.held.lock().expect("pins lock").objects.len()
+    }
+
+    fn hold(&self, path: &Path) {
+        if is_temporary(path) {
+            return;
+        }
+        match obj_get(path) {
+            Ok(fd) => {
+                let mut held = self.held.lock().expect("pins lock");
+                held.released.remove(path);
+                held.objects.insert(path.to_path_buf(), fd);
+            }
+            Err(e) => warn!(path = %path.display(), error = %e, "cannot hold a pin"),
+        }
+    }
+
+    /// Put back `path` if it is held and gone.
+    fn restore(&self, path: &Path) -> Option<Restored> {
+        if is_temporary(path) || path.exists() {
+            return None;
+        }
+        let held = self.held.lock().expect("pins lock");
+        let fd = held.objects.get(path)?;
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let result = obj_pin(fd, path);
+        Some(Restored {
+            path: path.to_path_buf(),
+            ok: result.is_ok(),
+            error: result.err().map(|e| e.to_string()),
+        })
+    }
+
+    /// Put back everything held under `dir` (the directory itself was removed).
+    fn restore_all(&self, dir: &Path) -> Vec<Restored> {
+        let paths: Vec<PathBuf> = {
+            let held = self.held.lock().expect("pins lock");
+            held.objects
+                .keys()
+                .filter(|p| p.starts_with(dir))
+                .cloned()
+                .collect()
+        };
+        paths.iter().filter_map(|p| self.restore(p)).collect()
+    }
+
+    fn run(
+        &self,
+        mut inotify: Inotify,
+        mut watches: HashMap<i32, PathBuf>,
+        report: impl Fn(Restored),
+    ) {
+        loop {
+            let events = match inotify.read() {
+                Ok(e) => e,
+                Err(e) => {
+                    error!(error = %e, "pin keeper: inotify read failed; pins are no longer kept");
+                    return;
+                }
+            };
+            let mut rewatch = false;
+            for (wd, mask, name) in events {
+                let Some(dir) = watches.get(&wd).cloned() else {
+                    continue;
+                };
+                if mask & (libc::IN_DELETE_SELF | libc::IN_IGNORED) != 0 {
+                    rewatch = true;
+                    continue;
+                }
+                let Some(name) = name else { continue };
+                let path = dir.join(&name);
+                if dir == self.pin_dir {
+                    if mask & (libc::IN_DELETE | libc::IN_MOVED_FROM) != 0 {
+                        rewatch = true;
+                    }
+                    continue;
+                }
+                if mask & (libc::IN_CREATE | libc::IN_MOVED_TO) != 0 {
+                    self.hold(&path);
+                } else if mask & (libc::IN_DELETE | libc::IN_MOVED_FROM) != 0 {
+                    if self
+                        .held
+                        .lock()
+                        .expect("pins lock")
+                        .released
+                        .contains(&path)
+                    {
+                        continue;
+                    }
+                    if let Some(r) = self.restore(&path) {
+                        log(&r);
+                        report(r);
+                    }
+                }
+            }
+            if rewatch {
+                // A directory went: recreate it, put its pins back and watch it again.
+                for r in self.restore_all(&self.pin_dir) {
+                    log(&r);
+                    report(r);
+                }
+                watches.clear();
+                for d in DIRS
+                    .iter()
+                    .map(|d| self.pin_dir.join(d))
+                    .chain([self.pin_dir.clone()])
+                {
+                    let _ = std::fs::create_dir_all(&d);
+                    match inotify.watch(&d) {
+                        Ok(wd) => {
+                            watches.insert(wd, d);
+                        }
+                        Err(e) => {
+                            error!(path = %d.display(), error = %e, "pin keeper: cannot watch")
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn log(r: &Restored) {
+    if r.ok {
+        info!(path = %r.path.display(), "a pin was removed; pinned it again");
+    } else {
+        error!(path = %r.path.display(), error = ?r.error, "a pin was removed and could not be pinned again");
+    }
+}
+
+/// bpffs refuses names with a dot: guard's replacements are pinned as `NAME_new` first.
+fn is_temporary(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_none_or(|n| n.ends_with("_new"))
+}
+
+/// A zeroed `union bpf_attr` (large enough for the commands used here).
+type Attr = [u64; 16];
+
+fn sys_bpf(cmd: libc::c_long, attr: &mut Attr) -> std::io::Result<i64> {
+    // SAFETY: `attr` is a zeroed bpf_attr-sized buffer with the command's fields filled in.
+    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), size_of::<Attr>()) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(r)
+}
+
+fn c_path(path: &Path) -> std::io::Result<CString> {
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))
+}
+
+/// `BPF_OBJ_GET`: a descriptor of the object pinned at `path`.
+fn obj_get(path: &Path) -> std::io::Result<OwnedFd> {
+    const BPF_OBJ_GET: libc::c_long = 7;
+    let c = c_path(path)?;
+    let mut attr: Attr = [0; 16];
+    // obj_get: pathname u64, bpf_fd u32 (0), file_flags u32.
+    attr[0] = c.as_ptr() as u64;
+    let fd = sys_bpf(BPF_OBJ_GET, &mut attr)?;
+    // SAFETY: a fresh descriptor from the kernel, owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// `BPF_OBJ_PIN`: pin the object behind `fd` at `path`.
+fn obj_pin(fd: &OwnedFd, path: &Path) -> std::io::Result<()> {
+    const BPF_OBJ_PIN: libc::c_long = 6;
+    let c = c_path(path)?;
+    let mut attr: Attr = [0; 16];
+    attr[0] = c.as_ptr() as u64;
+    attr[1] = u64::from(fd.as_raw_fd() as u32);
+    sys_bpf(BPF_OBJ_PIN, &mut attr).map(drop)
+}
+
+/// A minimal blocking inotify instance.
+struct Inotify(OwnedFd);
+
+impl Inotify {
+    fn new() -> std::io::Result<Self> {
+        // SAFETY: plain system call.
+        let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: a fresh descriptor.
+        Ok(Self(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    fn watch(&self, dir: &Path) -> std::io::Result<i32> {
+        let c = c_path(dir)?;
+        let mask = libc::IN_CREATE
+            | libc::IN_MOVED_TO
+            | libc::IN_DELETE
+            | libc::IN_MOVED_FROM
+            | libc::IN_DELETE_SELF
+            | libc::IN_ONLYDIR;
+        // SAFETY: valid descriptor and NUL-terminated path.
+        let wd = unsafe { libc::inotify_add_watch(self.0.as_raw_fd(), c.as_ptr(), mask) };
+        if wd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(wd)
+    }
+
+    /// Block for events: (watch, mask, name).
+    fn read(&mut self) -> std::io::Result<Vec<(i32, u32, Option<String>)>> {
+        let mut buf = [0u8; 4096];
+        let n = loop {
+            // SAFETY: reading into a buffer we own, of the size given.
+            let n = unsafe { libc::read(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            if n >= 0 {
+                break n as usize;
+            }
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        };
+        let header = size_of::<libc::inotify_event>();
+        let mut out = Vec::new();
+        let mut off = 0;
+        while off + header <= n {
+            // SAFETY: the kernel wrote a whole inotify_event at `off`; read unaligned.
+            let ev: libc::inotify_event =
+                unsafe { std::ptr::read_unaligned(buf.as_ptr().add(off).cast()) };
+            let len = ev.len as usize;
+            let name_bytes = &buf[off + header..(off + header + len).min(n)];
+            let name = guard_common::agent::trim_nul(name_bytes);
+            let name = (!name.is_empty()).then(|| String::from_utf8_lossy(name).into_owned());
+            out.push((ev.wd, ev.mask, name));
+            off += header + len;
+        }
+        Ok(out)
+    }
+}

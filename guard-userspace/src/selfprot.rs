@@ -1,0 +1,423 @@
+//! Self-protection of the daemon on kernels without BPF LSM.
+//!
+//! - Kernel (guard-ebpf `probes/guard_self.rs`, pinned): a tagged process that signals the
+//!   daemon is killed before its system call returns; a tagged tracer is killed at its first
+//!   wait; a stop signal from a tagged process is undone (the daemon sends itself SIGCONT).
+//! - Process: the daemon is not dumpable (no core dumps, no ptrace or `/proc/PID/mem` for
+//!   anyone without `CAP_SYS_PTRACE`), ignores the signals it has no use for, and ignores a
+//!   SIGTERM, SIGINT or SIGHUP that the kernel counted as coming from a tagged process.
+//! - Files: the policy, the event log, the daemon binary and the pin directory are protected
+//!   by internal path rules (see [`internal_rules`]); removed pins are pinned again from the
+//!   descriptors the daemon holds ([`crate::pins`]).
+//! - `guard run` trees: a seccomp filter denies `bpf`, and `ptrace`, `process_vm_*`, `kill`,
+//!   `tgkill`, `pidfd_open` aimed at the daemon ([`crate::seccomp`]).
+
+use std::path::{Path, PathBuf};
+
+use aya::{
+    Btf, Ebpf,
+    maps::{Array, MapData, MapError},
+    programs::{BtfTracePoint, ProgramError, links::FdLink},
+};
+use guard_common::{
+    event::EventKind,
+    maps::{self, self_programs},
+    selfprot::{SelfEvent, SelfOffsets, SelfState, op, outcome},
+};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    events::{Decision, DecodeCtx, DecodeError, Decoded, Object, c_str, read_pod},
+    policy::{Action, CompiledPathRule, Mode, PathSpec},
+};
+
+/// Name of the rule in self-protection events.
+pub const RULE: &str = "guard-self-protection";
+
+/// What attached, and why not the rest.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct SelfAttached {
+    /// Tracepoints attached.
+    pub attached: Vec<String>,
+    pub error: Option<String>,
+}
+
+impl SelfAttached {
+    pub fn complete(&self) -> bool {
+        self.attached.len() == self_programs::TRACEPOINTS.len()
+    }
+}
+
+/// The self-protection maps the daemon writes and reads.
+pub struct SelfMaps {
+    state: Array<MapData, SelfState>,
+    signals: Array<MapData, u64>,
+}
+
+impl SelfMaps {
+    pub fn take(ebpf: &mut Ebpf) -> Result<Self, (&'static str, MapError)> {
+        fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, (&'static str, MapError)>
+        where
+            T: TryFrom<aya::maps::Map, Error = MapError>,
+        {
+            let map = ebpf
+                .take_map(name)
+                .ok_or((name, MapError::InvalidName { name: name.into() }))?;
+            T::try_from(map).map_err(|e| (name, e))
+        }
+        Ok(Self {
+            state: take(ebpf, maps::SELF_STATE)?,
+            signals: take(ebpf, maps::SELF_SIGNALS)?,
+        })
+    }
+
+    /// Protect `tgid` from now on (a restarted daemon takes over from the old one).
+    pub fn set_daemon(&mut self, tgid: u32) -> Result<(), MapError> {
+        self.state.set(
+            0,
+            SelfState {
+                daemon_tgid: tgid,
+                _pad: 0,
+            },
+            0,
+        )
+    }
+
+    /// How many times tagged processes sent the daemon `sig`.
+    pub fn tagged_signals(&self, sig: i32) -> u64 {
+        u32::try_from(sig)
+            .ok()
+            .and_then(|s| self.signals.get(&s, 0).ok())
+            .unwrap_or(0)
+    }
+}
+
+/// Self-protection offsets from the running kernel's BTF, or why there are none.
+pub fn offsets() -> (SelfOffsets, Option<String>) {
+    match crate::btf::self_offsets(Path::new(crate::btf::VMLINUX_BTF)) {
+        Ok(o) => (o, None),
+        Err(e) => (SelfOffsets::default(), Some(e.to_string())),
+    }
+}
+
+/// Load and attach the self-protection programs, pinning their links under `links_dir`.
+/// Failures are reported, not returned: `guard status` says what is missing.
+pub fn attach(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    links_dir: &Path,
+    offsets_error: Option<String>,
+    pin: impl Fn(FdLink, &Path) -> Result<(), String>,
+) -> SelfAttached {
+    let mut a = SelfAttached::default();
+    let mut errors: Vec<String> = offsets_error
+        .map(|e| format!("kernel BTF: {e}"))
+        .into_iter()
+        .collect();
+    for (name, tracepoint) in self_programs::TRACEPOINTS {
+        let result = (|| -> Result<(), String> {
+            let prog: &mut BtfTracePoint = ebpf
+                .program_mut(name)
+                .ok_or(ProgramError::NotLoaded)
+                .and_then(TryInto::try_into)
+                .map_err(|e| e.to_string())?;
+            prog.load(tracepoint, btf).map_err(|e| match e {
+                ProgramError::LoadError {
+                    io_error,
+                    verifier_log,
+                } => format!("{io_error}\n{verifier_log}"),
+                other => other.to_string(),
+            })?;
+            let id = prog.attach().map_err(|e| e.to_string())?;
+            let link: FdLink = prog.take_link(id).map_err(|e| e.to_string())?.into();
+            pin(link, &links_dir.join(name))
+        })();
+        match result {
+            Ok(()) => a.attached.push(tracepoint.to_owned()),
+            Err(e) => errors.push(format!("tp_btf/{tracepoint}: {e}")),
+        }
+    }
+    if !errors.is_empty() {
+        a.error = Some(errors.join("; "));
+    }
+    a
+}
+
+/// Decode a [`SelfEvent`].
+pub fn decode(raw: &[u8], _ctx: &DecodeCtx<'_>) -> Result<Decoded, DecodeError> {
+    let ev: SelfEvent = read_pod(raw)?;
+    let mut d = Decoded::new(EventKind::SelfProtect, ev.header);
+    let comm = c_str(&ev.comm);
+    d.comm = (!comm.is_empty()).then_some(comm);
+    let (operation, hook) = match ev.op {
+        op::SIGNAL => (
+            format!("signal {}", signal_name(ev.signal)),
+            "signal_generate",
+        ),
+        op::TRACED => ("ptrace".to_owned(), "signal_generate"),
+        op::TRACER_KILLED => ("ptrace".to_owned(), "sched_process_wait"),
+        op::LSM_SIGNAL => (
+            format!("signal {}", signal_name(ev.signal)),
+            "lsm_task_kill",
+        ),
+        op::LSM_PTRACE => ("ptrace".to_owned(), "lsm_ptrace_access_check"),
+        op::LSM_BPF => (format!("bpf command {}", ev.signal), "lsm_bpf"),
+        other => (format!("op-{other}"), "unknown"),
+    };
+    if ev.op == op::SIGNAL || ev.op == op::LSM_SIGNAL {
+        d.signal = i32::try_from(ev.signal).ok();
+    }
+    let denied = ev.outcome == outcome::DENIED;
+    d.decision = Some(Decision {
+        rule: RULE.to_owned(),
+        rule_id: None,
+        action: if denied { Action::Deny } else { Action::Kill }.to_string(),
+        mode: Some(Mode::Enforce.to_string()),
+        result: match ev.outcome {
+            outcome::DENIED => "denied",
+            outcome::KILLED => "killed",
+            outcome::KILL_SCHEDULED => "kill-scheduled",
+            _ => "kill-failed",
+        }
+        .to_owned(),
+        hook: Some(hook.to_owned()),
+    });
+    d.object = Some(Object {
+        path: Some(if ev.op == op::LSM_BPF {
+            "bpf()".to_owned()
+        } else {
+            format!("guard daemon (pid {})", ev.target_tgid)
+        }),
+        dev: None,
+        ino: None,
+        operation: Some(operation),
+    });
+    Ok(d)
+}
+
+/// A userspace decision about the daemon's API: a tagged caller asked for something other
+/// than the read-only calls and tagging itself.
+pub fn api_denied(header: guard_common::event::EventHeader, what: &str) -> Decoded {
+    let mut d = Decoded::new(EventKind::SelfProtect, header);
+    d.decision = Some(Decision {
+        rule: RULE.to_owned(),
+        rule_id: None,
+        action: Action::Deny.to_string(),
+        mode: Some(Mode::Enforce.to_string()),
+        result: "denied".to_owned(),
+        hook: Some("api".to_owned()),
+    });
+    d.object = Some(Object {
+        path: Some("guard API socket".to_owned()),
+        dev: None,
+        ino: None,
+        operation: Some(what.to_owned()),
+    });
+    d
+}
+
+/// A pin put back by the pin keeper, as an event.
+pub fn pin_restored(r: &crate::pins::Restored) -> Decoded {
+    let header = guard_common::event::EventHeader {
+        kind: EventKind::SelfProtect as u32,
+        agent_id: u32::MAX,
+        time_ns: boot_ns(),
+        proc: guard_common::ProcKey::default(),
+        root: guard_common::ProcKey::default(),
+        ppid: 0,
+        uid: u32::MAX,
+    };
+    let mut d = Decoded::new(EventKind::SelfProtect, header);
+    d.decision = Some(Decision {
+        rule: RULE_PINS.to_owned(),
+        rule_id: None,
+        action: "restore".to_owned(),
+        mode: Some(Mode::Enforce.to_string()),
+        result: if r.ok { "restored" } else { "restore-failed" }.to_owned(),
+        hook: Some("pin-keeper".to_owned()),
+    });
+    d.object = Some(Object {
+        path: Some(r.path.display().to_string()),
+        dev: None,
+        ino: None,
+        operation: Some("delete".to_owned()),
+    });
+    d
+}
+
+/// The boot-time clock now, ns (the kernel's event clock).
+pub fn boot_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
+}
+
+fn signal_name(sig: u32) -> String {
+    i32::try_from(sig)
+        .ok()
+        .and_then(|s| nix::sys::signal::Signal::try_from(s).ok())
+        .map_or_else(|| sig.to_string(), |s| s.as_str().to_owned())
+}
+
+/// Signals the daemon has no use for, whose default action would end or stop it: ignored.
+/// (A real fault still kills it: the kernel resets an ignored synchronous fault signal.)
+const IGNORED_SIGNALS: [libc::c_int; 13] = [
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+    libc::SIGALRM,
+    libc::SIGVTALRM,
+    libc::SIGPROF,
+    libc::SIGIO,
+    libc::SIGPWR,
+    libc::SIGSTKFLT,
+    libc::SIGXCPU,
+    libc::SIGXFSZ,
+    libc::SIGQUIT,
+    libc::SIGTSTP,
+    libc::SIGTTIN,
+];
+
+/// Harden the daemon process: not dumpable, and deaf to signals it does not use. Call before
+/// any thread starts.
+pub fn harden_process() -> std::io::Result<()> {
+    // SAFETY: prctl with integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    for sig in IGNORED_SIGNALS
+        .into_iter()
+        .chain([libc::SIGTTOU])
+        .chain(libc::SIGRTMIN() + 2..=libc::SIGRTMAX())
+    {
+        // SAFETY: installing SIG_IGN has no preconditions.
+        unsafe { libc::signal(sig, libc::SIG_IGN) };
+    }
+    Ok(())
+}
+
+/// Tells a termination or reload signal a tagged process sent (counted by the kernel) from
+/// one an administrator sent.
+pub struct SignalSources {
+    seen: [u64; 3],
+}
+
+/// The signals the daemon acts on.
+pub const HANDLED: [i32; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
+
+impl SignalSources {
+    pub fn new(maps: Option<&SelfMaps>) -> Self {
+        let mut seen = [0; 3];
+        if let Some(m) = maps {
+            for (slot, sig) in seen.iter_mut().zip(HANDLED) {
+                *slot = m.tagged_signals(sig);
+            }
+        }
+        Self { seen }
+    }
+
+    /// Whether the latest `sig` came from a tagged process (and should be ignored).
+    pub fn from_tagged(&mut self, maps: Option<&SelfMaps>, sig: i32) -> bool {
+        let (Some(m), Some(i)) = (maps, HANDLED.iter().position(|s| *s == sig)) else {
+            return false;
+        };
+        let now = m.tagged_signals(sig);
+        let tagged = now > self.seen[i];
+        self.seen[i] = now;
+        tagged
+    }
+}
+
+/// Names of the internal rules, shown by `guard status` like the policy's own.
+pub const RULE_POLICY: &str = "guard:policy";
+pub const RULE_EVENT_LOG: &str = "guard:event-log";
+pub const RULE_BINARY: &str = "guard:binary";
+pub const RULE_PINS: &str = "guard:pins";
+/// Ids of internal rules start here, far above any policy's.
+pub const FIRST_INTERNAL_ID: u32 = 0xffff_0000;
+
+/// What guard protects of itself, whatever the policy says.
+pub struct OwnFiles {
+    pub policy: Option<PathBuf>,
+    pub event_log: PathBuf,
+    pub binary: Option<PathBuf>,
+    pub pin_dir: PathBuf,
+}
+
+/// Internal path rules: write and delete of guard's own files denied to tagged processes
+/// (opens for writing fail with EPERM; delete, rename and truncate kill on detect).
+pub fn internal_rules(own: &OwnFiles) -> Vec<CompiledPathRule> {
+    let mut log_paths = vec![own.event_log.display().to_string()];
+    if let (Some(dir), Some(name)) = (own.event_log.parent(), own.event_log.file_name()) {
+        // Rotated logs: events.jsonl.1, events.jsonl.2, …
+        log_paths.push(format!("{}/{}.*", dir.display(), name.to_string_lossy()));
+    }
+    let rules: Vec<(&str, Vec<String>)> = vec![
+        (
+            RULE_POLICY,
+            own.policy.iter().map(|p| p.display().to_string()).collect(),
+        ),
+        (RULE_EVENT_LOG, log_paths),
+        (
+            RULE_BINARY,
+            own.binary.iter().map(|p| p.display().to_string()).collect(),
+        ),
+        (RULE_PINS, vec![own.pin_dir.display().to_string()]),
+    ];
+    rules
+        .into_iter()
+        .filter(|(_, paths)| !paths.is_empty())
+        .zip(FIRST_INTERNAL_ID..)
+        .map(|((name, paths), id)| CompiledPathRule {
+            id,
+            name: name.to_owned(),
+            access: crate::policy::WRITE | crate::policy::DELETE,
+            action: Action::Deny,
+            mode: Mode::Enforce,
+            paths: paths
+                .into_iter()
+                .filter_map(|p| PathSpec::internal(&p))
+                .collect(),
+        })
+        .collect()
+}
+
+/// Whether `name` is an internal rule's.
+pub fn is_internal(name: &str) -> bool {
+    name.starts_with("guard:")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_rules_cover_guards_own_files() {
+        let rules = internal_rules(&OwnFiles {
+            policy: Some("/etc/guard/policy.yaml".into()),
+            event_log: "/var/log/guard/events.jsonl".into(),
+            binary: Some("/usr/local/bin/guard".into()),
+            pin_dir: "/sys/fs/bpf/guard".into(),
+        });
+        let names: Vec<&str> = rules.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, [RULE_POLICY, RULE_EVENT_LOG, RULE_BINARY, RULE_PINS]);
+        assert!(rules.iter().all(|r| r.id >= FIRST_INTERNAL_ID
+            && r.mode == Mode::Enforce
+            && r.access == crate::policy::WRITE | crate::policy::DELETE));
+        let log: Vec<&str> = rules[1].paths.iter().map(PathSpec::as_str).collect();
+        assert_eq!(
+            log,
+            [
+                "/var/log/guard/events.jsonl",
+                "/var/log/guard/events.jsonl.*"
+            ]
+        );
+        // Without a policy file (embedded default) there is no policy rule.
+        let rules = internal_rules(&OwnFiles {
+            policy: None,
+            event_log: "/l/e".into(),
+            binary: None,
+            pin_dir: "/p".into(),
+        });
+        assert_eq!(rules.len(), 2);
+    }
+}
