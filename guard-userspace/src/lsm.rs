@@ -81,7 +81,7 @@ pub fn attach(
         })();
         if let Err(e) = result {
             detach(links_dir);
-            return Err(format!("lsm/{hook}: {e}"));
+            return Err(format!("lsm/{hook}: {}", log_tail(&e)));
         }
         attached.hooks.push(hook.to_owned());
     }
@@ -102,4 +102,19 @@ pub fn remove_fallback_pins(links_dir: &Path) {
     for name in FALLBACK_LINKS {
         let _ = fs::remove_file(links_dir.join(name));
     }
+}
+
+/// The first line and the last lines of a verifier log: the reason is at the end, and a
+/// complexity failure logs a million instructions before it.
+fn log_tail(e: &str) -> String {
+    let lines: Vec<&str> = e.lines().collect();
+    if lines.len() <= 12 {
+        return e.to_owned();
+    }
+    format!(
+        "{}\n[… {} lines of verifier log …]\n{}",
+        lines[0],
+        lines.len() - 9,
+        lines[lines.len() - 8..].join("\n")
+    )
 }

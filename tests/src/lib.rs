@@ -52,6 +52,25 @@ pub fn lsm_tier() -> bool {
     expected_tier() == "bpf-lsm"
 }
 
+/// In the VM matrix, on the fallback tier of a kernel without the ctime tracepoints (before
+/// 6.13), kill-on-detect cannot attach: the reason, when `guard status` reports the delete
+/// layer of some path rule `not-loaded` there. Never on the development machine, where the
+/// tests must exercise it (it returns `None` and the test goes on to fail).
+pub fn kill_on_detect_unavailable(status: &Value) -> Option<String> {
+    std::env::var_os("GUARD_VM")?;
+    let rules = status["path_rules"].as_array()?;
+    rules.iter().find_map(|r| {
+        r["layers"].as_array()?.iter().find_map(|l| {
+            (l["covers"].as_str()?.starts_with("delete") && l["status"] == "not-loaded").then(|| {
+                format!(
+                    "kill-on-detect is not loaded on this kernel (guard status says so for rule {}: {})",
+                    r["name"], l["via"]
+                )
+            })
+        })
+    })
+}
+
 /// The `guard` binary under test: `$GUARD_BIN`, else the workspace's debug build.
 pub fn guard_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("GUARD_BIN") {

@@ -105,7 +105,22 @@ fn status_reports_the_probed_tier_features_and_attached_trackers() {
         c.arg("status");
         c
     });
-    assert!(table.status.success());
+    // 0 when everything meant to be enforced is loaded; 2 when `problems` names what is not
+    // (on the VM matrix's older kernels: unix socket hooks, kill-on-detect).
+    let problems = st["problems"].as_array().map_or(0, Vec::len);
+    assert_eq!(
+        table.status.code(),
+        Some(if problems == 0 { 0 } else { 2 }),
+        "{}",
+        st["problems"]
+    );
+    if problems > 0 {
+        assert!(
+            std::env::var_os("GUARD_VM").is_some(),
+            "this kernel has everything guard uses, yet: {}",
+            st["problems"]
+        );
+    }
     let text = String::from_utf8_lossy(&table.stdout);
     assert!(
         text.contains("tier") && text.contains(&tier) && text.contains("tp-btf"),

@@ -463,6 +463,106 @@ fn api_request(socket: &std::path::Path, line: &str) -> String {
     )
 }
 
+/// The bpf-lsm tier refuses every attempt in the kernel: nobody needs to die, the daemon is
+/// never signalled or traced, nothing is removed or rewritten.
+fn hostile_tree_on_the_lsm_tier(
+    d: &Daemon,
+    claude: &std::path::Path,
+    policy: &std::path::Path,
+    policy_text: &str,
+) {
+    let pid = d.pid();
+    for sig in ["TERM", "KILL", "STOP"] {
+        let out = agent_shell(claude, &format!("kill -{sig} {pid}; echo \"exit=$?\""));
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("exit=1"),
+            "kill -{sig}: {}",
+            text(&out)
+        );
+        event(d, &format!("the SIG{sig} event"), |e| {
+            e["kind"] == "self_protect"
+                && e["hook"] == "lsm_task_kill"
+                && e["result"] == "denied"
+                && e["object"]["operation"] == format!("signal SIG{sig}").as_str()
+        });
+        assert!(d.status_json().is_some_and(|s| s["daemon_pid"] == pid));
+    }
+    // PTRACE_ATTACH and PTRACE_SEIZE (gdb -p, strace -p), and /proc/PID/mem.
+    for (label, req) in [("PTRACE_ATTACH", 16), ("PTRACE_SEIZE", 0x4206)] {
+        let out = agent_shell(
+            claude,
+            &format!(
+                "python3 -c 'import ctypes, os; r = ctypes.CDLL(None, use_errno=True).ptrace({req}, {pid}, 0, 0); print(\"ptrace\", r, ctypes.get_errno())'"
+            ),
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("ptrace -1 1"),
+            "{label}: {}",
+            text(&out)
+        );
+    }
+    let out = agent_shell(claude, &format!("cat /proc/{pid}/mem; echo \"exit=$?\""));
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("exit=0"),
+        "/proc/PID/mem: {}",
+        text(&out)
+    );
+    event(d, "the ptrace event", |e| {
+        e["hook"] == "lsm_ptrace_access_check" && e["result"] == "denied"
+    });
+    assert!(
+        free(pid).is_some(),
+        "the daemon is neither stopped nor traced"
+    );
+    // bpf(): BPF_PROG_GET_NEXT_ID, harmless, and refused all the same.
+    let out = agent_shell(
+        claude,
+        "python3 -c 'import ctypes; l = ctypes.CDLL(None, use_errno=True); a = ctypes.create_string_buffer(16); print(\"bpf\", l.syscall(321, 11, a, 16), ctypes.get_errno())'",
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("bpf -1 1"),
+        "bpf(): {}",
+        text(&out)
+    );
+    event(d, "the bpf event", |e| {
+        e["hook"] == "lsm_bpf" && e["result"] == "denied"
+    });
+    // Pins, policy and log: refused by the path hooks; every link is still pinned.
+    let links = d.pin_dir.join("links");
+    let before = std::fs::read_dir(&links).unwrap().count();
+    let out = agent_shell(
+        claude,
+        &format!("rm -rf {}; echo \"exit=$?\"", d.pin_dir.display()),
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("exit=1"),
+        "rm -rf pins: {}",
+        text(&out)
+    );
+    assert_eq!(std::fs::read_dir(&links).unwrap().count(), before);
+    let out = agent_shell(claude, &format!("echo '{{}}' > {}", policy.display()));
+    assert!(!out.status.success(), "policy overwrite: {}", text(&out));
+    assert_eq!(std::fs::read_to_string(policy).unwrap(), policy_text);
+    let log = d.dir.path().join("events.jsonl");
+    let lines = d.events().len();
+    let out = agent_shell(claude, &format!(": > {}", log.display()));
+    assert!(!out.status.success(), "log truncation: {}", text(&out));
+    assert!(d.events().len() >= lines, "the event log kept its lines");
+    // The API refuses anything but status, ps and tagging yourself.
+    let out = agent_shell(claude, &api_request(&d.socket, r#"{"op":"untag"}"#));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(r#""ok":false"#),
+        "untag: {}",
+        text(&out)
+    );
+    // Untagged root is not affected.
+    let out = Command::new("kill")
+        .args(["-0", &pid.to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+}
+
 #[test]
 fn a_hostile_root_agent_tree_cannot_stop_blind_or_rewrite_the_daemon() {
     let mut d = Daemon::start_with_policy(GOOD);
@@ -482,6 +582,9 @@ fn a_hostile_root_agent_tree_cannot_stop_blind_or_rewrite_the_daemon() {
         l.sort();
         l
     };
+    if d.assert_tier() == "bpf-lsm" {
+        return hostile_tree_on_the_lsm_tier(&d, &claude, &policy, &policy_text);
+    }
     let st = d.status_json().unwrap();
     let hooks = st["self_protection"]["hooks"].as_array().unwrap().len();
     assert_eq!(hooks, 3, "self-protection hooks attached: {st}");
@@ -546,6 +649,10 @@ fn a_hostile_root_agent_tree_cannot_stop_blind_or_rewrite_the_daemon() {
     });
     assert!(d.status_json().is_some_and(|s| s["daemon_pid"] == pid));
 
+    if let Some(why) = guard_tests::kill_on_detect_unavailable(&d.status_json().unwrap()) {
+        println!("pins, policy and log steps NOT RUN on this kernel's fallback tier: {why}");
+        return;
+    }
     // 3. Removing the pins: rm dies at its first unlink; the pin is put back at once.
     let out = agent_shell(&claude, &format!("rm -rf {}", d.pin_dir.display()));
     assert!(killed(&out), "rm -rf pins: {}", text(&out));

@@ -11,6 +11,7 @@ const UNIT: &str = "unit tests";
 const TOOLS: &str = "test tools";
 const BINARY: &str = "guard binary";
 const INTEGRATION: &str = "integration tests";
+const VM: &str = "vm matrix (smoke)";
 
 /// Outcome of each tier, printed at the end whatever happened.
 #[derive(Default)]
@@ -48,10 +49,19 @@ impl Summary {
     }
 }
 
-pub fn test(extra: &[OsString]) -> Result<()> {
-    let all = ["setup", TOOLS, UNIT, BINARY, INTEGRATION];
+pub fn test(extra: &[OsString], vm: bool) -> Result<()> {
+    let all = ["setup", TOOLS, UNIT, BINARY, INTEGRATION, VM];
     let mut summary = Summary::default();
-    let result = run_tiers(extra, &mut summary);
+    let result = run_tiers(extra, &mut summary).and_then(|()| {
+        if !vm {
+            summary.record(VM, "not run (--no-vm)");
+            return Ok(());
+        }
+        println!("\n== vm matrix: the bpf-lsm and fallback tiers on Linux 6.1 and 6.12 ==");
+        summary.tier(VM, || {
+            crate::vm::vm_test(&crate::vm::Args::smoke(2)).context("the vm matrix failed")
+        })
+    });
     summary.print(&all);
     result
 }

@@ -217,8 +217,11 @@ pub(super) fn emit_change(c: &Change<'_>) {
         (*ev).mode = u32::from(read::<u16>(c.inode, o.inode_mode).unwrap_or(0));
         (*ev).hook = c.hook;
         (*ev)._pad = 0;
-        (*ev).name = [0; NAME_LEN];
-        (*ev).target = [0; TARGET_LEN];
+        // Only the first byte: the string helpers NUL-terminate what they copy (and zero the
+        // buffer when they fail), and userspace reads up to the first NUL. Zeroing the whole
+        // buffers is a loop the 6.1 verifier walks byte by byte.
+        (*ev).name[0] = 0;
+        (*ev).target[0] = 0;
         let dentry = if c.entry.is_null() {
             match read::<*const u8>(c.inode, o.inode_dentry) {
                 Ok(first) if !first.is_null() => first.wrapping_sub(o.dentry_alias as usize),
@@ -291,7 +294,14 @@ fn try_lsm_decide(
     let sb: *const u8 = read(inode, o.inode_sb)?;
     let dev: u32 = read(sb, o.sb_dev)?;
     let ino: u64 = read(inode, o.inode_ino)?;
-    let Some(hit) = lookup(inode, dev, ino, &o)? else {
+    // The hook names the dentry: walk its ancestors only (the path the process used),
+    // rather than every alias of the inode.
+    let hit = if entry.is_null() {
+        lookup(inode, dev, ino, &o)?
+    } else {
+        lookup_entry(entry, dev, ino, &o)?
+    };
+    let Some(hit) = hit else {
         return Ok(0);
     };
     let enforce = hit.rule.enforce & want;
@@ -378,6 +388,31 @@ pub(super) fn lookup(
         alias += 1;
     }
     Ok(None)
+}
+
+/// [`lookup`] for a known dentry (`ino` is its inode's, or its directory's for a new entry):
+/// the volume, the inode, then the dentry's ancestors.
+#[inline(always)]
+fn lookup_entry(entry: *const u8, dev: u32, ino: u64, o: &FileOffsets) -> Result<Option<Hit>, i32> {
+    if let Some(rule) = FILE_OBJECTS.get_ptr(&FileKey::new(dev, 0)) {
+        // SAFETY: map value pointer from a successful lookup.
+        let rule = unsafe { *rule };
+        return Ok(Some(Hit {
+            rule,
+            root_ino: 0,
+            depth: 0,
+        }));
+    }
+    if let Some(rule) = FILE_OBJECTS.get_ptr(&FileKey::new(dev, ino)) {
+        // SAFETY: map value pointer from a successful lookup.
+        let rule = unsafe { *rule };
+        return Ok(Some(Hit {
+            rule,
+            root_ino: ino,
+            depth: 0,
+        }));
+    }
+    ancestors(entry, dev, o)
 }
 
 #[inline(always)]

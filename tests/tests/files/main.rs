@@ -102,7 +102,14 @@ fn opens_for_writing_are_denied_and_the_data_stays_intact() {
         .iter()
         .find(|e| e["object"]["path"] == format!("{}/base/1/16384", db.display()))
         .expect("an event names the file as resolved");
-    assert_eq!(dd["object"]["operation"], "write");
+    // `write`; `read,write` where the daemon cannot read the open's flags from
+    // /proc/PID/syscall in time (seen on 6.1), which errs on the side of naming more.
+    assert!(
+        dd["object"]["operation"]
+            .as_str()
+            .is_some_and(|o| o.split(',').any(|a| a == "write")),
+        "{dd}"
+    );
     assert_eq!(dd["agent"], "test-agent");
     let hook = if lsm_tier() {
         "lsm_file_open"
@@ -125,6 +132,10 @@ fn opens_for_writing_are_denied_and_the_data_stays_intact() {
 #[test]
 fn destructive_tools_die_at_the_first_object() {
     let s = setup();
+    if let Some(why) = guard_tests::kill_on_detect_unavailable(&s.daemon.status_json().unwrap()) {
+        println!("NOT RUN on this kernel's fallback tier: {why}");
+        return;
+    }
     let (db, bk, mnt) = (s.vol.db(), s.vol.backups(), s.vol.mnt.clone());
     let before = snapshot(&mnt);
     let elsewhere = tempfile::tempdir().unwrap();

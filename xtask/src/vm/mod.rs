@@ -80,9 +80,48 @@ pub struct Args {
     /// with a guard whose daemon policy recognises no agent and denies nothing.
     #[arg(long)]
     inject_failure: bool,
+    /// Run the smoke selection ([`SMOKE`]): the core enforcement tests on every boot, in
+    /// about a quarter of the full matrix's time. `cargo xtask test` runs this.
+    #[arg(long)]
+    smoke: bool,
     /// Run only tests whose `FILE::TEST` name contains one of these (after `--`).
     #[arg(last = true, value_name = "FILTER")]
     filters: Vec<String>,
+}
+
+/// The tests `--smoke` (and so `cargo xtask test`) runs on each kernel and tier: the tier
+/// each daemon enforces with, tagging across every escape (the exit tracker differs per
+/// kernel), denied and killed connects, refused opens and credential reads, destructive
+/// tools, and a hostile agent tree.
+pub const SMOKE: &[&str] = &[
+    "foundation::status_reports_the_probed_tier",
+    "tagging::guard_run_and_every_escape",
+    "network::tagged_tools_get_eperm",
+    "network::kill_leaves_the_offender_dead",
+    "files::opens_for_writing_are_denied",
+    "files::destructive_tools",
+    "files::credential_reads_are_denied",
+    "self_protection::a_hostile_root_agent_tree",
+];
+
+impl Args {
+    /// The smoke matrix with `jobs` guests at once: both kernels, both tiers.
+    pub fn smoke(jobs: usize) -> Self {
+        Self {
+            kernel: KernelArg::All,
+            tier: TierArg::All,
+            tests: Vec::new(),
+            exec: Vec::new(),
+            skip: Vec::new(),
+            checks_only: false,
+            jobs,
+            step_timeout: 300,
+            debug: false,
+            inject_failure: false,
+            smoke: true,
+            filters: Vec::new(),
+        }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -362,6 +401,9 @@ fn plan(args: &Args, bins: &binaries::Binaries) -> Result<(Plan, Vec<(String, &'
                 }
                 if !args.filters.is_empty() && !args.filters.iter().any(|f| id.contains(f.as_str()))
                 {
+                    continue;
+                }
+                if args.smoke && !SMOKE.iter().any(|f| id.starts_with(f)) {
                     continue;
                 }
                 if let Some((_, why)) = NOT_IN_GUEST.iter().find(|(p, _)| id.starts_with(p)) {
