@@ -167,6 +167,10 @@ pub static FILE_COUNTERS: PerCpuArray<u64> =
 pub static FILE_KILLED: aya_ebpf::maps::LruHashMap<u32, u64> =
     aya_ebpf::maps::LruHashMap::with_max_entries(guard_common::maps::FILE_KILLED_MAX, 0);
 
+/// Scratch for the ancestor walk's match (see `probes::file::ancestors`).
+#[map(name = "GUARD_FILE_HIT")]
+pub static FILE_HIT: PerCpuArray<crate::probes::file::Hit> = PerCpuArray::with_max_entries(1, 0);
+
 /// Offsets for the file programs, set by the loader from BTF.
 #[unsafe(no_mangle)]
 static GUARD_FILE_OFFSETS: guard_common::offsets::FileOffsets =

@@ -67,7 +67,7 @@ fn tagged_tools_get_eperm_and_nothing_reaches_the_listener() {
         (&e["action"], &e["result"]),
         (&"deny".into(), &"denied".into())
     );
-    assert_eq!(e["hook"], "connect4");
+    assert_eq!(e["hook"], hook("connect4"));
     assert!(counter(&daemon, "net_denied") >= tools.len() as u64);
 
     // The same commands untagged reach the listener.
@@ -113,7 +113,7 @@ fn ipv6_and_ipv4_mapped_destinations() {
         .expect("v6 event");
     assert_eq!(v6["destination"]["family"], "ipv6");
     assert_eq!(v6["destination"]["address"], net.a6.as_str());
-    assert_eq!(v6["hook"], "connect6");
+    assert_eq!(v6["hook"], hook("connect6"));
     let m = evs
         .iter()
         .find(|e| e["rule"] == "prod-v4")
@@ -123,7 +123,7 @@ fn ipv6_and_ipv4_mapped_destinations() {
         "mapped is matched as IPv4"
     );
     assert_eq!(m["destination"]["address"], net.a.as_str());
-    assert_eq!(m["hook"], "connect6");
+    assert_eq!(m["hook"], hook("connect6"));
 
     assert_ok(&client(None, "tcp", &net.a6, 5432), "untagged IPv6");
     assert_ok(&client(None, "tcp", &mapped, 5432), "untagged mapped");
@@ -164,8 +164,8 @@ fn udp_sendto_without_connect_and_protocol_match() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(listener.count("udp:5353"), 0);
     let evs = net_events(&daemon, 4, |e| e["rule"] == "prod-dns");
-    assert!(evs.iter().any(|e| e["hook"] == "sendmsg4"));
-    assert!(evs.iter().any(|e| e["hook"] == "sendmsg6"));
+    assert!(evs.iter().any(|e| e["hook"] == hook("sendmsg4")));
+    assert!(evs.iter().any(|e| e["hook"] == hook("sendmsg6")));
     assert!(evs.iter().all(|e| e["destination"]["protocol"] == "udp"));
 
     assert_ok(&client(None, "udp", &net.a, 5353), "untagged sendto");
@@ -331,7 +331,7 @@ fn unix_socket_rules() {
         evs.iter()
             .any(|e| e["destination"]["unix_path"] == s(&sock).as_str())
     );
-    assert!(evs.iter().any(|e| e["hook"] == "sendmsg_unix"));
+    assert!(evs.iter().any(|e| e["hook"] == hook("sendmsg_unix")));
     assert!(evs.iter().all(|e| e["destination"]["family"] == "unix"));
 
     assert_ok(&client(None, "unix", &s(&sock), 0), "untagged path");
@@ -602,4 +602,14 @@ fn enforcement_outlives_the_daemon_and_a_restart_adopts_it() {
         "one pinned link per network hook: {links:?}"
     );
     assert_eq!(listener.count("tcp:5432"), 0);
+}
+
+/// The hook a decision names: the fallback tier's cgroup program, or on the bpf-lsm tier the
+/// LSM hook that sees every family.
+fn hook(fallback: &'static str) -> &'static str {
+    match (guard_tests::lsm_tier(), fallback.starts_with("connect")) {
+        (false, _) => fallback,
+        (true, true) => "lsm_socket_connect",
+        (true, false) => "lsm_socket_sendmsg",
+    }
 }

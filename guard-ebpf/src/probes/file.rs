@@ -35,8 +35,8 @@ use guard_common::{
 use crate::{
     kernel::Task,
     maps::{
-        FILE_DEVICES, FILE_EVENTS, FILE_KILLED, FILE_OBJECTS, TAGS, count_file, daemon_tgid,
-        file_offsets, offsets,
+        FILE_DEVICES, FILE_EVENTS, FILE_HIT, FILE_KILLED, FILE_OBJECTS, TAGS, count_file,
+        daemon_tgid, file_offsets, offsets,
     },
 };
 
@@ -99,10 +99,13 @@ pub(super) fn read<T>(base: *const u8, off: u32) -> Result<T, i32> {
 }
 
 /// The protected object a change matched.
-pub(super) struct Hit {
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Hit {
     rule: FileRule,
     root_ino: u64,
     depth: u32,
+    _pad: u32,
 }
 
 fn try_changed(inode: *const u8) -> Result<(), i32> {
@@ -362,6 +365,7 @@ pub(super) fn lookup(
             rule,
             root_ino: 0,
             depth: 0,
+            _pad: 0,
         }));
     }
     if let Some(rule) = FILE_OBJECTS.get_ptr(&FileKey::new(dev, ino)) {
@@ -371,6 +375,7 @@ pub(super) fn lookup(
             rule,
             root_ino: ino,
             depth: 0,
+            _pad: 0,
         }));
     }
     let mut node: *const u8 = read(inode, o.inode_dentry)?;
@@ -401,6 +406,7 @@ fn lookup_entry(entry: *const u8, dev: u32, ino: u64, o: &FileOffsets) -> Result
             rule,
             root_ino: 0,
             depth: 0,
+            _pad: 0,
         }));
     }
     if let Some(rule) = FILE_OBJECTS.get_ptr(&FileKey::new(dev, ino)) {
@@ -410,6 +416,7 @@ fn lookup_entry(entry: *const u8, dev: u32, ino: u64, o: &FileOffsets) -> Result
             rule,
             root_ino: ino,
             depth: 0,
+            _pad: 0,
         }));
     }
     ancestors(entry, dev, o)
@@ -417,8 +424,15 @@ fn lookup_entry(entry: *const u8, dev: u32, ino: u64, o: &FileOffsets) -> Result
 
 #[inline(always)]
 fn ancestors(dentry: *const u8, dev: u32, o: &FileOffsets) -> Result<Option<Hit>, i32> {
+    // The match is written to per-CPU scratch and read back after the loop: returning it
+    // from inside the loop would hand the rest of the program one verifier state per depth
+    // (48 of them), which the 6.1 verifier cannot afford.
+    let Some(slot) = FILE_HIT.get_ptr_mut(0) else {
+        return Err(-1);
+    };
     let mut d = dentry;
     let mut depth = 1;
+    let mut found = false;
     while depth <= MAX_DEPTH {
         let parent: *const u8 = read(d, o.dentry_parent)?;
         // The root of a filesystem is its own parent.
@@ -431,18 +445,30 @@ fn ancestors(dentry: *const u8, dev: u32, o: &FileOffsets) -> Result<Option<Hit>
         }
         let ino: u64 = read(inode, o.inode_ino)?;
         if let Some(rule) = FILE_OBJECTS.get_ptr(&FileKey::new(dev, ino)) {
-            // SAFETY: map value pointer from a successful lookup.
-            let rule = unsafe { *rule };
-            return Ok(Some(Hit {
-                rule,
-                root_ino: ino,
-                depth,
-            }));
+            // SAFETY: map value pointer from a successful lookup; `slot` is this CPU's
+            // scratch entry (programs do not nest on one CPU within this walk).
+            unsafe {
+                core::ptr::write_volatile(
+                    slot,
+                    Hit {
+                        rule: *rule,
+                        root_ino: ino,
+                        depth,
+                        _pad: 0,
+                    },
+                );
+            }
+            found = true;
+            break;
         }
         d = parent;
         depth += 1;
     }
-    Ok(None)
+    if !found {
+        return Ok(None);
+    }
+    // SAFETY: written above on this CPU.
+    Ok(Some(unsafe { core::ptr::read_volatile(slot) }))
 }
 
 /// The system call the current task is in, and its saved registers; `(-1, None)` for an

@@ -397,6 +397,14 @@ fn kernel_decision(shared: &Shared, kind: EventKind, ev: &FileEvent) -> Decision
         }
     };
     let target = text(&ev.target);
+    // An LSM decision names the object by identity (dev, ino) and, for its path, the one the
+    // process opened when it named it absolutely (the walk above only knows the protected
+    // ancestor and the last component).
+    let path = if ev.hook != guard_common::file::lsm_hook::NONE && target.starts_with('/') {
+        target.clone()
+    } else {
+        path
+    };
     Decision {
         hook: if kind == EventKind::FileDevice {
             Hook::Device
