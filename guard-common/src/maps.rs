@@ -76,8 +76,10 @@ pub mod lsm_programs {
     pub const PATH_UNLINK: &str = "guard_lsm_path_unlink";
     pub const PATH_RMDIR: &str = "guard_lsm_path_rmdir";
     pub const PATH_RENAME: &str = "guard_lsm_path_rename";
+    pub const PATH_RENAME_TO: &str = "guard_lsm_path_rename_to";
     pub const PATH_TRUNCATE: &str = "guard_lsm_path_truncate";
     pub const PATH_LINK: &str = "guard_lsm_path_link";
+    pub const PATH_LINK_TO: &str = "guard_lsm_path_link_to";
     pub const PATH_MKNOD: &str = "guard_lsm_path_mknod";
     pub const PATH_MKDIR: &str = "guard_lsm_path_mkdir";
     pub const PATH_SYMLINK: &str = "guard_lsm_path_symlink";
@@ -101,14 +103,17 @@ pub mod lsm_programs {
     ];
     /// The file hooks. `file_truncate` exists from Linux 6.2 (before, `ftruncate` and
     /// `O_TRUNC` go through `path_truncate`); it is attached where the kernel has it.
-    pub const FILE: [(&str, &str); 12] = [
+    /// `path_rename` and `path_link` have two programs each (source and destination side).
+    pub const FILE: [(&str, &str); 14] = [
         (FILE_OPEN, "file_open"),
         (FILE_TRUNCATE, "file_truncate"),
         (PATH_UNLINK, "path_unlink"),
         (PATH_RMDIR, "path_rmdir"),
         (PATH_RENAME, "path_rename"),
+        (PATH_RENAME_TO, "path_rename"),
         (PATH_TRUNCATE, "path_truncate"),
         (PATH_LINK, "path_link"),
+        (PATH_LINK_TO, "path_link"),
         (PATH_MKNOD, "path_mknod"),
         (PATH_MKDIR, "path_mkdir"),
         (PATH_SYMLINK, "path_symlink"),

@@ -83,7 +83,9 @@ pub fn attach(
             detach(links_dir);
             return Err(format!("lsm/{hook}: {}", log_tail(&e)));
         }
-        attached.hooks.push(hook.to_owned());
+        if !attached.hooks.iter().any(|h| h == hook) {
+            attached.hooks.push(hook.to_owned());
+        }
     }
     Ok(attached)
 }

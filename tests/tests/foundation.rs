@@ -72,9 +72,12 @@ fn status_reports_the_probed_tier_features_and_attached_trackers() {
         assert_eq!(probe["tier"], "fallback");
         assert_eq!(tier, "fallback");
         assert_eq!(st["network"]["tier"], "fallback");
-        println!(
-            "SKIPPED: bpf-lsm tier (this kernel refuses BPF LSM programs); fallback tier tested"
-        );
+        let why = features
+            .iter()
+            .find(|f| f["name"] == "bpf-lsm")
+            .and_then(|f| f["detail"].as_str())
+            .unwrap_or_default();
+        println!("SKIPPED: bpf-lsm tier ({why}); fallback tier tested");
     }
     let links: Vec<&str> = st["trackers"]
         .as_array()

@@ -306,23 +306,34 @@ pub fn guard_lsm_path_rmdir(ctx: LsmContext) -> i32 {
 }
 
 /// `path_rename(old_dir, old_dentry, new_dir, new_dentry[, flags])`: moving an object away
-/// deletes it from where it was; an entry appearing in (or replaced in) a protected
-/// directory is a write of it.
+/// deletes it from where it was. (The destination side is [`guard_lsm_path_rename_to`], a
+/// second program on the same hook: one decision per program keeps each within the 6.1
+/// verifier's budget.)
 #[lsm(hook = "path_rename")]
 pub fn guard_lsm_path_rename(ctx: LsmContext) -> i32 {
-    let old_dentry: *const u8 = ctx.arg(1);
-    let new_dir: *const u8 = ctx.arg(2);
-    let new_dentry: *const u8 = ctx.arg(3);
-    let r = on_dentry(old_dentry, access::DELETE, lsm_hook::PATH_RENAME);
-    if r != 0 {
-        return r;
+    on_dentry(ctx.arg(1), access::DELETE, lsm_hook::PATH_RENAME)
+}
+
+/// `path_rename`, destination side: an entry appearing in a protected directory is a write
+/// of it, and a replaced object is deleted.
+#[lsm(hook = "path_rename")]
+pub fn guard_lsm_path_rename_to(ctx: LsmContext) -> i32 {
+    on_target(ctx.arg(2), ctx.arg(3), lsm_hook::PATH_RENAME)
+}
+
+/// Decide on the entry `dentry` of directory `dir` being created or replaced: the replaced
+/// object itself (delete or write), then the directory and its ancestors (write).
+#[inline(always)]
+fn on_target(dir: *const u8, dentry: *const u8, hook: u32) -> i32 {
+    if TAGS.get_ptr(current_tgid()).is_none() {
+        return 0;
     }
-    // A replaced target is deleted (nothing to do for a negative dentry).
-    let r = on_dentry(new_dentry, access::DELETE, lsm_hook::PATH_RENAME);
-    if r != 0 {
-        return r;
+    let existing = dentry_inode(dentry);
+    if existing.is_null() {
+        lsm_decide(dentry_inode(path_dentry(dir)), dentry, access::WRITE, hook)
+    } else {
+        lsm_decide(existing, dentry, access::WRITE | access::DELETE, hook)
     }
-    on_create(new_dir, new_dentry, lsm_hook::PATH_RENAME)
 }
 
 /// `path_truncate(const struct path *path)`: `truncate(2)` (and on kernels without
@@ -338,17 +349,17 @@ pub fn guard_lsm_path_truncate(ctx: LsmContext) -> i32 {
 
 /// `path_link(struct dentry *old_dentry, const struct path *new_dir, struct dentry *new)`:
 /// a new name for a protected object is a write of it (it would outlive a rename of the
-/// original), and a new entry in a protected directory is a write of the directory.
+/// original).
 #[lsm(hook = "path_link")]
 pub fn guard_lsm_path_link(ctx: LsmContext) -> i32 {
-    let old_dentry: *const u8 = ctx.arg(0);
-    let new_dir: *const u8 = ctx.arg(1);
-    let new_dentry: *const u8 = ctx.arg(2);
-    let r = on_dentry(old_dentry, access::WRITE, lsm_hook::PATH_LINK);
-    if r != 0 {
-        return r;
-    }
-    on_create(new_dir, new_dentry, lsm_hook::PATH_LINK)
+    on_dentry(ctx.arg(0), access::WRITE, lsm_hook::PATH_LINK)
+}
+
+/// `path_link`, destination side (a second program on the hook): a new entry in a protected
+/// directory is a write of the directory.
+#[lsm(hook = "path_link")]
+pub fn guard_lsm_path_link_to(ctx: LsmContext) -> i32 {
+    on_create(ctx.arg(1), ctx.arg(2), lsm_hook::PATH_LINK)
 }
 
 /// `path_mknod(dir, dentry, mode, dev)`: also every `open(O_CREAT)` of a new file.
