@@ -212,23 +212,26 @@ impl Daemon {
         let child = cmd.spawn().expect("spawn guard daemon");
         let pid = child.id();
         self.child = Some(child);
-        wait_for(
-            "the daemon to serve its API",
-            Duration::from_secs(30),
-            || {
-                if let Some(status) = self
-                    .child
-                    .as_mut()
-                    .and_then(|c| c.try_wait().ok().flatten())
-                {
-                    panic!(
-                        "guard daemon (pid {pid}) exited with {status}:\n{}",
-                        self.log()
-                    );
-                }
-                self.status_json().filter(|s| s["daemon_pid"] == pid)
-            },
-        );
+        // Loading and verifying every program takes a few seconds natively, and up to a
+        // minute under the VM matrix's software emulation (6.1's verifier, bpf-lsm tier).
+        let start_limit = if std::env::var_os("GUARD_VM").is_some() {
+            Duration::from_secs(180)
+        } else {
+            Duration::from_secs(30)
+        };
+        wait_for("the daemon to serve its API", start_limit, || {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "guard daemon (pid {pid}) exited with {status}:\n{}",
+                    self.log()
+                );
+            }
+            self.status_json().filter(|s| s["daemon_pid"] == pid)
+        });
     }
 
     pub fn pid(&self) -> u32 {

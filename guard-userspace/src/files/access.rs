@@ -54,15 +54,43 @@ pub fn open_access(call: &Syscall, read_u64: impl Fn(u64) -> Option<u64>) -> Opt
 /// Access of the open that process `tgid` is blocked in: the union over its threads that are
 /// in an open-family call; read and write when there is none (io_uring) or `/proc` is gone.
 pub fn blocked_open_access(tgid: i32) -> u32 {
-    let unknown = access::READ | access::WRITE;
+    // The event is queued just before the opener goes to sleep waiting for the answer: a
+    // thread read in between says `running`. Look again for a moment before calling the
+    // access unknown (which refuses the open).
+    for _ in 0..RUNNING_RETRIES {
+        match scan_open_access(tgid) {
+            Scan::Found(a) => return a,
+            Scan::Running => std::thread::sleep(std::time::Duration::from_millis(1)),
+            Scan::Unknown => break,
+        }
+    }
+    access::READ | access::WRITE
+}
+
+/// Looks at a thread that is still `running` before giving up (about 50 ms).
+const RUNNING_RETRIES: u32 = 50;
+
+enum Scan {
+    Found(u32),
+    /// No thread in an open-family call yet, and some thread still running.
+    Running,
+    Unknown,
+}
+
+fn scan_open_access(tgid: i32) -> Scan {
     let Ok(tasks) = fs::read_dir(format!("/proc/{tgid}/task")) else {
-        return unknown;
+        return Scan::Unknown;
     };
     let mut found = 0;
+    let mut running = false;
     for t in tasks.filter_map(Result::ok) {
         let Ok(text) = fs::read_to_string(t.path().join("syscall")) else {
             continue;
         };
+        if text.trim() == "running" {
+            running = true;
+            continue;
+        }
         let Some(call) = parse_syscall(&text) else {
             continue;
         };
@@ -71,7 +99,11 @@ pub fn blocked_open_access(tgid: i32) -> u32 {
             found |= a;
         }
     }
-    if found == 0 { unknown } else { found }
+    match (found, running) {
+        (0, true) => Scan::Running,
+        (0, false) => Scan::Unknown,
+        (a, _) => Scan::Found(a),
+    }
 }
 
 /// Read 8 bytes at `addr` in process `pid`.
