@@ -311,24 +311,18 @@ fn flood_every_event_is_logged_or_counted_as_dropped_and_memory_stays_bounded() 
     let started = Instant::now();
     let mut rss_peak = rss_start;
     let mut paused = false;
-    let mut resumed = false;
-    // Stop the reader for a while mid-flood so that the ring buffer overflows for sure.
+    // Stop the reader from 2 s into the flood until it ends (8 s, however slow a loaded
+    // machine forks) so that the ring buffer overflows for sure.
     while flood.child.try_wait().unwrap().is_none() {
         let t = started.elapsed();
         if !paused && t > Duration::from_secs(2) {
             signal(daemon, Signal::SIGSTOP);
             paused = true;
         }
-        if paused && !resumed && t > Duration::from_secs(5) {
-            signal(daemon, Signal::SIGCONT);
-            resumed = true;
-        }
         rss_peak = rss_peak.max(rss_kib(daemon));
         std::thread::sleep(Duration::from_millis(50));
     }
-    if !resumed {
-        signal(daemon, Signal::SIGCONT);
-    }
+    signal(daemon, Signal::SIGCONT);
     let forked = flood_total(&mut flood);
     let flood_secs = started.elapsed().as_secs_f64();
     wait_quiet(&d);
@@ -627,6 +621,11 @@ fn denials_of_each_kind_come_back_from_guard_events_with_their_ancestry() {
         vault = vault.display()
     );
     let d = Daemon::start_with_policy(&policy);
+    let no_detect = guard_tests::kill_on_detect_unavailable(&d.status_json().unwrap());
+    if let Some(why) = &no_detect {
+        println!("the vault (kill-on-detect) part NOT RUN on this kernel's fallback tier: {why}");
+    }
+    let expected_rules = if no_detect.is_some() { 2 } else { 3 };
     let script = format!(
         "( exec 3<>/dev/tcp/127.0.0.2/{port} ) 2>/dev/null; cat {cred} 2>/dev/null; rm -f {vault}/victim; true",
         cred = cred.display(),
@@ -653,13 +652,16 @@ fn denials_of_each_kind_come_back_from_guard_events_with_their_ancestry() {
             .iter()
             .map(|e| e["rule"].as_str().unwrap().to_string())
             .collect();
-        (rules.len() == 3).then_some(evs)
+        (rules.len() == expected_rules).then_some(evs)
     });
     for (rule, kind, action) in [
         ("prod-db", "net_connect", "deny"),
         ("creds", "file_open", "deny"),
         ("vault", "file_change", "kill"),
     ] {
+        if rule == "vault" && no_detect.is_some() {
+            continue;
+        }
         let mine: Vec<&Value> = decisions.iter().filter(|e| e["rule"] == rule).collect();
         assert_eq!(mine.len(), 1, "exactly one {rule} decision: {decisions:#?}");
         let e = mine[0];
