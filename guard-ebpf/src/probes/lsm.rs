@@ -44,6 +44,8 @@ const FMODE_READ: u32 = 0x1;
 const FMODE_WRITE: u32 = 0x2;
 const FMODE_EXEC: u32 = 0x20;
 const O_TRUNC: u32 = 0o1000;
+/// `__FMODE_EXEC` in `f_flags`.
+const FMODE_EXEC_FLAG: u32 = 0x20;
 
 // --- Network.
 
@@ -281,7 +283,9 @@ pub fn guard_lsm_file_open(ctx: LsmContext) -> i32 {
     if mode & FMODE_WRITE != 0 || flags & O_TRUNC != 0 {
         want |= access::WRITE;
     }
-    if mode & FMODE_EXEC != 0 {
+    // `f_mode` carries FMODE_EXEC on recent kernels; before (6.1) only `f_flags` has the
+    // exec open's `__FMODE_EXEC`.
+    if mode & FMODE_EXEC != 0 || flags & FMODE_EXEC_FLAG != 0 {
         want |= access::EXEC;
     }
     on_file(file, want, lsm_hook::FILE_OPEN)
