@@ -128,7 +128,15 @@ fn run_tiers(extra: &[OsString], summary: &mut Summary) -> Result<()> {
     summary.tier(INTEGRATION, || {
         util::run(
             util::cargo()
-                .args(["test", "-p", "guard-tests", "--", "--test-threads=1"])
+                // Every test file runs even when one fails, so that a run reports them all.
+                .args([
+                    "test",
+                    "-p",
+                    "guard-tests",
+                    "--no-fail-fast",
+                    "--",
+                    "--test-threads=1",
+                ])
                 .args(extra)
                 .env("GUARD_BIN", &bin),
             "fix the failing integration tests above",

@@ -158,25 +158,28 @@ impl Follower {
         }
     }
 
-    /// The file that comes after the one being read, now that it was rotated away.
-    fn next_path(&self) -> PathBuf {
+    /// The file that comes after the one with inode `drained`, now that it was rotated away,
+    /// and that file's inode when it was looked at.
+    fn next_path(&self, drained: u64) -> (PathBuf, Option<u64>) {
         let ino = |p: &Path| std::fs::metadata(p).map(|m| m.ino()).ok();
         for i in 1..=MAX_ROTATED {
             let p = super::log::numbered(&self.path, i);
             match ino(&p) {
-                Some(x) if x == self.ino => {
-                    return if i == 1 {
+                Some(x) if x == drained => {
+                    let next = if i == 1 {
                         self.path.clone()
                     } else {
                         super::log::numbered(&self.path, i - 1)
                     };
+                    let want = ino(&next);
+                    return (next, want);
                 }
                 Some(_) => {}
                 None => break,
             }
         }
         // Ours was removed (the reader fell more than the whole log behind): go live.
-        self.path.clone()
+        (self.path.clone(), None)
     }
 
     /// New complete lines since the last call.
@@ -208,10 +211,19 @@ impl Follower {
                 Err(_) => return Ok(out),
                 Ok(_) => {}
             }
-            // Drained a rotated file: on to the next newer one.
-            let next = self.next_path();
-            if !self.open(&next)? {
-                self.file = None;
+            // Drained a rotated file: on to the next newer one. A rotation between finding
+            // it and opening it shifts every name by one: then the file opened is not the
+            // one found, and the search runs again (from the drained file's inode).
+            let drained = self.ino;
+            for _ in 0..8 {
+                let (next, want) = self.next_path(drained);
+                if !self.open(&next)? {
+                    self.file = None;
+                    break;
+                }
+                if want.is_none_or(|w| w == self.ino) {
+                    break;
+                }
             }
         }
     }
