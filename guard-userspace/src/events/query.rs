@@ -123,6 +123,8 @@ pub struct Follower {
 
 /// How many rotated files are searched for the one being read.
 const MAX_ROTATED: u32 = 1000;
+/// Scans for a rotated file before the reader concludes it was removed.
+const ROTATION_RETRIES: u32 = 10;
 
 impl Follower {
     /// Start at the beginning of the live file (it may not exist yet).
@@ -162,21 +164,29 @@ impl Follower {
     /// and that file's inode when it was looked at.
     fn next_path(&self, drained: u64) -> (PathBuf, Option<u64>) {
         let ino = |p: &Path| std::fs::metadata(p).map(|m| m.ino()).ok();
-        for i in 1..=MAX_ROTATED {
-            let p = super::log::numbered(&self.path, i);
-            match ino(&p) {
-                Some(x) if x == drained => {
-                    let next = if i == 1 {
-                        self.path.clone()
-                    } else {
-                        super::log::numbered(&self.path, i - 1)
-                    };
-                    let want = ino(&next);
-                    return (next, want);
+        // A rotation in progress renames the files one at a time, from the oldest: one name
+        // may be missing for a moment, so the scan steps over a single gap, and a file not
+        // found is looked for again before the reader gives up on it.
+        for _ in 0..ROTATION_RETRIES {
+            let mut missing = 0;
+            for i in 1..=MAX_ROTATED {
+                let p = super::log::numbered(&self.path, i);
+                match ino(&p) {
+                    Some(x) if x == drained => {
+                        let next = if i == 1 {
+                            self.path.clone()
+                        } else {
+                            super::log::numbered(&self.path, i - 1)
+                        };
+                        let want = ino(&next);
+                        return (next, want);
+                    }
+                    Some(_) => missing = 0,
+                    None if missing == 0 => missing = 1,
+                    None => break,
                 }
-                Some(_) => {}
-                None => break,
             }
+            std::thread::sleep(std::time::Duration::from_millis(2));
         }
         // Ours was removed (the reader fell more than the whole log behind): go live.
         (self.path.clone(), None)
@@ -210,6 +220,19 @@ impl Follower {
                 Ok(m) if m.ino() == self.ino => return Ok(out),
                 Err(_) => return Ok(out),
                 Ok(_) => {}
+            }
+            // Rotated away: lines may have been appended between the read above and the
+            // rename. Nothing is written to it after the rename, so one more read drains it.
+            let f = self.file.as_mut().expect("opened above");
+            f.seek(SeekFrom::Start(self.pos))?;
+            let mut buf = Vec::new();
+            let n = f.read_to_end(&mut buf)?;
+            self.pos += n as u64;
+            self.partial.extend_from_slice(&buf);
+            if let Some(end) = self.partial.iter().rposition(|b| *b == b'\n') {
+                let rest = self.partial.split_off(end + 1);
+                let whole = std::mem::replace(&mut self.partial, rest);
+                out.extend(String::from_utf8_lossy(&whole).lines().map(str::to_string));
             }
             // Drained a rotated file: on to the next newer one. A rotation between finding
             // it and opening it shifts every name by one: then the file opened is not the
