@@ -96,8 +96,15 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
-/// Poll `f` until it returns `Some`, or panic with `what` after `timeout`.
+/// Poll `f` until it returns `Some`, or panic with `what` after `timeout` — four times as
+/// long in the VM matrix, whose guests run under software emulation on a shared host (these
+/// are bounds on liveness, never measurements of speed).
 pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let timeout = if std::env::var_os("GUARD_VM").is_some() {
+        timeout * 4
+    } else {
+        timeout
+    };
     let start = Instant::now();
     loop {
         if let Some(v) = f() {
