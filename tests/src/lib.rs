@@ -220,12 +220,9 @@ impl Daemon {
         let pid = child.id();
         self.child = Some(child);
         // Loading and verifying every program takes a few seconds natively, and up to a
-        // minute under the VM matrix's software emulation (6.1's verifier, bpf-lsm tier).
-        let start_limit = if std::env::var_os("GUARD_VM").is_some() {
-            Duration::from_secs(180)
-        } else {
-            Duration::from_secs(30)
-        };
+        // minute or two under the VM matrix's software emulation (6.1's verifier, bpf-lsm
+        // tier): `wait_for` gives the VM four times this.
+        let start_limit = Duration::from_secs(45);
         wait_for("the daemon to serve its API", start_limit, || {
             if let Some(status) = self
                 .child
