@@ -36,6 +36,8 @@ pub const NET_UNIX_MAX: u32 = 1024;
 /// Rule slot → [`crate::net::NetRule`], two generations of
 /// [`crate::net::RULES_PER_GENERATION`] slots.
 pub const NET_RULES: &str = "GUARD_NET_RULES";
+/// One [`crate::net::NetRule`]: the raw-socket rule (generation 0: none).
+pub const NET_RAW: &str = "GUARD_NET_RAW";
 /// tgid → [`crate::net::PendingKill`]: processes to SIGKILL at their next system call exit.
 pub const NET_PENDING_KILLS: &str = "GUARD_NET_PENDING_KILLS";
 pub const NET_PENDING_KILLS_MAX: u32 = 4096;
@@ -59,6 +61,8 @@ pub mod programs {
     /// Loaded by guard itself with the unix attach types (aya 0.14 has none).
     pub const CONNECT_UNIX: &str = "guard_connect_unix";
     pub const SENDMSG_UNIX: &str = "guard_sendmsg_unix";
+    /// cgroup `sock_create`: raw IPv4/IPv6 sockets.
+    pub const SOCK_CREATE: &str = "guard_sock_create";
     /// `tp_btf/sys_exit`: sends the pending kills.
     pub const SYS_EXIT: &str = "guard_sys_exit";
 }
@@ -71,6 +75,7 @@ pub const LSM_OFFSETS_GLOBAL: &str = "GUARD_LSM_OFFSETS";
 pub mod lsm_programs {
     pub const SOCKET_CONNECT: &str = "guard_lsm_socket_connect";
     pub const SOCKET_SENDMSG: &str = "guard_lsm_socket_sendmsg";
+    pub const SOCKET_CREATE: &str = "guard_lsm_socket_create";
     pub const FILE_OPEN: &str = "guard_lsm_file_open";
     pub const FILE_TRUNCATE: &str = "guard_lsm_file_truncate";
     pub const PATH_UNLINK: &str = "guard_lsm_path_unlink";
@@ -97,9 +102,10 @@ pub mod lsm_programs {
     ];
 
     /// The network hooks.
-    pub const NET: [(&str, &str); 2] = [
+    pub const NET: [(&str, &str); 3] = [
         (SOCKET_CONNECT, "socket_connect"),
         (SOCKET_SENDMSG, "socket_sendmsg"),
+        (SOCKET_CREATE, "socket_create"),
     ];
     /// The file hooks. `file_truncate` exists from Linux 6.2 (before, `ftruncate` and
     /// `O_TRUNC` go through `path_truncate`); it is attached where the kernel has it.

@@ -55,6 +55,10 @@ pub mod proto {
     pub const TCP: u32 = 1;
     pub const UDP: u32 = 2;
     pub const OTHER: u32 = 3;
+    /// Events only: a raw IPv4/IPv6 socket (`SOCK_RAW`), see [`raw_class`].
+    pub const RAW: u32 = 4;
+    /// Events only: a packet socket (`AF_PACKET`).
+    pub const PACKET: u32 = 5;
 }
 
 /// The hook that made a decision.
@@ -68,14 +72,29 @@ pub mod hook {
     /// BPF LSM `socket_connect` / `socket_sendmsg` (any family).
     pub const LSM_CONNECT: u32 = 7;
     pub const LSM_SENDMSG: u32 = 8;
+    /// cgroup `sock_create` (raw IPv4/IPv6 sockets).
+    pub const SOCK_CREATE: u32 = 9;
+    /// BPF LSM `socket_create` (raw IPv4/IPv6 and packet sockets).
+    pub const LSM_SOCKET_CREATE: u32 = 10;
 }
+
+/// Rule id of the internal raw-socket rule (`spec.rawSockets`), kept in
+/// [`crate::maps::NET_RAW`]: a raw IP or packet socket writes its own headers, so it would
+/// carry traffic past every endpoint rule.
+pub const RAW_RULE_ID: u32 = 0xffff_0100;
 
 pub const AF_UNIX: u32 = 1;
 pub const AF_INET: u32 = 2;
 pub const AF_INET6: u32 = 10;
+pub const AF_PACKET: u32 = 17;
 
 const SOCK_STREAM: u32 = 1;
 const SOCK_DGRAM: u32 = 2;
+const SOCK_RAW: u32 = 3;
+/// Obsolete packet interface (`socket(AF_INET, SOCK_PACKET, …)`).
+const SOCK_PACKET: u32 = 10;
+/// The type bits of a socket type (the rest are `SOCK_NONBLOCK`/`SOCK_CLOEXEC`).
+const SOCK_TYPE_MASK: u32 = 0xf;
 const IPPROTO_TCP: u32 = 6;
 const IPPROTO_UDP: u32 = 17;
 const IPPROTO_UDPLITE: u32 = 136;
@@ -268,6 +287,19 @@ pub fn proto_class(sock_type: u32, protocol: u32) -> u32 {
     }
 }
 
+/// The [`proto`] class of a new socket the raw-socket rule covers: [`proto::RAW`] for a raw
+/// IPv4/IPv6 socket, [`proto::PACKET`] for a packet socket; `None` for every other socket
+/// (ICMP datagram sockets included: they cannot carry TCP or UDP).
+#[inline(always)]
+pub fn raw_class(family: u32, sock_type: u32) -> Option<u32> {
+    let ty = sock_type & SOCK_TYPE_MASK;
+    match family {
+        AF_PACKET => Some(proto::PACKET),
+        AF_INET | AF_INET6 if ty == SOCK_RAW || ty == SOCK_PACKET => Some(proto::RAW),
+        _ => None,
+    }
+}
+
 /// Does `port` fall in the first `nports` ranges (all ports when `nports` is 0)?
 #[inline(always)]
 pub fn port_in_ranges(ranges: &[PortRange; PORT_RANGES_MAX], nports: u32, port: u16) -> bool {
@@ -413,6 +445,12 @@ mod tests {
     #[test]
     fn protocol_classes() {
         assert_eq!(proto_class(SOCK_STREAM, IPPROTO_TCP), proto::TCP);
+        assert_eq!(raw_class(AF_INET, SOCK_RAW), Some(proto::RAW));
+        assert_eq!(raw_class(AF_INET6, SOCK_RAW | 0o2000000), Some(proto::RAW));
+        assert_eq!(raw_class(AF_PACKET, SOCK_DGRAM), Some(proto::PACKET));
+        assert_eq!(raw_class(AF_INET, SOCK_DGRAM), None);
+        assert_eq!(raw_class(AF_INET, SOCK_STREAM), None);
+        assert_eq!(raw_class(AF_UNIX, SOCK_RAW), None);
         assert_eq!(proto_class(SOCK_STREAM, IPPROTO_MPTCP), proto::TCP);
         assert_eq!(proto_class(SOCK_DGRAM, IPPROTO_UDP), proto::UDP);
         assert_eq!(proto_class(SOCK_STREAM, 0), proto::TCP);

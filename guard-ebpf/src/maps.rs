@@ -120,6 +120,10 @@ pub static NET_UNIX: HashMap<UnixKey, RuleSet> = HashMap::pinned(NET_UNIX_MAX, 0
 #[map(name = "GUARD_NET_RULES")]
 pub static NET_RULES: Array<NetRule> = Array::pinned(RULE_SLOTS_TOTAL, 0);
 
+/// The raw-socket rule (`guard_common::net::RAW_RULE_ID`); generation 0: none.
+#[map(name = "GUARD_NET_RAW")]
+pub static NET_RAW: Array<NetRule> = Array::pinned(1, 0);
+
 #[map(name = "GUARD_NET_PENDING_KILLS")]
 pub static PENDING_KILLS: HashMap<u32, PendingKill> = HashMap::pinned(NET_PENDING_KILLS_MAX, 0);
 

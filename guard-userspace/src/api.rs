@@ -132,6 +132,9 @@ pub struct NetworkStatus {
     pub programs: Vec<String>,
     /// `enforced`, or `not-loaded: <why>` for unix socket rules.
     pub unix: String,
+    /// What the raw-socket rule (`spec.rawSockets`) covers on this tier, or `not-loaded: <why>`.
+    #[serde(default)]
+    pub raw_sockets: String,
     /// How `kill` is carried out.
     pub kill: String,
 }

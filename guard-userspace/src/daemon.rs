@@ -370,10 +370,10 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
 /// Whether `policy` has an enforced endpoint rule that kills.
 fn needs_killer(policy: &CompiledPolicy) -> bool {
     use crate::policy::{Action, Mode};
-    policy
-        .endpoints
-        .iter()
-        .any(|r| matches!(r.action, Action::Kill | Action::KillTree) && r.mode == Mode::Enforce)
+    let kills =
+        |action, mode| matches!(action, Action::Kill | Action::KillTree) && mode == Mode::Enforce;
+    policy.endpoints.iter().any(|r| kills(r.action, r.mode))
+        || policy.raw_sockets.is_some_and(|r| kills(r.action, r.mode))
 }
 
 fn reload(cfg: &DaemonConfig, state: &Shared, net: Option<&net::NetHandle>) {
@@ -594,6 +594,7 @@ fn network_status(kernel: &Kernel) -> crate::api::NetworkStatus {
             None => crate::files::status::ENFORCED.into(),
             Some(why) => format!("{}: {why}", crate::files::status::NOT_LOADED),
         },
+        raw_sockets: a.raw.describe(),
         kill: if a.lsm {
             "SIGKILL from the LSM program, before the system call returns".into()
         } else if kernel.killer_attached() {
@@ -618,6 +619,9 @@ fn problems(
         .collect();
     if let Some(why) = &kernel.net_attached.unix_missing {
         out.push(format!("unix socket rules are not enforced: {why}"));
+    }
+    if let crate::net::RawCoverage::Missing(why) = &kernel.net_attached.raw {
+        out.push(format!("the raw-socket rule is not enforced: {why}"));
     }
     if let Some(e) = &kernel.lsm_error {
         out.push(format!("the bpf-lsm tier is not enforcing: {e}"));

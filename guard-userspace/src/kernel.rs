@@ -220,6 +220,7 @@ impl Kernel {
                     .collect(),
                 unix_missing: None,
                 lsm: lsm.hooks.iter().any(|h| h == "socket_connect"),
+                raw: crate::net::RawCoverage::All,
             }
         } else {
             crate::net::attach(

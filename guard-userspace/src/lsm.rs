@@ -24,13 +24,14 @@ pub struct LsmAttached {
 }
 
 /// The fallback tier's enforcement programs, whose link pins the bpf-lsm tier replaces.
-pub const FALLBACK_LINKS: [&str; 10] = [
+pub const FALLBACK_LINKS: [&str; 11] = [
     programs::CONNECT4,
     programs::CONNECT6,
     programs::SENDMSG4,
     programs::SENDMSG6,
     programs::CONNECT_UNIX,
     programs::SENDMSG_UNIX,
+    programs::SOCK_CREATE,
     programs::SYS_EXIT,
     file_programs::CTIME_XCHG,
     file_programs::CTIME_SKIP,

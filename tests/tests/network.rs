@@ -601,7 +601,8 @@ fn enforcement_outlives_the_daemon_and_a_restart_adopts_it() {
         "after the restart",
     );
     // Every network program the daemon reports (cgroup hooks, with the unix pair where the
-    // kernel has them; or the LSM pair) has exactly one link pin, replaced in place.
+    // kernel has them, and sock_create; or the LSM socket hooks) has exactly one link pin,
+    // replaced in place.
     let st = daemon.status_json().unwrap();
     let programs: Vec<String> = st["network"]["programs"]
         .as_array()
@@ -617,6 +618,7 @@ fn enforcement_outlives_the_daemon_and_a_restart_adopts_it() {
         .filter(|n| {
             n.starts_with("guard_connect")
                 || n.starts_with("guard_sendmsg")
+                || n == "guard_sock_create"
                 || n.starts_with("guard_lsm_socket")
         })
         .collect();
@@ -626,6 +628,103 @@ fn enforcement_outlives_the_daemon_and_a_restart_adopts_it() {
     want.sort();
     assert_eq!(sorted, want, "one pinned link per network hook");
     assert_eq!(listener.count("tcp:5432"), 0);
+}
+
+#[test]
+fn raw_and_packet_sockets_cannot_carry_traffic_past_the_endpoint_rules() {
+    let net = Net::new();
+    let port = 5353;
+    let listener = Listener::start(&net, &[format!("udp:{port}:{}", net.a)]);
+    // rawSockets is not written: the default is deny.
+    let daemon = Daemon::start_with_policy(&policy(&format!(
+        "    - {{ name: prod-dns, ips: [{}], ports: [{port}], protocol: udp, action: deny }}\n",
+        net.a
+    )));
+    let lsm = guard_tests::lsm_tier();
+    let status = daemon.status_json().expect("status");
+    let coverage = status["network"]["raw_sockets"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        coverage.starts_with("enforced"),
+        "raw-socket rule: {status}"
+    );
+    let raw = |d: Option<&Daemon>, mode: &str| {
+        run(d, &["python3", "-c", RAW, mode, &net.a, &port.to_string()])
+    };
+
+    let capture = Capture::start(&net, &format!("udp port {port}"));
+    // A datagram the endpoint rule refuses through a UDP socket…
+    assert_eperm(&client(Some(&daemon), "udp", &net.a, port), "tagged UDP");
+    // …and the same datagram hand-made on a raw socket: refused at socket().
+    assert_eperm(&raw(Some(&daemon), "udp4"), "tagged raw IPv4 socket");
+    assert_eperm(&raw(Some(&daemon), "raw6"), "tagged raw IPv6 socket");
+    let mut expected = 2;
+    if lsm {
+        assert_eperm(&raw(Some(&daemon), "packet"), "tagged packet socket");
+        expected += 1;
+    } else {
+        assert!(
+            coverage.contains("AF_PACKET") && coverage.contains("not covered"),
+            "the fallback tier must say packet sockets are not covered: {coverage}"
+        );
+        println!(
+            "NOT RUN on the fallback tier: packet sockets (cgroup sock_create never sees them)"
+        );
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(listener.count(&format!("udp:{port}")), 0);
+    assert_eq!(
+        capture.packets(),
+        0,
+        "no packet may leave a tagged raw socket"
+    );
+
+    let evs = net_events(&daemon, expected, |e| e["rule"] == "guard:raw-sockets");
+    let create = if lsm {
+        "lsm_socket_create"
+    } else {
+        "sock_create"
+    };
+    for e in &evs {
+        assert_eq!(e["hook"], create, "{e}");
+        assert_eq!(
+            (&e["action"], &e["result"]),
+            (&"deny".into(), &"denied".into()),
+            "{e}"
+        );
+        assert!(e["destination"]["address"].is_null(), "{e}");
+        assert!(
+            e["ancestry"].as_array().is_some_and(|a| !a.is_empty()),
+            "ancestry: {e}"
+        );
+    }
+    let kinds: Vec<(String, String)> = evs
+        .iter()
+        .map(|e| {
+            let d = &e["destination"];
+            (
+                d["family"].as_str().unwrap_or_default().to_owned(),
+                d["protocol"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    assert!(kinds.contains(&("ipv4".into(), "raw".into())), "{kinds:?}");
+    assert!(kinds.contains(&("ipv6".into(), "raw".into())), "{kinds:?}");
+    if lsm {
+        assert!(
+            kinds.contains(&("packet".into(), "packet".into())),
+            "{kinds:?}"
+        );
+    }
+
+    // Untagged, the same raw datagram reaches the listener: the denial was the rule's.
+    assert_ok(&raw(None, "udp4"), "untagged raw IPv4 socket");
+    assert_ok(&raw(None, "raw6"), "untagged raw IPv6 socket");
+    assert_ok(&raw(None, "packet"), "untagged packet socket");
+    wait_for("the untagged raw datagram", Duration::from_secs(5), || {
+        (listener.count(&format!("udp:{port}")) == 1).then_some(())
+    });
 }
 
 /// The hook a decision names: the fallback tier's cgroup program, or on the bpf-lsm tier the

@@ -7,6 +7,7 @@
 //!   `sendto`/`sendmsg` with an address (UDP without connect, TCP Fast Open) and io_uring
 //!   connect, for IPv4, IPv6 (v4-mapped matched as IPv4) and unix sockets alike, and decide
 //!   with the same rule maps as the cgroup programs. `kill` is a SIGKILL sent right here.
+//!   `socket_create` puts raw IPv4/IPv6 and packet sockets under the raw-socket rule.
 //! - Files: `file_open` (read, write, `O_TRUNC`, exec), `path_unlink`, `path_rmdir`,
 //!   `path_rename`, `path_truncate`/`file_truncate`, `path_link`, `path_mknod` (which
 //!   `open(O_CREAT)` goes through), `path_mkdir`, `path_symlink`, `path_chmod` and
@@ -28,13 +29,13 @@ use guard_common::{
     file::{access, lsm_hook},
     net::{
         AF_INET, AF_INET6, AF_UNIX, Ip4Data, Ip6Data, UNIX_PATH_LEN, UnixKey, hook, proto_class,
-        v4_mapped,
+        raw_class, v4_mapped,
     },
 };
 
 use super::{
     file::{lsm_decide, read},
-    net::{ALLOW, Dest, Kill, decide},
+    net::{ALLOW, Dest, Kill, decide, decide_raw},
 };
 use crate::maps::{NET_UNIX, NET4, NET6, TAGS, count, daemon_tgid, file_offsets, lsm_offsets};
 use guard_common::event::Counter;
@@ -82,6 +83,36 @@ pub fn guard_lsm_socket_sendmsg(ctx: LsmContext) -> i32 {
         return net_verdict(Err(-1));
     };
     net_verdict(try_net(sock, name, len, hook::LSM_SENDMSG))
+}
+
+/// `socket_create(int family, int type, int protocol, int kern)`: a tagged process creating
+/// a raw IPv4/IPv6 socket or a packet socket meets the raw-socket rule. Sockets the kernel
+/// makes for itself (`kern`) are not the process's.
+#[lsm(hook = "socket_create")]
+pub fn guard_lsm_socket_create(ctx: LsmContext) -> i32 {
+    let tgid = current_tgid();
+    let Some(tag) = TAGS.get_ptr(tgid) else {
+        return 0;
+    };
+    let family: i32 = ctx.arg(0);
+    let sock_type: i32 = ctx.arg(1);
+    let kern: i32 = ctx.arg(3);
+    if kern != 0 || tgid == daemon_tgid() {
+        return 0;
+    }
+    let Some(class) = raw_class(family as u32, sock_type as u32) else {
+        return 0;
+    };
+    // SAFETY: map value pointer from a successful lookup.
+    let tag = unsafe { *tag };
+    net_verdict(Ok(decide_raw(
+        tgid,
+        &tag,
+        family as u32,
+        class,
+        hook::LSM_SOCKET_CREATE,
+        Kill::Now,
+    )))
 }
 
 #[inline(always)]

@@ -1,5 +1,6 @@
 //! Network enforcement: cgroup v2 sock_addr programs on `connect` and `sendmsg` (IPv4, IPv6,
-//! unix), and the system call exit program that carries out kills.
+//! unix), a `sock_create` program for raw sockets, and the system call exit program that
+//! carries out kills.
 //!
 //! Every program starts with one lookup of the caller's tgid in the tag map and allows an
 //! untagged caller straight away: that lookup is the whole cost for the rest of the host.
@@ -20,9 +21,9 @@ use aya_ebpf::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
         bpf_ktime_get_boot_ns, generated,
     },
-    macros::{btf_tracepoint, cgroup_sock_addr},
+    macros::{btf_tracepoint, cgroup_sock, cgroup_sock_addr},
     maps::lpm_trie::Key,
-    programs::{BtfTracePointContext, SockAddrContext},
+    programs::{BtfTracePointContext, SockAddrContext, SockContext},
 };
 use guard_common::{
     ProcKey, Tag,
@@ -30,7 +31,7 @@ use guard_common::{
     net::{
         AF_INET, AF_INET6, AF_UNIX, Ip4Data, Ip6Data, NetEvent, NetRule, PendingKill,
         RULE_SLOTS_MAX, RULE_SLOTS_TOTAL, RuleSet, UNIX_PATH_LEN, UnixKey, hook, proto_class,
-        result, v4_mapped,
+        raw_class, result, v4_mapped,
     },
     offsets::UNIX_CTX_READ,
 };
@@ -38,8 +39,8 @@ use guard_common::{
 use crate::{
     kernel::Task,
     maps::{
-        EVENTS, NET_RULES, NET_UNIX, NET4, NET6, PENDING_COUNT, PENDING_KILLS, TAGS, count,
-        daemon_tgid, offsets, unix_offsets,
+        EVENTS, NET_RAW, NET_RULES, NET_UNIX, NET4, NET6, PENDING_COUNT, PENDING_KILLS, TAGS,
+        count, daemon_tgid, offsets, unix_offsets,
     },
 };
 
@@ -82,6 +83,47 @@ pub fn guard_connect_unix(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(sendmsg4)]
 pub fn guard_sendmsg_unix(ctx: SockAddrContext) -> i32 {
     verdict(try_unix(&ctx, hook::SENDMSG_UNIX))
+}
+
+/// `cgroup/sock_create`: a tagged process creating a raw IPv4/IPv6 socket, which writes its
+/// own headers past every endpoint rule, meets the raw-socket rule. Runs for every new
+/// IPv4/IPv6 socket on the host; an untagged creator costs one map lookup. (Packet sockets
+/// never reach this hook: only the bpf-lsm tier's `socket_create` sees them.)
+#[cgroup_sock(sock_create)]
+pub fn guard_sock_create(ctx: SockContext) -> i32 {
+    verdict(try_sock_create(&ctx))
+}
+
+#[inline(always)]
+fn try_sock_create(ctx: &SockContext) -> Result<i32, i32> {
+    let tgid = current_tgid();
+    let Some(tag) = TAGS.get_ptr(tgid) else {
+        return Ok(ALLOW);
+    };
+    if tgid == daemon_tgid() {
+        return Ok(ALLOW);
+    }
+    // SAFETY: `ctx.sock` is the program's context; the verifier rewrites these loads into
+    // reads of the new socket.
+    let (family, sock_type) = unsafe {
+        (
+            core::ptr::read_volatile(&(*ctx.sock).family),
+            core::ptr::read_volatile(&(*ctx.sock).type_),
+        )
+    };
+    let Some(class) = raw_class(family, sock_type) else {
+        return Ok(ALLOW);
+    };
+    // SAFETY: map value pointer from a successful lookup.
+    let tag = unsafe { *tag };
+    Ok(decide_raw(
+        tgid,
+        &tag,
+        family,
+        class,
+        hook::SOCK_CREATE,
+        Kill::Pending,
+    ))
 }
 
 /// `raw_syscalls:sys_exit(regs, ret)`: SIGKILL a process with a pending kill, in its own
@@ -335,6 +377,47 @@ pub(super) fn decide(
     let Some(rule) = first_match(set, dest, unix.is_none()) else {
         return ALLOW;
     };
+    apply(tgid, tag, &rule, dest, hook, unix, kill)
+}
+
+/// A tagged process is creating a socket of [`raw_class`] `class`: decide with the
+/// raw-socket rule, if the policy has one.
+#[inline(always)]
+pub(super) fn decide_raw(
+    tgid: u32,
+    tag: &Tag,
+    family: u32,
+    class: u32,
+    hook: u32,
+    kill: Kill,
+) -> i32 {
+    let Some(rule) = NET_RAW.get(0) else {
+        return ALLOW;
+    };
+    if rule.generation == 0 {
+        return ALLOW;
+    }
+    let rule = *rule;
+    let dest = Dest {
+        family,
+        addr: [0; 16],
+        port: 0,
+        class,
+    };
+    apply(tgid, tag, &rule, &dest, hook, None, kill)
+}
+
+/// Carry out `rule` on the current operation, record the decision and return the verdict.
+#[inline(always)]
+fn apply(
+    tgid: u32,
+    tag: &Tag,
+    rule: &NetRule,
+    dest: &Dest,
+    hook: u32,
+    unix: Option<&UnixKey>,
+    kill: Kill,
+) -> i32 {
     let outcome = if !rule.blocks() {
         count(Counter::NetAudited);
         result::ALLOWED
@@ -361,7 +444,7 @@ pub(super) fn decide(
         count(Counter::NetDenied);
         result::DENIED
     };
-    emit(tgid, tag, dest, hook, &rule, outcome, unix);
+    emit(tgid, tag, dest, hook, rule, outcome, unix);
     if outcome == result::ALLOWED {
         ALLOW
     } else {

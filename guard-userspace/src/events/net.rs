@@ -4,7 +4,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use guard_common::{
     event::EventKind,
-    net::{AF_INET, AF_INET6, AF_UNIX, NetEvent, action, hook, mode, proto, result},
+    net::{AF_INET, AF_INET6, AF_PACKET, AF_UNIX, NetEvent, action, hook, mode, proto, result},
 };
 use serde::Serialize;
 
@@ -96,7 +96,9 @@ fn unix_name(ev: &NetEvent) -> String {
 
 /// The network fields of `ev`.
 pub fn details(ev: &NetEvent, labels: &dyn NetLabels) -> NetDetails {
+    let new_socket = ev.protocol == proto::RAW || ev.protocol == proto::PACKET;
     let addr = match ev.family {
+        _ if new_socket => None,
         AF_INET => {
             let a = ev.addr;
             Some(IpAddr::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3])))
@@ -111,9 +113,12 @@ pub fn details(ev: &NetEvent, labels: &dyn NetLabels) -> NetDetails {
             AF_INET => "ipv4",
             AF_INET6 => "ipv6",
             AF_UNIX => "unix",
+            AF_PACKET => "packet",
             _ => "other",
         },
         protocol: match (ev.family, ev.protocol) {
+            (_, proto::RAW) => "raw",
+            (_, proto::PACKET) => "packet",
             (AF_UNIX, proto::TCP) => "stream",
             (AF_UNIX, proto::UDP) => "dgram",
             (_, proto::TCP) => "tcp",
@@ -153,6 +158,8 @@ pub fn details(ev: &NetEvent, labels: &dyn NetLabels) -> NetDetails {
             hook::CONNECT_UNIX => "connect_unix",
             hook::LSM_CONNECT => "lsm_socket_connect",
             hook::LSM_SENDMSG => "lsm_socket_sendmsg",
+            hook::SOCK_CREATE => "sock_create",
+            hook::LSM_SOCKET_CREATE => "lsm_socket_create",
             _ => "sendmsg_unix",
         },
     }
@@ -175,7 +182,8 @@ pub fn decode_record(raw: &[u8], ctx: &DecodeCtx<'_>) -> Result<Decoded, DecodeE
     let dst = n.destination;
     d.destination = Some(super::Destination {
         address: dst.address,
-        port: Some(dst.port),
+        // A new raw or packet socket has no destination yet: only its family and kind.
+        port: (dst.protocol != "raw" && dst.protocol != "packet").then_some(dst.port),
         family: Some(dst.family.into()),
         protocol: Some(dst.protocol.into()),
         unix_path: dst.unix_path,

@@ -22,7 +22,7 @@ use aya::maps::lpm_trie::Key;
 use aya::maps::{HashMap, MapData};
 use guard_common::{
     Tag,
-    net::{Ip4Data, Ip6Data, UnixKey, action, result},
+    net::{Ip4Data, Ip6Data, RAW_RULE_ID, UnixKey, action, result},
 };
 use hickory_resolver::TokioResolver;
 use tokio::{sync::Notify, task::JoinSet, time::Instant};
@@ -33,7 +33,7 @@ use super::{
     plan::{self, Plan, UnixKeyBytes},
     respond,
 };
-use crate::policy::{CompiledEndpointRule, CompiledPolicy};
+use crate::policy::{CompiledEndpointRule, CompiledPolicy, CompiledRawRule, RAW_RULE_NAME};
 
 /// How the controller finds names.
 #[derive(Clone, Debug, Default)]
@@ -62,11 +62,14 @@ struct HostState {
 struct State {
     maps: RuleMaps,
     rules: Vec<CompiledEndpointRule>,
+    /// `spec.rawSockets` (`None`: allow).
+    raw: Option<CompiledRawRule>,
     /// `(rule id, host)` → addresses in force.
     hosts: BTreeMap<(u32, String), HostState>,
     generation: u32,
-    /// Rule names by generation (the last few), for events decoded after a reload.
-    names: BTreeMap<u32, BTreeMap<u32, String>>,
+    /// Rule names by generation (the last [`NAMES_KEPT`]), for events decoded after a reload.
+    /// Generations with the same names share one map, so a reload storm costs nothing.
+    names: BTreeMap<u32, Arc<BTreeMap<u32, String>>>,
 }
 
 /// The maps the controller writes (the tag map is kept apart, for kill-tree).
@@ -75,6 +78,7 @@ struct RuleMaps {
     net6: aya::maps::LpmTrie<MapData, Ip6Data, guard_common::net::RuleSet>,
     unix: HashMap<MapData, UnixKey, guard_common::net::RuleSet>,
     rules: aya::maps::Array<MapData, guard_common::net::NetRule>,
+    raw: aya::maps::Array<MapData, guard_common::net::NetRule>,
 }
 
 /// Shared handle on the controller.
@@ -86,8 +90,9 @@ pub struct NetHandle {
     wake: Arc<Notify>,
 }
 
-/// Generations whose rule names are kept.
-const NAMES_KEPT: usize = 4;
+/// Generations whose rule names are kept: enough that an event decoded behind a burst of
+/// reloads (each one a generation) still names its rule.
+const NAMES_KEPT: usize = 256;
 
 impl NetHandle {
     /// Install `policy`'s endpoint rules (resolving its hosts first, each query bounded by
@@ -108,6 +113,7 @@ impl NetHandle {
             net6,
             unix,
             rules,
+            raw,
             tags,
         } = maps;
         let maps = RuleMaps {
@@ -115,6 +121,7 @@ impl NetHandle {
             net6,
             unix,
             rules,
+            raw,
         };
         let generation = current_generation(&maps) + 1;
         let handle = Self {
@@ -122,6 +129,7 @@ impl NetHandle {
             state: Arc::new(Mutex::new(State {
                 maps,
                 rules: Vec::new(),
+                raw: None,
                 hosts: BTreeMap::new(),
                 generation: generation - 1,
                 names: BTreeMap::new(),
@@ -153,6 +161,7 @@ impl NetHandle {
         st.hosts.retain(|k, _| wanted.contains(k));
         st.hosts.extend(fresh);
         st.rules = policy.endpoints.clone();
+        st.raw = policy.raw_sockets;
         let generation = st.generation + 1;
         install(&mut st, generation)?;
         drop(st);
@@ -312,13 +321,33 @@ impl NetHandle {
 
 /// `guard: connect to 10.20.0.5:5432 denied by rule prod-db (…)`.
 pub fn reason_line(d: &crate::events::net::NetDetails) -> String {
-    let verb = if d.hook.starts_with("sendmsg") {
-        "send to"
-    } else {
-        "connect to"
-    };
     let dest = &d.destination;
-    let target = match (&dest.unix_path, &dest.address, &dest.host) {
+    let (verb, target) = if d.hook.ends_with("sock_create") || d.hook.ends_with("socket_create") {
+        let kind = if dest.protocol == "packet" {
+            "packet socket".to_owned()
+        } else {
+            format!("raw {} socket", dest.family)
+        };
+        ("create a", kind)
+    } else if d.hook.starts_with("sendmsg") || d.hook == "lsm_socket_sendmsg" {
+        ("send to", destination(dest))
+    } else {
+        ("connect to", destination(dest))
+    };
+    let what = if d.result == "killed" {
+        "denied and the process killed"
+    } else {
+        "denied"
+    };
+    format!(
+        "guard: {verb} {target} {what} by rule {rule} (ask your security team for an \
+         exception: guard events --rule {rule})",
+        rule = d.rule
+    )
+}
+
+fn destination(dest: &crate::events::net::Destination) -> String {
+    match (&dest.unix_path, &dest.address, &dest.host) {
         (Some(path), _, _) => format!("unix socket {path}"),
         (None, Some(addr), host) => {
             let hostport = if addr.contains(':') {
@@ -332,17 +361,7 @@ pub fn reason_line(d: &crate::events::net::NetDetails) -> String {
             }
         }
         (None, None, _) => "?".to_owned(),
-    };
-    let what = if d.result == "killed" {
-        "denied and the process killed"
-    } else {
-        "denied"
-    };
-    format!(
-        "guard: {verb} {target} {what} by rule {rule} (ask your security team for an \
-         exception: guard events --rule {rule})",
-        rule = d.rule
-    )
+    }
 }
 
 /// Highest generation written in the rule array (0 when empty): a restarted daemon continues
@@ -368,8 +387,19 @@ fn install(st: &mut State, generation: u32) -> Result<(), NetError> {
             });
     let plan = plan::plan(&st.rules, &resolved, unix_aliases, generation)?;
     write_plan(&mut st.maps, &plan)?;
+    let raw = plan::raw_rule(st.raw.as_ref(), generation);
+    st.maps
+        .raw
+        .set(0, raw, 0)
+        .map_err(map_err(guard_common::maps::NET_RAW))?;
     st.generation = generation;
-    let names = st.rules.iter().map(|r| (r.id, r.name.clone())).collect();
+    let mut names: BTreeMap<u32, String> =
+        st.rules.iter().map(|r| (r.id, r.name.clone())).collect();
+    names.insert(RAW_RULE_ID, RAW_RULE_NAME.to_owned());
+    let names = match st.names.last_key_value() {
+        Some((_, last)) if **last == names => Arc::clone(last),
+        _ => Arc::new(names),
+    };
     st.names.insert(generation, names);
     while st.names.len() > NAMES_KEPT {
         st.names.pop_first();
@@ -499,6 +529,20 @@ mod tests {
         let mut d = details(Some("/run/docker.sock"), None, None);
         d.hook = "sendmsg_unix";
         assert!(reason_line(&d).starts_with("guard: send to unix socket /run/docker.sock denied"));
+        let mut d = details(None, None, None);
+        (d.hook, d.destination.family, d.destination.protocol) = ("sock_create", "ipv6", "raw");
+        d.rule = RAW_RULE_NAME.into();
+        assert!(
+            reason_line(&d)
+                .starts_with("guard: create a raw ipv6 socket denied by rule guard:raw-sockets"),
+            "{}",
+            reason_line(&d)
+        );
+        (d.hook, d.destination.family, d.destination.protocol) =
+            ("lsm_socket_create", "packet", "packet");
+        assert!(reason_line(&d).starts_with("guard: create a packet socket denied"));
+        d.hook = "lsm_socket_sendmsg";
+        assert!(reason_line(&d).starts_with("guard: send to "));
     }
 
     #[test]

@@ -24,7 +24,7 @@ use std::{
 use aya::{
     Ebpf,
     maps::{Array, HashMap, LpmTrie, MapData, MapError},
-    programs::{CgroupAttachMode, CgroupSockAddr, ProgramError, links::FdLink},
+    programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, ProgramError, links::FdLink},
 };
 use guard_common::{
     Tag,
@@ -94,6 +94,8 @@ pub struct NetMaps {
     pub net6: LpmTrie<MapData, Ip6Data, RuleSet>,
     pub unix: HashMap<MapData, UnixKey, RuleSet>,
     pub rules: Array<MapData, NetRule>,
+    /// The raw-socket rule (one entry).
+    pub raw: Array<MapData, NetRule>,
     /// A second handle on the tag map (from its pin), for kill-tree.
     pub tags: HashMap<MapData, u32, Tag>,
 }
@@ -107,6 +109,33 @@ pub struct Attached {
     pub unix_missing: Option<String>,
     /// The programs are the bpf-lsm tier's `socket_connect`/`socket_sendmsg`.
     pub lsm: bool,
+    /// What the raw-socket rule covers (`guard status`).
+    pub raw: RawCoverage,
+}
+
+/// Which new sockets the raw-socket rule sees on this tier.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum RawCoverage {
+    /// BPF LSM `socket_create`: raw IPv4/IPv6 and packet sockets.
+    #[default]
+    All,
+    /// cgroup `sock_create`: raw IPv4/IPv6 sockets; packet sockets never reach it.
+    Inet,
+    /// The program did not load or attach: why.
+    Missing(String),
+}
+
+impl RawCoverage {
+    /// For `guard status`.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::All => "enforced (raw IPv4/IPv6 and packet sockets, LSM socket_create)".into(),
+            Self::Inet => "enforced for raw IPv4/IPv6 sockets (cgroup sock_create); packet \
+                           sockets (AF_PACKET) are not covered without BPF LSM"
+                .into(),
+            Self::Missing(why) => format!("not-loaded: {why}"),
+        }
+    }
 }
 
 /// The IP hooks and their aya programs.
@@ -179,6 +208,13 @@ pub fn attach(
         replace_link_pin(link, &links_dir.join(name))?;
         attached.programs.push(name);
     }
+    attached.raw = match attach_sock_create(ebpf, &cgroup, links_dir, &replace_link_pin) {
+        Ok(()) => {
+            attached.programs.push(programs::SOCK_CREATE);
+            RawCoverage::Inet
+        }
+        Err(e) => RawCoverage::Missing(e.to_string()),
+    };
     if unix.valid == 0 {
         attached.unix_missing =
             Some("this kernel has no unix sock_addr hooks (needs Linux >= 6.7)".into());
@@ -189,6 +225,31 @@ pub fn attach(
         attached.programs.push(name);
     }
     Ok(attached)
+}
+
+/// The raw-socket program on the cgroup root. Optional: a kernel that refuses it leaves
+/// the raw-socket rule `not-loaded` (reported), not the daemon down.
+fn attach_sock_create(
+    ebpf: &mut Ebpf,
+    cgroup: &File,
+    links_dir: &Path,
+    replace_link_pin: &impl Fn(FdLink, &Path) -> Result<(), NetError>,
+) -> Result<(), NetError> {
+    let name = programs::SOCK_CREATE;
+    let err = |source| NetError::Program { name, source };
+    let prog: &mut CgroupSock = ebpf
+        .program_mut(name)
+        .ok_or(ProgramError::NotLoaded)
+        .and_then(TryInto::try_into)
+        .map_err(err)?;
+    prog.load().map_err(err)?;
+    let id = prog.attach(cgroup, CgroupAttachMode::Single).map_err(err)?;
+    let link: FdLink = prog.take_link(id).map_err(err)?.try_into().map_err(
+        |e: aya::programs::links::LinkError| {
+            err(ProgramError::IOError(io::Error::other(e.to_string())))
+        },
+    )?;
+    replace_link_pin(link, &links_dir.join(name))
 }
 
 /// Take the network maps out of `ebpf`; the tag map is opened again from its pin.
@@ -210,6 +271,7 @@ pub fn take_maps(ebpf: &mut Ebpf, maps_dir: &Path) -> Result<NetMaps, NetError> 
         net6: take(ebpf, maps::NET6)?,
         unix: take(ebpf, maps::NET_UNIX)?,
         rules: take(ebpf, maps::NET_RULES)?,
+        raw: take(ebpf, maps::NET_RAW)?,
         tags: HashMap::try_from(aya::maps::Map::HashMap(tags)).map_err(tags_err)?,
     })
 }

@@ -16,7 +16,9 @@ use guard_common::net::{
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
-use crate::policy::{Action, CompiledEndpointRule, Mode, Protocol, canonical_addr, normalise};
+use crate::policy::{
+    Action, CompiledEndpointRule, CompiledRawRule, Mode, Protocol, canonical_addr, normalise,
+};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PlanError {
@@ -94,16 +96,8 @@ fn kernel_rule(rule: &CompiledEndpointRule, generation: u32) -> Result<NetRule, 
     Ok(NetRule {
         rule_id: rule.id,
         generation,
-        action: match rule.action {
-            Action::Deny => action::DENY,
-            Action::Kill => action::KILL,
-            Action::KillTree => action::KILL_TREE,
-            Action::Audit => action::AUDIT,
-        },
-        mode: match rule.mode {
-            Mode::Enforce => mode::ENFORCE,
-            Mode::Audit => mode::AUDIT,
-        },
+        action: action_code(rule.action),
+        mode: mode_code(rule.mode),
         protocol: match rule.protocol {
             Protocol::Any => proto::ANY,
             Protocol::Tcp => proto::TCP,
@@ -112,6 +106,36 @@ fn kernel_rule(rule: &CompiledEndpointRule, generation: u32) -> Result<NetRule, 
         nports: rule.ports.len() as u32,
         ports,
     })
+}
+
+fn action_code(a: Action) -> u32 {
+    match a {
+        Action::Deny => action::DENY,
+        Action::Kill => action::KILL,
+        Action::KillTree => action::KILL_TREE,
+        Action::Audit => action::AUDIT,
+    }
+}
+
+fn mode_code(m: Mode) -> u32 {
+    match m {
+        Mode::Enforce => mode::ENFORCE,
+        Mode::Audit => mode::AUDIT,
+    }
+}
+
+/// The raw-socket rule's map entry for `generation`; generation 0 (no rule) for `allow`.
+pub fn raw_rule(raw: Option<&CompiledRawRule>, generation: u32) -> NetRule {
+    match raw {
+        Some(r) => NetRule {
+            rule_id: guard_common::net::RAW_RULE_ID,
+            generation,
+            action: action_code(r.action),
+            mode: mode_code(r.mode),
+            ..NetRule::default()
+        },
+        None => NetRule::default(),
+    }
 }
 
 /// Compute the map contents of `generation`.

@@ -42,7 +42,20 @@ pub struct CompiledPolicy {
     pub endpoints: Vec<CompiledEndpointRule>,
     pub paths: Vec<CompiledPathRule>,
     pub drop_capabilities: Vec<Capability>,
+    /// `spec.rawSockets` (`None`: `allow`), named [`RAW_RULE_NAME`].
+    pub raw_sockets: Option<CompiledRawRule>,
     pub warnings: Vec<Warning>,
+}
+
+/// Name of the internal raw-socket rule in events and `guard status`.
+pub const RAW_RULE_NAME: &str = "guard:raw-sockets";
+
+/// The raw-socket rule: id `guard_common::net::RAW_RULE_ID`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CompiledRawRule {
+    pub action: Action,
+    /// `spec.mode`.
+    pub mode: Mode,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -170,6 +183,10 @@ impl Policy {
                 .self_protection
                 .as_ref()
                 .map_or_else(Capability::default_drops, |s| s.drop_capabilities.clone()),
+            raw_sockets: spec.raw_sockets.action().map(|action| CompiledRawRule {
+                action,
+                mode: spec.mode,
+            }),
             warnings: self.warnings.clone(),
         }
     }
@@ -351,6 +368,18 @@ impl CompiledPolicy {
                 .map(ToString::to_string)
                 .collect();
             let _ = writeln!(s, "self-protection: drop {}", caps.join(", "));
+        }
+        match &self.raw_sockets {
+            Some(r) => {
+                let _ = writeln!(
+                    s,
+                    "raw sockets: {} {} (raw IPv4/IPv6 and packet sockets, rule {RAW_RULE_NAME})",
+                    r.action, r.mode
+                );
+            }
+            None => {
+                let _ = writeln!(s, "raw sockets: allowed (spec.rawSockets: allow)");
+            }
         }
         if !self.warnings.is_empty() {
             let _ = writeln!(s, "{}:", plural(self.warnings.len(), "warning"));

@@ -21,13 +21,13 @@ mod values;
 use std::path::Path;
 
 pub use compile::{
-    CompiledAgent, CompiledEndpointRule, CompiledPathRule, CompiledPolicy, DELETE, EXEC, READ,
-    WRITE, canonical_addr, normalise,
+    CompiledAgent, CompiledEndpointRule, CompiledPathRule, CompiledPolicy, CompiledRawRule, DELETE,
+    EXEC, RAW_RULE_NAME, READ, WRITE, canonical_addr, normalise,
 };
 pub use error::{Diagnostic, Location, Note, PolicyError, Problem, Warning};
 pub use model::{
     Access, Action, Agent, ApiVersion, EndpointRule, Kind, Metadata, Mode, PathRule, Policy,
-    Protocol, SelfProtection, Spec,
+    Protocol, RawSockets, SelfProtection, Spec,
 };
 pub use pattern::{PathPattern, PathSpec, expand_home, glob_match, homes_from_passwd, read_homes};
 pub use values::{Capability, Hostname, Name, PortRange, Program, UnixSocket};

@@ -67,6 +67,35 @@ pub struct Spec {
     pub paths: Vec<PathRule>,
     #[serde(default)]
     pub self_protection: Option<SelfProtection>,
+    /// What a tagged process gets for creating a raw IPv4/IPv6 socket or a packet socket:
+    /// either writes its own headers, past every endpoint rule. `spec.mode` applies.
+    #[serde(default)]
+    pub raw_sockets: RawSockets,
+}
+
+/// `spec.rawSockets`: a rule's action, or `allow` to turn the rule off.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RawSockets {
+    #[default]
+    Deny,
+    Kill,
+    KillTree,
+    Audit,
+    Allow,
+}
+
+impl RawSockets {
+    /// The rule's action; `None` for `allow`.
+    pub fn action(self) -> Option<Action> {
+        match self {
+            Self::Deny => Some(Action::Deny),
+            Self::Kill => Some(Action::Kill),
+            Self::KillTree => Some(Action::KillTree),
+            Self::Audit => Some(Action::Audit),
+            Self::Allow => None,
+        }
+    }
 }
 
 /// `enforce`: rules act as written. `audit`: rules only record what they would have done.

@@ -177,6 +177,38 @@ fn unknown_action() {
 }
 
 #[test]
+fn raw_sockets_default_to_deny_and_follow_spec_mode() {
+    let c = Policy::from_yaml(&doc("  mode: audit\n"), "p.yaml")
+        .unwrap()
+        .compile();
+    assert_eq!(
+        c.raw_sockets,
+        Some(CompiledRawRule {
+            action: Action::Deny,
+            mode: Mode::Audit
+        })
+    );
+    let c = Policy::from_yaml(&doc("  rawSockets: kill-tree\n"), "p.yaml")
+        .unwrap()
+        .compile();
+    assert_eq!(c.raw_sockets.map(|r| r.action), Some(Action::KillTree));
+    let c = Policy::from_yaml(&doc("  rawSockets: allow\n"), "p.yaml")
+        .unwrap()
+        .compile();
+    assert_eq!(c.raw_sockets, None);
+    assert!(
+        c.summary().contains("raw sockets: allowed"),
+        "{}",
+        c.summary()
+    );
+    let msg = err("  rawSockets: dny\n").to_string();
+    assert!(
+        msg.starts_with("policy.yaml:6:15: spec.rawSockets: unknown variant `dny`, expected one of `deny`, `kill`, `kill-tree`, `audit`, `allow`"),
+        "{msg}"
+    );
+}
+
+#[test]
 fn unknown_api_version_and_kind() {
     let msg = Policy::from_yaml(
         "apiVersion: guard.dev/v1\nkind: GuardPolicy\nmetadata: { name: t }\nspec: {}\n",

@@ -106,6 +106,26 @@ if len(sys.argv) > 4:
 print("after", flush=True)
 "#;
 
+/// `raw MODE ADDR PORT`: one raw-socket attempt, prints `ok` or `err ERRNO`. Modes: `udp4`
+/// (a raw IPv4 socket sending a hand-made UDP datagram, checksum 0, to ADDR:PORT), `raw6`
+/// (a raw IPv6 socket, created only) and `packet` (an `AF_PACKET` socket, created only).
+pub const RAW: &str = r#"
+import socket, struct, sys
+mode, addr, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+try:
+    if mode == "udp4":
+        s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP)
+        payload = b"raw"
+        s.sendto(struct.pack("!HHHH", 40000, port, 8 + len(payload), 0) + payload, (addr, 0))
+    elif mode == "raw6":
+        s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_UDP)
+    elif mode == "packet":
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+    print("ok", flush=True)
+except OSError as e:
+    print("err", e.errno, flush=True)
+"#;
+
 /// A UDP DNS server answering `A NAME` with the address in FILE (read at every query),
 /// TTL 1, and every other question with no records.
 pub const DNS: &str = r#"

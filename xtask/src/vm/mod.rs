@@ -95,13 +95,14 @@ pub struct Args {
 
 /// The tests `--smoke` (and so `cargo xtask test`) runs on each kernel and tier: the tier
 /// each daemon enforces with, tagging across every escape (the exit tracker differs per
-/// kernel), denied and killed connects, refused opens and credential reads, destructive
+/// kernel), denied and killed connects, raw sockets, refused opens and credential reads, destructive
 /// tools, and a hostile agent tree.
 pub const SMOKE: &[&str] = &[
     "foundation::status_reports_the_probed_tier",
     "tagging::guard_run_and_every_escape",
     "network::tagged_tools_get_eperm",
     "network::kill_leaves_the_offender_dead",
+    "network::raw_and_packet_sockets",
     "files::opens_for_writing_are_denied",
     "files::destructive_tools",
     "files::credential_reads_are_denied",
