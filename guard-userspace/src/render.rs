@@ -87,6 +87,13 @@ pub fn status(st: &DaemonStatus, color: bool) -> String {
         let _ = writeln!(out, "rejected     {why}");
     }
     let _ = writeln!(out, "trackers     {}", st.trackers.join(", "));
+    let n = &st.network;
+    if !n.tier.is_empty() {
+        let _ = writeln!(out, "network      {}: {}", n.tier, n.programs.join(", "));
+        let _ = writeln!(out, "  unix sockets  {}", n.unix);
+        let _ = writeln!(out, "  raw sockets   {}", n.raw_sockets);
+        let _ = writeln!(out, "  kill          {}", n.kill);
+    }
     let _ = writeln!(out, "tagged       {} processes", st.tagged_processes);
     for (name, value) in &st.counters {
         let _ = writeln!(out, "counter      {name:<20} {value}");
