@@ -59,13 +59,16 @@ fn status_reports_the_probed_tier_features_and_attached_trackers() {
             .collect();
         for p in [
             "guard_lsm_socket_connect",
+            "guard_lsm_socket_create",
             "guard_lsm_file_open",
             "guard_lsm_path_unlink",
         ] {
             assert!(links.iter().any(|l| l == p), "{p} attached: {links:?}");
         }
         assert!(
-            !links.iter().any(|l| l == "guard_connect4"),
+            !links
+                .iter()
+                .any(|l| l == "guard_connect4" || l == "guard_sock_create"),
             "the fallback network hooks are not attached too: {links:?}"
         );
     } else {
