@@ -123,8 +123,10 @@ pub struct Follower {
 
 /// How many rotated files are searched for the one being read.
 const MAX_ROTATED: u32 = 1000;
-/// Scans for a rotated file before the reader concludes it was removed.
-const ROTATION_RETRIES: u32 = 10;
+/// Scans (2 ms apart) for a rotated file, or for the name of the next newer one, before the
+/// reader concludes it was removed: a writer preempted in the middle of a rotation leaves a
+/// gap for as long as it is off the CPU.
+const ROTATION_RETRIES: u32 = 500;
 
 impl Follower {
     /// Start at the beginning of the live file (it may not exist yet).
@@ -172,14 +174,19 @@ impl Follower {
             for i in 1..=MAX_ROTATED {
                 let p = super::log::numbered(&self.path, i);
                 match ino(&p) {
+                    Some(x) if x == drained && i == 1 => {
+                        // The live file may not be there again yet: then it is opened (new,
+                        // from its start) at the next poll.
+                        return (self.path.clone(), ino(&self.path));
+                    }
                     Some(x) if x == drained => {
-                        let next = if i == 1 {
-                            self.path.clone()
-                        } else {
-                            super::log::numbered(&self.path, i - 1)
-                        };
-                        let want = ino(&next);
-                        return (next, want);
+                        let next = super::log::numbered(&self.path, i - 1);
+                        match ino(&next) {
+                            Some(want) => return (next, Some(want)),
+                            // The gap of a rotation in progress is just above the newer
+                            // file: wait until it has its name, else it would be skipped.
+                            None => break,
+                        }
                     }
                     Some(_) => missing = 0,
                     None if missing == 0 => missing = 1,
@@ -238,15 +245,21 @@ impl Follower {
             // it and opening it shifts every name by one: then the file opened is not the
             // one found, and the search runs again (from the drained file's inode).
             let drained = self.ino;
+            let mut settled = false;
             for _ in 0..8 {
                 let (next, want) = self.next_path(drained);
-                if !self.open(&next)? {
-                    self.file = None;
+                if self.open(&next)? {
+                    if want.is_none_or(|w| w == self.ino) {
+                        settled = true;
+                        break;
+                    }
+                } else if next == self.path {
+                    // The live file is not there again yet: the next poll opens it.
                     break;
                 }
-                if want.is_none_or(|w| w == self.ino) {
-                    break;
-                }
+            }
+            if !settled && self.ino == drained {
+                self.file = None;
             }
         }
     }

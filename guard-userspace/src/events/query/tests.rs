@@ -287,3 +287,31 @@ fn follower_survives_rotation_and_partial_lines() {
         .collect();
     assert_eq!(codes, (1..15).collect::<Vec<_>>());
 }
+
+#[test]
+fn follower_waits_out_the_gap_of_a_rotation_in_progress() {
+    // The drained file is .3; the rotation has renamed .2 to .3's old place and is about to
+    // rename .1 to .2: for a moment there is no .2. The follower must wait for it, not skip
+    // the file (or jump to the live one).
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.jsonl");
+    let n = |i| crate::events::log::numbered(&path, i);
+    std::fs::write(n(3), "drained\n").unwrap();
+    std::fs::write(n(1), "next\n").unwrap();
+    std::fs::write(&path, "live\n").unwrap();
+    let ino = |p: &Path| std::fs::metadata(p).unwrap().ino();
+    let (drained, next) = (ino(&n(3)), ino(&n(1)));
+    let f = Follower::new(&path);
+    let rotation = {
+        let (one, two, live) = (n(1), n(2), path.clone());
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            std::fs::rename(&one, &two).unwrap();
+            std::fs::rename(&live, &one).unwrap();
+            std::fs::write(&live, "").unwrap();
+        })
+    };
+    let (found, want) = f.next_path(drained);
+    rotation.join().unwrap();
+    assert_eq!((found, want), (n(2), Some(next)));
+}
