@@ -239,6 +239,7 @@ kind: GuardPolicy
 metadata: { name: vm-test-deny-nothing }
 spec:
   agents: []
+  rawSockets: allow
 ";
 
 #[cfg(test)]
