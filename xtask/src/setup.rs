@@ -340,33 +340,13 @@ pub fn ensure_test_tools(root: bool) -> Result<String> {
             packages.join(" ")
         ));
     }
-    if which::which("apt-get").is_err() {
-        bail!(
-            "missing {} and apt-get is not available\n  what to do: install the equivalents of \
-             these Debian packages: {}",
-            names.join(", "),
-            packages.join(" ")
-        );
-    }
     println!(
         "[test tools] missing {}; installing {} with apt-get",
         names.join(", "),
         packages.join(" ")
     );
     let start = Instant::now();
-    util::run(
-        Command::new("apt-get")
-            .arg("update")
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-        &hint,
-    )?;
-    util::run(
-        Command::new("apt-get")
-            .args(["install", "-y", "--no-install-recommends"])
-            .args(&packages)
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-        &hint,
-    )?;
+    crate::apt::install(&packages, &hint)?;
     let still: Vec<&str> = missing_tools().iter().map(|(t, _)| *t).collect();
     if !still.is_empty() {
         bail!(

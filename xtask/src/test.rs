@@ -11,6 +11,7 @@ const UNIT: &str = "unit tests";
 const TOOLS: &str = "test tools";
 const BINARY: &str = "guard binary";
 const INTEGRATION: &str = "integration tests";
+const VM_HOST: &str = "vm host";
 const VM: &str = "vm matrix (smoke)";
 
 /// Outcome of each tier, printed at the end whatever happened.
@@ -50,9 +51,9 @@ impl Summary {
 }
 
 pub fn test(extra: &[OsString], vm: bool) -> Result<()> {
-    let all = ["setup", TOOLS, UNIT, BINARY, INTEGRATION, VM];
+    let all = ["setup", TOOLS, VM_HOST, UNIT, BINARY, INTEGRATION, VM];
     let mut summary = Summary::default();
-    let result = run_tiers(extra, &mut summary).and_then(|()| {
+    let result = run_tiers(extra, vm, &mut summary).and_then(|()| {
         if !vm {
             summary.record(VM, "not run (--no-vm)");
             return Ok(());
@@ -66,7 +67,7 @@ pub fn test(extra: &[OsString], vm: bool) -> Result<()> {
     result
 }
 
-fn run_tiers(extra: &[OsString], summary: &mut Summary) -> Result<()> {
+fn run_tiers(extra: &[OsString], vm: bool, summary: &mut Summary) -> Result<()> {
     let root = util::is_root();
     summary.tier("setup", setup::setup)?;
 
@@ -79,6 +80,20 @@ fn run_tiers(extra: &[OsString], summary: &mut Summary) -> Result<()> {
             summary.record(TOOLS, "FAILED");
             return Err(e.context("test tools step failed"));
         }
+    }
+
+    // Everything the VM matrix needs from outside (qemu, busybox, kernels) is fetched now, so
+    // that a machine that cannot have it fails in seconds, not after the integration tests.
+    if vm {
+        println!("\n== vm host: qemu, busybox and kernels for the vm matrix ==");
+        summary.tier(VM_HOST, || {
+            crate::vm::prepare_smoke().context(
+                "the vm matrix cannot run on this machine (see above; `--no-vm` leaves it out \
+                 outside CI)",
+            )
+        })?;
+    } else {
+        summary.record(VM_HOST, "not run (--no-vm)");
     }
 
     println!("\n== unit tests (no root needed) ==");

@@ -75,24 +75,8 @@ pub fn prepare() -> std::result::Result<(String, AuditState), String> {
     let mut note = "auditd already installed".to_string();
     if which::which("auditd").is_err() || which::which("auditctl").is_err() {
         println!("[bench] auditd is not installed; installing the Debian package `auditd`");
-        let install = || {
-            Command::new("apt-get")
-                .args(["install", "-y", "--no-install-recommends", "auditd"])
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        };
-        if !install() {
-            let _ = Command::new("apt-get")
-                .arg("update")
-                .stdout(Stdio::null())
-                .status();
-            if !install() {
-                return Err("installing the auditd package with apt-get failed".into());
-            }
-        }
+        crate::apt::install(&["auditd"], "apt-get install auditd")
+            .map_err(|e| format!("installing the auditd package failed: {e:#}"))?;
         note = "auditd installed by the bench with apt-get".into();
     }
     if let Some(pid) = running("auditd") {

@@ -6,7 +6,7 @@ use std::{
     fs,
     io::{BufRead as _, BufReader, Write as _},
     path::PathBuf,
-    process::{Command, Stdio},
+    process::Stdio,
     sync::mpsc,
     thread,
     time::{Duration, Instant},
@@ -14,7 +14,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 
-use super::{host::QEMU, init::MARK};
+use super::{init::MARK, tools::Qemu};
 
 /// The result of one step as the guest reported it (or as the host decided, on a hang).
 pub struct StepResult {
@@ -41,6 +41,7 @@ pub struct Outcome {
 
 pub struct Boot {
     pub label: String,
+    pub qemu: Qemu,
     pub vmlinuz: PathBuf,
     pub initrd: PathBuf,
     pub append: String,
@@ -56,7 +57,7 @@ enum Msg {
 }
 
 pub fn run(b: &Boot) -> Result<Outcome> {
-    let mut cmd = Command::new(QEMU);
+    let mut cmd = b.qemu.command();
     cmd.args([
         "-accel",
         "tcg",
@@ -80,7 +81,7 @@ pub fn run(b: &Boot) -> Result<Outcome> {
     let start = Instant::now();
     let mut child = cmd
         .spawn()
-        .with_context(|| format!("cannot start {QEMU}"))?;
+        .with_context(|| format!("cannot start {}", b.qemu.program.display()))?;
     let (tx, rx) = mpsc::channel();
     for stream in [
         Box::new(child.stdout.take().expect("piped")) as Box<dyn std::io::Read + Send>,

@@ -1,6 +1,6 @@
-//! What the host needs for `vm-test`: qemu and a static busybox (installed with apt-get when
-//! missing), and Debian's cloud kernels, fetched with `apt-get download` + `dpkg -x` into the
-//! cache (never installed on the host). A kernel that is already cached is not downloaded again.
+//! Debian's cloud kernels for `vm-test`, fetched with `apt-get download` + `dpkg -x` into the
+//! cache (never installed on the host), and the cache's location. A kernel that is already
+//! cached is not downloaded again. qemu and busybox come from `tools.rs`.
 
 use std::{
     env, fs,
@@ -9,14 +9,9 @@ use std::{
     time::Instant,
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 
 use crate::util::{self, secs};
-
-/// The qemu binary `vm-test` boots guests with.
-pub const QEMU: &str = "qemu-system-x86_64";
-/// Where Debian's busybox-static installs its binary.
-pub const BUSYBOX: &str = "/bin/busybox";
 
 /// `$GUARD_VM_CACHE`, else `$XDG_CACHE_HOME/guard/vm`, else `~/.cache/guard/vm`.
 pub fn cache_dir() -> PathBuf {
@@ -28,57 +23,6 @@ pub fn cache_dir() -> PathBuf {
         .or_else(|| env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))
         .unwrap_or_else(|| PathBuf::from("/var/cache"));
     base.join("guard").join("vm")
-}
-
-/// Install qemu-system-x86 and busybox-static with apt-get when their binaries are missing.
-pub fn ensure_packages() -> Result<String> {
-    let mut missing = Vec::new();
-    if which::which(QEMU).is_err() {
-        missing.push("qemu-system-x86");
-    }
-    if !is_static_elf(Path::new(BUSYBOX)) {
-        missing.push("busybox-static");
-    }
-    if missing.is_empty() {
-        return Ok("ok (qemu-system-x86 and busybox-static already present)".into());
-    }
-    let hint = format!(
-        "install them by hand (apt-get install {}) or check access to the Debian mirror",
-        missing.join(" ")
-    );
-    if !util::is_root() {
-        bail!(
-            "missing {} and not root, so not installing them\n  what to do: {hint}",
-            missing.join(", ")
-        );
-    }
-    println!("[vm host] installing {} with apt-get", missing.join(" "));
-    let start = Instant::now();
-    apt_get(&["update"], &hint)?;
-    // --no-remove: never take another package away to make room (a machine may carry a
-    // newer qemu-utils from backports that conflicts with the distribution's qemu).
-    let mut args = vec!["install", "-y", "--no-install-recommends", "--no-remove"];
-    args.extend(&missing);
-    apt_get(&args, &hint)?;
-    if which::which(QEMU).is_err() || !is_static_elf(Path::new(BUSYBOX)) {
-        bail!(
-            "apt-get install succeeded but {QEMU} or a static {BUSYBOX} is still missing\n  what to do: {hint}"
-        );
-    }
-    Ok(format!(
-        "installed {} in {}",
-        missing.join(" "),
-        secs(start.elapsed())
-    ))
-}
-
-fn apt_get(args: &[&str], hint: &str) -> Result<()> {
-    util::run(
-        Command::new("apt-get")
-            .args(args)
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-        hint,
-    )
 }
 
 /// Whether `path` is an ELF executable without a program interpreter (statically linked).
@@ -166,7 +110,7 @@ pub fn fetch_kernel(series: Series) -> Result<Kernel> {
                 series.name()
             );
             if util::is_root() {
-                apt_get(&["update"], "check access to the Debian mirror")?;
+                crate::apt::update(true)?;
             }
             match newest_package(series)? {
                 Some(p) => p,

@@ -13,7 +13,6 @@ use anyhow::{Context as _, Result, bail};
 
 use super::{
     binaries::Binaries,
-    host::BUSYBOX,
     init::{self, Plan},
     rootfs::Tree,
 };
@@ -62,7 +61,7 @@ const PYTHON_SKIP: &[&str] = &[
 ];
 
 /// The guest tree; returns it and one line per host tool saying where it came from.
-pub fn tree(bins: &Binaries, plan: &Plan) -> Result<(Tree, Vec<String>)> {
+pub fn tree(bins: &Binaries, plan: &Plan, busybox_bin: &Path) -> Result<(Tree, Vec<String>)> {
     let mut t = Tree::default();
     for dir in [
         "/proc",
@@ -129,7 +128,7 @@ pub fn tree(bins: &Binaries, plan: &Plan) -> Result<(Tree, Vec<String>)> {
             )),
         }
     }
-    busybox(&mut t)?;
+    busybox(&mut t, busybox_bin)?;
 
     t.stripped(init::GUARD, &bins.guard);
     for (_, path) in &bins.tests {
@@ -210,10 +209,10 @@ fn python_stdlib(t: &mut Tree, python: &Path) -> Result<()> {
 }
 
 /// Static busybox, with a link for each applet that no real program already provides.
-fn busybox(t: &mut Tree) -> Result<()> {
-    let real = fs::canonicalize(BUSYBOX)?;
-    t.host_path(&real)?;
-    let out = Command::new(&real)
+fn busybox(t: &mut Tree, host: &Path) -> Result<()> {
+    let real = super::tools::guest_busybox_path(host);
+    t.file(&real, host, 0o755);
+    let out = Command::new(host)
         .arg("--list-full")
         .output()
         .context("cannot run busybox --list-full")?;

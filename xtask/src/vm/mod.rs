@@ -19,6 +19,7 @@ mod layout;
 mod modules;
 mod report;
 mod rootfs;
+mod tools;
 
 use std::{
     fs, io,
@@ -187,8 +188,9 @@ pub fn vm_test(args: &Args) -> Result<()> {
     };
 
     setup::setup()?;
-    println!("[vm host] {}", host::ensure_packages()?);
-    println!("[vm build] {}", binaries::ensure_musl_target()?);
+    let t = Instant::now();
+    let Prepared { tools, kernels } = prepare(&series)?;
+    let kernel_time = t.elapsed();
     let t = Instant::now();
     let bins = binaries::build(!args.debug)?;
     let build_time = t.elapsed();
@@ -210,25 +212,9 @@ pub fn vm_test(args: &Args) -> Result<()> {
     );
 
     let t = Instant::now();
-    let kernels = series
-        .iter()
-        .map(|s| host::fetch_kernel(*s))
-        .collect::<Result<Vec<_>>>()?;
-    for k in &kernels {
-        let how = if k.downloaded { "downloaded" } else { "cached" };
-        println!(
-            "[vm kernel {}] {} ({how}: {})",
-            k.series.name(),
-            k.package,
-            k.vmlinuz.display()
-        );
-    }
-    let kernel_time = t.elapsed();
-
-    let t = Instant::now();
     let dir = util::target_dir().join("vm");
     fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let (tree, notes) = layout::tree(&bins, &plan)?;
+    let (tree, notes) = layout::tree(&bins, &plan, &tools.busybox)?;
     for n in &notes {
         println!("[vm initramfs] {n}");
     }
@@ -253,6 +239,7 @@ pub fn vm_test(args: &Args) -> Result<()> {
             let label = format!("{}/{}", k.series.name(), tier.name());
             println!("[{label}] {} with lsm={}", k.package, tier.lsm());
             boots.push(guest::Boot {
+                qemu: tools.qemu.clone(),
                 log: dir.join(format!("{}-{}.log", k.series.name(), tier.name())),
                 label,
                 vmlinuz: k.vmlinuz.clone(),
@@ -273,7 +260,7 @@ pub fn vm_test(args: &Args) -> Result<()> {
     let failed = report::print(&plan, &not_run, &runs);
     let boot_sum: Duration = runs.iter().map(|r| r.outcome.total).sum();
     println!(
-        "\nvm-test took {} (build {}, kernels {}, initramfs {}, {} boots {} summed, {} at a time)",
+        "\nvm-test took {} (build {}, host tools and kernels {}, initramfs {}, {} boots {} summed, {} at a time)",
         util::secs(start.elapsed()),
         util::secs(build_time),
         util::secs(kernel_time),
@@ -292,6 +279,43 @@ pub fn vm_test(args: &Args) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// What every boot needs from outside the workspace.
+pub struct Prepared {
+    tools: tools::Tools,
+    kernels: Vec<host::Kernel>,
+}
+
+/// Fetch (or find in the cache) everything `vm-test` needs from outside the workspace: qemu and
+/// busybox, the musl target and the kernels. Cheap when cached, so `cargo xtask test` calls it
+/// before the long tiers to fail early, and `vm-test` calls it again.
+pub fn prepare(series: &[Series]) -> Result<Prepared> {
+    let tools = tools::ensure().context("vm host tools (qemu, busybox)")?;
+    println!("[vm host] {}", tools.note);
+    println!(
+        "[vm build] {}",
+        binaries::ensure_musl_target().context("the musl target for static guest binaries")?
+    );
+    let kernels = series
+        .iter()
+        .map(|s| host::fetch_kernel(*s).with_context(|| format!("kernel {}", s.name())))
+        .collect::<Result<Vec<_>>>()?;
+    for k in &kernels {
+        let how = if k.downloaded { "downloaded" } else { "cached" };
+        println!(
+            "[vm kernel {}] {} ({how}: {})",
+            k.series.name(),
+            k.package,
+            k.vmlinuz.display()
+        );
+    }
+    Ok(Prepared { tools, kernels })
+}
+
+/// Every kernel series the smoke matrix boots.
+pub fn prepare_smoke() -> Result<()> {
+    prepare(&Series::ALL).map(drop)
 }
 
 /// Run the boots, `jobs` at a time; results in the order of `boots`.

@@ -68,6 +68,19 @@ impl Tree {
         );
     }
 
+    /// A host file at guest path `path`, copied as it is.
+    pub fn file(&mut self, path: impl AsRef<Path>, from: &Path, mode: u32) {
+        let from = from.to_path_buf();
+        self.insert(
+            path.as_ref(),
+            Entry::File {
+                from,
+                mode,
+                strip: false,
+            },
+        );
+    }
+
     pub fn contains(&self, path: &Path) -> bool {
         self.entries.contains_key(path)
     }
