@@ -19,26 +19,6 @@ pub mod access {
     pub const EXEC: u32 = 8;
 }
 
-/// `action` of a [`FileRule`], the same values as the endpoint rules'.
-pub mod action {
-    pub const DENY: u32 = 1;
-    pub const KILL: u32 = 2;
-    pub const KILL_TREE: u32 = 3;
-    pub const AUDIT: u32 = 4;
-}
-
-/// `outcome` of a [`FileEvent`].
-pub mod outcome {
-    /// Allowed and recorded (audit action or audit mode).
-    pub const ALLOWED: u32 = 0;
-    /// Refused with EPERM before it happened.
-    pub const DENIED: u32 = 1;
-    /// Detected while it happened; SIGKILL was sent before the system call returned.
-    pub const KILLED: u32 = 2;
-    /// Detected, but the signal could not be sent.
-    pub const KILL_FAILED: u32 = 3;
-}
-
 /// Indexes of [`crate::maps::FILE_COUNTERS`].
 pub mod counter {
     /// Modifications of protected objects by tagged processes answered with SIGKILL.
@@ -101,7 +81,7 @@ pub struct FileRule {
     pub enforce: u32,
     /// [`access`] bits that audit rules only record.
     pub audit: u32,
-    /// [`action`] of `rule_id`.
+    /// [`crate::decision::action`] of `rule_id`.
     pub action: u32,
 }
 const _: () = assert!(core::mem::size_of::<FileRule>() == 16);
@@ -129,7 +109,7 @@ pub struct FileEvent {
     pub header: crate::event::EventHeader,
     /// Device of the object (kernel encoding).
     pub dev: u32,
-    /// [`outcome`].
+    /// [`crate::decision::outcome`].
     pub outcome: u32,
     /// The inode that changed (0 for a device open).
     pub ino: u64,
@@ -139,7 +119,7 @@ pub struct FileEvent {
     pub rule_id: u32,
     /// [`access`] bits of the operation.
     pub access: u32,
-    /// [`action`] of the rule.
+    /// [`crate::decision::action`] of the rule.
     pub action: u32,
     /// The system call in progress (-1: none or unknown, e.g. an io_uring worker).
     pub syscall: i32,
@@ -280,6 +260,7 @@ pub const fn open_flags_access(flags: u64) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decision::action;
 
     #[test]
     fn devices_round_trip() {

@@ -5,6 +5,7 @@
 #![no_std]
 
 pub mod agent;
+pub mod decision;
 pub mod event;
 pub mod file;
 pub mod maps;

@@ -199,3 +199,89 @@ pub mod self_programs {
         (WAIT, "sched_process_wait"),
     ];
 }
+
+/// Per-CPU scratch space of the kernel programs (never touched by userspace).
+pub const SCRATCH: &str = "GUARD_SCRATCH";
+/// Per-CPU record of the last file-rule hit (kernel programs only).
+pub const FILE_HIT: &str = "GUARD_FILE_HIT";
+
+/// Every map of the kernel object, by name. guard-ebpf's `#[map(name = …)]` takes a literal,
+/// so a rootless test compares the compiled object with this list.
+pub const ALL: [&str; 23] = [
+    TAGS,
+    AGENT_EXES,
+    AGENT_SCRIPTS,
+    INTERPRETERS,
+    EVENTS,
+    COUNTERS,
+    NET4,
+    NET6,
+    NET_UNIX,
+    NET_RULES,
+    NET_RAW,
+    NET_PENDING_KILLS,
+    NET_PENDING_COUNT,
+    FILE_OBJECTS,
+    FILE_DEVICES,
+    FILE_EVENTS,
+    FILE_COUNTERS,
+    FILE_KILLED,
+    SELF_STATE,
+    SELF_SIGNALS,
+    SELF_TRACERS,
+    SCRATCH,
+    FILE_HIT,
+];
+
+/// Every global the loader sets, by name.
+pub const GLOBALS: [&str; 6] = [
+    OFFSETS_GLOBAL,
+    DAEMON_TGID_GLOBAL,
+    UNIX_OFFSETS_GLOBAL,
+    LSM_OFFSETS_GLOBAL,
+    FILE_OFFSETS_GLOBAL,
+    SELF_OFFSETS_GLOBAL,
+];
+
+/// Every program of the kernel object, by function name.
+pub const ALL_PROGRAMS: [&str; 39] = [
+    programs::FORK,
+    programs::EXEC,
+    programs::EXIT,
+    programs::EXIT_NO_GROUP_DEAD,
+    programs::CONNECT4,
+    programs::CONNECT6,
+    programs::SENDMSG4,
+    programs::SENDMSG6,
+    programs::CONNECT_UNIX,
+    programs::SENDMSG_UNIX,
+    programs::SOCK_CREATE,
+    programs::SYS_EXIT,
+    lsm_programs::SOCKET_CONNECT,
+    lsm_programs::SOCKET_SENDMSG,
+    lsm_programs::SOCKET_CREATE,
+    lsm_programs::FILE_OPEN,
+    lsm_programs::FILE_TRUNCATE,
+    lsm_programs::PATH_UNLINK,
+    lsm_programs::PATH_RMDIR,
+    lsm_programs::PATH_RENAME,
+    lsm_programs::PATH_RENAME_TO,
+    lsm_programs::PATH_TRUNCATE,
+    lsm_programs::PATH_LINK,
+    lsm_programs::PATH_LINK_TO,
+    lsm_programs::PATH_MKNOD,
+    lsm_programs::PATH_MKDIR,
+    lsm_programs::PATH_SYMLINK,
+    lsm_programs::PATH_CHMOD,
+    lsm_programs::PATH_CHOWN,
+    lsm_programs::TASK_KILL,
+    lsm_programs::PTRACE_ACCESS_CHECK,
+    lsm_programs::BPF,
+    file_programs::CTIME_XCHG,
+    file_programs::CTIME_SKIP,
+    file_programs::CTIME_SET,
+    file_programs::DEVICE,
+    self_programs::SIGNAL,
+    self_programs::DELIVER,
+    self_programs::WAIT,
+];

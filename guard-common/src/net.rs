@@ -23,30 +23,12 @@ const _: () = assert!(RULE_SLOTS_TOTAL.is_power_of_two());
 /// Bytes of `sockaddr_un.sun_path`.
 pub const UNIX_PATH_LEN: usize = 108;
 
-/// `action` of a [`NetRule`] and of a [`NetEvent`].
-pub mod action {
-    pub const DENY: u32 = 1;
-    pub const KILL: u32 = 2;
-    pub const KILL_TREE: u32 = 3;
-    pub const AUDIT: u32 = 4;
-}
+use crate::decision::action;
 
 /// `mode` of a [`NetRule`]: an audit-mode rule only records.
 pub mod mode {
     pub const ENFORCE: u32 = 0;
     pub const AUDIT: u32 = 1;
-}
-
-/// `result` of a [`NetEvent`]: what happened to the operation.
-pub mod result {
-    /// Allowed and recorded (audit action or audit mode).
-    pub const ALLOWED: u32 = 0;
-    /// Failed with EPERM.
-    pub const DENIED: u32 = 1;
-    /// Failed with EPERM, and SIGKILL is sent before the process returns to user space.
-    pub const KILLED: u32 = 2;
-    /// Failed with EPERM, but the kill could not be scheduled (pending-kill map full).
-    pub const KILL_FAILED: u32 = 3;
 }
 
 /// Protocol classes of a rule (`PROTO_ANY` matches every class) and of a [`NetEvent`].
@@ -134,7 +116,7 @@ pub struct NetRule {
     pub rule_id: u32,
     /// Policy generation that wrote this slot; 0 = unused.
     pub generation: u32,
-    /// [`action`].
+    /// [`crate::decision::action`].
     pub action: u32,
     /// [`mode`].
     pub mode: u32,
@@ -257,11 +239,11 @@ pub struct NetEvent {
     /// Destination address: 4 bytes for IPv4, 16 for IPv6.
     pub addr: [u8; 16],
     pub rule_id: u32,
-    /// [`action`] of the rule.
+    /// [`crate::decision::action`] of the rule.
     pub action: u32,
     /// [`mode`] of the rule.
     pub mode: u32,
-    /// [`result`].
+    /// [`crate::decision::outcome`].
     pub result: u32,
     /// Unix socket name ([`UnixKey`] form): `unix_len` bytes of `unix_path`.
     pub unix_len: u32,

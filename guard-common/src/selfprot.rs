@@ -39,16 +39,6 @@ pub mod op {
     pub const LSM_BPF: u32 = 6;
 }
 
-/// How it ended.
-pub mod outcome {
-    pub const KILLED: u32 = 1;
-    pub const KILL_FAILED: u32 = 2;
-    /// The kill is scheduled for the offender's next wait.
-    pub const KILL_SCHEDULED: u32 = 3;
-    /// Refused with EPERM before it happened (bpf-lsm tier).
-    pub const DENIED: u32 = 4;
-}
-
 /// `EventKind::SelfProtect`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -60,7 +50,7 @@ pub struct SelfEvent {
     pub signal: u32,
     /// tgid of the daemon it aimed at.
     pub target_tgid: u32,
-    /// [`outcome`].
+    /// [`crate::decision::outcome`].
     pub outcome: u32,
 }
 const _: () = assert!(core::mem::size_of::<SelfEvent>() == 88);

@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod events;
 pub mod files;
 pub mod kernel;
+pub mod loader;
 pub mod lsm;
 pub mod metrics;
 pub mod net;
@@ -19,7 +20,11 @@ pub mod policy;
 pub mod probe;
 pub mod proctree;
 pub mod render;
+pub mod respond;
 pub mod seccomp;
 pub mod selfprot;
 pub mod tags;
 pub mod watch;
+
+#[cfg(test)]
+mod architecture_tests;

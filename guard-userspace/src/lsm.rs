@@ -75,7 +75,7 @@ pub fn attach(
                 .and_then(TryInto::try_into)
                 .map_err(|e| e.to_string())?;
             prog.load(hook, btf)
-                .map_err(|e| crate::files::kernel::verifier_text(&e))?;
+                .map_err(|e| crate::loader::verifier_text(&e))?;
             let id = prog.attach().map_err(|e| e.to_string())?;
             let link: FdLink = prog.take_link(id).map_err(|e| e.to_string())?.into();
             pin(link, &links_dir.join(name))

@@ -20,9 +20,10 @@ use aya::{
     programs::{BtfTracePoint, ProgramError, links::FdLink},
 };
 use guard_common::{
+    decision::Outcome,
     event::EventKind,
     maps::{self, self_programs},
-    selfprot::{SelfEvent, SelfOffsets, SelfState, op, outcome},
+    selfprot::{SelfEvent, SelfOffsets, SelfState, op},
 };
 use serde::{Deserialize, Serialize};
 
@@ -167,19 +168,14 @@ pub fn decode(raw: &[u8], _ctx: &DecodeCtx<'_>) -> Result<Decoded, DecodeError> 
     if ev.op == op::SIGNAL || ev.op == op::LSM_SIGNAL {
         d.signal = i32::try_from(ev.signal).ok();
     }
-    let denied = ev.outcome == outcome::DENIED;
+    let outcome = Outcome::from_id(ev.outcome);
+    let denied = outcome == Outcome::Denied;
     d.decision = Some(Decision {
         rule: RULE.to_owned(),
         rule_id: None,
         action: if denied { Action::Deny } else { Action::Kill }.to_string(),
         mode: Some(Mode::Enforce.to_string()),
-        result: match ev.outcome {
-            outcome::DENIED => "denied",
-            outcome::KILLED => "killed",
-            outcome::KILL_SCHEDULED => "kill-scheduled",
-            _ => "kill-failed",
-        }
-        .to_owned(),
+        result: outcome.name().to_owned(),
         hook: Some(hook.to_owned()),
     });
     d.object = Some(Object {

@@ -24,10 +24,11 @@ use aya_ebpf::{
 };
 use guard_common::{
     ProcKey, Tag,
+    decision::{action, outcome},
     event::{EventHeader, EventKind},
     file::{
-        DevKey, FileEvent, FileKey, FileRule, NAME_LEN, TARGET_LEN, access, action, change_access,
-        counter, kernel_dev, lsm_hook, outcome, path_arg,
+        DevKey, FileEvent, FileKey, FileRule, NAME_LEN, TARGET_LEN, access, change_access, counter,
+        kernel_dev, lsm_hook, path_arg,
     },
     offsets::FileOffsets,
 };

@@ -30,8 +30,9 @@ use aya_ebpf::{
 };
 use guard_common::{
     ProcKey, Tag,
+    decision::outcome,
     event::{Counter, EventHeader, EventKind},
-    selfprot::{CLD_STOPPED, CLD_TRAPPED, SIGNAL_SLOTS, STOP_PENDING_SLOT, SelfEvent, op, outcome},
+    selfprot::{CLD_STOPPED, CLD_TRAPPED, SIGNAL_SLOTS, STOP_PENDING_SLOT, SelfEvent, op},
 };
 
 use crate::{

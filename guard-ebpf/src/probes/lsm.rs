@@ -447,7 +447,7 @@ fn refuse_self(tag: &guard_common::Tag, what: u32, detail: u32, daemon: u32) {
         what,
         detail,
         daemon,
-        guard_common::selfprot::outcome::DENIED,
+        guard_common::decision::outcome::DENIED,
     );
 }
 

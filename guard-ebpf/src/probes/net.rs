@@ -27,11 +27,12 @@ use aya_ebpf::{
 };
 use guard_common::{
     ProcKey, Tag,
+    decision::outcome as result,
     event::{Counter, EventHeader, EventKind},
     net::{
         AF_INET, AF_INET6, AF_UNIX, Ip4Data, Ip6Data, NetEvent, NetRule, PendingKill,
         RULE_SLOTS_MAX, RULE_SLOTS_TOTAL, RuleSet, UNIX_PATH_LEN, UnixKey, hook, proto_class,
-        raw_class, result, v4_mapped,
+        raw_class, v4_mapped,
     },
     offsets::UNIX_CTX_READ,
 };

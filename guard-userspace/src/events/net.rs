@@ -3,8 +3,9 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use guard_common::{
+    decision::{Action, Outcome},
     event::EventKind,
-    net::{AF_INET, AF_INET6, AF_PACKET, AF_UNIX, NetEvent, action, hook, mode, proto, result},
+    net::{AF_INET, AF_INET6, AF_PACKET, AF_UNIX, NetEvent, hook, mode, proto},
 };
 use serde::Serialize;
 
@@ -28,15 +29,6 @@ impl NetLabels for NoLabels {
     }
     fn host_for(&self, _: u32, _: IpAddr) -> Option<String> {
         None
-    }
-}
-
-impl NetLabels for crate::net::NetHandle {
-    fn rule_name(&self, generation: u32, id: u32) -> Option<String> {
-        crate::net::NetHandle::rule_name(self, generation, id)
-    }
-    fn host_for(&self, id: u32, addr: IpAddr) -> Option<String> {
-        crate::net::NetHandle::host_for(self, id, addr)
     }
 }
 
@@ -134,22 +126,12 @@ pub fn details(ev: &NetEvent, labels: &dyn NetLabels) -> NetDetails {
             .rule_name(ev.generation, ev.rule_id)
             .unwrap_or_else(|| format!("#{}", ev.rule_id)),
         rule_id: ev.rule_id,
-        action: match ev.action {
-            action::DENY => "deny",
-            action::KILL => "kill",
-            action::KILL_TREE => "kill-tree",
-            _ => "audit",
-        },
+        action: Action::from_id(ev.action).unwrap_or(Action::Audit).name(),
         mode: match ev.mode {
             mode::AUDIT => "audit",
             _ => "enforce",
         },
-        result: match ev.result {
-            result::ALLOWED => "allowed",
-            result::DENIED => "denied",
-            result::KILLED => "killed",
-            _ => "kill-failed",
-        },
+        result: Outcome::from_id(ev.result).name(),
         hook: match ev.hook {
             hook::CONNECT4 => "connect4",
             hook::CONNECT6 => "connect6",
@@ -192,13 +174,6 @@ pub fn decode_record(raw: &[u8], ctx: &DecodeCtx<'_>) -> Result<Decoded, DecodeE
     Ok(d)
 }
 
-/// Network enforcement acts on its decisions (reason line, kill-tree) as soon as they are read.
-impl super::Responder for crate::net::NetHandle {
-    fn respond(&self, raw: &[u8]) {
-        crate::net::NetHandle::respond(self, raw);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use guard_common::{ProcKey, event::EventHeader, net::UNIX_PATH_LEN};
@@ -223,9 +198,9 @@ mod tests {
             port: 5432,
             addr,
             rule_id: 3,
-            action: action::KILL,
+            action: Action::Kill.id(),
             mode: mode::ENFORCE,
-            result: result::KILLED,
+            result: Outcome::Killed.id(),
             unix_len: 0,
             generation: 7,
             unix_path: [0; UNIX_PATH_LEN],

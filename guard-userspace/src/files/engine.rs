@@ -30,7 +30,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use guard_common::file::{DevKey, FileKey, FileRule, access, action, kernel_dev};
+use guard_common::file::{DevKey, FileKey, FileRule, access, kernel_dev};
 use tracing::{error, warn};
 
 use super::{
@@ -93,12 +93,7 @@ impl RuleInfo {
 
     /// The kernel's view: what enforcing and audit rules protect.
     pub fn kernel_rule(&self, bits: u32) -> FileRule {
-        let code = match self.action {
-            Action::Deny => action::DENY,
-            Action::Kill => action::KILL,
-            Action::KillTree => action::KILL_TREE,
-            Action::Audit => action::AUDIT,
-        };
+        let code = self.action.id();
         let (enforce, audit) = if self.enforcing() {
             (bits, 0)
         } else {

@@ -82,7 +82,8 @@ pub fn attach(
                 .ok_or(ProgramError::NotLoaded)
                 .and_then(TryInto::try_into)
                 .map_err(|e| e.to_string())?;
-            prog.load(tracepoint, btf).map_err(|e| verifier_text(&e))?;
+            prog.load(tracepoint, btf)
+                .map_err(|e| crate::loader::verifier_text(&e))?;
             let id = prog.attach().map_err(|e| e.to_string())?;
             let link: FdLink = prog.take_link(id).map_err(|e| e.to_string())?.into();
             pin(link, &links_dir.join(name))
@@ -110,7 +111,7 @@ fn attach_device(ebpf: &mut Ebpf, links_dir: &Path) -> Result<(), String> {
         .ok_or(ProgramError::NotLoaded)
         .and_then(TryInto::try_into)
         .map_err(|e| e.to_string())?;
-    prog.load().map_err(|e| verifier_text(&e))?;
+    prog.load().map_err(|e| crate::loader::verifier_text(&e))?;
     // aya 0.14 cannot turn a cgroup device link into a pinnable FdLink: create and pin the
     // link directly.
     let prog_fd = prog.fd().map_err(|e| e.to_string())?;
@@ -170,19 +171,6 @@ fn replace_pin(link: &std::os::fd::OwnedFd, path: &Path) -> std::io::Result<()> 
     const BPF_OBJ_PIN: libc::c_long = 6;
     sys_bpf(BPF_OBJ_PIN, &mut attr)?;
     std::fs::rename(&tmp, path)
-}
-
-/// A program error with the verifier's log, if there is one.
-pub(crate) fn verifier_text(e: &ProgramError) -> String {
-    match e {
-        ProgramError::LoadError {
-            io_error,
-            verifier_log,
-        } => {
-            format!("{io_error}\n{verifier_log}")
-        }
-        other => other.to_string(),
-    }
 }
 
 /// Take the file maps out of `ebpf`.

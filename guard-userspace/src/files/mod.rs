@@ -47,7 +47,7 @@ use guard_common::{
     Tag,
     agent::trim_nul,
     event::EventKind,
-    file::{FileEvent, FileKey, access as bits, dev_parts, outcome},
+    file::{FileEvent, FileKey, access as bits, dev_parts},
     maps,
 };
 use tracing::{error, info};
@@ -345,8 +345,9 @@ fn reporter(shared: &Shared, rx: Receiver<Report>, mut log: Log, stop: &AtomicBo
             && matches!(d.hook, Hook::Change | Hook::Device | Hook::Lsm(_))
             && matches!(d.outcome, Outcome::Killed | Outcome::Denied)
         {
-            let n = report::kill_tree(&shared.tags, d.tag.root);
-            info!(root = d.tag.root.tgid, killed = n, rule = %d.rule, "kill-tree");
+            let r = crate::respond::kill_tree(&shared.tags, d.tag.root);
+            info!(root = d.tag.root.tgid, killed = r.killed, passes = r.passes,
+                survivors = r.survivors, rule = %d.rule, "kill-tree");
         }
         let decoded = d.to_decoded();
         let sink = shared.sink.lock().expect("sink lock").clone();
@@ -428,12 +429,7 @@ fn kernel_decision(shared: &Shared, kind: EventKind, ev: &FileEvent) -> Decision
         rule: rule.map_or_else(|| format!("rule-{}", ev.rule_id), |r| r.name.clone()),
         action: rule.map_or(Action::Deny, |r| r.action),
         mode: rule.map_or(crate::policy::Mode::Enforce, |r| r.mode),
-        outcome: match ev.outcome {
-            outcome::ALLOWED => Outcome::Allowed,
-            outcome::DENIED => Outcome::Denied,
-            outcome::KILLED => Outcome::Killed,
-            _ => Outcome::KillFailed,
-        },
+        outcome: Outcome::from_id(ev.outcome),
         access: ev.access,
         path,
         dev: ev.dev,
@@ -452,17 +448,12 @@ fn act_on_kernel_decision(shared: &Shared, d: &mut Decision) {
     if d.hook == Hook::Device
         && d.outcome == Outcome::Denied
         && matches!(d.action, Action::Kill | Action::KillTree)
-        && report::kill_process(d.tgid, d.tag.start_ns)
+        && crate::respond::kill_process(d.tgid, d.tag.start_ns).unwrap_or(false)
     {
         d.outcome = Outcome::Killed;
     }
-    let line = d.reason();
-    if !report::write_reason(d.tgid, d.tag.start_ns, &line)
-        && let Ok(parent) = shared.tags.get(&d.ppid, 0)
-        && parent.root == d.tag.root
-    {
-        report::write_reason(d.ppid, parent.start_ns, &line);
-    }
+    let offender = guard_common::ProcKey::new(d.tgid, d.tag.start_ns);
+    let _ = crate::respond::tell_nearest(&shared.tags, offender, d.ppid, d.tag.root, &d.reason());
 }
 
 fn trim_nul_str(b: &[u8]) -> &str {

@@ -24,9 +24,9 @@ use super::{
     access::blocked_open_access,
     engine::{Engine, RuleInfo},
     fanotify::{self, Group},
-    report::{Decision, Hook, Outcome, boot_ns, kill_process, kill_tree, write_reason},
+    report::{Decision, Hook, Outcome, boot_ns},
 };
-use crate::{policy::Action, tags::ProcInfo};
+use crate::{policy::Action, respond, tags::ProcInfo};
 
 /// Block until `group` has events or `timeout_ms` passed.
 pub fn wait_readable(group: &Group, timeout_ms: i32) {
@@ -144,18 +144,19 @@ fn decide(engine: &Engine, group: &Group, mask: u64, pid: i32, fd: OwnedFd) {
         target: None,
     };
     if outcome != Outcome::Allowed {
-        write_reason(tgid, tag.start_ns, &d.reason());
+        let _ = respond::tell(tgid, tag.start_ns, &d.reason());
     }
     // Kill before answering: the offender never returns from its open, and with kill-tree
     // no other process of its tree runs another instruction after this decision.
     let killed = match r.action {
         _ if outcome != Outcome::Killed => true,
         Action::KillTree => {
-            let n = kill_tree(&engine.shared.tags, tag.root);
-            tracing::info!(root = tag.root.tgid, killed = n, rule = %r.name, "kill-tree");
-            n > 0
+            let report = respond::kill_tree(&engine.shared.tags, tag.root);
+            tracing::info!(root = tag.root.tgid, killed = report.killed,
+                passes = report.passes, rule = %r.name, "kill-tree");
+            report.killed > 0
         }
-        _ => kill_process(tgid, tag.start_ns),
+        _ => respond::kill_process(tgid, tag.start_ns).unwrap_or(false),
     };
     if !killed {
         d.outcome = Outcome::KillFailed;

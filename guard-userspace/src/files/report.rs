@@ -1,19 +1,12 @@
-//! Acting on file decisions: the event record, the offender's one-line reason on its stderr,
-//! and kills (the offender, or its whole agent tree).
-//!
-//! The reason is written through a duplicate of the offender's fd 2 taken with
-//! `pidfd_getfd`, not by opening `/proc/PID/fd/2`: an open could itself be a permission event
-//! of a group whose reader is the caller (a deadlock when fd 2 is a protected file), a
-//! duplicate is not an open. The write is attempted only when `poll` says it will not block.
+//! File decisions: the event record and the offender's one-line reason (written, with kills,
+//! by [`crate::respond`]).
 
 use std::{
     fs::{File, OpenOptions},
     io::{self, Write as _},
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     path::Path,
 };
 
-use aya::maps::{HashMap, MapData};
 use guard_common::{
     ProcKey, Tag,
     event::{EventHeader, EventKind},
@@ -24,7 +17,6 @@ use super::access::names;
 use crate::{
     events::{self, Decoded},
     policy::{Action, Mode},
-    tags::ProcInfo,
 };
 
 /// Where a decision was made.
@@ -58,27 +50,7 @@ impl Hook {
     }
 }
 
-/// What happened to the operation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    Allowed,
-    Denied,
-    /// Refused (fanotify) or detected (kernel), and the process killed.
-    Killed,
-    KillFailed,
-}
-
-impl Outcome {
-    /// The `result` field of the event.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Allowed => "allowed",
-            Self::Denied => "denied",
-            Self::Killed => "killed",
-            Self::KillFailed => "kill-failed",
-        }
-    }
-}
+pub use guard_common::decision::Outcome;
 
 /// One decision about a tagged process and a protected object.
 #[derive(Clone, Debug)]
@@ -184,6 +156,7 @@ impl Decision {
             (Outcome::Killed, Hook::Change) => "detected; process killed",
             (Outcome::Killed, _) => "denied; process killed",
             (Outcome::KillFailed, _) => "detected; the kill failed",
+            (Outcome::KillScheduled, _) => "denied; process to be killed",
             (Outcome::Denied, _) => "denied",
         };
         let tree = if self.action == Action::KillTree && self.outcome != Outcome::Allowed {
@@ -249,82 +222,6 @@ impl Log {
         }
         Ok(())
     }
-}
-
-fn pidfd_open(pid: u32) -> Option<OwnedFd> {
-    // SAFETY: plain system call; the returned fd is owned below.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-    // SAFETY: a fresh fd owned by nobody else.
-    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
-/// Is the process behind `pidfd` still the one that started at `start_ns`?
-fn same_process(pid: u32, start_ns: u64) -> bool {
-    ProcInfo::read(pid as i32).is_ok_and(|p| p.key().start_ns == start_ns)
-}
-
-/// Write `line` to the stderr of process `pid` (started at `start_ns`), without blocking.
-pub fn write_reason(pid: u32, start_ns: u64, line: &str) -> bool {
-    let Some(pidfd) = pidfd_open(pid) else {
-        return false;
-    };
-    if !same_process(pid, start_ns) {
-        return false;
-    }
-    // SAFETY: plain system call on our pidfd; the returned fd is owned below.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), 2, 0) };
-    if fd < 0 {
-        return false;
-    }
-    // SAFETY: a fresh fd (a duplicate of the offender's stderr), owned by nobody else.
-    let err = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-    let mut pfd = libc::pollfd {
-        fd: err.as_raw_fd(),
-        events: libc::POLLOUT,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd, no wait.
-    let ready = unsafe { libc::poll(&raw mut pfd, 1, 0) };
-    if ready != 1 || pfd.revents & libc::POLLOUT == 0 {
-        return false;
-    }
-    // SAFETY: writing a valid buffer to an fd we own.
-    let n = unsafe { libc::write(err.as_raw_fd(), line.as_ptr().cast(), line.len()) };
-    n == line.len() as isize
-}
-
-/// SIGKILL process `pid` if it is still the one that started at `start_ns`.
-pub fn kill_process(pid: u32, start_ns: u64) -> bool {
-    let Some(pidfd) = pidfd_open(pid) else {
-        return false;
-    };
-    if !same_process(pid, start_ns) {
-        return false;
-    }
-    // SAFETY: plain system call on our pidfd.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            pidfd.as_raw_fd(),
-            libc::SIGKILL,
-            std::ptr::null::<libc::siginfo_t>(),
-            0,
-        )
-    };
-    r == 0
-}
-
-/// SIGKILL every process of the agent tree rooted at `root`; returns how many were killed.
-pub fn kill_tree(tags: &HashMap<MapData, u32, Tag>, root: ProcKey) -> usize {
-    let members: Vec<(u32, Tag)> = tags
-        .iter()
-        .filter_map(Result::ok)
-        .filter(|(_, t)| t.root == root)
-        .collect();
-    members
-        .into_iter()
-        .filter(|(pid, t)| kill_process(*pid, t.start_ns))
-        .count()
 }
 
 #[cfg(test)]

@@ -22,7 +22,8 @@ use aya::maps::lpm_trie::Key;
 use aya::maps::{HashMap, MapData};
 use guard_common::{
     Tag,
-    net::{Ip4Data, Ip6Data, RAW_RULE_ID, UnixKey, action, result},
+    decision::{action, outcome},
+    net::{Ip4Data, Ip6Data, RAW_RULE_ID, UnixKey},
 };
 use hickory_resolver::TokioResolver;
 use tokio::{sync::Notify, task::JoinSet, time::Instant};
@@ -31,7 +32,6 @@ use tracing::{info, warn};
 use super::{
     NetError, NetMaps, dns,
     plan::{self, Plan, UnixKeyBytes},
-    respond,
 };
 use crate::policy::{CompiledEndpointRule, CompiledPolicy, CompiledRawRule, RAW_RULE_NAME};
 
@@ -289,7 +289,7 @@ impl NetHandle {
         let Some(ev) = crate::events::net::raw_net_event(raw) else {
             return;
         };
-        if ev.result == result::ALLOWED {
+        if ev.result == outcome::ALLOWED {
             return;
         }
         let details = crate::events::net::details(&ev, self);
@@ -297,7 +297,7 @@ impl NetHandle {
         let h = ev.header;
         let tags = self.tags.clone();
         tokio::task::spawn_blocking(move || {
-            match respond::tell_nearest(&tags, h.proc, h.ppid, h.root, &line) {
+            match crate::respond::tell_nearest(&tags, h.proc, h.ppid, h.root, &line) {
                 Ok(pid) => tracing::debug!(pid, "reason line written"),
                 Err(e) => tracing::debug!(pid = h.proc.tgid, error = %e, "reason line not written"),
             }
@@ -306,7 +306,7 @@ impl NetHandle {
             let tags = self.tags.clone();
             let root = ev.header.root;
             tokio::task::spawn_blocking(move || {
-                let report = respond::kill_tree(&tags, root);
+                let report = crate::respond::kill_tree(&tags, root);
                 info!(
                     root = root.tgid,
                     killed = report.killed,
@@ -486,6 +486,22 @@ pub fn unix_aliases(name: &str) -> Vec<String> {
     match resolved {
         Some(r) if r != path => r.to_str().map(|s| vec![s.to_owned()]).unwrap_or_default(),
         _ => Vec::new(),
+    }
+}
+
+impl crate::events::net::NetLabels for NetHandle {
+    fn rule_name(&self, generation: u32, id: u32) -> Option<String> {
+        NetHandle::rule_name(self, generation, id)
+    }
+    fn host_for(&self, id: u32, addr: std::net::IpAddr) -> Option<String> {
+        NetHandle::host_for(self, id, addr)
+    }
+}
+
+/// Network enforcement acts on its decisions (reason line, kill-tree) as soon as they are read.
+impl crate::events::Responder for NetHandle {
+    fn respond(&self, raw: &[u8]) {
+        NetHandle::respond(self, raw);
     }
 }
 

@@ -12,7 +12,6 @@
 pub mod controller;
 pub mod dns;
 pub mod plan;
-pub mod respond;
 pub mod unix;
 
 use std::{

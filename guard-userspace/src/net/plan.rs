@@ -12,7 +12,7 @@ use std::{
 
 use guard_common::net::{
     NetRule, PORT_RANGES_MAX, PortRange, RULE_SLOTS_MAX, RULES_PER_GENERATION, RuleSet, UnixKey,
-    action, mode, proto,
+    mode, proto,
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
@@ -109,12 +109,7 @@ fn kernel_rule(rule: &CompiledEndpointRule, generation: u32) -> Result<NetRule, 
 }
 
 fn action_code(a: Action) -> u32 {
-    match a {
-        Action::Deny => action::DENY,
-        Action::Kill => action::KILL,
-        Action::KillTree => action::KILL_TREE,
-        Action::Audit => action::AUDIT,
-    }
+    a.id()
 }
 
 fn mode_code(m: Mode) -> u32 {
@@ -306,7 +301,7 @@ mod tests {
         let base = RULES_PER_GENERATION;
         assert_eq!(p.rules.len(), RULES_PER_GENERATION as usize);
         assert_eq!(p.rules[1].0, base + 1);
-        assert_eq!(p.rules[1].1.action, action::KILL);
+        assert_eq!(p.rules[1].1.action, Action::Kill.id());
         assert_eq!(p.rules[4].1, NetRule::default());
         let wide = &p.v4[&"10.0.0.0/8".parse().unwrap()];
         assert_eq!(slots(wide), [base]);

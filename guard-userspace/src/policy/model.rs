@@ -218,14 +218,29 @@ impl fmt::Display for Mode {
     }
 }
 
+/// The policy accepts the actions implemented so far; the kernel records and the event schema
+/// use the shared vocabulary.
+impl From<Action> for guard_common::decision::Action {
+    fn from(a: Action) -> Self {
+        match a {
+            Action::Deny => Self::Deny,
+            Action::Kill => Self::Kill,
+            Action::KillTree => Self::KillTree,
+            Action::Audit => Self::Audit,
+        }
+    }
+}
+
+impl Action {
+    /// The id kernel rule maps carry.
+    pub fn id(self) -> u32 {
+        guard_common::decision::Action::from(self).id()
+    }
+}
+
 impl fmt::Display for Action {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.pad(match self {
-            Self::Deny => "deny",
-            Self::Kill => "kill",
-            Self::KillTree => "kill-tree",
-            Self::Audit => "audit",
-        })
+        f.pad(guard_common::decision::Action::from(*self).name())
     }
 }
 

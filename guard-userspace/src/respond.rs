@@ -1,17 +1,15 @@
-//! What the daemon does on a network decision: one reason line on the offender's stderr, and
-//! for `kill-tree` SIGKILL to every process of the agent tree.
+//! The one response path of every hook family: a reason line on the offender's stderr, SIGKILL
+//! for one process, and kill-tree for an agent tree.
 //!
-//! Neither may block or fail the daemon: the stderr line is written with one non-blocking
-//! `write(2)` (a full pipe or a closed stderr loses the line, nothing else), and both run on
-//! the blocking pool.
+//! None of it may block or fail the daemon: the reason line is one `write(2)` after a zero-time
+//! `poll` (a full pipe or a closed stderr loses the line, nothing else). Every process is
+//! reached through a pidfd opened before its start time is checked, so a reused pid is never
+//! written to or signalled.
 
 use std::{
-    fs::OpenOptions,
-    io::{self, Write as _},
-    os::{
-        fd::{AsRawFd, FromRawFd, OwnedFd},
-        unix::fs::{FileTypeExt, OpenOptionsExt},
-    },
+    collections::HashSet,
+    io,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
     time::{Duration, Instant},
 };
 
@@ -20,6 +18,8 @@ use guard_common::{NS_PER_TICK, ProcKey, Tag};
 
 /// Longest a kill-tree keeps sweeping for new members of the tree.
 const KILL_TREE_DEADLINE: Duration = Duration::from_secs(5);
+/// Ancestors of the same tree tried when the offender is gone.
+const MAX_ANCESTORS: usize = 4;
 
 /// Start time of `pid` on the clock of [`ProcKey::start_ns`], from `/proc`.
 fn start_ns(pid: u32) -> io::Result<u64> {
@@ -33,6 +33,23 @@ fn same_process(pid: u32, start: u64) -> bool {
     start_ns(pid).is_ok_and(|s| ProcKey::new(pid, s).start_ns == ProcKey::new(pid, start).start_ns)
 }
 
+/// A pidfd for `pid` if it is still the process that started at `start` (checked after the
+/// open, so the descriptor cannot refer to a later process with the same pid).
+fn pidfd(pid: u32, start: u64) -> io::Result<Option<OwnedFd>> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        let err = io::Error::last_os_error();
+        return match err.raw_os_error() {
+            Some(libc::ESRCH) => Ok(None),
+            _ => Err(err),
+        };
+    }
+    // SAFETY: pidfd_open returned a descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    Ok(same_process(pid, start).then_some(fd))
+}
+
 /// Replace control characters so a line stays one line.
 pub fn sanitize(text: &str) -> String {
     text.chars()
@@ -40,54 +57,78 @@ pub fn sanitize(text: &str) -> String {
         .collect()
 }
 
-/// Write `line` (plus a newline) to the stderr of process `pid` (started at `start`), once.
+/// Write `line` (one newline added) to the stderr of process `pid` (started at `start`), once.
 ///
 /// Only when that stderr is a pipe, a terminal or a regular file that the process itself has
 /// open for writing: the daemon must not become a way to write where the process could not
-/// (its fd 2 opened read-only on someone else's file, a device with side effects on open).
-/// The open is `O_NONBLOCK | O_NOCTTY | O_APPEND`, the write a single `write(2)`.
+/// (its fd 2 opened read-only on someone else's file, a device other than a terminal). The
+/// descriptor is the process's own (`pidfd_getfd`), never reopened by `/proc/PID/fd/2`: that
+/// open could itself be a permission event of a fanotify group whose reader is the caller (a
+/// deadlock when fd 2 is a protected file), and could open something other than what the
+/// process holds; a duplicate is neither.
 pub fn tell(pid: u32, start: u64, line: &str) -> io::Result<()> {
-    if !same_process(pid, start) {
+    let Some(pidfd) = pidfd(pid, start)? else {
         return Err(io::Error::new(io::ErrorKind::NotFound, "process gone"));
+    };
+    // SAFETY: plain system call on our pidfd; the returned fd is owned below.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), 2, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
     }
-    let fdinfo = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/2"))?;
-    let flags = fdinfo
-        .lines()
-        .find_map(|l| l.strip_prefix("flags:"))
-        .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
-        .ok_or_else(|| io::Error::other("no flags in fdinfo"))?;
-    let access = flags & libc::O_ACCMODE as u32;
-    if access != libc::O_WRONLY as u32 && access != libc::O_RDWR as u32 {
+    // SAFETY: a fresh fd (a duplicate of the offender's stderr), owned by nobody else.
+    let err = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    check_writable_stream(&err)?;
+    let mut pfd = libc::pollfd {
+        fd: err.as_raw_fd(),
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, no wait.
+    let ready = unsafe { libc::poll(&raw mut pfd, 1, 0) };
+    if ready != 1 || pfd.revents & libc::POLLOUT == 0 {
+        return Err(io::Error::new(io::ErrorKind::WouldBlock, "stderr is full"));
+    }
+    let mut bytes = sanitize(line.trim_end_matches('\n')).into_bytes();
+    bytes.push(b'\n');
+    // One write: atomic on a pipe for fewer than PIPE_BUF bytes.
+    // SAFETY: writing a valid buffer to an fd we own.
+    let n = unsafe { libc::write(err.as_raw_fd(), bytes.as_ptr().cast(), bytes.len()) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if n as usize != bytes.len() {
+        return Err(io::Error::new(io::ErrorKind::WriteZero, "short write"));
+    }
+    Ok(())
+}
+
+/// The access check of [`tell`]: open for writing, and a pipe, a regular file or a terminal.
+fn check_writable_stream(fd: &OwnedFd) -> io::Result<()> {
+    // SAFETY: F_GETFL on a descriptor we own.
+    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let access = flags & libc::O_ACCMODE;
+    if access != libc::O_WRONLY && access != libc::O_RDWR {
         return Err(io::Error::new(
             io::ErrorKind::PermissionDenied,
             "stderr is not open for writing",
         ));
     }
-    let path = format!("/proc/{pid}/fd/2");
-    let kind = std::fs::metadata(&path)?.file_type();
-    if !(kind.is_fifo() || kind.is_file() || kind.is_char_device()) {
+    // SAFETY: fstat fills the struct for a descriptor we own.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(fd.as_raw_fd(), &raw mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let kind = st.st_mode & libc::S_IFMT;
+    // SAFETY: isatty on a descriptor we own.
+    let tty = kind == libc::S_IFCHR && unsafe { libc::isatty(fd.as_raw_fd()) } == 1;
+    if !(kind == libc::S_IFIFO || kind == libc::S_IFREG || tty) {
         return Err(io::Error::new(
             io::ErrorKind::Unsupported,
             "stderr is not a pipe, terminal or file",
         ));
-    }
-    let file = OpenOptions::new()
-        .append(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
-        .open(&path)?;
-    // SAFETY: isatty on a descriptor we own.
-    if kind.is_char_device() && unsafe { libc::isatty(file.as_raw_fd()) } != 1 {
-        return Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            "stderr is a device other than a terminal",
-        ));
-    }
-    let mut bytes = sanitize(line).into_bytes();
-    bytes.push(b'\n');
-    // One write: atomic on a pipe for fewer than PIPE_BUF bytes; EAGAIN on a full pipe.
-    let n = (&file).write(&bytes)?;
-    if n != bytes.len() {
-        return Err(io::Error::new(io::ErrorKind::WriteZero, "short write"));
     }
     Ok(())
 }
@@ -95,7 +136,7 @@ pub fn tell(pid: u32, start: u64, line: &str) -> io::Result<()> {
 /// [`tell`] the offender, or when it is already gone (a `curl` that got EPERM usually exits
 /// before the daemon reads the event; a killed process is dead) the nearest live ancestor of
 /// the same agent tree, whose stderr is in practice the same stream (the shell the agent ran
-/// the command in). At most `MAX_ANCESTORS` levels up; never outside the tree.
+/// the command in). At most [`MAX_ANCESTORS`] levels up; never outside the tree.
 pub fn tell_nearest(
     tags: &HashMap<MapData, u32, Tag>,
     offender: ProcKey,
@@ -103,7 +144,6 @@ pub fn tell_nearest(
     root: ProcKey,
     line: &str,
 ) -> io::Result<u32> {
-    const MAX_ANCESTORS: usize = 4;
     let first = tell(offender.tgid, offender.start_ns, line);
     if first.is_ok() {
         return Ok(offender.tgid);
@@ -125,23 +165,12 @@ pub fn tell_nearest(
     first.map(|()| offender.tgid)
 }
 
-/// SIGKILL `pid` if it is still the process that started at `start`. The pidfd is opened
-/// before the check, so the signal cannot reach a process that reused the pid afterwards.
+/// SIGKILL `pid` if it is still the process that started at `start`; `Ok(false)` when it is
+/// gone.
 pub fn kill_process(pid: u32, start: u64) -> io::Result<bool> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-    if fd < 0 {
-        let err = io::Error::last_os_error();
-        return match err.raw_os_error() {
-            Some(libc::ESRCH) => Ok(false),
-            _ => Err(err),
-        };
-    }
-    // SAFETY: pidfd_open returned a descriptor that nothing else owns.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-    if !same_process(pid, start) {
+    let Some(pidfd) = pidfd(pid, start)? else {
         return Ok(false);
-    }
+    };
     // SAFETY: a live pidfd, a valid signal, no siginfo, no flags.
     let ret = unsafe {
         libc::syscall(
@@ -177,18 +206,14 @@ pub struct KillTreeReport {
 pub fn kill_tree(tags: &HashMap<MapData, u32, Tag>, root: ProcKey) -> KillTreeReport {
     let mut report = KillTreeReport::default();
     let deadline = Instant::now() + KILL_TREE_DEADLINE;
-    let mut signalled = std::collections::HashSet::new();
+    let mut signalled = HashSet::new();
     loop {
         report.passes += 1;
-        let members: Vec<(u32, Tag)> = tags
+        // Members whose pid is gone are stale entries, not survivors.
+        let live: Vec<(u32, Tag)> = tags
             .iter()
             .filter_map(Result::ok)
-            .filter(|(_, tag)| tag.root == root)
-            .collect();
-        // Members already signalled are dying; a member whose pid is gone is stale.
-        let live: Vec<&(u32, Tag)> = members
-            .iter()
-            .filter(|(pid, tag)| same_process(*pid, tag.start_ns))
+            .filter(|(pid, tag)| tag.root == root && same_process(*pid, tag.start_ns))
             .collect();
         if live.is_empty() {
             break;
@@ -213,6 +238,8 @@ pub fn kill_tree(tags: &HashMap<MapData, u32, Tag>, root: ProcKey) -> KillTreeRe
 
 #[cfg(test)]
 mod tests {
+    use std::process::{Command, Stdio};
+
     use super::*;
 
     #[test]
@@ -223,14 +250,14 @@ mod tests {
 
     #[test]
     fn tells_a_child_through_its_stderr_pipe() {
-        let child = std::process::Command::new("sleep")
+        let child = Command::new("sleep")
             .arg("5")
-            .stderr(std::process::Stdio::piped())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
         let pid = child.id();
         let start = start_ns(pid).unwrap();
-        tell(pid, start, "guard: hello\nworld").unwrap();
+        tell(pid, start, "guard: hello\nworld\n").unwrap();
         // A wrong start time (a reused pid) is refused.
         assert!(tell(pid, start + 10 * NS_PER_TICK, "no").is_err());
         assert!(kill_process(pid, start + 10 * NS_PER_TICK).is_ok_and(|k| !k));
@@ -244,16 +271,33 @@ mod tests {
     }
 
     #[test]
-    fn closed_or_read_only_stderr_is_left_alone() {
-        let mut child = std::process::Command::new("sleep")
+    fn a_device_or_read_only_stderr_is_left_alone() {
+        // /dev/null is a character device but not a terminal.
+        let mut child = Command::new("sleep")
             .arg("5")
-            .stderr(std::process::Stdio::null())
+            .stderr(Stdio::null())
             .spawn()
             .unwrap();
         let pid = child.id();
         let start = start_ns(pid).unwrap();
-        // /dev/null is a character device but not a terminal.
         assert!(tell(pid, start, "x").is_err());
+        kill_process(pid, start).unwrap();
+        child.wait().unwrap();
+
+        // A regular file the process holds open read-only.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("owned-by-someone-else");
+        std::fs::write(&path, "untouched").unwrap();
+        let mut child = Command::new("sleep")
+            .arg("5")
+            .stderr(std::fs::File::open(&path).unwrap())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let start = start_ns(pid).unwrap();
+        let err = tell(pid, start, "x").unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::PermissionDenied, "{err}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "untouched");
         kill_process(pid, start).unwrap();
         child.wait().unwrap();
     }
