@@ -52,13 +52,14 @@ const FLOORS: &[(&str, u8)] = &[
     ("daemon", 4),
     ("api", 4),
     ("render", 4),
-    ("metrics", 3),
     ("tags", 2),
     ("net", 2),
     ("files", 2),
     ("selfprot", 2),
-    ("proctree", 2),
     ("kernel", 1),
+    ("agents", 1),
+    ("metrics", 1),
+    ("proctree", 1),
     ("lsm", 1),
     ("loader", 1),
     ("pins", 1),
@@ -76,10 +77,6 @@ const FLOORS: &[(&str, u8)] = &[
 /// Edges that still go up a floor, each one a cycle to break. The test fails when one is
 /// added and when one disappears (then delete it here), so this list only shrinks.
 const UPWARD_YET: &[(&str, &str)] = &[
-    ("events", "metrics"),
-    ("events", "proctree"),
-    ("events", "selfprot"),
-    ("events", "tags"),
     ("kernel", "files"),
     ("kernel", "net"),
     ("kernel", "selfprot"),

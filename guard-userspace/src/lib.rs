@@ -3,6 +3,7 @@
 //! The daemon is a set of tasks (loader, policy, events, process tree, API) that talk over
 //! channels; the `guard` binary is a thin CLI over this library.
 
+pub mod agents;
 pub mod api;
 pub mod btf;
 pub mod caps;

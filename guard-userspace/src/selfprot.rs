@@ -20,20 +20,18 @@ use aya::{
     programs::{BtfTracePoint, ProgramError, links::FdLink},
 };
 use guard_common::{
-    decision::Outcome,
     event::EventKind,
     maps::{self, self_programs},
-    selfprot::{SelfEvent, SelfOffsets, SelfState, op},
+    selfprot::{SelfOffsets, SelfState},
 };
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    events::{Decision, DecodeCtx, DecodeError, Decoded, Object, c_str, read_pod},
+    events::{Decision, Decoded, Object},
     policy::{Action, CompiledPathRule, Mode, PathSpec},
 };
 
-/// Name of the rule in self-protection events.
-pub const RULE: &str = "guard-self-protection";
+pub use crate::events::selfprot::RULE;
 
 /// What attached, and why not the rest.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -144,53 +142,6 @@ pub fn attach(
     a
 }
 
-/// Decode a [`SelfEvent`].
-pub fn decode(raw: &[u8], _ctx: &DecodeCtx<'_>) -> Result<Decoded, DecodeError> {
-    let ev: SelfEvent = read_pod(raw)?;
-    let mut d = Decoded::new(EventKind::SelfProtect, ev.header);
-    let comm = c_str(&ev.comm);
-    d.comm = (!comm.is_empty()).then_some(comm);
-    let (operation, hook) = match ev.op {
-        op::SIGNAL => (
-            format!("signal {}", signal_name(ev.signal)),
-            "signal_generate",
-        ),
-        op::TRACED => ("ptrace".to_owned(), "signal_generate"),
-        op::TRACER_KILLED => ("ptrace".to_owned(), "sched_process_wait"),
-        op::LSM_SIGNAL => (
-            format!("signal {}", signal_name(ev.signal)),
-            "lsm_task_kill",
-        ),
-        op::LSM_PTRACE => ("ptrace".to_owned(), "lsm_ptrace_access_check"),
-        op::LSM_BPF => (format!("bpf command {}", ev.signal), "lsm_bpf"),
-        other => (format!("op-{other}"), "unknown"),
-    };
-    if ev.op == op::SIGNAL || ev.op == op::LSM_SIGNAL {
-        d.signal = i32::try_from(ev.signal).ok();
-    }
-    let outcome = Outcome::from_id(ev.outcome);
-    let denied = outcome == Outcome::Denied;
-    d.decision = Some(Decision {
-        rule: RULE.to_owned(),
-        rule_id: None,
-        action: if denied { Action::Deny } else { Action::Kill }.to_string(),
-        mode: Some(Mode::Enforce.to_string()),
-        result: outcome.name().to_owned(),
-        hook: Some(hook.to_owned()),
-    });
-    d.object = Some(Object {
-        path: Some(if ev.op == op::LSM_BPF {
-            "bpf()".to_owned()
-        } else {
-            format!("guard daemon (pid {})", ev.target_tgid)
-        }),
-        dev: None,
-        ino: None,
-        operation: Some(operation),
-    });
-    Ok(d)
-}
-
 /// A userspace decision about the daemon's API: a tagged caller asked for something other
 /// than the read-only calls and tagging itself.
 pub fn api_denied(header: guard_common::event::EventHeader, what: &str) -> Decoded {
@@ -246,13 +197,6 @@ pub fn boot_ns() -> u64 {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
         .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
         .unwrap_or(0)
-}
-
-fn signal_name(sig: u32) -> String {
-    i32::try_from(sig)
-        .ok()
-        .and_then(|s| nix::sys::signal::Signal::try_from(s).ok())
-        .map_or_else(|| sig.to_string(), |s| s.as_str().to_owned())
 }
 
 /// Signals the daemon has no use for, whose default action would end or stop it: ignored.

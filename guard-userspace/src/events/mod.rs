@@ -17,6 +17,7 @@ pub mod process;
 pub mod query;
 pub mod ring;
 mod schema;
+pub mod selfprot;
 pub mod table;
 
 pub use log::{EventLog, LogConfig, log_files, parse_size};
@@ -27,7 +28,7 @@ pub use schema::{
 use guard_common::event::{EventHeader, EventKind};
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
-use crate::tags::AgentNames;
+use crate::agents::AgentNames;
 
 /// Version of the event schema; bumped on incompatible changes.
 pub const SCHEMA: u32 = 1;
@@ -146,7 +147,7 @@ pub fn decode(raw: &[u8], ctx: &DecodeCtx<'_>) -> Result<Decoded, DecodeError> {
         | EventKind::TaggedExit
         | EventKind::TaggedFork => process::decode(kind, raw, ctx),
         EventKind::NetConnect => net::decode_record(raw, ctx),
-        EventKind::SelfProtect => crate::selfprot::decode(raw, ctx),
+        EventKind::SelfProtect => selfprot::decode(raw, ctx),
         // Read by `files` from its own ring buffer (GUARD_FILE_EVENTS).
         // (FileOpen is decided in userspace and submitted to the pipeline directly.)
         EventKind::FileChange | EventKind::FileDevice | EventKind::FileOpen => {

@@ -232,7 +232,7 @@ mod tests {
         a[..4].copy_from_slice(&[10, 20, 0, 5]);
         let ev = event(AF_INET, a);
         let clock = crate::events::Clock::now();
-        let names = crate::tags::AgentNames::default();
+        let names = crate::agents::AgentNames::default();
         let ctx = DecodeCtx {
             clock: &clock,
             agents: &names,

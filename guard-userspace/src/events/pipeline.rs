@@ -9,13 +9,12 @@ use tracing::{error, warn};
 
 use super::{
     Ancestor, Clock, Decoded, Event, EventLog, KIND_EVENTS_LOST, Lifecycle, ProcessInfo, Responder,
-    RootRef, SCHEMA, kind_name, now_rfc3339,
-    ring::{RingFill, read_ring},
+    RootRef, SCHEMA, kind_name, now_rfc3339, ring::read_ring,
 };
 use crate::{
-    metrics::{DaemonView, Metrics},
+    agents::AgentNames,
+    metrics::{DaemonView, Metrics, RingFill},
     proctree::{Context, Member, ProcTreeHandle, Update},
-    tags::AgentNames,
 };
 
 /// Decoded records waiting for enrichment. Small: when the writer falls behind, records wait
@@ -308,9 +307,9 @@ mod tests {
 
     use super::*;
     use crate::{
+        agents::AgentSpec,
         events::{Decision, Destination},
         proctree::Details,
-        tags::AgentSpec,
     };
 
     fn member(pid: u32, start_s: u64, exe: &str) -> Member {

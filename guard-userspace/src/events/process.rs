@@ -36,7 +36,7 @@ pub(crate) mod tests {
     };
 
     use super::super::{Clock, DecodeCtx, DecodeError, Lifecycle, decode};
-    use crate::tags::{AgentNames, AgentSpec};
+    use crate::agents::{AgentNames, AgentSpec};
 
     pub(crate) fn raw(kind: EventKind, pid: u32, start_ns: u64, ppid: u32, comm: &str) -> Vec<u8> {
         let mut c = [0u8; 16];

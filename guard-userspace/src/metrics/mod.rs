@@ -22,7 +22,11 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{events::ring::RingFill, tags::AgentNames};
+mod ring_fill;
+
+pub use ring_fill::RingFill;
+
+use crate::agents::AgentNames;
 
 /// Status of one attached (or missing) hook.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,0 +1,41 @@
+//! The agents of the policy as the kernel maps and the event log know them: ids and names.
+//! Below the subsystems, so that events and metrics can name agents without the tag map.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+
+/// Agent id used for `guard run` without `--agent`.
+pub const UNNAMED_AGENT: u32 = 0;
+pub const UNNAMED_AGENT_NAME: &str = "guard-run";
+
+/// One agent as the kernel knows it. Ids start at 1; 0 is `guard run` without a name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AgentSpec {
+    pub id: u32,
+    pub name: String,
+    pub executables: Vec<String>,
+    pub scripts: Vec<String>,
+}
+
+/// Names of agents by id, for display.
+#[derive(Clone, Debug, Default)]
+pub struct AgentNames(pub HashMap<u32, String>);
+
+impl AgentNames {
+    pub fn new(specs: &[AgentSpec]) -> Self {
+        let mut names: HashMap<u32, String> =
+            specs.iter().map(|a| (a.id, a.name.clone())).collect();
+        names.insert(UNNAMED_AGENT, UNNAMED_AGENT_NAME.into());
+        Self(names)
+    }
+    pub fn name(&self, id: u32) -> String {
+        self.0
+            .get(&id)
+            .cloned()
+            .unwrap_or_else(|| format!("agent-{id}"))
+    }
+    pub fn id(&self, name: &str) -> Option<u32> {
+        self.0.iter().find(|(_, n)| *n == name).map(|(id, _)| *id)
+    }
+}
