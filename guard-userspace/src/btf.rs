@@ -4,7 +4,10 @@
 use std::path::Path;
 
 use btf_rs::{Btf, Type};
-use guard_common::offsets::{FileOffsets, KernelOffsets, LsmOffsets};
+use guard_common::{
+    offsets::{FileOffsets, KernelOffsets, LsmOffsets, UNIX_CTX_READ, UnixOffsets},
+    selfprot::SelfOffsets,
+};
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
@@ -30,13 +33,100 @@ pub enum BtfError {
     },
 }
 
-/// Offsets of the fields guard's programs read, from the BTF at `path`.
-pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets, BtfError> {
-    let btf = Btf::from_file(path).map_err(|source| BtfError::Read {
-        path: path.display().to_string(),
-        source,
-    })?;
-    let off = |strukt, member| member_offset(&btf, strukt, member);
+/// The running kernel's BTF, parsed once for everything loading needs (offsets, hooks), and
+/// dropped when loading is done.
+pub struct Vmlinux(Btf);
+
+impl Vmlinux {
+    pub fn read() -> Result<Self, BtfError> {
+        Self::read_from(Path::new(VMLINUX_BTF))
+    }
+
+    pub fn read_from(path: &Path) -> Result<Self, BtfError> {
+        Btf::from_file(path)
+            .map(Self)
+            .map_err(|source| BtfError::Read {
+                path: path.display().to_string(),
+                source,
+            })
+    }
+
+    pub fn btf(&self) -> &Btf {
+        &self.0
+    }
+
+    /// Whether the kernel has LSM hook `hook`.
+    pub fn has_lsm_hook(&self, hook: &str) -> bool {
+        func_params_in(&self.0, &format!("bpf_lsm_{hook}")).is_some()
+    }
+}
+
+/// Every offset struct the kernel programs take, from one parse of the kernel's BTF. Only the
+/// trackers' offsets are required; the others are unset (their programs then do nothing, and
+/// status says why) when the BTF lacks a field.
+#[derive(Clone, Debug, Default)]
+pub struct Offsets {
+    pub kernel: KernelOffsets,
+    pub unix: UnixOffsets,
+    pub file: FileOffsets,
+    pub file_error: Option<String>,
+    pub lsm: LsmOffsets,
+    pub selfp: SelfOffsets,
+    pub self_error: Option<String>,
+    /// Parameters of `btf_trace_sched_process_exit` (3 from Linux 6.16: `group_dead`).
+    pub exit_params: Option<usize>,
+}
+
+impl Offsets {
+    pub fn read(v: &Vmlinux) -> Result<Self, BtfError> {
+        let btf = v.btf();
+        let (file, file_error) = match file_offsets(btf) {
+            Ok(o) => (o, None),
+            Err(e) => (FileOffsets::default(), Some(e.to_string())),
+        };
+        let (selfp, self_error) = match self_offsets(btf) {
+            Ok(o) => (o, None),
+            Err(e) => (SelfOffsets::default(), Some(e.to_string())),
+        };
+        Ok(Self {
+            kernel: kernel_offsets(btf)?,
+            unix: unix_offsets(btf),
+            file,
+            file_error,
+            lsm: lsm_offsets(btf).unwrap_or_default(),
+            selfp,
+            self_error,
+            exit_params: func_params_in(btf, "btf_trace_sched_process_exit"),
+        })
+    }
+}
+
+/// Offsets the unix programs need; `valid == 0` when the kernel has no unix sock_addr hooks
+/// (no `bpf_sock_addr_kern.uaddrlen`, Linux < 6.7).
+pub fn unix_offsets(btf: &Btf) -> UnixOffsets {
+    let off = |s, m| member_offset(btf, s, m).ok();
+    match (
+        off("bpf_sock_addr_kern", "uaddr"),
+        off("bpf_sock_addr_kern", "uaddrlen"),
+        off("sockaddr_un", "sun_path"),
+    ) {
+        (Some(ctx_uaddr), Some(ctx_uaddrlen), Some(sun_path))
+            if ctx_uaddr + 8 <= UNIX_CTX_READ && ctx_uaddrlen + 4 <= UNIX_CTX_READ =>
+        {
+            UnixOffsets {
+                ctx_uaddr,
+                ctx_uaddrlen,
+                sun_path,
+                valid: 1,
+            }
+        }
+        _ => UnixOffsets::default(),
+    }
+}
+
+/// Offsets of the fields guard's programs read.
+pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
+    let off = |strukt, member| member_offset(btf, strukt, member);
     Ok(KernelOffsets {
         task_pid: off("task_struct", "pid")?,
         task_tgid: off("task_struct", "tgid")?,
@@ -111,12 +201,8 @@ fn find_member(btf: &Btf, s: &btf_rs::Struct, name: &str) -> Option<Result<u32, 
 }
 
 /// Offsets of the fields the BPF LSM programs read (see [`LsmOffsets`]).
-pub fn lsm_offsets(path: &Path) -> Result<LsmOffsets, BtfError> {
-    let btf = Btf::from_file(path).map_err(|source| BtfError::Read {
-        path: path.display().to_string(),
-        source,
-    })?;
-    let off = |strukt, member| member_offset(&btf, strukt, member);
+pub fn lsm_offsets(btf: &Btf) -> Result<LsmOffsets, BtfError> {
+    let off = |strukt, member| member_offset(btf, strukt, member);
     Ok(LsmOffsets {
         socket_type: off("socket", "type")?,
         socket_sk: off("socket", "sk")?,
@@ -134,14 +220,9 @@ pub fn lsm_offsets(path: &Path) -> Result<LsmOffsets, BtfError> {
     })
 }
 
-/// Number of parameters of the function or function-pointer typedef `name` in the BTF at
-/// `path` (`bpf_lsm_file_open`, `btf_trace_sched_process_exit`, …); `None` when the BTF has no
-/// such name. Tracepoint typedefs count their leading `void *` context too.
-pub fn func_params(path: &Path, name: &str) -> Option<usize> {
-    let btf = Btf::from_file(path).ok()?;
-    func_params_in(&btf, name)
-}
-
+/// Number of parameters of the function or function-pointer typedef `name`
+/// (`bpf_lsm_file_open`, `btf_trace_sched_process_exit`, …); `None` when the BTF has no such
+/// name. Tracepoint typedefs count their leading `void *` context too.
 pub fn func_params_in(btf: &Btf, name: &str) -> Option<usize> {
     for ty in btf.resolve_types_by_name(name).ok()? {
         let mut ty = ty;
@@ -174,7 +255,8 @@ mod tests {
             path.exists(),
             "this machine has kernel BTF at {VMLINUX_BTF}"
         );
-        let o = kernel_offsets(path).unwrap();
+        let v = Vmlinux::read_from(path).unwrap();
+        let o = kernel_offsets(v.btf()).unwrap();
         assert_eq!(o.valid, 1);
         assert!(o.task_tgid > o.task_pid.saturating_sub(8));
         assert!(o.task_pid > 0 && o.task_tgid > 0 && o.task_start_boottime > 0);
@@ -196,7 +278,7 @@ mod tests {
 
     #[test]
     fn lsm_offsets_of_the_running_kernel() {
-        let o = lsm_offsets(Path::new(VMLINUX_BTF)).unwrap();
+        let o = lsm_offsets(Vmlinux::read().unwrap().btf()).unwrap();
         assert_eq!(o.valid, 1);
         // `struct path` is { vfsmount *mnt; dentry *dentry; }.
         assert_eq!(o.path_dentry, 8);
@@ -215,9 +297,22 @@ mod tests {
     }
 
     #[test]
+    fn one_parse_gives_every_offset_struct() {
+        let o = Offsets::read(&Vmlinux::read().unwrap()).unwrap();
+        assert_eq!(o.kernel.valid, 1);
+        assert_eq!((o.file.valid, o.lsm.valid, o.selfp.valid), (1, 1, 1));
+        assert_eq!(
+            o.unix.valid, 1,
+            "this kernel (6.7 or later) has unix sock_addr hooks"
+        );
+        assert!((o.file_error.clone(), o.self_error.clone()) == (None, None));
+        assert!(matches!(o.exit_params, Some(2 | 3)));
+    }
+
+    #[test]
     fn siginfo_code_offset_of_the_running_kernel() {
         // si_signo, si_errno, si_code: the ABI fixes it at 8 on every Linux architecture.
-        let o = self_offsets(Path::new(VMLINUX_BTF)).unwrap();
+        let o = self_offsets(Vmlinux::read().unwrap().btf()).unwrap();
         assert_eq!(o.siginfo_code, 8);
         assert_eq!(o.valid, 1);
     }
@@ -226,13 +321,9 @@ mod tests {
 /// Offsets of the fields the file programs read (see [`FileOffsets`]). The system call
 /// registers are x86-64's; where `pt_regs` has no `orig_ax` they are marked unknown and every
 /// change of a protected object counts as both a write and a delete.
-pub fn file_offsets(path: &Path) -> Result<FileOffsets, BtfError> {
-    let btf = Btf::from_file(path).map_err(|source| BtfError::Read {
-        path: path.display().to_string(),
-        source,
-    })?;
-    let off = |strukt, member| member_offset(&btf, strukt, member);
-    let regs = |member| member_offset(&btf, "pt_regs", member).ok();
+pub fn file_offsets(btf: &Btf) -> Result<FileOffsets, BtfError> {
+    let off = |strukt, member| member_offset(btf, strukt, member);
+    let regs = |member| member_offset(btf, "pt_regs", member).ok();
     let (regs_syscall, regs_arg0, regs_arg1) = match (regs("orig_ax"), regs("di"), regs("si")) {
         (Some(nr), Some(a0), Some(a1)) => (nr, a0, a1),
         _ => (u32::MAX, 0, 0),
@@ -245,7 +336,7 @@ pub fn file_offsets(path: &Path) -> Result<FileOffsets, BtfError> {
         dentry_parent: off("dentry", "d_parent")?,
         dentry_inode: off("dentry", "d_inode")?,
         dentry_name: off("dentry", "d_name")? + off("qstr", "name")?,
-        dentry_alias: nested_offset(&btf, "dentry", "d_u", "d_alias")?,
+        dentry_alias: nested_offset(btf, "dentry", "d_u", "d_alias")?,
         task_flags: off("task_struct", "flags")?,
         regs_syscall,
         regs_arg0,
@@ -255,14 +346,10 @@ pub fn file_offsets(path: &Path) -> Result<FileOffsets, BtfError> {
     })
 }
 
-/// Offsets for the self-protection programs, from the BTF at `path`.
-pub fn self_offsets(path: &Path) -> Result<guard_common::selfprot::SelfOffsets, BtfError> {
-    let btf = Btf::from_file(path).map_err(|source| BtfError::Read {
-        path: path.display().to_string(),
-        source,
-    })?;
-    Ok(guard_common::selfprot::SelfOffsets {
-        siginfo_code: member_offset(&btf, "kernel_siginfo", "si_code")?,
+/// Offsets for the self-protection programs.
+pub fn self_offsets(btf: &Btf) -> Result<SelfOffsets, BtfError> {
+    Ok(SelfOffsets {
+        siginfo_code: member_offset(btf, "kernel_siginfo", "si_code")?,
         valid: 1,
     })
 }
@@ -307,7 +394,7 @@ mod file_tests {
 
     #[test]
     fn file_offsets_of_the_running_kernel() {
-        let o = file_offsets(Path::new(VMLINUX_BTF)).unwrap();
+        let o = file_offsets(Vmlinux::read().unwrap().btf()).unwrap();
         assert_eq!(o.valid, 1);
         assert!(o.inode_ino > 0 && o.inode_sb > 0 && o.dentry_parent > 0);
         assert!(o.dentry_name > 0 && o.dentry_alias > 0 && o.inode_dentry > 0);

@@ -14,16 +14,19 @@ use std::{
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, ProgramError, links::FdLink},
 };
 use guard_common::{
     Tag,
     agent::NameKey,
     event::COUNTER_NAMES,
     maps::{self, programs},
-    offsets::KernelOffsets,
 };
 
+use crate::btf::Offsets;
+use crate::loader::{
+    AttachError, Attacher,
+    table::{self, Family, Row},
+};
 pub use crate::probe::Tier;
 
 /// Which tier the daemon is asked to enforce with (`guard daemon --tier`).
@@ -38,8 +41,7 @@ pub enum TierChoice {
     Fallback,
 }
 
-/// The compiled kernel object, embedded in the binary.
-pub(crate) static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/guard"));
+pub(crate) use crate::loader::OBJECT;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
@@ -54,16 +56,10 @@ pub enum KernelError {
     #[error("reading kernel BTF: {0}")]
     Btf(#[source] aya::BtfError),
     #[error("program {name}: {source}")]
-    Program {
+    Attach {
         name: &'static str,
         #[source]
-        source: ProgramError,
-    },
-    #[error("pinning link {path}: {source}")]
-    Pin {
-        path: PathBuf,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
+        source: AttachError,
     },
     #[error("map {name} is missing from the object")]
     NoMap { name: &'static str },
@@ -73,8 +69,6 @@ pub enum KernelError {
         #[source]
         source: MapError,
     },
-    #[error("network hooks: {0}")]
-    Net(#[from] crate::net::NetError),
     #[error("the bpf-lsm tier was asked for and cannot enforce: {0}")]
     Lsm(String),
 }
@@ -89,14 +83,11 @@ pub const TRACKERS: [(&str, &str); 3] = [
 /// The program behind the tracker pinned as `pin_name`: kernels before 6.16 pass no
 /// `group_dead` to `sched_process_exit` (a program reading it is rejected), and get the variant
 /// that reads `signal->live` instead.
-fn tracker_program(pin_name: &'static str) -> &'static str {
+fn tracker_program(pin_name: &'static str, exit_params: Option<usize>) -> &'static str {
     if pin_name != programs::EXIT {
         return pin_name;
     }
-    match crate::btf::func_params(
-        Path::new(crate::btf::VMLINUX_BTF),
-        "btf_trace_sched_process_exit",
-    ) {
+    match exit_params {
         Some(n) if n < 3 => programs::EXIT_NO_GROUP_DEAD,
         _ => programs::EXIT,
     }
@@ -109,50 +100,19 @@ fn tracker_program(pin_name: &'static str) -> &'static str {
 /// `kill-tree` endpoint rule.
 pub const KILLER: (&str, &str) = ("sys_exit", programs::SYS_EXIT);
 
-/// Loaded and attached programs plus handles to their maps.
-pub struct Kernel {
+/// The object in the kernel with its trackers attached, while the start-up attaches the
+/// tier's and the subsystems' programs through [`Loading::attacher`] and takes their maps;
+/// [`Loading::finish`] then takes the trackers' maps.
+pub struct Loading {
     pin_dir: PathBuf,
-    pub tags: HashMap<MapData, u32, Tag>,
-    pub agent_exes: HashMap<MapData, NameKey, u32>,
-    pub agent_scripts: HashMap<MapData, NameKey, u32>,
-    pub interpreters: HashMap<MapData, NameKey, u32>,
-    pub counters: PerCpuArray<MapData, u64>,
-    events: Option<RingBuf<MapData>>,
-    /// Network rule maps, until the network controller takes them.
-    pub net: Option<crate::net::NetMaps>,
-    /// What the network hooks attached.
-    pub net_attached: crate::net::Attached,
-    /// File protection maps and what attached, until the file guard takes them.
-    pub files: Option<crate::files::Loaded>,
-    /// The tier that enforces: `BpfLsm` when the LSM programs are attached.
-    pub tier: Tier,
-    /// What the bpf-lsm tier attached (when it enforces).
-    pub lsm: Option<crate::lsm::LsmAttached>,
-    /// Why the bpf-lsm tier is not enforcing although it was asked for.
-    pub lsm_error: Option<String>,
-    /// Self-protection maps (absent if the object lacks them) and what attached.
-    pub guard_self: Option<crate::selfprot::SelfMaps>,
-    pub self_attached: crate::selfprot::SelfAttached,
-    /// Puts removed pins back; told before the daemon removes a pin itself.
-    pub keeper: Option<std::sync::Arc<crate::pins::PinKeeper>>,
-    /// Keeps the programs' file descriptors for the daemon's lifetime.
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
+    btf: Btf,
 }
 
-impl Kernel {
-    /// Load the programs (reusing pinned maps), attach the trackers and pin their links.
-    ///
-    /// With `tier` [`TierChoice::BpfLsm`] or [`TierChoice::Auto`] on a kernel running BPF LSM
-    /// (`lsm_available`), the LSM programs enforce and the fallback tier's enforcement hooks
-    /// are not attached (their old pins are removed once the LSM links are in place). If
-    /// they cannot attach, `Auto` falls back (and says why in `lsm_error`), `BpfLsm` fails.
-    pub fn load(
-        pin_dir: &Path,
-        offsets: &KernelOffsets,
-        daemon_tgid: u32,
-        tier: TierChoice,
-        lsm_available: bool,
-    ) -> Result<Self, KernelError> {
+impl Loading {
+    /// Load the programs (reusing pinned maps), attach the trackers and pin their links, and
+    /// load the kill program (attached later, while a policy kills).
+    pub fn load(pin_dir: &Path, offsets: &Offsets, daemon_tgid: u32) -> Result<Self, KernelError> {
         let maps_dir = pin_dir.join("maps");
         let links_dir = pin_dir.join("links");
         for dir in [pin_dir, &maps_dir, &links_dir] {
@@ -161,141 +121,106 @@ impl Kernel {
                 source,
             })?;
         }
-        let unix_offsets = crate::net::unix_offsets();
-        let (file_offsets, file_offsets_error) = crate::files::kernel::offsets();
-        let lsm_offsets =
-            crate::btf::lsm_offsets(Path::new(crate::btf::VMLINUX_BTF)).unwrap_or_default();
-        let (self_offsets, self_offsets_error) = crate::selfprot::offsets();
-        let mut ebpf = EbpfLoader::new()
-            .override_global(maps::LSM_OFFSETS_GLOBAL, &lsm_offsets, true)
+        let ebpf = EbpfLoader::new()
             .default_map_pin_directory(&maps_dir)
-            .override_global(maps::OFFSETS_GLOBAL, offsets, true)
+            .override_global(maps::OFFSETS_GLOBAL, &offsets.kernel, true)
             .override_global(maps::DAEMON_TGID_GLOBAL, &daemon_tgid, true)
-            .override_global(maps::UNIX_OFFSETS_GLOBAL, &unix_offsets, true)
-            .override_global(maps::FILE_OFFSETS_GLOBAL, &file_offsets, true)
-            .override_global(maps::SELF_OFFSETS_GLOBAL, &self_offsets, true)
+            .override_global(maps::LSM_OFFSETS_GLOBAL, &offsets.lsm, true)
+            .override_global(maps::UNIX_OFFSETS_GLOBAL, &offsets.unix, true)
+            .override_global(maps::FILE_OFFSETS_GLOBAL, &offsets.file, true)
+            .override_global(maps::SELF_OFFSETS_GLOBAL, &offsets.selfp, true)
             .load(OBJECT)
             .map_err(KernelError::Load)?;
         let btf = Btf::from_sys_fs().map_err(KernelError::Btf)?;
-        for (tracepoint, pin_name) in TRACKERS {
-            let name = tracker_program(pin_name);
-            let err = |source| KernelError::Program { name, source };
-            let prog = tracepoint_program(&mut ebpf, name)?;
-            prog.load(tracepoint, &btf).map_err(err)?;
-            let id = prog.attach().map_err(err)?;
-            let link: FdLink = prog.take_link(id).map_err(err)?.into();
-            replace_link_pin(link, &links_dir.join(pin_name))?;
-        }
-        {
-            let (tracepoint, name) = KILLER;
-            let err = |source| KernelError::Program { name, source };
-            let prog = tracepoint_program(&mut ebpf, name)?;
-            prog.load(tracepoint, &btf).map_err(err)?;
-        }
-        let pin = |link, path: &Path| replace_link_pin(link, path).map_err(|e| e.to_string());
-        let (lsm, lsm_error) = match tier {
-            TierChoice::Fallback => (None, None),
-            _ if !lsm_available => (
-                None,
-                (tier == TierChoice::BpfLsm)
-                    .then(|| "BPF LSM is not active on this kernel (see guard status)".to_owned()),
-            ),
-            _ if lsm_offsets.valid == 0 || file_offsets.valid == 0 => (
-                None,
-                Some("kernel BTF lacks a struct field the LSM programs read".to_owned()),
-            ),
-            _ => match crate::lsm::attach(&mut ebpf, &btf, &links_dir, pin) {
-                Ok(a) => (Some(a), None),
-                Err(e) => (None, Some(e)),
-            },
-        };
-        if let (TierChoice::BpfLsm, Some(e)) = (tier, &lsm_error) {
-            return Err(KernelError::Lsm(e.clone()));
-        }
-        let net_attached = if let Some(lsm) = &lsm {
-            crate::net::Attached {
-                programs: guard_common::maps::lsm_programs::NET
-                    .iter()
-                    .map(|(p, _)| *p)
-                    .collect(),
-                unix_missing: None,
-                lsm: lsm.hooks.iter().any(|h| h == "socket_connect"),
-                raw: crate::net::RawCoverage::All,
-            }
-        } else {
-            crate::net::attach(
-                &mut ebpf,
-                OBJECT,
-                &links_dir,
-                &unix_offsets,
-                |link, path| {
-                    replace_link_pin(link, path).map_err(|e| crate::net::NetError::PinLink {
-                        path: path.to_path_buf(),
-                        source: Box::new(e),
-                    })
-                },
-            )?
-        };
-        let net = crate::net::take_maps(&mut ebpf, &maps_dir)?;
-        let files = crate::files::kernel::load(
-            &mut ebpf,
-            &btf,
-            &links_dir,
-            file_offsets_error,
-            lsm.as_ref(),
-            pin,
-        );
-        if lsm.is_some() {
-            crate::lsm::remove_fallback_pins(&links_dir);
-        } else {
-            crate::lsm::detach(&links_dir);
-        }
-        let tier = if lsm.is_some() {
-            Tier::BpfLsm
-        } else {
-            Tier::Fallback
-        };
-        // The daemon's tgid goes in before the programs attach: a restarted daemon takes over
-        // from the old one at once.
-        let mut guard_self = match crate::selfprot::SelfMaps::take(&mut ebpf) {
-            Ok(m) => Some(m),
-            Err((name, source)) => return Err(KernelError::Map { name, source }),
-        };
-        if let Some(m) = guard_self.as_mut() {
-            m.set_daemon(daemon_tgid)
-                .map_err(|source| KernelError::Map {
-                    name: maps::SELF_STATE,
-                    source,
-                })?;
-        }
-        let self_attached = crate::selfprot::attach(
-            &mut ebpf,
-            &btf,
-            &links_dir,
-            self_offsets_error,
-            |link, path| replace_link_pin(link, path).map_err(|e| e.to_string()),
-        );
-        Ok(Self {
+        let mut loading = Self {
             pin_dir: pin_dir.to_path_buf(),
-            tags: take_map(&mut ebpf, maps::TAGS)?,
-            agent_exes: take_map(&mut ebpf, maps::AGENT_EXES)?,
-            agent_scripts: take_map(&mut ebpf, maps::AGENT_SCRIPTS)?,
-            interpreters: take_map(&mut ebpf, maps::INTERPRETERS)?,
-            counters: take_map(&mut ebpf, maps::COUNTERS)?,
-            events: Some(take_map(&mut ebpf, maps::EVENTS)?),
-            net: Some(net),
-            net_attached,
-            files,
+            ebpf,
+            btf,
+        };
+        let links_dir = loading.links_dir();
+        let mut at = Attacher::new(&mut loading.ebpf, &loading.btf, &links_dir, None);
+        for row in table::family(Family::Tracker) {
+            if row.name != tracker_program(row.pin, offsets.exit_params) {
+                continue;
+            }
+            at.attach(&row).map_err(|source| KernelError::Attach {
+                name: row.name,
+                source,
+            })?;
+        }
+        let killer = killer_row();
+        at.load_only(&killer)
+            .map_err(|source| KernelError::Attach {
+                name: killer.name,
+                source,
+            })?;
+        Ok(loading)
+    }
+
+    pub fn links_dir(&self) -> PathBuf {
+        self.pin_dir.join("links")
+    }
+
+    pub fn maps_dir(&self) -> PathBuf {
+        self.pin_dir.join("maps")
+    }
+
+    /// Attaches further rows of the loader table and lets the subsystems take their maps.
+    pub fn attacher<'a>(
+        &'a mut self,
+        links_dir: &'a Path,
+        vmlinux: &'a crate::btf::Vmlinux,
+    ) -> Attacher<'a> {
+        Attacher::new(&mut self.ebpf, &self.btf, links_dir, Some(vmlinux))
+    }
+
+    /// Take the trackers' maps; `tier` is the tier that enforces.
+    pub fn finish(
+        mut self,
+        tier: Tier,
+        lsm: Option<crate::lsm::LsmAttached>,
+        lsm_error: Option<String>,
+    ) -> Result<Kernel, KernelError> {
+        let ebpf = &mut self.ebpf;
+        Ok(Kernel {
+            tags: take_map(ebpf, maps::TAGS)?,
+            agent_exes: take_map(ebpf, maps::AGENT_EXES)?,
+            agent_scripts: take_map(ebpf, maps::AGENT_SCRIPTS)?,
+            interpreters: take_map(ebpf, maps::INTERPRETERS)?,
+            counters: take_map(ebpf, maps::COUNTERS)?,
+            events: Some(take_map(ebpf, maps::EVENTS)?),
+            pin_dir: self.pin_dir,
             tier,
             lsm,
             lsm_error,
-            guard_self,
-            self_attached,
             keeper: None,
-            _ebpf: ebpf,
+            _ebpf: self.ebpf,
         })
     }
+}
 
+/// Loaded and attached programs plus handles to the trackers' maps.
+pub struct Kernel {
+    pin_dir: PathBuf,
+    pub tags: HashMap<MapData, u32, Tag>,
+    pub agent_exes: HashMap<MapData, NameKey, u32>,
+    pub agent_scripts: HashMap<MapData, NameKey, u32>,
+    pub interpreters: HashMap<MapData, NameKey, u32>,
+    pub counters: PerCpuArray<MapData, u64>,
+    events: Option<RingBuf<MapData>>,
+    /// The tier that enforces: `BpfLsm` when the LSM programs are attached.
+    pub tier: Tier,
+    /// What the bpf-lsm tier attached (when it enforces).
+    pub lsm: Option<crate::lsm::LsmAttached>,
+    /// Why the bpf-lsm tier is not enforcing although it was asked for.
+    pub lsm_error: Option<String>,
+    /// Puts removed pins back; told before the daemon removes a pin itself.
+    pub keeper: Option<std::sync::Arc<crate::pins::PinKeeper>>,
+    /// Keeps the programs' file descriptors for the daemon's lifetime.
+    _ebpf: Ebpf,
+}
+
+impl Kernel {
     pub fn pin_dir(&self) -> &Path {
         &self.pin_dir
     }
@@ -322,11 +247,8 @@ impl Kernel {
             return fs::remove_file(&pin)
                 .map_err(|source| KernelError::PinDir { path: pin, source });
         }
-        let err = |source| KernelError::Program { name, source };
-        let prog = tracepoint_program(&mut self._ebpf, name)?;
-        let id = prog.attach().map_err(err)?;
-        let link: FdLink = prog.take_link(id).map_err(err)?.into();
-        replace_link_pin(link, &pin)
+        crate::loader::attach_loaded(&mut self._ebpf, &killer_row(), &pin)
+            .map_err(|source| KernelError::Attach { name, source })
     }
 
     /// The event ring buffer (once).
@@ -363,41 +285,16 @@ impl Kernel {
     }
 }
 
-/// The `tp_btf` program `name` of the object.
-fn tracepoint_program<'a>(
-    ebpf: &'a mut Ebpf,
-    name: &'static str,
-) -> Result<&'a mut BtfTracePoint, KernelError> {
-    ebpf.program_mut(name)
-        .ok_or(ProgramError::NotLoaded)
-        .and_then(TryInto::try_into)
-        .map_err(|source| KernelError::Program { name, source })
-}
-
 fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, KernelError>
 where
     T: TryFrom<aya::maps::Map, Error = MapError>,
 {
-    let map = ebpf.take_map(name).ok_or(KernelError::NoMap { name })?;
-    T::try_from(map).map_err(|source| KernelError::Map { name, source })
+    crate::loader::take_map(ebpf, name).map_err(|(name, source)| KernelError::Map { name, source })
 }
 
-/// Pin `link` at `path`, replacing an older pin atomically: the old link is detached only
-/// after the new one is attached and pinned.
-fn replace_link_pin(link: FdLink, path: &Path) -> Result<(), KernelError> {
-    // bpffs refuses names with a dot.
-    let tmp = path.with_file_name(format!(
-        "{}_new",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("link")
-    ));
-    let _ = fs::remove_file(&tmp);
-    let pin_err = |source: Box<dyn std::error::Error + Send + Sync>| KernelError::Pin {
-        path: path.to_path_buf(),
-        source,
-    };
-    link.pin(&tmp).map_err(|e| pin_err(Box::new(e)))?;
-    fs::rename(&tmp, path).map_err(|e| pin_err(Box::new(e)))?;
-    Ok(())
+/// The kill program's row of the loader table.
+fn killer_row() -> Row {
+    table::row(KILLER.1).expect("the kill program is in the loader table")
 }
 
 /// Remove every pin guard created (maps and links): enforcement stops.

@@ -8,11 +8,12 @@
 
 use std::{fs, path::Path};
 
-use aya::{
-    Btf, Ebpf,
-    programs::{Lsm, ProgramError, links::FdLink},
-};
 use guard_common::maps::{file_programs, lsm_programs, programs};
+
+use crate::loader::{
+    AttachError, Attacher,
+    table::{self, Family, Kind, Need, Row},
+};
 
 /// What the bpf-lsm tier attached.
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
@@ -46,46 +47,34 @@ pub fn all_programs() -> impl Iterator<Item = (&'static str, &'static str)> {
         .chain(lsm_programs::SELF)
 }
 
-/// Load and attach every LSM program of `ebpf`, pinning each link under `links_dir` with
-/// `pin`. On failure every LSM link pinned here is removed again and the error names the
-/// hook and the kernel's reason.
-pub fn attach(
-    ebpf: &mut Ebpf,
-    btf: &Btf,
-    links_dir: &Path,
-    pin: impl Fn(FdLink, &Path) -> Result<(), String>,
-) -> Result<LsmAttached, String> {
-    let kernel_btf = btf_rs::Btf::from_file(crate::btf::VMLINUX_BTF)
-        .map_err(|e| format!("{}: {e}", crate::btf::VMLINUX_BTF))?;
+/// The LSM rows of the loader table, network hooks first.
+fn rows() -> Vec<Row> {
+    [Family::LsmNet, Family::LsmFile, Family::LsmSelf]
+        .into_iter()
+        .flat_map(table::family)
+        .collect()
+}
+
+/// Attach every LSM program, pinning each link under `links_dir`. All or nothing: on a
+/// failure every LSM link pinned here is removed again and the error names the hook and the
+/// kernel's reason.
+pub fn attach(at: &mut Attacher<'_>, links_dir: &Path) -> Result<LsmAttached, String> {
     let mut attached = LsmAttached::default();
-    for (name, hook) in all_programs() {
-        let has_hook =
-            crate::btf::func_params_in(&kernel_btf, &format!("bpf_lsm_{hook}")).is_some();
-        if !has_hook && lsm_programs::OPTIONAL.contains(&hook) {
-            attached.absent.push(hook.to_owned());
-            continue;
-        }
-        let result = (|| -> Result<(), String> {
-            if !has_hook {
-                return Err("this kernel has no such LSM hook".into());
+    for row in rows() {
+        let Kind::Lsm(hook) = row.kind else { continue };
+        match at.attach(&row) {
+            Ok(()) => {
+                if !attached.hooks.iter().any(|h| h == hook) {
+                    attached.hooks.push(hook.to_owned());
+                }
             }
-            let prog: &mut Lsm = ebpf
-                .program_mut(name)
-                .ok_or(ProgramError::NotLoaded)
-                .and_then(TryInto::try_into)
-                .map_err(|e| e.to_string())?;
-            prog.load(hook, btf)
-                .map_err(|e| crate::loader::verifier_text(&e))?;
-            let id = prog.attach().map_err(|e| e.to_string())?;
-            let link: FdLink = prog.take_link(id).map_err(|e| e.to_string())?.into();
-            pin(link, &links_dir.join(name))
-        })();
-        if let Err(e) = result {
-            detach(links_dir);
-            return Err(format!("lsm/{hook}: {}", log_tail(&e)));
-        }
-        if !attached.hooks.iter().any(|h| h == hook) {
-            attached.hooks.push(hook.to_owned());
+            Err(AttachError::NoHook) if row.need == Need::WhereHookExists => {
+                attached.absent.push(hook.to_owned());
+            }
+            Err(e) => {
+                detach(links_dir);
+                return Err(format!("{}: {}", row.hook(), log_tail(&e.to_string())));
+            }
         }
     }
     Ok(attached)

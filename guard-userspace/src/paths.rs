@@ -9,6 +9,18 @@ pub const PIN_DIR: &str = "/sys/fs/bpf/guard";
 pub const EVENT_LOG: &str = "/var/log/guard/events.jsonl";
 pub const CGROUP2_CANDIDATES: [&str; 2] = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"];
 
+/// The first cgroup v2 mount in this process's mount namespace.
+pub fn find_cgroup2() -> Option<PathBuf> {
+    mount_point_of("cgroup2")
+}
+
+/// The first mount of `fs_type` in this process's mount namespace.
+pub fn mount_point_of(fs_type: &str) -> Option<PathBuf> {
+    let mounts = procfs::process::Process::myself().ok()?.mountinfo().ok()?;
+    let mut mounts = mounts.into_iter();
+    mounts.find(|m| m.fs_type == fs_type).map(|m| m.mount_point)
+}
+
 pub const ENV_POLICY: &str = "GUARD_POLICY";
 pub const ENV_SOCKET: &str = "GUARD_SOCKET";
 pub const ENV_PIN_DIR: &str = "GUARD_PIN_DIR";

@@ -9,7 +9,7 @@ use std::{
     collections::{HashMap, HashSet},
     ffi::CString,
     os::{
-        fd::{AsRawFd, FromRawFd, OwnedFd},
+        fd::{AsFd, AsRawFd, FromRawFd, OwnedFd},
         unix::ffi::OsStrExt,
     },
     path::{Path, PathBuf},
@@ -17,6 +17,8 @@ use std::{
 };
 
 use tracing::{error, info, warn};
+
+use crate::loader::{obj_get, obj_pin};
 
 /// Subdirectories of the pin directory that hold pins.
 const DIRS: [&str; 2] = ["maps", "links"];
@@ -106,7 +108,7 @@ impl PinKeeper {
         if let Some(dir) = path.parent() {
             let _ = std::fs::create_dir_all(dir);
         }
-        let result = obj_pin(fd, path);
+        let result = obj_pin(fd.as_fd(), path);
         Some(Restored {
             path: path.to_path_buf(),
             ok: result.is_ok(),
@@ -218,43 +220,9 @@ fn is_temporary(path: &Path) -> bool {
         .is_none_or(|n| n.ends_with("_new"))
 }
 
-/// A zeroed `union bpf_attr` (large enough for the commands used here).
-type Attr = [u64; 16];
-
-fn sys_bpf(cmd: libc::c_long, attr: &mut Attr) -> std::io::Result<i64> {
-    // SAFETY: `attr` is a zeroed bpf_attr-sized buffer with the command's fields filled in.
-    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), size_of::<Attr>()) };
-    if r < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(r)
-}
-
 fn c_path(path: &Path) -> std::io::Result<CString> {
     CString::new(path.as_os_str().as_bytes())
         .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))
-}
-
-/// `BPF_OBJ_GET`: a descriptor of the object pinned at `path`.
-fn obj_get(path: &Path) -> std::io::Result<OwnedFd> {
-    const BPF_OBJ_GET: libc::c_long = 7;
-    let c = c_path(path)?;
-    let mut attr: Attr = [0; 16];
-    // obj_get: pathname u64, bpf_fd u32 (0), file_flags u32.
-    attr[0] = c.as_ptr() as u64;
-    let fd = sys_bpf(BPF_OBJ_GET, &mut attr)?;
-    // SAFETY: a fresh descriptor from the kernel, owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
-/// `BPF_OBJ_PIN`: pin the object behind `fd` at `path`.
-fn obj_pin(fd: &OwnedFd, path: &Path) -> std::io::Result<()> {
-    const BPF_OBJ_PIN: libc::c_long = 6;
-    let c = c_path(path)?;
-    let mut attr: Attr = [0; 16];
-    attr[0] = c.as_ptr() as u64;
-    attr[1] = u64::from(fd.as_raw_fd() as u32);
-    sys_bpf(BPF_OBJ_PIN, &mut attr).map(drop)
 }
 
 /// A minimal blocking inotify instance.

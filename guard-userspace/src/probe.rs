@@ -252,16 +252,8 @@ pub fn ensure_bpffs(root: &Path) -> Result<bool, ProbeError> {
     Ok(true)
 }
 
-/// The first cgroup v2 mount in this process's mount namespace.
-pub fn find_cgroup2() -> Option<PathBuf> {
-    mount_point_of("cgroup2")
-}
-
-fn mount_point_of(fs_type: &str) -> Option<PathBuf> {
-    let mounts = procfs::process::Process::myself().ok()?.mountinfo().ok()?;
-    let mut mounts = mounts.into_iter();
-    mounts.find(|m| m.fs_type == fs_type).map(|m| m.mount_point)
-}
+pub use crate::paths::find_cgroup2;
+use crate::paths::mount_point_of;
 
 fn probe_bpffs(root: &Path, mount_missing: bool) -> Feature {
     let at = root.display();
@@ -390,24 +382,12 @@ fn create_task_storage() -> Result<(), ProbeError> {
     sys_bpf(bpf_cmd::BPF_MAP_CREATE, &mut attr, "BPF_MAP_CREATE").map(drop)
 }
 
-fn zeroed_attr() -> bpf_attr {
-    // SAFETY: bpf_attr is a union of plain integer structs, for which all-zero is valid and is
-    // what the kernel expects in every field a command does not use.
-    unsafe { std::mem::zeroed() }
-}
+use crate::loader::zeroed_attr;
 
 /// bpf(2) for the commands that return a new file descriptor.
 fn sys_bpf(cmd: bpf_cmd, attr: &mut bpf_attr, call: &'static str) -> Result<OwnedFd, ProbeError> {
-    let size = size_of::<bpf_attr>();
-    // SAFETY: `attr` is an initialised bpf_attr of `size` bytes, exclusively borrowed for the
-    // call; the pointers in it reference buffers that the caller keeps alive across it.
-    let ret = unsafe { libc::syscall(libc::SYS_bpf, cmd as libc::c_long, attr as *mut _, size) };
-    let fd = match i32::try_from(ret) {
-        Ok(fd) if fd >= 0 => fd,
-        _ => return Err(ProbeError::sys(call, Errno::last_raw())),
-    };
-    // SAFETY: the commands used here return a new descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    crate::loader::sys_bpf_fd(cmd, attr)
+        .map_err(|e| ProbeError::sys(call, e.raw_os_error().unwrap_or(libc::EIO)))
 }
 
 /// Loads `r0 = ret; exit` as `prog_type`, with an expected attach type and BTF target.

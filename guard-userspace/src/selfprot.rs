@@ -12,22 +12,25 @@
 //! - `guard run` trees: a seccomp filter denies `bpf`, and `ptrace`, `process_vm_*`, `kill`,
 //!   `tgkill`, `pidfd_open` aimed at the daemon ([`crate::seccomp`]).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use aya::{
-    Btf, Ebpf,
+    Ebpf,
     maps::{Array, MapData, MapError},
-    programs::{BtfTracePoint, ProgramError, links::FdLink},
 };
 use guard_common::{
     event::EventKind,
     maps::{self, self_programs},
-    selfprot::{SelfOffsets, SelfState},
+    selfprot::SelfState,
 };
 use serde::{Deserialize, Serialize};
 
 use crate::{
     events::{Decision, Decoded, Object},
+    loader::{
+        Attacher,
+        table::{self, Family, Kind},
+    },
     policy::{Action, CompiledPathRule, Mode, PathSpec},
 };
 
@@ -91,49 +94,21 @@ impl SelfMaps {
     }
 }
 
-/// Self-protection offsets from the running kernel's BTF, or why there are none.
-pub fn offsets() -> (SelfOffsets, Option<String>) {
-    match crate::btf::self_offsets(Path::new(crate::btf::VMLINUX_BTF)) {
-        Ok(o) => (o, None),
-        Err(e) => (SelfOffsets::default(), Some(e.to_string())),
-    }
-}
-
-/// Load and attach the self-protection programs, pinning their links under `links_dir`.
-/// Failures are reported, not returned: `guard status` says what is missing.
-pub fn attach(
-    ebpf: &mut Ebpf,
-    btf: &Btf,
-    links_dir: &Path,
-    offsets_error: Option<String>,
-    pin: impl Fn(FdLink, &Path) -> Result<(), String>,
-) -> SelfAttached {
+/// Attach the self-protection programs. Failures are reported, not returned: `guard
+/// status` says what is missing.
+pub fn attach(at: &mut Attacher<'_>, offsets_error: Option<String>) -> SelfAttached {
     let mut a = SelfAttached::default();
     let mut errors: Vec<String> = offsets_error
         .map(|e| format!("kernel BTF: {e}"))
         .into_iter()
         .collect();
-    for (name, tracepoint) in self_programs::TRACEPOINTS {
-        let result = (|| -> Result<(), String> {
-            let prog: &mut BtfTracePoint = ebpf
-                .program_mut(name)
-                .ok_or(ProgramError::NotLoaded)
-                .and_then(TryInto::try_into)
-                .map_err(|e| e.to_string())?;
-            prog.load(tracepoint, btf).map_err(|e| match e {
-                ProgramError::LoadError {
-                    io_error,
-                    verifier_log,
-                } => format!("{io_error}\n{verifier_log}"),
-                other => other.to_string(),
-            })?;
-            let id = prog.attach().map_err(|e| e.to_string())?;
-            let link: FdLink = prog.take_link(id).map_err(|e| e.to_string())?.into();
-            pin(link, &links_dir.join(name))
-        })();
-        match result {
+    for row in table::family(Family::SelfProtect) {
+        let Kind::TpBtf(tracepoint) = row.kind else {
+            continue;
+        };
+        match at.attach(&row) {
             Ok(()) => a.attached.push(tracepoint.to_owned()),
-            Err(e) => errors.push(format!("tp_btf/{tracepoint}: {e}")),
+            Err(e) => errors.push(format!("{}: {e}", row.hook())),
         }
     }
     if !errors.is_empty() {

@@ -14,7 +14,7 @@ use super::{
 use crate::{
     agents::AgentNames,
     metrics::{DaemonView, Metrics, RingFill},
-    proctree::{Context, Member, ProcTreeHandle, Update},
+    proctree::{Context, Hint, Member, ProcTreeHandle, Update},
 };
 
 /// Decoded records waiting for enrichment. Small: when the writer falls behind, records wait
@@ -108,7 +108,13 @@ impl Pipeline {
                     let Some(d) = d else { break };
                     let ctx = match lifecycle_update(&d) {
                         Some(u) => self.tree.apply(u).await,
-                        None => self.tree.context(d.header.proc).await,
+                        None => {
+                            let hint = Hint {
+                                ppid: d.header.ppid,
+                                comm: d.comm.clone().unwrap_or_default(),
+                            };
+                            self.tree.context(d.header.proc, Some(hint)).await
+                        }
                     };
                     let user = users.name(d.header.uid);
                     let event = build(&d, ctx.as_ref(), &names, &self.node, &clock, user);

@@ -2,9 +2,8 @@
 //! policy's `endpoints:` into the rule maps, keeping hostname rules resolved, and acting on
 //! the kernel's decisions (the reason line on the offender's stderr, kill-tree).
 //!
-//! - [`attach`] (called by `Kernel::load`) loads `connect4/6` and `sendmsg4/6` with aya, the
-//!   unix programs with guard's own loader (`unix.rs`), attaches everything to the cgroup v2
-//!   root and pins the links.
+//! - [`attach`] attaches the fallback tier's cgroup programs (`connect4/6`, `sendmsg4/6`,
+//!   `sock_create`, and the unix programs where the kernel has them) through the loader.
 //! - [`plan`] turns rules and resolved addresses into map contents (pure, unit-tested).
 //! - [`controller::NetHandle`] owns the maps, installs plans, runs the DNS refresher and
 //!   responds to events.
@@ -12,61 +11,33 @@
 pub mod controller;
 pub mod dns;
 pub mod plan;
-pub mod unix;
 
-use std::{
-    fs::File,
-    io,
-    path::{Path, PathBuf},
-};
+use std::path::Path;
 
 use aya::{
     Ebpf,
     maps::{Array, HashMap, LpmTrie, MapData, MapError},
-    programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, ProgramError, links::FdLink},
 };
 use guard_common::{
-    Tag,
-    maps::{self, programs},
+    Tag, maps,
     net::{Ip4Data, Ip6Data, NetRule, RuleSet, UnixKey},
-    offsets::{UNIX_CTX_READ, UnixOffsets},
+    offsets::UnixOffsets,
 };
 
 pub use controller::{NetConfig, NetHandle};
 
+use crate::loader::{
+    Attacher,
+    table::{self, Family, Kind},
+};
+
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
-    #[error("no cgroup v2 mount: the network hooks attach to the cgroup v2 root")]
-    NoCgroup2,
-    #[error("cgroup v2 root {path}: {source}")]
-    Cgroup {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
     #[error("program {name}: {source}")]
-    Program {
+    Attach {
         name: &'static str,
         #[source]
-        source: ProgramError,
-    },
-    #[error("unix socket programs: {0}")]
-    UnixObject(String),
-    #[error("unix socket program {name} refused by the kernel ({}):\n{log}", errno_name(*.errno))]
-    UnixLoad {
-        name: &'static str,
-        errno: i32,
-        log: String,
-    },
-    #[error("attaching unix socket program {name} to the cgroup: {}", errno_name(*.errno))]
-    UnixAttach { name: &'static str, errno: i32 },
-    #[error("pinning link {path}: {}", errno_name(*.errno))]
-    Pin { path: PathBuf, errno: i32 },
-    #[error("pinning link {path}: {source}")]
-    PinLink {
-        path: PathBuf,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
+        source: crate::loader::AttachError,
     },
     #[error("map {name} is missing from the object")]
     NoMap { name: &'static str },
@@ -80,11 +51,6 @@ pub enum NetError {
     Plan(#[from] plan::PlanError),
     #[error(transparent)]
     Dns(#[from] dns::DnsError),
-}
-
-fn errno_name(errno: i32) -> String {
-    let e = nix::errno::Errno::from_raw(errno);
-    format!("{e:?}: {}", e.desc())
 }
 
 /// The maps of network enforcement, owned by the [`NetHandle`].
@@ -137,118 +103,33 @@ impl RawCoverage {
     }
 }
 
-/// The IP hooks and their aya programs.
-const INET_PROGRAMS: [&str; 4] = [
-    programs::CONNECT4,
-    programs::CONNECT6,
-    programs::SENDMSG4,
-    programs::SENDMSG6,
-];
-
-/// Offsets the unix programs need, from the running kernel's BTF; `valid == 0` when the
-/// kernel has no unix sock_addr hooks (no `bpf_sock_addr_kern.uaddrlen`, Linux < 6.7).
-pub fn unix_offsets() -> UnixOffsets {
-    let Ok(btf) = btf_rs::Btf::from_file(crate::btf::VMLINUX_BTF) else {
-        return UnixOffsets::default();
+/// Attach the fallback tier's network programs to the cgroup v2 root. The raw-socket
+/// program is optional (its absence is reported in [`Attached::raw`]); the unix programs are
+/// attached where the kernel has unix hooks (≥ 6.7), their absence reported in
+/// [`Attached::unix_missing`]; any other failure is an error.
+pub fn attach(at: &mut Attacher<'_>, unix: &UnixOffsets) -> Result<Attached, NetError> {
+    let mut attached = Attached {
+        raw: RawCoverage::Inet,
+        ..Attached::default()
     };
-    let off = |s, m| crate::btf::member_offset(&btf, s, m).ok();
-    match (
-        off("bpf_sock_addr_kern", "uaddr"),
-        off("bpf_sock_addr_kern", "uaddrlen"),
-        off("sockaddr_un", "sun_path"),
-    ) {
-        (Some(ctx_uaddr), Some(ctx_uaddrlen), Some(sun_path))
-            if ctx_uaddr + 8 <= UNIX_CTX_READ && ctx_uaddrlen + 4 <= UNIX_CTX_READ =>
-        {
-            UnixOffsets {
-                ctx_uaddr,
-                ctx_uaddrlen,
-                sun_path,
-                valid: 1,
+    for row in table::family(Family::Net) {
+        if matches!(row.kind, Kind::Unix(_)) && unix.valid == 0 {
+            attached.unix_missing =
+                Some("this kernel has no unix sock_addr hooks (needs Linux >= 6.7)".into());
+            continue;
+        }
+        match (at.attach(&row), row.kind) {
+            (Ok(()), _) => attached.programs.push(row.name),
+            (Err(e), Kind::SockCreate) => attached.raw = RawCoverage::Missing(e.to_string()),
+            (Err(source), _) => {
+                return Err(NetError::Attach {
+                    name: row.name,
+                    source,
+                });
             }
         }
-        _ => UnixOffsets::default(),
-    }
-}
-
-/// Load the network programs of `ebpf`, attach them to the cgroup v2 root and pin their
-/// links under `links_dir`. Must run before maps are taken out of `ebpf`. The unix programs
-/// are optional (kernel ≥ 6.7): their absence is reported in [`Attached::unix_missing`]; any
-/// other failure is an error.
-pub fn attach(
-    ebpf: &mut Ebpf,
-    object: &[u8],
-    links_dir: &Path,
-    unix: &UnixOffsets,
-    replace_link_pin: impl Fn(FdLink, &Path) -> Result<(), NetError>,
-) -> Result<Attached, NetError> {
-    let root = crate::probe::find_cgroup2().ok_or(NetError::NoCgroup2)?;
-    let cgroup = File::open(&root).map_err(|source| NetError::Cgroup {
-        path: root.clone(),
-        source,
-    })?;
-    let mut attached = Attached::default();
-    for name in INET_PROGRAMS {
-        let err = |source| NetError::Program { name, source };
-        let prog: &mut CgroupSockAddr = ebpf
-            .program_mut(name)
-            .ok_or(ProgramError::NotLoaded)
-            .and_then(TryInto::try_into)
-            .map_err(err)?;
-        prog.load().map_err(err)?;
-        let id = prog
-            .attach(&cgroup, CgroupAttachMode::Single)
-            .map_err(err)?;
-        let link: FdLink = prog.take_link(id).map_err(err)?.try_into().map_err(
-            |e: aya::programs::links::LinkError| {
-                err(ProgramError::IOError(io::Error::other(e.to_string())))
-            },
-        )?;
-        replace_link_pin(link, &links_dir.join(name))?;
-        attached.programs.push(name);
-    }
-    attached.raw = match attach_sock_create(ebpf, &cgroup, links_dir, &replace_link_pin) {
-        Ok(()) => {
-            attached.programs.push(programs::SOCK_CREATE);
-            RawCoverage::Inet
-        }
-        Err(e) => RawCoverage::Missing(e.to_string()),
-    };
-    if unix.valid == 0 {
-        attached.unix_missing =
-            Some("this kernel has no unix sock_addr hooks (needs Linux >= 6.7)".into());
-        return Ok(attached);
-    }
-    for (name, link) in unix::load_and_attach(object, ebpf, &cgroup)? {
-        unix::replace_pin(&link, &links_dir.join(name))?;
-        attached.programs.push(name);
     }
     Ok(attached)
-}
-
-/// The raw-socket program on the cgroup root. Optional: a kernel that refuses it leaves
-/// the raw-socket rule `not-loaded` (reported), not the daemon down.
-fn attach_sock_create(
-    ebpf: &mut Ebpf,
-    cgroup: &File,
-    links_dir: &Path,
-    replace_link_pin: &impl Fn(FdLink, &Path) -> Result<(), NetError>,
-) -> Result<(), NetError> {
-    let name = programs::SOCK_CREATE;
-    let err = |source| NetError::Program { name, source };
-    let prog: &mut CgroupSock = ebpf
-        .program_mut(name)
-        .ok_or(ProgramError::NotLoaded)
-        .and_then(TryInto::try_into)
-        .map_err(err)?;
-    prog.load().map_err(err)?;
-    let id = prog.attach(cgroup, CgroupAttachMode::Single).map_err(err)?;
-    let link: FdLink = prog.take_link(id).map_err(err)?.try_into().map_err(
-        |e: aya::programs::links::LinkError| {
-            err(ProgramError::IOError(io::Error::other(e.to_string())))
-        },
-    )?;
-    replace_link_pin(link, &links_dir.join(name))
 }
 
 /// Take the network maps out of `ebpf`; the tag map is opened again from its pin.

@@ -322,10 +322,29 @@ impl ProcTree {
 
     /// `key` and its ancestry. Reads `/proc` for a process never heard of.
     pub fn context(&mut self, key: ProcKey) -> Option<Context> {
+        self.context_or_parent(key, None)
+    }
+
+    /// [`Self::context`]; when the process is unknown and already gone (a short-lived
+    /// offender whose decision came in ahead of its lifecycle events), the record's parent
+    /// pid and command name still give it a place under its live ancestors.
+    pub fn context_or_parent(&mut self, key: ProcKey, hint: Option<&Hint>) -> Option<Context> {
         if !self.nodes.contains_key(&k(key)) {
-            let s = self.source.read(key.tgid).filter(|s| s.key == key)?;
-            let parent = self.resolve(s.ppid, key.start_ns, 0);
-            self.insert(key, parent, s.ppid, Arc::new(s.details), true);
+            match (self.source.read(key.tgid).filter(|s| s.key == key), hint) {
+                (Some(s), _) => {
+                    let parent = self.resolve(s.ppid, key.start_ns, 0);
+                    self.insert(key, parent, s.ppid, Arc::new(s.details), true);
+                }
+                (None, Some(h)) if h.ppid != 0 => {
+                    let parent = self.resolve(h.ppid, key.start_ns, 0)?;
+                    let details = Details {
+                        comm: h.comm.clone(),
+                        ..Details::default()
+                    };
+                    self.insert(key, Some(parent), h.ppid, Arc::new(details), false);
+                }
+                (None, _) => return None,
+            }
         }
         let member = |key: ProcKey, n: &Node| Member {
             key,
@@ -356,6 +375,13 @@ impl ProcTree {
     }
 }
 
+/// What a kernel record says of its process, for [`ProcTree::context_or_parent`].
+#[derive(Clone, Debug, Default)]
+pub struct Hint {
+    pub ppid: u32,
+    pub comm: String,
+}
+
 enum Request {
     Apply {
         update: Update,
@@ -363,6 +389,7 @@ enum Request {
     },
     Context {
         key: ProcKey,
+        hint: Option<Hint>,
         reply: oneshot::Sender<Option<Context>>,
     },
     Stats {
@@ -393,8 +420,8 @@ impl ProcTreeHandle {
                             tree.apply(update, Instant::now());
                             let _ = reply.send(tree.context(key));
                         }
-                        Some(Request::Context { key, reply }) => {
-                            let _ = reply.send(tree.context(key));
+                        Some(Request::Context { key, hint, reply }) => {
+                            let _ = reply.send(tree.context_or_parent(key, hint.as_ref()));
                         }
                         Some(Request::Stats { reply }) => {
                             let _ = reply.send(tree.stats());
@@ -414,9 +441,11 @@ impl ProcTreeHandle {
         rx.await.ok().flatten()
     }
 
-    pub async fn context(&self, key: ProcKey) -> Option<Context> {
+    /// The context of `key`; see [`ProcTree::context_or_parent`] for `hint`.
+    pub async fn context(&self, key: ProcKey, hint: Option<Hint>) -> Option<Context> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Request::Context { key, reply }).await.ok()?;
+        let request = Request::Context { key, hint, reply };
+        self.tx.send(request).await.ok()?;
         rx.await.ok().flatten()
     }
 

@@ -182,6 +182,30 @@ fn unknown_ancestors_are_read_on_demand_and_gaps_are_flagged() {
 }
 
 #[test]
+fn a_gone_process_first_seen_in_a_decision_is_placed_under_its_live_parent() {
+    let f = host();
+    let mut t = ProcTree::new(TreeConfig::default(), Box::new(f.clone()));
+    // `truncate` was denied and exited before its fork and exec events were read.
+    let gone = ProcKey::new(500, 60_000_000_000);
+    assert!(t.context(gone).is_none(), "nothing is known without a hint");
+    let hint = Hint {
+        ppid: 60,
+        comm: "truncate".into(),
+    };
+    let c = t.context_or_parent(gone, Some(&hint)).unwrap();
+    assert_eq!(c.process.details.comm, "truncate");
+    assert_eq!(pids(&c), [60, 50, 1]);
+    assert!(c.complete);
+    // A parent that is gone too leaves nothing to place it under.
+    let lost = ProcKey::new(501, 61_000_000_000);
+    let hint = Hint {
+        ppid: 499,
+        comm: "x".into(),
+    };
+    assert!(t.context_or_parent(lost, Some(&hint)).is_none());
+}
+
+#[test]
 fn memory_is_bounded_by_ttl_capacity_and_sweeps() {
     let f = host();
     let config = TreeConfig {
@@ -247,5 +271,5 @@ async fn actor_answers_with_context() {
     assert_eq!(c.ancestry[0].key, agent);
     assert_eq!(pids(&c), [100, 60, 50, 1]);
     assert_eq!(handle.stats().await.live, 5);
-    assert!(handle.context(ProcKey::new(999, 1)).await.is_none());
+    assert!(handle.context(ProcKey::new(999, 1), None).await.is_none());
 }

@@ -1,0 +1,135 @@
+//! The load step of start-up: the object and its trackers, the tier (bpf-lsm when asked for
+//! or offered and every LSM program attaches, else fallback), then each subsystem's programs
+//! and maps. The old tier's link pins are replaced only once the new tier's are in place, so
+//! enforcement never has a gap.
+
+use tracing::{error, info, warn};
+
+use super::DaemonError;
+use crate::{
+    btf::{Offsets, Vmlinux},
+    kernel::{Kernel, KernelError, Loading, Tier, TierChoice},
+    loader::Attacher,
+    lsm::LsmAttached,
+    net, selfprot,
+};
+
+/// Everything the load step attached, by value: the kernel handle and each subsystem's maps.
+pub struct Loaded {
+    pub kernel: Kernel,
+    pub net: net::NetMaps,
+    pub net_attached: net::Attached,
+    pub files: Option<crate::files::Loaded>,
+    pub guard_self: Option<selfprot::SelfMaps>,
+    pub self_attached: selfprot::SelfAttached,
+}
+
+/// Load and attach everything the tier and the subsystems need.
+pub fn load(
+    pin_dir: &std::path::Path,
+    choice: TierChoice,
+    lsm_available: bool,
+) -> Result<Loaded, DaemonError> {
+    let vmlinux = Vmlinux::read()?;
+    let offsets = Offsets::read(&vmlinux)?;
+    let daemon_tgid = std::process::id();
+    let mut loading = Loading::load(pin_dir, &offsets, daemon_tgid)?;
+    let (links_dir, maps_dir) = (loading.links_dir(), loading.maps_dir());
+    let mut at = loading.attacher(&links_dir, &vmlinux);
+
+    let (lsm, lsm_error) = select_tier(&mut at, &links_dir, choice, lsm_available, &offsets);
+    if let (TierChoice::BpfLsm, Some(e)) = (choice, &lsm_error) {
+        return Err(KernelError::Lsm(e.clone()).into());
+    }
+    let net_attached = match &lsm {
+        Some(lsm) => net::Attached {
+            programs: guard_common::maps::lsm_programs::NET
+                .iter()
+                .map(|(p, _)| *p)
+                .collect(),
+            unix_missing: None,
+            lsm: lsm.hooks.iter().any(|h| h == "socket_connect"),
+            raw: net::RawCoverage::All,
+        },
+        None => net::attach(&mut at, &offsets.unix)?,
+    };
+    // The unix programs are relocated against every map of the object: maps are taken only
+    // after them.
+    let net = net::take_maps(at.ebpf(), &maps_dir)?;
+    let files = crate::files::kernel::load(&mut at, offsets.file_error.clone(), lsm.as_ref());
+    if lsm.is_some() {
+        crate::lsm::remove_fallback_pins(&links_dir);
+    } else {
+        crate::lsm::detach(&links_dir);
+    }
+    let tier = if lsm.is_some() {
+        Tier::BpfLsm
+    } else {
+        Tier::Fallback
+    };
+    // The daemon's tgid goes in before the programs attach: a restarted daemon takes over
+    // from the old one at once.
+    let mut guard_self = Some(
+        selfprot::SelfMaps::take(at.ebpf())
+            .map_err(|(name, source)| KernelError::Map { name, source })?,
+    );
+    if let Some(m) = guard_self.as_mut() {
+        m.set_daemon(daemon_tgid)
+            .map_err(|source| KernelError::Map {
+                name: guard_common::maps::SELF_STATE,
+                source,
+            })?;
+    }
+    let self_attached = selfprot::attach(&mut at, offsets.self_error.clone());
+    drop(at);
+    let kernel = loading.finish(tier, lsm, lsm_error)?;
+    report(&kernel, &net_attached, &self_attached);
+    Ok(Loaded {
+        kernel,
+        net,
+        net_attached,
+        files,
+        guard_self,
+        self_attached,
+    })
+}
+
+/// The bpf-lsm tier where it is asked for or offered and every LSM program attaches; `None`
+/// (fallback) otherwise, with the reason when it was asked for or offered.
+fn select_tier(
+    at: &mut Attacher<'_>,
+    links_dir: &std::path::Path,
+    choice: TierChoice,
+    lsm_available: bool,
+    offsets: &Offsets,
+) -> (Option<LsmAttached>, Option<String>) {
+    match choice {
+        TierChoice::Fallback => (None, None),
+        _ if !lsm_available => (
+            None,
+            (choice == TierChoice::BpfLsm)
+                .then(|| "BPF LSM is not active on this kernel (see guard status)".to_owned()),
+        ),
+        _ if offsets.lsm.valid == 0 || offsets.file.valid == 0 => (
+            None,
+            Some("kernel BTF lacks a struct field the LSM programs read".to_owned()),
+        ),
+        _ => match crate::lsm::attach(at, links_dir) {
+            Ok(a) => (Some(a), None),
+            Err(e) => (None, Some(e)),
+        },
+    }
+}
+
+fn report(kernel: &Kernel, net: &net::Attached, guard_self: &selfprot::SelfAttached) {
+    if let Some(e) = &kernel.lsm_error {
+        error!(error = %e, "the bpf-lsm tier is NOT enforcing; the fallback tier enforces instead");
+    }
+    match &guard_self.error {
+        None => info!(hooks = ?guard_self.attached, "self-protection attached"),
+        Some(e) => error!(error = %e, "self-protection is NOT fully attached"),
+    }
+    if let Some(why) = &net.unix_missing {
+        warn!("unix socket rules are not enforced: {why}");
+    }
+}

@@ -1,0 +1,294 @@
+//! The daemon's API socket and what it answers: status, ps, tagging, and the view metrics
+//! read.
+
+use std::os::unix::fs::PermissionsExt;
+
+use tokio::{
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    net::{UnixListener, UnixStream},
+};
+use tracing::{info, warn};
+
+use super::{DaemonError, Shared};
+use crate::{
+    api::{DaemonStatus, PsReply, Reply, Request, SelfProtectionStatus, TagReply},
+    kernel::Kernel,
+    metrics::{DaemonView, HookStatus, KernelSnapshot},
+    net,
+    paths::Paths,
+    tags::{self, AgentNames, ProcInfo},
+};
+
+pub(super) fn bind(paths: &Paths) -> Result<UnixListener, DaemonError> {
+    let path = &paths.socket;
+    let err = |source| DaemonError::Socket {
+        path: path.display().to_string(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path).map_err(err)?;
+    // Anyone may connect: the only privileged-looking call (tag) tags the caller itself.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).map_err(err)?;
+    Ok(listener)
+}
+
+pub(super) async fn serve(listener: UnixListener, state: Shared) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(handle(stream, state.clone()));
+            }
+            Err(e) => warn!(error = %e, "accept failed"),
+        }
+    }
+}
+
+async fn handle(stream: UnixStream, state: Shared) {
+    let peer = stream.peer_cred().ok();
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let reply = match serde_json::from_str::<Request>(&line) {
+            Err(e) => {
+                // Anything but the read-only calls and tagging oneself: from a tagged caller,
+                // an attempt on guard itself.
+                if let Some(cred) = &peer {
+                    refused_tagged(&state, cred, &line).await;
+                }
+                serde_json::to_string(&Reply::<()>::err(format!("bad request: {e}")))
+            }
+            Ok(Request::Status) => serde_json::to_string(&status(&state)),
+            Ok(Request::Ps) => serde_json::to_string(&ps(&state)),
+            Ok(Request::Tag { agent }) => {
+                let pid = peer.as_ref().and_then(|c| c.pid());
+                serde_json::to_string(&tag(&state, pid, agent.as_deref()))
+            }
+        };
+        let mut reply = reply.unwrap_or_else(|e| format!(r#"{{"ok":false,"error":"{e}"}}"#));
+        reply.push('\n');
+        if write.write_all(reply.as_bytes()).await.is_err() {
+            break;
+        }
+    }
+}
+
+/// Record a refused request from a tagged caller.
+async fn refused_tagged(state: &Shared, cred: &tokio::net::unix::UCred, line: &str) {
+    let Some(pid) = cred.pid().and_then(|p| u32::try_from(p).ok()) else {
+        return;
+    };
+    let (sink, header) = {
+        let st = state.lock().expect("state lock");
+        let Ok(tag) = st.kernel.tags.get(&pid, 0) else {
+            return;
+        };
+        let ppid = ProcInfo::read(pid as i32).map_or(0, |i| i.ppid);
+        let header = guard_common::event::EventHeader {
+            kind: guard_common::event::EventKind::SelfProtect as u32,
+            agent_id: tag.agent_id,
+            time_ns: crate::selfprot::boot_ns(),
+            proc: guard_common::ProcKey::new(pid, tag.start_ns),
+            root: tag.root,
+            ppid,
+            uid: cred.uid(),
+        };
+        (st.sink.clone(), header)
+    };
+    let what: String = line.chars().take(120).collect();
+    warn!(pid, request = %what, "refused an API request from a tagged process");
+    if let Some(sink) = sink {
+        sink.submit(crate::selfprot::api_denied(
+            header,
+            &format!("api request {what}"),
+        ))
+        .await;
+    }
+}
+
+fn status(state: &Shared) -> Reply<DaemonStatus> {
+    let st = state.lock().expect("state lock");
+    let path_rules = st.files.as_ref().map(|f| f.status()).unwrap_or_default();
+    let self_protection = SelfProtectionStatus {
+        hooks: st.self_attached.attached.clone(),
+        error: st.self_attached.error.clone(),
+        pins_held: st.kernel.keeper.as_ref().map_or(0, |k| k.held()),
+        internal_rules: st.internal.iter().map(|r| r.name.clone()).collect(),
+    };
+    let problems = problems(&path_rules, &st.kernel, &st.net_attached, &self_protection);
+    Reply::ok(DaemonStatus {
+        daemon_pid: std::process::id(),
+        enforcing: st.enforcing,
+        // The tier that enforces, not the one the kernel could offer (the probe below says
+        // what the kernel offers).
+        tier: st.kernel.tier.to_string(),
+        tier_error: st.kernel.lsm_error.clone(),
+        network: network_status(&st.kernel, &st.net_attached),
+        policy: st.policy_name.clone(),
+        policy_generation: st.generation,
+        policy_rejected: st.rejected.clone(),
+        trackers: Kernel::pinned_links(st.kernel.pin_dir()),
+        tagged_processes: st.kernel.tags.keys().filter_map(Result::ok).count(),
+        counters: st
+            .kernel
+            .counters()
+            .into_iter()
+            .map(|(n, v)| (n.to_string(), v))
+            .chain(st.files.as_ref().map(|f| f.counters()).unwrap_or_default())
+            .collect(),
+        probe: serde_json::to_value(&st.probe).unwrap_or_default(),
+        path_rules,
+        self_protection: Some(self_protection),
+        problems,
+    })
+}
+
+fn network_status(kernel: &Kernel, a: &net::Attached) -> crate::api::NetworkStatus {
+    crate::api::NetworkStatus {
+        tier: if a.lsm { "bpf-lsm" } else { "fallback" }.into(),
+        programs: a.programs.iter().map(|p| (*p).to_owned()).collect(),
+        unix: match &a.unix_missing {
+            None => crate::files::status::ENFORCED.into(),
+            Some(why) => format!("{}: {why}", crate::files::status::NOT_LOADED),
+        },
+        raw_sockets: a.raw.describe(),
+        kill: if a.lsm {
+            "SIGKILL from the LSM program, before the system call returns".into()
+        } else if kernel.killer_attached() {
+            "SIGKILL from tp_btf/sys_exit, before the system call returns".into()
+        } else {
+            "tp_btf/sys_exit attached when a policy has kill rules".into()
+        },
+    }
+}
+
+/// What is meant to be enforced but is not loaded: `guard status` exits non-zero when this
+/// is not empty. A rejected policy is not a problem here (the previous one is in force).
+fn problems(
+    path_rules: &[crate::files::PathRuleStatus],
+    kernel: &Kernel,
+    net_attached: &net::Attached,
+    guard_self: &SelfProtectionStatus,
+) -> Vec<String> {
+    let mut out: Vec<String> = path_rules
+        .iter()
+        .filter(|r| r.status == crate::files::status::NOT_LOADED)
+        .map(|r| format!("path rule {} is not loaded", r.name))
+        .collect();
+    if let Some(why) = &net_attached.unix_missing {
+        out.push(format!("unix socket rules are not enforced: {why}"));
+    }
+    if let crate::net::RawCoverage::Missing(why) = &net_attached.raw {
+        out.push(format!("the raw-socket rule is not enforced: {why}"));
+    }
+    if let Some(e) = &kernel.lsm_error {
+        out.push(format!("the bpf-lsm tier is not enforcing: {e}"));
+    }
+    if let Some(e) = &guard_self.error {
+        out.push(format!("self-protection is not fully attached: {e}"));
+    }
+    if guard_self.pins_held == 0 {
+        out.push("removed pins are not put back (the pin keeper is not running)".into());
+    }
+    out
+}
+
+fn ps(state: &Shared) -> Reply<PsReply> {
+    let st = state.lock().expect("state lock");
+    Reply::ok(PsReply {
+        processes: tags::list(&st.kernel, &st.names),
+    })
+}
+
+fn tag(state: &Shared, pid: Option<i32>, agent: Option<&str>) -> Reply<TagReply> {
+    let Some(pid) = pid.filter(|p| *p > 0) else {
+        return Reply::err("cannot identify the calling process (no SO_PEERCRED pid)");
+    };
+    let info = match ProcInfo::read(pid) {
+        Ok(i) => i,
+        Err(e) => return Reply::err(format!("cannot read the calling process: {e}")),
+    };
+    let mut st = state.lock().expect("state lock");
+    let agent_id = match agent {
+        None => tags::UNNAMED_AGENT,
+        Some(name) => match st.names.id(name) {
+            Some(id) => id,
+            None => {
+                let mut known: Vec<String> = st.names.0.values().cloned().collect();
+                known.sort();
+                return Reply::err(format!(
+                    "unknown agent {name:?}; the policy defines: {}",
+                    known.join(", ")
+                ));
+            }
+        },
+    };
+    let before = st.kernel.tags.get(&(pid as u32), 0).ok();
+    match tags::tag_root(&mut st.kernel, pid as u32, info.start_ns, agent_id) {
+        Ok(tag) => {
+            info!(pid, agent = %st.names.name(tag.agent_id), "tagged by guard run");
+            Reply::ok(TagReply {
+                enforcing: st.enforcing,
+                agent: st.names.name(tag.agent_id),
+                root_pid: tag.root.tgid,
+                root_start_ns: tag.root.start_ns,
+                already_tagged: before.is_some(),
+                drop_capabilities: st.drop_caps.clone(),
+                protections: st.files.as_ref().map(|f| f.protections()),
+                daemon_pid: std::process::id(),
+            })
+        }
+        Err(e) => Reply::err(format!("tagging failed: {e}")),
+    }
+}
+
+/// The daemon's state as the event pipeline and the metrics see it.
+pub(super) struct View(pub(super) Shared);
+
+impl DaemonView for View {
+    fn agent_names(&self) -> AgentNames {
+        self.0.lock().expect("state lock").names.clone()
+    }
+
+    fn events_dropped(&self) -> u64 {
+        let st = self.0.lock().expect("state lock");
+        st.kernel
+            .counters()
+            .into_iter()
+            .find(|(n, _)| *n == "events_dropped")
+            .map_or(0, |(_, v)| v)
+    }
+
+    fn snapshot(&self) -> KernelSnapshot {
+        let st = self.0.lock().expect("state lock");
+        let tier = st.kernel.tier.to_string();
+        // Every pinned link is an attached hook: the trackers, and each enforcement hook.
+        let hooks = Kernel::pinned_links(st.kernel.pin_dir())
+            .into_iter()
+            .map(|hook| HookStatus {
+                tier: if crate::kernel::TRACKERS.iter().any(|(_, p)| *p == hook) {
+                    "tracking".into()
+                } else {
+                    tier.clone()
+                },
+                hook,
+                status: "attached".into(),
+            })
+            .collect();
+        KernelSnapshot {
+            counters: st
+                .kernel
+                .counters()
+                .into_iter()
+                .map(|(n, v)| (n.to_string(), v))
+                .collect(),
+            tagged_processes: st.kernel.tags.keys().filter_map(Result::ok).count() as u64,
+            policy_generation: st.generation,
+            enforcing: st.enforcing,
+            tier,
+            hooks,
+        }
+    }
+}

@@ -1,0 +1,264 @@
+//! One loader for every program: the table ([`table`]) declares each program once, and
+//! [`Attacher::attach`] is the only load → attach → pin sequence, whatever the kind (BTF
+//! tracepoint, LSM hook, cgroup sock_addr/sock_create/device, unix sock_addr loaded by hand).
+//! Subsystems say which rows they want and report the results their own way; nothing else
+//! calls `program_mut`, `load`, `attach` or pins a link.
+
+mod sys;
+pub mod table;
+mod unix;
+
+use std::{
+    fs::File,
+    io,
+    os::fd::AsFd,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Btf, Ebpf,
+    maps::MapError,
+    programs::{
+        BtfTracePoint, CgroupAttachMode, CgroupDevice, CgroupSock, CgroupSockAddr, Lsm,
+        ProgramError, links::FdLink,
+    },
+};
+pub use sys::{
+    Link, bpf_attach_type, link_create, obj_get, obj_pin, pin_replacing, sys_bpf_fd, zeroed_attr,
+};
+pub use table::{Family, Kind, Need, Row};
+
+/// The compiled kernel object, embedded in the binary.
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/guard"));
+
+/// Why a program is not attached. `Display` gives the reason only; callers name the hook.
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    #[error("the program is not in the object")]
+    Missing,
+    #[error("this kernel has no such hook")]
+    NoHook,
+    #[error("{0}")]
+    Load(String),
+    #[error("unix socket program refused by the kernel ({}):\n{log}", errno_name(*.errno))]
+    UnixLoad { errno: i32, log: String },
+    #[error("attach: {0}")]
+    Attach(String),
+    #[error("pinning link {path}: {source}")]
+    Pin {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("no cgroup v2 mount: the cgroup programs attach to the cgroup v2 root")]
+    NoCgroup2,
+    #[error("cgroup v2 root {path}: {source}")]
+    Cgroup {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("unix socket programs: {0}")]
+    UnixObject(String),
+}
+
+fn errno_name(errno: i32) -> String {
+    let e = nix::errno::Errno::from_raw(errno);
+    format!("{e:?}: {}", e.desc())
+}
+
+/// A program error with the verifier's log, if there is one.
+pub fn verifier_text(e: &ProgramError) -> String {
+    match e {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => format!("{io_error}\n{verifier_log}"),
+        other => other.to_string(),
+    }
+}
+
+/// Take map `name` out of `ebpf` as `T`.
+pub fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, (&'static str, MapError)>
+where
+    T: TryFrom<aya::maps::Map, Error = MapError>,
+{
+    let map = ebpf
+        .take_map(name)
+        .ok_or((name, MapError::InvalidName { name: name.into() }))?;
+    T::try_from(map).map_err(|e| (name, e))
+}
+
+/// Attaches rows of the table to the running kernel and pins their links under `links_dir`.
+pub struct Attacher<'a> {
+    ebpf: &'a mut Ebpf,
+    btf: &'a Btf,
+    links_dir: &'a Path,
+    cgroup: Option<File>,
+    vmlinux: Option<&'a crate::btf::Vmlinux>,
+    unix: Option<aya_obj::Object>,
+}
+
+impl<'a> Attacher<'a> {
+    /// `vmlinux` answers which LSM hooks the kernel has (needed for LSM rows only).
+    pub fn new(
+        ebpf: &'a mut Ebpf,
+        btf: &'a Btf,
+        links_dir: &'a Path,
+        vmlinux: Option<&'a crate::btf::Vmlinux>,
+    ) -> Self {
+        Self {
+            ebpf,
+            btf,
+            links_dir,
+            cgroup: None,
+            vmlinux,
+            unix: None,
+        }
+    }
+
+    /// The object, for what the loader does not do (taking maps).
+    pub fn ebpf(&mut self) -> &mut Ebpf {
+        self.ebpf
+    }
+
+    /// Load `row`'s program, attach it and pin its link as `links/<row.pin>`, replacing an
+    /// older pin atomically.
+    pub fn attach(&mut self, row: &Row) -> Result<(), AttachError> {
+        let link = match row.kind {
+            Kind::TpBtf(tp) => {
+                let prog: &mut BtfTracePoint = program(self.ebpf, row.name)?;
+                prog.load(tp, self.btf)
+                    .map_err(|e| AttachError::Load(verifier_text(&e)))?;
+                let id = prog.attach().map_err(attach_err)?;
+                Link::Aya(prog.take_link(id).map_err(attach_err)?.into())
+            }
+            Kind::Lsm(hook) => {
+                let vmlinux = self
+                    .vmlinux
+                    .ok_or_else(|| AttachError::Load("no kernel BTF to check LSM hooks".into()))?;
+                if !vmlinux.has_lsm_hook(hook) {
+                    return Err(AttachError::NoHook);
+                }
+                let prog: &mut Lsm = program(self.ebpf, row.name)?;
+                prog.load(hook, self.btf)
+                    .map_err(|e| AttachError::Load(verifier_text(&e)))?;
+                let id = prog.attach().map_err(attach_err)?;
+                Link::Aya(prog.take_link(id).map_err(attach_err)?.into())
+            }
+            Kind::SockAddr => {
+                let cgroup = self.cgroup()?;
+                let prog: &mut CgroupSockAddr = program(self.ebpf, row.name)?;
+                prog.load()
+                    .map_err(|e| AttachError::Load(verifier_text(&e)))?;
+                let id = prog
+                    .attach(&cgroup, CgroupAttachMode::Single)
+                    .map_err(attach_err)?;
+                let link: FdLink = prog
+                    .take_link(id)
+                    .map_err(attach_err)?
+                    .try_into()
+                    .map_err(attach_err)?;
+                Link::Aya(link)
+            }
+            Kind::SockCreate => {
+                let cgroup = self.cgroup()?;
+                let prog: &mut CgroupSock = program(self.ebpf, row.name)?;
+                prog.load()
+                    .map_err(|e| AttachError::Load(verifier_text(&e)))?;
+                let id = prog
+                    .attach(&cgroup, CgroupAttachMode::Single)
+                    .map_err(attach_err)?;
+                let link: FdLink = prog
+                    .take_link(id)
+                    .map_err(attach_err)?
+                    .try_into()
+                    .map_err(attach_err)?;
+                Link::Aya(link)
+            }
+            Kind::Device => {
+                let cgroup = self.cgroup()?;
+                let prog: &mut CgroupDevice = program(self.ebpf, row.name)?;
+                prog.load()
+                    .map_err(|e| AttachError::Load(verifier_text(&e)))?;
+                // aya 0.14 cannot turn a cgroup device link into a pinnable FdLink.
+                let fd = prog.fd().map_err(attach_err)?;
+                let link = link_create(
+                    fd.as_fd(),
+                    cgroup.as_fd(),
+                    bpf_attach_type::BPF_CGROUP_DEVICE,
+                )
+                .map_err(|e| AttachError::Attach(format!("bpf_link_create: {e}")))?;
+                Link::Raw(link)
+            }
+            Kind::Unix(attach) => {
+                let cgroup = self.cgroup()?;
+                if self.unix.is_none() {
+                    self.unix =
+                        Some(unix::relocated(OBJECT, self.ebpf).map_err(AttachError::UnixObject)?);
+                }
+                let obj = self.unix.as_ref().expect("set above");
+                let prog = unix::load(obj, row.name, attach)
+                    .map_err(|(errno, log)| AttachError::UnixLoad { errno, log })?;
+                let link = link_create(prog.as_fd(), cgroup.as_fd(), attach)
+                    .map_err(|e| AttachError::Attach(format!("attaching to the cgroup: {e}")))?;
+                Link::Raw(link)
+            }
+        };
+        let path = self.links_dir.join(row.pin);
+        pin_replacing(link, &path).map_err(|source| AttachError::Pin { path, source })
+    }
+
+    /// Load `row`'s program without attaching it ([`attach_loaded`] attaches it later).
+    pub fn load_only(&mut self, row: &Row) -> Result<(), AttachError> {
+        let Kind::TpBtf(tp) = row.kind else {
+            return Err(AttachError::Attach(
+                "only tracepoints are loaded ahead of attaching".into(),
+            ));
+        };
+        let prog: &mut BtfTracePoint = program(self.ebpf, row.name)?;
+        prog.load(tp, self.btf)
+            .map_err(|e| AttachError::Load(verifier_text(&e)))
+    }
+
+    fn cgroup(&mut self) -> Result<File, AttachError> {
+        if self.cgroup.is_none() {
+            let root = crate::paths::find_cgroup2().ok_or(AttachError::NoCgroup2)?;
+            let file = File::open(&root).map_err(|source| AttachError::Cgroup {
+                path: root.clone(),
+                source,
+            })?;
+            self.cgroup = Some(file);
+        }
+        let file = self.cgroup.as_ref().expect("set above");
+        file.try_clone().map_err(|source| AttachError::Cgroup {
+            path: PathBuf::from("cgroup v2 root"),
+            source,
+        })
+    }
+}
+
+/// Attach a tracepoint program loaded earlier with [`Attacher::load_only`], pinning its link
+/// at `path`.
+pub fn attach_loaded(ebpf: &mut Ebpf, row: &Row, path: &Path) -> Result<(), AttachError> {
+    let prog: &mut BtfTracePoint = program(ebpf, row.name)?;
+    let id = prog.attach().map_err(attach_err)?;
+    let link = Link::Aya(prog.take_link(id).map_err(attach_err)?.into());
+    pin_replacing(link, path).map_err(|source| AttachError::Pin {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn program<'e, T>(ebpf: &'e mut Ebpf, name: &str) -> Result<&'e mut T, AttachError>
+where
+    &'e mut T: TryFrom<&'e mut aya::programs::Program, Error = ProgramError>,
+{
+    let prog = ebpf.program_mut(name).ok_or(AttachError::Missing)?;
+    prog.try_into()
+        .map_err(|e: ProgramError| AttachError::Attach(e.to_string()))
+}
+
+fn attach_err(e: impl std::fmt::Display) -> AttachError {
+    AttachError::Attach(e.to_string())
+}

@@ -1,0 +1,245 @@
+//! The loader table: every program of the object, declared once with its kind, the family that
+//! attaches it, the tier it serves and whether the daemon can do without it. A new hook is a
+//! row here plus its probe in guard-ebpf.
+
+use guard_common::maps::{file_programs, lsm_programs, programs, self_programs};
+
+use super::sys::bpf_attach_type;
+
+/// How a program is loaded and attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// `tp_btf/<tracepoint>`.
+    TpBtf(&'static str),
+    /// `lsm/<hook>`.
+    Lsm(&'static str),
+    /// cgroup `sock_addr` (connect4/6, sendmsg4/6) on the cgroup v2 root.
+    SockAddr,
+    /// cgroup `sock_create` on the cgroup v2 root.
+    SockCreate,
+    /// cgroup `device` on the cgroup v2 root (a link aya 0.14 cannot pin: made by hand).
+    Device,
+    /// cgroup `sock_addr` for unix sockets (Linux ≥ 6.7), an attach type aya 0.14 lacks:
+    /// loaded from the object by hand (`unix.rs`).
+    Unix(bpf_attach_type),
+}
+
+/// Who attaches a program, and when.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    /// Process trackers: fork, exec, exit.
+    Tracker,
+    /// The fallback tier's kill program: loaded at start, attached while a policy kills.
+    Killer,
+    /// Fallback network hooks.
+    Net,
+    /// Fallback kill-on-detect for destructive file operations.
+    FileDetect,
+    /// Raw block-device opens (both tiers).
+    FileDevice,
+    /// Signals and ptrace aimed at the daemon (both tiers).
+    SelfProtect,
+    /// The bpf-lsm tier's hooks.
+    LsmNet,
+    LsmFile,
+    LsmSelf,
+}
+
+/// The tiers a program serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Serves {
+    Both,
+    BpfLsm,
+    Fallback,
+}
+
+impl Family {
+    pub fn serves(self) -> Serves {
+        match self {
+            Self::Tracker | Self::FileDevice | Self::SelfProtect => Serves::Both,
+            Self::Killer | Self::Net | Self::FileDetect => Serves::Fallback,
+            Self::LsmNet | Self::LsmFile | Self::LsmSelf => Serves::BpfLsm,
+        }
+    }
+}
+
+/// Whether the daemon can run without a program.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Need {
+    /// A failure stops the start (or, for the bpf-lsm tier, the tier).
+    Required,
+    /// A failure is reported in `guard status` and the rest goes on.
+    Optional,
+    /// Attached where the kernel has the hook; its absence is not a failure (another hook
+    /// covers the same operations there).
+    WhereHookExists,
+}
+
+/// One program.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Row {
+    /// Function name in guard-ebpf.
+    pub name: &'static str,
+    /// Link pin name under `links/` (the same except for program variants of one hook).
+    pub pin: &'static str,
+    pub kind: Kind,
+    pub family: Family,
+    pub need: Need,
+}
+
+impl Row {
+    const fn new(name: &'static str, kind: Kind, family: Family, need: Need) -> Self {
+        Self {
+            name,
+            pin: name,
+            kind,
+            family,
+            need,
+        }
+    }
+
+    /// How status and errors name the hook: `tp_btf/sys_exit`, `lsm/file_open`, …
+    pub fn hook(&self) -> String {
+        match self.kind {
+            Kind::TpBtf(tp) => format!("tp_btf/{tp}"),
+            Kind::Lsm(hook) => format!("lsm/{hook}"),
+            Kind::SockAddr | Kind::Unix(_) => format!("cgroup/{}", self.name),
+            Kind::SockCreate => "cgroup/sock_create".into(),
+            Kind::Device => "cgroup/dev".into(),
+        }
+    }
+}
+
+/// Every program of the object.
+pub fn table() -> Vec<Row> {
+    use Family as F;
+    use Need::{Optional, Required, WhereHookExists};
+    let mut rows = vec![
+        Row::new(
+            programs::FORK,
+            Kind::TpBtf("sched_process_fork"),
+            F::Tracker,
+            Required,
+        ),
+        Row::new(
+            programs::EXEC,
+            Kind::TpBtf("sched_process_exec"),
+            F::Tracker,
+            Required,
+        ),
+        Row::new(
+            programs::EXIT,
+            Kind::TpBtf("sched_process_exit"),
+            F::Tracker,
+            Required,
+        ),
+        // Kernels before 6.16 pass no `group_dead`: this variant is pinned as the exit tracker.
+        Row {
+            pin: programs::EXIT,
+            ..Row::new(
+                programs::EXIT_NO_GROUP_DEAD,
+                Kind::TpBtf("sched_process_exit"),
+                F::Tracker,
+                Required,
+            )
+        },
+        Row::new(
+            programs::SYS_EXIT,
+            Kind::TpBtf("sys_exit"),
+            F::Killer,
+            Required,
+        ),
+    ];
+    for name in [
+        programs::CONNECT4,
+        programs::CONNECT6,
+        programs::SENDMSG4,
+        programs::SENDMSG6,
+    ] {
+        rows.push(Row::new(name, Kind::SockAddr, F::Net, Required));
+    }
+    rows.push(Row::new(
+        programs::SOCK_CREATE,
+        Kind::SockCreate,
+        F::Net,
+        Optional,
+    ));
+    rows.push(Row::new(
+        programs::CONNECT_UNIX,
+        Kind::Unix(bpf_attach_type::BPF_CGROUP_UNIX_CONNECT),
+        F::Net,
+        WhereHookExists,
+    ));
+    rows.push(Row::new(
+        programs::SENDMSG_UNIX,
+        Kind::Unix(bpf_attach_type::BPF_CGROUP_UNIX_SENDMSG),
+        F::Net,
+        WhereHookExists,
+    ));
+    for (name, tp) in file_programs::TRACEPOINTS {
+        rows.push(Row::new(name, Kind::TpBtf(tp), F::FileDetect, Optional));
+    }
+    rows.push(Row::new(
+        file_programs::DEVICE,
+        Kind::Device,
+        F::FileDevice,
+        Optional,
+    ));
+    for (name, tp) in self_programs::TRACEPOINTS {
+        rows.push(Row::new(name, Kind::TpBtf(tp), F::SelfProtect, Optional));
+    }
+    for (family, list) in [
+        (F::LsmNet, &lsm_programs::NET[..]),
+        (F::LsmFile, &lsm_programs::FILE[..]),
+        (F::LsmSelf, &lsm_programs::SELF[..]),
+    ] {
+        for (name, hook) in list {
+            let need = if lsm_programs::OPTIONAL.contains(hook) {
+                WhereHookExists
+            } else {
+                Required
+            };
+            rows.push(Row::new(name, Kind::Lsm(hook), family, need));
+        }
+    }
+    rows
+}
+
+/// The rows of `family`, in table order.
+pub fn family(family: Family) -> Vec<Row> {
+    table().into_iter().filter(|r| r.family == family).collect()
+}
+
+/// The row of program `name`.
+pub fn row(name: &str) -> Option<Row> {
+    table().into_iter().find(|r| r.name == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    #[test]
+    fn every_program_of_the_object_has_one_row() {
+        let rows = table();
+        let names: BTreeSet<&str> = rows.iter().map(|r| r.name).collect();
+        assert_eq!(names.len(), rows.len(), "a program is declared twice");
+        let all: BTreeSet<&str> = guard_common::maps::ALL_PROGRAMS.into_iter().collect();
+        assert_eq!(names, all);
+    }
+
+    #[test]
+    fn pins_are_unique_but_for_variants_of_one_hook() {
+        let rows = table();
+        for r in &rows {
+            let sharing: Vec<&Row> = rows.iter().filter(|o| o.pin == r.pin).collect();
+            assert!(
+                sharing.len() == 1 || sharing.iter().all(|o| o.kind == r.kind),
+                "{} shares its pin with another hook",
+                r.name
+            );
+        }
+    }
+}
