@@ -110,6 +110,9 @@ pub struct DaemonStatus {
     /// What is meant to be enforced but is not loaded; `guard status` exits 2 when any.
     #[serde(default)]
     pub problems: Vec<String>,
+    /// Pin directories of other guard instances whose programs are loaded on this host.
+    #[serde(default)]
+    pub other_instances: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

@@ -213,6 +213,50 @@ fn log(r: &Restored) {
     }
 }
 
+/// Pin directories of other guard instances on this host: any directory under the bpffs
+/// mounts (three levels deep) holding a pinned process tracker, other than `own`. Their
+/// programs run as well: they enforce their own policy and tax every system call they hook
+/// (a stopped daemon's programs stay attached by design).
+pub fn other_instances(own: &Path) -> Vec<PathBuf> {
+    let own = std::fs::canonicalize(own).unwrap_or_else(|_| own.to_path_buf());
+    let mut roots: Vec<PathBuf> = procfs::process::Process::myself()
+        .and_then(|p| p.mountinfo())
+        .map(|m| {
+            m.into_iter()
+                .filter(|m| m.fs_type == "bpf")
+                .map(|m| m.mount_point)
+                .collect()
+        })
+        .unwrap_or_default();
+    roots.sort();
+    roots.dedup();
+    let mut found = Vec::new();
+    let mut stack: Vec<(PathBuf, usize)> = roots.into_iter().map(|r| (r, 0)).collect();
+    while let Some((dir, depth)) = stack.pop() {
+        if dir
+            .join("links")
+            .join(guard_common::maps::programs::FORK)
+            .exists()
+        {
+            let real = std::fs::canonicalize(&dir).unwrap_or_else(|_| dir.clone());
+            if real != own && !found.contains(&real) {
+                found.push(real);
+            }
+            continue;
+        }
+        if depth >= 3 {
+            continue;
+        }
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push((entry.path(), depth + 1));
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
 /// bpffs refuses names with a dot: guard's replacements are pinned as `NAME_new` first.
 fn is_temporary(path: &Path) -> bool {
     path.file_name()

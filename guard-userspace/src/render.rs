@@ -131,5 +131,12 @@ pub fn status(st: &DaemonStatus, color: bool) -> String {
     for p in &st.problems {
         let _ = writeln!(out, "PROBLEM      {p}");
     }
+    for dir in &st.other_instances {
+        let _ = writeln!(
+            out,
+            "WARNING      another guard instance is loaded (pins at {dir}): its programs run \
+             too; `guard daemon --uninstall --pin-dir {dir}` removes it once it is stopped"
+        );
+    }
     out
 }

@@ -134,6 +134,56 @@ fn status_reports_the_probed_tier_features_and_attached_trackers() {
     );
 }
 
+/// A second instance (another pin directory) stacks its programs on the first: each names
+/// the other in `guard status`, and the table warns. Stopping and uninstalling one clears it
+/// from the other's status.
+#[test]
+fn another_loaded_instance_is_named_in_status() {
+    let a = Daemon::start();
+    let alone = a.status_json().expect("status");
+    let others = |st: &serde_json::Value| -> Vec<String> {
+        st["other_instances"]
+            .as_array()
+            .expect("other_instances")
+            .iter()
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect()
+    };
+    let b_pins = {
+        let b = Daemon::start();
+        let named = others(&a.status_json().expect("status"));
+        let b_real = std::fs::canonicalize(&b.pin_dir).unwrap();
+        assert!(
+            named.contains(&b_real.display().to_string()),
+            "A names B's pins {}: {named:?} (before B: {:?})",
+            b_real.display(),
+            others(&alone)
+        );
+        let a_real = std::fs::canonicalize(&a.pin_dir).unwrap();
+        assert!(
+            others(&b.status_json().expect("status")).contains(&a_real.display().to_string()),
+            "B names A"
+        );
+        let table = output({
+            let mut c = a.guard();
+            c.arg("status");
+            c
+        });
+        let text = String::from_utf8_lossy(&table.stdout);
+        assert!(
+            text.contains("WARNING") && text.contains(&b_real.display().to_string()),
+            "{text}"
+        );
+        b_real
+    };
+    // B is stopped and its pins removed (the harness uninstalls on drop).
+    let named = others(&a.status_json().expect("status"));
+    assert!(
+        !named.contains(&b_pins.display().to_string()),
+        "B is gone yet named: {named:?}"
+    );
+}
+
 #[test]
 fn the_daemon_refuses_to_start_without_root() {
     let dir = tempfile::tempdir().unwrap();

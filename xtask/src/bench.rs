@@ -311,6 +311,24 @@ pub fn bench(opts: &Options) -> Result<()> {
             if !matches!(r.configs[&c], ConfigState::Measured) {
                 continue;
             }
+            // No daemon of the bench runs here: any guard pins are another instance, whose
+            // programs would tax this configuration too.
+            let stray = stray_instances();
+            if !stray.is_empty() {
+                let note = format!(
+                    "{} was measured with another guard instance loaded (pins at {}): its \
+                     programs run on every configuration; stop it and run `guard daemon \
+                     --uninstall --pin-dir DIR`",
+                    c.name(),
+                    stray
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                println!("[bench] WARNING: {note}");
+                r.warnings.insert(note);
+            }
             seq += 1;
             let dir = work.0.join(format!("{}-{seq}", c.name()));
             let session = match open(c, &guard, &r.policy, &dir, audit.as_mut(), seq) {
@@ -370,6 +388,29 @@ pub fn bench(opts: &Options) -> Result<()> {
     r.machine = machine;
     r.run_secs = run_start.elapsed().as_secs_f64();
     report::write(&r)
+}
+
+/// Directories under the bpffs mount (three levels deep) holding a pinned guard process
+/// tracker: guard instances whose programs are loaded.
+fn stray_instances() -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![(PathBuf::from("/sys/fs/bpf"), 0)];
+    while let Some((dir, depth)) = stack.pop() {
+        if dir.join("links").join("guard_fork").exists() {
+            found.push(dir);
+            continue;
+        }
+        if depth >= 3 {
+            continue;
+        }
+        for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push((entry.path(), depth + 1));
+            }
+        }
+    }
+    found.sort();
+    found
 }
 
 /// Run every workload once under `c`; a failing workload is recorded, not fatal (except

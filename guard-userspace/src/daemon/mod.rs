@@ -181,6 +181,9 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
         return Err(DaemonError::MissingFeatures(missing.join(", ")));
     }
     info!(tier = ?probe.tier, kernel = %probe.kernel_release, "kernel probed");
+    for dir in crate::pins::other_instances(&cfg.paths.pin_dir) {
+        warn!(pins = %dir.display(), "another guard instance is loaded: its programs run too");
+    }
 
     let load::Loaded {
         mut kernel,

@@ -142,6 +142,10 @@ fn status(state: &Shared) -> Reply<DaemonStatus> {
         path_rules,
         self_protection: Some(self_protection),
         problems,
+        other_instances: crate::pins::other_instances(st.kernel.pin_dir())
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect(),
     })
 }
 
