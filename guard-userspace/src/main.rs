@@ -16,7 +16,7 @@ use guard::{
     daemon::{self, DaemonConfig},
     events::{
         LogConfig,
-        query::{self, EventsArgs, Filter},
+        query::{self, EventsArgs, Filter, Shown},
     },
     kernel, paths,
     paths::Paths,
@@ -64,6 +64,11 @@ enum Cmd {
         /// Remove every pinned program, link and map, which stops enforcement, and exit.
         #[arg(long)]
         uninstall: bool,
+        /// Also write a line for every fork and exit of a tagged process (always kept in the
+        /// process tree that gives decisions their ancestry; off by default: they are most of
+        /// the volume and little of the evidence).
+        #[arg(long, env = "GUARD_LIFECYCLE_EVENTS")]
+        lifecycle_events: bool,
         /// Enforcement tier: `auto` uses BPF LSM where the kernel runs it (falling back, with
         /// the reason in `guard status`, if its programs cannot attach); `bpf-lsm` refuses to
         /// start without it; `fallback` never uses it.
@@ -106,6 +111,13 @@ enum Cmd {
         /// Counts by agent, rule and action over the window, instead of the events.
         #[arg(long, conflicts_with = "follow")]
         summary: bool,
+        /// Also the commands agents ran (agent_exec, tagged_exec); without `--kind`, only
+        /// decisions are shown.
+        #[arg(long, conflicts_with = "all")]
+        commands: bool,
+        /// Every line: decisions, commands and process lifecycle.
+        #[arg(long)]
+        all: bool,
     },
     /// List the tagged process trees.
     Ps {
@@ -184,6 +196,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             metrics_addr,
             tier,
             uninstall,
+            lifecycle_events,
         } => {
             if uninstall {
                 if !nix::unistd::geteuid().is_root() {
@@ -219,6 +232,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 },
                 metrics_addr,
                 tier,
+                lifecycle_events,
             }))?;
             Ok(ExitCode::SUCCESS)
         }
@@ -232,6 +246,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             since,
             output,
             summary,
+            commands,
+            all,
         } => {
             let args = EventsArgs {
                 filter: Filter {
@@ -240,6 +256,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     rule,
                     kind,
                     since: since.map(EventsArgs::since),
+                    view: match (all, commands) {
+                        (true, _) => Shown::All,
+                        (_, true) => Shown::Commands,
+                        _ => Shown::Decisions,
+                    },
                 },
                 follow,
                 json: output == Output::Json,

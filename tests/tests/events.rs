@@ -81,7 +81,7 @@ fn ancestry_pids(e: &Value) -> Vec<u64> {
 
 #[test]
 fn tagged_tree_events_carry_full_ancestry_even_for_processes_gone_before_they_were_read() {
-    let d = Daemon::start();
+    let d = Daemon::start_with_args(None, &["--lifecycle-events"]);
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path();
     let fifo = p.join("go");
@@ -117,7 +117,7 @@ fn tagged_tree_events_carry_full_ancestry_even_for_processes_gone_before_they_we
     assert!(!alive(child) && !alive(grandchild));
     signal(daemon, Signal::SIGCONT);
     let events = wait_for("the root's exit event", Duration::from_secs(10), || {
-        let evs = of_root(&events_json(&d, &[]), root_pid);
+        let evs = of_root(&events_json(&d, &["--all"]), root_pid);
         evs.iter()
             .any(|e| e["kind"] == "tagged_exit" && e["process"]["pid"] == root_pid)
             .then_some(evs)
@@ -172,7 +172,7 @@ fn tagged_tree_events_carry_full_ancestry_even_for_processes_gone_before_they_we
 
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
     for e in &events {
-        assert_eq!(e["schema"], 1);
+        assert_eq!(e["schema"], 2);
         assert_eq!(e["agent"], "guard-run");
         assert_eq!(e["node"], hostname.trim());
         assert_eq!(e["root"]["pid"], root_pid);
@@ -190,11 +190,14 @@ fn tagged_tree_events_carry_full_ancestry_even_for_processes_gone_before_they_we
     let exits = events_json(&d, &["--kind", "tagged_exit", "--agent", "guard-run"]);
     assert!(exits.iter().all(|e| e["kind"] == "tagged_exit"));
     assert!(exits.len() >= 3);
-    assert_eq!(events_json(&d, &["--since", "1h"]).len(), d.events().len());
+    assert_eq!(
+        events_json(&d, &["--since", "1h", "--all"]).len(),
+        d.events().len()
+    );
     assert!(events_json(&d, &["--action", "deny", "--agent", "guard-run"]).is_empty());
     let table = output({
         let mut c = d.guard();
-        c.arg("events");
+        c.args(["events", "--commands"]);
         c
     });
     assert!(table.status.success());
@@ -207,7 +210,7 @@ fn tagged_tree_events_carry_full_ancestry_even_for_processes_gone_before_they_we
     );
     let summary = output({
         let mut c = d.guard();
-        c.args(["events", "--summary", "-o", "json"]);
+        c.args(["events", "--summary", "--all", "-o", "json"]);
         c
     });
     let summary: Value = serde_json::from_slice(&summary.stdout).unwrap();
@@ -301,7 +304,16 @@ fn flood_total(p: &mut Proc) -> u64 {
 #[test]
 fn flood_every_event_is_logged_or_counted_as_dropped_and_memory_stays_bounded() {
     const WORKERS: u64 = 2;
-    let d = Daemon::start_with_args(None, &["--log-max-bytes", "64MiB", "--log-files", "100"]);
+    let d = Daemon::start_with_args(
+        None,
+        &[
+            "--log-max-bytes",
+            "64MiB",
+            "--log-files",
+            "100",
+            "--lifecycle-events",
+        ],
+    );
     let dropped_before = counter(&d, "events_dropped");
     let forks_before = counter(&d, "forks_tagged");
     let daemon = d.pid();
@@ -329,7 +341,7 @@ fn flood_every_event_is_logged_or_counted_as_dropped_and_memory_stays_bounded() 
     rss_peak = rss_peak.max(rss_kib(daemon));
     let rss_end = rss_kib(daemon);
 
-    let all = events_json(&d, &[]);
+    let all = events_json(&d, &["--all"]);
     let logged = of_root(&all, root).len() as u64;
     let dropped = counter(&d, "events_dropped") - dropped_before;
     let lost_lines: u64 = all
@@ -366,7 +378,7 @@ fn flood_every_event_is_logged_or_counted_as_dropped_and_memory_stays_bounded() 
 
 #[test]
 fn sigkill_mid_flood_leaves_only_whole_lines_and_a_restart_resumes() {
-    let mut d = Daemon::start();
+    let mut d = Daemon::start_with_args(None, &["--lifecycle-events"]);
     d.keep_pins = true;
     let mut flood = spawn_flood(&d, "5", "2");
     let root = flood.pid();
@@ -383,7 +395,7 @@ fn sigkill_mid_flood_leaves_only_whole_lines_and_a_restart_resumes() {
     for l in &lines {
         let v: Value = serde_json::from_slice(l)
             .unwrap_or_else(|e| panic!("torn line {:?}: {e}", String::from_utf8_lossy(l)));
-        assert_eq!(v["schema"], 1);
+        assert_eq!(v["schema"], 2);
     }
     eprintln!("after SIGKILL: {} whole lines", lines.len());
     let before = lines.len();
@@ -453,7 +465,7 @@ fn parse_metrics(body: &str) -> HashMap<String, f64> {
 fn metrics_endpoint_is_scraped_and_parsed() {
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
-    let d = Daemon::start_with_args(None, &["--metrics-addr", &addr]);
+    let d = Daemon::start_with_args(None, &["--metrics-addr", &addr, "--lifecycle-events"]);
     let mut p = d.run_tagged(&["bash", "-c", "/bin/true; /bin/true; exit 0"]);
     let root = p.pid();
     assert!(p.wait_timeout(Duration::from_secs(10)).success());
@@ -492,12 +504,21 @@ fn metrics_endpoint_is_scraped_and_parsed() {
 
 #[test]
 fn follow_reads_live_across_rotations_and_rotation_is_bounded() {
-    let d = Daemon::start_with_args(None, &["--log-max-bytes", "16K", "--log-files", "200"]);
+    let d = Daemon::start_with_args(
+        None,
+        &[
+            "--log-max-bytes",
+            "16K",
+            "--log-files",
+            "200",
+            "--lifecycle-events",
+        ],
+    );
     let dir = tempfile::tempdir().unwrap();
     let out_path = dir.path().join("follow.out");
     let _follower = Proc::spawn({
         let mut c = d.guard();
-        c.args(["events", "--follow", "-o", "json"])
+        c.args(["events", "--follow", "--all", "-o", "json"])
             .stdout(File::create(&out_path).unwrap());
         c
     });
@@ -508,7 +529,7 @@ fn follow_reads_live_across_rotations_and_rotation_is_bounded() {
         "the root's exit in the log",
         Duration::from_secs(30),
         || {
-            let evs = of_root(&events_json(&d, &[]), root);
+            let evs = of_root(&events_json(&d, &["--all"]), root);
             evs.iter()
                 .any(|e| e["kind"] == "tagged_exit" && e["process"]["pid"] == root)
                 .then_some(evs)
@@ -542,7 +563,7 @@ fn follow_reads_live_across_rotations_and_rotation_is_bounded() {
     wait_quiet(&d);
     let files = log_files(&d.event_log);
     assert_eq!(files.len(), 3, "{files:?}");
-    assert!(!events_json(&d, &[]).is_empty());
+    assert!(!events_json(&d, &["--all"]).is_empty());
 }
 
 #[test]

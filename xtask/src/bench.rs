@@ -496,7 +496,10 @@ fn extras(guard: &Path, bench_bin: &Path, work: &Path, plan: &Plan, r: &mut Resu
         "/sys/fs/bpf/guard-bench-{}-extras",
         std::process::id()
     ));
-    let daemon = match Daemon::start(guard, policy, work.join("extras"), pins) {
+    // Fork and exit lines stand in for decisions in the flood: every one is decoded,
+    // enriched with its ancestry and written, as a decision would be.
+    let lines = ["--lifecycle-events"];
+    let daemon = match Daemon::start_with(guard, policy, work.join("extras"), pins, &lines) {
         Ok(d) => d,
         Err(e) => {
             let why = format!("the daemon did not start: {e:#}");
@@ -537,10 +540,11 @@ fn record_start(r: &mut Results, policy: &'static str, d: &Daemon) {
 }
 
 /// Whether the tagged workloads really ran tagged: their forks are in the daemon's log.
+/// The tagged workload ran tagged: the daemon logged the exec of `guard-bench` in its tree.
 fn tagged_forks_logged(d: &Daemon) -> bool {
     fs::read_to_string(&d.event_log).is_ok_and(|log| {
         log.lines()
-            .any(|l| l.contains("\"tagged_fork\"") && l.contains("guard-bench"))
+            .any(|l| l.contains("\"tagged_exec\"") && l.contains("guard-bench"))
     })
 }
 

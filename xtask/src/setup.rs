@@ -303,16 +303,6 @@ const TEST_TOOLS: &[(&str, &str)] = &[
     ("mkfs.ext4", "e2fsprogs"),
 ];
 
-/// Installed together whenever any test tool is missing.
-const TEST_PACKAGES: &[&str] = &[
-    "iproute2",
-    "curl",
-    "netcat-openbsd",
-    "tcpdump",
-    "strace",
-    "e2fsprogs",
-];
-
 /// Make sure the tools the integration tests call are installed, with apt-get when missing.
 /// Without root nothing is installed (the integration tests cannot run anyway): returns a note.
 pub fn ensure_test_tools(root: bool) -> Result<String> {
@@ -321,13 +311,9 @@ pub fn ensure_test_tools(root: bool) -> Result<String> {
         return Ok("ok (already present)".into());
     }
     let names: Vec<&str> = missing.iter().map(|(t, _)| *t).collect();
-    let mut packages: Vec<&str> = TEST_PACKAGES.to_vec();
-    packages.extend(
-        missing
-            .iter()
-            .map(|(_, p)| *p)
-            .filter(|p| !TEST_PACKAGES.contains(p)),
-    );
+    // Only what is missing: an installed package is never upgraded or touched here.
+    let mut packages: Vec<&str> = missing.iter().map(|(_, p)| *p).collect();
+    packages.dedup();
     let hint = format!(
         "check network access to the Debian mirror, or install them by hand: \
          apt-get install {}",

@@ -88,6 +88,8 @@ pub struct DaemonConfig {
     pub metrics_addr: Option<SocketAddr>,
     /// The enforcement tier asked for.
     pub tier: crate::kernel::TierChoice,
+    /// Write fork and exit lines of tagged processes too.
+    pub lifecycle_events: bool,
 }
 
 /// Agents as the kernel maps them: ids start at 1 (0 is `guard run` without `--agent`).
@@ -314,6 +316,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
                 node: pipeline::hostname(),
                 responders,
                 net: labels,
+                lifecycle_lines: cfg.lifecycle_events,
             },
         );
         *restored.lock().expect("sink lock") = Some(sink.clone());

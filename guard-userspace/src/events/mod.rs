@@ -31,7 +31,27 @@ use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 use crate::agents::AgentNames;
 
 /// Version of the event schema; bumped on incompatible changes.
-pub const SCHEMA: u32 = 1;
+/// 2: fork and exit of tagged processes are folded into the process tree (written only with
+/// `guard daemon --lifecycle-events`).
+pub const SCHEMA: u32 = 2;
+
+/// Which lines a kind belongs to in `guard events`: decisions (the default view), the
+/// commands agents ran (`--commands`), or process lifecycle (`--all`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum View {
+    Decisions,
+    Commands,
+    Lifecycle,
+}
+
+/// The view a kind name belongs to.
+pub fn view_of(kind: &str) -> View {
+    match kind {
+        "agent_exec" | "tagged_exec" => View::Commands,
+        "tagged_fork" | "tagged_exit" => View::Lifecycle,
+        _ => View::Decisions,
+    }
+}
 
 /// `kind` of the line written when the kernel reports events it could not queue.
 pub const KIND_EVENTS_LOST: &str = "events_lost";

@@ -56,6 +56,8 @@ pub struct Pipeline {
     pub responders: Vec<Arc<dyn Responder>>,
     /// Names of network rules and hosts.
     pub net: Arc<dyn super::net::NetLabels + Send + Sync>,
+    /// Write fork and exit lines too (they always update the process tree).
+    pub lifecycle_lines: bool,
 }
 
 /// Submits events decided in userspace (e.g. fanotify permission events) to the same
@@ -124,7 +126,10 @@ impl Pipeline {
                     {
                         self.metrics.decision(rule, action, result);
                     }
-                    self.write(&event);
+                    let folded = matches!(d.lifecycle, Some(Lifecycle::Fork | Lifecycle::Exit));
+                    if !folded || self.lifecycle_lines {
+                        self.write(&event);
+                    }
                 }
                 _ = tick.tick() => {
                     names = self.view.agent_names();

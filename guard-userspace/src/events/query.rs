@@ -36,6 +36,20 @@ pub struct Filter {
     pub kind: Option<String>,
     /// Only events at or after this time.
     pub since: Option<OffsetDateTime>,
+    /// Without `kind`: decisions only, plus the commands agents ran, or everything.
+    pub view: Shown,
+}
+
+/// What `guard events` shows when no `--kind` is asked for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Shown {
+    /// Decisions, secrets found, lost events and self-protection: what a reviewer acts on.
+    #[default]
+    Decisions,
+    /// Decisions and every command (exec) of the agents.
+    Commands,
+    /// Every line, process lifecycle included.
+    All,
 }
 
 impl Filter {
@@ -47,9 +61,19 @@ impl Filter {
             && eq(&self.agent, Some(e.agent.as_str()))
             && eq(&self.rule, e.rule.as_deref())
             && eq(&self.kind, Some(e.kind.as_str()))
+            && (self.kind.is_some() || self.shows(super::view_of(&e.kind)))
             && self.since.is_none_or(|since| {
                 OffsetDateTime::parse(&e.time, &Rfc3339).is_ok_and(|t| t >= since)
             })
+    }
+
+    fn shows(&self, view: super::View) -> bool {
+        use super::View;
+        match self.view {
+            Shown::All => true,
+            Shown::Commands => view != View::Lifecycle,
+            Shown::Decisions => view == View::Decisions,
+        }
     }
 
     fn describe(&self) -> String {

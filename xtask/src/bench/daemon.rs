@@ -38,6 +38,17 @@ impl Daemon {
         dir: PathBuf,
         pin_dir: PathBuf,
     ) -> Result<Self> {
+        Self::start_with(guard, policy, dir, pin_dir, &[])
+    }
+
+    /// [`Self::start`] with extra `guard daemon` arguments.
+    pub fn start_with(
+        guard: &Path,
+        policy: Option<&Path>,
+        dir: PathBuf,
+        pin_dir: PathBuf,
+        args: &[&str],
+    ) -> Result<Self> {
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let log = fs::File::create(dir.join("daemon.log"))?;
         let mut d = Self {
@@ -58,6 +69,7 @@ impl Daemon {
         if let Some(p) = policy {
             cmd.arg("--policy").arg(p);
         }
+        cmd.args(args);
         let start = Instant::now();
         let spawned_at = unix_ns(SystemTime::now());
         let child = cmd

@@ -63,7 +63,20 @@ fn t(s: &str) -> OffsetDateTime {
 fn filters_by_every_field_and_time() {
     let events = sample();
     let count = |f: Filter| events.iter().filter(|e| f.matches(e)).count();
-    assert_eq!(count(Filter::default()), 4);
+    // Decisions by default; the exec line on request.
+    assert_eq!(count(Filter::default()), 3);
+    let all = || Filter {
+        view: Shown::All,
+        ..Filter::default()
+    };
+    assert_eq!(count(all()), 4);
+    assert_eq!(
+        count(Filter {
+            view: Shown::Commands,
+            ..Filter::default()
+        }),
+        4
+    );
     let deny = || Filter {
         action: Some("deny".into()),
         ..Filter::default()
@@ -93,17 +106,35 @@ fn filters_by_every_field_and_time() {
     assert_eq!(
         count(Filter {
             since: Some(t("2026-01-01T10:01:30Z")),
-            ..Filter::default()
+            ..all()
         }),
         2
     );
     assert_eq!(
         count(Filter {
             since: Some(t("2026-01-01T10:01:00Z")),
-            ..Filter::default()
+            ..all()
         }),
         3,
         "the cutoff is inclusive"
+    );
+}
+
+#[test]
+fn lifecycle_lines_show_only_when_asked_for() {
+    let fork = ev("tagged_fork", "aider", None, None, "2026-01-01T10:00:00Z");
+    let shown = |view| {
+        Filter {
+            view,
+            ..Filter::default()
+        }
+        .matches(&fork)
+    };
+    assert!(!shown(Shown::Decisions) && !shown(Shown::Commands) && shown(Shown::All));
+    let lost = ev("events_lost", "", None, None, "2026-01-01T10:00:00Z");
+    assert!(
+        Filter::default().matches(&lost),
+        "lost events are never hidden"
     );
 }
 
@@ -166,6 +197,10 @@ fn reads_rotated_files_oldest_first_as_json_lines() {
     assert!(log_files(&path).len() >= 4);
     let args = EventsArgs {
         json: true,
+        filter: Filter {
+            view: Shown::All,
+            ..Filter::default()
+        },
         ..EventsArgs::default()
     };
     let out = run_to_string(&path, &args);
@@ -222,7 +257,14 @@ fn table_is_aligned_and_plain_off_a_terminal() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("events.jsonl");
     write_log(&path, LogConfig::default(), &sample());
-    let out = run_to_string(&path, &EventsArgs::default());
+    let every = || EventsArgs {
+        filter: Filter {
+            view: Shown::All,
+            ..Filter::default()
+        },
+        ..EventsArgs::default()
+    };
+    let out = run_to_string(&path, &every());
     assert!(!out.contains('\x1b'), "no colour off a terminal");
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 5, "{out}");
@@ -233,7 +275,7 @@ fn table_is_aligned_and_plain_off_a_terminal() {
     }
     let colored = EventsArgs {
         color: true,
-        ..EventsArgs::default()
+        ..every()
     };
     assert!(run_to_string(&path, &colored).contains("\x1b[31m"));
 }
