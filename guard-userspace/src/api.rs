@@ -113,6 +113,12 @@ pub struct DaemonStatus {
     /// Pin directories of other guard instances whose programs are loaded on this host.
     #[serde(default)]
     pub other_instances: Vec<String>,
+    /// Every attached program and what it has cost (`bpf_stats` says whether the kernel is
+    /// counting: `sysctl kernel.bpf_stats_enabled=1`).
+    #[serde(default)]
+    pub programs: Vec<crate::loader::ProgramCost>,
+    #[serde(default)]
+    pub bpf_stats: bool,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

@@ -104,6 +104,18 @@ fn status_reports_the_probed_tier_features_and_attached_trackers() {
     for m in ["GUARD_TAGS", "GUARD_EVENTS"] {
         assert!(d.pin_dir.join("maps").join(m).exists(), "map {m} is pinned");
     }
+    // Every linked program is listed with its kernel id (its cost counts while
+    // kernel.bpf_stats_enabled is 1).
+    let programs = st["programs"].as_array().expect("programs");
+    for t in ["guard_fork", "guard_exec", "guard_exit"] {
+        assert!(
+            programs
+                .iter()
+                .any(|p| p["name"] == t && p["id"].as_u64().is_some_and(|id| id > 0)),
+            "{t} is listed with its program id: {programs:?}"
+        );
+    }
+    assert!(st["bpf_stats"].is_boolean());
 
     // The human table names the tier and the features.
     let table = output({

@@ -11,6 +11,7 @@
 //! Markdown table, `bench.md`).
 
 mod auditd;
+mod costs;
 mod daemon;
 mod extras;
 mod json;
@@ -178,6 +179,8 @@ pub struct Results {
     pub run_secs: f64,
     pub guard_binary: PathBuf,
     pub guard_prebuilt: bool,
+    /// guard's programs' run time per operation (bpf_stats).
+    pub costs: Result<Vec<costs::Row>, String>,
 }
 
 pub fn bench(opts: &Options) -> Result<()> {
@@ -276,6 +279,7 @@ pub fn bench(opts: &Options) -> Result<()> {
         start_phases: BTreeMap::new(),
         tag_verified: None,
         kill: KillLatency::unavailable("not measured"),
+        costs: Err("not measured".into()),
         flood: Err("not measured".into()),
         policy: generated,
         auditd_note,
@@ -381,7 +385,7 @@ pub fn bench(opts: &Options) -> Result<()> {
         last_round = round_start.elapsed();
     }
 
-    extras(&guard, &bench_bin, &work.0, &plan, &mut r);
+    extras(&guard, &bench_bin, &work.0, &fx, &plan, &mut r);
     r.audit_log_bytes = audit.as_ref().map(Auditd::log_bytes);
     drop(audit);
     machine.finish();
@@ -489,7 +493,14 @@ fn open(
 
 /// Kill latency and the event flood, against one more daemon on the 1,000-rule policy (the
 /// kill rule lives there), or on the default policy if that one was rejected.
-fn extras(guard: &Path, bench_bin: &Path, work: &Path, plan: &Plan, r: &mut Results) {
+fn extras(
+    guard: &Path,
+    bench_bin: &Path,
+    work: &Path,
+    fx: &Fixtures,
+    plan: &Plan,
+    r: &mut Results,
+) {
     let policy_ok = !matches!(r.configs[&Config::Guard1k], ConfigState::Skipped(_));
     let policy = policy_ok.then_some(r.policy.policy.as_path());
     let pins = PathBuf::from(format!(
@@ -504,6 +515,7 @@ fn extras(guard: &Path, bench_bin: &Path, work: &Path, plan: &Plan, r: &mut Resu
         Err(e) => {
             let why = format!("the daemon did not start: {e:#}");
             r.kill = KillLatency::unavailable(why.clone());
+            r.costs = Err(why.clone());
             r.flood = Err(why);
             return;
         }
@@ -519,6 +531,13 @@ fn extras(guard: &Path, bench_bin: &Path, work: &Path, plan: &Plan, r: &mut Resu
     } else {
         KillLatency::unavailable("the 1,000-rule policy (which holds the kill rule) was rejected")
     };
+    println!("[bench] program costs (bpf_stats)");
+    let untagged = Launcher {
+        bench_bin,
+        tagged: None,
+    };
+    r.costs =
+        costs::measure(&daemon, &untagged, &launcher, fx, &r.iters).map_err(|e| format!("{e:#}"));
     println!("[bench] event flood ({} tagged forks)", plan.flood_forks);
     let flooders = std::thread::available_parallelism().map_or(1, usize::from);
     r.flood =

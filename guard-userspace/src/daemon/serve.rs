@@ -146,6 +146,8 @@ fn status(state: &Shared) -> Reply<DaemonStatus> {
             .iter()
             .map(|p| p.display().to_string())
             .collect(),
+        programs: crate::loader::program_costs(&st.kernel.pin_dir().join("links")),
+        bpf_stats: crate::loader::bpf_stats_enabled(),
     })
 }
 

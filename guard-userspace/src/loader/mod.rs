@@ -24,7 +24,8 @@ use aya::{
     },
 };
 pub use sys::{
-    Link, bpf_attach_type, link_create, obj_get, obj_pin, pin_replacing, sys_bpf_fd, zeroed_attr,
+    Link, bpf_attach_type, link_create, link_program_id, obj_get, obj_pin, pin_replacing,
+    sys_bpf_fd, zeroed_attr,
 };
 pub use table::{Family, Kind, Need, Row};
 
@@ -236,6 +237,51 @@ impl<'a> Attacher<'a> {
             source,
         })
     }
+}
+
+/// What one attached program costs, from the kernel's own accounting (counted only while
+/// `kernel.bpf_stats_enabled` is 1).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ProgramCost {
+    /// The link's pin name (the program's name in guard-ebpf, or its tracker pin).
+    pub name: String,
+    pub id: u32,
+    pub runs: u64,
+    pub run_ns: u64,
+}
+
+/// Whether the kernel is counting program run time (`kernel.bpf_stats_enabled`).
+pub fn bpf_stats_enabled() -> bool {
+    std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").is_ok_and(|s| s.trim() == "1")
+}
+
+/// The cost of every program linked under `links_dir`, by the program id of each link pin.
+pub fn program_costs(links_dir: &Path) -> Vec<ProgramCost> {
+    let mut by_id = std::collections::HashMap::new();
+    for info in aya::programs::loaded_programs().flatten() {
+        by_id.insert(info.id(), (info.run_count(), info.run_time()));
+    }
+    let mut out: Vec<ProgramCost> = std::fs::read_dir(links_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            if name.ends_with("_new") {
+                return None;
+            }
+            let id = link_program_id(&e.path()).ok()?;
+            let (runs, time) = by_id.get(&id).copied().unwrap_or_default();
+            Some(ProgramCost {
+                name,
+                id,
+                runs,
+                run_ns: u64::try_from(time.as_nanos()).unwrap_or(u64::MAX),
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
 }
 
 /// Attach a tracepoint program loaded earlier with [`Attacher::load_only`], pinning its link

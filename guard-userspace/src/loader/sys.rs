@@ -105,3 +105,19 @@ pub fn pin_replacing(link: Link, path: &Path) -> io::Result<()> {
     }
     fs::rename(&tmp, path)
 }
+
+/// The id of the program behind the link pinned at `path` (`BPF_OBJ_GET_INFO_BY_FD`).
+pub fn link_program_id(path: &Path) -> io::Result<u32> {
+    let link = obj_get(path)?;
+    // SAFETY: bpf_link_info is plain integers and unions of them; all-zero is valid.
+    let mut info: aya_obj::generated::bpf_link_info = unsafe { std::mem::zeroed() };
+    let mut attr = zeroed_attr();
+    // SAFETY: BPF_OBJ_GET_INFO_BY_FD reads this member; `info` outlives the call and is as
+    // large as `info_len` says.
+    let get = unsafe { &mut attr.info };
+    get.bpf_fd = link.as_raw_fd() as u32;
+    get.info_len = size_of::<aya_obj::generated::bpf_link_info>() as u32;
+    get.info = (&raw mut info) as u64;
+    sys_bpf(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    Ok(info.prog_id)
+}

@@ -290,6 +290,7 @@ fn extras_text(r: &Results) -> String {
             );
         }
     }
+    out.push_str(&super::costs::text(&r.costs));
     match &r.flood {
         Ok(f) => {
             let _ = writeln!(
@@ -471,6 +472,7 @@ fn to_json(r: &Results, created: &str) -> Json {
         .with("tagged_workloads_verified_in_log", r.tag_verified)
         .with("workloads", Json::Arr(workloads_json))
         .with("kill_latency", r.kill.json())
+        .with("program_costs", super::costs::json(&r.costs))
         .with(
             "event_pipeline",
             match &r.flood {
