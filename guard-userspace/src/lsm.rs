@@ -8,11 +8,11 @@
 
 use std::{fs, path::Path};
 
-use guard_common::maps::{file_programs, lsm_programs, programs};
+use guard_common::maps::lsm_programs;
 
 use crate::loader::{
     AttachError, Attacher,
-    table::{self, Family, Kind, Need, Row},
+    table::{self, Family, Kind, Need, Row, Serves},
 };
 
 /// What the bpf-lsm tier attached.
@@ -23,21 +23,6 @@ pub struct LsmAttached {
     /// Optional hooks this kernel does not have (another hook covers them).
     pub absent: Vec<String>,
 }
-
-/// The fallback tier's enforcement programs, whose link pins the bpf-lsm tier replaces.
-pub const FALLBACK_LINKS: [&str; 11] = [
-    programs::CONNECT4,
-    programs::CONNECT6,
-    programs::SENDMSG4,
-    programs::SENDMSG6,
-    programs::CONNECT_UNIX,
-    programs::SENDMSG_UNIX,
-    programs::SOCK_CREATE,
-    programs::SYS_EXIT,
-    file_programs::CTIME_XCHG,
-    file_programs::CTIME_SKIP,
-    file_programs::CTIME_SET,
-];
 
 /// Every LSM program: network hooks first.
 pub fn all_programs() -> impl Iterator<Item = (&'static str, &'static str)> {
@@ -91,8 +76,12 @@ pub fn detach(links_dir: &Path) {
 /// Remove the pins of the fallback tier's enforcement links (after the LSM links are
 /// attached: there is no moment without enforcement).
 pub fn remove_fallback_pins(links_dir: &Path) {
-    for name in FALLBACK_LINKS {
-        let _ = fs::remove_file(links_dir.join(name));
+    // The fallback tier's enforcement programs (network, kill, kill-on-detect).
+    for row in table::table()
+        .into_iter()
+        .filter(|r| r.family.serves() == Serves::Fallback)
+    {
+        let _ = fs::remove_file(links_dir.join(row.pin));
     }
 }
 

@@ -58,15 +58,7 @@ pub struct SelfMaps {
 
 impl SelfMaps {
     pub fn take(ebpf: &mut Ebpf) -> Result<Self, (&'static str, MapError)> {
-        fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, (&'static str, MapError)>
-        where
-            T: TryFrom<aya::maps::Map, Error = MapError>,
-        {
-            let map = ebpf
-                .take_map(name)
-                .ok_or((name, MapError::InvalidName { name: name.into() }))?;
-            T::try_from(map).map_err(|e| (name, e))
-        }
+        use crate::loader::take_map as take;
         Ok(Self {
             state: take(ebpf, maps::SELF_STATE)?,
             signals: take(ebpf, maps::SELF_SIGNALS)?,

@@ -91,7 +91,8 @@ fn version_lt(a: &str, b: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// `apt-get update`, at most once per run, and only when apt has no lists at all or `force`.
+/// `apt-get update`, at most once per run: when apt has no lists at all, or `force` (before
+/// anything is fetched).
 pub fn update(force: bool) -> Result<()> {
     static ONCE: Once = Once::new();
     let lists_empty = fs::read_dir("/var/lib/apt/lists")
@@ -153,6 +154,8 @@ pub fn install(packages: &[&str], hint: &str) -> Result<()> {
             packages.join(" ")
         );
     }
+    // The lists a machine image ships may be old: refresh them before anything is fetched.
+    update(true)?;
     let sim = simulate(packages)?;
     if let Some(harm) = sim.harm() {
         bail!(
@@ -209,21 +212,33 @@ impl Private {
 /// says it would remove, since nothing is installed). A stamp naming the set makes a second
 /// call with the same set free.
 pub fn unpack_private(packages: &[&str], dir: &Path) -> Result<Private> {
-    let sim = simulate(packages)?;
     let root = dir.join("root");
     let stamp = dir.join("packages.txt");
-    let listing: String = sim
-        .install
-        .iter()
-        .map(|(p, v)| format!("{p}={v}\n"))
-        .collect();
-    if root.is_dir() && fs::read_to_string(&stamp).is_ok_and(|s| s == listing) {
+    // The cache is complete when its stamp names the set apt resolves now.
+    let cached = |sim: &Simulation| -> Option<String> {
+        let listing: String = sim
+            .install
+            .iter()
+            .map(|(p, v)| format!("{p}={v}\n"))
+            .collect();
+        let complete = root.is_dir() && fs::read_to_string(&stamp).is_ok_and(|s| s == listing);
+        (!complete).then_some(listing)
+    };
+    let mut sim = simulate(packages)?;
+    let mut missing = cached(&sim);
+    if missing.is_some() {
+        // About to download: the versions must be ones the mirror still serves.
+        update(true)?;
+        sim = simulate(packages)?;
+        missing = cached(&sim);
+    }
+    let Some(listing) = missing else {
         return Ok(Private {
             root,
             packages: sim.install,
             downloaded: false,
         });
-    }
+    };
     let debs = dir.join("debs.partial");
     let _ = fs::remove_dir_all(&debs);
     let _ = fs::remove_dir_all(&root);

@@ -90,6 +90,25 @@ where
     T::try_from(map).map_err(|e| (name, e))
 }
 
+/// Load a cgroup program of aya type `$ty` and attach it to the cgroup v2 root.
+macro_rules! cgroup_link {
+    ($at:expr, $row:expr, $ty:ty) => {{
+        let cgroup = $at.cgroup()?;
+        let prog: &mut $ty = program($at.ebpf, $row.name)?;
+        prog.load()
+            .map_err(|e| AttachError::Load(verifier_text(&e)))?;
+        let id = prog
+            .attach(&cgroup, CgroupAttachMode::Single)
+            .map_err(attach_err)?;
+        let link: FdLink = prog
+            .take_link(id)
+            .map_err(attach_err)?
+            .try_into()
+            .map_err(attach_err)?;
+        Link::Aya(link)
+    }};
+}
+
 /// Attaches rows of the table to the running kernel and pins their links under `links_dir`.
 pub struct Attacher<'a> {
     ebpf: &'a mut Ebpf,
@@ -147,36 +166,9 @@ impl<'a> Attacher<'a> {
                 let id = prog.attach().map_err(attach_err)?;
                 Link::Aya(prog.take_link(id).map_err(attach_err)?.into())
             }
-            Kind::SockAddr => {
-                let cgroup = self.cgroup()?;
-                let prog: &mut CgroupSockAddr = program(self.ebpf, row.name)?;
-                prog.load()
-                    .map_err(|e| AttachError::Load(verifier_text(&e)))?;
-                let id = prog
-                    .attach(&cgroup, CgroupAttachMode::Single)
-                    .map_err(attach_err)?;
-                let link: FdLink = prog
-                    .take_link(id)
-                    .map_err(attach_err)?
-                    .try_into()
-                    .map_err(attach_err)?;
-                Link::Aya(link)
-            }
-            Kind::SockCreate => {
-                let cgroup = self.cgroup()?;
-                let prog: &mut CgroupSock = program(self.ebpf, row.name)?;
-                prog.load()
-                    .map_err(|e| AttachError::Load(verifier_text(&e)))?;
-                let id = prog
-                    .attach(&cgroup, CgroupAttachMode::Single)
-                    .map_err(attach_err)?;
-                let link: FdLink = prog
-                    .take_link(id)
-                    .map_err(attach_err)?
-                    .try_into()
-                    .map_err(attach_err)?;
-                Link::Aya(link)
-            }
+            // The two aya cgroup program types share their API but no trait.
+            Kind::SockAddr => cgroup_link!(self, row, CgroupSockAddr),
+            Kind::SockCreate => cgroup_link!(self, row, CgroupSock),
             Kind::Device => {
                 let cgroup = self.cgroup()?;
                 let prog: &mut CgroupDevice = program(self.ebpf, row.name)?;

@@ -118,9 +118,22 @@ pub fn fetch_kernel(series: Series) -> Result<Kernel> {
             }
         }
     };
-    let dir = cache.join(&package);
+    let mut dir = cache.join(&package);
     if let Some(k) = cached(series, &package, &dir) {
         return Ok(k);
+    }
+    let mut package = package;
+    if util::is_root() {
+        // About to download: lists a machine image ships may be old, and the mirror keeps only
+        // the current kernel of a series. Refresh them and ask again.
+        crate::apt::update(true)?;
+        if let Some(p) = newest_package(series)? {
+            dir = cache.join(&p);
+            if let Some(k) = cached(series, &p, &dir) {
+                return Ok(k);
+            }
+            package = p;
+        }
     }
     download(&package, &dir)?;
     let mut k = cached(series, &package, &dir)
