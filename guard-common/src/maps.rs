@@ -200,6 +200,13 @@ pub mod self_programs {
     ];
 }
 
+/// One `u32`: the layout version of the pinned maps, written by the daemon that created them.
+/// A daemon refuses pins of another layout instead of reading them with the wrong structs.
+pub const LAYOUT: &str = "GUARD_LAYOUT";
+/// Bump whenever a pinned map's key, value or meaning changes. Pins from before the stamp
+/// existed count as layout 1.
+pub const LAYOUT_VERSION: u32 = 2;
+
 /// Per-CPU scratch space of the kernel programs (never touched by userspace).
 pub const SCRATCH: &str = "GUARD_SCRATCH";
 /// Per-CPU record of the last file-rule hit (kernel programs only).
@@ -207,7 +214,7 @@ pub const FILE_HIT: &str = "GUARD_FILE_HIT";
 
 /// Every map of the kernel object, by name. guard-ebpf's `#[map(name = …)]` takes a literal,
 /// so a rootless test compares the compiled object with this list.
-pub const ALL: [&str; 23] = [
+pub const ALL: [&str; 24] = [
     TAGS,
     AGENT_EXES,
     AGENT_SCRIPTS,
@@ -231,6 +238,7 @@ pub const ALL: [&str; 23] = [
     SELF_TRACERS,
     SCRATCH,
     FILE_HIT,
+    LAYOUT,
 ];
 
 /// Every global the loader sets, by name.

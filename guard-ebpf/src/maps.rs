@@ -42,6 +42,10 @@ pub static EVENTS: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTERS_MAX, 0);
 
 /// Scratch space too large for the 512-byte stack.
+/// The pinned maps' layout version (written and read by userspace only).
+#[map(name = "GUARD_LAYOUT")]
+pub static LAYOUT: Array<u32> = Array::pinned(1, 0);
+
 #[map(name = "GUARD_SCRATCH")]
 pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 

@@ -13,7 +13,7 @@ use std::{
 
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
 };
 use guard_common::{
     Tag,
@@ -71,6 +71,15 @@ pub enum KernelError {
     },
     #[error("the bpf-lsm tier was asked for and cannot enforce: {0}")]
     Lsm(String),
+    #[error(
+        "the maps pinned in {dir} have layout {found}, this guard uses layout {want}: they \
+         cannot be read with this version's structures. Stop the old daemon, run `guard daemon \
+         --uninstall --pin-dir {parent}` (enforcement stops until this daemon starts), then \
+         start this one",
+        dir = .dir.display(),
+        parent = .dir.parent().unwrap_or(.dir).display()
+    )]
+    Layout { dir: PathBuf, found: u32, want: u32 },
 }
 
 /// The tracker programs: tracepoint name and program name.
@@ -121,6 +130,7 @@ impl Loading {
                 source,
             })?;
         }
+        check_layout(&maps_dir)?;
         let ebpf = EbpfLoader::new()
             .default_map_pin_directory(&maps_dir)
             .override_global(maps::OFFSETS_GLOBAL, &offsets.kernel, true)
@@ -131,6 +141,7 @@ impl Loading {
             .override_global(maps::SELF_OFFSETS_GLOBAL, &offsets.selfp, true)
             .load(OBJECT)
             .map_err(KernelError::Load)?;
+        stamp_layout(&maps_dir)?;
         let btf = Btf::from_sys_fs().map_err(KernelError::Btf)?;
         let mut loading = Self {
             pin_dir: pin_dir.to_path_buf(),
@@ -283,6 +294,47 @@ impl Kernel {
         names.sort();
         names
     }
+}
+
+/// The layout of the maps pinned in `maps_dir`: `None` when nothing is pinned there yet, 1
+/// for pins from before the stamp existed.
+pub fn pinned_layout(maps_dir: &Path) -> Option<u32> {
+    let pinned = fs::read_dir(maps_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| e.file_name().to_string_lossy().starts_with("GUARD_"));
+    if !pinned {
+        return None;
+    }
+    let version = MapData::from_pin(maps_dir.join(maps::LAYOUT))
+        .ok()
+        .and_then(|m| Array::<MapData, u32>::try_from(aya::maps::Map::Array(m)).ok())
+        .and_then(|a| a.get(&0, 0).ok());
+    Some(version.unwrap_or(1))
+}
+
+/// Refuse pins of another layout before aya reuses them.
+fn check_layout(maps_dir: &Path) -> Result<(), KernelError> {
+    match pinned_layout(maps_dir) {
+        Some(found) if found != maps::LAYOUT_VERSION => Err(KernelError::Layout {
+            dir: maps_dir.to_path_buf(),
+            found,
+            want: maps::LAYOUT_VERSION,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Write this version's layout into the (new or reused) pinned stamp.
+fn stamp_layout(maps_dir: &Path) -> Result<(), KernelError> {
+    let err = |source| KernelError::Map {
+        name: maps::LAYOUT,
+        source,
+    };
+    let data = MapData::from_pin(maps_dir.join(maps::LAYOUT)).map_err(err)?;
+    let mut stamp = Array::<MapData, u32>::try_from(aya::maps::Map::Array(data)).map_err(err)?;
+    stamp.set(0, maps::LAYOUT_VERSION, 0).map_err(err)
 }
 
 fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, KernelError>

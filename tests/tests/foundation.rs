@@ -1,10 +1,14 @@
 //! Issue: workspace, build pipeline, test harness — the daemon loads the real programs into
 //! this kernel, reports what the kernel offers, and refuses bad starts with clear errors.
 
-use std::{path::PathBuf, process::Command};
+use std::{
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::Duration,
+};
 
 use guard_tests::{
-    Daemon, as_nobody, guard_bin, output, spawn_reading_pid, under_ci, world_executable_guard,
+    Daemon, Proc, as_nobody, guard_bin, output, spawn_reading_pid, under_ci, world_executable_guard,
 };
 
 /// Features this machine kind has; under CI each one missing fails the run.
@@ -193,6 +197,52 @@ fn another_loaded_instance_is_named_in_status() {
     assert!(
         !named.contains(&b_pins.display().to_string()),
         "B is gone yet named: {named:?}"
+    );
+}
+
+/// Pins from a guard of another layout (here: from before the layout stamp existed) are
+/// refused with a clear error before anything is loaded, and left in place: they keep
+/// enforcing until someone uninstalls them.
+#[test]
+fn pins_of_another_layout_are_refused_and_left_in_place() {
+    let mut d = Daemon::start();
+    d.keep_pins = true;
+    let pin_dir = d.pin_dir.clone();
+    drop(d);
+    std::fs::remove_file(pin_dir.join("maps").join("GUARD_LAYOUT")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("GUARD_SOCKET", dir.path().join("s.sock")),
+        ("GUARD_PIN_DIR", pin_dir.clone()),
+        ("GUARD_EVENT_LOG", dir.path().join("e.jsonl")),
+    ];
+    let mut cmd = Command::new(guard_bin());
+    cmd.arg("daemon")
+        .envs(env.clone())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("err")).unwrap());
+    let mut daemon = Proc::spawn(cmd);
+    let status = daemon.wait_timeout(Duration::from_secs(60));
+    let err = std::fs::read_to_string(dir.path().join("err")).unwrap();
+    let tracker = pin_dir.join("links").join("guard_fork");
+    let still_pinned = tracker.exists();
+    let _ = Command::new(guard_bin())
+        .args(["daemon", "--uninstall"])
+        .envs(env)
+        .stdout(Stdio::null())
+        .status();
+    let _ = std::fs::remove_dir_all(&pin_dir);
+    assert!(
+        !status.success(),
+        "the daemon started on pins of layout 1: {err}"
+    );
+    assert!(
+        err.contains("have layout 1") && err.contains("guard daemon --uninstall"),
+        "{err}"
+    );
+    assert!(
+        still_pinned,
+        "the old pins keep enforcing until uninstalled"
     );
 }
 
