@@ -13,6 +13,7 @@ use guard_common::{
     ProcKey, Tag,
     agent::{COMM_LEN, NAME_LEN, NameKey},
     event::{Counter, EventHeader, EventKind, ProcessEvent},
+    maps::EVENTS_WAKE_BYTES,
     offsets::KernelOffsets,
     tag_flags,
 };
@@ -396,6 +397,19 @@ fn lookup_user(
     true
 }
 
+/// `bpf_ringbuf_submit` flags for a lifecycle record: no wakeup until
+/// [`EVENTS_WAKE_BYTES`] are queued (the reader also drains on a timer).
+#[inline(always)]
+fn lifecycle_wakeup() -> u64 {
+    const BPF_RB_NO_WAKEUP: u64 = 1;
+    const BPF_RB_AVAIL_DATA: u64 = 0;
+    if EVENTS.query(BPF_RB_AVAIL_DATA) >= EVENTS_WAKE_BYTES {
+        0
+    } else {
+        BPF_RB_NO_WAKEUP
+    }
+}
+
 #[inline(always)]
 fn emit(
     kind: EventKind,
@@ -426,5 +440,5 @@ fn emit(
         exit_code,
         _pad: 0,
     });
-    entry.submit(0);
+    entry.submit(lifecycle_wakeup());
 }

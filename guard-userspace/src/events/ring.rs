@@ -7,7 +7,11 @@
 //! pipeline falls behind, the queue fills, the reader waits, the ring fills, and the kernel
 //! counts what it cannot queue. Memory stays bounded and nothing is lost silently.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
+
+use guard_common::maps::EVENTS_DRAIN_MS;
+
+use crate::agents::AgentNames;
 
 use aya::maps::{MapData, RingBuf};
 use tokio::{io::unix::AsyncFd, sync::mpsc};
@@ -35,48 +39,96 @@ pub async fn read_ring(
         }
     };
     let mut batch = Vec::with_capacity(256);
+    // Lifecycle records do not wake this reader until a share of the ring is queued (see
+    // `EVENTS_WAKE_BYTES`): drain on a timer too.
+    let mut drain = tokio::time::interval(Duration::from_millis(EVENTS_DRAIN_MS));
+    drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let mut guard = match fd.readable_mut().await {
-            Ok(g) => g,
-            Err(e) => {
-                error!(error = %e, "event ring buffer poll failed");
-                return;
-            }
-        };
         let names = view.agent_names();
         let clock = Clock::now();
-        loop {
-            // Decode a batch while holding the ring, then hand it over without holding it.
-            {
-                let ctx = DecodeCtx {
-                    clock: &clock,
-                    agents: &names,
-                    net: net.as_ref(),
-                };
-                let ring = guard.get_inner_mut();
-                while batch.len() < batch.capacity() {
-                    let Some(item) = ring.next() else { break };
-                    for r in &responders {
-                        r.respond(&item);
-                    }
-                    match decode(&item, &ctx) {
-                        Ok(d) => batch.push(d),
-                        Err(e) => {
-                            metrics.decode_errors.inc();
-                            tracing::warn!(error = %e, "undecodable event record");
-                        }
-                    }
+        let reader = Reader {
+            clock: &clock,
+            names: &names,
+            net: &net,
+            responders: &responders,
+            metrics: &metrics,
+            tx: &tx,
+        };
+        let open = tokio::select! {
+            guard = fd.readable_mut() => match guard {
+                Ok(mut g) => {
+                    let open = reader.drain(g.get_inner_mut(), &mut batch).await;
+                    g.clear_ready();
+                    open
                 }
+                Err(e) => {
+                    error!(error = %e, "event ring buffer poll failed");
+                    false
+                }
+            },
+            _ = drain.tick() => reader.drain(fd.get_mut(), &mut batch).await,
+        };
+        if !open {
+            return;
+        }
+    }
+}
+
+/// What draining the ring needs.
+struct Reader<'a> {
+    clock: &'a Clock,
+    names: &'a AgentNames,
+    net: &'a Arc<dyn NetLabels + Send + Sync>,
+    responders: &'a [Arc<dyn Responder>],
+    metrics: &'a Metrics,
+    tx: &'a mpsc::Sender<Decoded>,
+}
+
+impl Reader<'_> {
+    /// Everything queued now, a batch at a time (decoded while holding the ring, handed over
+    /// without holding it); false once the pipeline is gone.
+    async fn drain(&self, ring: &mut RingBuf<MapData>, batch: &mut Vec<Decoded>) -> bool {
+        loop {
+            {
+                // Not held across the sends below (it borrows a `dyn NetLabels`).
+                let ctx = DecodeCtx {
+                    clock: self.clock,
+                    agents: self.names,
+                    net: self.net.as_ref(),
+                };
+                decode_batch(ring, &ctx, self.responders, self.metrics, batch);
             }
             if batch.is_empty() {
-                break;
+                return true;
             }
             for d in batch.drain(..) {
-                if tx.send(d).await.is_err() {
-                    return;
+                if self.tx.send(d).await.is_err() {
+                    return false;
                 }
             }
         }
-        guard.clear_ready();
+    }
+}
+
+/// Decode up to a batch of records, handing each raw record to the responders first.
+fn decode_batch(
+    ring: &mut RingBuf<MapData>,
+    ctx: &DecodeCtx<'_>,
+    responders: &[Arc<dyn Responder>],
+    metrics: &Metrics,
+    batch: &mut Vec<Decoded>,
+) {
+    while batch.len() < batch.capacity() {
+        let Some(item) = ring.next() else { break };
+        for r in responders {
+            r.respond(&item);
+        }
+        match decode(&item, ctx) {
+            Ok(d) => batch.push(d),
+            Err(e) => {
+                metrics.decode_errors.inc();
+                tracing::warn!(error = %e, "undecodable event record");
+            }
+        }
     }
 }
