@@ -15,10 +15,10 @@ pub const AGENT_NAMES_MAX: u32 = 1024;
 /// Kernel → user events.
 pub const EVENTS: &str = "GUARD_EVENTS";
 pub const EVENTS_BYTES: u32 = 1 << 22;
-/// Process lifecycle records (fork, exec, exit) wake the reader only once this much is
+/// Fork and exit records wake the reader only once this much is
 /// queued: each wakeup costs a self-IPI, about 11 µs on a virtual machine (measured with
 /// bpf_stats: `guard_fork` 12.4 µs a run with a wakeup per record, 1.05 µs without), which
-/// made every tagged fork 25% slower. Decisions still wake the reader at once; the reader
+/// made every tagged fork 25% slower. Decisions and execs still wake the reader at once; it
 /// also drains every [`EVENTS_DRAIN_MS`].
 pub const EVENTS_WAKE_BYTES: u64 = (EVENTS_BYTES / 16) as u64;
 /// The reader drains the ring at least this often (the latency bound of lifecycle records).

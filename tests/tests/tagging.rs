@@ -228,12 +228,13 @@ fn agents_are_recognised_at_exec_without_guard_run() {
     let mut outer = d.run_tagged(&[p.join("claude").to_str().unwrap(), "0"]);
     let root = outer.pid();
     assert!(outer.wait_timeout(Duration::from_secs(5)).success());
-    let evs = d.events();
-    let inner = evs
-        .iter()
-        .rev()
-        .find(|e| e["process"]["pid"] == root && e["kind"] == "tagged_exec");
-    let inner = inner.unwrap_or_else(|| panic!("no tagged_exec event for {root}: {evs:?}"));
+    // Events are written asynchronously: wait for the line rather than race the pipeline.
+    let inner = wait_for("the tagged_exec event", Duration::from_secs(10), || {
+        d.events()
+            .into_iter()
+            .rev()
+            .find(|e| e["process"]["pid"] == root && e["kind"] == "tagged_exec")
+    });
     assert_eq!(inner["agent"], "guard-run");
     assert_eq!(inner["root"]["pid"], root);
 }

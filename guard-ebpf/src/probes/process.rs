@@ -397,7 +397,7 @@ fn lookup_user(
     true
 }
 
-/// `bpf_ringbuf_submit` flags for a lifecycle record: no wakeup until
+/// `bpf_ringbuf_submit` flags for a fork or exit record: no wakeup until
 /// [`EVENTS_WAKE_BYTES`] are queued (the reader also drains on a timer).
 #[inline(always)]
 fn lifecycle_wakeup() -> u64 {
@@ -440,5 +440,10 @@ fn emit(
         exit_code,
         _pad: 0,
     });
-    entry.submit(lifecycle_wakeup());
+    // Commands (exec) are evidence a reviewer follows live: they wake the reader at once.
+    let flags = match kind {
+        EventKind::TaggedFork | EventKind::TaggedExit => lifecycle_wakeup(),
+        _ => 0,
+    };
+    entry.submit(flags);
 }
