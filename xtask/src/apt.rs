@@ -95,6 +95,10 @@ fn version_lt(a: &str, b: &str) -> bool {
 /// anything is fetched).
 pub fn update(force: bool) -> Result<()> {
     static ONCE: Once = Once::new();
+    if !util::is_root() {
+        // Only root can refresh the lists; the ones there serve a look-up or a download.
+        return Ok(());
+    }
     let lists_empty = fs::read_dir("/var/lib/apt/lists")
         .map(|d| {
             !d.filter_map(Result::ok)
