@@ -24,7 +24,7 @@ use guard_common::{
 
 use crate::btf::Offsets;
 use crate::loader::{
-    AttachError, Attacher,
+    AttachError, Attacher, OBJECT,
     table::{self, Family, Row},
 };
 pub use crate::probe::Tier;
@@ -40,8 +40,6 @@ pub enum TierChoice {
     /// The fallback hooks even where BPF LSM is active.
     Fallback,
 }
-
-pub(crate) use crate::loader::OBJECT;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
@@ -61,8 +59,6 @@ pub enum KernelError {
         #[source]
         source: AttachError,
     },
-    #[error("map {name} is missing from the object")]
-    NoMap { name: &'static str },
     #[error("map {name}: {source}")]
     Map {
         name: &'static str,
@@ -81,13 +77,6 @@ pub enum KernelError {
     )]
     Layout { dir: PathBuf, found: u32, want: u32 },
 }
-
-/// The tracker programs: tracepoint name and program name.
-pub const TRACKERS: [(&str, &str); 3] = [
-    ("sched_process_fork", programs::FORK),
-    ("sched_process_exec", programs::EXEC),
-    ("sched_process_exit", programs::EXIT),
-];
 
 /// The program behind the tracker pinned as `pin_name`: kernels before 6.16 pass no
 /// `group_dead` to `sched_process_exit` (a program reading it is rejected), and get the variant

@@ -8,8 +8,6 @@
 
 use std::{fs, path::Path};
 
-use guard_common::maps::lsm_programs;
-
 use crate::loader::{
     AttachError, Attacher,
     table::{self, Family, Kind, Need, Row, Serves},
@@ -22,14 +20,6 @@ pub struct LsmAttached {
     pub hooks: Vec<String>,
     /// Optional hooks this kernel does not have (another hook covers them).
     pub absent: Vec<String>,
-}
-
-/// Every LSM program: network hooks first.
-pub fn all_programs() -> impl Iterator<Item = (&'static str, &'static str)> {
-    lsm_programs::NET
-        .into_iter()
-        .chain(lsm_programs::FILE)
-        .chain(lsm_programs::SELF)
 }
 
 /// The LSM rows of the loader table, network hooks first.
@@ -68,8 +58,8 @@ pub fn attach(at: &mut Attacher<'_>, links_dir: &Path) -> Result<LsmAttached, St
 /// Remove the pins of every LSM link under `links_dir` (they detach once the daemon's file
 /// descriptors are closed too).
 pub fn detach(links_dir: &Path) {
-    for (name, _) in all_programs() {
-        let _ = fs::remove_file(links_dir.join(name));
+    for row in rows() {
+        let _ = fs::remove_file(links_dir.join(row.pin));
     }
 }
 

@@ -69,17 +69,14 @@ pub fn load(
     };
     // The daemon's tgid goes in before the programs attach: a restarted daemon takes over
     // from the old one at once.
-    let mut guard_self = Some(
-        selfprot::SelfMaps::take(at.ebpf())
-            .map_err(|(name, source)| KernelError::Map { name, source })?,
-    );
-    if let Some(m) = guard_self.as_mut() {
-        m.set_daemon(daemon_tgid)
-            .map_err(|source| KernelError::Map {
-                name: guard_common::maps::SELF_STATE,
-                source,
-            })?;
-    }
+    let mut guard_self = selfprot::SelfMaps::take(at.ebpf())
+        .map_err(|(name, source)| KernelError::Map { name, source })?;
+    guard_self
+        .set_daemon(daemon_tgid)
+        .map_err(|source| KernelError::Map {
+            name: guard_common::maps::SELF_STATE,
+            source,
+        })?;
     let self_attached = selfprot::attach(&mut at, offsets.self_error.clone());
     drop(at);
     let kernel = loading.finish(tier, lsm, lsm_error)?;
@@ -89,7 +86,7 @@ pub fn load(
         net,
         net_attached,
         files,
-        guard_self,
+        guard_self: Some(guard_self),
         self_attached,
     })
 }

@@ -274,7 +274,10 @@ impl DaemonView for View {
         let hooks = Kernel::pinned_links(st.kernel.pin_dir())
             .into_iter()
             .map(|hook| HookStatus {
-                tier: if crate::kernel::TRACKERS.iter().any(|(_, p)| *p == hook) {
+                tier: if crate::loader::table::family(crate::loader::table::Family::Tracker)
+                    .iter()
+                    .any(|r| r.pin == hook)
+                {
                     "tracking".into()
                 } else {
                     tier.clone()
