@@ -39,7 +39,7 @@ pub async fn read_ring(
         }
     };
     let mut batch = Vec::with_capacity(256);
-    // Lifecycle records do not wake this reader until a share of the ring is queued (see
+    // Fork and exit records do not wake this reader until a share of the ring is queued (see
     // `EVENTS_WAKE_BYTES`): drain on a timer too.
     let mut drain = tokio::time::interval(Duration::from_millis(EVENTS_DRAIN_MS));
     drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
