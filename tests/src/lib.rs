@@ -291,10 +291,11 @@ impl Daemon {
         self.ps().into_iter().find(|p| p["pid"] == pid)
     }
 
-    /// Every line of the event log, parsed.
+    /// Every whole line of the event log, parsed.
     pub fn events(&self) -> Vec<Value> {
-        std::fs::read_to_string(&self.event_log)
-            .unwrap_or_default()
+        let text = std::fs::read_to_string(&self.event_log).unwrap_or_default();
+        // The daemon may be in the middle of appending a line: whole lines only.
+        text[..text.rfind('\n').map_or(0, |i| i + 1)]
             .lines()
             .map(|l| {
                 serde_json::from_str(l).unwrap_or_else(|e| panic!("bad event line {l:?}: {e}"))
