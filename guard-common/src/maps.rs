@@ -32,6 +32,10 @@ pub const COUNTERS_MAX: u32 = 16;
 pub const OFFSETS_GLOBAL: &str = "GUARD_OFFSETS";
 /// tgid of the daemon, which programs never act against.
 pub const DAEMON_TGID_GLOBAL: &str = "GUARD_DAEMON_TGID";
+/// `u32`, 1 where the kernel lets cgroup socket programs call `bpf_send_signal` (probed at
+/// start; 6.18 does, 6.1 and 6.12 do not): `kill` rules SIGKILL from the program that denies,
+/// and no kill program is loaded.
+pub const KILL_IN_PLACE_GLOBAL: &str = "GUARD_KILL_IN_PLACE";
 
 /// LPM trie of IPv4 prefixes → [`crate::net::RuleSet`].
 pub const NET4: &str = "GUARD_NET4";
@@ -46,11 +50,12 @@ pub const NET_UNIX_MAX: u32 = 1024;
 pub const NET_RULES: &str = "GUARD_NET_RULES";
 /// One [`crate::net::NetRule`]: the raw-socket rule (generation 0: none).
 pub const NET_RAW: &str = "GUARD_NET_RAW";
-/// tgid → [`crate::net::PendingKill`]: processes to SIGKILL at their next system call exit.
+/// tgid → [`crate::net::PendingKill`]: processes to SIGKILL before their system call returns
+/// (kernels whose cgroup programs cannot send signals).
 pub const NET_PENDING_KILLS: &str = "GUARD_NET_PENDING_KILLS";
 pub const NET_PENDING_KILLS_MAX: u32 = 4096;
-/// One `u64`: number of entries in [`NET_PENDING_KILLS`], so that the system call exit
-/// program costs one array read for everyone while no kill is pending.
+/// One `u64`: number of entries in [`NET_PENDING_KILLS`], so that the kill programs cost one
+/// array read for everyone while no kill is pending.
 pub const NET_PENDING_COUNT: &str = "GUARD_NET_PENDING_COUNT";
 
 /// Offsets of `bpf_sock_addr_kern` and `sockaddr_un` for the unix socket programs.
@@ -71,7 +76,11 @@ pub mod programs {
     pub const SENDMSG_UNIX: &str = "guard_sendmsg_unix";
     /// cgroup `sock_create`: raw IPv4/IPv6 sockets.
     pub const SOCK_CREATE: &str = "guard_sock_create";
-    /// `tp_btf/sys_exit`: sends the pending kills.
+    /// `fexit` of the kernel functions that run the cgroup socket programs: send the pending
+    /// kills where the cgroup programs cannot signal themselves.
+    pub const KILL_AFTER_SOCK_ADDR: &str = "guard_kill_after_sock_addr";
+    pub const KILL_AFTER_SOCK_CREATE: &str = "guard_kill_after_sock_create";
+    /// `tp_btf/sys_exit`: the same, where the kernel refuses fexit programs.
     pub const SYS_EXIT: &str = "guard_sys_exit";
 }
 
@@ -250,9 +259,10 @@ pub const ALL: [&str; 24] = [
 ];
 
 /// Every global the loader sets, by name.
-pub const GLOBALS: [&str; 6] = [
+pub const GLOBALS: [&str; 7] = [
     OFFSETS_GLOBAL,
     DAEMON_TGID_GLOBAL,
+    KILL_IN_PLACE_GLOBAL,
     UNIX_OFFSETS_GLOBAL,
     LSM_OFFSETS_GLOBAL,
     FILE_OFFSETS_GLOBAL,
@@ -260,7 +270,7 @@ pub const GLOBALS: [&str; 6] = [
 ];
 
 /// Every program of the kernel object, by function name.
-pub const ALL_PROGRAMS: [&str; 39] = [
+pub const ALL_PROGRAMS: [&str; 41] = [
     programs::FORK,
     programs::EXEC,
     programs::EXIT,
@@ -272,6 +282,8 @@ pub const ALL_PROGRAMS: [&str; 39] = [
     programs::CONNECT_UNIX,
     programs::SENDMSG_UNIX,
     programs::SOCK_CREATE,
+    programs::KILL_AFTER_SOCK_ADDR,
+    programs::KILL_AFTER_SOCK_CREATE,
     programs::SYS_EXIT,
     lsm_programs::SOCKET_CONNECT,
     lsm_programs::SOCKET_SENDMSG,

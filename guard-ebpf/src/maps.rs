@@ -90,6 +90,12 @@ static GUARD_OFFSETS: KernelOffsets = KernelOffsets {
 #[unsafe(no_mangle)]
 static GUARD_DAEMON_TGID: u32 = 0;
 
+/// 1 where the cgroup socket programs may call `bpf_send_signal` themselves. A frozen
+/// read-only global: the verifier sees the constant and never checks the helper call on a
+/// kernel that would refuse it.
+#[unsafe(no_mangle)]
+static GUARD_KILL_IN_PLACE: u32 = 0;
+
 #[inline(always)]
 pub fn offsets() -> KernelOffsets {
     // SAFETY: a global in .rodata, patched by the loader before load.
@@ -100,6 +106,12 @@ pub fn offsets() -> KernelOffsets {
 pub fn daemon_tgid() -> u32 {
     // SAFETY: a global in .rodata, patched by the loader before load.
     unsafe { core::ptr::read_volatile(&GUARD_DAEMON_TGID) }
+}
+
+#[inline(always)]
+pub fn kill_in_place() -> bool {
+    // SAFETY: a global in .rodata, patched by the loader before load.
+    unsafe { core::ptr::read_volatile(&GUARD_KILL_IN_PLACE) != 0 }
 }
 
 #[inline(always)]

@@ -57,6 +57,7 @@ const FLOORS: &[(&str, u8)] = &[
     ("files", 2),
     ("selfprot", 2),
     ("kernel", 1),
+    ("killer", 1),
     ("agents", 1),
     ("metrics", 1),
     ("proctree", 1),

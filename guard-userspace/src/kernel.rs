@@ -23,9 +23,10 @@ use guard_common::{
 };
 
 use crate::btf::Offsets;
+use crate::killer::{KillChoice, KillVia};
 use crate::loader::{
     AttachError, Attacher, OBJECT,
-    table::{self, Family, Row},
+    table::{self, Family},
 };
 pub use crate::probe::Tier;
 
@@ -49,6 +50,8 @@ pub enum KernelError {
         #[source]
         source: io::Error,
     },
+    #[error("kill rules: {0}")]
+    KillWay(String),
     #[error("loading guard's eBPF object: {0}")]
     Load(#[source] aya::EbpfError),
     #[error("reading kernel BTF: {0}")]
@@ -91,13 +94,6 @@ fn tracker_program(pin_name: &'static str, exit_params: Option<usize>) -> &'stat
     }
 }
 
-/// The program that carries out `kill` decisions of the cgroup hooks: `tp_btf/sys_exit` sends
-/// SIGKILL in the offender's own context before it returns to user space. Any program on
-/// `raw_syscalls:sys_exit` puts every thread of the host on the slow system-call path (about
-/// 100 ns a call), so it is attached only while the policy has an enforced `kill` or
-/// `kill-tree` endpoint rule.
-pub const KILLER: (&str, &str) = ("sys_exit", programs::SYS_EXIT);
-
 /// The object in the kernel with its trackers attached, while the start-up attaches the
 /// tier's and the subsystems' programs through [`Loading::attacher`] and takes their maps;
 /// [`Loading::finish`] then takes the trackers' maps.
@@ -105,12 +101,28 @@ pub struct Loading {
     pin_dir: PathBuf,
     ebpf: Ebpf,
     btf: Btf,
+    kill_via: KillVia,
 }
 
 impl Loading {
     /// Load the programs (reusing pinned maps), attach the trackers and pin their links, and
-    /// load the kill program (attached later, while a policy kills).
-    pub fn load(pin_dir: &Path, offsets: &Offsets, daemon_tgid: u32) -> Result<Self, KernelError> {
+    /// load the kill programs of the first way of `kill` the kernel takes (attached later,
+    /// while a policy kills). `cgroup_can_signal` is the probe's answer.
+    pub fn load(
+        pin_dir: &Path,
+        offsets: &Offsets,
+        daemon_tgid: u32,
+        kill: KillChoice,
+        cgroup_can_signal: bool,
+    ) -> Result<Self, KernelError> {
+        let candidates = KillVia::candidates(kill, cgroup_can_signal);
+        if candidates == [KillVia::InPlace] && !cgroup_can_signal {
+            return Err(KernelError::KillWay(
+                "--kill-via in-place: this kernel's verifier refuses bpf_send_signal in cgroup \
+                 programs (see `guard status`, feature cgroup-send-signal)"
+                    .into(),
+            ));
+        }
         let maps_dir = pin_dir.join("maps");
         let links_dir = pin_dir.join("links");
         for dir in [pin_dir, &maps_dir, &links_dir] {
@@ -120,10 +132,13 @@ impl Loading {
             })?;
         }
         check_layout(&maps_dir)?;
+        remove_stale_links(&links_dir);
+        let in_place = u32::from(candidates == [KillVia::InPlace]);
         let ebpf = EbpfLoader::new()
             .default_map_pin_directory(&maps_dir)
             .override_global(maps::OFFSETS_GLOBAL, &offsets.kernel, true)
             .override_global(maps::DAEMON_TGID_GLOBAL, &daemon_tgid, true)
+            .override_global(maps::KILL_IN_PLACE_GLOBAL, &in_place, true)
             .override_global(maps::LSM_OFFSETS_GLOBAL, &offsets.lsm, true)
             .override_global(maps::UNIX_OFFSETS_GLOBAL, &offsets.unix, true)
             .override_global(maps::FILE_OFFSETS_GLOBAL, &offsets.file, true)
@@ -136,9 +151,12 @@ impl Loading {
             pin_dir: pin_dir.to_path_buf(),
             ebpf,
             btf,
+            kill_via: KillVia::InPlace,
         };
         let links_dir = loading.links_dir();
         let mut at = Attacher::new(&mut loading.ebpf, &loading.btf, &links_dir, None);
+        // Before anything attaches: a way of killing the kernel refuses stops the start here.
+        let kill_via = load_kill_way(&mut at, candidates)?;
         for row in table::family(Family::Tracker) {
             if row.name != tracker_program(row.pin, offsets.exit_params) {
                 continue;
@@ -148,12 +166,7 @@ impl Loading {
                 source,
             })?;
         }
-        let killer = killer_row();
-        at.load_only(&killer)
-            .map_err(|source| KernelError::Attach {
-                name: killer.name,
-                source,
-            })?;
+        loading.kill_via = kill_via;
         Ok(loading)
     }
 
@@ -193,6 +206,7 @@ impl Loading {
             tier,
             lsm,
             lsm_error,
+            kill_via: self.kill_via,
             keeper: None,
             _ebpf: self.ebpf,
         })
@@ -214,6 +228,8 @@ pub struct Kernel {
     pub lsm: Option<crate::lsm::LsmAttached>,
     /// Why the bpf-lsm tier is not enforcing although it was asked for.
     pub lsm_error: Option<String>,
+    /// How the fallback tier's cgroup programs kill.
+    pub kill_via: KillVia,
     /// Puts removed pins back; told before the daemon removes a pin itself.
     pub keeper: Option<std::sync::Arc<crate::pins::PinKeeper>>,
     /// Keeps the programs' file descriptors for the daemon's lifetime.
@@ -225,30 +241,42 @@ impl Kernel {
         &self.pin_dir
     }
 
-    /// Whether the kill program is attached (its link is pinned).
+    /// Whether the kill programs are attached (their links are pinned).
     pub fn killer_attached(&self) -> bool {
-        self.pin_dir.join("links").join(KILLER.1).exists()
+        let links = self.pin_dir.join("links");
+        self.kill_via
+            .programs()
+            .iter()
+            .all(|name| links.join(name).exists())
     }
 
-    /// Attach (`on`) or detach the kill program. Attach before installing rules that kill;
-    /// detach only after the last such rule is gone.
-    /// The bpf-lsm tier kills from its own programs and never needs it.
+    /// Attach (`on`) or detach the kill programs. Attach before installing rules that kill;
+    /// detach only after the last such rule is gone. The bpf-lsm tier kills from its own
+    /// programs and never needs them.
     pub fn set_killer(&mut self, on: bool) -> Result<(), KernelError> {
         let on = on && self.tier == Tier::Fallback;
-        let (_, name) = KILLER;
-        let pin = self.pin_dir.join("links").join(name);
-        if on == pin.exists() {
-            return Ok(());
-        }
-        if !on {
-            if let Some(k) = &self.keeper {
-                k.release(&pin);
+        for row in table::family(Family::Killer) {
+            let pin = self.pin_dir.join("links").join(row.pin);
+            let wanted = on && self.kill_via.programs().contains(&row.name);
+            if wanted == pin.exists() {
+                continue;
             }
-            return fs::remove_file(&pin)
-                .map_err(|source| KernelError::PinDir { path: pin, source });
+            if !wanted {
+                if let Some(k) = &self.keeper {
+                    k.release(&pin);
+                }
+                fs::remove_file(&pin)
+                    .map_err(|source| KernelError::PinDir { path: pin, source })?;
+                continue;
+            }
+            crate::loader::attach_loaded(&mut self._ebpf, &row, &pin).map_err(|source| {
+                KernelError::Attach {
+                    name: row.name,
+                    source,
+                }
+            })?;
         }
-        crate::loader::attach_loaded(&mut self._ebpf, &killer_row(), &pin)
-            .map_err(|source| KernelError::Attach { name, source })
+        Ok(())
     }
 
     /// The event ring buffer (once).
@@ -333,9 +361,49 @@ where
     crate::loader::take_map(ebpf, name).map_err(|(name, source)| KernelError::Map { name, source })
 }
 
-/// The kill program's row of the loader table.
-fn killer_row() -> Row {
-    table::row(KILLER.1).expect("the kill program is in the loader table")
+/// Load the kill programs of the first of `candidates` the kernel takes.
+fn load_kill_way(at: &mut Attacher<'_>, candidates: &[KillVia]) -> Result<KillVia, KernelError> {
+    let mut refused = Vec::new();
+    for &via in candidates {
+        let loaded = via.programs().iter().try_for_each(|name| {
+            let row = table::row(name).expect("kill programs are in the loader table");
+            at.load_only(&row)
+                .map_err(|e| format!("{}: {e}", row.hook()))
+        });
+        match loaded {
+            Ok(()) => {
+                if !refused.is_empty() {
+                    tracing::info!(?via, refused = ?refused, "kill programs: using a slower way");
+                }
+                return Ok(via);
+            }
+            Err(e) => refused.push(e),
+        }
+    }
+    let asked = match candidates {
+        [only] => format!("--kill-via {}", only.name()),
+        _ => "no way of killing loads".into(),
+    };
+    Err(KernelError::KillWay(format!(
+        "{asked}: the kernel refuses {}",
+        refused.join("; ")
+    )))
+}
+
+/// Unpin links of programs this build does not have (an older version's): they would stay
+/// attached, unseen by status and never replaced.
+fn remove_stale_links(links_dir: &Path) {
+    let known: Vec<&str> = table::table().iter().map(|r| r.pin).collect();
+    for entry in fs::read_dir(links_dir).into_iter().flatten().flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if !known.contains(&name.as_ref()) && !name.ends_with("_new") {
+            match fs::remove_file(entry.path()) {
+                Ok(()) => tracing::info!(link = %name, "unpinned a program of an older version"),
+                Err(e) => tracing::warn!(link = %name, error = %e, "cannot unpin a stale program"),
+            }
+        }
+    }
 }
 
 /// Remove every pin guard created (maps and links): enforcement stops.

@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod events;
 pub mod files;
 pub mod kernel;
+pub mod killer;
 pub mod loader;
 pub mod lsm;
 pub mod metrics;

@@ -74,6 +74,11 @@ enum Cmd {
         /// start without it; `fallback` never uses it.
         #[arg(long, value_enum, default_value_t = guard::kernel::TierChoice::Auto, env = "GUARD_TIER")]
         tier: guard::kernel::TierChoice,
+        /// How the fallback tier kills: `auto` takes the cheapest way the kernel allows
+        /// (`in-place` from the cgroup program, else `fexit`, else `sys-exit`, which slows
+        /// every system call on the host while a policy kills).
+        #[arg(long, value_enum, default_value_t = guard::killer::KillChoice::Auto, env = "GUARD_KILL_VIA")]
+        kill_via: guard::killer::KillChoice,
     },
     /// Start CMD as a tagged agent root. Refuses to start it when the daemon is not enforcing.
     Run {
@@ -197,6 +202,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             tier,
             uninstall,
             lifecycle_events,
+            kill_via,
         } => {
             if uninstall {
                 if !nix::unistd::geteuid().is_root() {
@@ -233,6 +239,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 metrics_addr,
                 tier,
                 lifecycle_events,
+                kill_via,
             }))?;
             Ok(ExitCode::SUCCESS)
         }

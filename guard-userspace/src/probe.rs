@@ -219,6 +219,7 @@ pub fn probe(bpffs_root: &Path, mount_missing: bool) -> Probe {
         probe_bpf_lsm(btf.as_ref(), lsm_list.as_deref()),
         probe_fanotify(),
         probe_send_signal(),
+        probe_cgroup_send_signal(),
     ];
     let lsm = features.iter().find(|f| f.name == "bpf-lsm");
     let tier = match lsm.is_some_and(Feature::usable) {
@@ -572,6 +573,30 @@ fn probe_send_signal() -> Feature {
         Ok(false) => Feature::missing(NAME, "verifier rejects bpf_send_signal"),
         Err(ProgramError::SyscallError(e)) => Feature::failed(NAME, &from_aya(&e)),
         Err(e) => Feature::new(NAME, FeatureStatus::Error, e.to_string()),
+    }
+}
+
+/// Whether cgroup socket programs may call `bpf_send_signal` (newer kernels): then they
+/// SIGKILL the offender themselves and no kill program is attached.
+fn probe_cgroup_send_signal() -> Feature {
+    const NAME: &str = "cgroup-send-signal";
+    let both = [ProgramType::CgroupSockAddr, ProgramType::CgroupSock]
+        .map(|t| is_helper_supported(t, BpfHelper::BPF_FUNC_send_signal));
+    match both {
+        [Ok(true), Ok(true)] => Feature::ok(
+            NAME,
+            "verifier accepts bpf_send_signal in cgroup sock_addr and sock_create programs: kill \
+             rules SIGKILL from the program that denies",
+        ),
+        [Err(ProgramError::SyscallError(e)), _] | [_, Err(ProgramError::SyscallError(e))] => {
+            Feature::failed(NAME, &from_aya(&e))
+        }
+        [Err(e), _] | [_, Err(e)] => Feature::new(NAME, FeatureStatus::Error, e.to_string()),
+        _ => Feature::missing(
+            NAME,
+            "verifier rejects bpf_send_signal in cgroup programs: kill rules use the fexit kill \
+             programs",
+        ),
     }
 }
 

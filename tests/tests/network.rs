@@ -361,12 +361,29 @@ fn unix_socket_rules() {
 
 #[test]
 fn kill_leaves_the_offender_dead_and_the_socket_unconnected() {
+    // `auto` is the cheapest way this kernel allows (in place on 6.18, fexit on 6.1/6.12);
+    // `sys-exit` is the way of last resort, proven here on every kernel too.
+    for way in ["auto", "sys-exit"] {
+        kill_with(way);
+    }
+}
+
+fn kill_with(way: &str) {
     let net = Net::new();
     let listener = Listener::start(&net, &[format!("tcp:5432:{}", net.a)]);
-    let daemon = Daemon::start_with_policy(&policy(&format!(
-        "    - {{ name: prod-db, ips: [{}], ports: [5432], action: kill }}\n",
-        net.a
-    )));
+    let daemon = Daemon::start_with_args(
+        Some(&policy(&format!(
+            "    - {{ name: prod-db, ips: [{}], ports: [5432], action: kill }}\n",
+            net.a
+        ))),
+        &["--kill-via", way],
+    );
+    let status = daemon.status_json().expect("status");
+    let kill = status["network"]["kill"].as_str().unwrap_or_default();
+    assert!(
+        kill.starts_with("SIGKILL") && !kill.contains("none attached"),
+        "--kill-via {way}: {kill}"
+    );
     let out = run(
         Some(&daemon),
         &["python3", "-c", CLIENT, "tcp", &net.a, "5432", "1"],
@@ -374,7 +391,7 @@ fn kill_leaves_the_offender_dead_and_the_socket_unconnected() {
     assert_eq!(
         std::os::unix::process::ExitStatusExt::signal(&out.status),
         Some(libc::SIGKILL),
-        "killed by SIGKILL: {}",
+        "--kill-via {way}: killed by SIGKILL: {}",
         text(&out)
     );
     assert_eq!(

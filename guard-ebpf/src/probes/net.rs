@@ -1,15 +1,20 @@
 //! Network enforcement: cgroup v2 sock_addr programs on `connect` and `sendmsg` (IPv4, IPv6,
-//! unix), a `sock_create` program for raw sockets, and the system call exit program that
-//! carries out kills.
+//! unix), a `sock_create` program for raw sockets, and the programs that carry out kills
+//! where the cgroup programs cannot.
 //!
 //! Every program starts with one lookup of the caller's tgid in the tag map and allows an
 //! untagged caller straight away: that lookup is the whole cost for the rest of the host.
 //! A tagged caller's destination is looked up in the rule maps (see `guard_common::net`).
 //!
 //! Returning 0 from a sock_addr program fails the system call with EPERM before anything is
-//! sent. A cgroup program cannot send signals, so `kill` records the process in the
-//! pending-kill map and [`guard_sys_exit`] sends SIGKILL in its own context before the system
-//! call returns to user space. Internal errors fail open and are counted
+//! sent. Where the kernel lets cgroup programs call `bpf_send_signal` (the loader probes it),
+//! `kill` sends SIGKILL from the program that denies. Elsewhere `kill` records the process in
+//! the pending-kill map, and an `fexit` program on the kernel function that ran the cgroup
+//! programs sends SIGKILL, still in the offender's context and before the system call
+//! returns. Neither costs the host anything per system call: the `fexit` runs on socket
+//! address operations only, and only while a policy kills. Where the kernel refuses fexit
+//! programs as well, a `sys_exit` program does the same at every system call exit. Internal
+//! errors fail open and are counted
 //! (`Counter::NetFailOpen`); a decision is never dropped silently: each one is an event, and
 //! a lost event is counted.
 
@@ -21,9 +26,9 @@ use aya_ebpf::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
         bpf_ktime_get_boot_ns, generated,
     },
-    macros::{btf_tracepoint, cgroup_sock, cgroup_sock_addr},
+    macros::{btf_tracepoint, cgroup_sock, cgroup_sock_addr, fexit},
     maps::lpm_trie::Key,
-    programs::{BtfTracePointContext, SockAddrContext, SockContext},
+    programs::{BtfTracePointContext, FExitContext, SockAddrContext, SockContext},
 };
 use guard_common::{
     ProcKey, Tag,
@@ -41,7 +46,7 @@ use crate::{
     kernel::Task,
     maps::{
         EVENTS, NET_RAW, NET_RULES, NET_UNIX, NET4, NET6, PENDING_COUNT, PENDING_KILLS, TAGS,
-        count, daemon_tgid, offsets, unix_offsets,
+        count, daemon_tgid, kill_in_place, offsets, unix_offsets,
     },
 };
 
@@ -127,20 +132,41 @@ fn try_sock_create(ctx: &SockContext) -> Result<i32, i32> {
     ))
 }
 
-/// `raw_syscalls:sys_exit(regs, ret)`: SIGKILL a process with a pending kill, in its own
-/// context, before the system call returns to user space. For everyone else it costs one
-/// array read while no kill is pending.
+/// `fexit` of `__cgroup_bpf_run_filter_sock_addr`, which ran the sock_addr programs of a
+/// connect or sendmsg: SIGKILL a process with a pending kill in its own context, before the
+/// system call returns. Every other caller pays one array read while no kill is pending.
+#[fexit(function = "__cgroup_bpf_run_filter_sock_addr")]
+pub fn guard_kill_after_sock_addr(_ctx: FExitContext) -> i32 {
+    kill_if_pending();
+    0
+}
+
+/// `fexit` of `__cgroup_bpf_run_filter_sk`, which ran the `sock_create` program.
+#[fexit(function = "__cgroup_bpf_run_filter_sk")]
+pub fn guard_kill_after_sock_create(_ctx: FExitContext) -> i32 {
+    kill_if_pending();
+    0
+}
+
+/// `raw_syscalls:sys_exit`, where the kernel refuses fexit programs too: the same kill at the
+/// exit of every system call, which puts every thread of the host on the slow system-call
+/// path while it is attached.
 #[btf_tracepoint(function = "sys_exit")]
 pub fn guard_sys_exit(_ctx: BtfTracePointContext) -> i32 {
+    kill_if_pending();
+    0
+}
+
+#[inline(always)]
+fn kill_if_pending() {
     let Some(pending) = PENDING_COUNT.get_ptr(0) else {
-        return 0;
+        return;
     };
     // SAFETY: pointer to the array slot from a successful lookup.
     if unsafe { core::ptr::read_volatile(pending) } == 0 {
-        return 0;
+        return;
     }
     send_pending_kill();
-    0
 }
 
 #[inline(always)]
@@ -170,7 +196,8 @@ pub(super) struct Dest {
 /// How a `kill` decision is carried out.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(super) enum Kill {
-    /// A cgroup program cannot signal: the sys_exit program kills at the syscall's exit.
+    /// A cgroup program: it signals the offender itself where the kernel allows it
+    /// ([`kill_in_place`]), otherwise the kill programs above do when it returns.
     Pending,
     /// A BPF LSM program runs in the offender's context and signals it right away.
     Now,
@@ -422,7 +449,7 @@ fn apply(
     let outcome = if !rule.blocks() {
         count(Counter::NetAudited);
         result::ALLOWED
-    } else if rule.kills() && kill == Kill::Now {
+    } else if rule.kills() && (kill == Kill::Now || kill_in_place()) {
         count(Counter::NetDenied);
         // SAFETY: helper without memory arguments; signals the current process.
         if unsafe { generated::bpf_send_signal(SIGKILL) } == 0 {
@@ -453,7 +480,7 @@ fn apply(
     }
 }
 
-/// Record `tgid` for SIGKILL at its next system call exit.
+/// Record `tgid` for SIGKILL when the kernel function that ran the cgroup program returns.
 #[inline(always)]
 fn schedule_kill(tgid: u32, tag: &Tag, rule_id: u32) -> bool {
     let pending = PendingKill {
@@ -514,7 +541,7 @@ fn send_pending_kill() {
         // SAFETY: helper without memory arguments; signals the current process.
         if unsafe { generated::bpf_send_signal(SIGKILL) } != 0 {
             count(Counter::NetKillFailed);
-            return; // retried at the next system call exit
+            return; // retried at the next socket operation
         }
         count(Counter::NetKillsSent);
     }

@@ -29,11 +29,13 @@ pub fn load(
     pin_dir: &std::path::Path,
     choice: TierChoice,
     lsm_available: bool,
+    kill: crate::killer::KillChoice,
+    cgroup_can_signal: bool,
 ) -> Result<Loaded, DaemonError> {
     let vmlinux = Vmlinux::read()?;
     let offsets = Offsets::read(&vmlinux)?;
     let daemon_tgid = std::process::id();
-    let mut loading = Loading::load(pin_dir, &offsets, daemon_tgid)?;
+    let mut loading = Loading::load(pin_dir, &offsets, daemon_tgid, kill, cgroup_can_signal)?;
     let (links_dir, maps_dir) = (loading.links_dir(), loading.maps_dir());
     let mut at = loading.attacher(&links_dir, &vmlinux);
 

@@ -90,6 +90,8 @@ pub struct DaemonConfig {
     pub tier: crate::kernel::TierChoice,
     /// Write fork and exit lines of tagged processes too.
     pub lifecycle_events: bool,
+    /// How the fallback tier carries out `kill` rules.
+    pub kill_via: crate::killer::KillChoice,
 }
 
 /// Agents as the kernel maps them: ids start at 1 (0 is `guard run` without `--agent`).
@@ -198,6 +200,8 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
         &cfg.paths.pin_dir,
         cfg.tier,
         probe.tier == probe::Tier::BpfLsm,
+        cfg.kill_via,
+        probe.is_available("cgroup-send-signal"),
     )?;
     info!(pin_dir = %cfg.paths.pin_dir.display(), tier = %kernel.tier, "trackers and enforcement attached and pinned");
     let agents = agent_specs(&compiled);

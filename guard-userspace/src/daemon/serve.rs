@@ -162,10 +162,10 @@ fn network_status(kernel: &Kernel, a: &net::Attached) -> crate::api::NetworkStat
         raw_sockets: a.raw.describe(),
         kill: if a.lsm {
             "SIGKILL from the LSM program, before the system call returns".into()
-        } else if kernel.killer_attached() {
-            "SIGKILL from tp_btf/sys_exit, before the system call returns".into()
+        } else if kernel.kill_via.programs().is_empty() || kernel.killer_attached() {
+            kernel.kill_via.describe().into()
         } else {
-            "tp_btf/sys_exit attached when a policy has kill rules".into()
+            format!("{} (none attached now)", kernel.kill_via.describe())
         },
     }
 }

@@ -1,6 +1,6 @@
 //! One loader for every program: the table ([`table`]) declares each program once, and
 //! [`Attacher::attach`] is the only load → attach → pin sequence, whatever the kind (BTF
-//! tracepoint, LSM hook, cgroup sock_addr/sock_create/device, unix sock_addr loaded by hand).
+//! tracepoint, LSM hook, fexit, cgroup sock_addr/sock_create/device, unix sock_addr loaded by hand).
 //! Subsystems say which rows they want and report the results their own way; nothing else
 //! calls `program_mut`, `load`, `attach` or pins a link.
 
@@ -19,7 +19,7 @@ use aya::{
     Btf, Ebpf,
     maps::MapError,
     programs::{
-        BtfTracePoint, CgroupAttachMode, CgroupDevice, CgroupSock, CgroupSockAddr, Lsm,
+        BtfTracePoint, CgroupAttachMode, CgroupDevice, CgroupSock, CgroupSockAddr, FExit, Lsm,
         ProgramError, links::FdLink,
     },
 };
@@ -146,12 +146,9 @@ impl<'a> Attacher<'a> {
     /// older pin atomically.
     pub fn attach(&mut self, row: &Row) -> Result<(), AttachError> {
         let link = match row.kind {
-            Kind::TpBtf(tp) => {
-                let prog: &mut BtfTracePoint = program(self.ebpf, row.name)?;
-                prog.load(tp, self.btf)
-                    .map_err(|e| AttachError::Load(verifier_text(&e)))?;
-                let id = prog.attach().map_err(attach_err)?;
-                Link::Aya(prog.take_link(id).map_err(attach_err)?.into())
+            Kind::TpBtf(_) | Kind::FExit(_) => {
+                self.load_only(row)?;
+                attached_link(self.ebpf, row)?
             }
             Kind::Lsm(hook) => {
                 let vmlinux = self
@@ -204,14 +201,20 @@ impl<'a> Attacher<'a> {
 
     /// Load `row`'s program without attaching it ([`attach_loaded`] attaches it later).
     pub fn load_only(&mut self, row: &Row) -> Result<(), AttachError> {
-        let Kind::TpBtf(tp) = row.kind else {
-            return Err(AttachError::Attach(
-                "only tracepoints are loaded ahead of attaching".into(),
-            ));
-        };
-        let prog: &mut BtfTracePoint = program(self.ebpf, row.name)?;
-        prog.load(tp, self.btf)
-            .map_err(|e| AttachError::Load(verifier_text(&e)))
+        let load_err = |e: ProgramError| AttachError::Load(verifier_text(&e));
+        match row.kind {
+            Kind::TpBtf(tp) => {
+                let prog: &mut BtfTracePoint = program(self.ebpf, row.name)?;
+                prog.load(tp, self.btf).map_err(load_err)
+            }
+            Kind::FExit(function) => {
+                let prog: &mut FExit = program(self.ebpf, row.name)?;
+                prog.load(function, self.btf).map_err(load_err)
+            }
+            _ => Err(AttachError::Attach(
+                "only tracing programs are loaded ahead of attaching".into(),
+            )),
+        }
     }
 
     fn cgroup(&mut self) -> Result<File, AttachError> {
@@ -276,16 +279,32 @@ pub fn program_costs(links_dir: &Path) -> Vec<ProgramCost> {
     out
 }
 
-/// Attach a tracepoint program loaded earlier with [`Attacher::load_only`], pinning its link
-/// at `path`.
+/// Attach a tracing program loaded earlier with [`Attacher::load_only`], pinning its link at
+/// `path`.
 pub fn attach_loaded(ebpf: &mut Ebpf, row: &Row, path: &Path) -> Result<(), AttachError> {
-    let prog: &mut BtfTracePoint = program(ebpf, row.name)?;
-    let id = prog.attach().map_err(attach_err)?;
-    let link = Link::Aya(prog.take_link(id).map_err(attach_err)?.into());
+    let link = attached_link(ebpf, row)?;
     pin_replacing(link, path).map_err(|source| AttachError::Pin {
         path: path.to_path_buf(),
         source,
     })
+}
+
+/// Attach a loaded tracing program (`tp_btf`, `fexit`) and take its link.
+fn attached_link(ebpf: &mut Ebpf, row: &Row) -> Result<Link, AttachError> {
+    let link: FdLink = match row.kind {
+        Kind::TpBtf(_) => {
+            let prog: &mut BtfTracePoint = program(ebpf, row.name)?;
+            let id = prog.attach().map_err(attach_err)?;
+            prog.take_link(id).map_err(attach_err)?.into()
+        }
+        Kind::FExit(_) => {
+            let prog: &mut FExit = program(ebpf, row.name)?;
+            let id = prog.attach().map_err(attach_err)?;
+            prog.take_link(id).map_err(attach_err)?.into()
+        }
+        _ => return Err(AttachError::Attach("not a tracing program".into())),
+    };
+    Ok(Link::Aya(link))
 }
 
 fn program<'e, T>(ebpf: &'e mut Ebpf, name: &str) -> Result<&'e mut T, AttachError>

@@ -13,6 +13,8 @@ pub enum Kind {
     TpBtf(&'static str),
     /// `lsm/<hook>`.
     Lsm(&'static str),
+    /// `fexit/<kernel function>`.
+    FExit(&'static str),
     /// cgroup `sock_addr` (connect4/6, sendmsg4/6) on the cgroup v2 root.
     SockAddr,
     /// cgroup `sock_create` on the cgroup v2 root.
@@ -29,7 +31,8 @@ pub enum Kind {
 pub enum Family {
     /// Process trackers: fork, exec, exit.
     Tracker,
-    /// The fallback tier's kill program: loaded at start, attached while a policy kills.
+    /// The fallback tier's kill programs, where the cgroup programs cannot signal: one way of
+    /// `crate::killer` is loaded at start and attached while a policy kills.
     Killer,
     /// Fallback network hooks.
     Net,
@@ -98,11 +101,12 @@ impl Row {
         }
     }
 
-    /// How status and errors name the hook: `tp_btf/sys_exit`, `lsm/file_open`, …
+    /// How status and errors name the hook: `tp_btf/sched_process_exec`, `lsm/file_open`, …
     pub fn hook(&self) -> String {
         match self.kind {
             Kind::TpBtf(tp) => format!("tp_btf/{tp}"),
             Kind::Lsm(hook) => format!("lsm/{hook}"),
+            Kind::FExit(function) => format!("fexit/{function}"),
             Kind::SockAddr | Kind::Unix(_) => format!("cgroup/{}", self.name),
             Kind::SockCreate => "cgroup/sock_create".into(),
             Kind::Device => "cgroup/dev".into(),
@@ -143,6 +147,18 @@ pub fn table() -> Vec<Row> {
                 Required,
             )
         },
+        Row::new(
+            programs::KILL_AFTER_SOCK_ADDR,
+            Kind::FExit("__cgroup_bpf_run_filter_sock_addr"),
+            F::Killer,
+            Required,
+        ),
+        Row::new(
+            programs::KILL_AFTER_SOCK_CREATE,
+            Kind::FExit("__cgroup_bpf_run_filter_sk"),
+            F::Killer,
+            Required,
+        ),
         Row::new(
             programs::SYS_EXIT,
             Kind::TpBtf("sys_exit"),
