@@ -30,8 +30,6 @@ pub const COUNTERS_MAX: u32 = 16;
 
 /// Struct offsets read from the running kernel's BTF at load time.
 pub const OFFSETS_GLOBAL: &str = "GUARD_OFFSETS";
-/// tgid of the daemon, which programs never act against.
-pub const DAEMON_TGID_GLOBAL: &str = "GUARD_DAEMON_TGID";
 /// `u32`, 1 where the kernel lets cgroup socket programs call `bpf_send_signal` (probed at
 /// start; 6.18 does, 6.1 and 6.12 do not): `kill` rules SIGKILL from the program that denies,
 /// and no kill program is loaded.
@@ -259,9 +257,8 @@ pub const ALL: [&str; 24] = [
 ];
 
 /// Every global the loader sets, by name.
-pub const GLOBALS: [&str; 7] = [
+pub const GLOBALS: [&str; 6] = [
     OFFSETS_GLOBAL,
-    DAEMON_TGID_GLOBAL,
     KILL_IN_PLACE_GLOBAL,
     UNIX_OFFSETS_GLOBAL,
     LSM_OFFSETS_GLOBAL,

@@ -9,6 +9,7 @@
     reason = "atomic_xadd is the only atomic add on bpfel"
 )]
 
+mod ctx;
 mod kernel;
 mod maps;
 mod probes;

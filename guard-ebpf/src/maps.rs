@@ -86,10 +86,6 @@ static GUARD_OFFSETS: KernelOffsets = KernelOffsets {
     _pad: 0,
 };
 
-/// tgid of the daemon; programs never act against it.
-#[unsafe(no_mangle)]
-static GUARD_DAEMON_TGID: u32 = 0;
-
 /// 1 where the cgroup socket programs may call `bpf_send_signal` themselves. A frozen
 /// read-only global: the verifier sees the constant and never checks the helper call on a
 /// kernel that would refuse it.
@@ -100,12 +96,6 @@ static GUARD_KILL_IN_PLACE: u32 = 0;
 pub fn offsets() -> KernelOffsets {
     // SAFETY: a global in .rodata, patched by the loader before load.
     unsafe { core::ptr::read_volatile(&GUARD_OFFSETS) }
-}
-
-#[inline(always)]
-pub fn daemon_tgid() -> u32 {
-    // SAFETY: a global in .rodata, patched by the loader before load.
-    unsafe { core::ptr::read_volatile(&GUARD_DAEMON_TGID) }
 }
 
 #[inline(always)]

@@ -111,7 +111,6 @@ impl Loading {
     pub fn load(
         pin_dir: &Path,
         offsets: &Offsets,
-        daemon_tgid: u32,
         kill: KillChoice,
         cgroup_can_signal: bool,
     ) -> Result<Self, KernelError> {
@@ -137,7 +136,6 @@ impl Loading {
         let ebpf = EbpfLoader::new()
             .default_map_pin_directory(&maps_dir)
             .override_global(maps::OFFSETS_GLOBAL, &offsets.kernel, true)
-            .override_global(maps::DAEMON_TGID_GLOBAL, &daemon_tgid, true)
             .override_global(maps::KILL_IN_PLACE_GLOBAL, &in_place, true)
             .override_global(maps::LSM_OFFSETS_GLOBAL, &offsets.lsm, true)
             .override_global(maps::UNIX_OFFSETS_GLOBAL, &offsets.unix, true)

@@ -15,17 +15,14 @@
 //! are counted (`file_probe_errors`); every decision is an event, a lost event is counted.
 
 use aya_ebpf::{
-    helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        bpf_ktime_get_boot_ns, bpf_probe_read_kernel, generated,
-    },
+    helpers::{bpf_get_current_comm, bpf_probe_read_kernel, generated},
     macros::{btf_tracepoint, cgroup_device},
     programs::{BtfTracePointContext, DeviceContext},
 };
 use guard_common::{
     ProcKey, Tag,
     decision::{action, outcome},
-    event::{EventHeader, EventKind},
+    event::EventKind,
     file::{
         DevKey, FileEvent, FileKey, FileRule, NAME_LEN, TARGET_LEN, access, change_access, counter,
         kernel_dev, lsm_hook, path_arg,
@@ -34,14 +31,12 @@ use guard_common::{
 };
 
 use crate::{
-    kernel::Task,
+    ctx::{self, Caller, current_ppid, kill_current, tagged},
     maps::{
-        FILE_DEVICES, FILE_EVENTS, FILE_HIT, FILE_KILLED, FILE_OBJECTS, TAGS, count_file,
-        daemon_tgid, file_offsets, offsets,
+        FILE_DEVICES, FILE_EVENTS, FILE_HIT, FILE_KILLED, FILE_OBJECTS, count_file, file_offsets,
     },
 };
 
-const SIGKILL: u32 = 9;
 /// `task_struct.flags`: an io_uring worker, whose registers hold no system call.
 const PF_IO_WORKER: u32 = 0x10;
 /// Dentries of one inode examined (hard links).
@@ -89,11 +84,6 @@ fn changed(inode: *const u8) -> i32 {
 }
 
 #[inline(always)]
-fn current_tgid() -> u32 {
-    (bpf_get_current_pid_tgid() >> 32) as u32
-}
-
-#[inline(always)]
 pub(super) fn read<T>(base: *const u8, off: u32) -> Result<T, i32> {
     // SAFETY: bpf_probe_read_kernel validates the address.
     unsafe { bpf_probe_read_kernel(base.wrapping_add(off as usize) as *const T) }
@@ -110,15 +100,9 @@ pub struct Hit {
 }
 
 fn try_changed(inode: *const u8) -> Result<(), i32> {
-    let tgid = current_tgid();
-    let Some(tag) = TAGS.get_ptr(tgid) else {
+    let Some(Caller { tgid, tag }) = tagged() else {
         return Ok(());
     };
-    if tgid == daemon_tgid() {
-        return Ok(());
-    }
-    // SAFETY: map value pointer from a successful lookup.
-    let tag = unsafe { *tag };
     let o = file_offsets();
     if o.valid == 0 {
         return Err(-1);
@@ -144,8 +128,7 @@ fn try_changed(inode: *const u8) -> Result<(), i32> {
         {
             return Ok(());
         }
-        // SAFETY: helper without memory arguments; signals the current process.
-        if unsafe { generated::bpf_send_signal(SIGKILL) } == 0 {
+        if kill_current() {
             let _ = FILE_KILLED.insert(&tgid, &tag.start_ns, 0);
             count_file(counter::KILLS);
             outcome::KILLED
@@ -262,15 +245,12 @@ pub(super) fn emit_change(c: &Change<'_>) {
 /// refuse. Untagged processes cost one map lookup. Internal errors allow and are counted.
 #[inline(always)]
 pub(super) fn lsm_decide(inode: *const u8, entry: *const u8, want: u32, hook: u32) -> i32 {
-    let tgid = current_tgid();
-    let Some(tag) = TAGS.get_ptr(tgid) else {
+    let Some(Caller { tgid, tag }) = tagged() else {
         return 0;
     };
-    if tgid == daemon_tgid() || inode.is_null() {
+    if inode.is_null() {
         return 0;
     }
-    // SAFETY: map value pointer from a successful lookup.
-    let tag = unsafe { *tag };
     match try_lsm_decide(tgid, &tag, inode, entry, want, hook) {
         Ok(v) => v,
         Err(_) => {
@@ -315,9 +295,8 @@ fn try_lsm_decide(
     }
     let (verdict, result, access) = if enforce != 0 {
         if hit.rule.action == action::KILL || hit.rule.action == action::KILL_TREE {
-            // SAFETY: helper without memory arguments; signals the current process, which
-            // is refused the operation as well.
-            if unsafe { generated::bpf_send_signal(SIGKILL) } == 0 {
+            // The process is refused the operation as well.
+            if kill_current() {
                 count_file(counter::KILLS);
                 (-EPERM, outcome::KILLED, enforce)
             } else {
@@ -503,15 +482,9 @@ fn try_device(ctx: &DeviceContext) -> Result<i32, i32> {
     if access_type & 0xffff != DEVCG_DEV_BLOCK {
         return Ok(1);
     }
-    let tgid = current_tgid();
-    let Some(tag) = TAGS.get_ptr(tgid) else {
+    let Some(Caller { tgid, tag }) = tagged() else {
         return Ok(1);
     };
-    if tgid == daemon_tgid() {
-        return Ok(1);
-    }
-    // SAFETY: map value pointer from a successful lookup.
-    let tag = unsafe { *tag };
     let Some(rule) = FILE_DEVICES.get_ptr(&DevKey { major, minor }) else {
         return Ok(1);
     };
@@ -572,23 +545,10 @@ fn try_device(ctx: &DeviceContext) -> Result<i32, i32> {
 /// `ev` points to a reserved ring-buffer record of [`FileEvent`]'s size.
 #[inline(always)]
 unsafe fn header(ev: *mut FileEvent, kind: EventKind, tgid: u32, tag: &Tag) {
-    let o = offsets();
-    let ppid = if o.valid != 0 {
-        Task::current().parent_tgid(&o).unwrap_or(0)
-    } else {
-        0
-    };
+    let proc = ProcKey::new(tgid, tag.start_ns);
     // SAFETY: the caller guarantees `ev` is a writable FileEvent record.
     unsafe {
-        (*ev).header = EventHeader {
-            kind: kind as u32,
-            agent_id: tag.agent_id,
-            time_ns: bpf_ktime_get_boot_ns(),
-            proc: ProcKey::new(tgid, tag.start_ns),
-            root: tag.root,
-            ppid,
-            uid: bpf_get_current_uid_gid() as u32,
-        };
+        (*ev).header = ctx::header(kind, tag, proc, current_ppid());
         (*ev).comm = bpf_get_current_comm().unwrap_or([0; 16]);
     }
 }

@@ -21,26 +21,23 @@
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
-    helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        bpf_ktime_get_boot_ns, bpf_probe_read_kernel, generated,
-    },
+    helpers::{bpf_get_current_comm, bpf_get_current_uid_gid, bpf_probe_read_kernel, generated},
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
 use guard_common::{
     ProcKey, Tag,
     decision::outcome,
-    event::{Counter, EventHeader, EventKind},
+    event::{Counter, EventKind},
     selfprot::{CLD_STOPPED, CLD_TRAPPED, SIGNAL_SLOTS, STOP_PENDING_SLOT, SelfEvent, op},
 };
 
 use crate::{
+    ctx::{current_tgid, daemon_tgid, header, kill_current},
     kernel::Task,
-    maps::{EVENTS, SELF_SIGNALS, SELF_STATE, SELF_TRACERS, TAGS, count, offsets, self_offsets},
+    maps::{EVENTS, SELF_SIGNALS, SELF_TRACERS, TAGS, count, offsets, self_offsets},
 };
 
-const SIGKILL: u32 = 9;
 const SIGCHLD: u32 = 17;
 const SIGCONT: u32 = 18;
 const SIGSTOP: u32 = 19;
@@ -98,19 +95,6 @@ pub fn guard_self_wait(_ctx: BtfTracePointContext) -> i32 {
 }
 
 #[inline(always)]
-fn current_tgid() -> u32 {
-    (bpf_get_current_pid_tgid() >> 32) as u32
-}
-
-#[inline(always)]
-pub(super) fn daemon_tgid() -> u32 {
-    match SELF_STATE.get(0) {
-        Some(s) => s.daemon_tgid,
-        None => 0,
-    }
-}
-
-#[inline(always)]
 fn is_stop(sig: u32) -> bool {
     matches!(sig, SIGSTOP | SIGTSTP | SIGTTIN | SIGTTOU)
 }
@@ -154,8 +138,7 @@ fn try_signal(ctx: &BtfTracePointContext) -> Result<(), i32> {
         // SAFETY: as above.
         unsafe { core::ptr::write_volatile(slot, 1) };
     }
-    // SAFETY: helper without preconditions; the signal goes to the current process.
-    let sent = unsafe { generated::bpf_send_signal(SIGKILL) } == 0;
+    let sent = kill_current();
     let me_task = Task::current();
     emit(
         &tag,
@@ -240,8 +223,7 @@ fn try_wait() -> Result<(), i32> {
     };
     // SAFETY: map value pointer from a successful lookup.
     let tag = unsafe { *tag };
-    // SAFETY: helper without preconditions; the signal goes to the current process.
-    let sent = unsafe { generated::bpf_send_signal(SIGKILL) } == 0;
+    let sent = kill_current();
     emit(
         &tag,
         key,
@@ -292,17 +274,10 @@ pub(super) fn emit(
     } else {
         [0; 16]
     };
+    let mut header = header(EventKind::SelfProtect, tag, proc, ppid);
+    header.uid = uid;
     entry.write(SelfEvent {
-        header: EventHeader {
-            kind: EventKind::SelfProtect as u32,
-            agent_id: tag.agent_id,
-            // SAFETY: helper without preconditions.
-            time_ns: unsafe { bpf_ktime_get_boot_ns() },
-            proc,
-            root: tag.root,
-            ppid,
-            uid,
-        },
+        header,
         comm,
         op: what,
         signal,

@@ -22,11 +22,9 @@
 //! `FileOffsets`), so one build runs on 6.1, 6.12 and 6.18. Untagged processes cost one map
 //! lookup; internal errors allow and are counted.
 
-use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid, macros::lsm, maps::lpm_trie::Key, programs::LsmContext,
-};
+use aya_ebpf::{macros::lsm, maps::lpm_trie::Key, programs::LsmContext};
 use guard_common::{
-    file::{access, lsm_hook},
+    file::{access, counter, lsm_hook},
     net::{
         AF_INET, AF_INET6, AF_UNIX, Ip4Data, Ip6Data, UNIX_PATH_LEN, UnixKey, hook, proto_class,
         raw_class, v4_mapped,
@@ -37,7 +35,8 @@ use super::{
     file::{lsm_decide, read},
     net::{ALLOW, Dest, Kill, decide, decide_raw},
 };
-use crate::maps::{NET_UNIX, NET4, NET6, TAGS, count, daemon_tgid, file_offsets, lsm_offsets};
+use crate::ctx::{Caller, current_tgid, daemon_tgid, is_tagged, tagged};
+use crate::maps::{NET_UNIX, NET4, NET6, TAGS, count, count_file, file_offsets, lsm_offsets};
 use guard_common::event::Counter;
 
 const EPERM: i32 = 1;
@@ -65,8 +64,7 @@ pub fn guard_lsm_socket_connect(ctx: LsmContext) -> i32 {
 pub fn guard_lsm_socket_sendmsg(ctx: LsmContext) -> i32 {
     let sock: *const u8 = ctx.arg(0);
     let msg: *const u8 = ctx.arg(1);
-    let tgid = current_tgid();
-    if TAGS.get_ptr(tgid).is_none() {
+    if !is_tagged() {
         return 0;
     }
     let lo = lsm_offsets();
@@ -90,34 +88,25 @@ pub fn guard_lsm_socket_sendmsg(ctx: LsmContext) -> i32 {
 /// makes for itself (`kern`) are not the process's.
 #[lsm(hook = "socket_create")]
 pub fn guard_lsm_socket_create(ctx: LsmContext) -> i32 {
-    let tgid = current_tgid();
-    let Some(tag) = TAGS.get_ptr(tgid) else {
+    let Some(caller) = tagged() else {
         return 0;
     };
     let family: i32 = ctx.arg(0);
     let sock_type: i32 = ctx.arg(1);
     let kern: i32 = ctx.arg(3);
-    if kern != 0 || tgid == daemon_tgid() {
+    if kern != 0 {
         return 0;
     }
     let Some(class) = raw_class(family as u32, sock_type as u32) else {
         return 0;
     };
-    // SAFETY: map value pointer from a successful lookup.
-    let tag = unsafe { *tag };
     net_verdict(Ok(decide_raw(
-        tgid,
-        &tag,
+        &caller,
         family as u32,
         class,
         hook::LSM_SOCKET_CREATE,
         Kill::Now,
     )))
-}
-
-#[inline(always)]
-fn current_tgid() -> u32 {
-    (bpf_get_current_pid_tgid() >> 32) as u32
 }
 
 #[inline(always)]
@@ -134,15 +123,12 @@ fn net_verdict(r: Result<i32, i32>) -> i32 {
 
 #[inline(always)]
 fn try_net(sock: *const u8, addr: *const u8, len: i32, hook: u32) -> Result<i32, i32> {
-    let tgid = current_tgid();
-    let Some(tag) = TAGS.get_ptr(tgid) else {
+    let Some(caller) = tagged() else {
         return Ok(ALLOW);
     };
-    if tgid == daemon_tgid() || addr.is_null() {
+    if addr.is_null() {
         return Ok(ALLOW);
     }
-    // SAFETY: map value pointer from a successful lookup.
-    let tag = unsafe { *tag };
     let lo = lsm_offsets();
     if lo.valid == 0 {
         return Err(-1);
@@ -192,7 +178,7 @@ fn try_net(sock: *const u8, addr: *const u8, len: i32, hook: u32) -> Result<i32,
         dest.family = AF_UNIX;
         // SAFETY: map value pointer from a successful lookup.
         let set = unsafe { &*set };
-        return Ok(decide(tgid, &tag, set, &dest, hook, Some(&key), Kill::Now));
+        return Ok(decide(&caller, set, &dest, hook, Some(&key), Kill::Now));
     }
     let set = if family == AF_INET {
         if len < 8 {
@@ -236,74 +222,113 @@ fn try_net(sock: *const u8, addr: *const u8, len: i32, hook: u32) -> Result<i32,
     let Some(set) = set else {
         return Ok(ALLOW);
     };
-    Ok(decide(tgid, &tag, set, &dest, hook, None, Kill::Now))
+    Ok(decide(&caller, set, &dest, hook, None, Kill::Now))
 }
 
 // --- Files.
 
-/// The dentry of a `const struct path *`.
+// Every file hook fails open on an internal error (an unreadable kernel pointer, no offsets)
+// and counts it (`file_errors` in `guard status`): refusing would break the host's own
+// processes for a fault of guard's.
+
+/// An internal error in a file hook: allow, counted.
 #[inline(always)]
-fn path_dentry(path: *const u8) -> *const u8 {
-    let lo = lsm_offsets();
-    if lo.valid == 0 || path.is_null() {
-        return core::ptr::null();
-    }
-    read::<*const u8>(path, lo.path_dentry).unwrap_or(core::ptr::null())
+fn file_error() -> i32 {
+    count_file(counter::ERRORS);
+    0
 }
 
-/// The inode of a dentry (null for a negative dentry).
+/// The dentry of a `const struct path *` (null for a null path).
 #[inline(always)]
-fn dentry_inode(dentry: *const u8) -> *const u8 {
-    let o = file_offsets();
-    if o.valid == 0 || dentry.is_null() {
-        return core::ptr::null();
+fn path_dentry(path: *const u8) -> Result<*const u8, i32> {
+    let lo = lsm_offsets();
+    if lo.valid == 0 {
+        return Err(-1);
     }
-    read::<*const u8>(dentry, o.dentry_inode).unwrap_or(core::ptr::null())
+    if path.is_null() {
+        return Ok(core::ptr::null());
+    }
+    read::<*const u8>(path, lo.path_dentry)
+}
+
+/// The inode of a dentry (null for a negative dentry or a null one).
+#[inline(always)]
+fn dentry_inode(dentry: *const u8) -> Result<*const u8, i32> {
+    let o = file_offsets();
+    if o.valid == 0 {
+        return Err(-1);
+    }
+    if dentry.is_null() {
+        return Ok(core::ptr::null());
+    }
+    read::<*const u8>(dentry, o.dentry_inode)
 }
 
 /// Decide on the object behind `dentry`.
 #[inline(always)]
 fn on_dentry(dentry: *const u8, want: u32, hook: u32) -> i32 {
-    if TAGS.get_ptr(current_tgid()).is_none() {
+    if !is_tagged() {
         return 0;
     }
-    lsm_decide(dentry_inode(dentry), dentry, want, hook)
+    match dentry_inode(dentry) {
+        Ok(inode) => lsm_decide(inode, dentry, want, hook),
+        Err(_) => file_error(),
+    }
+}
+
+/// Decide on the object behind a `const struct path *`.
+#[inline(always)]
+fn on_path(path: *const u8, want: u32, hook: u32) -> i32 {
+    if !is_tagged() {
+        return 0;
+    }
+    match path_dentry(path) {
+        Ok(dentry) => on_dentry(dentry, want, hook),
+        Err(_) => file_error(),
+    }
 }
 
 /// Decide on creating the entry `dentry` in the directory `dir`.
 #[inline(always)]
 fn on_create(dir: *const u8, dentry: *const u8, hook: u32) -> i32 {
-    if TAGS.get_ptr(current_tgid()).is_none() {
+    if !is_tagged() {
         return 0;
     }
-    lsm_decide(dentry_inode(path_dentry(dir)), dentry, access::WRITE, hook)
+    match path_dentry(dir).and_then(dentry_inode) {
+        Ok(dir_inode) => lsm_decide(dir_inode, dentry, access::WRITE, hook),
+        Err(_) => file_error(),
+    }
 }
 
 /// Decide on an opened or truncated `struct file *`.
 #[inline(always)]
 fn on_file(file: *const u8, want: u32, hook: u32) -> i32 {
-    if TAGS.get_ptr(current_tgid()).is_none() {
+    if !is_tagged() {
         return 0;
     }
     let lo = lsm_offsets();
     if lo.valid == 0 {
-        return 0;
+        return file_error();
     }
-    let inode = read::<*const u8>(file, lo.file_inode).unwrap_or(core::ptr::null());
-    let dentry = read::<*const u8>(file, lo.file_dentry).unwrap_or(core::ptr::null());
-    lsm_decide(inode, dentry, want, hook)
+    match (
+        read::<*const u8>(file, lo.file_inode),
+        read::<*const u8>(file, lo.file_dentry),
+    ) {
+        (Ok(inode), Ok(dentry)) => lsm_decide(inode, dentry, want, hook),
+        _ => file_error(),
+    }
 }
 
 /// `file_open(struct file *file)`: reads, writes (and `O_TRUNC`) and exec opens.
 #[lsm(hook = "file_open")]
 pub fn guard_lsm_file_open(ctx: LsmContext) -> i32 {
     let file: *const u8 = ctx.arg(0);
-    if TAGS.get_ptr(current_tgid()).is_none() {
+    if !is_tagged() {
         return 0;
     }
     let lo = lsm_offsets();
     if lo.valid == 0 {
-        return 0;
+        return file_error();
     }
     let mode: u32 = read(file, lo.file_mode).unwrap_or(FMODE_READ | FMODE_WRITE);
     let flags: u32 = read(file, lo.file_flags).unwrap_or(O_TRUNC);
@@ -360,14 +385,13 @@ pub fn guard_lsm_path_rename_to(ctx: LsmContext) -> i32 {
 /// object itself (delete or write), then the directory and its ancestors (write).
 #[inline(always)]
 fn on_target(dir: *const u8, dentry: *const u8, hook: u32) -> i32 {
-    if TAGS.get_ptr(current_tgid()).is_none() {
+    if !is_tagged() {
         return 0;
     }
-    let existing = dentry_inode(dentry);
-    if existing.is_null() {
-        lsm_decide(dentry_inode(path_dentry(dir)), dentry, access::WRITE, hook)
-    } else {
-        lsm_decide(existing, dentry, access::WRITE | access::DELETE, hook)
+    match dentry_inode(dentry) {
+        Ok(existing) if existing.is_null() => on_create(dir, dentry, hook),
+        Ok(existing) => lsm_decide(existing, dentry, access::WRITE | access::DELETE, hook),
+        Err(_) => file_error(),
     }
 }
 
@@ -375,11 +399,7 @@ fn on_target(dir: *const u8, dentry: *const u8, hook: u32) -> i32 {
 /// `file_truncate`, `ftruncate` and `O_TRUNC`).
 #[lsm(hook = "path_truncate")]
 pub fn guard_lsm_path_truncate(ctx: LsmContext) -> i32 {
-    on_dentry(
-        path_dentry(ctx.arg(0)),
-        access::WRITE,
-        lsm_hook::PATH_TRUNCATE,
-    )
+    on_path(ctx.arg(0), access::WRITE, lsm_hook::PATH_TRUNCATE)
 }
 
 /// `path_link(struct dentry *old_dentry, const struct path *new_dir, struct dentry *new)`:
@@ -418,13 +438,13 @@ pub fn guard_lsm_path_symlink(ctx: LsmContext) -> i32 {
 /// `path_chmod(const struct path *path, umode_t mode)`.
 #[lsm(hook = "path_chmod")]
 pub fn guard_lsm_path_chmod(ctx: LsmContext) -> i32 {
-    on_dentry(path_dentry(ctx.arg(0)), access::WRITE, lsm_hook::PATH_CHMOD)
+    on_path(ctx.arg(0), access::WRITE, lsm_hook::PATH_CHMOD)
 }
 
 /// `path_chown(const struct path *path, kuid_t uid, kgid_t gid)`.
 #[lsm(hook = "path_chown")]
 pub fn guard_lsm_path_chown(ctx: LsmContext) -> i32 {
-    on_dentry(path_dentry(ctx.arg(0)), access::WRITE, lsm_hook::PATH_CHOWN)
+    on_path(ctx.arg(0), access::WRITE, lsm_hook::PATH_CHOWN)
 }
 
 // --- Self-protection.
@@ -455,7 +475,7 @@ fn refuse_self(tag: &guard_common::Tag, what: u32, detail: u32, daemon: u32) {
 #[inline(always)]
 fn targets_daemon(task: *const u8) -> Option<(guard_common::Tag, u32)> {
     let tag = TAGS.get_ptr(current_tgid())?;
-    let daemon = super::guard_self::daemon_tgid();
+    let daemon = daemon_tgid();
     if daemon == 0 {
         return None;
     }
@@ -509,16 +529,14 @@ pub fn guard_lsm_ptrace_access_check(ctx: LsmContext) -> i32 {
 #[lsm(hook = "bpf")]
 pub fn guard_lsm_bpf(ctx: LsmContext) -> i32 {
     let cmd: i32 = ctx.arg(0);
-    let Some(tag) = TAGS.get_ptr(current_tgid()) else {
+    let Some(Caller { tag, .. }) = tagged() else {
         return 0;
     };
-    // SAFETY: map value pointer from a successful lookup.
-    let tag = unsafe { *tag };
     refuse_self(
         &tag,
         guard_common::selfprot::op::LSM_BPF,
         cmd as u32,
-        super::guard_self::daemon_tgid(),
+        daemon_tgid(),
     );
     -EPERM
 }

@@ -22,18 +22,14 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
     bindings::bpf_sock_addr,
-    helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        bpf_ktime_get_boot_ns, generated,
-    },
+    helpers::{bpf_get_current_comm, generated},
     macros::{btf_tracepoint, cgroup_sock, cgroup_sock_addr, fexit},
     maps::lpm_trie::Key,
     programs::{BtfTracePointContext, FExitContext, SockAddrContext, SockContext},
 };
 use guard_common::{
-    ProcKey, Tag,
     decision::outcome as result,
-    event::{Counter, EventHeader, EventKind},
+    event::{Counter, EventKind},
     net::{
         AF_INET, AF_INET6, AF_UNIX, Ip4Data, Ip6Data, NetEvent, NetRule, PendingKill,
         RULE_SLOTS_MAX, RULE_SLOTS_TOTAL, RuleSet, UNIX_PATH_LEN, UnixKey, hook, proto_class,
@@ -43,17 +39,16 @@ use guard_common::{
 };
 
 use crate::{
-    kernel::Task,
+    ctx::{Caller, current_tgid, kill_current, tagged},
     maps::{
         EVENTS, NET_RAW, NET_RULES, NET_UNIX, NET4, NET6, PENDING_COUNT, PENDING_KILLS, TAGS,
-        count, daemon_tgid, kill_in_place, offsets, unix_offsets,
+        count, kill_in_place, unix_offsets,
     },
 };
 
 /// sock_addr verdicts.
 pub(super) const ALLOW: i32 = 1;
 pub(super) const DENY: i32 = 0;
-const SIGKILL: u32 = 9;
 const BPF_NOEXIST: u64 = 1;
 const EEXIST: i32 = 17;
 
@@ -102,13 +97,9 @@ pub fn guard_sock_create(ctx: SockContext) -> i32 {
 
 #[inline(always)]
 fn try_sock_create(ctx: &SockContext) -> Result<i32, i32> {
-    let tgid = current_tgid();
-    let Some(tag) = TAGS.get_ptr(tgid) else {
+    let Some(caller) = tagged() else {
         return Ok(ALLOW);
     };
-    if tgid == daemon_tgid() {
-        return Ok(ALLOW);
-    }
     // SAFETY: `ctx.sock` is the program's context; the verifier rewrites these loads into
     // reads of the new socket.
     let (family, sock_type) = unsafe {
@@ -120,11 +111,8 @@ fn try_sock_create(ctx: &SockContext) -> Result<i32, i32> {
     let Some(class) = raw_class(family, sock_type) else {
         return Ok(ALLOW);
     };
-    // SAFETY: map value pointer from a successful lookup.
-    let tag = unsafe { *tag };
     Ok(decide_raw(
-        tgid,
-        &tag,
+        &caller,
         family,
         class,
         hook::SOCK_CREATE,
@@ -180,11 +168,6 @@ fn verdict(r: Result<i32, i32>) -> i32 {
     }
 }
 
-#[inline(always)]
-fn current_tgid() -> u32 {
-    (bpf_get_current_pid_tgid() >> 32) as u32
-}
-
 /// Where a tagged process is connecting or sending to.
 pub(super) struct Dest {
     pub family: u32,
@@ -205,15 +188,9 @@ pub(super) enum Kill {
 
 #[inline(always)]
 fn try_inet(ctx: &SockAddrContext, hook: u32) -> Result<i32, i32> {
-    let tgid = current_tgid();
-    let Some(tag) = TAGS.get_ptr(tgid) else {
+    let Some(caller) = tagged() else {
         return Ok(ALLOW);
     };
-    if tgid == daemon_tgid() {
-        return Ok(ALLOW);
-    }
-    // SAFETY: map value pointer from a successful lookup.
-    let tag = unsafe { *tag };
     let sa = ctx.sock_addr;
     let mut dest = Dest {
         family: AF_INET,
@@ -255,20 +232,14 @@ fn try_inet(ctx: &SockAddrContext, hook: u32) -> Result<i32, i32> {
     let Some(set) = set else {
         return Ok(ALLOW);
     };
-    Ok(decide(tgid, &tag, set, &dest, hook, None, Kill::Pending))
+    Ok(decide(&caller, set, &dest, hook, None, Kill::Pending))
 }
 
 #[inline(always)]
 fn try_unix(ctx: &SockAddrContext, hook: u32) -> Result<i32, i32> {
-    let tgid = current_tgid();
-    let Some(tag) = TAGS.get_ptr(tgid) else {
+    let Some(caller) = tagged() else {
         return Ok(ALLOW);
     };
-    if tgid == daemon_tgid() {
-        return Ok(ALLOW);
-    }
-    // SAFETY: map value pointer from a successful lookup.
-    let tag = unsafe { *tag };
     let uo = unix_offsets();
     if uo.valid == 0 || uo.ctx_uaddr > UNIX_CTX_READ - 8 || uo.ctx_uaddrlen > UNIX_CTX_READ - 4 {
         return Err(-1);
@@ -332,15 +303,7 @@ fn try_unix(ctx: &SockAddrContext, hook: u32) -> Result<i32, i32> {
     };
     // SAFETY: map value pointer from a successful lookup.
     let set = unsafe { &*set };
-    Ok(decide(
-        tgid,
-        &tag,
-        set,
-        &dest,
-        hook,
-        Some(&key),
-        Kill::Pending,
-    ))
+    Ok(decide(&caller, set, &dest, hook, Some(&key), Kill::Pending))
 }
 
 /// The `bpf_sock_addr` fields the programs read. Each read is one 4-byte load, the only
@@ -394,8 +357,7 @@ fn first_match(set: &RuleSet, dest: &Dest, check_ports: bool) -> Option<NetRule>
 /// Apply the matching rule, record the decision and return the verdict.
 #[inline(always)]
 pub(super) fn decide(
-    tgid: u32,
-    tag: &Tag,
+    caller: &Caller,
     set: &RuleSet,
     dest: &Dest,
     hook: u32,
@@ -405,20 +367,13 @@ pub(super) fn decide(
     let Some(rule) = first_match(set, dest, unix.is_none()) else {
         return ALLOW;
     };
-    apply(tgid, tag, &rule, dest, hook, unix, kill)
+    apply(caller, &rule, dest, hook, unix, kill)
 }
 
 /// A tagged process is creating a socket of [`raw_class`] `class`: decide with the
 /// raw-socket rule, if the policy has one.
 #[inline(always)]
-pub(super) fn decide_raw(
-    tgid: u32,
-    tag: &Tag,
-    family: u32,
-    class: u32,
-    hook: u32,
-    kill: Kill,
-) -> i32 {
+pub(super) fn decide_raw(caller: &Caller, family: u32, class: u32, hook: u32, kill: Kill) -> i32 {
     let Some(rule) = NET_RAW.get(0) else {
         return ALLOW;
     };
@@ -432,14 +387,13 @@ pub(super) fn decide_raw(
         port: 0,
         class,
     };
-    apply(tgid, tag, &rule, &dest, hook, None, kill)
+    apply(caller, &rule, &dest, hook, None, kill)
 }
 
 /// Carry out `rule` on the current operation, record the decision and return the verdict.
 #[inline(always)]
 fn apply(
-    tgid: u32,
-    tag: &Tag,
+    caller: &Caller,
     rule: &NetRule,
     dest: &Dest,
     hook: u32,
@@ -451,8 +405,7 @@ fn apply(
         result::ALLOWED
     } else if rule.kills() && (kill == Kill::Now || kill_in_place()) {
         count(Counter::NetDenied);
-        // SAFETY: helper without memory arguments; signals the current process.
-        if unsafe { generated::bpf_send_signal(SIGKILL) } == 0 {
+        if kill_current() {
             count(Counter::NetKillsSent);
             result::KILLED
         } else {
@@ -461,7 +414,7 @@ fn apply(
         }
     } else if rule.kills() {
         count(Counter::NetDenied);
-        if schedule_kill(tgid, tag, rule.rule_id) {
+        if schedule_kill(caller, rule.rule_id) {
             count(Counter::NetKillsScheduled);
             result::KILLED
         } else {
@@ -472,7 +425,7 @@ fn apply(
         count(Counter::NetDenied);
         result::DENIED
     };
-    emit(tgid, tag, dest, hook, rule, outcome, unix);
+    emit(caller, dest, hook, rule, outcome, unix);
     if outcome == result::ALLOWED {
         ALLOW
     } else {
@@ -480,15 +433,15 @@ fn apply(
     }
 }
 
-/// Record `tgid` for SIGKILL when the kernel function that ran the cgroup program returns.
+/// Record the caller for SIGKILL when the kernel function that ran the cgroup program returns.
 #[inline(always)]
-fn schedule_kill(tgid: u32, tag: &Tag, rule_id: u32) -> bool {
+fn schedule_kill(caller: &Caller, rule_id: u32) -> bool {
     let pending = PendingKill {
-        start_ns: tag.start_ns,
+        start_ns: caller.tag.start_ns,
         rule_id,
         _pad: 0,
     };
-    match PENDING_KILLS.insert(tgid, pending, BPF_NOEXIST) {
+    match PENDING_KILLS.insert(caller.tgid, pending, BPF_NOEXIST) {
         Ok(()) => {
             adjust_pending(1);
             true
@@ -538,8 +491,7 @@ fn send_pending_kill() {
         .get_ptr(tgid)
         .is_some_and(|tag| unsafe { (*tag).start_ns } == pending.start_ns);
     if same {
-        // SAFETY: helper without memory arguments; signals the current process.
-        if unsafe { generated::bpf_send_signal(SIGKILL) } != 0 {
+        if !kill_current() {
             count(Counter::NetKillFailed);
             return; // retried at the next socket operation
         }
@@ -552,8 +504,7 @@ fn send_pending_kill() {
 
 #[inline(always)]
 fn emit(
-    tgid: u32,
-    tag: &Tag,
+    caller: &Caller,
     dest: &Dest,
     hook: u32,
     rule: &NetRule,
@@ -564,25 +515,11 @@ fn emit(
         count(Counter::EventsDropped);
         return;
     };
-    let o = offsets();
-    let ppid = if o.valid != 0 {
-        Task::current().parent_tgid(&o).unwrap_or(0)
-    } else {
-        0
-    };
     let ev = entry.as_mut_ptr();
     // SAFETY: `ev` points to a reserved record of NetEvent's size; every field is written
     // before submit.
     unsafe {
-        (*ev).header = EventHeader {
-            kind: EventKind::NetConnect as u32,
-            agent_id: tag.agent_id,
-            time_ns: bpf_ktime_get_boot_ns(),
-            proc: ProcKey::new(tgid, tag.start_ns),
-            root: tag.root,
-            ppid,
-            uid: bpf_get_current_uid_gid() as u32,
-        };
+        (*ev).header = caller.header(EventKind::NetConnect);
         (*ev).comm = bpf_get_current_comm().unwrap_or([0; 16]);
         (*ev).hook = hook;
         (*ev).family = dest.family;

@@ -2,23 +2,21 @@
 //! when a known agent starts, and dropped when the thread group dies.
 
 use aya_ebpf::{
-    helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        bpf_ktime_get_boot_ns, generated,
-    },
+    helpers::{bpf_get_current_comm, generated},
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
 use guard_common::{
     ProcKey, Tag,
     agent::{COMM_LEN, NAME_LEN, NameKey},
-    event::{Counter, EventHeader, EventKind, ProcessEvent},
+    event::{Counter, EventKind, ProcessEvent},
     maps::EVENTS_WAKE_BYTES,
     offsets::KernelOffsets,
     tag_flags,
 };
 
 use crate::{
+    ctx::{current_ppid, current_tgid, forget_daemon_pid, header},
     kernel::Task,
     maps::{
         AGENT_EXES, AGENT_SCRIPTS, ARGS_LEN, EVENTS, INTERPRETERS, SCRATCH, Scratch, TAGS, count,
@@ -96,11 +94,6 @@ pub fn guard_exit_compat(_ctx: BtfTracePointContext) -> i32 {
     }
 }
 
-#[inline(always)]
-fn current_tgid() -> u32 {
-    (bpf_get_current_pid_tgid() >> 32) as u32
-}
-
 fn try_fork(ctx: &BtfTracePointContext) -> Result<(), i32> {
     // Runs in the parent's context before the child is first scheduled.
     let parent_tgid = current_tgid();
@@ -120,6 +113,7 @@ fn try_fork(ctx: &BtfTracePointContext) -> Result<(), i32> {
         return Ok(());
     }
     let child_key = child.key(&o)?;
+    forget_daemon_pid(child_tgid);
     let new = Tag {
         root: tag.root,
         agent_id: tag.agent_id,
@@ -148,14 +142,15 @@ fn try_exec() -> Result<(), i32> {
         // A tagged tree that execs another agent keeps its original root.
         // SAFETY: map value pointer from a successful lookup.
         let tag = unsafe { *tag };
-        let o = offsets();
         let key = ProcKey::new(tgid, tag.start_ns);
-        let ppid = if o.valid != 0 {
-            Task::current().parent_tgid(&o).unwrap_or(0)
-        } else {
-            0
-        };
-        emit(EventKind::TaggedExec, &tag, key, ppid, 0, &[0; NAME_LEN]);
+        emit(
+            EventKind::TaggedExec,
+            &tag,
+            key,
+            current_ppid(),
+            0,
+            &[0; NAME_LEN],
+        );
         return Ok(());
     }
     let comm = bpf_get_current_comm()?;
@@ -180,6 +175,7 @@ fn try_exec() -> Result<(), i32> {
     }
     let task = Task::current();
     let key = task.key(&o)?;
+    forget_daemon_pid(tgid);
     let tag = Tag {
         root: key,
         agent_id,
@@ -425,16 +421,7 @@ fn emit(
     };
     let comm = bpf_get_current_comm().unwrap_or([0; 16]);
     entry.write(ProcessEvent {
-        header: EventHeader {
-            kind: kind as u32,
-            agent_id: tag.agent_id,
-            // SAFETY: helper without preconditions.
-            time_ns: unsafe { bpf_ktime_get_boot_ns() },
-            proc,
-            root: tag.root,
-            ppid,
-            uid: bpf_get_current_uid_gid() as u32,
-        },
+        header: header(kind, tag, proc, ppid),
         comm,
         script: *script,
         exit_code,

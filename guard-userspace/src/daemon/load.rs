@@ -35,7 +35,7 @@ pub fn load(
     let vmlinux = Vmlinux::read()?;
     let offsets = Offsets::read(&vmlinux)?;
     let daemon_tgid = std::process::id();
-    let mut loading = Loading::load(pin_dir, &offsets, daemon_tgid, kill, cgroup_can_signal)?;
+    let mut loading = Loading::load(pin_dir, &offsets, kill, cgroup_can_signal)?;
     let (links_dir, maps_dir) = (loading.links_dir(), loading.maps_dir());
     let mut at = loading.attacher(&links_dir, &vmlinux);
 

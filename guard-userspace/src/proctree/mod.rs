@@ -196,12 +196,25 @@ impl ProcTree {
         if pid == 0 || depth > MAX_DEPTH {
             return None;
         }
-        if let Some((&key, node)) = self.nodes.range((pid, 0)..=(pid, at_ns)).next_back()
-            && !node.exited
-        {
-            return Some(key_of(key));
+        // The latest process with that pid started by `at_ns`: the parent of a process that
+        // started then, even if it has exited since (its record may be read after its exit),
+        // unless a live process took the pid over in between.
+        let known = self
+            .nodes
+            .range((pid, 0)..=(pid, at_ns))
+            .next_back()
+            .map(|(&key, node)| (key_of(key), node.exited));
+        if let Some((key, false)) = known {
+            return Some(key);
         }
-        let snap = self.source.read(pid).filter(|s| s.key.start_ns <= at_ns)?;
+        let after = known.map_or(0, |(key, _)| key.start_ns);
+        let live = self
+            .source
+            .read(pid)
+            .filter(|s| s.key.start_ns <= at_ns && s.key.start_ns > after);
+        let Some(snap) = live else {
+            return known.map(|(key, _)| key);
+        };
         let parent = self.resolve(snap.ppid, snap.key.start_ns, depth + 1);
         self.insert(snap.key, parent, snap.ppid, Arc::new(snap.details), false);
         Some(snap.key)

@@ -273,3 +273,42 @@ async fn actor_answers_with_context() {
     assert_eq!(handle.stats().await.live, 5);
     assert!(handle.context(ProcKey::new(999, 1), None).await.is_none());
 }
+
+#[test]
+fn a_gone_process_is_placed_under_its_exited_parent_but_not_under_a_pid_successor() {
+    let f = host();
+    let mut t = ProcTree::new(TreeConfig::default(), Box::new(f.clone()));
+    t.seed();
+    let now = Instant::now();
+    let agent = f.spawn(100, 10, 60, "/usr/bin/claude");
+    t.apply(
+        Update::Exec {
+            key: agent,
+            ppid: 60,
+            comm: "claude".into(),
+        },
+        now,
+    );
+    // The agent exits, and its exit is read before a decision about its child, which is
+    // gone too: the decision still names the agent and the agent's ancestors.
+    f.kill(100);
+    t.apply(Update::Exit { key: agent }, now);
+    let child = ProcKey::new(101, 11_000_000_000);
+    let hint = Hint {
+        ppid: 100,
+        comm: "truncate".into(),
+    };
+    let c = t.context_or_parent(child, Some(&hint)).expect("context");
+    assert_eq!(pids(&c), vec![100, 60, 50, 1]);
+    assert!(c.complete);
+
+    // A later process that took pid 100 over is the parent of what it starts afterwards.
+    let successor = f.spawn(100, 20, 60, "/bin/sh");
+    let late = ProcKey::new(102, 21_000_000_000);
+    let hint = Hint {
+        ppid: 100,
+        comm: "cat".into(),
+    };
+    let c = t.context_or_parent(late, Some(&hint)).expect("context");
+    assert_eq!(c.ancestry[0].key, successor);
+}

@@ -1,0 +1,118 @@
+//! What every hook starts from and ends with, so that a hook is only its own logic: who is
+//! calling ([`tagged`]: one tag-map lookup, and nothing more for an untagged process), the
+//! header of the event it records ([`header`], [`Caller::header`]) and the kill
+//! ([`kill_current`]).
+
+use aya_ebpf::helpers::{
+    bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_boot_ns, generated,
+};
+use guard_common::{
+    ProcKey, Tag,
+    event::{EventHeader, EventKind},
+};
+
+use crate::{
+    kernel::Task,
+    maps::{SELF_STATE, TAGS, offsets},
+};
+
+const SIGKILL: u32 = 9;
+
+#[inline(always)]
+pub fn current_tgid() -> u32 {
+    (bpf_get_current_pid_tgid() >> 32) as u32
+}
+
+/// The running daemon's tgid, 0 when none runs. One source for every program: the pinned
+/// self-protection state, which the daemon writes when it starts and the trackers clear when a
+/// process they tag holds that pid (the daemon is gone, and its pid must not exempt anyone).
+#[inline(always)]
+pub fn daemon_tgid() -> u32 {
+    SELF_STATE.get(0).map_or(0, |s| s.daemon_tgid)
+}
+
+/// `tgid` is being tagged: if it holds the pid the daemon had, that daemon is gone.
+#[inline(always)]
+pub fn forget_daemon_pid(tgid: u32) {
+    if let Some(state) = SELF_STATE.get_ptr_mut(0) {
+        // SAFETY: the array slot lives as long as the map; a racing daemon start writes the
+        // whole value, and a stale zero here only delays its exemption of itself.
+        unsafe {
+            if (*state).daemon_tgid == tgid {
+                (*state).daemon_tgid = 0;
+            }
+        }
+    }
+}
+
+/// A tagged process calling a hook.
+#[derive(Clone, Copy)]
+pub struct Caller {
+    pub tgid: u32,
+    pub tag: Tag,
+}
+
+impl Caller {
+    #[inline(always)]
+    pub fn key(&self) -> ProcKey {
+        ProcKey::new(self.tgid, self.tag.start_ns)
+    }
+
+    /// The header of a record about the caller itself.
+    #[inline(always)]
+    pub fn header(&self, kind: EventKind) -> EventHeader {
+        header(kind, &self.tag, self.key(), current_ppid())
+    }
+}
+
+/// Whether the calling process is tagged: the cheap filter in front of a hook's own reads.
+#[inline(always)]
+pub fn is_tagged() -> bool {
+    TAGS.get_ptr(current_tgid()).is_some()
+}
+
+/// The calling process when it is tagged and is not the daemon.
+#[inline(always)]
+pub fn tagged() -> Option<Caller> {
+    let tgid = current_tgid();
+    let tag = TAGS.get_ptr(tgid)?;
+    if tgid == daemon_tgid() {
+        return None;
+    }
+    // SAFETY: map value pointer from a successful lookup.
+    let tag = unsafe { *tag };
+    Some(Caller { tgid, tag })
+}
+
+/// The current process's parent tgid (0 when it cannot be read).
+#[inline(always)]
+pub fn current_ppid() -> u32 {
+    let o = offsets();
+    if o.valid == 0 {
+        return 0;
+    }
+    Task::current().parent_tgid(&o).unwrap_or(0)
+}
+
+/// An event header for `proc` of `tag`'s tree, recorded now by the current user.
+#[inline(always)]
+pub fn header(kind: EventKind, tag: &Tag, proc: ProcKey, ppid: u32) -> EventHeader {
+    EventHeader {
+        kind: kind as u32,
+        agent_id: tag.agent_id,
+        // SAFETY: helper without preconditions.
+        time_ns: unsafe { bpf_ktime_get_boot_ns() },
+        proc,
+        root: tag.root,
+        ppid,
+        uid: bpf_get_current_uid_gid() as u32,
+    }
+}
+
+/// SIGKILL the current process (its whole thread group) in its own context: it never returns
+/// to user space. `false` when the kernel refused (the caller counts it).
+#[inline(always)]
+pub fn kill_current() -> bool {
+    // SAFETY: helper without memory arguments; signals the current process.
+    unsafe { generated::bpf_send_signal(SIGKILL) == 0 }
+}
