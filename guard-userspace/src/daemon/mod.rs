@@ -1,6 +1,7 @@
 //! `guard daemon`: load and pin the programs, apply the policy, seed the tag map, serve the
-//! API and write events. Start-up is race-free: attach trackers → install agents → seed from
-//! `/proc` (to a fixpoint) → serve.
+//! API and write events. Start-up is a sequence of steps (preflight → load → apply → seed →
+//! serve), race-free because the trackers attach in the load step, before the agents are
+//! installed and the running ones seeded from `/proc` (to a fixpoint).
 
 use std::{
     net::SocketAddr,
@@ -10,28 +11,27 @@ use std::{
 
 use guard_common::agent::trim_nul;
 use tokio::signal::unix::{SignalKind, signal};
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
+mod apply;
 mod load;
 mod serve;
+mod start;
 
-use serve::{View, bind, serve};
+use serve::{bind, serve};
+use start::{
+    Loaded, Preflight, keep_pins, new_state, preflight, seed, start_files, start_pipeline,
+};
 
 use crate::{
-    api::{self, DaemonStatus, Request},
     btf,
-    events::{
-        EventLog, LogConfig, Responder,
-        pipeline::{self, EventSink, Pipeline},
-    },
+    events::{LogConfig, pipeline::EventSink},
     kernel::{Kernel, KernelError},
-    metrics::{self, DaemonView, Metrics},
-    net,
+    metrics, net,
     paths::Paths,
-    policy::{CompiledPolicy, Policy, PolicyError},
+    policy::{CompiledPolicy, PolicyError},
     probe::{self, Probe},
-    proctree::{ProcTree, ProcTreeHandle, Procfs, TreeConfig},
-    tags::{self, AgentNames, AgentSpec, TagError},
+    tags::{AgentNames, AgentSpec, TagError},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -117,6 +117,8 @@ struct State {
     /// Self-protection maps and what attached.
     guard_self: Option<crate::selfprot::SelfMaps>,
     self_attached: crate::selfprot::SelfAttached,
+    /// The agents of the policy in force, and their names by id.
+    agents: Vec<AgentSpec>,
     names: AgentNames,
     policy_name: String,
     generation: u64,
@@ -126,9 +128,7 @@ struct State {
     rejected: Option<String>,
     /// Capabilities `guard run` drops from its tree's bounding set.
     drop_caps: Vec<u8>,
-    /// Whether the policy has enforced kill rules (the kill program must be attached).
-    kills: bool,
-    /// File protection (path rules).
+    /// File protection (path rules), once started.
     files: Option<Arc<crate::files::FileGuard>>,
     /// Path rules guard adds for its own files (policy, event log, binary, pins).
     internal: Vec<crate::policy::CompiledPathRule>,
@@ -136,59 +136,27 @@ struct State {
     path_rules: Vec<crate::policy::CompiledPathRule>,
     /// Orders the file guard's reloads (each runs on its own thread).
     files_seq: u64,
+    /// Orders policy applies: one at a time, the newest reload wins.
+    apply_seq: u64,
+    apply_turn: Arc<tokio::sync::Mutex<()>>,
     /// Where decisions made here (API refusals, pins put back) are logged.
     sink: Option<EventSink>,
 }
 
 type Shared = Arc<Mutex<State>>;
 
+/// `guard daemon`: preflight → load → apply(policy) → seed → serve. A reload is the apply
+/// step again.
 pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
-    if !nix::unistd::geteuid().is_root() {
-        return Err(DaemonError::NotRoot);
-    }
-    if let Err(e) = crate::selfprot::harden_process() {
-        warn!(error = %e, "cannot make the daemon undumpable");
-    }
-    let policy = match &cfg.policy {
-        Some(path) => Policy::load(path)?,
-        None => Policy::embedded_default(),
-    };
-    let compiled = policy.compile();
-    let origin = cfg
-        .policy
-        .as_ref()
-        .map_or("embedded default".to_string(), |p| p.display().to_string());
-    info!(policy = %compiled.name, %origin, "policy parsed");
-
-    if let Ok(status) = api::call::<DaemonStatus>(&cfg.paths.socket, &Request::Status) {
-        return Err(DaemonError::AlreadyRunning(
-            status.daemon_pid,
-            cfg.paths.socket.display().to_string(),
-        ));
-    }
-
-    let bpffs_root = cfg
-        .paths
-        .pin_dir
-        .parent()
-        .map_or_else(|| PathBuf::from(crate::paths::BPFFS_ROOT), PathBuf::from);
-    if probe::ensure_bpffs(&bpffs_root)? {
-        info!(path = %bpffs_root.display(), "mounted bpffs");
-    }
-    let probe = probe::probe(&bpffs_root, true);
-    let missing: Vec<String> = probe
-        .missing_required()
-        .iter()
-        .map(|f| format!("{} ({})", f.name, f.detail))
-        .collect();
-    if !missing.is_empty() {
-        return Err(DaemonError::MissingFeatures(missing.join(", ")));
-    }
-    info!(tier = ?probe.tier, kernel = %probe.kernel_release, "kernel probed");
-    for dir in crate::pins::other_instances(&cfg.paths.pin_dir) {
-        warn!(pins = %dir.display(), "another guard instance is loaded: its programs run too");
-    }
-
+    let Preflight { compiled, probe } = preflight(&cfg)?;
+    let loaded = load::load(
+        &cfg.paths.pin_dir,
+        cfg.tier,
+        probe.tier == probe::Tier::BpfLsm,
+        cfg.kill_via,
+        probe.is_available("cgroup-send-signal"),
+    )?;
+    info!(pin_dir = %cfg.paths.pin_dir.display(), tier = %loaded.kernel.tier, "trackers and enforcement attached and pinned");
     let load::Loaded {
         mut kernel,
         net: net_maps,
@@ -196,140 +164,36 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
         files: kernel_files,
         guard_self,
         self_attached,
-    } = load::load(
-        &cfg.paths.pin_dir,
-        cfg.tier,
-        probe.tier == probe::Tier::BpfLsm,
-        cfg.kill_via,
-        probe.is_available("cgroup-send-signal"),
-    )?;
-    info!(pin_dir = %cfg.paths.pin_dir.display(), tier = %kernel.tier, "trackers and enforcement attached and pinned");
-    let agents = agent_specs(&compiled);
-    tags::install_agents(&mut kernel, &agents)?;
-    let kills = needs_killer(&compiled);
-    if kills {
-        kernel.set_killer(true)?;
-    }
-    let config = net::NetConfig::from_env().map_err(net::NetError::from)?;
-    let net = Some(net::NetHandle::install(net_maps, &compiled, &config).await?);
-    if !kills {
-        kernel.set_killer(false)?;
-    }
-    let events = kernel.take_events();
-    let report = tags::seed(&mut kernel, &agents)?;
-    info!(
-        roots = report.roots,
-        tagged = report.tagged,
-        stale_removed = report.stale_removed,
-        passes = report.passes,
-        "seeded tags from /proc"
-    );
-
-    let internal = crate::selfprot::internal_rules(&crate::selfprot::OwnFiles {
-        policy: cfg.policy.as_ref().map(|p| absolute(p)),
-        event_log: absolute(&cfg.paths.event_log),
-        binary: std::env::current_exe().ok(),
-        pin_dir: absolute(&cfg.paths.pin_dir),
-    });
-    let path_rules: Vec<_> = compiled.paths.iter().chain(&internal).cloned().collect();
-    let files = crate::files::FileGuard::start(
-        crate::files::FileConfig {
-            pin_dir: cfg.paths.pin_dir.clone(),
-            event_log: cfg.paths.event_log.clone(),
-            log_stdout: cfg.log_stdout,
-            passwd: "/etc/passwd".into(),
-        },
-        kernel_files,
-        &path_rules,
-        AgentNames::new(&agents),
-    )?;
-    let restored: Arc<Mutex<Option<EventSink>>> = Arc::new(Mutex::new(None));
-    {
-        let restored = restored.clone();
-        match crate::pins::PinKeeper::start(&cfg.paths.pin_dir, move |r| {
-            let sink = restored.lock().expect("sink lock").clone();
-            if let Some(sink) = sink {
-                sink.submit_blocking(crate::selfprot::pin_restored(&r));
-            }
-        }) {
-            Ok(k) => {
-                info!(
-                    held = k.held(),
-                    "holding every pin; removed pins are pinned again"
-                );
-                kernel.keeper = Some(k);
-            }
-            Err(e) => error!(error = %e, "cannot keep the pins: a removed pin stays removed"),
-        }
-    }
-    let log = EventLog::open(&cfg.paths.event_log, cfg.log, cfg.log_stdout).map_err(|source| {
-        DaemonError::EventLog {
-            path: cfg.paths.event_log.display().to_string(),
-            source,
-        }
-    })?;
-    let state: Shared = Arc::new(Mutex::new(State {
+    } = loaded;
+    let ring = kernel
+        .take_events()
+        .expect("the event ring is taken once, here");
+    let loaded = Loaded {
         kernel,
         net_attached,
         guard_self,
         self_attached,
-        names: AgentNames::new(&agents),
-        policy_name: compiled.name.clone(),
-        generation: 1,
-        probe,
-        enforcing: true,
-        rejected: None,
-        drop_caps: compiled
-            .drop_capabilities
-            .iter()
-            .map(|c| c.number())
-            .collect(),
-        kills,
-        files: Some(Arc::new(files)),
-        internal,
-        path_rules: compiled.paths.clone(),
-        files_seq: 0,
-        sink: None,
-    }));
+    };
+    let state = new_state(&cfg, probe, loaded);
+    let config = net::NetConfig::from_env().map_err(net::NetError::from)?;
+    let net = net::NetHandle::new(net_maps, &config)?;
+    apply::apply(&state, compiled, &net).await?;
+    seed(&state)?;
+    let sink = start_pipeline(&cfg, &state, ring, &net).await?;
+    start_files(&cfg, &state, kernel_files, sink)?;
+    keep_pins(&cfg, &state);
+    serve_until_stopped(&cfg, state, net).await
+}
 
+/// Serve the API, and apply the policy again on SIGHUP or a change of its file, until
+/// SIGTERM or SIGINT (from anyone but a tagged process).
+async fn serve_until_stopped(
+    cfg: &DaemonConfig,
+    state: Shared,
+    net: net::NetHandle,
+) -> Result<(), DaemonError> {
     let listener = bind(&cfg.paths)?;
     info!(socket = %cfg.paths.socket.display(), "serving API");
-    let view: Arc<dyn DaemonView> = Arc::new(View(state.clone()));
-    let metrics = Arc::new(Metrics::new(view.clone()));
-    if let Some(addr) = cfg.metrics_addr {
-        let bound = metrics::serve(addr, metrics.clone()).await?;
-        info!(addr = %bound, "serving metrics");
-    }
-    if let Some(ring) = events {
-        let tree = ProcTreeHandle::spawn(ProcTree::new(TreeConfig::default(), Box::new(Procfs)));
-        let responders: Vec<Arc<dyn Responder>> = net
-            .iter()
-            .map(|n| Arc::new(n.clone()) as Arc<dyn Responder>)
-            .collect();
-        let labels: Arc<dyn crate::events::net::NetLabels + Send + Sync> = match &net {
-            Some(n) => Arc::new(n.clone()),
-            None => Arc::new(crate::events::net::NoLabels),
-        };
-        let sink = pipeline::spawn(
-            ring,
-            Pipeline {
-                log,
-                tree,
-                view,
-                metrics,
-                node: pipeline::hostname(),
-                responders,
-                net: labels,
-                lifecycle_lines: cfg.lifecycle_events,
-            },
-        );
-        *restored.lock().expect("sink lock") = Some(sink.clone());
-        let mut st = state.lock().expect("state lock");
-        st.sink = Some(sink.clone());
-        if let Some(files) = st.files.clone() {
-            files.set_sink(sink);
-        }
-    }
     tokio::spawn(serve(listener, state.clone()));
 
     let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
@@ -357,14 +221,15 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
         }
         tagged
     };
+    let policy = cfg.policy.as_deref();
     loop {
         tokio::select! {
             _ = term.recv() => if !from_tagged(libc::SIGTERM) { break },
             _ = int.recv() => if !from_tagged(libc::SIGINT) { break },
             _ = hup.recv() => if !from_tagged(libc::SIGHUP) {
-                reload(&cfg, &state, net.as_ref());
+                apply::reload(policy, &state, &net);
             },
-            Some(()) = changed.recv() => reload(&cfg, &state, net.as_ref()),
+            Some(()) = changed.recv() => apply::reload(policy, &state, &net),
         }
     }
     let _ = std::fs::remove_file(&cfg.paths.socket);
@@ -372,93 +237,6 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
         "daemon stopping; pinned programs keep enforcing (guard daemon --uninstall removes them)"
     );
     Ok(())
-}
-
-/// Whether `policy` has an enforced endpoint rule that kills.
-fn needs_killer(policy: &CompiledPolicy) -> bool {
-    use crate::policy::{Action, Mode};
-    let kills =
-        |action, mode| matches!(action, Action::Kill | Action::KillTree) && mode == Mode::Enforce;
-    policy.endpoints.iter().any(|r| kills(r.action, r.mode))
-        || policy.raw_sockets.is_some_and(|r| kills(r.action, r.mode))
-}
-
-fn reload(cfg: &DaemonConfig, state: &Shared, net: Option<&net::NetHandle>) {
-    let Some(path) = &cfg.policy else {
-        info!("SIGHUP: running on the embedded default policy; nothing to reload");
-        return;
-    };
-    match Policy::load(path) {
-        Ok(policy) => {
-            let compiled = policy.compile();
-            let compiled_net = compiled.clone();
-            let internal = state.lock().expect("state lock").internal.clone();
-            let path_rules: Vec<_> = compiled.paths.iter().cloned().chain(internal).collect();
-            let agents = agent_specs(&compiled);
-            let mut st = state.lock().expect("state lock");
-            match tags::install_agents(&mut st.kernel, &agents) {
-                Ok(()) => {
-                    st.names = AgentNames::new(&agents);
-                    st.policy_name = compiled.name;
-                    st.generation += 1;
-                    st.rejected = None;
-                    st.path_rules = compiled_net.paths.clone();
-                    st.drop_caps = compiled
-                        .drop_capabilities
-                        .iter()
-                        .map(|c| c.number())
-                        .collect();
-                    info!(generation = st.generation, "policy reloaded");
-                    // The kill program goes in before rules that kill, and out after them.
-                    st.kills = needs_killer(&compiled_net);
-                    if st.kills
-                        && let Err(e) = st.kernel.set_killer(true)
-                    {
-                        error!(error = %e, "cannot attach the kill program; kill rules only deny");
-                    }
-                    if let Some(net) = net.cloned() {
-                        let state = state.clone();
-                        tokio::spawn(async move {
-                            if let Err(e) = net.apply(&compiled_net).await {
-                                error!(error = %e, "endpoint rules not reloaded; the previous ones stay");
-                                return;
-                            }
-                            let mut st = state.lock().expect("state lock");
-                            if !st.kills
-                                && let Err(e) = st.kernel.set_killer(false)
-                            {
-                                warn!(error = %e, "cannot detach the kill program");
-                            }
-                        });
-                    }
-                    if let Some(files) = st.files.clone() {
-                        let names = st.names.clone();
-                        st.files_seq += 1;
-                        let seq = st.files_seq;
-                        std::thread::spawn(move || files.reload(seq, &path_rules, names));
-                    }
-                }
-                Err(e) => {
-                    error!(error = %e, "policy reload failed; the previous policy stays");
-                    st.rejected = Some(format!("installing the policy failed: {e}"));
-                }
-            }
-        }
-        Err(e) => {
-            error!(error = %e, "policy rejected; the previous policy stays in force");
-            let mut st = state.lock().expect("state lock");
-            st.rejected = Some(e.to_string());
-            // The file may be a new inode (an editor's rename, a ConfigMap swap): resolve the
-            // rules in force again, so that the internal rule covers it.
-            if let Some(files) = st.files.clone() {
-                let rules: Vec<_> = st.path_rules.iter().chain(&st.internal).cloned().collect();
-                let names = st.names.clone();
-                st.files_seq += 1;
-                let seq = st.files_seq;
-                std::thread::spawn(move || files.reload(seq, &rules, names));
-            }
-        }
-    }
 }
 
 /// `path` made absolute against the working directory (rules need absolute paths).

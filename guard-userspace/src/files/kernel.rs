@@ -144,10 +144,11 @@ pub fn decode(raw: &[u8]) -> Option<(EventKind, FileEvent)> {
     matches!(kind, EventKind::FileChange | EventKind::FileDevice).then_some((kind, ev))
 }
 
-/// Drain the file ring buffer on a dedicated thread until `stop`, sending each event.
+/// Drain the file ring buffer on a dedicated thread until `stop`, handing each record to the
+/// reporter.
 pub fn spawn_reader(
     mut ring: RingBuf<MapData>,
-    out: Sender<(EventKind, FileEvent)>,
+    out: Sender<super::Report>,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
@@ -163,8 +164,8 @@ pub fn spawn_reader(
                 // SAFETY: one valid pollfd; a timeout so `stop` is seen.
                 unsafe { libc::poll(&raw mut pfd, 1, 200) };
                 while let Some(item) = ring.next() {
-                    if let Some(ev) = decode(&item)
-                        && out.send(ev).is_err()
+                    if let Some((kind, ev)) = decode(&item)
+                        && out.send(super::Report::Kernel(kind, ev)).is_err()
                     {
                         return;
                     }

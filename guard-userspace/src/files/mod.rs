@@ -57,10 +57,10 @@ pub use mountns::Protections;
 pub use status::PathRuleStatus;
 
 use engine::{Engine, RuleInfo};
-use report::{Decision, Hook, Log, Outcome};
+use report::{Decision, Hook, Outcome};
 
 use crate::{
-    events::{Clock, pipeline::EventSink},
+    events::pipeline::EventSink,
     policy::{Action, CompiledPathRule},
     tags::AgentNames,
 };
@@ -75,12 +75,6 @@ pub enum FileError {
         #[source]
         source: MapError,
     },
-    #[error("event log {path}: {source}")]
-    Log {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
     #[error("starting a file protection thread: {0}")]
     Thread(#[source] std::io::Error),
 }
@@ -94,8 +88,6 @@ pub struct Loaded {
 pub struct FileConfig {
     /// The daemon's pin directory (the tag map is opened from its pin).
     pub pin_dir: PathBuf,
-    pub event_log: PathBuf,
-    pub log_stdout: bool,
     /// Where `~` homes come from.
     pub passwd: PathBuf,
 }
@@ -120,8 +112,8 @@ pub struct Shared {
     pub kernel: Mutex<Option<FileMaps>>,
     pub catalog: Mutex<Catalog>,
     pub names: Mutex<AgentNames>,
-    /// The daemon's event pipeline, once it runs; until then lines go to the log directly.
-    pub sink: Mutex<Option<EventSink>>,
+    /// The daemon's event pipeline: it adds the process tree, writes and counts.
+    pub sink: EventSink,
     /// The bpf-lsm tier's file hooks enforce (no fanotify permission events then).
     pub lsm: bool,
 }
@@ -145,6 +137,7 @@ impl FileGuard {
         loaded: Option<Loaded>,
         rules: &[CompiledPathRule],
         names: AgentNames,
+        sink: EventSink,
     ) -> Result<Self, FileError> {
         let tags_err = |source| FileError::Map {
             name: maps::TAGS,
@@ -153,10 +146,6 @@ impl FileGuard {
         let tags = MapData::from_pin(cfg.pin_dir.join("maps").join(maps::TAGS))
             .and_then(|m| HashMap::try_from(aya::maps::Map::HashMap(m)))
             .map_err(tags_err)?;
-        let log = Log::open(&cfg.event_log, cfg.log_stdout).map_err(|source| FileError::Log {
-            path: cfg.event_log.clone(),
-            source,
-        })?;
         let (tx, rx) = mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
         let (mut maps, attached) = match loaded {
@@ -170,26 +159,13 @@ impl FileGuard {
             kernel: Mutex::new(maps),
             catalog: Mutex::new(Catalog::default()),
             names: Mutex::new(names),
-            sink: Mutex::new(None),
+            sink,
             lsm: attached.lsm(),
         });
         let mut threads = Vec::new();
         if let Some(ring) = ring {
-            let (ktx, krx) = mpsc::channel();
-            threads.push(kernel::spawn_reader(ring, ktx, stop.clone()).map_err(FileError::Thread)?);
-            let tx = tx.clone();
-            threads.push(
-                std::thread::Builder::new()
-                    .name("guard-file-forward".into())
-                    .spawn(move || {
-                        for (kind, ev) in krx {
-                            if tx.send(Report::Kernel(kind, ev)).is_err() {
-                                return;
-                            }
-                        }
-                    })
-                    .map_err(FileError::Thread)?,
-            );
+            let reader = kernel::spawn_reader(ring, tx.clone(), stop.clone());
+            threads.push(reader.map_err(FileError::Thread)?);
         }
         {
             let shared = shared.clone();
@@ -197,7 +173,7 @@ impl FileGuard {
             threads.push(
                 std::thread::Builder::new()
                     .name("guard-file-report".into())
-                    .spawn(move || reporter(&shared, rx, log, &stop))
+                    .spawn(move || reporter(&shared, rx, &stop))
                     .map_err(FileError::Thread)?,
             );
         }
@@ -239,11 +215,6 @@ impl FileGuard {
         let new = Engine::build(rules, &homes, self.shared.clone());
         let old = std::mem::replace(&mut *self.engine.lock().expect("engine lock"), new);
         old.stop();
-    }
-
-    /// Send decisions through the daemon's event pipeline from now on.
-    pub fn set_sink(&self, sink: EventSink) {
-        *self.shared.sink.lock().expect("sink lock") = Some(sink);
     }
 
     pub fn attached(&self) -> &Attached {
@@ -323,9 +294,7 @@ fn read_homes(passwd: &Path) -> Vec<(u32, PathBuf)> {
 
 /// The reporter thread: event lines, stderr reasons and kills for kernel decisions, and
 /// kill-tree.
-fn reporter(shared: &Shared, rx: Receiver<Report>, mut log: Log, stop: &AtomicBool) {
-    let clock = Clock::now();
-    let node = crate::events::pipeline::hostname();
+fn reporter(shared: &Shared, rx: Receiver<Report>, stop: &AtomicBool) {
     loop {
         let report = match rx.recv_timeout(Duration::from_millis(500)) {
             Ok(r) => r,
@@ -349,17 +318,8 @@ fn reporter(shared: &Shared, rx: Receiver<Report>, mut log: Log, stop: &AtomicBo
             info!(root = d.tag.root.tgid, killed = r.killed, passes = r.passes,
                 survivors = r.survivors, rule = %d.rule, "kill-tree");
         }
-        let decoded = d.to_decoded();
-        let sink = shared.sink.lock().expect("sink lock").clone();
-        let decoded = match sink {
-            // The daemon's pipeline adds the process tree, rotates the log and counts.
-            Some(sink) if sink.submit_blocking(decoded.clone()) => continue,
-            _ => decoded,
-        };
-        let names = shared.names.lock().expect("names lock").clone();
-        let event = crate::events::pipeline::build(&decoded, None, &names, &node, &clock, None);
-        if let Err(e) = log.write(&event) {
-            error!(error = %e, "cannot write a file event");
+        if !shared.sink.submit_blocking(d.to_decoded()) {
+            return; // the daemon is stopping
         }
     }
 }

@@ -1,12 +1,6 @@
 //! File decisions: the event record and the offender's one-line reason (written, with kills,
 //! by [`crate::respond`]).
 
-use std::{
-    fs::{File, OpenOptions},
-    io::{self, Write as _},
-    path::Path,
-};
-
 use guard_common::{
     ProcKey, Tag,
     event::{EventHeader, EventKind},
@@ -191,36 +185,6 @@ fn operation(syscall: Option<i64>) -> &'static str {
         Some(nr::TRUNCATE | nr::FTRUNCATE) => "truncate",
         Some(nr::LINK | nr::LINKAT) => "link",
         _ => "write",
-    }
-}
-
-/// The append-only event log, opened separately from the daemon's (each line is one
-/// `write(2)` on an `O_APPEND` file, so lines of both never interleave).
-pub struct Log {
-    file: File,
-    stdout: bool,
-}
-
-impl Log {
-    pub fn open(path: &Path, stdout: bool) -> io::Result<Self> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        Ok(Self {
-            file: OpenOptions::new().create(true).append(true).open(path)?,
-            stdout,
-        })
-    }
-
-    /// Append `event` as one line.
-    pub fn write(&mut self, event: &events::Event) -> io::Result<()> {
-        let mut bytes = serde_json::to_vec(event).map_err(io::Error::other)?;
-        bytes.push(b'\n');
-        self.file.write_all(&bytes)?;
-        if self.stdout {
-            io::stdout().write_all(&bytes)?;
-        }
-        Ok(())
     }
 }
 

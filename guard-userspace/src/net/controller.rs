@@ -95,13 +95,9 @@ pub struct NetHandle {
 const NAMES_KEPT: usize = 256;
 
 impl NetHandle {
-    /// Install `policy`'s endpoint rules (resolving its hosts first, each query bounded by
-    /// [`dns::QUERY_TIMEOUT`]) and start the DNS refresher.
-    pub async fn install(
-        maps: NetMaps,
-        policy: &CompiledPolicy,
-        config: &NetConfig,
-    ) -> Result<Self, NetError> {
+    /// Take the rule maps, leaving the rules pinned there in force until [`Self::apply`]
+    /// installs the next generation, and start the DNS refresher.
+    pub fn new(maps: NetMaps, config: &NetConfig) -> Result<Self, NetError> {
         // A host without /etc/resolv.conf still enforces address and unix rules; host rules
         // then stay unresolved, with the reason, until the daemon is restarted with a resolver.
         let resolver = dns::resolver(config.dns_server).map_err(|e| {
@@ -137,13 +133,13 @@ impl NetHandle {
             resolver: Arc::new(resolver),
             wake: Arc::new(Notify::new()),
         };
-        handle.apply(policy).await?;
         tokio::spawn(handle.clone().refresh_forever());
         Ok(handle)
     }
 
-    /// Install a new policy's endpoint rules (a reload). Hosts not known yet are resolved
-    /// before the swap; hosts kept from the previous policy keep their addresses.
+    /// Install a policy's endpoint rules as the next generation. Hosts not known yet are
+    /// resolved before the swap (each query bounded by [`dns::QUERY_TIMEOUT`]); hosts kept
+    /// from the previous policy keep their addresses.
     pub async fn apply(&self, policy: &CompiledPolicy) -> Result<(), NetError> {
         let wanted: BTreeSet<(u32, String)> = policy
             .endpoints

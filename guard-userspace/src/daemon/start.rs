@@ -1,0 +1,218 @@
+//! The start-up steps before serving: preflight (refuse early, with the reason), the daemon's
+//! state after loading, seeding from `/proc`, the event pipeline, file protection and the pin
+//! keeper. `run` in the parent module puts them in order.
+
+use std::{
+    path::PathBuf,
+    sync::{Arc, Mutex},
+};
+
+use tracing::{error, info, warn};
+
+use super::{DaemonConfig, DaemonError, Shared, State, absolute, serve::View};
+use crate::{
+    api::{self, DaemonStatus, Request},
+    events::{
+        EventLog, Responder,
+        pipeline::{self, EventSink, Pipeline},
+    },
+    kernel::Kernel,
+    metrics::{self, DaemonView, Metrics},
+    net,
+    policy::{CompiledPolicy, Policy},
+    probe::{self, Probe},
+    proctree::{ProcTree, ProcTreeHandle, Procfs, TreeConfig},
+    tags::{self, AgentNames},
+};
+
+/// What the preflight step found: the policy to apply and what the kernel offers.
+pub(super) struct Preflight {
+    pub compiled: CompiledPolicy,
+    pub probe: Probe,
+}
+
+/// Root, the policy, no other daemon on the socket, bpffs, and every kernel feature guard
+/// needs: each refused with the reason before anything is loaded.
+pub(super) fn preflight(cfg: &DaemonConfig) -> Result<Preflight, DaemonError> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err(DaemonError::NotRoot);
+    }
+    if let Err(e) = crate::selfprot::harden_process() {
+        warn!(error = %e, "cannot make the daemon undumpable");
+    }
+    let policy = match &cfg.policy {
+        Some(path) => Policy::load(path)?,
+        None => Policy::embedded_default(),
+    };
+    let compiled = policy.compile();
+    let origin = cfg
+        .policy
+        .as_ref()
+        .map_or("embedded default".to_string(), |p| p.display().to_string());
+    info!(policy = %compiled.name, %origin, "policy parsed");
+
+    if let Ok(status) = api::call::<DaemonStatus>(&cfg.paths.socket, &Request::Status) {
+        return Err(DaemonError::AlreadyRunning(
+            status.daemon_pid,
+            cfg.paths.socket.display().to_string(),
+        ));
+    }
+    let bpffs_root = cfg
+        .paths
+        .pin_dir
+        .parent()
+        .map_or_else(|| PathBuf::from(crate::paths::BPFFS_ROOT), PathBuf::from);
+    if probe::ensure_bpffs(&bpffs_root)? {
+        info!(path = %bpffs_root.display(), "mounted bpffs");
+    }
+    let probe = probe::probe(&bpffs_root, true);
+    let missing: Vec<String> = probe
+        .missing_required()
+        .iter()
+        .map(|f| format!("{} ({})", f.name, f.detail))
+        .collect();
+    if !missing.is_empty() {
+        return Err(DaemonError::MissingFeatures(missing.join(", ")));
+    }
+    info!(tier = ?probe.tier, kernel = %probe.kernel_release, "kernel probed");
+    for dir in crate::pins::other_instances(&cfg.paths.pin_dir) {
+        warn!(pins = %dir.display(), "another guard instance is loaded: its programs run too");
+    }
+    Ok(Preflight { compiled, probe })
+}
+
+/// What of the load step the daemon's state keeps.
+pub(super) struct Loaded {
+    pub kernel: Kernel,
+    pub net_attached: net::Attached,
+    pub guard_self: Option<crate::selfprot::SelfMaps>,
+    pub self_attached: crate::selfprot::SelfAttached,
+}
+
+/// The daemon's state after the load step, before any policy is applied (generation 0).
+pub(super) fn new_state(cfg: &DaemonConfig, probe: Probe, loaded: Loaded) -> Shared {
+    let internal = crate::selfprot::internal_rules(&crate::selfprot::OwnFiles {
+        policy: cfg.policy.as_ref().map(|p| absolute(p)),
+        event_log: absolute(&cfg.paths.event_log),
+        binary: std::env::current_exe().ok(),
+        pin_dir: absolute(&cfg.paths.pin_dir),
+    });
+    Arc::new(Mutex::new(State {
+        kernel: loaded.kernel,
+        net_attached: loaded.net_attached,
+        guard_self: loaded.guard_self,
+        self_attached: loaded.self_attached,
+        agents: Vec::new(),
+        names: AgentNames::new(&[]),
+        policy_name: String::new(),
+        generation: 0,
+        probe,
+        enforcing: true,
+        rejected: None,
+        drop_caps: Vec::new(),
+        files: None,
+        internal,
+        path_rules: Vec::new(),
+        files_seq: 0,
+        apply_seq: 0,
+        apply_turn: Arc::new(tokio::sync::Mutex::new(())),
+        sink: None,
+    }))
+}
+
+/// Tag the agents already running (from `/proc`, to a fixpoint). After the apply step, so
+/// that the agents are known; before serving, so that `guard run` never races it.
+pub(super) fn seed(state: &Shared) -> Result<(), DaemonError> {
+    let mut st = state.lock().expect("state lock");
+    let st = &mut *st;
+    let report = tags::seed(&mut st.kernel, &st.agents)?;
+    info!(
+        roots = report.roots,
+        tagged = report.tagged,
+        stale_removed = report.stale_removed,
+        passes = report.passes,
+        "seeded tags from /proc"
+    );
+    Ok(())
+}
+
+/// The event pipeline: the kernel's records and every decision made in userspace go through
+/// it to the one event log.
+pub(super) async fn start_pipeline(
+    cfg: &DaemonConfig,
+    state: &Shared,
+    ring: aya::maps::RingBuf<aya::maps::MapData>,
+    net: &net::NetHandle,
+) -> Result<EventSink, DaemonError> {
+    let log = EventLog::open(&cfg.paths.event_log, cfg.log, cfg.log_stdout).map_err(|source| {
+        DaemonError::EventLog {
+            path: cfg.paths.event_log.display().to_string(),
+            source,
+        }
+    })?;
+    let view: Arc<dyn DaemonView> = Arc::new(View(state.clone()));
+    let metrics = Arc::new(Metrics::new(view.clone()));
+    if let Some(addr) = cfg.metrics_addr {
+        let bound = metrics::serve(addr, metrics.clone()).await?;
+        info!(addr = %bound, "serving metrics");
+    }
+    let tree = ProcTreeHandle::spawn(ProcTree::new(TreeConfig::default(), Box::new(Procfs)));
+    let sink = pipeline::spawn(
+        ring,
+        Pipeline {
+            log,
+            tree,
+            view,
+            metrics,
+            node: pipeline::hostname(),
+            responders: vec![Arc::new(net.clone()) as Arc<dyn Responder>],
+            net: Arc::new(net.clone()),
+            lifecycle_lines: cfg.lifecycle_events,
+        },
+    );
+    state.lock().expect("state lock").sink = Some(sink.clone());
+    Ok(sink)
+}
+
+/// File protection for the path rules in force and guard's own files.
+pub(super) fn start_files(
+    cfg: &DaemonConfig,
+    state: &Shared,
+    kernel_files: Option<crate::files::Loaded>,
+    sink: EventSink,
+) -> Result<(), DaemonError> {
+    let mut st = state.lock().expect("state lock");
+    let rules: Vec<_> = st.path_rules.iter().chain(&st.internal).cloned().collect();
+    let files = crate::files::FileGuard::start(
+        crate::files::FileConfig {
+            pin_dir: cfg.paths.pin_dir.clone(),
+            passwd: "/etc/passwd".into(),
+        },
+        kernel_files,
+        &rules,
+        st.names.clone(),
+        sink,
+    )?;
+    st.files = Some(Arc::new(files));
+    Ok(())
+}
+
+/// Pin every pin again when it is removed, and log each time it happens.
+pub(super) fn keep_pins(cfg: &DaemonConfig, state: &Shared) {
+    let sink = state.lock().expect("state lock").sink.clone();
+    let keeper = crate::pins::PinKeeper::start(&cfg.paths.pin_dir, move |r| {
+        if let Some(sink) = &sink {
+            sink.submit_blocking(crate::selfprot::pin_restored(&r));
+        }
+    });
+    match keeper {
+        Ok(k) => {
+            info!(
+                held = k.held(),
+                "holding every pin; removed pins are pinned again"
+            );
+            state.lock().expect("state lock").kernel.keeper = Some(k);
+        }
+        Err(e) => error!(error = %e, "cannot keep the pins: a removed pin stays removed"),
+    }
+}
