@@ -145,6 +145,9 @@ struct State {
 
 type Shared = Arc<Mutex<State>>;
 
+/// How often the free heap goes back to the kernel.
+const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// `guard daemon`: preflight → load → apply(policy) → seed → serve. A reload is the apply
 /// step again.
 pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
@@ -182,6 +185,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
     let sink = start_pipeline(&cfg, &state, ring, &net).await?;
     start_files(&cfg, &state, kernel_files, sink)?;
     keep_pins(&cfg, &state);
+    start::release_free_memory();
     serve_until_stopped(&cfg, state, net).await
 }
 
@@ -222,8 +226,10 @@ async fn serve_until_stopped(
         tagged
     };
     let policy = cfg.policy.as_deref();
+    let mut trim = tokio::time::interval(TRIM_EVERY);
     loop {
         tokio::select! {
+            _ = trim.tick() => start::release_free_memory(),
             _ = term.recv() => if !from_tagged(libc::SIGTERM) { break },
             _ = int.recv() => if !from_tagged(libc::SIGINT) { break },
             _ = hup.recv() => if !from_tagged(libc::SIGHUP) {

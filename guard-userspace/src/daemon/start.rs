@@ -216,3 +216,14 @@ pub(super) fn keep_pins(cfg: &DaemonConfig, state: &Shared) {
         Err(e) => error!(error = %e, "cannot keep the pins: a removed pin stays removed"),
     }
 }
+
+/// Give the allocator's free heap back to the kernel, so that the resident size is what the
+/// daemon uses: after start-up, which parsed the kernel's BTF and the eBPF object (tens of
+/// MiB, all freed by then), and from time to time after bursts of events.
+pub(super) fn release_free_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free memory of the allocator to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}

@@ -72,7 +72,25 @@ impl EventLog {
         self.write_line(&line)
     }
 
-    /// Append one complete line (ending in `\n`).
+    /// Append complete lines (each ending in `\n`): as few write(2)s as rotation allows, so
+    /// that every file but one line longer than the limit stays within `max_bytes`.
+    pub fn write_lines(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let (mut start, mut end) = (0, 0);
+        for line in bytes.split_inclusive(|b| *b == b'\n') {
+            if end > start && self.size + (end - start + line.len()) as u64 > self.config.max_bytes
+            {
+                self.write_line(&bytes[start..end])?;
+                start = end;
+            }
+            end += line.len();
+        }
+        if end > start {
+            self.write_line(&bytes[start..end])?;
+        }
+        Ok(())
+    }
+
+    /// Append one complete line, or several (each ending in `\n`), with one write(2).
     pub fn write_line(&mut self, line: &[u8]) -> io::Result<()> {
         if self.size > 0 && self.size + line.len() as u64 > self.config.max_bytes {
             self.rotate()?;
@@ -223,6 +241,30 @@ mod tests {
                     .collect::<Vec<_>>()
             })
             .collect()
+    }
+
+    #[test]
+    fn a_batch_of_lines_rotates_like_single_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        let line_len = serde_json::to_vec(&event(100)).unwrap().len() as u64 + 1;
+        let config = LogConfig {
+            max_bytes: line_len * 10,
+            files: 4,
+        };
+        let mut log = EventLog::open(&path, config, false).unwrap();
+        let mut batch = Vec::new();
+        for i in 100..125 {
+            serde_json::to_writer(&mut batch, &event(i)).unwrap();
+            batch.push(b'\n');
+        }
+        log.write_lines(&batch).unwrap();
+        let files = log_files(&path);
+        assert_eq!(files.len(), 3);
+        for f in &files {
+            assert!(std::fs::metadata(f).unwrap().len() <= config.max_bytes);
+        }
+        assert_eq!(read_all(&path), (100..125).collect::<Vec<_>>());
     }
 
     #[test]

@@ -20,6 +20,8 @@ use crate::{
 /// Decoded records waiting for enrichment. Small: when the writer falls behind, records wait
 /// in the kernel's ring buffer, not in our memory.
 const QUEUE: usize = 1024;
+/// Records turned into lines before they are written together.
+const BATCH: usize = 256;
 /// How often drops are checked, the log synced and gauges refreshed.
 const TICK: Duration = Duration::from_secs(1);
 const USER_CACHE_MAX: usize = 4096;
@@ -58,6 +60,13 @@ pub struct Pipeline {
     pub net: Arc<dyn super::net::NetLabels + Send + Sync>,
     /// Write fork and exit lines too (they always update the process tree).
     pub lifecycle_lines: bool,
+}
+
+/// Lines waiting for the next write, and how many.
+#[derive(Default)]
+struct Lines {
+    bytes: Vec<u8>,
+    count: u64,
 }
 
 /// Submits events decided in userspace (e.g. fanotify permission events) to the same
@@ -102,34 +111,45 @@ impl Pipeline {
         let mut clock = Clock::now();
         let mut users = Users::default();
         let mut dropped_seen = self.view.events_dropped();
+        let mut lines = Lines::default();
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 d = rx.recv() => {
                     let Some(d) = d else { break };
-                    let ctx = match lifecycle_update(&d) {
-                        Some(u) => self.tree.apply(u).await,
-                        None => {
-                            let hint = Hint {
-                                ppid: d.header.ppid,
-                                comm: d.comm.clone().unwrap_or_default(),
-                            };
-                            self.tree.context(d.header.proc, Some(hint)).await
+                    // Whatever else is queued goes into the same write(2), up to a batch.
+                    let mut next = Some(d);
+                    let mut taken = 0;
+                    while let Some(d) = next.take() {
+                        taken += 1;
+                        let ctx = match lifecycle_update(&d) {
+                            Some(u) => self.tree.apply(u).await,
+                            None => {
+                                let hint = Hint {
+                                    ppid: d.header.ppid,
+                                    comm: d.comm.clone().unwrap_or_default(),
+                                };
+                                self.tree.context(d.header.proc, Some(hint)).await
+                            }
+                        };
+                        let user = users.name(d.header.uid);
+                        let event = build(&d, ctx.as_ref(), &names, &self.node, &clock, user);
+                        self.metrics.event_read(&event.kind);
+                        if let (Some(rule), Some(action), Some(result)) =
+                            (&event.rule, &event.action, &event.result)
+                        {
+                            self.metrics.decision(rule, action, result);
                         }
-                    };
-                    let user = users.name(d.header.uid);
-                    let event = build(&d, ctx.as_ref(), &names, &self.node, &clock, user);
-                    self.metrics.event_read(&event.kind);
-                    if let (Some(rule), Some(action), Some(result)) =
-                        (&event.rule, &event.action, &event.result)
-                    {
-                        self.metrics.decision(rule, action, result);
+                        let folded = matches!(d.lifecycle, Some(Lifecycle::Fork | Lifecycle::Exit));
+                        if !folded || self.lifecycle_lines {
+                            self.queue(&mut lines, &event);
+                        }
+                        if taken < BATCH {
+                            next = rx.try_recv().ok();
+                        }
                     }
-                    let folded = matches!(d.lifecycle, Some(Lifecycle::Fork | Lifecycle::Exit));
-                    if !folded || self.lifecycle_lines {
-                        self.write(&event);
-                    }
+                    self.flush(&mut lines);
                 }
                 _ = tick.tick() => {
                     names = self.view.agent_names();
@@ -152,16 +172,42 @@ impl Pipeline {
         }
     }
 
-    fn write(&mut self, event: &Event) {
-        match self.log.write(event) {
+    /// Add `event` to the lines of the next write.
+    fn queue(&self, lines: &mut Lines, event: &Event) {
+        match serde_json::to_writer(&mut lines.bytes, event) {
             Ok(()) => {
-                self.metrics.events_written.inc();
+                lines.bytes.push(b'\n');
+                lines.count += 1;
             }
             Err(e) => {
                 self.metrics.log_write_errors.inc();
-                error!(error = %e, path = %self.log.path().display(), "cannot write event");
+                error!(error = %e, "cannot serialise an event");
             }
         }
+    }
+
+    /// Write the queued lines with one write(2): a reader never sees half a line.
+    fn flush(&mut self, lines: &mut Lines) {
+        if lines.bytes.is_empty() {
+            return;
+        }
+        match self.log.write_lines(&lines.bytes) {
+            Ok(()) => {
+                self.metrics.events_written.inc_by(lines.count);
+            }
+            Err(e) => {
+                self.metrics.log_write_errors.inc();
+                error!(error = %e, path = %self.log.path().display(), "cannot write events");
+            }
+        }
+        lines.bytes.clear();
+        lines.count = 0;
+    }
+
+    fn write(&mut self, event: &Event) {
+        let mut lines = Lines::default();
+        self.queue(&mut lines, event);
+        self.flush(&mut lines);
     }
 }
 
