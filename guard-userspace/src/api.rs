@@ -119,6 +119,21 @@ pub struct DaemonStatus {
     pub programs: Vec<crate::loader::ProgramCost>,
     #[serde(default)]
     pub bpf_stats: bool,
+    /// What each family of attached programs does on an internal error, and how often it
+    /// has happened.
+    #[serde(default)]
+    pub internal_errors: Vec<InternalErrors>,
+}
+
+/// `guard status`: a family of hooks and its behaviour on internal errors.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct InternalErrors {
+    pub hooks: String,
+    /// `allow` (fail open) or `deny` (fail closed).
+    pub on_error: String,
+    pub effect: String,
+    pub counter: String,
+    pub count: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

@@ -95,6 +95,13 @@ pub fn status(st: &DaemonStatus, color: bool) -> String {
         let _ = writeln!(out, "  kill          {}", n.kill);
     }
     let _ = writeln!(out, "tagged       {} processes", st.tagged_processes);
+    for e in &st.internal_errors {
+        let _ = writeln!(
+            out,
+            "on error     {:<22} {} ({}); {} so far ({})",
+            e.hooks, e.on_error, e.effect, e.count, e.counter
+        );
+    }
     for (name, value) in &st.counters {
         let _ = writeln!(out, "counter      {name:<20} {value}");
     }

@@ -108,6 +108,26 @@ fn status_reports_the_probed_tier_features_and_attached_trackers() {
     for m in ["GUARD_TAGS", "GUARD_EVENTS"] {
         assert!(d.pin_dir.join("maps").join(m).exists(), "map {m} is pinned");
     }
+    // Each family of attached hooks says what it does on an internal error, with its count.
+    let errors = st["internal_errors"].as_array().expect("internal_errors");
+    let counters = st["counters"].as_array().unwrap();
+    for hooks in ["process trackers", "self-protection"] {
+        let e = errors
+            .iter()
+            .find(|e| e["hooks"].as_str().unwrap().starts_with(hooks))
+            .unwrap_or_else(|| panic!("{hooks} report their error behaviour: {errors:?}"));
+        assert_eq!(e["on_error"], "allow", "{e}");
+        assert!(
+            counters.iter().any(|c| c[0] == e["counter"]),
+            "{e} names a counter"
+        );
+    }
+    let network = if tier == "bpf-lsm" {
+        "network (LSM)"
+    } else {
+        "network (cgroup)"
+    };
+    assert!(errors.iter().any(|e| e["hooks"] == network), "{errors:?}");
     // Every linked program is listed with its kernel id (its cost counts while
     // kernel.bpf_stats_enabled is 1).
     let programs = st["programs"].as_array().expect("programs");

@@ -35,8 +35,8 @@ use super::{
     file::{lsm_decide, read},
     net::{ALLOW, Dest, Kill, decide, decide_raw},
 };
-use crate::ctx::{Caller, current_tgid, daemon_tgid, is_tagged, tagged};
-use crate::maps::{NET_UNIX, NET4, NET6, TAGS, count, count_file, file_offsets, lsm_offsets};
+use crate::ctx::{Caller, daemon_tgid, is_tagged, tagged};
+use crate::maps::{NET_UNIX, NET4, NET6, count, count_file, file_offsets, lsm_offsets};
 use guard_common::event::Counter;
 
 const EPERM: i32 = 1;
@@ -474,17 +474,26 @@ fn refuse_self(tag: &guard_common::Tag, what: u32, detail: u32, daemon: u32) {
 /// Whether `task` belongs to the daemon, seen from a tagged current process.
 #[inline(always)]
 fn targets_daemon(task: *const u8) -> Option<(guard_common::Tag, u32)> {
-    let tag = TAGS.get_ptr(current_tgid())?;
+    let Caller { tag, .. } = tagged()?;
     let daemon = daemon_tgid();
     if daemon == 0 {
         return None;
     }
     let o = crate::maps::offsets();
-    if o.valid == 0 || crate::kernel::Task(task).tgid(&o).ok()? != daemon {
-        return None;
+    let target = if o.valid == 0 {
+        Err(-1)
+    } else {
+        crate::kernel::Task(task).tgid(&o)
+    };
+    match target {
+        Ok(tgid) if tgid == daemon => Some((tag, daemon)),
+        Ok(_) => None,
+        // Fail open, counted.
+        Err(_) => {
+            count(Counter::ProbeErrors);
+            None
+        }
     }
-    // SAFETY: map value pointer from a successful lookup.
-    Some((unsafe { *tag }, daemon))
 }
 
 /// `task_kill(struct task_struct *p, struct kernel_siginfo *info, int sig, const struct cred

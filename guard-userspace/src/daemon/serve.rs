@@ -111,6 +111,13 @@ async fn refused_tagged(state: &Shared, cred: &tokio::net::unix::UCred, line: &s
 fn status(state: &Shared) -> Reply<DaemonStatus> {
     let st = state.lock().expect("state lock");
     let path_rules = st.files.as_ref().map(|f| f.status()).unwrap_or_default();
+    let counters: Vec<(String, u64)> = st
+        .kernel
+        .counters()
+        .into_iter()
+        .map(|(n, v)| (n.to_string(), v))
+        .chain(st.files.as_ref().map(|f| f.counters()).unwrap_or_default())
+        .collect();
     let self_protection = SelfProtectionStatus {
         hooks: st.self_attached.attached.clone(),
         error: st.self_attached.error.clone(),
@@ -131,13 +138,8 @@ fn status(state: &Shared) -> Reply<DaemonStatus> {
         policy_rejected: st.rejected.clone(),
         trackers: Kernel::pinned_links(st.kernel.pin_dir()),
         tagged_processes: st.kernel.tags.keys().filter_map(Result::ok).count(),
-        counters: st
-            .kernel
-            .counters()
-            .into_iter()
-            .map(|(n, v)| (n.to_string(), v))
-            .chain(st.files.as_ref().map(|f| f.counters()).unwrap_or_default())
-            .collect(),
+        internal_errors: internal_errors(&st.kernel, &counters),
+        counters,
         probe: serde_json::to_value(&st.probe).unwrap_or_default(),
         path_rules,
         self_protection: Some(self_protection),
@@ -149,6 +151,34 @@ fn status(state: &Shared) -> Reply<DaemonStatus> {
         programs: crate::loader::program_costs(&st.kernel.pin_dir().join("links")),
         bpf_stats: crate::loader::bpf_stats_enabled(),
     })
+}
+
+/// The families of programs attached under the pin directory, with what they do on an
+/// internal error and the count so far.
+fn internal_errors(kernel: &Kernel, counters: &[(String, u64)]) -> Vec<crate::api::InternalErrors> {
+    let pinned = Kernel::pinned_links(kernel.pin_dir());
+    let table = crate::loader::table::table();
+    crate::loader::Family::ALL
+        .iter()
+        .filter(|f| {
+            table
+                .iter()
+                .any(|r| r.family == **f && pinned.iter().any(|p| p == r.pin))
+        })
+        .map(|f| {
+            let e = f.on_error();
+            crate::api::InternalErrors {
+                hooks: f.label().into(),
+                on_error: e.verdict.into(),
+                effect: e.effect.into(),
+                counter: e.counter.into(),
+                count: counters
+                    .iter()
+                    .find(|(n, _)| n == e.counter)
+                    .map_or(0, |(_, v)| *v),
+            }
+        })
+        .collect()
 }
 
 fn network_status(kernel: &Kernel, a: &net::Attached) -> crate::api::NetworkStatus {

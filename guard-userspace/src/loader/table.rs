@@ -48,6 +48,72 @@ pub enum Family {
     LsmSelf,
 }
 
+/// What a family's programs do when they hit an internal error (an unreadable kernel pointer,
+/// a full map, offsets missing), and the counter that counts it. Every one lets the operation
+/// through: refusing would break the host's own processes for a fault of guard's, so each is
+/// counted and shown in `guard status`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct OnError {
+    /// `allow` (fail open) or `deny` (fail closed).
+    pub verdict: &'static str,
+    /// What is lost when it happens.
+    pub effect: &'static str,
+    /// The counter (`guard status` counters) that counts it.
+    pub counter: &'static str,
+}
+
+impl Family {
+    pub fn on_error(self) -> OnError {
+        let allow = |effect, counter| OnError {
+            verdict: "allow",
+            effect,
+            counter,
+        };
+        match self {
+            Self::Tracker => allow(
+                "a fork or exec goes untagged; so does one into a full tag map, counted as \
+                 tag_insert_failed",
+                "probe_errors",
+            ),
+            Self::Killer => allow("the denied process is not killed", "net_kill_failed"),
+            Self::Net | Self::LsmNet => allow("the connect or send goes through", "net_fail_open"),
+            Self::FileDetect | Self::FileDevice | Self::LsmFile => {
+                allow("the file operation goes through", "file_probe_errors")
+            }
+            Self::SelfProtect | Self::LsmSelf => {
+                allow("the signal or trace is not stopped", "probe_errors")
+            }
+        }
+    }
+
+    /// How `guard status` names the family.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Tracker => "process trackers",
+            Self::Killer => "kill programs",
+            Self::Net => "network (cgroup)",
+            Self::LsmNet => "network (LSM)",
+            Self::FileDetect => "file kill-on-detect",
+            Self::FileDevice => "raw block devices",
+            Self::LsmFile => "files (LSM)",
+            Self::SelfProtect => "self-protection",
+            Self::LsmSelf => "self-protection (LSM)",
+        }
+    }
+
+    pub const ALL: [Self; 9] = [
+        Self::Tracker,
+        Self::Killer,
+        Self::Net,
+        Self::LsmNet,
+        Self::FileDetect,
+        Self::FileDevice,
+        Self::LsmFile,
+        Self::SelfProtect,
+        Self::LsmSelf,
+    ];
+}
+
 /// The tiers a program serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Serves {
