@@ -18,22 +18,27 @@ pub struct AgentSpec {
     pub scripts: Vec<String>,
 }
 
-/// Names of agents by id, for display.
+/// Names of agents by id, for display. Cheap to clone: every event reader holds the current
+/// names, and a reload swaps them.
 #[derive(Clone, Debug, Default)]
-pub struct AgentNames(pub HashMap<u32, String>);
+pub struct AgentNames(std::sync::Arc<HashMap<u32, String>>);
 
 impl AgentNames {
     pub fn new(specs: &[AgentSpec]) -> Self {
         let mut names: HashMap<u32, String> =
             specs.iter().map(|a| (a.id, a.name.clone())).collect();
         names.insert(UNNAMED_AGENT, UNNAMED_AGENT_NAME.into());
-        Self(names)
+        Self(std::sync::Arc::new(names))
     }
     pub fn name(&self, id: u32) -> String {
         self.0
             .get(&id)
             .cloned()
             .unwrap_or_else(|| format!("agent-{id}"))
+    }
+    /// Every name.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.0.values().map(String::as_str)
     }
     pub fn id(&self, name: &str) -> Option<u32> {
         self.0.iter().find(|(_, n)| *n == name).map(|(id, _)| *id)

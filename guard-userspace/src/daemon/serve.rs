@@ -252,7 +252,7 @@ fn tag(state: &Shared, pid: Option<i32>, agent: Option<&str>) -> Reply<TagReply>
         Some(name) => match st.names.id(name) {
             Some(id) => id,
             None => {
-                let mut known: Vec<String> = st.names.0.values().cloned().collect();
+                let mut known: Vec<String> = st.names.names().map(str::to_owned).collect();
                 known.sort();
                 return Reply::err(format!(
                     "unknown agent {name:?}; the policy defines: {}",

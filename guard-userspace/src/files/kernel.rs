@@ -14,7 +14,7 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf},
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
 };
 use guard_common::{
     event::EventKind,
@@ -27,6 +27,7 @@ use super::FileError;
 use crate::loader::{
     Attacher,
     table::{self, Family, Kind},
+    take_map,
 };
 
 /// The file maps, owned by the file guard.
@@ -100,18 +101,12 @@ fn attach_device(at: &mut Attacher<'_>) -> Attached {
 
 /// Take the file maps out of `ebpf`.
 pub fn take_maps(ebpf: &mut Ebpf) -> Result<FileMaps, FileError> {
-    fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, FileError>
-    where
-        T: TryFrom<aya::maps::Map, Error = MapError>,
-    {
-        let map = ebpf.take_map(name).ok_or(FileError::NoMap { name })?;
-        T::try_from(map).map_err(|source| FileError::Map { name, source })
-    }
+    let err = |(name, source)| FileError::Map { name, source };
     Ok(FileMaps {
-        objects: take(ebpf, maps::FILE_OBJECTS)?,
-        devices: take(ebpf, maps::FILE_DEVICES)?,
-        counters: take(ebpf, maps::FILE_COUNTERS)?,
-        events: Some(take(ebpf, maps::FILE_EVENTS)?),
+        objects: take_map(ebpf, maps::FILE_OBJECTS).map_err(err)?,
+        devices: take_map(ebpf, maps::FILE_DEVICES).map_err(err)?,
+        counters: take_map(ebpf, maps::FILE_COUNTERS).map_err(err)?,
+        events: Some(take_map(ebpf, maps::FILE_EVENTS).map_err(err)?),
     })
 }
 

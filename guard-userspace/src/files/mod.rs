@@ -48,7 +48,6 @@ use guard_common::{
     agent::trim_nul,
     event::EventKind,
     file::{FileEvent, FileKey, access as bits, dev_parts},
-    maps,
 };
 use tracing::{error, info};
 
@@ -67,8 +66,6 @@ use crate::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
-    #[error("map {name} is missing from the object")]
-    NoMap { name: &'static str },
     #[error("map {name}: {source}")]
     Map {
         name: &'static str,
@@ -139,13 +136,8 @@ impl FileGuard {
         names: AgentNames,
         sink: EventSink,
     ) -> Result<Self, FileError> {
-        let tags_err = |source| FileError::Map {
-            name: maps::TAGS,
-            source,
-        };
-        let tags = MapData::from_pin(cfg.pin_dir.join("maps").join(maps::TAGS))
-            .and_then(|m| HashMap::try_from(aya::maps::Map::HashMap(m)))
-            .map_err(tags_err)?;
+        let tags = crate::loader::open_pinned_tags(&cfg.pin_dir.join("maps"))
+            .map_err(|(name, source)| FileError::Map { name, source })?;
         let (tx, rx) = mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
         let (mut maps, attached) = match loaded {

@@ -90,6 +90,16 @@ where
     T::try_from(map).map_err(|e| (name, e))
 }
 
+/// The tag map, opened again from its pin (for subsystems that keep their own handle).
+pub fn open_pinned_tags(
+    maps_dir: &Path,
+) -> Result<aya::maps::HashMap<aya::maps::MapData, u32, guard_common::Tag>, (&'static str, MapError)>
+{
+    let name = guard_common::maps::TAGS;
+    let data = aya::maps::MapData::from_pin(maps_dir.join(name)).map_err(|e| (name, e))?;
+    aya::maps::HashMap::try_from(aya::maps::Map::HashMap(data)).map_err(|e| (name, e))
+}
+
 /// Load a cgroup program of aya type `$ty` and attach it to the cgroup v2 root.
 macro_rules! cgroup_link {
     ($at:expr, $row:expr, $ty:ty) => {{

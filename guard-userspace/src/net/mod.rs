@@ -29,6 +29,7 @@ pub use controller::{NetConfig, NetHandle};
 use crate::loader::{
     Attacher,
     table::{self, Family, Kind},
+    take_map,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -39,8 +40,6 @@ pub enum NetError {
         #[source]
         source: crate::loader::AttachError,
     },
-    #[error("map {name} is missing from the object")]
-    NoMap { name: &'static str },
     #[error("map {name}: {source}")]
     Map {
         name: &'static str,
@@ -134,24 +133,13 @@ pub fn attach(at: &mut Attacher<'_>, unix: &UnixOffsets) -> Result<Attached, Net
 
 /// Take the network maps out of `ebpf`; the tag map is opened again from its pin.
 pub fn take_maps(ebpf: &mut Ebpf, maps_dir: &Path) -> Result<NetMaps, NetError> {
-    fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, NetError>
-    where
-        T: TryFrom<aya::maps::Map, Error = MapError>,
-    {
-        let map = ebpf.take_map(name).ok_or(NetError::NoMap { name })?;
-        T::try_from(map).map_err(|source| NetError::Map { name, source })
-    }
-    let tags_err = |source| NetError::Map {
-        name: maps::TAGS,
-        source,
-    };
-    let tags = MapData::from_pin(maps_dir.join(maps::TAGS)).map_err(tags_err)?;
+    let err = |(name, source)| NetError::Map { name, source };
     Ok(NetMaps {
-        net4: take(ebpf, maps::NET4)?,
-        net6: take(ebpf, maps::NET6)?,
-        unix: take(ebpf, maps::NET_UNIX)?,
-        rules: take(ebpf, maps::NET_RULES)?,
-        raw: take(ebpf, maps::NET_RAW)?,
-        tags: HashMap::try_from(aya::maps::Map::HashMap(tags)).map_err(tags_err)?,
+        net4: take_map(ebpf, maps::NET4).map_err(err)?,
+        net6: take_map(ebpf, maps::NET6).map_err(err)?,
+        unix: take_map(ebpf, maps::NET_UNIX).map_err(err)?,
+        rules: take_map(ebpf, maps::NET_RULES).map_err(err)?,
+        raw: take_map(ebpf, maps::NET_RAW).map_err(err)?,
+        tags: crate::loader::open_pinned_tags(maps_dir).map_err(err)?,
     })
 }
