@@ -165,6 +165,46 @@ pub fn tell_nearest(
     first.map(|()| offender.tgid)
 }
 
+/// At most one reason line per process and rule every [`Throttle::EVERY`]: a process denied
+/// in a loop gets one line, not one per attempt (each line costs a walk of `/proc` and a
+/// write into the offender's terminal). Every decision is still an event.
+pub struct Throttle {
+    last: std::collections::HashMap<(ProcKey, u32), std::time::Instant>,
+}
+
+impl Throttle {
+    pub const EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+    /// Entries kept before the old ones are dropped.
+    const MAX: usize = 4096;
+
+    pub fn new() -> Self {
+        Self {
+            last: std::collections::HashMap::new(),
+        }
+    }
+
+    /// Whether a reason line for `proc` denied by rule `rule` is due now.
+    pub fn due(&mut self, proc: ProcKey, rule: u32, now: std::time::Instant) -> bool {
+        if self.last.len() >= Self::MAX {
+            self.last
+                .retain(|_, at| now.duration_since(*at) < Self::EVERY);
+        }
+        match self.last.get(&(proc, rule)) {
+            Some(at) if now.duration_since(*at) < Self::EVERY => false,
+            _ => {
+                self.last.insert((proc, rule), now);
+                true
+            }
+        }
+    }
+}
+
+impl Default for Throttle {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// SIGKILL `pid` if it is still the process that started at `start`; `Ok(false)` when it is
 /// gone.
 pub fn kill_process(pid: u32, start: u64) -> io::Result<bool> {
@@ -241,6 +281,18 @@ mod tests {
     use std::process::{Command, Stdio};
 
     use super::*;
+
+    #[test]
+    fn one_reason_line_per_process_and_rule_a_second() {
+        let mut t = Throttle::new();
+        let now = std::time::Instant::now();
+        let p = ProcKey::new(42, 7);
+        assert!(t.due(p, 3, now));
+        assert!(!t.due(p, 3, now + std::time::Duration::from_millis(500)));
+        assert!(t.due(p, 4, now), "another rule");
+        assert!(t.due(ProcKey::new(43, 7), 3, now), "another process");
+        assert!(t.due(p, 3, now + Throttle::EVERY));
+    }
 
     #[test]
     fn sanitize_keeps_one_line() {

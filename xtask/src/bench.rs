@@ -33,7 +33,7 @@ use anyhow::{Context as _, Result, bail};
 use self::{
     auditd::Auditd,
     daemon::Daemon,
-    extras::{Flood, KillLatency},
+    extras::{Flood, FloodOf, KillLatency},
     workloads::{Fixtures, Launcher, Workload},
 };
 use crate::{setup, util};
@@ -169,6 +169,8 @@ pub struct Results {
     pub tag_verified: Option<bool>,
     pub kill: KillLatency,
     pub flood: std::result::Result<Flood, String>,
+    /// The same with decisions (denied connects) instead of fork and exit lines.
+    pub decision_flood: std::result::Result<Flood, String>,
     pub policy: policy::Generated,
     pub auditd_note: String,
     pub audit_rules_loaded: Option<usize>,
@@ -281,6 +283,7 @@ pub fn bench(opts: &Options) -> Result<()> {
         kill: KillLatency::unavailable("not measured"),
         costs: Err("not measured".into()),
         flood: Err("not measured".into()),
+        decision_flood: Err("not measured".into()),
         policy: generated,
         auditd_note,
         audit_rules_loaded: None,
@@ -516,7 +519,8 @@ fn extras(
             let why = format!("the daemon did not start: {e:#}");
             r.kill = KillLatency::unavailable(why.clone());
             r.costs = Err(why.clone());
-            r.flood = Err(why);
+            r.flood = Err(why.clone());
+            r.decision_flood = Err(why);
             return;
         }
     };
@@ -540,8 +544,19 @@ fn extras(
         costs::measure(&daemon, &untagged, &launcher, fx, &r.iters).map_err(|e| format!("{e:#}"));
     println!("[bench] event flood ({} tagged forks)", plan.flood_forks);
     let flooders = std::thread::available_parallelism().map_or(1, usize::from);
-    r.flood =
-        extras::flood(&daemon, &launcher, plan.flood_forks, flooders).map_err(|e| format!("{e:#}"));
+    let flood = |of, ops| {
+        extras::flood(&daemon, &launcher, of, ops, flooders).map_err(|e| format!("{e:#}"))
+    };
+    r.flood = flood(FloodOf::Forks, plan.flood_forks);
+    r.decision_flood = if policy_ok {
+        println!(
+            "[bench] decision flood ({} denied connects)",
+            2 * plan.flood_forks
+        );
+        flood(FloodOf::DeniedConnects, 2 * plan.flood_forks)
+    } else {
+        Err("the 1,000-rule policy (which holds the loopback deny rule) was rejected".into())
+    };
 }
 
 fn record_start(r: &mut Results, policy: &'static str, d: &Daemon) {

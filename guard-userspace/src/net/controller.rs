@@ -88,6 +88,8 @@ pub struct NetHandle {
     tags: Arc<HashMap<MapData, u32, Tag>>,
     resolver: Arc<Result<TokioResolver, String>>,
     wake: Arc<Notify>,
+    /// Reason lines written lately (one per process and rule a second).
+    reasons: Arc<Mutex<crate::respond::Throttle>>,
 }
 
 /// Generations whose rule names are kept: enough that an event decoded behind a burst of
@@ -132,6 +134,7 @@ impl NetHandle {
             })),
             resolver: Arc::new(resolver),
             wake: Arc::new(Notify::new()),
+            reasons: Arc::default(),
         };
         tokio::spawn(handle.clone().refresh_forever());
         Ok(handle)
@@ -288,16 +291,24 @@ impl NetHandle {
         if ev.result == outcome::ALLOWED {
             return;
         }
-        let details = crate::events::net::details(&ev, self);
-        let line = reason_line(&details);
         let h = ev.header;
-        let tags = self.tags.clone();
-        tokio::task::spawn_blocking(move || {
-            match crate::respond::tell_nearest(&tags, h.proc, h.ppid, h.root, &line) {
-                Ok(pid) => tracing::debug!(pid, "reason line written"),
-                Err(e) => tracing::debug!(pid = h.proc.tgid, error = %e, "reason line not written"),
-            }
-        });
+        let due = self.reasons.lock().expect("reasons lock").due(
+            h.proc,
+            ev.rule_id,
+            std::time::Instant::now(),
+        );
+        if due {
+            let line = reason_line(&crate::events::net::details(&ev, self));
+            let tags = self.tags.clone();
+            tokio::task::spawn_blocking(move || {
+                match crate::respond::tell_nearest(&tags, h.proc, h.ppid, h.root, &line) {
+                    Ok(pid) => tracing::debug!(pid, "reason line written"),
+                    Err(e) => {
+                        tracing::debug!(pid = h.proc.tgid, error = %e, "reason line not written")
+                    }
+                }
+            });
+        }
         if ev.action == action::KILL_TREE {
             let tags = self.tags.clone();
             let root = ev.header.root;

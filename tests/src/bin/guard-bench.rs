@@ -60,6 +60,7 @@ fn run(args: &[String]) -> Result<String> {
         "stat" => timed(iters, stat(&cstring(arg(0)?)?)),
         "tcp-connect" => timed(iters, tcp_connect()?),
         "udp-sendto" => timed(iters, udp_sendto()?),
+        "denied-connect" => timed(iters, denied_connect(arg(0)?)?),
         "fork-exit" => timed(iters, fork_exit()),
         "fork-exec" => timed(iters, fork_exec(&cstring(arg(0)?)?)),
         "command" => {
@@ -163,6 +164,35 @@ fn sockaddr(addr: SocketAddrV4) -> libc::sockaddr_in {
 }
 
 const SOCKADDR_IN_LEN: libc::socklen_t = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+
+/// connect() to `dest`, a loopback address a deny rule covers, expecting EPERM every time:
+/// each one is a decision the daemon logs (a decision flood). Loopback, so that a rule that
+/// failed would reach nothing beyond this host.
+fn denied_connect(dest: &str) -> Result<impl FnMut() -> Result<()>> {
+    let dest: SocketAddrV4 = dest
+        .parse()
+        .map_err(|e| format!("destination {dest:?}: {e}"))?;
+    if !dest.ip().is_loopback() {
+        return Err(format!("{dest} is not a loopback address"));
+    }
+    let addr = sockaddr(dest);
+    Ok(move || {
+        // SAFETY: plain socket calls on an fd we own and close in every path.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+            if fd < 0 {
+                return Err(os_error("socket"));
+            }
+            let ret = libc::connect(fd, (&raw const addr).cast(), SOCKADDR_IN_LEN);
+            let err = std::io::Error::last_os_error();
+            libc::close(fd);
+            match (ret, err.raw_os_error()) {
+                (-1, Some(libc::EPERM)) => Ok(()),
+                _ => Err(format!("connect to {dest} was not denied: {ret} ({err})")),
+            }
+        }
+    })
+}
 
 /// A loopback listener whose own thread accepts and closes every connection, with the largest
 /// backlog the kernel allows, so that connect() never waits for a SYN retry.

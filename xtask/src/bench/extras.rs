@@ -96,10 +96,64 @@ pub fn kill_latency(daemon: &Daemon, launcher: &Launcher<'_>, samples: u64) -> K
     }
 }
 
+/// What a flood is made of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FloodOf {
+    /// Tagged processes fork and reap children: two lifecycle events per child.
+    Forks,
+    /// Tagged processes connect to a denied loopback port: one decision each.
+    DeniedConnects,
+}
+
+impl FloodOf {
+    fn workload(self) -> Vec<std::ffi::OsString> {
+        match self {
+            Self::Forks => vec!["fork-exit".into()],
+            Self::DeniedConnects => vec!["denied-connect".into()],
+        }
+    }
+
+    fn args(self) -> Vec<std::ffi::OsString> {
+        match self {
+            Self::Forks => Vec::new(),
+            Self::DeniedConnects => vec![super::policy::DENIED_TARGET.into()],
+        }
+    }
+
+    fn events_per_op(self) -> u64 {
+        match self {
+            Self::Forks => 2,
+            Self::DeniedConnects => 1,
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Forks => "tagged fork loops; fork and exit lines",
+            Self::DeniedConnects => "tagged denied-connect loops; decisions",
+        }
+    }
+
+    fn what(self) -> &'static str {
+        match self {
+            Self::Forks => {
+                "tagged processes (one per CPU) fork and reap children in a tight loop \
+                 (guard-bench fork-exit); each child is two events (tagged_fork, tagged_exit)"
+            }
+            Self::DeniedConnects => {
+                "tagged processes (one per CPU) connect to a loopback port a deny rule covers \
+                 (guard-bench denied-connect); each connect is one decision (net_connect, denied)"
+            }
+        }
+    }
+}
+
 pub struct Flood {
-    /// Tagged fork loops running at once.
+    pub of: FloodOf,
+    /// Tagged loops running at once.
     pub flooders: usize,
-    pub forks: u64,
+    /// Forks or connects.
+    pub ops: u64,
     pub events_expected: u64,
     pub events_logged: u64,
     /// Bytes the daemon appended to its log (rotated copies included).
@@ -131,14 +185,15 @@ impl Flood {
         Json::obj()
             .with(
                 "what",
-                "tagged processes (one per CPU) fork and reap children in a tight loop \
-                 (guard-bench fork-exit); each child is two events (tagged_fork, tagged_exit); \
-                 events_per_sec = events the daemon wrote / time from the flood's start to its \
-                 last write to the log (ring buffer, decoding, process tree, JSON log)",
+                format!(
+                    "{}; events_per_sec = events the daemon wrote / time from the flood's start \
+                     to its last write to the log (ring buffer, decoding, process tree, JSON log)",
+                    self.of.what()
+                ),
             )
             .with("flooders", self.flooders)
-            .with("forks", self.forks)
-            .with("forks_per_sec", round1(self.forks as f64 / self.flood_secs))
+            .with("ops", self.ops)
+            .with("ops_per_sec", round1(self.ops as f64 / self.flood_secs))
             .with("events_expected", self.events_expected)
             .with("events_logged", self.events_logged)
             .with(
@@ -167,7 +222,8 @@ impl Flood {
 pub fn flood(
     daemon: &Daemon,
     launcher: &Launcher<'_>,
-    forks: u64,
+    of: FloodOf,
+    ops: u64,
     flooders: usize,
 ) -> Result<Flood> {
     let pid = daemon.pid();
@@ -177,11 +233,17 @@ pub fn flood(
     let dropped_before = daemon.counter("events_dropped");
     let rss_idle_kib = rss_kib(pid).context("reading the daemon's VmRSS")?;
     let cpu_before = cpu_ticks(pid).context("reading the daemon's CPU time")?;
-    let each = (forks / flooders as u64).max(1);
+    let each = (ops / flooders as u64).max(1);
     let mut children = Vec::new();
     for _ in 0..flooders {
         let child = launcher
-            .command(vec!["fork-exit".into(), each.to_string().into()])
+            .command(
+                of.workload()
+                    .into_iter()
+                    .chain([each.to_string().into()])
+                    .chain(of.args())
+                    .collect(),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -216,7 +278,7 @@ pub fn flood(
                         if let Some(e) = child.stderr.as_mut() {
                             let _ = std::io::Read::read_to_string(e, &mut err);
                         }
-                        bail!("a tagged fork flood failed ({status}): {}", err.trim());
+                        bail!("a tagged flood failed ({status}): {}", err.trim());
                     }
                 }
             }
@@ -238,9 +300,10 @@ pub fn flood(
     let pipeline = last_growth.duration_since(start);
     let total = flooders as u64 * (each + (each / 10).max(1));
     Ok(Flood {
+        of,
         flooders,
-        forks: total,
-        events_expected: 2 * total,
+        ops: total,
+        events_expected: of.events_per_op() * total,
         events_logged: daemon.events_logged().saturating_sub(logged_before),
         log_bytes: daemon.event_log_bytes().saturating_sub(bytes_before),
         events_dropped: daemon

@@ -23,6 +23,8 @@ pub const RULES: usize = 1000;
 pub const ENDPOINT_RULES: usize = 200;
 /// The `kill` rule's destination used for kill latency (nothing listens there).
 pub const KILL_TARGET: &str = "127.0.0.3:9";
+/// A destination the loopback deny rule covers (nothing listens there): the decision flood.
+pub const DENIED_TARGET: &str = "127.0.0.4:80";
 /// Every this many path rules, one is a `**/name` pattern instead of absolute paths.
 const PATTERN_EVERY: usize = 80;
 

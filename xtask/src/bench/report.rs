@@ -291,40 +291,8 @@ fn extras_text(r: &Results) -> String {
         }
     }
     out.push_str(&super::costs::text(&r.costs));
-    match &r.flood {
-        Ok(f) => {
-            let _ = writeln!(
-                out,
-                "event pipeline ({} tagged fork loops): {} forks in {:.2} s; {} of {} events \
-                 logged in {:.2} s = {:.0} events/s; kernel drops: {}",
-                f.flooders,
-                f.forks,
-                f.flood_secs,
-                f.events_logged,
-                f.events_expected,
-                f.pipeline_secs,
-                f.events_per_sec(),
-                f.events_dropped
-                    .map_or("unknown (no events_dropped counter)".into(), |d| d
-                        .to_string())
-            );
-            let _ = writeln!(
-                out,
-                "daemon during the flood: VmRSS {} KiB idle → {} KiB peak; CPU {:.2} s = {:.0}% \
-                 of one core{}",
-                f.rss_idle_kib,
-                f.rss_peak_kib,
-                f.cpu_secs,
-                f.cpu_percent(),
-                f.cpu_us_per_event().map_or(String::new(), |us| format!(
-                    ", {us:.1} µs per event (≈ {:.0} events/s per core)",
-                    1e6 / us
-                ))
-            );
-        }
-        Err(why) => {
-            let _ = writeln!(out, "event pipeline: not measured: {why}");
-        }
+    for flood in [&r.flood, &r.decision_flood] {
+        flood_text(&mut out, flood);
     }
     for (policy, samples) in &r.start_ns {
         if let Some(s) = Summary::of(samples) {
@@ -473,15 +441,8 @@ fn to_json(r: &Results, created: &str) -> Json {
         .with("workloads", Json::Arr(workloads_json))
         .with("kill_latency", r.kill.json())
         .with("program_costs", super::costs::json(&r.costs))
-        .with(
-            "event_pipeline",
-            match &r.flood {
-                Ok(f) => f.json(),
-                Err(why) => Json::obj()
-                    .with("available", false)
-                    .with("reason", why.as_str()),
-            },
-        )
+        .with("event_pipeline", flood_json(&r.flood))
+        .with("decision_pipeline", flood_json(&r.decision_flood))
         .with("start_to_enforcing", start)
 }
 
@@ -577,6 +538,54 @@ fn utc(secs: u64) -> (String, String) {
         format!("{y:04}-{mo:02}-{d:02}T{h:02}:{m:02}:{s:02}Z"),
         format!("{y:04}{mo:02}{d:02}T{h:02}{m:02}{s:02}Z"),
     )
+}
+
+fn flood_text(out: &mut String, flood: &Result<super::extras::Flood, String>) {
+    let f = match flood {
+        Ok(f) => f,
+        Err(why) => {
+            let _ = writeln!(out, "event pipeline: not measured: {why}");
+            return;
+        }
+    };
+    let _ = writeln!(
+        out,
+        "event pipeline ({} {}): {} ops in {:.2} s; {} of {} events logged in {:.2} s = {:.0} \
+         events/s, {:.0} bytes/event; kernel drops: {}",
+        f.flooders,
+        f.of.label(),
+        f.ops,
+        f.flood_secs,
+        f.events_logged,
+        f.events_expected,
+        f.pipeline_secs,
+        f.events_per_sec(),
+        f.log_bytes as f64 / f.events_logged.max(1) as f64,
+        f.events_dropped
+            .map_or("unknown (no events_dropped counter)".into(), |d| d
+                .to_string())
+    );
+    let _ = writeln!(
+        out,
+        "  daemon: VmRSS {} KiB idle → {} KiB peak; CPU {:.2} s = {:.0}% of one core{}",
+        f.rss_idle_kib,
+        f.rss_peak_kib,
+        f.cpu_secs,
+        f.cpu_percent(),
+        f.cpu_us_per_event().map_or(String::new(), |us| format!(
+            ", {us:.1} µs per event (≈ {:.0} events/s per core)",
+            1e6 / us
+        ))
+    );
+}
+
+fn flood_json(flood: &Result<super::extras::Flood, String>) -> Json {
+    match flood {
+        Ok(f) => f.json(),
+        Err(why) => Json::obj()
+            .with("available", false)
+            .with("reason", why.as_str()),
+    }
 }
 
 #[cfg(test)]
