@@ -73,11 +73,11 @@ impl KillVia {
             }
             Self::Fexit => {
                 "SIGKILL from fexit programs on the functions that ran the cgroup programs, \
-                 before the system call returns (attached while a policy kills)"
+                 before the system call returns"
             }
             Self::SysExit => {
-                "SIGKILL from tp_btf/sys_exit before the system call returns (attached while a \
-                 policy kills; every system call on the host takes the slow path meanwhile)"
+                "SIGKILL from tp_btf/sys_exit before the system call returns (while attached, \
+                 every system call on the host takes the slow path)"
             }
         }
     }

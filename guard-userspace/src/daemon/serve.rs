@@ -192,10 +192,18 @@ fn network_status(kernel: &Kernel, a: &net::Attached) -> crate::api::NetworkStat
         raw_sockets: a.raw.describe(),
         kill: if a.lsm {
             "SIGKILL from the LSM program, before the system call returns".into()
-        } else if kernel.kill_via.programs().is_empty() || kernel.killer_attached() {
+        } else if kernel.kill_via.programs().is_empty() {
             kernel.kill_via.describe().into()
         } else {
-            format!("{} (none attached now)", kernel.kill_via.describe())
+            let now = if kernel.killer_attached() {
+                "attached now"
+            } else {
+                "none attached now"
+            };
+            format!(
+                "{}; attached while a policy kills ({now})",
+                kernel.kill_via.describe()
+            )
         },
     }
 }
