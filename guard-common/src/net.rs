@@ -345,6 +345,27 @@ impl NetRule {
     }
 }
 
+/// The IPv4 address an IPv6 address reaches through translation: NAT64's well-known prefix
+/// (`64:ff9b::a.b.c.d`, RFC 6052) and the IPv4-compatible form (`::a.b.c.d`, not `::` or
+/// `::1`). Unlike a mapped address, it is an IPv6 address in its own right too: rules on the
+/// IPv4 address apply first, then rules on the IPv6 one.
+#[inline(always)]
+pub fn v4_translated(addr: &[u8; 16]) -> Option<[u8; 4]> {
+    let nat64 = addr[0] == 0 && addr[1] == 0x64 && addr[2] == 0xff && addr[3] == 0x9b;
+    let compat = addr[0] == 0 && addr[1] == 0 && addr[2] == 0 && addr[3] == 0 && addr[12] != 0;
+    if !(nat64 || compat) {
+        return None;
+    }
+    let mut i = 4;
+    while i < 12 {
+        if addr[i] != 0 {
+            return None;
+        }
+        i += 1;
+    }
+    Some([addr[12], addr[13], addr[14], addr[15]])
+}
+
 /// The IPv4 address inside an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`).
 #[inline(always)]
 pub fn v4_mapped(addr: &[u8; 16]) -> Option<[u8; 4]> {
@@ -452,6 +473,16 @@ mod tests {
         let mut compat = [0u8; 16];
         compat[15] = 1;
         assert_eq!(v4_mapped(&compat), None, "::1 is not mapped");
+        assert_eq!(v4_translated(&compat), None, "::1 is not IPv4-compatible");
+        compat[12..].copy_from_slice(&[10, 20, 0, 5]);
+        assert_eq!(v4_translated(&compat), Some([10, 20, 0, 5]));
+        let mut nat64 = [0u8; 16];
+        nat64[..4].copy_from_slice(&[0, 0x64, 0xff, 0x9b]);
+        nat64[12..].copy_from_slice(&[169, 254, 169, 254]);
+        assert_eq!(v4_translated(&nat64), Some([169, 254, 169, 254]));
+        nat64[8] = 1;
+        assert_eq!(v4_translated(&nat64), None, "outside 64:ff9b::/96");
+        assert_eq!(v4_translated(&a), None, "mapped is not translated");
     }
 
     #[test]

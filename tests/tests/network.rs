@@ -128,6 +128,25 @@ fn ipv6_and_ipv4_mapped_destinations() {
     assert_ok(&client(None, "tcp", &net.a6, 5432), "untagged IPv6");
     assert_ok(&client(None, "tcp", &mapped, 5432), "untagged mapped");
     assert_eq!(listener.count("tcp:5432"), 2);
+
+    // NAT64 and IPv4-compatible spellings carry the IPv4 address: its rules apply. Nothing
+    // routes them here, so an untagged attempt fails otherwise (never with EPERM).
+    for carried in [format!("64:ff9b::{}", net.a), format!("::{}", net.a)] {
+        assert_eperm(&client(Some(&daemon), "tcp", &carried, 5432), &carried);
+        let untagged = client(None, "tcp", &carried, 5432);
+        assert!(
+            !stdout(&untagged).starts_with("err 1\n"),
+            "untagged {carried} is not refused by guard: {}",
+            text(&untagged)
+        );
+    }
+    let evs = net_events(&daemon, 3, |e| e["rule"] == "prod-v4");
+    assert!(
+        evs.iter()
+            .all(|e| e["destination"]["address"] == net.a.as_str()),
+        "matched as the IPv4 address they carry: {evs:?}"
+    );
+    assert_eq!(listener.count("tcp:5432"), 2);
 }
 
 #[test]

@@ -33,7 +33,7 @@ use guard_common::{
 
 use super::{
     file::{lsm_decide, read},
-    net::{ALLOW, Dest, Kill, decide, decide_raw},
+    net::{ALLOW, Dest, Kill, decide, decide_raw, translated_v4},
 };
 use crate::ctx::{Caller, daemon_tgid, is_tagged, tagged};
 use crate::maps::{NET_UNIX, NET4, NET6, count, count_file, file_offsets, lsm_offsets};
@@ -203,17 +203,25 @@ fn try_net(sock: *const u8, addr: *const u8, len: i32, hook: u32) -> Result<i32,
                 ];
                 NET4.get(Key::new(32, Ip4Data { addr: v4 }))
             }
-            None => {
-                dest.family = AF_INET6;
-                dest.addr = ip;
-                NET6.get(Key::new(
-                    128,
-                    Ip6Data {
-                        addr: ip,
-                        _pad: [0; 4],
-                    },
-                ))
-            }
+            None => match translated_v4(&ip) {
+                Some((v4, set)) => {
+                    dest.addr = [
+                        v4[0], v4[1], v4[2], v4[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                    ];
+                    Some(set)
+                }
+                None => {
+                    dest.family = AF_INET6;
+                    dest.addr = ip;
+                    NET6.get(Key::new(
+                        128,
+                        Ip6Data {
+                            addr: ip,
+                            _pad: [0; 4],
+                        },
+                    ))
+                }
+            },
         }
     } else {
         // AF_UNSPEC (disconnect) and families no rule can name.

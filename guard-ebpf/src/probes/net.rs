@@ -33,7 +33,7 @@ use guard_common::{
     net::{
         AF_INET, AF_INET6, AF_UNIX, Ip4Data, Ip6Data, NetEvent, NetRule, PendingKill,
         RULE_SLOTS_MAX, RULE_SLOTS_TOTAL, RuleSet, UNIX_PATH_LEN, UnixKey, hook, proto_class,
-        raw_class, v4_mapped,
+        raw_class, v4_mapped, v4_translated,
     },
     offsets::UNIX_CTX_READ,
 };
@@ -168,6 +168,15 @@ fn verdict(r: Result<i32, i32>) -> i32 {
     }
 }
 
+/// The IPv4 address `addr` reaches through NAT64 or the IPv4-compatible form, with the rules
+/// on it, when there are any (else the IPv6 address is looked up as it is).
+#[inline(always)]
+pub(super) fn translated_v4(addr: &[u8; 16]) -> Option<([u8; 4], &'static RuleSet)> {
+    let ip = v4_translated(addr)?;
+    let set = NET4.get(Key::new(32, Ip4Data { addr: ip }))?;
+    Some((ip, set))
+}
+
 /// Where a tagged process is connecting or sending to.
 pub(super) struct Dest {
     pub family: u32,
@@ -222,11 +231,19 @@ fn try_inet(ctx: &SockAddrContext, hook: u32) -> Result<i32, i32> {
                 ];
                 NET4.get(Key::new(32, Ip4Data { addr: ip }))
             }
-            None => {
-                dest.family = AF_INET6;
-                dest.addr = addr;
-                NET6.get(Key::new(128, Ip6Data { addr, _pad: [0; 4] }))
-            }
+            None => match translated_v4(&addr) {
+                Some((ip, set)) => {
+                    dest.addr = [
+                        ip[0], ip[1], ip[2], ip[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                    ];
+                    Some(set)
+                }
+                None => {
+                    dest.family = AF_INET6;
+                    dest.addr = addr;
+                    NET6.get(Key::new(128, Ip6Data { addr, _pad: [0; 4] }))
+                }
+            },
         }
     };
     let Some(set) = set else {

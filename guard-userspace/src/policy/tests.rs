@@ -47,9 +47,14 @@ fn embedded_default_parses_and_compiles() {
     assert_eq!(
         metadata.networks,
         [
-            "169.254.169.254/32".parse().unwrap(),
-            "fd00:ec2::254/128".parse::<ipnet::IpNet>().unwrap()
+            "169.254.169.254/32",
+            "169.254.170.2/32",
+            "169.254.170.23/32",
+            "100.100.100.200/32",
+            "fd00:ec2::254/128",
+            "fd00:ec2::23/128",
         ]
+        .map(|n| n.parse::<ipnet::IpNet>().unwrap())
     );
     assert!(
         c.endpoints[1]
