@@ -27,13 +27,13 @@ use guard_common::{
     file::{access, counter, lsm_hook},
     net::{
         AF_INET, AF_INET6, AF_UNIX, Ip4Data, Ip6Data, UNIX_PATH_LEN, UnixKey, hook, proto_class,
-        raw_class, v4_mapped,
+        raw_class,
     },
 };
 
 use super::{
     file::{lsm_decide, read},
-    net::{ALLOW, Dest, Kill, decide, decide_raw, translated_v4},
+    net::{ALLOW, Dest, Kill, carried_v4, decide, decide_raw},
 };
 use crate::ctx::{Caller, daemon_tgid, is_tagged, tagged};
 use crate::maps::{NET_UNIX, NET4, NET6, count, count_file, file_offsets, lsm_offsets};
@@ -196,32 +196,24 @@ fn try_net(sock: *const u8, addr: *const u8, len: i32, hook: u32) -> Result<i32,
         }
         dest.port = u16::from_be(read::<u16>(addr, 2)?);
         let ip: [u8; 16] = read(addr, 8)?;
-        match v4_mapped(&ip) {
+        match carried_v4(&ip) {
             Some(v4) => {
                 dest.addr = [
                     v4[0], v4[1], v4[2], v4[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
                 ];
                 NET4.get(Key::new(32, Ip4Data { addr: v4 }))
             }
-            None => match translated_v4(&ip) {
-                Some((v4, set)) => {
-                    dest.addr = [
-                        v4[0], v4[1], v4[2], v4[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-                    ];
-                    Some(set)
-                }
-                None => {
-                    dest.family = AF_INET6;
-                    dest.addr = ip;
-                    NET6.get(Key::new(
-                        128,
-                        Ip6Data {
-                            addr: ip,
-                            _pad: [0; 4],
-                        },
-                    ))
-                }
-            },
+            None => {
+                dest.family = AF_INET6;
+                dest.addr = ip;
+                NET6.get(Key::new(
+                    128,
+                    Ip6Data {
+                        addr: ip,
+                        _pad: [0; 4],
+                    },
+                ))
+            }
         }
     } else {
         // AF_UNSPEC (disconnect) and families no rule can name.

@@ -168,13 +168,18 @@ fn verdict(r: Result<i32, i32>) -> i32 {
     }
 }
 
-/// The IPv4 address `addr` reaches through NAT64 or the IPv4-compatible form, with the rules
-/// on it, when there are any (else the IPv6 address is looked up as it is).
+/// The IPv4 address whose rules decide for IPv6 destination `addr`: the mapped address, or
+/// the one NAT64 or the IPv4-compatible form carries when rules name it (else the IPv6
+/// address is looked up as it is). One answer, so that every program has two paths to its
+/// decision, not three: the 6.1 verifier's budget is tight for the LSM connect program.
 #[inline(always)]
-pub(super) fn translated_v4(addr: &[u8; 16]) -> Option<([u8; 4], &'static RuleSet)> {
+pub(super) fn carried_v4(addr: &[u8; 16]) -> Option<[u8; 4]> {
+    if let Some(ip) = v4_mapped(addr) {
+        return Some(ip);
+    }
     let ip = v4_translated(addr)?;
-    let set = NET4.get(Key::new(32, Ip4Data { addr: ip }))?;
-    Some((ip, set))
+    NET4.get(Key::new(32, Ip4Data { addr: ip }))?;
+    Some(ip)
 }
 
 /// Where a tagged process is connecting or sending to.
@@ -224,26 +229,18 @@ fn try_inet(ctx: &SockAddrContext, hook: u32) -> Result<i32, i32> {
             addr[4 * i + 3] = w[3];
             i += 1;
         }
-        match v4_mapped(&addr) {
+        match carried_v4(&addr) {
             Some(ip) => {
                 dest.addr = [
                     ip[0], ip[1], ip[2], ip[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
                 ];
                 NET4.get(Key::new(32, Ip4Data { addr: ip }))
             }
-            None => match translated_v4(&addr) {
-                Some((ip, set)) => {
-                    dest.addr = [
-                        ip[0], ip[1], ip[2], ip[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-                    ];
-                    Some(set)
-                }
-                None => {
-                    dest.family = AF_INET6;
-                    dest.addr = addr;
-                    NET6.get(Key::new(128, Ip6Data { addr, _pad: [0; 4] }))
-                }
-            },
+            None => {
+                dest.family = AF_INET6;
+                dest.addr = addr;
+                NET6.get(Key::new(128, Ip6Data { addr, _pad: [0; 4] }))
+            }
         }
     };
     let Some(set) = set else {
