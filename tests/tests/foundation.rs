@@ -406,3 +406,50 @@ fn policy_check_points_at_line_and_column() {
         "{err}"
     );
 }
+
+/// One reply line from the API on `stream` (empty when it closed first).
+fn api_reply(stream: &mut std::os::unix::net::UnixStream) -> String {
+    use std::io::BufRead as _;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut line = String::new();
+    let _ = std::io::BufReader::new(stream).read_line(&mut line);
+    line
+}
+
+#[test]
+fn the_api_bounds_request_size_and_connections_with_clear_errors() {
+    use std::io::Write as _;
+    use std::os::unix::net::UnixStream;
+    let d = Daemon::start();
+    // 70 KiB without a newline: refused with the limit named, and the connection closed.
+    let mut big = UnixStream::connect(&d.socket).unwrap();
+    let _ = big.write_all(&vec![b'a'; 70 * 1024]);
+    let reply = api_reply(&mut big);
+    assert!(
+        reply.contains("\"ok\":false") && reply.contains("request too large"),
+        "{reply}"
+    );
+    // Connections past the limit are told so; those within it are served.
+    let mut held: Vec<UnixStream> = Vec::new();
+    let mut refused = None;
+    for _ in 0..200 {
+        let mut s = UnixStream::connect(&d.socket).unwrap();
+        s.write_all(b"{\"op\":\"status\"}\n").unwrap();
+        let reply = api_reply(&mut s);
+        if reply.contains("too many connections") {
+            refused = Some(reply);
+            break;
+        }
+        assert!(reply.contains("\"ok\":true"), "{reply}");
+        held.push(s);
+    }
+    let refused = refused.expect("a connection past the limit is refused");
+    assert!(refused.contains("limit 128"), "{refused}");
+    assert_eq!(held.len(), 128);
+    drop(held);
+    // Slots come back once connections close.
+    let served = guard_tests::wait_for("a slot freed", Duration::from_secs(10), || d.status_json());
+    assert_eq!(served["enforcing"], true);
+}

@@ -14,6 +14,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 
 mod apply;
+mod caller;
 mod load;
 mod serve;
 mod start;

@@ -4,12 +4,12 @@
 use std::os::unix::fs::PermissionsExt;
 
 use tokio::{
-    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     net::{UnixListener, UnixStream},
 };
 use tracing::{info, warn};
 
-use super::{DaemonError, Shared};
+use super::{DaemonError, Shared, caller::Caller};
 use crate::{
     api::{DaemonStatus, PsReply, Reply, Request, SelfProtectionStatus, TagReply},
     kernel::Kernel,
@@ -35,49 +35,107 @@ pub(super) fn bind(paths: &Paths) -> Result<UnixListener, DaemonError> {
     Ok(listener)
 }
 
+/// Bytes of one request line; a longer one is refused and the connection closed.
+pub const MAX_REQUEST: usize = 64 * 1024;
+/// Connections served at once; more are told so and closed.
+pub const MAX_CONNECTIONS: usize = 128;
+/// A connection that sends no complete request, or reads no reply, for this long is closed.
+const IDLE: std::time::Duration = std::time::Duration::from_secs(60);
+
 pub(super) async fn serve(listener: UnixListener, state: Shared) {
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         match listener.accept().await {
-            Ok((stream, _)) => {
-                tokio::spawn(handle(stream, state.clone()));
-            }
+            Ok((stream, _)) => match slots.clone().try_acquire_owned() {
+                Ok(slot) => {
+                    let state = state.clone();
+                    tokio::spawn(async move {
+                        handle(stream, state).await;
+                        drop(slot);
+                    });
+                }
+                Err(_) => {
+                    tokio::spawn(refuse(
+                        stream,
+                        format!("too many connections to the guard API (limit {MAX_CONNECTIONS})"),
+                    ));
+                }
+            },
             Err(e) => warn!(error = %e, "accept failed"),
         }
     }
 }
 
+/// Answer `why` and close, without waiting on a peer that does not read.
+async fn refuse(mut stream: UnixStream, why: String) {
+    let mut reply = serde_json::to_string(&Reply::<()>::err(why)).unwrap_or_default();
+    reply.push('\n');
+    let write = stream.write_all(reply.as_bytes());
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), write).await;
+}
+
 async fn handle(stream: UnixStream, state: Shared) {
-    let peer = stream.peer_cred().ok();
+    let caller = Caller::of(&stream);
+    let uid = stream.peer_cred().map_or(u32::MAX, |c| c.uid());
     let (read, mut write) = stream.into_split();
-    let mut lines = BufReader::new(read).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        let reply = match serde_json::from_str::<Request>(&line) {
+    let mut reader = BufReader::new(read);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let bounded = (&mut reader).take(MAX_REQUEST as u64 + 1);
+        let read = tokio::time::timeout(IDLE, read_line(bounded, &mut line)).await;
+        let Ok(Ok(n)) = read else { break };
+        if n == 0 {
+            break;
+        }
+        if line.len() > MAX_REQUEST {
+            let why = format!("request too large: more than {MAX_REQUEST} bytes in one line");
+            if let Some(pid) = caller.pid() {
+                refused_tagged(&state, pid, uid, "an oversized request").await;
+            }
+            let mut reply = serde_json::to_string(&Reply::<()>::err(why)).unwrap_or_default();
+            reply.push('\n');
+            let _ = write.write_all(reply.as_bytes()).await;
+            break;
+        }
+        let text = String::from_utf8_lossy(&line);
+        let text = text.trim_end_matches(['\n', '\r']);
+        let reply = match serde_json::from_str::<Request>(text) {
             Err(e) => {
                 // Anything but the read-only calls and tagging oneself: from a tagged caller,
                 // an attempt on guard itself.
-                if let Some(cred) = &peer {
-                    refused_tagged(&state, cred, &line).await;
+                if let Some(pid) = caller.pid() {
+                    refused_tagged(&state, pid, uid, text).await;
                 }
                 serde_json::to_string(&Reply::<()>::err(format!("bad request: {e}")))
             }
             Ok(Request::Status) => serde_json::to_string(&status(&state)),
             Ok(Request::Ps) => serde_json::to_string(&ps(&state)),
             Ok(Request::Tag { agent }) => {
-                let pid = peer.as_ref().and_then(|c| c.pid());
-                serde_json::to_string(&tag(&state, pid, agent.as_deref()))
+                serde_json::to_string(&tag(&state, &caller, agent.as_deref()))
             }
         };
         let mut reply = reply.unwrap_or_else(|e| format!(r#"{{"ok":false,"error":"{e}"}}"#));
         reply.push('\n');
-        if write.write_all(reply.as_bytes()).await.is_err() {
+        // A peer that stops reading is dropped rather than allowed to hold a slot.
+        let sent = tokio::time::timeout(IDLE, write.write_all(reply.as_bytes())).await;
+        if !matches!(sent, Ok(Ok(()))) {
             break;
         }
     }
 }
 
+/// One line (up to the reader's limit) into `line`; the byte count, 0 at the end.
+async fn read_line(
+    mut reader: impl tokio::io::AsyncBufRead + Unpin,
+    line: &mut Vec<u8>,
+) -> std::io::Result<usize> {
+    reader.read_until(b'\n', line).await
+}
+
 /// Record a refused request from a tagged caller.
-async fn refused_tagged(state: &Shared, cred: &tokio::net::unix::UCred, line: &str) {
-    let Some(pid) = cred.pid().and_then(|p| u32::try_from(p).ok()) else {
+async fn refused_tagged(state: &Shared, pid: i32, uid: u32, line: &str) {
+    let Ok(pid) = u32::try_from(pid) else {
         return;
     };
     let (sink, header) = {
@@ -93,7 +151,7 @@ async fn refused_tagged(state: &Shared, cred: &tokio::net::unix::UCred, line: &s
             proc: guard_common::ProcKey::new(pid, tag.start_ns),
             root: tag.root,
             ppid,
-            uid: cred.uid(),
+            uid,
         };
         (st.sink.clone(), header)
     };
@@ -246,9 +304,10 @@ fn ps(state: &Shared) -> Reply<PsReply> {
     })
 }
 
-fn tag(state: &Shared, pid: Option<i32>, agent: Option<&str>) -> Reply<TagReply> {
-    let Some(pid) = pid.filter(|p| *p > 0) else {
-        return Reply::err("cannot identify the calling process (no SO_PEERCRED pid)");
+fn tag(state: &Shared, caller: &Caller, agent: Option<&str>) -> Reply<TagReply> {
+    let pid = match caller.live_pid() {
+        Ok(pid) => pid,
+        Err(why) => return Reply::err(why),
     };
     let info = match ProcInfo::read(pid) {
         Ok(i) => i,
@@ -272,6 +331,13 @@ fn tag(state: &Shared, pid: Option<i32>, agent: Option<&str>) -> Reply<TagReply>
     let before = st.kernel.tags.get(&(pid as u32), 0).ok();
     match tags::tag_root(&mut st.kernel, pid as u32, info.start_ns, agent_id) {
         Ok(tag) => {
+            // The pid held by another process by now: take back what was tagged for it.
+            if let Err(why) = caller.live_pid() {
+                if before.is_none() {
+                    let _ = st.kernel.tags.remove(&(pid as u32));
+                }
+                return Reply::err(why);
+            }
             info!(pid, agent = %st.names.name(tag.agent_id), "tagged by guard run");
             Reply::ok(TagReply {
                 enforcing: st.enforcing,
