@@ -101,7 +101,7 @@ pub enum Counter {
     NetAudited = 6,
     /// Kills scheduled by a kill or kill-tree endpoint rule.
     NetKillsScheduled = 7,
-    /// SIGKILLs sent at system call exit.
+    /// SIGKILLs sent by a network hook or a kill program (before the system call returns).
     NetKillsSent = 8,
     /// A kill could not be scheduled or sent (the operation was still denied).
     NetKillFailed = 9,

@@ -429,7 +429,7 @@ fn kill_with(way: &str) {
         (counter(&daemon, "net_kills_sent") >= 1).then_some(())
     });
 
-    // io_uring from a worker thread: the process dies at its next system call exit.
+    // io_uring from a worker thread: the whole process dies, worker and all.
     let uring = env!("CARGO_BIN_EXE_guard-uring-connect");
     let dest = format!("{}:5432", net.a);
     let out = run(Some(&daemon), &[uring, &dest, "--async"]);

@@ -2,7 +2,7 @@
 //! `kernel.bpf_stats_enabled=1`, every program's run count and run time, read from `guard
 //! status` before and after one run of each workload, untagged and tagged. Unlike the ratios,
 //! this does not drown in the noise of a shared 2-vCPU machine; it leaves out what the hooks
-//! cost the kernel around the programs (the sys_exit tracepoint's slow path, fanotify).
+//! cost the kernel around the programs (the socket lock of a cgroup sendmsg hook, fanotify).
 
 use std::{collections::BTreeMap, fs};
 
