@@ -52,17 +52,13 @@ fn host() -> Fake {
     f
 }
 
-fn pids(c: &Context) -> Vec<u32> {
-    c.ancestry.iter().map(|m| m.key.tgid).collect()
-}
-
-#[test]
-fn ancestry_survives_exits_before_the_event_is_read() {
+/// The host, a seeded tree, and an agent (pid 100) started after the seed: the kernel reports
+/// its exec, and /proc knows it.
+fn host_with_agent() -> (Fake, ProcTree, ProcKey, Instant) {
     let f = host();
     let mut t = ProcTree::new(TreeConfig::default(), Box::new(f.clone()));
     t.seed();
     let now = Instant::now();
-    // An agent started after the seed: the kernel reports its exec; /proc knows it.
     let agent = f.spawn(100, 10, 60, "/usr/bin/claude");
     t.apply(
         Update::Exec {
@@ -72,6 +68,16 @@ fn ancestry_survives_exits_before_the_event_is_read() {
         },
         now,
     );
+    (f, t, agent, now)
+}
+
+fn pids(c: &Context) -> Vec<u32> {
+    c.ancestry.iter().map(|m| m.key.tgid).collect()
+}
+
+#[test]
+fn ancestry_survives_exits_before_the_event_is_read() {
+    let (f, mut t, agent, now) = host_with_agent();
     // agent → child → grandchild, all of which exit before any of it is read: /proc never
     // sees the child or the grandchild.
     let child = ProcKey::new(101, 11_000_000_000);
@@ -276,19 +282,7 @@ async fn actor_answers_with_context() {
 
 #[test]
 fn a_gone_process_is_placed_under_its_exited_parent_but_not_under_a_pid_successor() {
-    let f = host();
-    let mut t = ProcTree::new(TreeConfig::default(), Box::new(f.clone()));
-    t.seed();
-    let now = Instant::now();
-    let agent = f.spawn(100, 10, 60, "/usr/bin/claude");
-    t.apply(
-        Update::Exec {
-            key: agent,
-            ppid: 60,
-            comm: "claude".into(),
-        },
-        now,
-    );
+    let (f, mut t, agent, now) = host_with_agent();
     // The agent exits, and its exit is read before a decision about its child, which is
     // gone too: the decision still names the agent and the agent's ancestors.
     f.kill(100);
