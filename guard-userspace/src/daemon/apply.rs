@@ -66,10 +66,9 @@ pub(super) fn reload_files(st: &mut super::State) {
         return;
     };
     let rules: Vec<_> = st.path_rules.iter().chain(&st.internal).cloned().collect();
-    let names = st.names.clone();
     st.files_seq += 1;
     let seq = st.files_seq;
-    std::thread::spawn(move || files.reload(seq, &rules, names));
+    std::thread::spawn(move || files.reload(seq, &rules));
 }
 
 /// Read the policy file again and apply it; a policy that does not parse or install is

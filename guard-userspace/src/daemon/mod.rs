@@ -20,9 +20,7 @@ mod serve;
 mod start;
 
 use serve::{bind, serve};
-use start::{
-    Loaded, Preflight, keep_pins, new_state, preflight, seed, start_files, start_pipeline,
-};
+use start::{Preflight, keep_pins, new_state, preflight, seed, start_files, start_pipeline};
 
 use crate::{
     btf,
@@ -172,13 +170,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
     let ring = kernel
         .take_events()
         .expect("the event ring is taken once, here");
-    let loaded = Loaded {
-        kernel,
-        net_attached,
-        guard_self,
-        self_attached,
-    };
-    let state = new_state(&cfg, probe, loaded);
+    let state = new_state(&cfg, probe, kernel, net_attached, guard_self, self_attached);
     let config = net::NetConfig::from_env().map_err(net::NetError::from)?;
     let net = net::NetHandle::new(net_maps, &config)?;
     apply::apply(&state, compiled, &net).await?;

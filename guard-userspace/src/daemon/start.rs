@@ -81,16 +81,16 @@ pub(super) fn preflight(cfg: &DaemonConfig) -> Result<Preflight, DaemonError> {
     Ok(Preflight { compiled, probe })
 }
 
-/// What of the load step the daemon's state keeps.
-pub(super) struct Loaded {
-    pub kernel: Kernel,
-    pub net_attached: net::Attached,
-    pub guard_self: Option<crate::selfprot::SelfMaps>,
-    pub self_attached: crate::selfprot::SelfAttached,
-}
-
-/// The daemon's state after the load step, before any policy is applied (generation 0).
-pub(super) fn new_state(cfg: &DaemonConfig, probe: Probe, loaded: Loaded) -> Shared {
+/// The daemon's state after the load step, before any policy is applied (generation 0): what
+/// the load step attached, less what it handed to the subsystems.
+pub(super) fn new_state(
+    cfg: &DaemonConfig,
+    probe: Probe,
+    kernel: Kernel,
+    net_attached: net::Attached,
+    guard_self: Option<crate::selfprot::SelfMaps>,
+    self_attached: crate::selfprot::SelfAttached,
+) -> Shared {
     let internal = crate::selfprot::internal_rules(&crate::selfprot::OwnFiles {
         policy: cfg.policy.as_ref().map(|p| absolute(p)),
         event_log: absolute(&cfg.paths.event_log),
@@ -98,10 +98,10 @@ pub(super) fn new_state(cfg: &DaemonConfig, probe: Probe, loaded: Loaded) -> Sha
         pin_dir: absolute(&cfg.paths.pin_dir),
     });
     Arc::new(Mutex::new(State {
-        kernel: loaded.kernel,
-        net_attached: loaded.net_attached,
-        guard_self: loaded.guard_self,
-        self_attached: loaded.self_attached,
+        kernel,
+        net_attached,
+        guard_self,
+        self_attached,
         agents: Vec::new(),
         names: AgentNames::new(&[]),
         policy_name: String::new(),
@@ -190,7 +190,6 @@ pub(super) fn start_files(
         },
         kernel_files,
         &rules,
-        st.names.clone(),
         sink,
     )?;
     st.files = Some(Arc::new(files));

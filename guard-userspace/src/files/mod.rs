@@ -61,7 +61,6 @@ use report::{Decision, Hook, Outcome};
 use crate::{
     events::pipeline::EventSink,
     policy::{Action, CompiledPathRule},
-    tags::AgentNames,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -108,7 +107,6 @@ pub struct Shared {
     pub reports: Sender<Report>,
     pub kernel: Mutex<Option<FileMaps>>,
     pub catalog: Mutex<Catalog>,
-    pub names: Mutex<AgentNames>,
     /// The daemon's event pipeline: it adds the process tree, writes and counts.
     pub sink: EventSink,
     /// The bpf-lsm tier's file hooks enforce (no fanotify permission events then).
@@ -133,7 +131,6 @@ impl FileGuard {
         cfg: FileConfig,
         loaded: Option<Loaded>,
         rules: &[CompiledPathRule],
-        names: AgentNames,
         sink: EventSink,
     ) -> Result<Self, FileError> {
         let tags = crate::loader::open_pinned_tags(&cfg.pin_dir.join("maps"))
@@ -150,7 +147,6 @@ impl FileGuard {
             reports: tx.clone(),
             kernel: Mutex::new(maps),
             catalog: Mutex::new(Catalog::default()),
-            names: Mutex::new(names),
             sink,
             lsm: attached.lsm(),
         });
@@ -196,13 +192,12 @@ impl FileGuard {
 
     /// Apply new rules: the new engine is complete before the old one stops. `seq` orders
     /// reloads started from several threads: rules older than those applied are dropped.
-    pub fn reload(&self, seq: u64, rules: &[CompiledPathRule], names: AgentNames) {
+    pub fn reload(&self, seq: u64, rules: &[CompiledPathRule]) {
         let mut last = self.reload_lock.lock().expect("reload lock");
         if seq <= *last {
             return;
         }
         *last = seq;
-        *self.shared.names.lock().expect("names lock") = names;
         let homes = read_homes(&self.passwd);
         let new = Engine::build(rules, &homes, self.shared.clone());
         let old = std::mem::replace(&mut *self.engine.lock().expect("engine lock"), new);
