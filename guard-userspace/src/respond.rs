@@ -1,8 +1,9 @@
 //! The one response path of every hook family: a reason line on the offender's stderr, SIGKILL
 //! for one process, and kill-tree for an agent tree.
 //!
-//! None of it may block or fail the daemon: the reason line is one `write(2)` after a zero-time
-//! `poll` (a full pipe or a closed stderr loses the line, nothing else). Every process is
+//! None of it may block or fail the daemon: the reason line is one write that never waits, on
+//! the offender's own file description (a full pipe or a closed stderr loses the line, nothing
+//! else). Every process is
 //! reached through a pidfd opened before its start time is checked, so a reused pid is never
 //! written to or signalled.
 
@@ -78,8 +79,39 @@ pub fn tell(pid: u32, start: u64, line: &str) -> io::Result<()> {
     // SAFETY: a fresh fd (a duplicate of the offender's stderr), owned by nobody else.
     let err = unsafe { OwnedFd::from_raw_fd(fd as i32) };
     check_writable_stream(&err)?;
+    let mut bytes = sanitize(line.trim_end_matches('\n')).into_bytes();
+    bytes.push(b'\n');
+    let n = write_nowait(&err, &bytes)?;
+    if n != bytes.len() {
+        return Err(io::Error::new(io::ErrorKind::WriteZero, "short write"));
+    }
+    Ok(())
+}
+
+/// One write at the description's own offset that never waits: `pwritev2(…, -1, RWF_NOWAIT)`.
+/// Setting `O_NONBLOCK` instead would change the description the offender shares. Where the
+/// file type does not take `RWF_NOWAIT` (a terminal), a zero-time `poll` first; one write is
+/// atomic on a pipe for fewer than `PIPE_BUF` bytes.
+fn write_nowait(fd: &OwnedFd, bytes: &[u8]) -> io::Result<usize> {
+    let iov = libc::iovec {
+        iov_base: bytes.as_ptr().cast_mut().cast(),
+        iov_len: bytes.len(),
+    };
+    // SAFETY: one valid iovec over `bytes`; offset -1 writes at the description's offset.
+    let n = unsafe { libc::pwritev2(fd.as_raw_fd(), &raw const iov, 1, -1, libc::RWF_NOWAIT) };
+    if n >= 0 {
+        return Ok(n as usize);
+    }
+    let err = io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::EAGAIN) => {
+            return Err(io::Error::new(io::ErrorKind::WouldBlock, "stderr is full"));
+        }
+        Some(libc::EOPNOTSUPP) => {}
+        _ => return Err(err),
+    }
     let mut pfd = libc::pollfd {
-        fd: err.as_raw_fd(),
+        fd: fd.as_raw_fd(),
         events: libc::POLLOUT,
         revents: 0,
     };
@@ -88,18 +120,12 @@ pub fn tell(pid: u32, start: u64, line: &str) -> io::Result<()> {
     if ready != 1 || pfd.revents & libc::POLLOUT == 0 {
         return Err(io::Error::new(io::ErrorKind::WouldBlock, "stderr is full"));
     }
-    let mut bytes = sanitize(line.trim_end_matches('\n')).into_bytes();
-    bytes.push(b'\n');
-    // One write: atomic on a pipe for fewer than PIPE_BUF bytes.
     // SAFETY: writing a valid buffer to an fd we own.
-    let n = unsafe { libc::write(err.as_raw_fd(), bytes.as_ptr().cast(), bytes.len()) };
+    let n = unsafe { libc::write(fd.as_raw_fd(), bytes.as_ptr().cast(), bytes.len()) };
     if n < 0 {
         return Err(io::Error::last_os_error());
     }
-    if n as usize != bytes.len() {
-        return Err(io::Error::new(io::ErrorKind::WriteZero, "short write"));
-    }
-    Ok(())
+    Ok(n as usize)
 }
 
 /// The access check of [`tell`]: open for writing, and a pipe, a regular file or a terminal.
@@ -319,6 +345,37 @@ mod tests {
         assert_eq!(
             std::os::unix::process::ExitStatusExt::signal(&out.status),
             Some(libc::SIGKILL)
+        );
+    }
+
+    #[test]
+    fn a_regular_file_gets_the_line_where_the_process_writes_next() {
+        // The line goes through the offender's own description, at its offset: the process's
+        // next write follows it instead of overwriting it.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stderr");
+        let child = Command::new("sh")
+            .args(["-c", "echo before >&2; read _; echo after >&2"])
+            .stdin(Stdio::piped())
+            .stderr(std::fs::File::create(&path).unwrap())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let start = start_ns(pid).unwrap();
+        let t = std::time::Instant::now();
+        while std::fs::read_to_string(&path).unwrap().is_empty() {
+            assert!(
+                t.elapsed() < Duration::from_secs(5),
+                "the child never wrote"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        tell(pid, start, "guard: the reason").unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "before\nguard: the reason\nafter\n"
         );
     }
 

@@ -532,6 +532,32 @@ fn reason_line_reaches_the_parent_and_never_blocks_the_daemon() {
     assert!(err.contains("Operation not permitted"), "{}", text(&out));
     assert!(err.contains(&expected), "{}", text(&out));
 
+    // A regular file the tree keeps writing to: the line lands where the offender writes next,
+    // whole, and none of the tree's own lines is overwritten.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("stderr");
+    let busy = format!(
+        "for i in $(seq 1 150); do echo \"own line $i\" >&2; sleep 0.01; done & \
+         python3 -c \"$CLIENT\" tcp {} 5432 1.5; wait",
+        net.a
+    );
+    let mut c = daemon.guard();
+    c.args(["run", "--", "bash", "-c", &busy])
+        .env("CLIENT", CLIENT)
+        .stderr(std::fs::File::create(&path).unwrap());
+    let out = output(c);
+    assert!(stdout(&out).starts_with("err 1"), "{}", text(&out));
+    let written = std::fs::read_to_string(&path).unwrap();
+    let lines: Vec<&str> = written.lines().collect();
+    assert!(lines.contains(&expected.as_str()), "{written}");
+    for i in 1..=150 {
+        assert!(
+            lines.contains(&format!("own line {i}").as_str()),
+            "{written}"
+        );
+    }
+    assert_eq!(lines.len(), 151, "{written}");
+
     // Closed stderr, and a full stderr pipe nobody reads: the daemon goes on.
     let closed = format!("exec 2>&-; python3 -c \"$CLIENT\" tcp {} 5432 1", net.a);
     let mut c = daemon.guard();
