@@ -14,6 +14,11 @@ pub enum EventKind {
     TaggedExit = 3,
     /// A tagged process forked a new process, which inherited the tag.
     TaggedFork = 4,
+    /// The tag map could not take a process that must be tagged ([`ProcessEvent`], `proc` that
+    /// process): a tagged parent's new child (`ppid` the parent) or an agent recognised at
+    /// exec (`script` names the agent's script, if any). It must not run untagged:
+    /// `exit_code` is 1 when the kernel killed it, 0 when the daemon must.
+    TagMapFull = 5,
     /// An endpoint rule decided a connect or sendmsg of a tagged process
     /// ([`crate::net::NetEvent`]).
     NetConnect = 60,
@@ -38,6 +43,7 @@ impl EventKind {
             2 => Some(Self::TaggedExec),
             3 => Some(Self::TaggedExit),
             4 => Some(Self::TaggedFork),
+            5 => Some(Self::TagMapFull),
             60 => Some(Self::NetConnect),
             40 => Some(Self::FileChange),
             41 => Some(Self::FileDevice),
@@ -66,8 +72,8 @@ pub struct EventHeader {
 }
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 56);
 
-/// `AgentExec`, `TaggedExec`, `TaggedExit`, `TaggedFork` (for a fork, `proc` is the child
-/// and `ppid` the parent).
+/// `AgentExec`, `TaggedExec`, `TaggedExit`, `TaggedFork`, `TagMapFull` (for a fork, `proc`
+/// is the child and `ppid` the parent).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct ProcessEvent {
@@ -87,7 +93,8 @@ const _: () = assert!(core::mem::size_of::<ProcessEvent>() == 112);
 pub enum Counter {
     /// An event could not be reserved in the ring buffer.
     EventsDropped = 0,
-    /// A tag could not be stored (map full): the tree may have an untagged child.
+    /// A tag could not be stored (map full); a child it was for is killed
+    /// ([`EventKind::TagMapFull`]).
     TagInsertFailed = 1,
     /// A program hit an internal error and did nothing.
     ProbeErrors = 2,
@@ -107,9 +114,12 @@ pub enum Counter {
     NetKillFailed = 9,
     /// A network hook hit an internal error and let the operation through (fail open).
     NetFailOpen = 10,
+    /// Processes the tag map could not take (a tagged parent's child, an agent at exec),
+    /// killed in the kernel before they ran on.
+    ChildrenKilled = 11,
 }
 
-pub const COUNTER_NAMES: [&str; 11] = [
+pub const COUNTER_NAMES: [&str; 12] = [
     "events_dropped",
     "tag_insert_failed",
     "probe_errors",
@@ -121,8 +131,9 @@ pub const COUNTER_NAMES: [&str; 11] = [
     "net_kills_sent",
     "net_kill_failed",
     "net_fail_open",
+    "untaggable_killed",
 ];
-const _: () = assert!(COUNTER_NAMES.len() == Counter::NetFailOpen as usize + 1);
+const _: () = assert!(COUNTER_NAMES.len() == Counter::ChildrenKilled as usize + 1);
 const _: () = assert!(COUNTER_NAMES.len() <= crate::maps::COUNTERS_MAX as usize);
 
 #[cfg(feature = "user")]

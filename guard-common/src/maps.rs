@@ -34,6 +34,14 @@ pub const OFFSETS_GLOBAL: &str = "GUARD_OFFSETS";
 /// start; 6.18 does, 6.1 and 6.12 do not): `kill` rules SIGKILL from the program that denies,
 /// and no kill program is loaded.
 pub const KILL_IN_PLACE_GLOBAL: &str = "GUARD_KILL_IN_PLACE";
+/// `u32`, 1 where the loader rewrote the object's [`KFUNC_SIGNAL_TASK`] calls into calls of
+/// the kernel's `bpf_send_signal_task` (Linux ≥ 6.13): the fork tracker kills a child the
+/// tag map cannot take before the child first runs.
+pub const SIGNAL_TASK_GLOBAL: &str = "GUARD_SIGNAL_TASK";
+/// The helper id the eBPF code calls in place of the `bpf_send_signal_task` kfunc, which aya
+/// cannot relocate: no helper has it, and the loader rewrites every call of it (or leaves it
+/// in code the frozen [`SIGNAL_TASK_GLOBAL`] makes dead).
+pub const KFUNC_SIGNAL_TASK: u32 = 0x4755_0001;
 
 /// LPM trie of IPv4 prefixes → [`crate::net::RuleSet`].
 pub const NET4: &str = "GUARD_NET4";
@@ -257,9 +265,10 @@ pub const ALL: [&str; 24] = [
 ];
 
 /// Every global the loader sets, by name.
-pub const GLOBALS: [&str; 6] = [
+pub const GLOBALS: [&str; 7] = [
     OFFSETS_GLOBAL,
     KILL_IN_PLACE_GLOBAL,
+    SIGNAL_TASK_GLOBAL,
     UNIX_OFFSETS_GLOBAL,
     LSM_OFFSETS_GLOBAL,
     FILE_OFFSETS_GLOBAL,

@@ -9,14 +9,17 @@ use aya_ebpf::helpers::{
 use guard_common::{
     ProcKey, Tag,
     event::{EventHeader, EventKind},
+    maps::KFUNC_SIGNAL_TASK,
 };
 
 use crate::{
     kernel::Task,
-    maps::{SELF_STATE, TAGS, offsets},
+    maps::{SELF_STATE, TAGS, offsets, signal_task},
 };
 
 const SIGKILL: u32 = 9;
+/// `enum pid_type`: the whole thread group.
+const PIDTYPE_TGID: u32 = 1;
 
 #[inline(always)]
 pub fn current_tgid() -> u32 {
@@ -115,4 +118,21 @@ pub fn header(kind: EventKind, tag: &Tag, proc: ProcKey, ppid: u32) -> EventHead
 pub fn kill_current() -> bool {
     // SAFETY: helper without memory arguments; signals the current process.
     unsafe { generated::bpf_send_signal(SIGKILL) == 0 }
+}
+
+/// SIGKILL the thread group of `task` (a trusted `task_struct` pointer the program was given,
+/// not the current task) through the `bpf_send_signal_task` kfunc. `false` where the loader
+/// could not provide the kfunc (before Linux 6.13) or the kernel refused.
+#[inline(always)]
+pub fn kill_task(task: *const u8) -> bool {
+    if !signal_task() || task.is_null() {
+        return false;
+    }
+    // SAFETY: the loader rewrites this call into `bpf_send_signal_task(task, sig, type,
+    // value)` (it only runs when it did): the same calling convention as a helper.
+    unsafe {
+        let kfunc: unsafe extern "C" fn(*const u8, u32, u32, u64) -> i64 =
+            core::mem::transmute(KFUNC_SIGNAL_TASK as usize);
+        kfunc(task, SIGKILL, PIDTYPE_TGID, 0) == 0
+    }
 }

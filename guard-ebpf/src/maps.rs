@@ -1,6 +1,7 @@
 //! Every map and global of guard's kernel programs. Names and sizes come from guard-common.
 
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
     maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
 };
@@ -22,9 +23,10 @@ use guard_common::{
 /// kernel we target (task storage is not usable from cgroup sock_addr programs before 6.18's
 /// relaxations), userspace can read, seed and list it by pid without pidfds, and a lookup is
 /// one hash probe keyed by `bpf_get_current_pid_tgid`. Entries are removed when the thread
-/// group dies.
+/// group dies. Entries are allocated as they are used: the loader sizes the map to
+/// `kernel.pid_max`, which a tgid-keyed map then cannot exceed.
 #[map(name = "GUARD_TAGS")]
-pub static TAGS: HashMap<u32, Tag> = HashMap::pinned(TAGS_MAX, 0);
+pub static TAGS: HashMap<u32, Tag> = HashMap::pinned(TAGS_MAX, BPF_F_NO_PREALLOC);
 
 #[map(name = "GUARD_AGENT_EXES")]
 pub static AGENT_EXES: HashMap<NameKey, u32> = HashMap::pinned(AGENT_NAMES_MAX, 0);
@@ -91,6 +93,18 @@ static GUARD_OFFSETS: KernelOffsets = KernelOffsets {
 /// kernel that would refuse it.
 #[unsafe(no_mangle)]
 static GUARD_KILL_IN_PLACE: u32 = 0;
+
+/// 1 where the loader turned the [`guard_common::maps::KFUNC_SIGNAL_TASK`] calls into
+/// `bpf_send_signal_task` kfunc calls; frozen like [`GUARD_KILL_IN_PLACE`], so that elsewhere
+/// the placeholder call is dead code.
+#[unsafe(no_mangle)]
+static GUARD_SIGNAL_TASK: u32 = 0;
+
+#[inline(always)]
+pub fn signal_task() -> bool {
+    // SAFETY: a global in .rodata, patched by the loader before load.
+    unsafe { core::ptr::read_volatile(&GUARD_SIGNAL_TASK) != 0 }
+}
 
 #[inline(always)]
 pub fn offsets() -> KernelOffsets {

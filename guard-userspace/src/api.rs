@@ -99,6 +99,9 @@ pub struct DaemonStatus {
     pub policy_rejected: Option<String>,
     pub trackers: Vec<String>,
     pub tagged_processes: usize,
+    /// The tag map's size and what happens to a child it cannot take.
+    #[serde(default)]
+    pub tag_map: Option<crate::tagmap::TagMapStatus>,
     pub counters: Vec<(String, u64)>,
     pub probe: serde_json::Value,
     /// Path rules: what protects each access of each rule, and what it resolved to.

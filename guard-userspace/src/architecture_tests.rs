@@ -53,6 +53,7 @@ const FLOORS: &[(&str, u8)] = &[
     ("api", 4),
     ("render", 4),
     ("tags", 2),
+    ("tagmap", 2),
     ("net", 2),
     ("files", 2),
     ("selfprot", 2),

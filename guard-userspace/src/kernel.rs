@@ -25,7 +25,7 @@ use guard_common::{
 use crate::btf::Offsets;
 use crate::killer::{KillChoice, KillVia};
 use crate::loader::{
-    AttachError, Attacher, OBJECT,
+    AttachError, Attacher, OBJECT, kfunc,
     table::{self, Family},
 };
 pub use crate::probe::Tier;
@@ -54,6 +54,8 @@ pub enum KernelError {
     KillWay(String),
     #[error("loading guard's eBPF object: {0}")]
     Load(#[source] aya::EbpfError),
+    #[error("preparing guard's eBPF object: {0}")]
+    Object(String),
     #[error("reading kernel BTF: {0}")]
     Btf(#[source] aya::BtfError),
     #[error("program {name}: {source}")]
@@ -102,6 +104,27 @@ pub struct Loading {
     ebpf: Ebpf,
     btf: Btf,
     kill_via: KillVia,
+    tag_map: TagMapInfo,
+}
+
+/// What the load step is asked for besides the tier.
+#[derive(Clone, Copy, Debug)]
+pub struct LoadOptions {
+    pub kill: KillChoice,
+    /// The probe's answer: cgroup programs may call `bpf_send_signal`.
+    pub cgroup_can_signal: bool,
+    /// Entries of the tag map when it is created (a pinned map keeps its size).
+    pub tag_map_size: u32,
+}
+
+/// The tag map as loaded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TagMapInfo {
+    /// Its `max_entries`: the pinned map's, when one was reused.
+    pub size: u32,
+    /// A child the map cannot take is killed by the fork tracker before it runs
+    /// (`bpf_send_signal_task`); otherwise the daemon kills it on the event.
+    pub kernel_kills_children: bool,
 }
 
 impl Loading {
@@ -111,11 +134,10 @@ impl Loading {
     pub fn load(
         pin_dir: &Path,
         offsets: &Offsets,
-        kill: KillChoice,
-        cgroup_can_signal: bool,
+        opts: &LoadOptions,
     ) -> Result<Self, KernelError> {
-        let candidates = KillVia::candidates(kill, cgroup_can_signal);
-        if candidates == [KillVia::InPlace] && !cgroup_can_signal {
+        let candidates = KillVia::candidates(opts.kill, opts.cgroup_can_signal);
+        if candidates == [KillVia::InPlace] && !opts.cgroup_can_signal {
             return Err(KernelError::KillWay(
                 "--kill-via in-place: this kernel's verifier refuses bpf_send_signal in cgroup \
                  programs (see `guard status`, feature cgroup-send-signal)"
@@ -133,23 +155,32 @@ impl Loading {
         check_layout(&maps_dir)?;
         remove_stale_links(&links_dir);
         let in_place = u32::from(candidates == [KillVia::InPlace]);
-        let ebpf = EbpfLoader::new()
+        let btf = Btf::from_sys_fs().map_err(KernelError::Btf)?;
+        let object = kfunc::patch(OBJECT, &btf).map_err(KernelError::Object)?;
+        let signal_task = u32::from(object.signal_task);
+        let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&maps_dir)
+            .map_max_entries(maps::TAGS, opts.tag_map_size)
             .override_global(maps::OFFSETS_GLOBAL, &offsets.kernel, true)
             .override_global(maps::KILL_IN_PLACE_GLOBAL, &in_place, true)
+            .override_global(maps::SIGNAL_TASK_GLOBAL, &signal_task, true)
             .override_global(maps::LSM_OFFSETS_GLOBAL, &offsets.lsm, true)
             .override_global(maps::UNIX_OFFSETS_GLOBAL, &offsets.unix, true)
             .override_global(maps::FILE_OFFSETS_GLOBAL, &offsets.file, true)
             .override_global(maps::SELF_OFFSETS_GLOBAL, &offsets.selfp, true)
-            .load(OBJECT)
+            .load(&object.bytes)
             .map_err(KernelError::Load)?;
         stamp_layout(&maps_dir)?;
-        let btf = Btf::from_sys_fs().map_err(KernelError::Btf)?;
+        let tag_map = TagMapInfo {
+            size: map_size(&mut ebpf, maps::TAGS)?,
+            kernel_kills_children: object.signal_task,
+        };
         let mut loading = Self {
             pin_dir: pin_dir.to_path_buf(),
             ebpf,
             btf,
             kill_via: KillVia::InPlace,
+            tag_map,
         };
         let links_dir = loading.links_dir();
         let mut at = Attacher::new(&mut loading.ebpf, &loading.btf, &links_dir, None);
@@ -205,6 +236,7 @@ impl Loading {
             lsm,
             lsm_error,
             kill_via: self.kill_via,
+            tag_map: self.tag_map,
             keeper: None,
             _ebpf: self.ebpf,
         })
@@ -228,6 +260,7 @@ pub struct Kernel {
     pub lsm_error: Option<String>,
     /// How the fallback tier's cgroup programs kill.
     pub kill_via: KillVia,
+    pub tag_map: TagMapInfo,
     /// Puts removed pins back; told before the daemon removes a pin itself.
     pub keeper: Option<std::sync::Arc<crate::pins::PinKeeper>>,
     /// Keeps the programs' file descriptors for the daemon's lifetime.
@@ -350,6 +383,20 @@ fn stamp_layout(maps_dir: &Path) -> Result<(), KernelError> {
     let data = MapData::from_pin(maps_dir.join(maps::LAYOUT)).map_err(err)?;
     let mut stamp = Array::<MapData, u32>::try_from(aya::maps::Map::Array(data)).map_err(err)?;
     stamp.set(0, maps::LAYOUT_VERSION, 0).map_err(err)
+}
+
+/// `max_entries` of map `name` as the kernel has it.
+fn map_size(ebpf: &mut Ebpf, name: &'static str) -> Result<u32, KernelError> {
+    let err = |source| KernelError::Map { name, source };
+    let map = ebpf.map(name).ok_or(KernelError::Map {
+        name,
+        source: MapError::InvalidName { name: name.into() },
+    })?;
+    let info = match map {
+        aya::maps::Map::HashMap(d) => d.info().map_err(err)?,
+        _ => return Err(err(MapError::InvalidName { name: name.into() })),
+    };
+    Ok(info.max_entries())
 }
 
 fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, KernelError>

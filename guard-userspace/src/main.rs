@@ -79,6 +79,11 @@ enum Cmd {
         /// every system call on the host while a policy kills).
         #[arg(long, value_enum, default_value_t = guard::killer::KillChoice::Auto, env = "GUARD_KILL_VIA")]
         kill_via: guard::killer::KillChoice,
+        /// Entries of the tag map, when it is created (default: kernel.pid_max, so that it
+        /// cannot fill). A tagged parent's child the map cannot take is killed, never left
+        /// to run untagged.
+        #[arg(long, env = "GUARD_TAG_MAP_SIZE", value_parser = guard::tagmap::parse_size)]
+        tag_map_size: Option<u32>,
     },
     /// Start CMD as a tagged agent root. Refuses to start it when the daemon is not enforcing.
     Run {
@@ -203,6 +208,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             uninstall,
             lifecycle_events,
             kill_via,
+            tag_map_size,
         } => {
             if uninstall {
                 if !nix::unistd::geteuid().is_root() {
@@ -240,6 +246,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 tier,
                 lifecycle_events,
                 kill_via,
+                tag_map_size: tag_map_size.unwrap_or_else(guard::tagmap::default_size),
             }))?;
             Ok(ExitCode::SUCCESS)
         }

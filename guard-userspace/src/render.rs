@@ -95,6 +95,16 @@ pub fn status(st: &DaemonStatus, color: bool) -> String {
         let _ = writeln!(out, "  kill          {}", n.kill);
     }
     let _ = writeln!(out, "tagged       {} processes", st.tagged_processes);
+    if let Some(t) = &st.tag_map {
+        let _ = writeln!(
+            out,
+            "  tag map     {} of {} entries used; when full, {}",
+            t.used, t.size, t.when_full
+        );
+        if let Some(w) = &t.warning {
+            let _ = writeln!(out, "  warning     {w}");
+        }
+    }
     for e in &st.internal_errors {
         let _ = writeln!(
             out,

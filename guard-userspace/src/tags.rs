@@ -40,6 +40,11 @@ const INTERPRETERS: &[&str] = &[
 pub enum TagError {
     #[error("tag map: {0}")]
     Map(#[from] MapError),
+    #[error(
+        "the tag map is full ({0} entries): nothing more can be tagged until tagged processes \
+         exit (see `guard status`; `guard daemon --tag-map-size`)"
+    )]
+    Full(u32),
     #[error("process {pid}: {source}")]
     Proc {
         pid: i32,
@@ -259,7 +264,12 @@ pub fn tag_root(
     match kernel.tags.insert(pid, tag, 1) {
         Ok(()) => Ok(tag),
         // Lost a race with the kernel (e.g. an exec recognised it): keep what is there.
-        Err(e) => kernel.tags.get(&pid, 0).map_err(|_| TagError::Map(e)),
+        Err(e) => kernel.tags.get(&pid, 0).map_err(|_| match e {
+            MapError::SyscallError(ref s) if s.io_error.raw_os_error() == Some(libc::E2BIG) => {
+                TagError::Full(kernel.tag_map.size)
+            }
+            e => TagError::Map(e),
+        }),
     }
 }
 

@@ -352,3 +352,115 @@ fn sigkilled_daemon_leaves_tags_and_trackers_and_a_restart_adopts_them() {
     let pinned = std::fs::read_dir(d.pin_dir.join("links")).unwrap().count();
     assert_eq!(pinned, links_before.len());
 }
+
+/// With the tag map full, a tagged parent's new child and a newly recognised agent are
+/// killed, never left to run untagged; untagged processes are not affected. The map is made
+/// small here: at its default size (`kernel.pid_max`) it cannot fill.
+#[test]
+fn a_full_tag_map_kills_what_it_cannot_tag() {
+    const SIZE: u64 = 16;
+    let d = Daemon::start_with_args(Some(POLICY), &["--tag-map-size", &SIZE.to_string()]);
+    let st = d.status_json().expect("status");
+    assert_eq!(st["tag_map"]["size"], SIZE, "{st}");
+    let in_kernel = st["tag_map"]["when_full"]
+        .as_str()
+        .unwrap()
+        .contains("in the kernel");
+    let dir = tempfile::tempdir().unwrap();
+    let claude = dir.path().join("claude");
+    std::fs::copy("/bin/bash", &claude).unwrap();
+    let forks = "for i in $(seq 40); do sleep 30 & done; wait";
+
+    // A recognised agent, then a `guard run` tree, each forking past the map's size.
+    let agent = Proc::spawn({
+        let mut c = Command::new(&claude);
+        c.args(["-c", forks]);
+        c
+    });
+    assert_children_tagged_or_killed(&d, &agent, in_kernel);
+
+    // While the map is full: an agent exec'd anywhere is killed, and `guard run` refuses.
+    let mut late = Command::new(&claude);
+    late.args(["-c", "echo ran"]);
+    let out = output(late);
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&out.status),
+        Some(9),
+        "an agent the map cannot take is killed: {out:?}"
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("ran"));
+    let mut run = d.guard();
+    run.args(["run", "--", "echo", "ran"]);
+    let out = output(run);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("tag map is full"), "{err}");
+
+    // Untagged processes fork as they like meanwhile.
+    let untagged = Proc::spawn({
+        let mut c = Command::new("bash");
+        c.args(["-c", forks]);
+        c
+    });
+    wait_for("40 untagged children", Duration::from_secs(10), || {
+        (descendants(untagged.pid()).len() == 40).then_some(())
+    });
+    drop(untagged);
+    drop(agent);
+    wait_for("the tag map to drain", Duration::from_secs(10), || {
+        (tagged_count(&d) == 0).then_some(())
+    });
+
+    let tree = d.run_tagged(&["bash", "-c", forks]);
+    assert_children_tagged_or_killed(&d, &tree, in_kernel);
+}
+
+/// Every live descendant of `root` is tagged, and the children the map could not take were
+/// killed and recorded with their ancestry.
+fn assert_children_tagged_or_killed(d: &Daemon, root: &Proc, in_kernel: bool) {
+    let before = refused(d, root.pid()).len();
+    let events = wait_for("tag_map_full events", Duration::from_secs(10), || {
+        let evs = refused(d, root.pid());
+        (evs.len() > before).then_some(evs)
+    });
+    // Give the tree time to finish forking; then nothing it runs is untagged.
+    std::thread::sleep(Duration::from_millis(500));
+    let ps = d.ps();
+    let live = descendants(root.pid());
+    for pid in &live {
+        assert!(
+            ps.iter().any(|p| p["pid"] == *pid) || !alive(*pid),
+            "descendant {pid} of {} runs untagged",
+            root.pid()
+        );
+    }
+    assert!(live.len() < 40, "{} children ran", live.len());
+    let e = &events[0];
+    assert_eq!(e["action"], "kill", "{e}");
+    assert_eq!(e["rule"], "tag-map-full", "{e}");
+    assert_eq!(e["hook"], "sched_process_fork", "{e}");
+    assert_eq!(
+        e["result"],
+        if in_kernel {
+            "killed"
+        } else {
+            "kill-scheduled"
+        },
+        "{e}"
+    );
+    assert!(!e["ancestry"].as_array().unwrap().is_empty(), "{e}");
+    let child = e["process"]["pid"].as_u64().unwrap() as u32;
+    wait_for(
+        "the refused child to be gone",
+        Duration::from_secs(5),
+        || (!alive(child)).then_some(()),
+    );
+}
+
+/// `tag_map_full` events of `parent`'s children.
+fn refused(d: &Daemon, parent: u32) -> Vec<Value> {
+    d.events()
+        .into_iter()
+        .filter(|e| e["kind"] == "tag_map_full" && e["process"]["ppid"] == parent)
+        .collect()
+}

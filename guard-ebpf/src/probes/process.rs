@@ -16,7 +16,7 @@ use guard_common::{
 };
 
 use crate::{
-    ctx::{current_ppid, current_tgid, forget_daemon_pid, header},
+    ctx::{current_ppid, current_tgid, forget_daemon_pid, header, kill_current, kill_task},
     kernel::Task,
     maps::{
         AGENT_EXES, AGENT_SCRIPTS, ARGS_LEN, EVENTS, INTERPRETERS, SCRATCH, Scratch, TAGS, count,
@@ -121,8 +121,22 @@ fn try_fork(ctx: &BtfTracePointContext) -> Result<(), i32> {
         start_ns: child_key.start_ns,
     };
     if TAGS.insert(child_tgid, new, 0).is_err() {
+        // The tree must not grow an untagged member. The child has not run yet, and is not
+        // woken before this returns: the signal is pending when it first would.
         count(Counter::TagInsertFailed);
-        return Err(-1);
+        let killed = kill_task(child.0);
+        if killed {
+            count(Counter::ChildrenKilled);
+        }
+        emit(
+            EventKind::TagMapFull,
+            &tag,
+            child_key,
+            parent_tgid,
+            i32::from(killed),
+            &[0; NAME_LEN],
+        );
+        return Ok(());
     }
     count(Counter::Forks);
     emit(
@@ -182,12 +196,25 @@ fn try_exec() -> Result<(), i32> {
         flags: tag_flags::FROM_EXEC,
         start_ns: key.start_ns,
     };
+    let ppid = task.parent_tgid(&o).unwrap_or(0);
     if TAGS.insert(tgid, tag, 0).is_err() {
+        // An agent that cannot be contained does not run.
         count(Counter::TagInsertFailed);
-        return Err(-1);
+        let killed = kill_current();
+        if killed {
+            count(Counter::ChildrenKilled);
+        }
+        emit(
+            EventKind::TagMapFull,
+            &tag,
+            key,
+            ppid,
+            i32::from(killed),
+            &script,
+        );
+        return Ok(());
     }
     count(Counter::AgentExecs);
-    let ppid = task.parent_tgid(&o).unwrap_or(0);
     emit(EventKind::AgentExec, &tag, key, ppid, 0, &script);
     Ok(())
 }

@@ -8,7 +8,7 @@ use tracing::{error, info, warn};
 use super::DaemonError;
 use crate::{
     btf::{Offsets, Vmlinux},
-    kernel::{Kernel, KernelError, Loading, Tier, TierChoice},
+    kernel::{Kernel, KernelError, LoadOptions, Loading, Tier, TierChoice},
     loader::Attacher,
     lsm::LsmAttached,
     net, selfprot,
@@ -29,13 +29,12 @@ pub fn load(
     pin_dir: &std::path::Path,
     choice: TierChoice,
     lsm_available: bool,
-    kill: crate::killer::KillChoice,
-    cgroup_can_signal: bool,
+    opts: &LoadOptions,
 ) -> Result<Loaded, DaemonError> {
     let vmlinux = Vmlinux::read()?;
     let offsets = Offsets::read(&vmlinux)?;
     let daemon_tgid = std::process::id();
-    let mut loading = Loading::load(pin_dir, &offsets, kill, cgroup_can_signal)?;
+    let mut loading = Loading::load(pin_dir, &offsets, opts)?;
     let (links_dir, maps_dir) = (loading.links_dir(), loading.maps_dir());
     let mut at = loading.attacher(&links_dir, &vmlinux);
 

@@ -91,6 +91,8 @@ pub struct DaemonConfig {
     pub lifecycle_events: bool,
     /// How the fallback tier carries out `kill` rules.
     pub kill_via: crate::killer::KillChoice,
+    /// Entries of the tag map (see [`crate::tags::default_map_size`]).
+    pub tag_map_size: u32,
 }
 
 /// Agents as the kernel maps them: ids start at 1 (0 is `guard run` without `--agent`).
@@ -155,8 +157,11 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
         &cfg.paths.pin_dir,
         cfg.tier,
         probe.tier == probe::Tier::BpfLsm,
-        cfg.kill_via,
-        probe.is_available("cgroup-send-signal"),
+        &crate::kernel::LoadOptions {
+            kill: cfg.kill_via,
+            cgroup_can_signal: probe.is_available("cgroup-send-signal"),
+            tag_map_size: cfg.tag_map_size,
+        },
     )?;
     info!(pin_dir = %cfg.paths.pin_dir.display(), tier = %loaded.kernel.tier, "trackers and enforcement attached and pinned");
     let load::Loaded {

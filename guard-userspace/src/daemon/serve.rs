@@ -183,6 +183,7 @@ fn status(state: &Shared) -> Reply<DaemonStatus> {
         internal_rules: st.internal.iter().map(|r| r.name.clone()).collect(),
     };
     let problems = problems(&path_rules, &st.kernel, &st.net_attached, &self_protection);
+    let tagged = st.kernel.tags.keys().filter_map(Result::ok).count();
     Reply::ok(DaemonStatus {
         daemon_pid: std::process::id(),
         enforcing: st.enforcing,
@@ -195,7 +196,8 @@ fn status(state: &Shared) -> Reply<DaemonStatus> {
         policy_generation: st.generation,
         policy_rejected: st.rejected.clone(),
         trackers: Kernel::pinned_links(st.kernel.pin_dir()),
-        tagged_processes: st.kernel.tags.keys().filter_map(Result::ok).count(),
+        tagged_processes: tagged,
+        tag_map: Some(crate::tagmap::status(&st.kernel, tagged)),
         internal_errors: internal_errors(&st.kernel, &counters),
         counters,
         probe: serde_json::to_value(&st.probe).unwrap_or_default(),
@@ -398,6 +400,7 @@ impl DaemonView for View {
                 .map(|(n, v)| (n.to_string(), v))
                 .collect(),
             tagged_processes: st.kernel.tags.keys().filter_map(Result::ok).count() as u64,
+            tag_map_size: u64::from(st.kernel.tag_map.size),
             policy_generation: st.generation,
             enforcing: st.enforcing,
             tier,

@@ -165,7 +165,10 @@ pub(super) async fn start_pipeline(
             view,
             metrics,
             node: pipeline::hostname(),
-            responders: vec![Arc::new(net.clone()) as Arc<dyn Responder>],
+            responders: vec![
+                Arc::new(net.clone()) as Arc<dyn Responder>,
+                Arc::new(crate::tagmap::ChildKiller),
+            ],
             net: Arc::new(net.clone()),
             lifecycle_lines: cfg.lifecycle_events,
         },

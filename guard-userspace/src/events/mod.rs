@@ -63,6 +63,7 @@ pub const fn kind_name(kind: EventKind) -> &'static str {
         EventKind::TaggedExec => "tagged_exec",
         EventKind::TaggedExit => "tagged_exit",
         EventKind::TaggedFork => "tagged_fork",
+        EventKind::TagMapFull => "tag_map_full",
         EventKind::NetConnect => "net_connect",
         EventKind::FileChange => "file_change",
         EventKind::FileDevice => "file_device",
@@ -165,7 +166,8 @@ pub fn decode(raw: &[u8], ctx: &DecodeCtx<'_>) -> Result<Decoded, DecodeError> {
         EventKind::AgentExec
         | EventKind::TaggedExec
         | EventKind::TaggedExit
-        | EventKind::TaggedFork => process::decode(kind, raw, ctx),
+        | EventKind::TaggedFork
+        | EventKind::TagMapFull => process::decode(kind, raw, ctx),
         EventKind::NetConnect => net::decode_record(raw, ctx),
         EventKind::SelfProtect => selfprot::decode(raw, ctx),
         // Read by `files` from its own ring buffer (GUARD_FILE_EVENTS).

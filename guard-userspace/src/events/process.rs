@@ -1,13 +1,57 @@
-//! Decoder of the process-tracking kinds: fork, exec, agent exec, exit.
+//! Decoder of the process-tracking kinds: fork, exec, agent exec, exit, and a fork the tag
+//! map could not take.
 
-use guard_common::event::{EventKind, ProcessEvent};
+use guard_common::{
+    decision::Outcome,
+    event::{EventKind, ProcessEvent},
+};
 
-use super::{DecodeCtx, DecodeError, Decoded, Lifecycle, c_str, read_pod};
+use super::{Decision, DecodeCtx, DecodeError, Decoded, Lifecycle, Object, c_str, read_pod};
+use crate::policy::{Action, Mode};
+
+/// Name of the rule in `tag_map_full` events.
+pub const TAG_MAP_FULL_RULE: &str = "tag-map-full";
 
 pub fn decode(kind: EventKind, raw: &[u8], _ctx: &DecodeCtx<'_>) -> Result<Decoded, DecodeError> {
     let ev: ProcessEvent = read_pod(raw)?;
     let mut d = Decoded::new(kind, ev.header);
     d.comm = Some(c_str(&ev.comm));
+    if kind == EventKind::TagMapFull {
+        // The process never joins the tree. A fork's child is a new tgid in a tree; an exec
+        // is its own root.
+        let fork = ev.header.proc != ev.header.root;
+        let outcome = if ev.exit_code == 1 {
+            Outcome::Killed
+        } else {
+            Outcome::KillScheduled
+        };
+        d.decision = Some(Decision {
+            rule: TAG_MAP_FULL_RULE.to_owned(),
+            rule_id: None,
+            action: Action::Kill.to_string(),
+            mode: Some(Mode::Enforce.to_string()),
+            result: outcome.name().to_owned(),
+            hook: Some(
+                if fork {
+                    "sched_process_fork"
+                } else {
+                    "sched_process_exec"
+                }
+                .to_owned(),
+            ),
+        });
+        d.object = Some(Object {
+            path: None,
+            dev: None,
+            ino: None,
+            operation: Some(if fork {
+                format!("fork of pid {}", ev.header.proc.tgid)
+            } else {
+                "agent exec".to_owned()
+            }),
+        });
+        return Ok(d);
+    }
     d.lifecycle = Some(match kind {
         EventKind::TaggedFork => Lifecycle::Fork,
         EventKind::AgentExec => Lifecycle::Exec { agent_root: true },

@@ -4,6 +4,7 @@
 //! Subsystems say which rows they want and report the results their own way; nothing else
 //! calls `program_mut`, `load`, `attach` or pins a link.
 
+pub mod kfunc;
 mod sys;
 pub mod table;
 mod unix;

@@ -71,8 +71,8 @@ impl Family {
         };
         match self {
             Self::Tracker => allow(
-                "a fork or exec goes untagged; so does one into a full tag map, counted as \
-                 tag_insert_failed",
+                "a fork or exec goes untagged (a fork into a full tag map is not an error: \
+                 the child is killed, see tag map)",
                 "probe_errors",
             ),
             Self::Killer => allow("the denied process is not killed", "net_kill_failed"),

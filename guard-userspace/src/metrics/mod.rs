@@ -44,6 +44,8 @@ pub struct KernelSnapshot {
     /// Per-CPU counters summed, by name (`guard_common::event::COUNTER_NAMES`).
     pub counters: Vec<(String, u64)>,
     pub tagged_processes: u64,
+    /// Entries the tag map holds at most.
+    pub tag_map_size: u64,
     pub policy_generation: u64,
     pub enforcing: bool,
     pub tier: String,
@@ -259,6 +261,12 @@ impl Collector for StateCollector {
         )?;
         gauge(
             &mut enc,
+            "guard_tag_map_size",
+            "Entries the tag map holds; past it, new tagged children are killed",
+            snap.tag_map_size,
+        )?;
+        gauge(
+            &mut enc,
             "guard_policy_generation",
             "Policy generation in force (1 at start, +1 per successful reload)",
             snap.policy_generation,
@@ -371,6 +379,7 @@ mod tests {
             KernelSnapshot {
                 counters: vec![("events_dropped".into(), 7), ("forks_tagged".into(), 3)],
                 tagged_processes: 2,
+                tag_map_size: 64,
                 policy_generation: 4,
                 enforcing: true,
                 tier: "fallback".into(),
@@ -397,6 +406,7 @@ mod tests {
             "guard_events_dropped_total 7",
             "guard_kernel_total{counter=\"forks_tagged\"} 3",
             "guard_tagged_processes 2",
+            "guard_tag_map_size 64",
             "guard_policy_generation 4",
             "guard_hook_status{tier=\"tracking\",hook=\"guard_fork\",status=\"attached\"} 1",
             "guard_process_tree_entries{state=\"exited\"} 3",
