@@ -1,16 +1,17 @@
-//! What a process blocked in a permission event is asking for.
+//! What a thread blocked in a permission event is asking for, from what the kernel holds.
 //!
 //! The file descriptor fanotify hands over is opened with the group's own flags, so it says
-//! nothing about the offender's open. The offender is blocked inside its `open` system call
-//! until we answer, so `/proc/PID/task/TID/syscall` shows that call and its arguments: the
-//! open flags are right there (`openat2` keeps them in user memory, read through
-//! `process_vm_readv`). Only tagged processes get here.
+//! nothing about the offender's open. The event names the thread (`FAN_REPORT_TID`), which
+//! is blocked inside its `open` system call until we answer: `/proc/TGID/task/TID/syscall`
+//! shows that call and its register arguments, saved by the kernel at entry, which no other
+//! thread can change. Only tagged processes get here.
 //!
-//! When no thread is in an open-family call (an io_uring worker opens on the ring's behalf,
-//! and `io_uring_enter` names no flags), the access is unknown and taken as read and write:
-//! such an open of a protected object by a tagged process is refused.
+//! What stays unknown is taken as read and write, so that a tagged open of a protected
+//! object is refused rather than guessed: `openat2` keeps its flags in user memory, which
+//! another thread may rewrite after the kernel copied them; an io_uring worker opens on the
+//! ring's behalf, and `io_uring_enter` names no flags.
 
-use std::{fs, io::IoSliceMut};
+use std::fs;
 
 use guard_common::file::{access, nr, open_flags_access};
 
@@ -35,91 +36,53 @@ pub fn parse_syscall(text: &str) -> Option<Syscall> {
     Some(Syscall { nr, args })
 }
 
-/// Access bits of an open-family call, or `None` for another call. `read_u64` reads user
-/// memory of the process (for `openat2`'s `struct open_how`).
-pub fn open_access(call: &Syscall, read_u64: impl Fn(u64) -> Option<u64>) -> Option<u32> {
+/// Access bits of an open-family call, or `None` for another call.
+pub fn open_access(call: &Syscall) -> Option<u32> {
     Some(match call.nr {
         nr::OPEN => open_flags_access(call.args[1]),
         nr::OPENAT | nr::OPEN_BY_HANDLE_AT => open_flags_access(call.args[2]),
         nr::CREAT => access::WRITE,
-        nr::OPENAT2 => match read_u64(call.args[2]) {
-            Some(flags) => open_flags_access(flags),
-            None => access::READ | access::WRITE,
-        },
+        // `struct open_how` is in memory the offender can rewrite: unknown.
+        nr::OPENAT2 => UNKNOWN,
         nr::EXECVE | nr::EXECVEAT | nr::USELIB => access::EXEC,
         _ => return None,
     })
 }
 
-/// Access of the open that process `tgid` is blocked in: the union over its threads that are
-/// in an open-family call; read and write when there is none (io_uring) or `/proc` is gone.
-pub fn blocked_open_access(tgid: i32) -> u32 {
-    // The event is queued just before the opener goes to sleep waiting for the answer: a
-    // thread read in between says `running`. Look again for a moment before calling the
-    // access unknown (which refuses the open).
+/// What an open whose access cannot be established is taken to ask for.
+pub const UNKNOWN: u32 = access::READ | access::WRITE;
+
+/// Access of the open that thread `tid` of process `tgid` is blocked in; [`UNKNOWN`] when it
+/// is in no open-family call (io_uring) or `/proc` is gone.
+pub fn blocked_open_access(tgid: u32, tid: i32) -> u32 {
+    let path = format!("/proc/{tgid}/task/{tid}/syscall");
+    // The event is queued just before the opener goes to sleep waiting for the answer: read
+    // in between, the thread says `running`. Look again for a moment first.
     for _ in 0..RUNNING_RETRIES {
-        match scan_open_access(tgid) {
-            Scan::Found(a) => return a,
-            Scan::Running => std::thread::sleep(std::time::Duration::from_millis(1)),
-            Scan::Unknown => break,
+        let Ok(text) = fs::read_to_string(&path) else {
+            break;
+        };
+        if text.trim() == "running" {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            continue;
         }
+        return parse_syscall(&text)
+            .and_then(|call| open_access(&call))
+            .unwrap_or(UNKNOWN);
     }
-    access::READ | access::WRITE
+    UNKNOWN
 }
 
 /// Looks at a thread that is still `running` before giving up (about 50 ms).
 const RUNNING_RETRIES: u32 = 50;
 
-enum Scan {
-    Found(u32),
-    /// No thread in an open-family call yet, and some thread still running.
-    Running,
-    Unknown,
-}
-
-fn scan_open_access(tgid: i32) -> Scan {
-    let Ok(tasks) = fs::read_dir(format!("/proc/{tgid}/task")) else {
-        return Scan::Unknown;
-    };
-    let mut found = 0;
-    let mut running = false;
-    for t in tasks.filter_map(Result::ok) {
-        let Ok(text) = fs::read_to_string(t.path().join("syscall")) else {
-            continue;
-        };
-        if text.trim() == "running" {
-            running = true;
-            continue;
-        }
-        let Some(call) = parse_syscall(&text) else {
-            continue;
-        };
-        let tid: i32 = t.file_name().to_string_lossy().parse().unwrap_or(tgid);
-        if let Some(a) = open_access(&call, |addr| read_user_u64(tid, addr)) {
-            found |= a;
-        }
-    }
-    match (found, running) {
-        (0, true) => Scan::Running,
-        (0, false) => Scan::Unknown,
-        (a, _) => Scan::Found(a),
-    }
-}
-
-/// Read 8 bytes at `addr` in process `pid`.
-fn read_user_u64(pid: i32, addr: u64) -> Option<u64> {
-    let mut buf = [0u8; 8];
-    let remote = [nix::sys::uio::RemoteIoVec {
-        base: usize::try_from(addr).ok()?,
-        len: 8,
-    }];
-    let n = nix::sys::uio::process_vm_readv(
-        nix::unistd::Pid::from_raw(pid),
-        &mut [IoSliceMut::new(&mut buf)],
-        &remote,
-    )
-    .ok()?;
-    (n == 8).then(|| u64::from_ne_bytes(buf))
+/// The thread group of thread `tid` (from `/proc/TID/status`).
+pub fn tgid_of(tid: i32) -> Option<u32> {
+    let status = fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// `read,write` for display.
@@ -148,29 +111,25 @@ mod tests {
         .unwrap();
         assert_eq!(openat.nr, 257);
         assert_eq!(openat.args[2], 0x441);
-        assert_eq!(open_access(&openat, |_| None), Some(access::WRITE));
+        assert_eq!(open_access(&openat), Some(access::WRITE));
         assert_eq!(parse_syscall("-1 0x7ffd 0x7fa1\n"), None);
         assert_eq!(parse_syscall("running\n"), None);
         let read = parse_syscall("257 0xffffff9c 0x5642 0x0 0x0 0x0 0x0 0x1 0x2").unwrap();
-        assert_eq!(open_access(&read, |_| None), Some(access::READ));
+        assert_eq!(open_access(&read), Some(access::READ));
+        // openat2's flags are in the offender's memory: never read, always unknown.
         let how = parse_syscall("437 0xffffff9c 0x5642 0x7000 0x18 0x0 0x0 0x1 0x2").unwrap();
-        assert_eq!(
-            open_access(&how, |a| (a == 0x7000).then_some(0o2)),
-            Some(access::READ | access::WRITE)
-        );
-        assert_eq!(
-            open_access(&how, |_| None),
-            Some(access::READ | access::WRITE)
-        );
+        assert_eq!(open_access(&how), Some(UNKNOWN));
         let exec = parse_syscall("59 0x1 0x2 0x3 0x0 0x0 0x0 0x1 0x2").unwrap();
-        assert_eq!(open_access(&exec, |_| None), Some(access::EXEC));
+        assert_eq!(open_access(&exec), Some(access::EXEC));
         let other = parse_syscall("0 0x1 0x2 0x3 0x0 0x0 0x0 0x1 0x2").unwrap();
-        assert_eq!(open_access(&other, |_| None), None);
+        assert_eq!(open_access(&other), None);
         assert_eq!(names(access::READ | access::DELETE), ["read", "delete"]);
     }
 
     #[test]
     fn a_process_that_is_gone_is_unknown() {
-        assert_eq!(blocked_open_access(i32::MAX), access::READ | access::WRITE);
+        assert_eq!(blocked_open_access(u32::MAX, i32::MAX), UNKNOWN);
+        let me = std::process::id();
+        assert_eq!(tgid_of(me as i32), Some(me));
     }
 }

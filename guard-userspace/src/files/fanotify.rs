@@ -36,10 +36,14 @@ impl Group {
     }
 
     /// A permission group: `FAN_CLASS_CONTENT`, unlimited queue and marks; event fds are
-    /// opened read-only (they are only stat'ed and read as links).
+    /// opened read-only (they are only stat'ed and read as links). Events name the thread
+    /// (`FAN_REPORT_TID`): its own system call says what it asks for.
     pub fn permission() -> io::Result<Self> {
         Self::new(
-            libc::FAN_CLASS_CONTENT | libc::FAN_UNLIMITED_QUEUE | libc::FAN_UNLIMITED_MARKS,
+            libc::FAN_CLASS_CONTENT
+                | libc::FAN_REPORT_TID
+                | libc::FAN_UNLIMITED_QUEUE
+                | libc::FAN_UNLIMITED_MARKS,
             (libc::O_RDONLY | libc::O_LARGEFILE | libc::O_CLOEXEC) as u32,
         )
     }
@@ -126,6 +130,7 @@ pub struct Event<'a> {
     /// The event's file (permission groups), owned: closed on drop. `None` for
     /// notification groups reporting file handles, and for queue overflows.
     pub fd: Option<OwnedFd>,
+    /// The process; its thread in groups made with `FAN_REPORT_TID`.
     pub pid: i32,
     /// Information records after the metadata (file handles and names).
     pub info: &'a [u8],

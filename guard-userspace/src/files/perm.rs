@@ -62,6 +62,20 @@ pub fn serve(engine: &Arc<Engine>, group: &Group) {
     }
 }
 
+/// The thread group of `tid` and its tag, when it is tagged. A group leader's tid is its
+/// tgid and is looked up at once; another thread's group is read from `/proc`.
+fn tagged_group(engine: &Engine, tid: i32) -> Option<(u32, guard_common::Tag)> {
+    let tags = &engine.shared.tags;
+    if let Ok(tag) = tags.get(&(tid as u32), 0) {
+        return Some((tid as u32, tag));
+    }
+    let tgid = super::access::tgid_of(tid)?;
+    if tgid == tid as u32 {
+        return None;
+    }
+    tags.get(&tgid, 0).ok().map(|tag| (tgid, tag))
+}
+
 /// Strength of a rule's action: the strongest matching rule decides.
 fn strength(r: &RuleInfo) -> u8 {
     match (r.enforcing(), r.action) {
@@ -73,19 +87,20 @@ fn strength(r: &RuleInfo) -> u8 {
     }
 }
 
-fn decide(engine: &Engine, group: &Group, mask: u64, pid: i32, fd: OwnedFd) {
+/// `tid`: the thread that opens (the group reports threads).
+fn decide(engine: &Engine, group: &Group, mask: u64, tid: i32, fd: OwnedFd) {
     let raw = fd.as_raw_fd();
-    let tgid = pid as u32;
-    let Ok(tag) = engine.shared.tags.get(&tgid, 0) else {
+    let Some((tgid, tag)) = tagged_group(engine, tid) else {
         let _ = group.respond(raw, true);
         return;
     };
+    let pid = tgid as i32;
     let (hook, asked) = if mask & libc::FAN_ACCESS_PERM != 0 {
         (Hook::FanotifyAccess, access::READ)
     } else if mask & libc::FAN_OPEN_EXEC_PERM != 0 {
         (Hook::FanotifyExec, access::EXEC)
     } else {
-        (Hook::FanotifyOpen, blocked_open_access(pid))
+        (Hook::FanotifyOpen, blocked_open_access(tgid, tid))
     };
     let path = std::fs::read_link(format!("/proc/self/fd/{raw}")).unwrap_or_default();
     let st = match nix::sys::stat::fstat(&fd) {

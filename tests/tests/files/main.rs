@@ -687,3 +687,74 @@ fn untagged_opens_of_marked_files_are_answered_without_a_decision() {
         .count();
     assert_eq!(decisions, 0, "untagged opens are not decisions");
 }
+
+/// `openat2` keeps its flags in the caller's memory. A second thread flips them while the
+/// open waits for its decision (harmless flags when the decision is read, the real ones when
+/// the kernel copied them, or the other way round): no round reads the credential or changes
+/// the volume.
+#[test]
+fn openat2_flags_flipped_by_another_thread_change_nothing() {
+    let s = setup();
+    let before = snapshot(&s.vol.mnt);
+    let script = s.home.path().join("flip.py");
+    fs::write(&script, FLIP_OPENAT2).unwrap();
+    let pg_version = s.vol.db().join("PG_VERSION");
+    let (rdonly, wronly_trunc) = (libc::O_RDONLY, libc::O_WRONLY | libc::O_TRUNC);
+    let cases = [
+        (s.cred.clone(), rdonly, libc::O_WRONLY),
+        (pg_version.clone(), wronly_trunc, rdonly),
+    ];
+    for (path, want, decoy) in &cases {
+        let out = s.agent.sh(&format!(
+            "python3 {} {} {want} {decoy} 300",
+            script.display(),
+            path.display()
+        ));
+        let stdout = text(&out.stdout);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert!(!stdout.contains(SECRET), "the secret leaked: {stdout}");
+        if !lsm_tier() {
+            // Fallback: the flags of an openat2 are never trusted, so every round is refused.
+            assert!(stdout.contains("opened 0 "), "{}: {stdout}", path.display());
+        }
+    }
+    assert_eq!(snapshot(&s.vol.mnt), before, "the volume changed");
+    let events = s.daemon.events();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["rule"] == "credentials" && e["result"] == "denied"),
+        "no denial recorded"
+    );
+}
+
+/// `flip.py PATH WANT DECOY ROUNDS`: openat2(PATH, WANT) ROUNDS times while a thread keeps
+/// rewriting the flags between WANT and DECOY; prints what it read.
+const FLIP_OPENAT2: &str = r#"
+import ctypes, os, sys, threading
+libc = ctypes.CDLL(None, use_errno=True)
+class How(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+path, want, decoy, rounds = sys.argv[1].encode(), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+how = How(want, 0, 0)
+stop = False
+def flip():
+    while not stop:
+        how.flags = decoy
+        how.flags = want
+threading.Thread(target=flip, daemon=True).start()
+opened, errors = 0, set()
+for _ in range(rounds):
+    fd = libc.syscall(437, -100, path, ctypes.byref(how), ctypes.sizeof(how))
+    if fd < 0:
+        errors.add(os.strerror(ctypes.get_errno()))
+        continue
+    opened += 1
+    try:
+        print("read", os.read(fd, 200))
+    except OSError:
+        pass  # the kernel took the write-only decoy
+    os.close(fd)
+stop = True
+print("opened", opened, "errors", sorted(errors))
+"#;
