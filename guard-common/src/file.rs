@@ -206,6 +206,7 @@ pub mod nr {
     pub const OPEN_BY_HANDLE_AT: i64 = 304;
     pub const RENAMEAT2: i64 = 316;
     pub const EXECVEAT: i64 = 322;
+    pub const BPF: i64 = 321;
     pub const IO_URING_ENTER: i64 = 426;
     pub const OPENAT2: i64 = 437;
 }

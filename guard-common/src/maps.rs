@@ -216,10 +216,14 @@ pub mod self_programs {
     pub const DELIVER: &str = "guard_self_deliver";
     /// `tp_btf/sched_process_wait`: a tagged tracer of the daemon is killed when it waits.
     pub const WAIT: &str = "guard_self_wait";
-    pub const TRACEPOINTS: [(&str, &str); 3] = [
+    /// `tp_btf/cap_capable` (Linux ≥ 6.13): a tagged process whose `bpf()` call checks a
+    /// capability in the initial user namespace is killed.
+    pub const CAP: &str = "guard_self_cap";
+    pub const TRACEPOINTS: [(&str, &str); 4] = [
         (SIGNAL, "signal_generate"),
         (DELIVER, "signal_deliver"),
         (WAIT, "sched_process_wait"),
+        (CAP, "cap_capable"),
     ];
 }
 
@@ -276,7 +280,7 @@ pub const GLOBALS: [&str; 7] = [
 ];
 
 /// Every program of the kernel object, by function name.
-pub const ALL_PROGRAMS: [&str; 41] = [
+pub const ALL_PROGRAMS: [&str; 42] = [
     programs::FORK,
     programs::EXEC,
     programs::EXIT,
@@ -318,4 +322,5 @@ pub const ALL_PROGRAMS: [&str; 41] = [
     self_programs::SIGNAL,
     self_programs::DELIVER,
     self_programs::WAIT,
+    self_programs::CAP,
 ];

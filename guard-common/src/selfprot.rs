@@ -37,6 +37,10 @@ pub mod op {
     pub const LSM_PTRACE: u32 = 5;
     /// bpf-lsm tier: a `bpf()` call refused (`signal` holds the command).
     pub const LSM_BPF: u32 = 6;
+    /// A `bpf()` call that checked a capability (`signal` holds it): opening a pin (the pin
+    /// directory is mode 000, so root needs `CAP_DAC_READ_SEARCH`), a map or link by id
+    /// (`CAP_SYS_ADMIN`), loading a program. The caller is killed (`cap_capable`, ≥ 6.13).
+    pub const BPF_CAP: u32 = 7;
 }
 
 /// `EventKind::SelfProtect`.
@@ -63,8 +67,15 @@ pub struct SelfOffsets {
     pub siginfo_code: u32,
     /// Non-zero once filled in by the loader.
     pub valid: u32,
+    /// `task_struct.flags`.
+    pub task_flags: u32,
+    /// The system call number in `pt_regs` (`orig_ax`), `u32::MAX` where unknown.
+    pub regs_syscall: u32,
+    /// `user_namespace.level` (0: the initial namespace).
+    pub userns_level: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<SelfOffsets>() == 8);
+const _: () = assert!(core::mem::size_of::<SelfOffsets>() == 24);
 
 /// `si_code` of the SIGCHLD a tracee sends its tracer when it stops for it.
 pub const CLD_TRAPPED: i32 = 4;

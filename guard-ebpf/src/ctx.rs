@@ -4,7 +4,8 @@
 //! ([`kill_current`]).
 
 use aya_ebpf::helpers::{
-    bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_boot_ns, generated,
+    bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
+    bpf_probe_read_kernel, generated,
 };
 use guard_common::{
     ProcKey, Tag,
@@ -134,5 +135,32 @@ pub fn kill_task(task: *const u8) -> bool {
         let kfunc: unsafe extern "C" fn(*const u8, u32, u32, u64) -> i64 =
             core::mem::transmute(KFUNC_SIGNAL_TASK as usize);
         kfunc(task, SIGKILL, PIDTYPE_TGID, 0) == 0
+    }
+}
+
+/// `task_struct.flags` bit of an io_uring worker (it runs no system call of its own).
+const PF_IO_WORKER: u32 = 0x10;
+
+/// The system call the current task is in, from the registers the kernel saved at entry
+/// (`task_flags`, `regs_syscall`: offsets of `task_struct.flags` and of the number in
+/// `pt_regs`), and those registers; `(-1, None)` for an io_uring worker or when unknown.
+#[inline(always)]
+pub fn current_syscall(task_flags: u32, regs_syscall: u32) -> (i64, Option<*const u8>) {
+    // SAFETY: helper without arguments; returns the current task.
+    let task = unsafe { generated::bpf_get_current_task_btf() };
+    // SAFETY: bpf_probe_read_kernel validates the address.
+    let flags: u32 = unsafe {
+        bpf_probe_read_kernel((task as *const u8).wrapping_add(task_flags as usize).cast())
+    }
+    .unwrap_or(PF_IO_WORKER);
+    if flags & PF_IO_WORKER != 0 || regs_syscall == u32::MAX {
+        return (-1, None);
+    }
+    // SAFETY: `task` is the current task as a BTF pointer, which the helper requires.
+    let regs = unsafe { generated::bpf_task_pt_regs(task) } as *const u8;
+    // SAFETY: bpf_probe_read_kernel validates the address.
+    match unsafe { bpf_probe_read_kernel(regs.wrapping_add(regs_syscall as usize).cast::<u64>()) } {
+        Ok(nr) => (nr as i64, Some(regs)),
+        Err(_) => (-1, None),
     }
 }

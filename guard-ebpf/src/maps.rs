@@ -272,6 +272,10 @@ static GUARD_SELF_OFFSETS: guard_common::selfprot::SelfOffsets =
     guard_common::selfprot::SelfOffsets {
         siginfo_code: 0,
         valid: 0,
+        task_flags: 0,
+        regs_syscall: u32::MAX,
+        userns_level: 0,
+        _pad: 0,
     };
 
 #[inline(always)]

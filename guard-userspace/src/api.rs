@@ -144,6 +144,9 @@ pub struct SelfProtectionStatus {
     /// Tracepoints of the self-protection programs that are attached.
     pub hooks: Vec<String>,
     pub error: Option<String>,
+    /// What stops a tagged process from reaching guard's maps and links with `bpf()`.
+    #[serde(default)]
+    pub bpf: String,
     /// Pinned maps and links the daemon holds (and pins again if removed).
     pub pins_held: usize,
     /// Path rules guard adds for its own files (shown among the path rules).

@@ -351,6 +351,10 @@ pub fn self_offsets(btf: &Btf) -> Result<SelfOffsets, BtfError> {
     Ok(SelfOffsets {
         siginfo_code: member_offset(btf, "kernel_siginfo", "si_code")?,
         valid: 1,
+        task_flags: member_offset(btf, "task_struct", "flags")?,
+        regs_syscall: member_offset(btf, "pt_regs", "orig_ax").unwrap_or(u32::MAX),
+        userns_level: member_offset(btf, "user_namespace", "level")?,
+        _pad: 0,
     })
 }
 

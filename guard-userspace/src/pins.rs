@@ -65,6 +65,7 @@ impl PinKeeper {
             }
         }
         watches.insert(inotify.watch(pin_dir)?, pin_dir.to_path_buf());
+        seal(pin_dir);
         let k = keeper.clone();
         std::thread::Builder::new()
             .name("guard-pin-keeper".into())
@@ -178,6 +179,7 @@ impl PinKeeper {
                     }
                 }
             }
+            seal(&self.pin_dir);
             if rewatch {
                 // A directory went: recreate it, put its pins back and watch it again.
                 for r in self.restore_all(&self.pin_dir) {
@@ -200,7 +202,35 @@ impl PinKeeper {
                         }
                     }
                 }
+                seal(&self.pin_dir);
             }
+        }
+    }
+}
+
+/// Mode 000 on the pin directory, its subdirectories and every pin: only a process with
+/// `CAP_DAC_READ_SEARCH`/`CAP_DAC_OVERRIDE` can open a pin, even as root (the owner), so that
+/// a `bpf()` call reaching a pin goes through a capability check, which the self-protection
+/// program turns into a kill for a tagged caller. Modes already 000 are left alone, so the
+/// attribute events of these changes end here.
+pub fn seal(pin_dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let mut paths = vec![pin_dir.to_path_buf()];
+    for dir in DIRS {
+        let d = pin_dir.join(dir);
+        if let Ok(entries) = std::fs::read_dir(&d) {
+            paths.extend(entries.filter_map(Result::ok).map(|e| e.path()));
+        }
+        paths.push(d);
+    }
+    for p in paths {
+        let Ok(meta) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        if meta.permissions().mode() & 0o7777 != 0
+            && let Err(e) = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o000))
+        {
+            warn!(path = %p.display(), error = %e, "cannot seal a pin");
         }
     }
 }
@@ -290,6 +320,7 @@ impl Inotify {
             | libc::IN_DELETE
             | libc::IN_MOVED_FROM
             | libc::IN_DELETE_SELF
+            | libc::IN_ATTRIB
             | libc::IN_ONLYDIR;
         // SAFETY: valid descriptor and NUL-terminated path.
         let wd = unsafe { libc::inotify_add_watch(self.0.as_raw_fd(), c.as_ptr(), mask) };

@@ -140,6 +140,9 @@ pub fn status(st: &DaemonStatus, color: bool) -> String {
             sp.pins_held,
             sp.internal_rules.join(", ")
         );
+        if !sp.bpf.is_empty() {
+            let _ = writeln!(out, "  bpf()       {}", sp.bpf);
+        }
         if let Some(e) = &sp.error {
             let _ = writeln!(out, "  NOT ATTACHED: {e}");
         }

@@ -41,12 +41,32 @@ pub use crate::events::selfprot::RULE;
 pub struct SelfAttached {
     /// Tracepoints attached.
     pub attached: Vec<String>,
+    /// Tracepoints this kernel does not have (`cap_capable` before 6.13).
+    #[serde(default)]
+    pub unavailable: Vec<String>,
     pub error: Option<String>,
 }
 
 impl SelfAttached {
+    /// Everything the kernel has is attached.
     pub fn complete(&self) -> bool {
-        self.attached.len() == self_programs::TRACEPOINTS.len()
+        self.attached.len() + self.unavailable.len() == self_programs::TRACEPOINTS.len()
+    }
+
+    /// What stops a tagged process from reaching guard's maps and links with `bpf()`.
+    pub fn bpf_coverage(&self, tier: crate::kernel::Tier) -> String {
+        if tier == crate::kernel::Tier::BpfLsm {
+            return "enforced: every bpf() call of a tagged process is refused (lsm/bpf)".into();
+        }
+        if self.attached.iter().any(|h| h == "cap_capable") {
+            return "kill: a tagged process whose bpf() call needs a capability dies before it \
+                    returns (cap_capable); opening a pin needs one (the pin directory is mode \
+                    000), and so does reaching a map or link by id"
+                .into();
+        }
+        "not covered: a tagged root process can open guard's pinned maps and links with bpf() \
+         (this kernel has no cap_capable tracepoint, Linux 6.13); guard run trees cannot (seccomp)"
+            .into()
     }
 }
 
@@ -100,6 +120,7 @@ pub fn attach(at: &mut Attacher<'_>, offsets_error: Option<String>) -> SelfAttac
         };
         match at.attach(&row) {
             Ok(()) => a.attached.push(tracepoint.to_owned()),
+            Err(crate::loader::AttachError::NoHook) => a.unavailable.push(tracepoint.to_owned()),
             Err(e) => errors.push(format!("{}: {e}", row.hook())),
         }
     }

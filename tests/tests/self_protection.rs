@@ -587,7 +587,20 @@ fn a_hostile_root_agent_tree_cannot_stop_blind_or_rewrite_the_daemon() {
     }
     let st = d.status_json().unwrap();
     let hooks = st["self_protection"]["hooks"].as_array().unwrap().len();
-    assert_eq!(hooks, 3, "self-protection hooks attached: {st}");
+    let bpf_cover = st["self_protection"]["bpf"].as_str().unwrap().to_owned();
+    // cap_capable exists from 6.13; without it, status says bpf() is not covered.
+    let bpf_killed = bpf_cover.starts_with("kill");
+    assert_eq!(
+        hooks,
+        if bpf_killed { 4 } else { 3 },
+        "self-protection hooks attached: {st}"
+    );
+    if !bpf_killed {
+        assert!(
+            bpf_cover.starts_with("not covered") && bpf_cover.contains("6.13"),
+            "{bpf_cover}"
+        );
+    }
     // A long-lived agent tree, to check adoption after the daemon is killed.
     let mut sleeper = guard_tests::Proc::spawn({
         let mut c = Command::new(&claude);
@@ -649,11 +662,53 @@ fn a_hostile_root_agent_tree_cannot_stop_blind_or_rewrite_the_daemon() {
     });
     assert!(d.status_json().is_some_and(|s| s["daemon_pid"] == pid));
 
+    // 3. bpf(): the tag map by its pin or by id, to delete the agent's own tag. The call's
+    // capability check kills the caller before it has the descriptor.
+    let grab = dir.path().join("bpf.py");
+    std::fs::write(&grab, BPF_GRAB).unwrap();
+    let tags_pin = d.pin_dir.join("maps/GUARD_TAGS");
+    if bpf_killed {
+        for how in ["pin", "id"] {
+            let out = agent_shell(
+                &claude,
+                &format!(
+                    "python3 {} {how} {} delete",
+                    grab.display(),
+                    tags_pin.display()
+                ),
+            );
+            assert!(killed(&out), "bpf() by {how}: {}", text(&out));
+            assert!(!String::from_utf8_lossy(&out.stdout).contains("fd "));
+        }
+        event(&d, "the bpf() kill", |e| {
+            e["kind"] == "self_protect"
+                && e["hook"] == "cap_capable"
+                && e["result"] == "killed"
+                && e["ancestry"].as_array().is_some_and(|a| !a.is_empty())
+        });
+        assert!(
+            d.tag_of(sleeper.pid()).is_some(),
+            "the tree is still tagged"
+        );
+        // Untagged root opens the same pin.
+        let out = output({
+            let mut c = Command::new("python3");
+            c.args([grab.to_str().unwrap(), "pin", tags_pin.to_str().unwrap()]);
+            c
+        });
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            stdout.starts_with("fd ") && !stdout.starts_with("fd -"),
+            "untagged: {}",
+            text(&out)
+        );
+    }
+
     if let Some(why) = guard_tests::kill_on_detect_unavailable(&d.status_json().unwrap()) {
         println!("pins, policy and log steps NOT RUN on this kernel's fallback tier: {why}");
         return;
     }
-    // 3. Removing the pins: rm dies at its first unlink; the pin is put back at once.
+    // 4. Removing the pins: rm dies at its first unlink; the pin is put back at once.
     let out = agent_shell(&claude, &format!("rm -rf {}", d.pin_dir.display()));
     assert!(killed(&out), "rm -rf pins: {}", text(&out));
     event(&d, "the pin removal", |e| {
@@ -675,7 +730,7 @@ fn a_hostile_root_agent_tree_cannot_stop_blind_or_rewrite_the_daemon() {
     });
     eprintln!("pin put back: {}", restored["object"]["path"]);
 
-    // 4. The policy and the event log: opens for writing fail with EPERM.
+    // 5. The policy and the event log: opens for writing fail with EPERM.
     for (what, script) in [
         (
             "overwrite the policy",
@@ -707,7 +762,7 @@ fn a_hostile_root_agent_tree_cannot_stop_blind_or_rewrite_the_daemon() {
     });
     assert!(d.events().len() > 10, "the event log kept its lines");
 
-    // 5. The API: anything but the read-only calls is refused, and recorded.
+    // 6. The API: anything but the read-only calls is refused, and recorded.
     for req in [
         r#"{"op":"untag","pid":1}"#,
         r#"{"op":"reload","policy":"/tmp/evil.yaml"}"#,
@@ -729,7 +784,7 @@ fn a_hostile_root_agent_tree_cannot_stop_blind_or_rewrite_the_daemon() {
         "nothing untagged the agent"
     );
 
-    // 6. Untagged root doing the same (where it does no harm) is not affected.
+    // 7. Untagged root doing the same (where it does no harm) is not affected.
     let out = output({
         let mut c = Command::new("timeout");
         c.args([
@@ -769,7 +824,7 @@ fn a_hostile_root_agent_tree_cannot_stop_blind_or_rewrite_the_daemon() {
         .count();
     assert_eq!(api_events, 2, "untagged API calls are not agent events");
 
-    // 7. kill -9: the sender dies too, the daemon cannot refuse SIGKILL. Enforcement stays
+    // 8. kill -9: the sender dies too, the daemon cannot refuse SIGKILL. Enforcement stays
     // pinned; a restart adopts the tags and records what happened from the pinned ring.
     let out = agent_shell(&claude, &format!("kill -9 {pid}; echo survived"));
     assert!(killed(&out), "kill -9: {}", text(&out));
@@ -817,3 +872,27 @@ fn a_hostile_root_agent_tree_cannot_stop_blind_or_rewrite_the_daemon() {
     assert_eq!(st["problems"].as_array().map(Vec::len), Some(0), "{st}");
     let _ = sleeper.child.kill();
 }
+
+/// `bpf.py pin PATH` or `bpf.py id`: get a descriptor of guard's tag map (`BPF_OBJ_GET` of its
+/// pin, or the first map id with `BPF_MAP_GET_FD_BY_ID`) and delete this process's tag.
+const BPF_GRAB: &str = r#"
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+attr = ctypes.create_string_buffer(128)
+if sys.argv[1] == "pin":
+    path = ctypes.create_string_buffer(sys.argv[2].encode())
+    ctypes.c_uint64.from_buffer(attr, 0).value = ctypes.addressof(path)
+    fd = libc.syscall(321, 7, attr, 128)
+else:
+    libc.syscall(321, 12, attr, 128)
+    by_id = ctypes.create_string_buffer(128)
+    ctypes.c_uint32.from_buffer(by_id, 0).value = ctypes.c_uint32.from_buffer(attr, 4).value
+    fd = libc.syscall(321, 14, by_id, 128)
+print("fd", fd, flush=True)
+if fd >= 0 and len(sys.argv) > 3:
+    key = ctypes.c_uint32(os.getpid())
+    op = ctypes.create_string_buffer(128)
+    ctypes.c_uint32.from_buffer(op, 0).value = fd
+    ctypes.c_uint64.from_buffer(op, 8).value = ctypes.addressof(key)
+    print("delete", libc.syscall(321, 3, op, 128), flush=True)
+"#;

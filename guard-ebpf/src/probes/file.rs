@@ -37,8 +37,6 @@ use crate::{
     },
 };
 
-/// `task_struct.flags`: an io_uring worker, whose registers hold no system call.
-const PF_IO_WORKER: u32 = 0x10;
 /// Dentries of one inode examined (hard links).
 const MAX_ALIASES: u32 = 4;
 /// Ancestors examined above a changed inode.
@@ -455,18 +453,7 @@ fn ancestors(dentry: *const u8, dev: u32, o: &FileOffsets) -> Result<Option<Hit>
 /// io_uring worker or when the registers are unknown.
 #[inline(always)]
 fn current_syscall(o: &FileOffsets) -> (i64, Option<*const u8>) {
-    // SAFETY: helper without arguments; returns the current task.
-    let task = unsafe { generated::bpf_get_current_task_btf() };
-    let flags: u32 = read(task as *const u8, o.task_flags).unwrap_or(PF_IO_WORKER);
-    if flags & PF_IO_WORKER != 0 || o.regs_syscall == u32::MAX {
-        return (-1, None);
-    }
-    // SAFETY: `task` is the current task as a BTF pointer, which the helper requires.
-    let regs = unsafe { generated::bpf_task_pt_regs(task) } as *const u8;
-    match read::<u64>(regs, o.regs_syscall) {
-        Ok(nr) => (nr as i64, Some(regs)),
-        Err(_) => (-1, None),
-    }
+    crate::ctx::current_syscall(o.task_flags, o.regs_syscall)
 }
 
 fn try_device(ctx: &DeviceContext) -> Result<i32, i32> {

@@ -15,6 +15,12 @@
 //!   wait, and the daemon thread resumes when the tracer is gone. `PTRACE_ATTACH` sends
 //!   SIGSTOP and is caught at once by the first rule.
 //!
+//! - bpf(): a tagged process whose `bpf()` call checks a capability in the initial user
+//!   namespace (`cap_capable`, Linux ≥ 6.13, in the caller's context) is killed before the
+//!   call returns to it. Every way to guard's maps and links goes through such a check:
+//!   `BPF_OBJ_GET` of a pin (the pin directory is mode 000, so root needs
+//!   `CAP_DAC_READ_SEARCH` to walk into it), `BPF_*_GET_FD_BY_ID` (`CAP_SYS_ADMIN`).
+//!
 //! The daemon's tgid comes from a pinned map the daemon writes when it starts or adopts the
 //! pins. Internal errors do nothing and are counted (`probe_errors`).
 
@@ -29,11 +35,12 @@ use guard_common::{
     ProcKey, Tag,
     decision::outcome,
     event::{Counter, EventKind},
+    file::nr,
     selfprot::{CLD_STOPPED, CLD_TRAPPED, SIGNAL_SLOTS, STOP_PENDING_SLOT, SelfEvent, op},
 };
 
 use crate::{
-    ctx::{current_tgid, daemon_tgid, header, kill_current},
+    ctx::{current_ppid, current_syscall, current_tgid, daemon_tgid, header, kill_current, tagged},
     kernel::Task,
     maps::{EVENTS, SELF_SIGNALS, SELF_TRACERS, TAGS, count, offsets, self_offsets},
 };
@@ -80,6 +87,58 @@ pub fn guard_self_deliver(ctx: BtfTracePointContext) -> i32 {
         generated::bpf_send_signal(SIGCONT);
     }
     0
+}
+
+/// `cap_capable(cred, target_ns, capable_ns, cap, ret)`, in the checking task's context.
+#[btf_tracepoint(function = "cap_capable")]
+pub fn guard_self_cap(ctx: BtfTracePointContext) -> i32 {
+    match try_cap(&ctx) {
+        Ok(()) => 0,
+        Err(_) => {
+            count(Counter::ProbeErrors);
+            0
+        }
+    }
+}
+
+fn try_cap(ctx: &BtfTracePointContext) -> Result<(), i32> {
+    let Some(caller) = tagged() else {
+        return Ok(());
+    };
+    let so = self_offsets();
+    if so.valid == 0 {
+        return Err(-1);
+    }
+    if current_syscall(so.task_flags, so.regs_syscall).0 != nr::BPF {
+        return Ok(());
+    }
+    // A capability of a user namespace the process made for itself (a sandbox) says nothing
+    // about guard's objects.
+    let ns = ctx.arg::<*const u8>(1);
+    // SAFETY: bpf_probe_read_kernel validates the address.
+    let level: u32 =
+        unsafe { bpf_probe_read_kernel(ns.wrapping_add(so.userns_level as usize) as *const u32)? };
+    if level != 0 {
+        return Ok(());
+    }
+    let cap = ctx.arg::<u64>(3) as u32;
+    let sent = kill_current();
+    emit(
+        &caller.tag,
+        caller.key(),
+        current_ppid(),
+        bpf_get_current_uid_gid() as u32,
+        true,
+        op::BPF_CAP,
+        cap,
+        daemon_tgid(),
+        if sent {
+            outcome::KILLED
+        } else {
+            outcome::KILL_FAILED
+        },
+    );
+    Ok(())
 }
 
 /// `sched_process_wait(pid)`, in the waiter's context.

@@ -179,6 +179,7 @@ fn status(state: &Shared) -> Reply<DaemonStatus> {
     let self_protection = SelfProtectionStatus {
         hooks: st.self_attached.attached.clone(),
         error: st.self_attached.error.clone(),
+        bpf: st.self_attached.bpf_coverage(st.kernel.tier),
         pins_held: st.kernel.keeper.as_ref().map_or(0, |k| k.held()),
         internal_rules: st.internal.iter().map(|r| r.name.clone()).collect(),
     };

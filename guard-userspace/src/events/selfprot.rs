@@ -31,6 +31,10 @@ pub fn decode(raw: &[u8], _ctx: &DecodeCtx<'_>) -> Result<Decoded, DecodeError> 
         ),
         op::LSM_PTRACE => ("ptrace".to_owned(), "lsm_ptrace_access_check"),
         op::LSM_BPF => (format!("bpf command {}", ev.signal), "lsm_bpf"),
+        op::BPF_CAP => (
+            format!("bpf() needing capability {}", cap_name(ev.signal)),
+            "cap_capable",
+        ),
         other => (format!("op-{other}"), "unknown"),
     };
     if ev.op == op::SIGNAL || ev.op == op::LSM_SIGNAL {
@@ -47,7 +51,7 @@ pub fn decode(raw: &[u8], _ctx: &DecodeCtx<'_>) -> Result<Decoded, DecodeError> 
         hook: Some(hook.to_owned()),
     });
     d.object = Some(Object {
-        path: Some(if ev.op == op::LSM_BPF {
+        path: Some(if ev.op == op::LSM_BPF || ev.op == op::BPF_CAP {
             "bpf()".to_owned()
         } else {
             format!("guard daemon (pid {})", ev.target_tgid)
@@ -57,6 +61,14 @@ pub fn decode(raw: &[u8], _ctx: &DecodeCtx<'_>) -> Result<Decoded, DecodeError> 
         operation: Some(operation),
     });
     Ok(d)
+}
+
+/// `CAP_*` name of capability number `cap`.
+fn cap_name(cap: u32) -> String {
+    u8::try_from(cap)
+        .ok()
+        .and_then(crate::policy::Capability::from_number)
+        .map_or_else(|| format!("capability {cap}"), |c| c.to_string())
 }
 
 fn signal_name(sig: u32) -> String {

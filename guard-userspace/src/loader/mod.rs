@@ -215,6 +215,14 @@ impl<'a> Attacher<'a> {
         let load_err = |e: ProgramError| AttachError::Load(verifier_text(&e));
         match row.kind {
             Kind::TpBtf(tp) => {
+                let typedef = format!("btf_trace_{tp}");
+                if self
+                    .btf
+                    .id_by_type_name_kind(&typedef, aya_obj::btf::BtfKind::Typedef)
+                    .is_err()
+                {
+                    return Err(AttachError::NoHook);
+                }
                 let prog: &mut BtfTracePoint = program(self.ebpf, row.name)?;
                 prog.load(tp, self.btf).map_err(load_err)
             }

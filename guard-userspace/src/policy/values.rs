@@ -424,6 +424,11 @@ impl Capability {
         self.0
     }
 
+    /// The capability numbered `n`, if there is one.
+    pub fn from_number(n: u8) -> Option<Self> {
+        (usize::from(n) < CAPABILITIES.len()).then_some(Self(n))
+    }
+
     /// What `guard run` drops when the policy has no `selfProtection` section: what an agent
     /// never needs and an escape always does (remount, detach programs, load modules,
     /// ptrace other processes, reconfigure the network, raw device I/O).
