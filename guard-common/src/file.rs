@@ -34,8 +34,14 @@ pub mod counter {
     /// A signal could not be sent.
     pub const KILL_FAILED: u32 = 5;
     pub const LSM_DENIED: u32 = 6;
+    /// Changes of the policy file (rule [`super::POLICY_RULE_ID`]) by tagged processes: the
+    /// daemon applies no policy file change while this is ahead of what it acknowledged.
+    pub const POLICY_CHANGED: u32 = 7;
 }
-pub const COUNTER_NAMES: [&str; 7] = [
+/// Id of guard's internal rule protecting its policy file (internal rules take ids from here
+/// up, far above any policy's).
+pub const POLICY_RULE_ID: u32 = 0xffff_0000;
+pub const COUNTER_NAMES: [&str; 8] = [
     "file_kills",
     "file_audited",
     "file_device_denied",
@@ -43,6 +49,7 @@ pub const COUNTER_NAMES: [&str; 7] = [
     "file_events_dropped",
     "file_kill_failed",
     "file_lsm_denied",
+    "policy_changed_by_tagged",
 ];
 
 /// Key of [`crate::maps::FILE_OBJECTS`]: one object, or with `ino == 0` a whole volume.

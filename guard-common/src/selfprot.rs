@@ -10,7 +10,10 @@ use crate::event::EventHeader;
 pub struct SelfState {
     /// tgid of the running daemon (0: none yet).
     pub daemon_tgid: u32,
-    pub _pad: u32,
+    /// The count of policy changes by tagged processes
+    /// ([`crate::file::counter::POLICY_CHANGED`]) that an administrator has answered (an
+    /// explicit apply): while the count is ahead, no policy file change is applied.
+    pub policy_changes_seen: u32,
 }
 const _: () = assert!(core::mem::size_of::<SelfState>() == 8);
 

@@ -12,6 +12,8 @@ use std::{
     time::Duration,
 };
 
+use std::path::PathBuf;
+
 use serde::{Deserialize, Serialize};
 
 use crate::tags::TaggedProc;
@@ -25,6 +27,14 @@ pub enum Request {
     /// Tag the calling process as an agent root (`guard run`).
     Tag {
         agent: Option<String>,
+    },
+    /// Apply the daemon's policy file as it is now (`guard policy apply`): root and untagged
+    /// only. This is how a change that the daemon did not apply on its own (it came from a
+    /// tagged process, or a directory on its path was replaced) is put in force after review.
+    /// `policy`, when given, must be the daemon's policy file.
+    Apply {
+        #[serde(default)]
+        policy: Option<PathBuf>,
     },
 }
 

@@ -84,6 +84,11 @@ enum Cmd {
         /// to run untagged.
         #[arg(long, env = "GUARD_TAG_MAP_SIZE", value_parser = guard::tagmap::parse_size)]
         tag_map_size: Option<u32>,
+        /// Apply the policy file although tagged processes changed it while an earlier daemon
+        /// ran (without it, such a start is refused, naming the change): say so once the file
+        /// has been reviewed.
+        #[arg(long)]
+        policy_reviewed: bool,
     },
     /// Start CMD as a tagged agent root. Refuses to start it when the daemon is not enforcing.
     Run {
@@ -152,6 +157,10 @@ enum Cmd {
 enum PolicyCmd {
     /// Validate FILE and print the compiled summary, or the errors with line and column.
     Check { file: PathBuf },
+    /// Apply the daemon's policy file as it is now (root, untagged): how a change the daemon
+    /// did not apply on its own (made by a tagged process, or with a directory on its path
+    /// replaced) is put in force after review. FILE, if given, must be the daemon's file.
+    Apply { file: Option<PathBuf> },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -209,6 +218,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             lifecycle_events,
             kill_via,
             tag_map_size,
+            policy_reviewed,
         } => {
             if uninstall {
                 if !nix::unistd::geteuid().is_root() {
@@ -247,6 +257,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 lifecycle_events,
                 kill_via,
                 tag_map_size: tag_map_size.unwrap_or_else(guard::tagmap::default_size),
+                policy_reviewed,
             }))?;
             Ok(ExitCode::SUCCESS)
         }
@@ -308,6 +319,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::FAILURE)
             }
         },
+        Cmd::Policy {
+            command: PolicyCmd::Apply { file },
+        } => {
+            if let Some(f) = &file {
+                // Say what is wrong with the file before asking the daemon.
+                if let Err(e) = Policy::load(f) {
+                    eprintln!("{e}");
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
+            let generation: u64 = api::call(&paths.socket, &Request::Apply { policy: file })?;
+            println!("policy applied (generation {generation})");
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -85,16 +85,30 @@ impl SelfMaps {
         })
     }
 
+    fn read_state(&self) -> SelfState {
+        self.state.get(&0, 0).unwrap_or_default()
+    }
+
     /// Protect `tgid` from now on (a restarted daemon takes over from the old one).
     pub fn set_daemon(&mut self, tgid: u32) -> Result<(), MapError> {
-        self.state.set(
-            0,
-            SelfState {
-                daemon_tgid: tgid,
-                _pad: 0,
-            },
-            0,
-        )
+        let state = SelfState {
+            daemon_tgid: tgid,
+            ..self.read_state()
+        };
+        self.state.set(0, state, 0)
+    }
+
+    /// The count of policy changes by tagged processes an administrator has answered.
+    pub fn policy_changes_seen(&self) -> u32 {
+        self.read_state().policy_changes_seen
+    }
+
+    pub fn set_policy_changes_seen(&mut self, n: u32) -> Result<(), MapError> {
+        let state = SelfState {
+            policy_changes_seen: n,
+            ..self.read_state()
+        };
+        self.state.set(0, state, 0)
     }
 
     /// How many times tagged processes sent the daemon `sig`.
@@ -153,6 +167,37 @@ pub fn api_denied(header: guard_common::event::EventHeader, what: &str) -> Decod
 
 /// A pin put back by the pin keeper, as an event.
 pub fn pin_restored(r: &crate::pins::Restored) -> Decoded {
+    daemon_decision(
+        RULE_PINS,
+        "restore",
+        if r.ok { "restored" } else { "restore-failed" },
+        "pin-keeper",
+        &r.path,
+        "delete",
+    )
+}
+
+/// A change of the policy file the daemon did not apply on its own, as an event.
+pub fn policy_refused(path: &std::path::Path, why: &str) -> Decoded {
+    daemon_decision(
+        RULE_POLICY,
+        "deny",
+        "denied",
+        "policy-watch",
+        path,
+        &format!("apply a changed policy file: {why}"),
+    )
+}
+
+/// An event for a decision the daemon made on its own, about no process.
+fn daemon_decision(
+    rule: &str,
+    action: &str,
+    result: &str,
+    hook: &str,
+    path: &std::path::Path,
+    operation: &str,
+) -> Decoded {
     let header = guard_common::event::EventHeader {
         kind: EventKind::SelfProtect as u32,
         agent_id: u32::MAX,
@@ -164,18 +209,18 @@ pub fn pin_restored(r: &crate::pins::Restored) -> Decoded {
     };
     let mut d = Decoded::new(EventKind::SelfProtect, header);
     d.decision = Some(Decision {
-        rule: RULE_PINS.to_owned(),
+        rule: rule.to_owned(),
         rule_id: None,
-        action: "restore".to_owned(),
+        action: action.to_owned(),
         mode: Some(Mode::Enforce.to_string()),
-        result: if r.ok { "restored" } else { "restore-failed" }.to_owned(),
-        hook: Some("pin-keeper".to_owned()),
+        result: result.to_owned(),
+        hook: Some(hook.to_owned()),
     });
     d.object = Some(Object {
-        path: Some(r.path.display().to_string()),
+        path: Some(path.display().to_string()),
         dev: None,
         ino: None,
-        operation: Some("delete".to_owned()),
+        operation: Some(operation.to_owned()),
     });
     d
 }
@@ -260,8 +305,9 @@ pub const RULE_POLICY: &str = "guard:policy";
 pub const RULE_EVENT_LOG: &str = "guard:event-log";
 pub const RULE_BINARY: &str = "guard:binary";
 pub const RULE_PINS: &str = "guard:pins";
-/// Ids of internal rules start here, far above any policy's.
-pub const FIRST_INTERNAL_ID: u32 = 0xffff_0000;
+/// Ids of internal rules start here, far above any policy's; each rule keeps its id (the
+/// policy's is the one the kernel counts changes of).
+pub const FIRST_INTERNAL_ID: u32 = guard_common::file::POLICY_RULE_ID;
 
 /// What guard protects of itself, whatever the policy says.
 pub struct OwnFiles {
@@ -293,8 +339,8 @@ pub fn internal_rules(own: &OwnFiles) -> Vec<CompiledPathRule> {
     ];
     rules
         .into_iter()
-        .filter(|(_, paths)| !paths.is_empty())
         .zip(FIRST_INTERNAL_ID..)
+        .filter(|((_, paths), _)| !paths.is_empty())
         .map(|((name, paths), id)| CompiledPathRule {
             id,
             name: name.to_owned(),

@@ -896,3 +896,119 @@ if fd >= 0 and len(sys.argv) > 3:
     ctypes.c_uint64.from_buffer(op, 8).value = ctypes.addressof(key)
     print("delete", libc.syscall(321, 3, op, 128), flush=True)
 "#;
+
+fn generation(d: &Daemon) -> (u64, String) {
+    let st = d.status_json().expect("status");
+    (
+        st["policy_generation"].as_u64().unwrap(),
+        st["policy"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// A policy file changed by a tagged process (replaced by a rename, rewritten by `sed -i`,
+/// appended to) is never applied: on bpf-lsm the change is refused; on the fallback tier it
+/// is killed after the fact, and the daemon keeps the policy in force, says why in status and
+/// an event, and waits for an untagged root `guard policy apply`. A daemon restarted on such a
+/// file refuses to start until told the file was reviewed.
+#[test]
+fn a_policy_changed_by_a_tagged_process_is_not_applied() {
+    let mut d = Daemon::start_with_policy(GOOD);
+    d.keep_pins = false;
+    let policy = d.policy.clone().unwrap();
+    let dir = policy.parent().unwrap().to_path_buf();
+    let agent_dir = tempfile::tempdir().unwrap();
+    let claude = agent_dir.path().join("claude");
+    std::fs::copy("/bin/bash", &claude).unwrap();
+    let (gen0, name0) = generation(&d);
+    assert_eq!(name0, "gen-a");
+    let tampers = [
+        format!(
+            "cd {} && sed 's/gen-a/gen-evil/' policy.yaml > tmp && mv -f tmp policy.yaml",
+            dir.display()
+        ),
+        format!("sed -i 's/gen-a/gen-evil/' {}", policy.display()),
+        format!(
+            "echo 'metadata: {{ name: gen-evil }}' >> {}",
+            policy.display()
+        ),
+    ];
+    for script in &tampers {
+        agent_shell(&claude, script);
+        let mut run = d.guard();
+        run.args(["run", "--", "bash", "-c", script]);
+        output(run);
+    }
+    // Longer than the watcher's settle time.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        generation(&d),
+        (gen0, "gen-a".to_owned()),
+        "a tampered policy applied"
+    );
+    let lsm = d.assert_tier() == "bpf-lsm";
+    if !lsm {
+        let st = d.status_json().unwrap();
+        let why = st["policy_rejected"].as_str().unwrap_or_default();
+        assert!(why.contains("tagged processes changed"), "{st}");
+        // The change itself, with who made it; then the daemon's refusal to apply it.
+        event(&d, "the tagged change of the policy", |e| {
+            e["kind"] == "file_change" && e["rule"] == "guard:policy" && e["result"] == "killed"
+        });
+        wait_for("the refused apply", Duration::from_secs(10), || {
+            d.events().into_iter().find(|e| {
+                e["kind"] == "self_protect"
+                    && e["rule"] == "guard:policy"
+                    && e["hook"] == "policy-watch"
+                    && e["result"] == "denied"
+            })
+        });
+        // An administrator's own edit waits for the explicit apply too: the file may still
+        // hold what the agent wrote.
+        std::fs::write(&policy, GOOD.replace("gen-a", "gen-b")).unwrap();
+        std::thread::sleep(Duration::from_millis(1500));
+        assert_eq!(generation(&d).1, "gen-a");
+    } else {
+        assert!(std::fs::read_to_string(&policy).unwrap().contains("gen-a"));
+        std::fs::write(&policy, GOOD.replace("gen-a", "gen-b")).unwrap();
+    }
+    // `guard policy apply` from an agent is refused and recorded; from untagged root it applies.
+    let mut apply = Command::new(&claude);
+    apply
+        .args([
+            "-c",
+            &format!("{} policy apply", guard_tests::guard_bin().display()),
+        ])
+        .envs(d.env());
+    let out = output(apply);
+    assert!(!out.status.success(), "a tagged apply: {}", text(&out));
+    let mut apply = d.guard();
+    apply.args(["policy", "apply", policy.to_str().unwrap()]);
+    let out = output(apply);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(generation(&d).1, "gen-b");
+    // Acknowledged: the next untagged edit applies on its own again.
+    std::fs::write(&policy, GOOD.replace("gen-a", "gen-c")).unwrap();
+    wait_for("an untagged edit to apply", Duration::from_secs(10), || {
+        (generation(&d).1 == "gen-c").then_some(())
+    });
+    if lsm {
+        return;
+    }
+
+    // A restart on a file a tagged process changed meanwhile is refused, naming why.
+    agent_shell(&claude, &tampers[0].replace("gen-a", "gen-c"));
+    d.keep_pins = true;
+    d.signal_and_reap(nix::sys::signal::Signal::SIGTERM);
+    let mut start = d.guard();
+    start.args(["daemon", "--policy", policy.to_str().unwrap()]);
+    let out = output(start);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("--policy-reviewed"),
+        "{err}"
+    );
+    d.args.push("--policy-reviewed".into());
+    d.spawn();
+    d.keep_pins = false;
+    assert_eq!(generation(&d).1, "gen-evil", "the reviewed file applies");
+}

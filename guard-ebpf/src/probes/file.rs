@@ -24,8 +24,8 @@ use guard_common::{
     decision::{action, outcome},
     event::EventKind,
     file::{
-        DevKey, FileEvent, FileKey, FileRule, NAME_LEN, TARGET_LEN, access, change_access, counter,
-        kernel_dev, lsm_hook, path_arg,
+        DevKey, FileEvent, FileKey, FileRule, NAME_LEN, POLICY_RULE_ID, TARGET_LEN, access,
+        change_access, counter, kernel_dev, lsm_hook, path_arg,
     },
     offsets::FileOffsets,
 };
@@ -116,6 +116,11 @@ fn try_changed(inode: *const u8) -> Result<(), i32> {
     let enforce = hit.rule.enforce & access;
     if enforce == 0 && hit.rule.audit & access == 0 {
         return Ok(());
+    }
+    if enforce != 0 && hit.rule.rule_id == POLICY_RULE_ID {
+        // Held in the kernel before the change is visible: the daemon's next look at the
+        // file finds it counted.
+        count_file(counter::POLICY_CHANGED);
     }
     let result = if enforce != 0 {
         // One kill, one event: the unlink that changed a directory also changes the file.

@@ -71,11 +71,56 @@ pub(super) fn reload_files(st: &mut super::State) {
     std::thread::spawn(move || files.reload(seq, &rules));
 }
 
+/// Where `guard policy apply` gets its answer: the new generation, or why not.
+pub type Applied = tokio::sync::oneshot::Sender<Result<u64, String>>;
+
+/// What asks for the policy file to be applied again.
+pub enum Trigger {
+    /// The file (or its directory) changed: applied only when no tagged process changed it
+    /// and no directory on its path was replaced ([`super::integrity`]).
+    FileChanged,
+    /// An administrator: SIGHUP or `guard policy apply` from an untagged process. What the
+    /// file says now is what they want.
+    Admin(Option<Applied>),
+}
+
 /// Read the policy file again and apply it; a policy that does not parse or install is
 /// rejected, and the previous one stays in force (`guard status` says why).
-pub fn reload(policy_path: Option<&std::path::Path>, state: &Shared, net: &net::NetHandle) {
+pub fn reload(
+    policy_path: Option<&std::path::Path>,
+    state: &Shared,
+    net: &net::NetHandle,
+    trigger: Trigger,
+) {
+    let reply = match trigger {
+        Trigger::FileChanged => {
+            if let Some(path) = policy_path
+                && refused(state, path)
+            {
+                return;
+            }
+            None
+        }
+        Trigger::Admin(reply) => {
+            let mut st = state.lock().expect("state lock");
+            let st = &mut *st;
+            if let Some(integrity) = st.integrity.as_mut() {
+                integrity.acknowledge(st.kernel.pin_dir(), st.guard_self.as_mut());
+            }
+            reply
+        }
+    };
+    let answer = |reply: Option<Applied>, result: Result<u64, String>| {
+        if let Some(r) = reply {
+            let _ = r.send(result);
+        }
+    };
     let Some(path) = policy_path else {
-        info!("SIGHUP: running on the embedded default policy; nothing to reload");
+        info!("running on the embedded default policy; nothing to reload");
+        answer(
+            reply,
+            Err("the daemon runs on its embedded default policy: there is no file to apply".into()),
+        );
         return;
     };
     let compiled = match Policy::load(path) {
@@ -87,6 +132,7 @@ pub fn reload(policy_path: Option<&std::path::Path>, state: &Shared, net: &net::
             // The file may be a new inode (an editor's rename, a ConfigMap swap): resolve the
             // rules in force again, so that the internal rule covers it.
             reload_files(&mut st);
+            answer(reply, Err(e.to_string()));
             return;
         }
     };
@@ -101,15 +147,51 @@ pub fn reload(policy_path: Option<&std::path::Path>, state: &Shared, net: &net::
         // One apply at a time; a reload that a newer one follows is skipped.
         let _turn = turn.lock().await;
         if state.lock().expect("state lock").apply_seq != seq {
-            return; // a newer reload follows
+            answer(reply, Err("a newer apply followed this one".into()));
+            return;
         }
         match apply(&state, compiled, &net).await {
-            Ok(generation) => info!(generation, "policy reloaded"),
+            Ok(generation) => {
+                info!(generation, "policy reloaded");
+                answer(reply, Ok(generation));
+            }
             Err(e) => {
                 error!(error = %e, "policy reload failed; the previous rules stay where it failed");
-                state.lock().expect("state lock").rejected =
-                    Some(format!("installing the policy failed: {e}"));
+                let why = format!("installing the policy failed: {e}");
+                state.lock().expect("state lock").rejected = Some(why.clone());
+                answer(reply, Err(why));
             }
         }
     });
+}
+
+/// Whether a change of the file at `path` must wait for an administrator; if so, say why
+/// (status, event, log) and keep the policy in force.
+fn refused(state: &Shared, path: &std::path::Path) -> bool {
+    let mut st = state.lock().expect("state lock");
+    let seen = st
+        .guard_self
+        .as_ref()
+        .map_or(0, |s| s.policy_changes_seen());
+    let Some(why) = st
+        .integrity
+        .as_ref()
+        .and_then(|i| i.check(st.kernel.pin_dir(), seen))
+    else {
+        return false;
+    };
+    let why = why.to_string();
+    warn!(path = %path.display(), %why, "a changed policy file is not applied");
+    st.rejected = Some(format!(
+        "a change of {} was not applied: {why}; the policy in force stays. Review the file, \
+         then `guard policy apply`",
+        path.display()
+    ));
+    if let Some(sink) = st.sink.clone() {
+        let event = crate::selfprot::policy_refused(path, &why);
+        tokio::spawn(async move { sink.submit(event).await });
+    }
+    // The file may be a new inode: the internal rule must cover what is there now.
+    reload_files(&mut st);
+    true
 }

@@ -15,6 +15,7 @@ use tracing::{info, warn};
 
 mod apply;
 mod caller;
+mod integrity;
 mod load;
 mod serve;
 mod start;
@@ -75,6 +76,8 @@ pub enum DaemonError {
     Signal(#[source] std::io::Error),
     #[error(transparent)]
     Metrics(#[from] metrics::MetricsError),
+    #[error("the policy file is not applied: {0}")]
+    PolicyUntrusted(String),
 }
 
 pub struct DaemonConfig {
@@ -91,8 +94,10 @@ pub struct DaemonConfig {
     pub lifecycle_events: bool,
     /// How the fallback tier carries out `kill` rules.
     pub kill_via: crate::killer::KillChoice,
-    /// Entries of the tag map (see [`crate::tags::default_map_size`]).
+    /// Entries of the tag map (see [`crate::tagmap::default_size`]).
     pub tag_map_size: u32,
+    /// Apply the policy file even though tagged processes changed it (it was reviewed).
+    pub policy_reviewed: bool,
 }
 
 /// Agents as the kernel maps them: ids start at 1 (0 is `guard run` without `--agent`).
@@ -142,6 +147,10 @@ struct State {
     apply_turn: Arc<tokio::sync::Mutex<()>>,
     /// Where decisions made here (API refusals, pins put back) are logged.
     sink: Option<EventSink>,
+    /// What the policy file's last apply saw (when the daemon runs on a file).
+    integrity: Option<integrity::Integrity>,
+    /// `guard policy apply` requests, answered by the serve loop.
+    admin_apply: Option<tokio::sync::mpsc::UnboundedSender<apply::Applied>>,
 }
 
 type Shared = Arc<Mutex<State>>;
@@ -176,6 +185,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
         .take_events()
         .expect("the event ring is taken once, here");
     let state = new_state(&cfg, probe, kernel, net_attached, guard_self, self_attached);
+    start::check_policy_file(&cfg, &state)?;
     let config = net::NetConfig::from_env().map_err(net::NetError::from)?;
     let net = net::NetHandle::new(net_maps, &config)?;
     apply::apply(&state, compiled, &net).await?;
@@ -201,6 +211,8 @@ async fn serve_until_stopped(
     let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
     let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;
     let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Signal)?;
+    let (apply_tx, mut apply_rx) = tokio::sync::mpsc::unbounded_channel();
+    state.lock().expect("state lock").admin_apply = Some(apply_tx);
     let (_watch, mut changed) = match &cfg.policy {
         Some(path) => {
             let (w, rx) = crate::watch::watch(path, std::time::Duration::from_millis(200))?;
@@ -231,9 +243,12 @@ async fn serve_until_stopped(
             _ = term.recv() => if !from_tagged(libc::SIGTERM) { break },
             _ = int.recv() => if !from_tagged(libc::SIGINT) { break },
             _ = hup.recv() => if !from_tagged(libc::SIGHUP) {
-                apply::reload(policy, &state, &net);
+                apply::reload(policy, &state, &net, apply::Trigger::Admin(None));
             },
-            Some(()) = changed.recv() => apply::reload(policy, &state, &net),
+            Some(reply) = apply_rx.recv() => {
+                apply::reload(policy, &state, &net, apply::Trigger::Admin(Some(reply)));
+            },
+            Some(()) = changed.recv() => apply::reload(policy, &state, &net, apply::Trigger::FileChanged),
         }
     }
     let _ = std::fs::remove_file(&cfg.paths.socket);

@@ -114,6 +114,16 @@ async fn handle(stream: UnixStream, state: Shared) {
             Ok(Request::Tag { agent }) => {
                 serde_json::to_string(&tag(&state, &caller, agent.as_deref()))
             }
+            Ok(Request::Apply { policy }) => {
+                if let Some(pid) = caller.pid().filter(|p| is_tagged(&state, *p)) {
+                    refused_tagged(&state, pid, uid, text).await;
+                    serde_json::to_string(&Reply::<u64>::err(
+                        "a tagged process may not apply a policy",
+                    ))
+                } else {
+                    serde_json::to_string(&admin_apply(&state, uid, policy.as_deref()).await)
+                }
+            }
         };
         let mut reply = reply.unwrap_or_else(|e| format!(r#"{{"ok":false,"error":"{e}"}}"#));
         reply.push('\n');
@@ -122,6 +132,55 @@ async fn handle(stream: UnixStream, state: Shared) {
         if !matches!(sent, Ok(Ok(()))) {
             break;
         }
+    }
+}
+
+fn is_tagged(state: &Shared, pid: i32) -> bool {
+    let st = state.lock().expect("state lock");
+    u32::try_from(pid).is_ok_and(|p| st.kernel.tags.get(&p, 0).is_ok())
+}
+
+/// `guard policy apply` from an untagged caller: root only; answered once the apply is done.
+async fn admin_apply(state: &Shared, uid: u32, file: Option<&std::path::Path>) -> Reply<u64> {
+    if uid != 0 {
+        return Reply::err("only root may apply the policy (guard policy apply)");
+    }
+    let (tx, own) = {
+        let st = state.lock().expect("state lock");
+        (
+            st.admin_apply.clone(),
+            st.integrity.as_ref().map(|i| i.path().to_path_buf()),
+        )
+    };
+    let Some(tx) = tx else {
+        return Reply::err("the daemon is not serving applies yet");
+    };
+    if let Some(file) = file {
+        let same = |p: &std::path::Path| std::fs::canonicalize(p).ok();
+        match &own {
+            Some(own) if same(own).is_some() && same(own) == same(file) => {}
+            Some(own) => {
+                return Reply::err(format!(
+                    "the daemon runs on {}, not {}: edit that file and apply it",
+                    own.display(),
+                    file.display()
+                ));
+            }
+            None => {
+                return Reply::err(
+                    "the daemon runs on its embedded default policy: there is no file to apply",
+                );
+            }
+        }
+    }
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    if tx.send(reply).is_err() {
+        return Reply::err("the daemon is stopping");
+    }
+    match answer.await {
+        Ok(Ok(generation)) => Reply::ok(generation),
+        Ok(Err(why)) => Reply::err(why),
+        Err(_) => Reply::err("the apply was dropped"),
     }
 }
 

@@ -117,7 +117,43 @@ pub(super) fn new_state(
         apply_seq: 0,
         apply_turn: Arc::new(tokio::sync::Mutex::new(())),
         sink: None,
+        integrity: cfg
+            .policy
+            .as_ref()
+            .map(|p| super::integrity::Integrity::new(&absolute(p))),
+        admin_apply: None,
     }))
+}
+
+/// Before the first apply: refuse a policy file that tagged processes changed while an
+/// earlier daemon ran (the kernel's pinned count is ahead of what an administrator answered),
+/// unless the start says it was reviewed.
+pub(super) fn check_policy_file(cfg: &DaemonConfig, state: &Shared) -> Result<(), DaemonError> {
+    let mut guard = state.lock().expect("state lock");
+    let st = &mut *guard;
+    let Some(integrity) = st.integrity.as_mut() else {
+        return Ok(());
+    };
+    let seen = st
+        .guard_self
+        .as_ref()
+        .map_or(0, |s| s.policy_changes_seen());
+    let Some(why) = integrity.check(&cfg.paths.pin_dir, seen) else {
+        return Ok(());
+    };
+    if !cfg.policy_reviewed {
+        return Err(DaemonError::PolicyUntrusted(format!(
+            "{}: {why}. The pinned programs keep enforcing the policy in force before. Review \
+             the file, then start with --policy-reviewed",
+            cfg.policy
+                .as_deref()
+                .unwrap_or(std::path::Path::new("-"))
+                .display()
+        )));
+    }
+    warn!(%why, "starting on a policy file changed by tagged processes: --policy-reviewed");
+    integrity.acknowledge(&cfg.paths.pin_dir, st.guard_self.as_mut());
+    Ok(())
 }
 
 /// Tag the agents already running (from `/proc`, to a fixpoint). After the apply step, so
