@@ -99,6 +99,8 @@ pub mod lsm_programs {
     pub const SOCKET_CONNECT: &str = "guard_lsm_socket_connect";
     pub const SOCKET_SENDMSG: &str = "guard_lsm_socket_sendmsg";
     pub const SOCKET_CREATE: &str = "guard_lsm_socket_create";
+    pub const UNIX_STREAM_CONNECT: &str = "guard_lsm_unix_stream_connect";
+    pub const UNIX_MAY_SEND: &str = "guard_lsm_unix_may_send";
     pub const FILE_OPEN: &str = "guard_lsm_file_open";
     pub const FILE_TRUNCATE: &str = "guard_lsm_file_truncate";
     pub const PATH_UNLINK: &str = "guard_lsm_path_unlink";
@@ -125,10 +127,12 @@ pub mod lsm_programs {
     ];
 
     /// The network hooks.
-    pub const NET: [(&str, &str); 3] = [
+    pub const NET: [(&str, &str); 5] = [
         (SOCKET_CONNECT, "socket_connect"),
         (SOCKET_SENDMSG, "socket_sendmsg"),
         (SOCKET_CREATE, "socket_create"),
+        (UNIX_STREAM_CONNECT, "unix_stream_connect"),
+        (UNIX_MAY_SEND, "unix_may_send"),
     ];
     /// The file hooks. `file_truncate` exists from Linux 6.2 (before, `ftruncate` and
     /// `O_TRUNC` go through `path_truncate`); it is attached where the kernel has it.
@@ -280,7 +284,7 @@ pub const GLOBALS: [&str; 7] = [
 ];
 
 /// Every program of the kernel object, by function name.
-pub const ALL_PROGRAMS: [&str; 42] = [
+pub const ALL_PROGRAMS: [&str; 44] = [
     programs::FORK,
     programs::EXEC,
     programs::EXIT,
@@ -298,6 +302,8 @@ pub const ALL_PROGRAMS: [&str; 42] = [
     lsm_programs::SOCKET_CONNECT,
     lsm_programs::SOCKET_SENDMSG,
     lsm_programs::SOCKET_CREATE,
+    lsm_programs::UNIX_STREAM_CONNECT,
+    lsm_programs::UNIX_MAY_SEND,
     lsm_programs::FILE_OPEN,
     lsm_programs::FILE_TRUNCATE,
     lsm_programs::PATH_UNLINK,

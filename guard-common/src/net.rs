@@ -58,6 +58,10 @@ pub mod hook {
     pub const SOCK_CREATE: u32 = 9;
     /// BPF LSM `socket_create` (raw IPv4/IPv6 and packet sockets).
     pub const LSM_SOCKET_CREATE: u32 = 10;
+    /// BPF LSM `unix_stream_connect` / `unix_may_send`: the peer the kernel resolved, matched
+    /// by the identity of its socket file.
+    pub const LSM_UNIX_STREAM_CONNECT: u32 = 11;
+    pub const LSM_UNIX_MAY_SEND: u32 = 12;
 }
 
 /// Rule id of the internal raw-socket rule (`spec.rawSockets`), kept in
@@ -157,7 +161,34 @@ impl Default for UnixKey {
     }
 }
 
+/// [`UnixKey::len`] of a key that names a socket file by identity ([`UnixKey::inode`]):
+/// above any name's length, so never equal to a name's key.
+pub const UNIX_INODE_KEY: u32 = u32::MAX;
+
 impl UnixKey {
+    /// The key of the socket file with device `dev` (kernel encoding) and inode `ino`, as
+    /// the bpf-lsm tier's unix hooks look it up: every spelling, symlink and hard link of a
+    /// path reaches the same file.
+    #[inline(always)]
+    pub fn inode(dev: u32, ino: u64) -> Self {
+        let mut key = Self {
+            len: UNIX_INODE_KEY,
+            path: [0; UNIX_PATH_LEN],
+        };
+        let d = dev.to_le_bytes();
+        let i = ino.to_le_bytes();
+        key.path[0] = d[0];
+        key.path[1] = d[1];
+        key.path[2] = d[2];
+        key.path[3] = d[3];
+        let mut n = 0;
+        while n < 8 {
+            key.path[4 + n] = i[n];
+            n += 1;
+        }
+        key
+    }
+
     /// Turn the raw `sun_path` bytes in `self.path` (of which the caller supplied
     /// `name_len = addrlen - offsetof(sun_path)`) into the canonical key, in place.
     ///

@@ -112,6 +112,13 @@ pub struct LsmOffsets {
     /// Non-zero once filled in by the loader; the programs allow everything with unset
     /// offsets (and count it).
     pub valid: u32,
+    /// `unix_sock.path.dentry`: the socket file a bound unix socket was bound to.
+    pub unix_sock_dentry: u32,
+    /// `unix_sock.addr`, the bound address (`struct unix_address *`).
+    pub unix_sock_addr: u32,
+    /// `unix_address.len` and `unix_address.name` (a `sockaddr_un`).
+    pub unix_address_len: u32,
+    pub unix_address_name: u32,
     pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<LsmOffsets>() == 48);
+const _: () = assert!(core::mem::size_of::<LsmOffsets>() == 64);

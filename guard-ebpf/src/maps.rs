@@ -245,6 +245,10 @@ static GUARD_LSM_OFFSETS: guard_common::offsets::LsmOffsets = guard_common::offs
     file_dentry: 0,
     path_dentry: 0,
     valid: 0,
+    unix_sock_dentry: 0,
+    unix_sock_addr: 0,
+    unix_address_len: 0,
+    unix_address_name: 0,
     _pad: 0,
 };
 

@@ -157,6 +157,9 @@ pub struct SelfProtectionStatus {
     /// What stops a tagged process from reaching guard's maps and links with `bpf()`.
     #[serde(default)]
     pub bpf: String,
+    /// When a change of the policy file is applied.
+    #[serde(default)]
+    pub policy_changes: String,
     /// Pinned maps and links the daemon holds (and pins again if removed).
     pub pins_held: usize,
     /// Path rules guard adds for its own files (shown among the path rules).

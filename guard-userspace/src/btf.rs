@@ -216,6 +216,10 @@ pub fn lsm_offsets(btf: &Btf) -> Result<LsmOffsets, BtfError> {
         file_dentry: off("file", "f_path")? + off("path", "dentry")?,
         path_dentry: off("path", "dentry")?,
         valid: 1,
+        unix_sock_dentry: off("unix_sock", "path")? + off("path", "dentry")?,
+        unix_sock_addr: off("unix_sock", "addr")?,
+        unix_address_len: off("unix_address", "len")?,
+        unix_address_name: off("unix_address", "name")?,
         _pad: 0,
     })
 }

@@ -143,6 +143,9 @@ pub fn status(st: &DaemonStatus, color: bool) -> String {
         if !sp.bpf.is_empty() {
             let _ = writeln!(out, "  bpf()       {}", sp.bpf);
         }
+        if !sp.policy_changes.is_empty() {
+            let _ = writeln!(out, "  policy file changes {}", sp.policy_changes);
+        }
         if let Some(e) = &sp.error {
             let _ = writeln!(out, "  NOT ATTACHED: {e}");
         }

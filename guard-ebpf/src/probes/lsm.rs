@@ -109,6 +109,98 @@ pub fn guard_lsm_socket_create(ctx: LsmContext) -> i32 {
     )))
 }
 
+/// `unix_stream_connect(struct sock *sock, struct sock *other, struct sock *newsk)`: the
+/// listening socket the kernel found, whatever spelling, symlink or hard link led to it.
+#[lsm(hook = "unix_stream_connect")]
+pub fn guard_lsm_unix_stream_connect(ctx: LsmContext) -> i32 {
+    let other: *const u8 = ctx.arg(1);
+    net_verdict(try_unix_peer(
+        other,
+        SOCK_STREAM,
+        hook::LSM_UNIX_STREAM_CONNECT,
+    ))
+}
+
+/// `unix_may_send(struct socket *sock, struct socket *other)`: the peer of a datagram.
+#[lsm(hook = "unix_may_send")]
+pub fn guard_lsm_unix_may_send(ctx: LsmContext) -> i32 {
+    if !is_tagged() {
+        return 0;
+    }
+    let other: *const u8 = ctx.arg(1);
+    let lo = lsm_offsets();
+    if lo.valid == 0 || other.is_null() {
+        return net_verdict(Err(-1));
+    }
+    match read::<*const u8>(other, lo.socket_sk) {
+        Ok(sk) => net_verdict(try_unix_peer(sk, SOCK_DGRAM, hook::LSM_UNIX_MAY_SEND)),
+        Err(e) => net_verdict(Err(e)),
+    }
+}
+
+const SOCK_STREAM: u32 = 1;
+const SOCK_DGRAM: u32 = 2;
+
+/// Decide on a unix peer `peer` (a `struct sock` that is a `unix_sock`) by the identity of
+/// the socket file it is bound to; an abstract or unbound peer is left to the name rules.
+#[inline(always)]
+fn try_unix_peer(peer: *const u8, sock_type: u32, hook: u32) -> Result<i32, i32> {
+    let Some(caller) = tagged() else {
+        return Ok(ALLOW);
+    };
+    let (lo, fo) = (lsm_offsets(), file_offsets());
+    if lo.valid == 0 || fo.valid == 0 {
+        return Err(-1);
+    }
+    if peer.is_null() {
+        return Ok(ALLOW);
+    }
+    let dentry: *const u8 = read(peer, lo.unix_sock_dentry)?;
+    if dentry.is_null() {
+        return Ok(ALLOW);
+    }
+    let inode: *const u8 = read(dentry, fo.dentry_inode)?;
+    if inode.is_null() {
+        return Ok(ALLOW);
+    }
+    let sb: *const u8 = read(inode, fo.inode_sb)?;
+    let key = UnixKey::inode(read(sb, fo.sb_dev)?, read(inode, fo.inode_ino)?);
+    #[expect(
+        clippy::needless_borrows_for_generic_args,
+        reason = "a by-value key would be one more 112-byte copy on the 512-byte stack"
+    )]
+    let Some(set) = NET_UNIX.get_ptr(&key) else {
+        return Ok(ALLOW);
+    };
+    // The event names the path the peer was bound to.
+    let mut name = UnixKey::default();
+    let addr: *const u8 = read(peer, lo.unix_sock_addr)?;
+    if !addr.is_null() {
+        let len: i32 = read(addr, lo.unix_address_len)?;
+        // SAFETY: the helper checks the source address and writes exactly UNIX_PATH_LEN
+        // bytes into the key.
+        let ret = unsafe {
+            aya_ebpf::helpers::generated::bpf_probe_read_kernel(
+                name.path.as_mut_ptr().cast(),
+                UNIX_PATH_LEN as u32,
+                addr.wrapping_add(lo.unix_address_name as usize + 2).cast(),
+            )
+        };
+        if ret == 0 {
+            name.normalise((len - 2).max(0) as u32);
+        }
+    }
+    let dest = Dest {
+        family: AF_UNIX,
+        addr: [0; 16],
+        port: 0,
+        class: proto_class(sock_type, 0),
+    };
+    // SAFETY: map value pointer from a successful lookup.
+    let set = unsafe { &*set };
+    Ok(decide(&caller, set, &dest, hook, Some(&name), Kill::Now))
+}
+
 #[inline(always)]
 fn net_verdict(r: Result<i32, i32>) -> i32 {
     match r {

@@ -36,6 +36,7 @@ pub async fn apply(
             .iter()
             .map(|c| c.number())
             .collect();
+        st.unix_masks = unix_masks(&compiled);
         if kills {
             st.kernel.set_killer(true)?;
         }
@@ -48,6 +49,24 @@ pub async fn apply(
     }
     reload_files(&mut st);
     Ok(generation)
+}
+
+/// The socket files of `policy`'s enforced unix rules that block: configured paths and the
+/// paths they resolve to.
+fn unix_masks(policy: &CompiledPolicy) -> Vec<std::path::PathBuf> {
+    use crate::policy::Mode;
+    let mut out: Vec<std::path::PathBuf> = policy
+        .endpoints
+        .iter()
+        .filter(|r| r.mode == Mode::Enforce && r.action != crate::policy::Action::Audit)
+        .flat_map(|r| r.unix.iter())
+        .filter(|n| !n.starts_with('@'))
+        .flat_map(|n| std::iter::once(n.clone()).chain(net::unix_files::aliases(n)))
+        .map(std::path::PathBuf::from)
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// Whether `policy` has an enforced endpoint rule that kills.
@@ -165,6 +184,15 @@ pub fn reload(
     });
 }
 
+/// Whether the kernel refuses (bpf-lsm file hooks) or detects (change detectors) a tagged
+/// process's change of the policy file.
+pub(super) fn policy_watched(st: &super::State) -> bool {
+    st.files.as_ref().is_some_and(|f| {
+        let a = f.attached();
+        !a.lsm.is_empty() || a.detects()
+    })
+}
+
 /// Whether a change of the file at `path` must wait for an administrator; if so, say why
 /// (status, event, log) and keep the policy in force.
 fn refused(state: &Shared, path: &std::path::Path) -> bool {
@@ -173,10 +201,11 @@ fn refused(state: &Shared, path: &std::path::Path) -> bool {
         .guard_self
         .as_ref()
         .map_or(0, |s| s.policy_changes_seen());
+    let watched = policy_watched(&st);
     let Some(why) = st
         .integrity
         .as_ref()
-        .and_then(|i| i.check(st.kernel.pin_dir(), seen))
+        .and_then(|i| i.check(st.kernel.pin_dir(), seen, watched))
     else {
         return false;
     };

@@ -8,7 +8,9 @@
 //! - the directories of the configured path, by device and inode, as they were when the
 //!   policy in force was applied: a directory swapped in under the file changes them.
 //!
-//! A change of the file is applied on its own only when neither moved. An explicit apply (a
+//! A change of the file is applied on its own only when neither moved, and only where the
+//! kernel refuses (bpf-lsm) or detects (the change detectors, Linux ≥ 6.13) a tagged
+//! process's change of it. An explicit apply (a
 //! SIGHUP or `guard policy apply` from an untagged root process, or a start with
 //! `--policy-reviewed`) answers both: what the file says now is what the administrator wants.
 
@@ -35,6 +37,8 @@ pub enum Untrusted {
     ChangedByTagged(u32),
     /// A directory on its path is another one than at the last apply.
     DirectoryReplaced(PathBuf),
+    /// Nothing on this kernel refuses or detects a tagged process's change of the file.
+    Unwatched,
 }
 
 impl std::fmt::Display for Untrusted {
@@ -50,6 +54,7 @@ impl std::fmt::Display for Untrusted {
                 "the directory {} was replaced since the policy in force was applied",
                 d.display()
             ),
+            Self::Unwatched => f.write_str(UNWATCHED),
         }
     }
 }
@@ -66,8 +71,12 @@ impl Integrity {
         &self.path
     }
 
-    /// Why the file may not be applied on its own, when it may not.
-    pub fn check(&self, pin_dir: &Path, seen: u32) -> Option<Untrusted> {
+    /// Why the file may not be applied on its own, when it may not. `watched`: the kernel
+    /// refuses (bpf-lsm) or detects (the change detectors) a tagged process's change of it.
+    pub fn check(&self, pin_dir: &Path, seen: u32, watched: bool) -> Option<Untrusted> {
+        if !watched {
+            return Some(Untrusted::Unwatched);
+        }
         let changes = tagged_changes(pin_dir).wrapping_sub(seen);
         if changes != 0 {
             return Some(Untrusted::ChangedByTagged(changes));
@@ -91,6 +100,11 @@ impl Integrity {
         }
     }
 }
+
+/// Why changes apply only when an administrator says so, where nothing watches the file.
+pub const UNWATCHED: &str = "this kernel cannot tell whether a tagged process changed the \
+    policy file (no BPF LSM, and no ctime tracepoints before Linux 6.13), so a change of it \
+    is applied only by `guard policy apply` or SIGHUP from an untagged process";
 
 /// The kernel's count of policy file changes by tagged processes (0 where file protection
 /// is not loaded: there is then no detector, and status says so).
@@ -136,16 +150,17 @@ mod tests {
         std::fs::write(&file, "x").unwrap();
         let pins = root.path().join("no-pins");
         let integrity = Integrity::new(&file);
-        assert_eq!(integrity.check(&pins, 0), None);
+        assert_eq!(integrity.check(&pins, 0, true), None);
+        assert_eq!(integrity.check(&pins, 0, false), Some(Untrusted::Unwatched));
         // The file replaced in place of its directory entry: not a directory change.
         std::fs::write(dir.join("new"), "y").unwrap();
         std::fs::rename(dir.join("new"), &file).unwrap();
-        assert_eq!(integrity.check(&pins, 0), None);
+        assert_eq!(integrity.check(&pins, 0, true), None);
         std::fs::rename(&dir, root.path().join("etc.old")).unwrap();
         std::fs::create_dir(&dir).unwrap();
         std::fs::write(&file, "evil").unwrap();
         assert_eq!(
-            integrity.check(&pins, 0),
+            integrity.check(&pins, 0, true),
             Some(Untrusted::DirectoryReplaced(dir.clone()))
         );
     }

@@ -134,6 +134,8 @@ struct State {
     rejected: Option<String>,
     /// Capabilities `guard run` drops from its tree's bounding set.
     drop_caps: Vec<u8>,
+    /// Socket files of the unix rules that deny, masked in `guard run` trees.
+    unix_masks: Vec<PathBuf>,
     /// File protection (path rules), once started.
     files: Option<Arc<crate::files::FileGuard>>,
     /// Path rules guard adds for its own files (policy, event log, binary, pins).

@@ -239,6 +239,13 @@ fn status(state: &Shared) -> Reply<DaemonStatus> {
         hooks: st.self_attached.attached.clone(),
         error: st.self_attached.error.clone(),
         bpf: st.self_attached.bpf_coverage(st.kernel.tier),
+        policy_changes: if super::apply::policy_watched(&st) {
+            "applied on their own, unless a tagged process made them (counted in the kernel) or \
+             a directory on the file's path was replaced: those wait for `guard policy apply`"
+                .into()
+        } else {
+            super::integrity::UNWATCHED.into()
+        },
         pins_held: st.kernel.keeper.as_ref().map_or(0, |k| k.held()),
         internal_rules: st.internal.iter().map(|r| r.name.clone()).collect(),
     };
@@ -301,14 +308,32 @@ fn internal_errors(kernel: &Kernel, counters: &[(String, u64)]) -> Vec<crate::ap
         .collect()
 }
 
+/// What unix socket rules stop on this tier, and by name what they do not.
+fn unix_coverage(a: &net::Attached) -> String {
+    use crate::files::status::{ENFORCED, NOT_LOADED};
+    match &a.unix_missing {
+        _ if a.lsm => format!(
+            "{ENFORCED}: by the socket file the kernel resolves (unix_stream_connect, \
+             unix_may_send), whatever spelling, symlink or hard link leads to it; abstract names \
+             by name"
+        ),
+        None => format!(
+            "{ENFORCED} for the configured path and the path it resolves to (cgroup \
+             connect_unix/sendmsg_unix see only the name). Not covered for agents recognised \
+             at exec without BPF LSM: other spellings of the path (relative to the cwd, \
+             repeated slashes, `.` and `..` components, /proc/*/root, /proc/*/cwd), and \
+             symlinks and hard links made to the socket. guard run trees: the socket files are \
+             masked in their mount namespace, so no spelling reaches them"
+        ),
+        Some(why) => format!("{NOT_LOADED}: {why}"),
+    }
+}
+
 fn network_status(kernel: &Kernel, a: &net::Attached) -> crate::api::NetworkStatus {
     crate::api::NetworkStatus {
         tier: if a.lsm { "bpf-lsm" } else { "fallback" }.into(),
         programs: a.programs.iter().map(|p| (*p).to_owned()).collect(),
-        unix: match &a.unix_missing {
-            None => crate::files::status::ENFORCED.into(),
-            Some(why) => format!("{}: {why}", crate::files::status::NOT_LOADED),
-        },
+        unix: unix_coverage(a),
         raw_sockets: a.raw.describe(),
         kill: if a.lsm {
             "SIGKILL from the LSM program, before the system call returns".into()
@@ -408,12 +433,29 @@ fn tag(state: &Shared, caller: &Caller, agent: Option<&str>) -> Reply<TagReply> 
                 root_start_ns: tag.root.start_ns,
                 already_tagged: before.is_some(),
                 drop_capabilities: st.drop_caps.clone(),
-                protections: st.files.as_ref().map(|f| f.protections()),
+                protections: Some(protections(&st)),
                 daemon_pid: std::process::id(),
             })
         }
         Err(e) => Reply::err(format!("tagging failed: {e}")),
     }
+}
+
+/// What `guard run` takes out of its tree's mount namespace: the path rules' objects, and the
+/// socket files of unix rules that deny (masked, so that no spelling in the tree reaches
+/// them).
+fn protections(st: &super::State) -> crate::files::Protections {
+    let mut p = st
+        .files
+        .as_ref()
+        .map(|f| f.protections())
+        .unwrap_or_default();
+    for sock in &st.unix_masks {
+        if !p.masked.iter().any(|(m, _)| m == sock) {
+            p.masked.push((sock.clone(), false));
+        }
+    }
+    p
 }
 
 /// The daemon's state as the event pipeline and the metrics see it.

@@ -110,6 +110,7 @@ pub(super) fn new_state(
         enforcing: true,
         rejected: None,
         drop_caps: Vec::new(),
+        unix_masks: Vec::new(),
         files: None,
         internal,
         path_rules: Vec::new(),
@@ -138,7 +139,8 @@ pub(super) fn check_policy_file(cfg: &DaemonConfig, state: &Shared) -> Result<()
         .guard_self
         .as_ref()
         .map_or(0, |s| s.policy_changes_seen());
-    let Some(why) = integrity.check(&cfg.paths.pin_dir, seen) else {
+    // Only the pinned count speaks for changes made before this start.
+    let Some(why) = integrity.check(&cfg.paths.pin_dir, seen, true) else {
         return Ok(());
     };
     if !cfg.policy_reviewed {

@@ -142,6 +142,8 @@ pub fn details(ev: &NetEvent, labels: &dyn NetLabels) -> NetDetails {
             hook::LSM_SENDMSG => "lsm_socket_sendmsg",
             hook::SOCK_CREATE => "sock_create",
             hook::LSM_SOCKET_CREATE => "lsm_socket_create",
+            hook::LSM_UNIX_STREAM_CONNECT => "lsm_unix_stream_connect",
+            hook::LSM_UNIX_MAY_SEND => "lsm_unix_may_send",
             _ => "sendmsg_unix",
         },
     }

@@ -14,7 +14,6 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::{IpAddr, SocketAddr},
-    path::Path,
     sync::{Arc, Mutex},
 };
 
@@ -32,6 +31,7 @@ use tracing::{info, warn};
 use super::{
     NetError, NetMaps, dns,
     plan::{self, Plan, UnixKeyBytes},
+    unix_files,
 };
 use crate::policy::{CompiledEndpointRule, CompiledPolicy, CompiledRawRule, RAW_RULE_NAME};
 
@@ -70,6 +70,8 @@ struct State {
     /// Rule names by generation (the last [`NAMES_KEPT`]), for events decoded after a reload.
     /// Generations with the same names share one map, so a reload storm costs nothing.
     names: BTreeMap<u32, Arc<BTreeMap<u32, String>>>,
+    /// The socket file of each unix name, as installed.
+    unix_files: BTreeMap<String, Option<(u32, u64)>>,
 }
 
 /// The maps the controller writes (the tag map is kept apart, for kill-tree).
@@ -131,12 +133,14 @@ impl NetHandle {
                 hosts: BTreeMap::new(),
                 generation: generation - 1,
                 names: BTreeMap::new(),
+                unix_files: BTreeMap::new(),
             })),
             resolver: Arc::new(resolver),
             wake: Arc::new(Notify::new()),
             reasons: Arc::default(),
         };
         tokio::spawn(handle.clone().refresh_forever());
+        tokio::spawn(handle.clone().recheck_unix_files());
         Ok(handle)
     }
 
@@ -261,6 +265,24 @@ impl NetHandle {
         }
     }
 
+    /// Look at the unix socket files again and again; reinstall when one was replaced (a
+    /// new socket file is a new identity) or appeared.
+    async fn recheck_unix_files(self) {
+        let mut tick = tokio::time::interval(unix_files::RECHECK);
+        loop {
+            tick.tick().await;
+            let mut st = self.state.lock().expect("net state");
+            if st.generation == 0 || unix_files::files_of(&st.rules) == st.unix_files {
+                continue;
+            }
+            info!("a unix socket file of an endpoint rule changed; reinstalling");
+            let generation = st.generation + 1;
+            if let Err(e) = install(&mut st, generation) {
+                warn!(error = %e, "reinstalling endpoint rules for a new socket file failed");
+            }
+        }
+    }
+
     /// Name of rule `id` of `generation`.
     pub fn rule_name(&self, generation: u32, id: u32) -> Option<String> {
         let st = self.state.lock().expect("net state");
@@ -336,7 +358,10 @@ pub fn reason_line(d: &crate::events::net::NetDetails) -> String {
             format!("raw {} socket", dest.family)
         };
         ("create a", kind)
-    } else if d.hook.starts_with("sendmsg") || d.hook == "lsm_socket_sendmsg" {
+    } else if d.hook.starts_with("sendmsg")
+        || d.hook == "lsm_socket_sendmsg"
+        || d.hook == "lsm_unix_may_send"
+    {
         ("send to", destination(dest))
     } else {
         ("connect to", destination(dest))
@@ -392,7 +417,8 @@ fn install(st: &mut State, generation: u32) -> Result<(), NetError> {
                     .extend(&h.addrs);
                 acc
             });
-    let plan = plan::plan(&st.rules, &resolved, unix_aliases, generation)?;
+    let plan = plan::plan(&st.rules, &resolved, unix_files::targets, generation)?;
+    st.unix_files = unix_files::files_of(&st.rules);
     write_plan(&mut st.maps, &plan)?;
     let raw = plan::raw_rule(st.raw.as_ref(), generation);
     st.maps
@@ -479,23 +505,6 @@ fn write_plan(maps: &mut RuleMaps, plan: &Plan) -> Result<(), NetError> {
     Ok(())
 }
 
-/// Other spellings of a configured socket path: its resolved path (symlinks, `..`) when
-/// that differs. A socket that does not exist yet is resolved through its directory.
-pub fn unix_aliases(name: &str) -> Vec<String> {
-    if name.starts_with('@') {
-        return Vec::new();
-    }
-    let path = Path::new(name);
-    let resolved = std::fs::canonicalize(path).ok().or_else(|| {
-        let dir = std::fs::canonicalize(path.parent()?).ok()?;
-        Some(dir.join(path.file_name()?))
-    });
-    match resolved {
-        Some(r) if r != path => r.to_str().map(|s| vec![s.to_owned()]).unwrap_or_default(),
-        _ => Vec::new(),
-    }
-}
-
 impl crate::events::net::NetLabels for NetHandle {
     fn rule_name(&self, generation: u32, id: u32) -> Option<String> {
         NetHandle::rule_name(self, generation, id)
@@ -566,22 +575,5 @@ mod tests {
         assert!(reason_line(&d).starts_with("guard: create a packet socket denied"));
         d.hook = "lsm_socket_sendmsg";
         assert!(reason_line(&d).starts_with("guard: send to "));
-    }
-
-    #[test]
-    fn aliases_resolve_symlinked_directories() {
-        let dir = tempfile::tempdir().unwrap();
-        let real = dir.path().join("real");
-        std::fs::create_dir(&real).unwrap();
-        let link = dir.path().join("link");
-        std::os::unix::fs::symlink(&real, &link).unwrap();
-        let real = std::fs::canonicalize(&real).unwrap();
-        let name = link.join("x.sock");
-        assert_eq!(
-            unix_aliases(name.to_str().unwrap()),
-            [real.join("x.sock").to_str().unwrap().to_owned()]
-        );
-        assert!(unix_aliases("@abstract").is_empty());
-        assert!(unix_aliases(real.join("x.sock").to_str().unwrap()).is_empty());
     }
 }

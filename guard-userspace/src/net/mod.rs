@@ -11,6 +11,7 @@
 pub mod controller;
 pub mod dns;
 pub mod plan;
+pub mod unix_files;
 
 use std::path::Path;
 

@@ -16,6 +16,8 @@ use guard_common::net::{
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
+pub use super::unix_files::UnixTargets;
+
 use crate::policy::{
     Action, CompiledEndpointRule, CompiledRawRule, Mode, Protocol, canonical_addr, normalise,
 };
@@ -135,13 +137,13 @@ pub fn raw_rule(raw: Option<&CompiledRawRule>, generation: u32) -> NetRule {
 
 /// Compute the map contents of `generation`.
 ///
-/// `resolved` holds the current addresses of each rule's hosts (by rule id); `unix_aliases`
-/// returns the other spellings under which a configured socket path is reached (its resolved
-/// path when it goes through symlinks).
+/// `resolved` holds the current addresses of each rule's hosts (by rule id); `unix_targets`
+/// returns what else a configured socket path stands for: the other spellings under which it
+/// is reached (its resolved path when it goes through symlinks) and its socket file.
 pub fn plan(
     rules: &[CompiledEndpointRule],
     resolved: &BTreeMap<u32, BTreeSet<IpAddr>>,
-    unix_aliases: impl Fn(&str) -> Vec<String>,
+    unix_targets: impl Fn(&str) -> UnixTargets,
     generation: u32,
 ) -> Result<Plan, PlanError> {
     if rules.len() > RULES_PER_GENERATION as usize {
@@ -183,8 +185,14 @@ pub fn plan(
             nets.entry(net).or_default().insert(slot);
         }
         for name in &rule.unix {
+            let targets = unix_targets(name);
+            if let Some((dev, ino)) = targets.file {
+                unix.entry(UnixKey::inode(dev, ino).into())
+                    .or_default()
+                    .insert(slot);
+            }
             let mut names = vec![name.clone()];
-            names.extend(unix_aliases(name));
+            names.extend(targets.aliases);
             for n in names {
                 let key = UnixKey::from_name(n.as_bytes()).ok_or_else(|| PlanError::UnixName {
                     rule: rule.name.clone(),
@@ -243,7 +251,10 @@ pub fn plan(
         };
     }
     for (key, slots) in unix {
-        let name = String::from_utf8_lossy(&key.1[..key.0 as usize]).into_owned();
+        let name = match key.1.get(..key.0 as usize) {
+            Some(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+            None => "socket file".to_owned(),
+        };
         out.unix
             .insert(key, rule_set(format!("unix:{name}"), &slots)?);
     }
@@ -297,7 +308,7 @@ mod tests {
              \x20   - { name: mid, cidrs: [10.20.0.0/16], action: deny, mode: audit }\n\
              \x20   - { name: v6, cidrs: [\"fd00::/8\"], ips: [\"::ffff:10.30.0.1\"] }\n",
         );
-        let p = plan(&r, &BTreeMap::new(), |_| Vec::new(), 1).unwrap();
+        let p = plan(&r, &BTreeMap::new(), |_| UnixTargets::default(), 1).unwrap();
         let base = RULES_PER_GENERATION;
         assert_eq!(p.rules.len(), RULES_PER_GENERATION as usize);
         assert_eq!(p.rules[1].0, base + 1);
@@ -334,17 +345,22 @@ mod tests {
                 .map(|a| a.parse().unwrap())
                 .collect(),
         );
-        let aliases = |p: &str| match p {
-            "/var/run/docker.sock" => vec!["/run/docker.sock".to_owned()],
-            _ => Vec::new(),
+        let targets = |p: &str| match p {
+            "/var/run/docker.sock" => UnixTargets {
+                aliases: vec!["/run/docker.sock".to_owned()],
+                file: Some((0x0080_0001, 42)),
+            },
+            _ => UnixTargets::default(),
         };
-        let p = plan(&r, &resolved, aliases, 2).unwrap();
+        let p = plan(&r, &resolved, targets, 2).unwrap();
         assert_eq!(p.v4.len(), 2);
         assert!(p.v4.contains_key(&"10.20.0.8/32".parse().unwrap()));
         assert!(p.v6.contains_key(&"fd00:20::7/128".parse().unwrap()));
-        assert_eq!(p.unix.len(), 3);
+        assert_eq!(p.unix.len(), 4);
         let key: UnixKeyBytes = UnixKey::from_name(b"/run/docker.sock").unwrap().into();
         assert_eq!(slots(&p.unix[&key]), [1]);
+        let key: UnixKeyBytes = UnixKey::inode(0x0080_0001, 42).into();
+        assert_eq!(slots(&p.unix[&key]), [1], "the socket file, by identity");
         let key: UnixKeyBytes = UnixKey::from_name(b"@abs").unwrap().into();
         assert_eq!(key.1[0], 0);
         assert!(p.unix.contains_key(&key));
@@ -355,13 +371,19 @@ mod tests {
         let r =
             rules("    - { name: p, ips: [10.0.0.1], ports: [1, 3, 5, 7, 9, 11, 13, 15, 17] }\n");
         assert!(matches!(
-            plan(&r, &BTreeMap::new(), |_| Vec::new(), 1),
+            plan(&r, &BTreeMap::new(), |_| UnixTargets::default(), 1),
             Err(PlanError::TooManyPorts { count: 9, .. })
         ));
         let many: String = (0..17)
             .map(|i| format!("    - {{ name: r{i}, cidrs: [10.0.0.0/8] }}\n"))
             .collect();
-        let err = plan(&rules(&many), &BTreeMap::new(), |_| Vec::new(), 1).unwrap_err();
+        let err = plan(
+            &rules(&many),
+            &BTreeMap::new(),
+            |_| UnixTargets::default(),
+            1,
+        )
+        .unwrap_err();
         assert_eq!(
             err.to_string(),
             "10.0.0.0/8: 17 endpoint rules cover it, at most 16 can (merge rules that share destinations)"

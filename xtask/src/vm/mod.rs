@@ -105,6 +105,7 @@ pub const SMOKE: &[&str] = &[
     "network::tagged_tools_get_eperm",
     "network::kill_leaves_the_offender_dead",
     "network::ipv6_and_ipv4_mapped_destinations",
+    "network::unix_socket_spellings",
     "network::raw_and_packet_sockets",
     "files::opens_for_writing_are_denied",
     "files::destructive_tools",
