@@ -91,11 +91,14 @@ impl RuleInfo {
         m
     }
 
-    /// The kernel's view: what enforcing and audit rules protect.
+    /// The kernel's view: what enforcing and audit rules protect. An enforcing rule's
+    /// objects are protected names too, whatever its access: a tagged process may not rename
+    /// or unlink them (moving a read-protected `~/.aws` away is how its protection would be
+    /// left behind).
     pub fn kernel_rule(&self, bits: u32) -> FileRule {
         let code = self.action.id();
         let (enforce, audit) = if self.enforcing() {
-            (bits, 0)
+            (bits | access::DELETE, 0)
         } else {
             (0, bits)
         };

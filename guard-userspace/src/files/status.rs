@@ -153,6 +153,22 @@ pub fn rule_status(
             .to_owned()
     };
     let mut layers = own;
+    if enforcing && rule.access & access::DELETE == 0 {
+        // Not part of the rule's status: its access does not ask for it.
+        layers.push(if attached.lsm() {
+            layer(
+                "protected name: unlink, rmdir, rename away, whatever the access",
+                ENFORCED,
+                "BPF LSM path_unlink, path_rmdir, path_rename",
+            )
+        } else {
+            layer(
+                "protected name: unlink, rmdir, rename away, whatever the access",
+                detect,
+                "ctime tracepoints (pinned); SIGKILL before the system call returns (the object moves, and stays protected until a reload or restart resolves the rule again)",
+            )
+        });
+    }
     let devices: Vec<String> = st
         .targets
         .devices
