@@ -113,6 +113,13 @@ pub fn reload(
 ) {
     let reply = match trigger {
         Trigger::FileChanged => {
+            let as_applied = {
+                let st = state.lock().expect("state lock");
+                st.integrity.as_ref().is_some_and(|i| i.is_as_applied())
+            };
+            if as_applied {
+                return;
+            }
             if let Some(path) = policy_path
                 && refused(state, path)
             {

@@ -28,6 +28,8 @@ use crate::selfprot::SelfMaps;
 pub struct Integrity {
     path: PathBuf,
     dirs: Vec<(u64, u64)>,
+    /// The file as an administrator last applied it (device, inode, hash of its content).
+    applied: Option<(u64, u64, u64)>,
 }
 
 /// Why a policy file is not applied.
@@ -64,7 +66,14 @@ impl Integrity {
         Self {
             path: path.to_path_buf(),
             dirs: dir_ids(path),
+            applied: None,
         }
+    }
+
+    /// The file is still exactly what an administrator applied last (its watcher fires
+    /// after the explicit apply that answered the change): nothing to do.
+    pub fn is_as_applied(&self) -> bool {
+        self.applied.is_some() && stamp(&self.path) == self.applied
     }
 
     pub fn path(&self) -> &Path {
@@ -93,6 +102,7 @@ impl Integrity {
     /// An administrator applied the file as it is now.
     pub fn acknowledge(&mut self, pin_dir: &Path, guard_self: Option<&mut SelfMaps>) {
         self.dirs = dir_ids(&self.path);
+        self.applied = stamp(&self.path);
         if let Some(s) = guard_self
             && let Err(e) = s.set_policy_changes_seen(tagged_changes(pin_dir))
         {
@@ -121,6 +131,16 @@ pub fn tagged_changes(pin_dir: &Path) -> u32 {
         .map(|v| v.iter().sum())
         .unwrap_or(0);
     total as u32
+}
+
+/// What identifies one version of the file: device, inode and a hash of its content (a
+/// policy file is small; timestamps are too coarse on some kernels to tell two writes apart).
+fn stamp(path: &Path) -> Option<(u64, u64, u64)> {
+    use std::hash::{Hash, Hasher};
+    let m = std::fs::metadata(path).ok()?;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    std::fs::read(path).ok()?.hash(&mut h);
+    Some((m.dev(), m.ino(), h.finish()))
 }
 
 /// Device and inode of each directory above `path`, nearest first (lstat: a symlinked
