@@ -309,6 +309,15 @@ impl Engine {
             self.watch(dir, None, Some((i, name.clone())));
         }
         let mut all = self.state.lock().expect("state lock");
+        // A refresh adds, never drops: an object the rule covered stays covered where it was
+        // moved (its marks and kernel entry follow the inode), until the rule changes.
+        let old = std::mem::take(&mut all[i].targets.objects);
+        for o in old {
+            let same = |n: &Object| (n.dev, n.ino, n.kind) == (o.dev, o.ino, o.kind);
+            if !st.targets.objects.iter().any(same) {
+                st.targets.objects.push(o);
+            }
+        }
         all[i] = st;
     }
 

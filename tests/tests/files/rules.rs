@@ -218,3 +218,52 @@ fn a_rule_on_the_mount_point_protects_the_whole_volume_through_any_mount() {
     let added: Vec<&String> = after.keys().filter(|k| !before.contains_key(*k)).collect();
     assert!(added.len() <= 1, "{added:?}");
 }
+
+/// A glob rule's object moved away from the pattern by a tagged process (denied on bpf-lsm;
+/// on the fallback tier the mover is killed and the file has moved): the rule's next
+/// resolution (a new match appearing, as `**/` rules also get every 60 s) keeps it, so it
+/// stays unreadable to the agent where it now is.
+#[test]
+fn a_moved_object_stays_protected_through_a_rule_refresh() {
+    let home = tempfile::tempdir().unwrap();
+    let (a, b) = (home.path().join("a"), home.path().join("b"));
+    fs::create_dir_all(&a).unwrap();
+    fs::create_dir_all(&b).unwrap();
+    let token = a.join("token.txt");
+    fs::write(&token, SECRET).unwrap();
+    let d = Daemon::start_with_policy(&one_rule(&format!(
+        "{{ name: tokens, paths: [\"{}/token*\"], access: [read], action: deny }}",
+        a.display()
+    )));
+    let agent = Agent::new();
+    let moved = b.join("notes.txt");
+    let out = agent.sh(&format!("mv {} {}", token.display(), moved.display()));
+    assert!(!out.status.success(), "moving a protected name: {out:?}");
+    if guard_tests::lsm_tier() {
+        // Refused: move it as the administrator would, to test the refresh all the same.
+        fs::rename(&token, &moved).unwrap();
+    }
+    assert!(moved.exists());
+    // A new match makes the daemon resolve the rule again.
+    fs::write(a.join("token-2.txt"), "new").unwrap();
+    wait_for(
+        "the new match to be protected",
+        Duration::from_secs(10),
+        || {
+            let out = agent.sh(&format!("cat {}", a.join("token-2.txt").display()));
+            (!out.status.success()).then_some(())
+        },
+    );
+    let out = agent.sh(&format!("cat {}", moved.display()));
+    assert!(
+        !text(&out.stdout).contains(SECRET),
+        "the moved token leaked"
+    );
+    assert!(!out.status.success());
+    // Untagged, it reads.
+    assert_eq!(fs::read_to_string(&moved).unwrap(), SECRET);
+    // And it is still a protected name: removing it is refused (bpf-lsm) or kills the
+    // remover (fallback; the file is then gone).
+    let out = agent.sh(&format!("rm -f {}", moved.display()));
+    assert!(!out.status.success(), "rm of the moved token: {out:?}");
+}
