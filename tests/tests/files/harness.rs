@@ -284,6 +284,23 @@ pub fn path_rule(d: &Daemon, name: &str) -> Value {
         .unwrap_or_else(|| panic!("no path rule {name} in {st}"))
 }
 
+/// Whether rule `name`'s objects are protected names on this kernel (renames and unlinks
+/// refused or killed); where not, status says `not-loaded` for that layer.
+pub fn protected_names(d: &Daemon, name: &str) -> bool {
+    let rule = path_rule(d, name);
+    let layer = rule["layers"]
+        .as_array()
+        .and_then(|ls| {
+            ls.iter().find(|l| {
+                l["covers"]
+                    .as_str()
+                    .is_some_and(|c| c.starts_with("protected name") || c.starts_with("delete"))
+            })
+        })
+        .unwrap_or_else(|| panic!("rule {name} shows no protected-name layer: {rule}"));
+    layer["status"] != "not-loaded"
+}
+
 /// File events of the daemon's log for `rule`.
 pub fn file_events(d: &Daemon, rule: &str) -> Vec<Value> {
     d.events()

@@ -769,6 +769,13 @@ print("opened", opened, "errors", sorted(errors))
 /// protection). Either way it then sits at `HOME/moved`.
 fn move_away(s: &Setup, cred: &str, home: &str, is_rename: &impl Fn(&Value) -> bool) {
     let out = s.agent.sh(&format!("mv {cred} {home}/moved"));
+    if !protected_names(&s.daemon, "credentials") {
+        // No change detectors on this kernel's fallback tier (status says not-loaded): the
+        // move goes through, and the moved file's marks still refuse its reads.
+        println!("protected names NOT covered on this kernel (guard status says so)");
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        return;
+    }
     assert!(!out.status.success(), "mv of a protected name succeeded");
     if lsm_tier() {
         assert!(s.cred.exists(), "the rename was refused");

@@ -238,7 +238,12 @@ fn a_moved_object_stays_protected_through_a_rule_refresh() {
     let agent = Agent::new();
     let moved = b.join("notes.txt");
     let out = agent.sh(&format!("mv {} {}", token.display(), moved.display()));
-    assert!(!out.status.success(), "moving a protected name: {out:?}");
+    let names = protected_names(&d, "tokens");
+    assert_eq!(
+        !out.status.success(),
+        names,
+        "moving a protected name: {out:?}"
+    );
     if guard_tests::lsm_tier() {
         // Refused: move it as the administrator would, to test the refresh all the same.
         fs::rename(&token, &moved).unwrap();
@@ -265,5 +270,9 @@ fn a_moved_object_stays_protected_through_a_rule_refresh() {
     // And it is still a protected name: removing it is refused (bpf-lsm) or kills the
     // remover (fallback; the file is then gone).
     let out = agent.sh(&format!("rm -f {}", moved.display()));
-    assert!(!out.status.success(), "rm of the moved token: {out:?}");
+    assert_eq!(
+        !out.status.success(),
+        names,
+        "rm of the moved token: {out:?}"
+    );
 }
