@@ -239,7 +239,9 @@ fn status(state: &Shared) -> Reply<DaemonStatus> {
         hooks: st.self_attached.attached.clone(),
         error: st.self_attached.error.clone(),
         bpf: st.self_attached.bpf_coverage(st.kernel.tier),
-        policy_changes: if super::apply::policy_watched(&st) {
+        policy_changes: if st.integrity.is_none() {
+            "no policy file: the daemon runs on its embedded default policy".into()
+        } else if super::apply::policy_watched(&st) {
             "applied on their own, unless a tagged process made them (counted in the kernel) or \
              a directory on the file's path was replaced: those wait for `guard policy apply`"
                 .into()
