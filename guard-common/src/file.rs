@@ -69,6 +69,28 @@ impl FileKey {
     }
 }
 
+/// Bytes of a file handle kept in a [`FileIdentity`] (the handles of ext4, xfs, btrfs and tmpfs
+/// are 8 to 40 bytes).
+pub const HANDLE_MAX: usize = 64;
+
+/// Value of [`crate::maps::FILE_IDENTITIES`]: how the daemon finds a protected object again
+/// after a restart or a reload, wherever it was moved: its file handle (`name_to_handle_at`,
+/// which includes the inode's generation, so a reused inode number does not match) and a
+/// fingerprint of the rule it is protected for. Written and read by the daemon only.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileIdentity {
+    /// Fingerprint of the rule (its name, access, action, mode and paths).
+    pub rule: u64,
+    pub handle_type: i32,
+    pub handle_len: u32,
+    pub handle: [u8; HANDLE_MAX],
+    /// 1 for a directory, 0 for a file.
+    pub is_dir: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<FileIdentity>() == 88);
+
 /// Key of [`crate::maps::FILE_DEVICES`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -81,5 +81,6 @@ mod pod {
     unsafe impl aya::Pod for super::file::FileKey {}
     unsafe impl aya::Pod for super::file::DevKey {}
     unsafe impl aya::Pod for super::file::FileRule {}
+    unsafe impl aya::Pod for super::file::FileIdentity {}
     unsafe impl aya::Pod for super::file::FileEvent {}
 }

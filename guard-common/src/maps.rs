@@ -163,6 +163,10 @@ pub mod lsm_programs {
 /// [`crate::file::FileKey`] → [`crate::file::FileRule`]: protected objects and volumes.
 pub const FILE_OBJECTS: &str = "GUARD_FILE_OBJECTS";
 pub const FILE_OBJECTS_MAX: u32 = 65_536;
+/// [`crate::file::FileKey`] → [`crate::file::FileIdentity`]: the protected objects as the
+/// daemon can open them again (no program reads it; pinned so that a restarted daemon finds
+/// a moved object).
+pub const FILE_IDENTITIES: &str = "GUARD_FILE_IDS";
 /// [`crate::file::DevKey`] → [`crate::file::FileRule`]: block devices behind protected volumes.
 pub const FILE_DEVICES: &str = "GUARD_FILE_DEVICES";
 pub const FILE_DEVICES_MAX: u32 = 1024;
@@ -245,7 +249,7 @@ pub const FILE_HIT: &str = "GUARD_FILE_HIT";
 
 /// Every map of the kernel object, by name. guard-ebpf's `#[map(name = …)]` takes a literal,
 /// so a rootless test compares the compiled object with this list.
-pub const ALL: [&str; 24] = [
+pub const ALL: [&str; 25] = [
     TAGS,
     AGENT_EXES,
     AGENT_SCRIPTS,
@@ -260,6 +264,7 @@ pub const ALL: [&str; 24] = [
     NET_PENDING_KILLS,
     NET_PENDING_COUNT,
     FILE_OBJECTS,
+    FILE_IDENTITIES,
     FILE_DEVICES,
     FILE_EVENTS,
     FILE_COUNTERS,

@@ -174,6 +174,13 @@ pub static FILE_OBJECTS: aya_ebpf::maps::HashMap<
     guard_common::file::FileRule,
 > = aya_ebpf::maps::HashMap::pinned(guard_common::maps::FILE_OBJECTS_MAX, 0);
 
+/// Read and written by the daemon only (see `guard_common::maps::FILE_IDENTITIES`).
+#[map(name = "GUARD_FILE_IDS")]
+pub static FILE_IDENTITIES: aya_ebpf::maps::HashMap<
+    guard_common::file::FileKey,
+    guard_common::file::FileIdentity,
+> = aya_ebpf::maps::HashMap::pinned(guard_common::maps::FILE_OBJECTS_MAX, BPF_F_NO_PREALLOC);
+
 #[map(name = "GUARD_FILE_DEVICES")]
 pub static FILE_DEVICES: aya_ebpf::maps::HashMap<
     guard_common::file::DevKey,

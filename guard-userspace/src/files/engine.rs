@@ -30,8 +30,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use guard_common::file::{DevKey, FileKey, FileRule, access, kernel_dev};
-use tracing::{error, warn};
+use guard_common::file::{DevKey, FileIdentity, FileKey, FileRule, access, kernel_dev};
+use tracing::{error, info, warn};
 
 use super::{
     Shared,
@@ -56,6 +56,8 @@ pub struct RuleInfo {
     pub access: u32,
     pub action: Action,
     pub mode: Mode,
+    /// What makes it the same rule across reloads and restarts (its identity set).
+    pub fingerprint: u64,
 }
 
 impl RuleInfo {
@@ -66,6 +68,7 @@ impl RuleInfo {
             access: r.access,
             action: r.action,
             mode: r.mode,
+            fingerprint: super::identity::fingerprint(r),
         }
     }
 
@@ -163,6 +166,9 @@ pub struct Engine {
     watches: Mutex<StdHashMap<HandleKey, Watch>>,
     pub shared: Arc<Shared>,
     scan_roots: Vec<PathBuf>,
+    /// The pinned identity set as this engine found it: objects of unchanged rules that are
+    /// to be found again, wherever they were moved.
+    remembered: Mutex<Vec<(FileKey, FileIdentity)>>,
     stop: AtomicBool,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -200,6 +206,7 @@ impl Engine {
             .map(Arc::new)
             .map_err(|e| error!(error = %e, "fanotify tracking group; new directories will not be marked"))
             .ok();
+        let shared_for_ids = shared.clone();
         let engine = Arc::new(Self {
             patterns: rules.iter().map(|r| r.patterns(homes)).collect(),
             rules: infos,
@@ -210,6 +217,7 @@ impl Engine {
             watches: Mutex::new(StdHashMap::new()),
             shared,
             scan_roots: homes.iter().map(|(_, h)| h.clone()).collect(),
+            remembered: Mutex::new(remembered(&shared_for_ids)),
             stop: AtomicBool::new(false),
             threads: Mutex::new(Vec::new()),
         });
@@ -297,7 +305,10 @@ impl Engine {
         let mounts = std::fs::read_to_string("/proc/self/mountinfo")
             .map(|t| resolve::parse_mountinfo(&t))
             .unwrap_or_default();
-        let targets = resolve::resolve(&self.patterns[i], &mounts, &self.scan_roots);
+        let mut targets = resolve::resolve(&self.patterns[i], &mounts, &self.scan_roots);
+        targets
+            .objects
+            .extend(self.found_again(i, &targets.objects, &mounts));
         let mut st = RuleState {
             targets: targets.clone(),
             ..Default::default()
@@ -319,6 +330,34 @@ impl Engine {
             }
         }
         all[i] = st;
+    }
+
+    /// The objects rule `i` covered before this engine (a restart, a reload) that its paths
+    /// no longer lead to: opened again by handle where they are now. Deleted ones leave the
+    /// set.
+    fn found_again(&self, i: usize, found: &[Object], mounts: &[resolve::Mount]) -> Vec<Object> {
+        let fingerprint = self.rules[i].fingerprint;
+        let mine: Vec<(FileKey, FileIdentity)> = {
+            let mut remembered = self.remembered.lock().expect("remembered lock");
+            let (mine, rest) = remembered
+                .drain(..)
+                .partition(|(_, id)| id.rule == fingerprint);
+            *remembered = rest;
+            mine
+        };
+        mine.into_iter()
+            .filter(|(k, _)| !found.iter().any(|o| (o.dev, o.ino) == (k.dev, k.ino)))
+            .filter_map(|(k, id)| match super::identity::reopen(k, &id, mounts) {
+                Ok(o) => {
+                    info!(rule = %self.rules[i].name, path = %o.path.display(), "a protected object was moved; still protected where it is");
+                    Some(o)
+                }
+                Err(e) => {
+                    info!(rule = %self.rules[i].name, error = %e, "a protected object is gone");
+                    None
+                }
+            })
+            .collect()
     }
 
     /// Mark object `o` for rule `i` and index it.
@@ -605,5 +644,58 @@ impl Engine {
         for k in stale {
             let _ = maps.devices.remove(&k);
         }
+        self.sync_identities(maps);
     }
+
+    /// Keep the pinned identity set to the objects of the rules in force: add what is new,
+    /// keep what is known (a moved object's old path gives no handle any more), drop the rest.
+    fn sync_identities(&self, maps: &mut super::kernel::FileMaps) {
+        let mut wanted: BTreeMap<FileKey, FileIdentity> = BTreeMap::new();
+        {
+            let state = self.state.lock().expect("state lock");
+            for (rule, st) in self.rules.iter().zip(state.iter()) {
+                if !rule.enforcing() {
+                    continue;
+                }
+                for o in &st.targets.objects {
+                    let key = FileKey::new(o.dev, o.ino);
+                    if wanted.contains_key(&key) {
+                        continue;
+                    }
+                    let known = maps
+                        .identities
+                        .get(&key, 0)
+                        .ok()
+                        .filter(|id| id.rule == rule.fingerprint);
+                    if let Some(id) = known.or_else(|| super::identity::of(o, rule.fingerprint)) {
+                        wanted.insert(key, id);
+                    }
+                }
+            }
+        }
+        for (k, id) in &wanted {
+            if maps.identities.get(k, 0).ok().as_ref() != Some(id)
+                && let Err(e) = maps.identities.insert(k, id, 0)
+            {
+                error!(error = %e, "cannot keep a protected object's identity");
+            }
+        }
+        let stale: Vec<FileKey> = maps
+            .identities
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !wanted.contains_key(k))
+            .collect();
+        for k in stale {
+            let _ = maps.identities.remove(&k);
+        }
+    }
+}
+
+/// The pinned identity set, read once by a new engine.
+fn remembered(shared: &Shared) -> Vec<(FileKey, FileIdentity)> {
+    let kernel = shared.kernel.lock().expect("kernel lock");
+    kernel.as_ref().map_or_else(Vec::new, |m| {
+        m.identities.iter().filter_map(Result::ok).collect()
+    })
 }

@@ -33,6 +33,8 @@ use crate::loader::{
 /// The file maps, owned by the file guard.
 pub struct FileMaps {
     pub objects: HashMap<MapData, FileKey, FileRule>,
+    /// The identity set (see [`super::identity`]).
+    pub identities: HashMap<MapData, FileKey, guard_common::file::FileIdentity>,
     pub devices: HashMap<MapData, DevKey, FileRule>,
     pub counters: PerCpuArray<MapData, u64>,
     pub events: Option<RingBuf<MapData>>,
@@ -104,6 +106,7 @@ pub fn take_maps(ebpf: &mut Ebpf) -> Result<FileMaps, FileError> {
     let err = |(name, source)| FileError::Map { name, source };
     Ok(FileMaps {
         objects: take_map(ebpf, maps::FILE_OBJECTS).map_err(err)?,
+        identities: take_map(ebpf, maps::FILE_IDENTITIES).map_err(err)?,
         devices: take_map(ebpf, maps::FILE_DEVICES).map_err(err)?,
         counters: take_map(ebpf, maps::FILE_COUNTERS).map_err(err)?,
         events: Some(take_map(ebpf, maps::FILE_EVENTS).map_err(err)?),

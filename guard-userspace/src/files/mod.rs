@@ -23,6 +23,7 @@
 pub mod access;
 pub mod engine;
 pub mod fanotify;
+pub mod identity;
 pub mod kernel;
 pub mod mountns;
 pub mod perm;

@@ -165,7 +165,7 @@ pub fn rule_status(
             layer(
                 "protected name: unlink, rmdir, rename away, whatever the access",
                 detect,
-                "ctime tracepoints (pinned); SIGKILL before the system call returns (the object moves, and stays protected until a reload or restart resolves the rule again)",
+                "ctime tracepoints (pinned); SIGKILL before the system call returns (the object moves, and stays protected where it is: the identity set finds it by file handle after refreshes, reloads and restarts, until the rule changes)",
             )
         });
     }
@@ -295,6 +295,7 @@ mod tests {
             access,
             action: Action::Deny,
             mode,
+            fingerprint: 0,
         }
     }
 

@@ -276,3 +276,81 @@ fn a_moved_object_stays_protected_through_a_rule_refresh() {
         "rm of the moved token: {out:?}"
     );
 }
+
+/// A protected file moved away from its rule's path (by the agent where the kernel lets the
+/// rename happen, else as an administrator would) stays protected after a daemon restart and
+/// a policy reload: the pinned identity set finds it by file handle where it is now. Changing
+/// the rule drops it from the set.
+#[test]
+fn a_moved_object_stays_protected_across_a_restart_and_a_reload() {
+    let home = tempfile::tempdir().unwrap();
+    let secret = home.path().join("secret.txt");
+    fs::write(&secret, SECRET).unwrap();
+    let rule = |access: &str| {
+        one_rule(&format!(
+            "{{ name: secret, paths: [\"{}\"], access: [{access}], action: deny }}",
+            secret.display()
+        ))
+    };
+    let mut d = Daemon::start_with_policy(&rule("read"));
+    let agent = Agent::new();
+    let moved = home.path().join("elsewhere.txt");
+    agent.sh(&format!("mv {} {}", secret.display(), moved.display()));
+    if !moved.exists() {
+        fs::rename(&secret, &moved).unwrap();
+    }
+    let unreadable = |d: &Daemon, what: &str| {
+        let out = agent.sh(&format!("cat {}", moved.display()));
+        assert!(
+            !out.status.success() && !text(&out.stdout).contains(SECRET),
+            "{what}: the moved secret was read: {out:?}\n{}",
+            d.log()
+        );
+    };
+    unreadable(&d, "before the restart");
+
+    d.keep_pins = true;
+    d.signal_and_reap(nix::sys::signal::Signal::SIGTERM);
+    d.spawn();
+    d.keep_pins = false;
+    unreadable(&d, "after a restart");
+
+    let generation = |d: &Daemon| d.status_json().unwrap()["policy_generation"].as_u64();
+    let before = generation(&d);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(d.pid() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    wait_for("the reload", Duration::from_secs(10), || {
+        (generation(&d) > before).then_some(())
+    });
+    // The path rules are resolved again on a thread of their own after the generation.
+    std::thread::sleep(Duration::from_secs(1));
+    unreadable(&d, "after a reload");
+    assert_eq!(
+        fs::read_to_string(&moved).unwrap(),
+        SECRET,
+        "untagged reads"
+    );
+
+    // The administrator changes the rule: its old objects leave the set.
+    fs::write(d.policy.as_ref().unwrap(), rule("write")).unwrap();
+    let before = generation(&d);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(d.pid() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    wait_for("the changed rule", Duration::from_secs(10), || {
+        (generation(&d) > before).then_some(())
+    });
+    wait_for(
+        "the moved file to be readable",
+        Duration::from_secs(10),
+        || {
+            let out = agent.sh(&format!("cat {}", moved.display()));
+            text(&out.stdout).contains(SECRET).then_some(())
+        },
+    );
+}

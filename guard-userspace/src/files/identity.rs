@@ -1,0 +1,197 @@
+//! The identity set: every object a rule protects, as the daemon can open it again after a
+//! restart or a reload, wherever it was moved.
+//!
+//! A rule resolves its paths afresh when the daemon starts or the policy is applied, and a
+//! protected object that a tagged process moved away is no longer at any of those paths. So
+//! each protected file and directory is also kept in a pinned map as a file handle
+//! (`name_to_handle_at`: it names the inode with its generation, so a deleted object whose
+//! inode number was reused does not match) with a fingerprint of its rule. When a rule with
+//! the same fingerprint resolves again, the objects it covered are opened by handle
+//! (`open_by_handle_at`) and protected where they are now. A changed rule has another
+//! fingerprint: its old objects are dropped, which is how an administrator prunes the set.
+
+use std::{
+    ffi::CString,
+    io,
+    os::{
+        fd::{AsRawFd, FromRawFd, OwnedFd},
+        unix::ffi::OsStrExt,
+        unix::fs::MetadataExt,
+    },
+    path::Path,
+};
+
+use guard_common::file::{FileIdentity, FileKey, HANDLE_MAX, kernel_dev};
+
+use super::resolve::{Kind, Mount, Object};
+use crate::policy::CompiledPathRule;
+
+/// Fingerprint of a rule: FNV-1a over what makes it the same rule (stable across daemon
+/// versions, unlike the standard hasher).
+pub fn fingerprint(rule: &CompiledPathRule) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for b in bytes.iter().chain([&0xffu8]) {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    eat(rule.name.as_bytes());
+    eat(&rule.access.to_le_bytes());
+    eat(rule.action.to_string().as_bytes());
+    eat(rule.mode.to_string().as_bytes());
+    let mut paths: Vec<String> = rule.paths.iter().map(|p| format!("{p:?}")).collect();
+    paths.sort();
+    for p in paths {
+        eat(p.as_bytes());
+    }
+    h
+}
+
+/// The identity of `o`, protected for the rule with fingerprint `rule`; `None` where the
+/// filesystem gives no handles (some FUSE and overlay setups) or `o` is not a file or a
+/// directory.
+pub fn of(o: &Object, rule: u64) -> Option<FileIdentity> {
+    let is_dir = match o.kind {
+        Kind::File => 0,
+        Kind::Dir => 1,
+        Kind::Volume | Kind::Backing => return None,
+    };
+    let c = CString::new(o.path.as_os_str().as_bytes()).ok()?;
+    let mut buf = Handle::new();
+    let mut mount_id: libc::c_int = 0;
+    // SAFETY: `buf` is a file_handle header followed by HANDLE_MAX bytes, as its
+    // handle_bytes says; the path is NUL-terminated.
+    let r = unsafe {
+        libc::name_to_handle_at(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            buf.as_mut_ptr(),
+            &raw mut mount_id,
+            0,
+        )
+    };
+    if r != 0 {
+        return None;
+    }
+    let (handle_type, bytes) = buf.parts();
+    let mut handle = [0u8; HANDLE_MAX];
+    handle[..bytes.len()].copy_from_slice(bytes);
+    Some(FileIdentity {
+        rule,
+        handle_type,
+        handle_len: bytes.len() as u32,
+        handle,
+        is_dir,
+        _pad: 0,
+    })
+}
+
+/// Open the object `key`/`id` again, wherever it is now: the object at its present path, or
+/// an error (`ESTALE` once it is deleted).
+pub fn reopen(key: FileKey, id: &FileIdentity, mounts: &[Mount]) -> io::Result<Object> {
+    let mount = mounts
+        .iter()
+        .find(|m| kernel_dev(m.major, m.minor) == key.dev)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "its filesystem is not mounted"))?;
+    let dir = std::fs::File::open(&mount.mount_point)?;
+    let mut buf = Handle::new();
+    buf.set(id);
+    // SAFETY: a mount descriptor we own and a file_handle the kernel reads within its
+    // handle_bytes; the returned descriptor is owned below.
+    let fd = unsafe { libc::open_by_handle_at(dir.as_raw_fd(), buf.as_mut_ptr(), libc::O_PATH) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let path = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))?;
+    let meta = std::fs::metadata(format!("/proc/self/fd/{}", fd.as_raw_fd()))?;
+    if meta.ino() != key.ino || path_is_deleted(&path) {
+        return Err(io::Error::from_raw_os_error(libc::ESTALE));
+    }
+    Ok(Object {
+        path,
+        dev: key.dev,
+        ino: key.ino,
+        kind: if id.is_dir == 1 {
+            Kind::Dir
+        } else {
+            Kind::File
+        },
+    })
+}
+
+fn path_is_deleted(path: &Path) -> bool {
+    path.as_os_str().as_bytes().ends_with(b" (deleted)")
+}
+
+/// A `struct file_handle` with room for [`HANDLE_MAX`] bytes.
+#[repr(C)]
+struct Handle {
+    header: libc::file_handle,
+    bytes: [u8; HANDLE_MAX],
+}
+
+impl Handle {
+    fn new() -> Self {
+        Self {
+            header: libc::file_handle {
+                handle_bytes: HANDLE_MAX as u32,
+                handle_type: 0,
+                f_handle: [],
+            },
+            bytes: [0; HANDLE_MAX],
+        }
+    }
+
+    fn as_mut_ptr(&mut self) -> *mut libc::file_handle {
+        (&raw mut *self).cast()
+    }
+
+    fn parts(&self) -> (i32, &[u8]) {
+        let len = (self.header.handle_bytes as usize).min(HANDLE_MAX);
+        (self.header.handle_type, &self.bytes[..len])
+    }
+
+    fn set(&mut self, id: &FileIdentity) {
+        let len = (id.handle_len as usize).min(HANDLE_MAX);
+        self.header.handle_bytes = len as u32;
+        self.header.handle_type = id.handle_type;
+        self.bytes[..len].copy_from_slice(&id.handle[..len]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_moved_file_is_found_by_its_handle_and_a_deleted_one_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        std::fs::write(&path, "x").unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        let (major, minor) = (libc::major(meta.dev()), libc::minor(meta.dev()));
+        let key = FileKey::new(kernel_dev(major, minor), meta.ino());
+        let o = Object {
+            path: path.clone(),
+            dev: key.dev,
+            ino: key.ino,
+            kind: Kind::File,
+        };
+        let Some(id) = of(&o, 7) else {
+            // A filesystem without handles (some container overlays): nothing to check.
+            return;
+        };
+        let mounts = super::super::resolve::parse_mountinfo(
+            &std::fs::read_to_string("/proc/self/mountinfo").unwrap(),
+        );
+        let moved = dir.path().join("moved");
+        std::fs::rename(&path, &moved).unwrap();
+        let found = reopen(key, &id, &mounts).unwrap();
+        assert_eq!(found.path, std::fs::canonicalize(&moved).unwrap());
+        std::fs::remove_file(&moved).unwrap();
+        assert!(reopen(key, &id, &mounts).is_err());
+    }
+}
