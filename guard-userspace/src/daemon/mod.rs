@@ -19,6 +19,7 @@ mod integrity;
 mod load;
 mod serve;
 mod start;
+mod status;
 
 use serve::{bind, serve};
 use start::{Preflight, keep_pins, new_state, preflight, seed, start_files, start_pipeline};

@@ -1,5 +1,5 @@
-//! The daemon's API socket and what it answers: status, ps, tagging, and the view metrics
-//! read.
+//! The daemon's API socket and what it answers: ps, tagging, applying the policy (status is
+//! built in [`super::status`]), and the view metrics read.
 
 use std::os::unix::fs::PermissionsExt;
 
@@ -11,10 +11,9 @@ use tracing::{info, warn};
 
 use super::{DaemonError, Shared, caller::Caller};
 use crate::{
-    api::{DaemonStatus, PsReply, Reply, Request, SelfProtectionStatus, TagReply},
+    api::{PsReply, Reply, Request, TagReply},
     kernel::Kernel,
     metrics::{DaemonView, HookStatus, KernelSnapshot},
-    net,
     paths::Paths,
     tags::{self, AgentNames, ProcInfo},
 };
@@ -109,7 +108,7 @@ async fn handle(stream: UnixStream, state: Shared) {
                 }
                 serde_json::to_string(&Reply::<()>::err(format!("bad request: {e}")))
             }
-            Ok(Request::Status) => serde_json::to_string(&status(&state)),
+            Ok(Request::Status) => serde_json::to_string(&super::status::status(&state)),
             Ok(Request::Ps) => serde_json::to_string(&ps(&state)),
             Ok(Request::Tag { agent }) => {
                 serde_json::to_string(&tag(&state, &caller, agent.as_deref()))
@@ -223,167 +222,6 @@ async fn refused_tagged(state: &Shared, pid: i32, uid: u32, line: &str) {
         ))
         .await;
     }
-}
-
-fn status(state: &Shared) -> Reply<DaemonStatus> {
-    let st = state.lock().expect("state lock");
-    let path_rules = st.files.as_ref().map(|f| f.status()).unwrap_or_default();
-    let counters: Vec<(String, u64)> = st
-        .kernel
-        .counters()
-        .into_iter()
-        .map(|(n, v)| (n.to_string(), v))
-        .chain(st.files.as_ref().map(|f| f.counters()).unwrap_or_default())
-        .collect();
-    let self_protection = SelfProtectionStatus {
-        hooks: st.self_attached.attached.clone(),
-        error: st.self_attached.error.clone(),
-        bpf: st.self_attached.bpf_coverage(st.kernel.tier),
-        policy_changes: if st.integrity.is_none() {
-            "no policy file: the daemon runs on its embedded default policy".into()
-        } else if super::apply::policy_watched(&st) {
-            "applied on their own, unless a tagged process made them (counted in the kernel) or \
-             a directory on the file's path was replaced: those wait for `guard policy apply`"
-                .into()
-        } else {
-            super::integrity::UNWATCHED.into()
-        },
-        pins_held: st.kernel.keeper.as_ref().map_or(0, |k| k.held()),
-        internal_rules: st.internal.iter().map(|r| r.name.clone()).collect(),
-    };
-    let problems = problems(&path_rules, &st.kernel, &st.net_attached, &self_protection);
-    let tagged = st.kernel.tags.keys().filter_map(Result::ok).count();
-    Reply::ok(DaemonStatus {
-        daemon_pid: std::process::id(),
-        enforcing: st.enforcing,
-        // The tier that enforces, not the one the kernel could offer (the probe below says
-        // what the kernel offers).
-        tier: st.kernel.tier.to_string(),
-        tier_error: st.kernel.lsm_error.clone(),
-        network: network_status(&st.kernel, &st.net_attached),
-        policy: st.policy_name.clone(),
-        policy_generation: st.generation,
-        policy_rejected: st.rejected.clone(),
-        trackers: Kernel::pinned_links(st.kernel.pin_dir()),
-        tagged_processes: tagged,
-        tag_map: Some(crate::tagmap::status(&st.kernel, tagged)),
-        internal_errors: internal_errors(&st.kernel, &counters),
-        counters,
-        probe: serde_json::to_value(&st.probe).unwrap_or_default(),
-        path_rules,
-        self_protection: Some(self_protection),
-        problems,
-        other_instances: crate::pins::other_instances(st.kernel.pin_dir())
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect(),
-        programs: crate::loader::program_costs(&st.kernel.pin_dir().join("links")),
-        bpf_stats: crate::loader::bpf_stats_enabled(),
-    })
-}
-
-/// The families of programs attached under the pin directory, with what they do on an
-/// internal error and the count so far.
-fn internal_errors(kernel: &Kernel, counters: &[(String, u64)]) -> Vec<crate::api::InternalErrors> {
-    let pinned = Kernel::pinned_links(kernel.pin_dir());
-    let table = crate::loader::table::table();
-    crate::loader::Family::ALL
-        .iter()
-        .filter(|f| {
-            table
-                .iter()
-                .any(|r| r.family == **f && pinned.iter().any(|p| p == r.pin))
-        })
-        .map(|f| {
-            let e = f.on_error();
-            crate::api::InternalErrors {
-                hooks: f.label().into(),
-                on_error: e.verdict.into(),
-                effect: e.effect.into(),
-                counter: e.counter.into(),
-                count: counters
-                    .iter()
-                    .find(|(n, _)| n == e.counter)
-                    .map_or(0, |(_, v)| *v),
-            }
-        })
-        .collect()
-}
-
-/// What unix socket rules stop on this tier, and by name what they do not.
-fn unix_coverage(a: &net::Attached) -> String {
-    use crate::files::status::{ENFORCED, NOT_LOADED};
-    match &a.unix_missing {
-        _ if a.lsm => format!(
-            "{ENFORCED}: by the socket file the kernel resolves (unix_stream_connect, \
-             unix_may_send), whatever spelling, symlink or hard link leads to it; abstract names \
-             by name"
-        ),
-        None => format!(
-            "{ENFORCED} for the configured path and the path it resolves to (cgroup \
-             connect_unix/sendmsg_unix see only the name). Not covered for agents recognised \
-             at exec without BPF LSM: other spellings of the path (relative to the cwd, \
-             repeated slashes, `.` and `..` components, /proc/*/root, /proc/*/cwd), and \
-             symlinks and hard links made to the socket. guard run trees: the socket files are \
-             masked in their mount namespace, so no spelling reaches them"
-        ),
-        Some(why) => format!("{NOT_LOADED}: {why}"),
-    }
-}
-
-fn network_status(kernel: &Kernel, a: &net::Attached) -> crate::api::NetworkStatus {
-    crate::api::NetworkStatus {
-        tier: if a.lsm { "bpf-lsm" } else { "fallback" }.into(),
-        programs: a.programs.iter().map(|p| (*p).to_owned()).collect(),
-        unix: unix_coverage(a),
-        raw_sockets: a.raw.describe(),
-        kill: if a.lsm {
-            "SIGKILL from the LSM program, before the system call returns".into()
-        } else if kernel.kill_via.programs().is_empty() {
-            kernel.kill_via.describe().into()
-        } else {
-            let now = if kernel.killer_attached() {
-                "attached now"
-            } else {
-                "none attached now"
-            };
-            format!(
-                "{}; attached while a policy kills ({now})",
-                kernel.kill_via.describe()
-            )
-        },
-    }
-}
-
-/// What is meant to be enforced but is not loaded: `guard status` exits non-zero when this
-/// is not empty. A rejected policy is not a problem here (the previous one is in force).
-fn problems(
-    path_rules: &[crate::files::PathRuleStatus],
-    kernel: &Kernel,
-    net_attached: &net::Attached,
-    guard_self: &SelfProtectionStatus,
-) -> Vec<String> {
-    let mut out: Vec<String> = path_rules
-        .iter()
-        .filter(|r| r.status == crate::files::status::NOT_LOADED)
-        .map(|r| format!("path rule {} is not loaded", r.name))
-        .collect();
-    if let Some(why) = &net_attached.unix_missing {
-        out.push(format!("unix socket rules are not enforced: {why}"));
-    }
-    if let crate::net::RawCoverage::Missing(why) = &net_attached.raw {
-        out.push(format!("the raw-socket rule is not enforced: {why}"));
-    }
-    if let Some(e) = &kernel.lsm_error {
-        out.push(format!("the bpf-lsm tier is not enforcing: {e}"));
-    }
-    if let Some(e) = &guard_self.error {
-        out.push(format!("self-protection is not fully attached: {e}"));
-    }
-    if guard_self.pins_held == 0 {
-        out.push("removed pins are not put back (the pin keeper is not running)".into());
-    }
-    out
 }
 
 fn ps(state: &Shared) -> Reply<PsReply> {

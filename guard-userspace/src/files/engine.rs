@@ -31,7 +31,7 @@ use std::{
 };
 
 use guard_common::file::{DevKey, FileIdentity, FileKey, FileRule, access, kernel_dev};
-use tracing::{error, info, warn};
+use tracing::{error, warn};
 
 use super::{
     Shared,
@@ -168,7 +168,7 @@ pub struct Engine {
     scan_roots: Vec<PathBuf>,
     /// The pinned identity set as this engine found it: objects of unchanged rules that are
     /// to be found again, wherever they were moved.
-    remembered: Mutex<Vec<(FileKey, FileIdentity)>>,
+    pub(super) remembered: Mutex<Vec<(FileKey, FileIdentity)>>,
     stop: AtomicBool,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -217,7 +217,7 @@ impl Engine {
             watches: Mutex::new(StdHashMap::new()),
             shared,
             scan_roots: homes.iter().map(|(_, h)| h.clone()).collect(),
-            remembered: Mutex::new(remembered(&shared_for_ids)),
+            remembered: Mutex::new(super::identity::remembered(&shared_for_ids)),
             stop: AtomicBool::new(false),
             threads: Mutex::new(Vec::new()),
         });
@@ -330,34 +330,6 @@ impl Engine {
             }
         }
         all[i] = st;
-    }
-
-    /// The objects rule `i` covered before this engine (a restart, a reload) that its paths
-    /// no longer lead to: opened again by handle where they are now. Deleted ones leave the
-    /// set.
-    fn found_again(&self, i: usize, found: &[Object], mounts: &[resolve::Mount]) -> Vec<Object> {
-        let fingerprint = self.rules[i].fingerprint;
-        let mine: Vec<(FileKey, FileIdentity)> = {
-            let mut remembered = self.remembered.lock().expect("remembered lock");
-            let (mine, rest) = remembered
-                .drain(..)
-                .partition(|(_, id)| id.rule == fingerprint);
-            *remembered = rest;
-            mine
-        };
-        mine.into_iter()
-            .filter(|(k, _)| !found.iter().any(|o| (o.dev, o.ino) == (k.dev, k.ino)))
-            .filter_map(|(k, id)| match super::identity::reopen(k, &id, mounts) {
-                Ok(o) => {
-                    info!(rule = %self.rules[i].name, path = %o.path.display(), "a protected object was moved; still protected where it is");
-                    Some(o)
-                }
-                Err(e) => {
-                    info!(rule = %self.rules[i].name, error = %e, "a protected object is gone");
-                    None
-                }
-            })
-            .collect()
     }
 
     /// Mark object `o` for rule `i` and index it.
@@ -646,56 +618,4 @@ impl Engine {
         }
         self.sync_identities(maps);
     }
-
-    /// Keep the pinned identity set to the objects of the rules in force: add what is new,
-    /// keep what is known (a moved object's old path gives no handle any more), drop the rest.
-    fn sync_identities(&self, maps: &mut super::kernel::FileMaps) {
-        let mut wanted: BTreeMap<FileKey, FileIdentity> = BTreeMap::new();
-        {
-            let state = self.state.lock().expect("state lock");
-            for (rule, st) in self.rules.iter().zip(state.iter()) {
-                if !rule.enforcing() {
-                    continue;
-                }
-                for o in &st.targets.objects {
-                    let key = FileKey::new(o.dev, o.ino);
-                    if wanted.contains_key(&key) {
-                        continue;
-                    }
-                    let known = maps
-                        .identities
-                        .get(&key, 0)
-                        .ok()
-                        .filter(|id| id.rule == rule.fingerprint);
-                    if let Some(id) = known.or_else(|| super::identity::of(o, rule.fingerprint)) {
-                        wanted.insert(key, id);
-                    }
-                }
-            }
-        }
-        for (k, id) in &wanted {
-            if maps.identities.get(k, 0).ok().as_ref() != Some(id)
-                && let Err(e) = maps.identities.insert(k, id, 0)
-            {
-                error!(error = %e, "cannot keep a protected object's identity");
-            }
-        }
-        let stale: Vec<FileKey> = maps
-            .identities
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| !wanted.contains_key(k))
-            .collect();
-        for k in stale {
-            let _ = maps.identities.remove(&k);
-        }
-    }
-}
-
-/// The pinned identity set, read once by a new engine.
-fn remembered(shared: &Shared) -> Vec<(FileKey, FileIdentity)> {
-    let kernel = shared.kernel.lock().expect("kernel lock");
-    kernel.as_ref().map_or_else(Vec::new, |m| {
-        m.identities.iter().filter_map(Result::ok).collect()
-    })
 }

@@ -21,9 +21,16 @@ use std::{
     path::Path,
 };
 
-use guard_common::file::{FileIdentity, FileKey, HANDLE_MAX, kernel_dev};
+use std::collections::BTreeMap;
 
-use super::resolve::{Kind, Mount, Object};
+use guard_common::file::{FileIdentity, FileKey, HANDLE_MAX, kernel_dev};
+use tracing::{error, info};
+
+use super::{
+    Shared,
+    engine::Engine,
+    resolve::{Kind, Mount, Object},
+};
 use crate::policy::CompiledPathRule;
 
 /// Fingerprint of a rule: FNV-1a over what makes it the same rule (stable across daemon
@@ -124,6 +131,88 @@ pub fn reopen(key: FileKey, id: &FileIdentity, mounts: &[Mount]) -> io::Result<O
 
 fn path_is_deleted(path: &Path) -> bool {
     path.as_os_str().as_bytes().ends_with(b" (deleted)")
+}
+
+impl Engine {
+    /// The objects rule `i` covered before this engine (a restart, a reload) that its paths
+    /// no longer lead to: opened again by handle where they are now. Deleted ones leave the
+    /// set.
+    pub(super) fn found_again(&self, i: usize, found: &[Object], mounts: &[Mount]) -> Vec<Object> {
+        let fingerprint = self.rules[i].fingerprint;
+        let mine: Vec<(FileKey, FileIdentity)> = {
+            let mut remembered = self.remembered.lock().expect("remembered lock");
+            let (mine, rest) = remembered
+                .drain(..)
+                .partition(|(_, id)| id.rule == fingerprint);
+            *remembered = rest;
+            mine
+        };
+        mine.into_iter()
+            .filter(|(k, _)| !found.iter().any(|o| (o.dev, o.ino) == (k.dev, k.ino)))
+            .filter_map(|(k, id)| match reopen(k, &id, mounts) {
+                Ok(o) => {
+                    info!(rule = %self.rules[i].name, path = %o.path.display(), "a protected object was moved; still protected where it is");
+                    Some(o)
+                }
+                Err(e) => {
+                    info!(rule = %self.rules[i].name, error = %e, "a protected object is gone");
+                    None
+                }
+            })
+            .collect()
+    }
+
+    /// Keep the pinned identity set to the objects of the rules in force: add what is new,
+    /// keep what is known (a moved object's old path gives no handle any more), drop the rest.
+    pub(super) fn sync_identities(&self, maps: &mut super::kernel::FileMaps) {
+        let mut wanted: BTreeMap<FileKey, FileIdentity> = BTreeMap::new();
+        {
+            let state = self.state.lock().expect("state lock");
+            for (rule, st) in self.rules.iter().zip(state.iter()) {
+                if !rule.enforcing() {
+                    continue;
+                }
+                for o in &st.targets.objects {
+                    let key = FileKey::new(o.dev, o.ino);
+                    if wanted.contains_key(&key) {
+                        continue;
+                    }
+                    let known = maps
+                        .identities
+                        .get(&key, 0)
+                        .ok()
+                        .filter(|id| id.rule == rule.fingerprint);
+                    if let Some(id) = known.or_else(|| of(o, rule.fingerprint)) {
+                        wanted.insert(key, id);
+                    }
+                }
+            }
+        }
+        for (k, id) in &wanted {
+            if maps.identities.get(k, 0).ok().as_ref() != Some(id)
+                && let Err(e) = maps.identities.insert(k, id, 0)
+            {
+                error!(error = %e, "cannot keep a protected object's identity");
+            }
+        }
+        let stale: Vec<FileKey> = maps
+            .identities
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !wanted.contains_key(k))
+            .collect();
+        for k in stale {
+            let _ = maps.identities.remove(&k);
+        }
+    }
+}
+
+/// The pinned identity set, read once by a new engine.
+pub(super) fn remembered(shared: &Shared) -> Vec<(FileKey, FileIdentity)> {
+    let kernel = shared.kernel.lock().expect("kernel lock");
+    kernel.as_ref().map_or_else(Vec::new, |m| {
+        m.identities.iter().filter_map(Result::ok).collect()
+    })
 }
 
 /// A `struct file_handle` with room for [`HANDLE_MAX`] bytes.
