@@ -354,3 +354,43 @@ fn a_moved_object_stays_protected_across_a_restart_and_a_reload() {
         },
     );
 }
+
+/// The directory above a protected file is renamed by the agent (not a protected name
+/// itself): the file inside keeps its protection where it went, before and after a restart.
+#[test]
+fn a_protected_file_stays_protected_when_its_directory_is_moved() {
+    let home = tempfile::tempdir().unwrap();
+    let cfg = home.path().join("cfg");
+    fs::create_dir_all(&cfg).unwrap();
+    fs::write(cfg.join("secret.txt"), SECRET).unwrap();
+    let mut d = Daemon::start_with_policy(&one_rule(&format!(
+        "{{ name: secret, paths: [\"{}\"], access: [read], action: deny }}",
+        cfg.join("secret.txt").display()
+    )));
+    let agent = Agent::new();
+    let moved_dir = home.path().join("cfg-moved");
+    let out = agent.sh(&format!("mv {} {}", cfg.display(), moved_dir.display()));
+    assert!(
+        out.status.success(),
+        "the directory is not a protected name: {out:?}"
+    );
+    let moved = moved_dir.join("secret.txt");
+    let unreadable = |what: &str| {
+        let out = agent.sh(&format!("cat {}", moved.display()));
+        assert!(
+            !out.status.success() && !text(&out.stdout).contains(SECRET),
+            "{what}: the secret was read through the moved directory: {out:?}"
+        );
+    };
+    unreadable("after the move");
+    d.keep_pins = true;
+    d.signal_and_reap(nix::sys::signal::Signal::SIGTERM);
+    d.spawn();
+    d.keep_pins = false;
+    unreadable("after a restart");
+    assert_eq!(
+        fs::read_to_string(&moved).unwrap(),
+        SECRET,
+        "untagged reads"
+    );
+}
