@@ -9,13 +9,13 @@ use aya_ebpf::helpers::{
 };
 use guard_common::{
     ProcKey, Tag,
-    event::{EventHeader, EventKind},
+    event::{Counter, EventHeader, EventKind},
     maps::KFUNC_SIGNAL_TASK,
 };
 
 use crate::{
     kernel::Task,
-    maps::{SELF_STATE, TAGS, offsets, signal_task},
+    maps::{SELF_STATE, TAGS, count, offsets, signal_task},
 };
 
 const SIGKILL: u32 = 9;
@@ -163,4 +163,14 @@ pub fn current_syscall(task_flags: u32, regs_syscall: u32) -> (i64, Option<*cons
         Ok(nr) => (nr as i64, Some(regs)),
         Err(_) => (-1, None),
     }
+}
+
+/// The return value of a tracing program whose body returned `r`: always 0 (a tracepoint
+/// cannot refuse anything), with an internal error counted as `probe_errors`.
+#[inline(always)]
+pub fn traced(r: Result<(), i32>) -> i32 {
+    if r.is_err() {
+        count(Counter::ProbeErrors);
+    }
+    0
 }

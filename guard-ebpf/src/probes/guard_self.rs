@@ -40,7 +40,10 @@ use guard_common::{
 };
 
 use crate::{
-    ctx::{current_ppid, current_syscall, current_tgid, daemon_tgid, header, kill_current, tagged},
+    ctx::{
+        current_ppid, current_syscall, current_tgid, daemon_tgid, header, kill_current, tagged,
+        traced,
+    },
     kernel::Task,
     maps::{EVENTS, SELF_SIGNALS, SELF_TRACERS, TAGS, count, offsets, self_offsets},
 };
@@ -55,13 +58,7 @@ const SIGTTOU: u32 = 22;
 /// `signal_generate(sig, info, task, group, result)`.
 #[btf_tracepoint(function = "signal_generate")]
 pub fn guard_self_signal(ctx: BtfTracePointContext) -> i32 {
-    match try_signal(&ctx) {
-        Ok(()) => 0,
-        Err(_) => {
-            count(Counter::ProbeErrors);
-            0
-        }
-    }
+    traced(try_signal(&ctx))
 }
 
 /// `signal_deliver(sig, info, ka)`, in the receiving task's context.
@@ -92,13 +89,7 @@ pub fn guard_self_deliver(ctx: BtfTracePointContext) -> i32 {
 /// `cap_capable(cred, target_ns, capable_ns, cap, ret)`, in the checking task's context.
 #[btf_tracepoint(function = "cap_capable")]
 pub fn guard_self_cap(ctx: BtfTracePointContext) -> i32 {
-    match try_cap(&ctx) {
-        Ok(()) => 0,
-        Err(_) => {
-            count(Counter::ProbeErrors);
-            0
-        }
-    }
+    traced(try_cap(&ctx))
 }
 
 fn try_cap(ctx: &BtfTracePointContext) -> Result<(), i32> {
@@ -122,21 +113,13 @@ fn try_cap(ctx: &BtfTracePointContext) -> Result<(), i32> {
         return Ok(());
     }
     let cap = ctx.arg::<u64>(3) as u32;
-    let sent = kill_current();
-    emit(
+    kill_and_record(
         &caller.tag,
         caller.key(),
         current_ppid(),
-        bpf_get_current_uid_gid() as u32,
-        true,
         op::BPF_CAP,
         cap,
         daemon_tgid(),
-        if sent {
-            outcome::KILLED
-        } else {
-            outcome::KILL_FAILED
-        },
     );
     Ok(())
 }
@@ -144,13 +127,7 @@ fn try_cap(ctx: &BtfTracePointContext) -> Result<(), i32> {
 /// `sched_process_wait(pid)`, in the waiter's context.
 #[btf_tracepoint(function = "sched_process_wait")]
 pub fn guard_self_wait(_ctx: BtfTracePointContext) -> i32 {
-    match try_wait() {
-        Ok(()) => 0,
-        Err(_) => {
-            count(Counter::ProbeErrors);
-            0
-        }
-    }
+    traced(try_wait())
 }
 
 #[inline(always)]
@@ -197,22 +174,14 @@ fn try_signal(ctx: &BtfTracePointContext) -> Result<(), i32> {
         // SAFETY: as above.
         unsafe { core::ptr::write_volatile(slot, 1) };
     }
-    let sent = kill_current();
     let me_task = Task::current();
-    emit(
+    kill_and_record(
         &tag,
         me_task.key(&o)?,
         me_task.parent_tgid(&o).unwrap_or(0),
-        bpf_get_current_uid_gid() as u32,
-        true,
         op::SIGNAL,
         sig,
         daemon,
-        if sent {
-            outcome::KILLED
-        } else {
-            outcome::KILL_FAILED
-        },
     );
     Ok(())
 }
@@ -282,23 +251,28 @@ fn try_wait() -> Result<(), i32> {
     };
     // SAFETY: map value pointer from a successful lookup.
     let tag = unsafe { *tag };
-    let sent = kill_current();
-    emit(
+    kill_and_record(
         &tag,
         key,
         task.parent_tgid(&o).unwrap_or(0),
-        bpf_get_current_uid_gid() as u32,
-        true,
         op::TRACER_KILLED,
         0,
         daemon_tgid(),
-        if sent {
-            outcome::KILLED
-        } else {
-            outcome::KILL_FAILED
-        },
     );
     Ok(())
+}
+
+/// SIGKILL the current process, a tagged offender, and record what it did (`what`,
+/// `signal`) to daemon `target` and whether the kill went out.
+#[inline(always)]
+fn kill_and_record(tag: &Tag, proc: ProcKey, ppid: u32, what: u32, signal: u32, target: u32) {
+    let result = if kill_current() {
+        outcome::KILLED
+    } else {
+        outcome::KILL_FAILED
+    };
+    let uid = bpf_get_current_uid_gid() as u32;
+    emit(tag, proc, ppid, uid, true, what, signal, target, result);
 }
 
 /// Drop a tracer mark of `tgid` (its process is gone). Called by the exit tracker.

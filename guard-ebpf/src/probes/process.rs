@@ -16,7 +16,7 @@ use guard_common::{
 };
 
 use crate::{
-    ctx::{current_ppid, current_tgid, forget_daemon_pid, header, kill_current, kill_task},
+    ctx::{current_ppid, current_tgid, forget_daemon_pid, header, kill_current, kill_task, traced},
     kernel::Task,
     maps::{
         AGENT_EXES, AGENT_SCRIPTS, ARGS_LEN, EVENTS, INTERPRETERS, SCRATCH, Scratch, TAGS, count,
@@ -32,24 +32,12 @@ const MAX_COMPONENTS: u32 = 8;
 
 #[btf_tracepoint(function = "sched_process_fork")]
 pub fn guard_fork(ctx: BtfTracePointContext) -> i32 {
-    match try_fork(&ctx) {
-        Ok(()) => 0,
-        Err(_) => {
-            count(Counter::ProbeErrors);
-            0
-        }
-    }
+    traced(try_fork(&ctx))
 }
 
 #[btf_tracepoint(function = "sched_process_exec")]
 pub fn guard_exec(_ctx: BtfTracePointContext) -> i32 {
-    match try_exec() {
-        Ok(()) => 0,
-        Err(_) => {
-            count(Counter::ProbeErrors);
-            0
-        }
-    }
+    traced(try_exec())
 }
 
 /// `sched_process_exit(p, group_dead)` (kernels ≥ 6.16 pass `group_dead`).
@@ -59,13 +47,7 @@ pub fn guard_exit(ctx: BtfTracePointContext) -> i32 {
     if group_dead & 1 == 0 {
         return 0;
     }
-    match try_exit() {
-        Ok(()) => 0,
-        Err(_) => {
-            count(Counter::ProbeErrors);
-            0
-        }
-    }
+    traced(try_exit())
 }
 
 /// `sched_process_exit(p)` on kernels before 6.16, which pass no `group_dead`: the thread
@@ -85,13 +67,7 @@ pub fn guard_exit_compat(_ctx: BtfTracePointContext) -> i32 {
             return 0;
         }
     }
-    match try_exit() {
-        Ok(()) => 0,
-        Err(_) => {
-            count(Counter::ProbeErrors);
-            0
-        }
-    }
+    traced(try_exit())
 }
 
 fn try_fork(ctx: &BtfTracePointContext) -> Result<(), i32> {
