@@ -155,9 +155,9 @@ async fn admin_apply(state: &Shared, uid: u32, file: Option<&std::path::Path>) -
         return Reply::err("the daemon is not serving applies yet");
     };
     if let Some(file) = file {
-        let same = |p: &std::path::Path| std::fs::canonicalize(p).ok();
+        let canonical = |p: &std::path::Path| std::fs::canonicalize(p).ok();
         match &own {
-            Some(own) if same(own).is_some() && same(own) == same(file) => {}
+            Some(own) if canonical(own).is_some_and(|o| Some(o) == canonical(file)) => {}
             Some(own) => {
                 return Reply::err(format!(
                     "the daemon runs on {}, not {}: edit that file and apply it",

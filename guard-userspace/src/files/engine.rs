@@ -30,7 +30,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use guard_common::file::{DevKey, FileIdentity, FileKey, FileRule, access, kernel_dev};
+use guard_common::file::{DevKey, FileIdentity, FileKey, FileRule, access};
 use tracing::{error, warn};
 
 use super::{
@@ -206,7 +206,7 @@ impl Engine {
             .map(Arc::new)
             .map_err(|e| error!(error = %e, "fanotify tracking group; new directories will not be marked"))
             .ok();
-        let shared_for_ids = shared.clone();
+        let remembered = super::identity::remembered(&shared);
         let engine = Arc::new(Self {
             patterns: rules.iter().map(|r| r.patterns(homes)).collect(),
             rules: infos,
@@ -217,7 +217,7 @@ impl Engine {
             watches: Mutex::new(StdHashMap::new()),
             shared,
             scan_roots: homes.iter().map(|(_, h)| h.clone()).collect(),
-            remembered: Mutex::new(super::identity::remembered(&shared_for_ids)),
+            remembered: Mutex::new(remembered),
             stop: AtomicBool::new(false),
             threads: Mutex::new(Vec::new()),
         });
@@ -377,8 +377,7 @@ impl Engine {
                     }
                 };
                 st.truncated |= w.truncated;
-                let (major, minor) = resolve::dev_numbers(w.dev);
-                let dev = kernel_dev(major, minor);
+                let dev = resolve::kernel_dev_of(w.dev);
                 for (d, ino) in &w.dirs {
                     if mark(0, mask | libc::FAN_EVENT_ON_CHILD | ondir, d) {
                         marked.push(FileKey::new(dev, *ino));
@@ -520,10 +519,9 @@ impl Engine {
         if !(meta.is_dir() || reads && meta.is_file()) {
             return;
         }
-        let (major, minor) = resolve::dev_numbers(std::os::unix::fs::MetadataExt::dev(&meta));
         let o = Object {
             path: path.to_path_buf(),
-            dev: kernel_dev(major, minor),
+            dev: resolve::kernel_dev_of(std::os::unix::fs::MetadataExt::dev(&meta)),
             ino: std::os::unix::fs::MetadataExt::ino(&meta),
             kind: if meta.is_dir() { Kind::Dir } else { Kind::File },
         };
@@ -588,34 +586,10 @@ impl Engine {
         }
         let mut kernel = self.shared.kernel.lock().expect("kernel lock");
         let Some(maps) = kernel.as_mut() else { return };
-        for (k, v) in &objects {
-            if let Err(e) = maps.objects.insert(k, v, 0) {
-                error!(error = %e, "cannot install a protected object in the kernel map");
-            }
-        }
-        let stale: Vec<FileKey> = maps
-            .objects
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| !objects.contains_key(k))
-            .collect();
-        for k in stale {
-            let _ = maps.objects.remove(&k);
-        }
-        for (k, v) in &devices {
-            if let Err(e) = maps.devices.insert(k, v, 0) {
-                error!(error = %e, "cannot install a protected device in the kernel map");
-            }
-        }
-        let stale: Vec<DevKey> = maps
-            .devices
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| !devices.contains_key(k))
-            .collect();
-        for k in stale {
-            let _ = maps.devices.remove(&k);
-        }
+        let current = super::kernel::entries(&maps.objects);
+        super::kernel::sync_map(&mut maps.objects, &current, &objects, "protected object");
+        let current = super::kernel::entries(&maps.devices);
+        super::kernel::sync_map(&mut maps.devices, &current, &devices, "protected device");
         self.sync_identities(maps);
     }
 }

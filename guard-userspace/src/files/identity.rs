@@ -24,7 +24,7 @@ use std::{
 use std::collections::BTreeMap;
 
 use guard_common::file::{FileIdentity, FileKey, HANDLE_MAX, kernel_dev};
-use tracing::{error, info};
+use tracing::info;
 
 use super::{
     Shared,
@@ -165,6 +165,7 @@ impl Engine {
     /// Keep the pinned identity set to the objects of the rules in force: add what is new,
     /// keep what is known (a moved object's old path gives no handle any more), drop the rest.
     pub(super) fn sync_identities(&self, maps: &mut super::kernel::FileMaps) {
+        let current = super::kernel::entries(&maps.identities);
         let mut wanted: BTreeMap<FileKey, FileIdentity> = BTreeMap::new();
         {
             let state = self.state.lock().expect("state lock");
@@ -177,33 +178,22 @@ impl Engine {
                     if wanted.contains_key(&key) {
                         continue;
                     }
-                    let known = maps
-                        .identities
-                        .get(&key, 0)
-                        .ok()
-                        .filter(|id| id.rule == rule.fingerprint);
+                    let known = current
+                        .get(&key)
+                        .filter(|id| id.rule == rule.fingerprint)
+                        .copied();
                     if let Some(id) = known.or_else(|| of(o, rule.fingerprint)) {
                         wanted.insert(key, id);
                     }
                 }
             }
         }
-        for (k, id) in &wanted {
-            if maps.identities.get(k, 0).ok().as_ref() != Some(id)
-                && let Err(e) = maps.identities.insert(k, id, 0)
-            {
-                error!(error = %e, "cannot keep a protected object's identity");
-            }
-        }
-        let stale: Vec<FileKey> = maps
-            .identities
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| !wanted.contains_key(k))
-            .collect();
-        for k in stale {
-            let _ = maps.identities.remove(&k);
-        }
+        super::kernel::sync_map(
+            &mut maps.identities,
+            &current,
+            &wanted,
+            "protected object's identity",
+        );
     }
 }
 
@@ -211,7 +201,7 @@ impl Engine {
 pub(super) fn remembered(shared: &Shared) -> Vec<(FileKey, FileIdentity)> {
     let kernel = shared.kernel.lock().expect("kernel lock");
     kernel.as_ref().map_or_else(Vec::new, |m| {
-        m.identities.iter().filter_map(Result::ok).collect()
+        super::kernel::entries(&m.identities).into_iter().collect()
     })
 }
 
@@ -261,8 +251,7 @@ mod tests {
         let path = dir.path().join("secret");
         std::fs::write(&path, "x").unwrap();
         let meta = std::fs::metadata(&path).unwrap();
-        let (major, minor) = (libc::major(meta.dev()), libc::minor(meta.dev()));
-        let key = FileKey::new(kernel_dev(major, minor), meta.ino());
+        let key = FileKey::new(super::super::resolve::kernel_dev_of(meta.dev()), meta.ino());
         let o = Object {
             path: path.clone(),
             dev: key.dev,

@@ -3,6 +3,7 @@
 //! their events.
 
 use std::{
+    collections::BTreeMap,
     os::fd::AsRawFd as _,
     sync::{
         Arc,
@@ -29,6 +30,32 @@ use crate::loader::{
     table::{self, Family, Kind},
     take_map,
 };
+
+/// The entries of `map`.
+pub fn entries<K: aya::Pod + Ord, V: aya::Pod>(map: &HashMap<MapData, K, V>) -> BTreeMap<K, V> {
+    map.iter().filter_map(Result::ok).collect()
+}
+
+/// Make `map`, which holds `current`, hold `wanted`: new and changed entries first, then the
+/// stale ones removed, so that an entry both have is never missing. `what` names an entry in
+/// errors.
+pub fn sync_map<K: aya::Pod + Ord, V: aya::Pod + PartialEq>(
+    map: &mut HashMap<MapData, K, V>,
+    current: &BTreeMap<K, V>,
+    wanted: &BTreeMap<K, V>,
+    what: &str,
+) {
+    for (k, v) in wanted {
+        if current.get(k) != Some(v)
+            && let Err(e) = map.insert(k, v, 0)
+        {
+            tracing::error!(error = %e, "cannot install a {what} in the kernel map");
+        }
+    }
+    for k in current.keys().filter(|k| !wanted.contains_key(k)) {
+        let _ = map.remove(k);
+    }
+}
 
 /// The file maps, owned by the file guard.
 pub struct FileMaps {

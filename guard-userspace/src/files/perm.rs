@@ -16,7 +16,7 @@ use std::{
     sync::Arc,
 };
 
-use guard_common::file::{FileKey, access, kernel_dev};
+use guard_common::file::{FileKey, access};
 use tracing::error;
 
 use super::{
@@ -25,6 +25,7 @@ use super::{
     engine::{Engine, RuleInfo},
     fanotify::{self, Group},
     report::{Decision, Hook, Outcome, boot_ns},
+    resolve::kernel_dev_of,
 };
 use crate::{policy::Action, respond, tags::ProcInfo};
 
@@ -112,15 +113,13 @@ fn decide(engine: &Engine, group: &Group, mask: u64, tid: i32, fd: OwnedFd) {
             return;
         }
     };
-    let (major, minor) = super::resolve::dev_numbers(st.st_dev);
-    let key = FileKey::new(kernel_dev(major, minor), st.st_ino);
+    let key = FileKey::new(kernel_dev_of(st.st_dev), st.st_ino);
     let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
     // A file's rules may come from its directory: found by the path the kernel resolved.
     let parent = || {
         let dir = path.parent()?;
         let m = nix::sys::stat::stat(dir).ok()?;
-        let (a, b) = super::resolve::dev_numbers(m.st_dev);
-        Some(FileKey::new(kernel_dev(a, b), m.st_ino))
+        Some(FileKey::new(kernel_dev_of(m.st_dev), m.st_ino))
     };
     let rules = engine.rules_for(key, is_dir, parent);
     let Some(r) = rules

@@ -138,6 +138,12 @@ pub fn dev_numbers(st_dev: u64) -> (u32, u32) {
     (libc::major(st_dev), libc::minor(st_dev))
 }
 
+/// `st_dev` in the kernel's encoding (see [`kernel_dev`]), as the kernel maps key devices.
+pub fn kernel_dev_of(st_dev: u64) -> u32 {
+    let (major, minor) = dev_numbers(st_dev);
+    kernel_dev(major, minor)
+}
+
 /// Resolve `patterns` (one rule's, `~` expanded).
 pub fn resolve(patterns: &[PathPattern], mounts: &[Mount], scan_roots: &[PathBuf]) -> Targets {
     let mut t = Targets::default();
@@ -194,10 +200,9 @@ pub fn resolve(patterns: &[PathPattern], mounts: &[Mount], scan_roots: &[PathBuf
         if let Some(image) = loop_backing_file(major, minor)
             && let Ok(meta) = fs::metadata(&image)
         {
-            let (ma, mi) = dev_numbers(meta.dev());
             backing.insert(Object {
                 path: image,
-                dev: kernel_dev(ma, mi),
+                dev: kernel_dev_of(meta.dev()),
                 ino: meta.ino(),
                 kind: Kind::Backing,
             });

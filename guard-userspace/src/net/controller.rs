@@ -417,8 +417,15 @@ fn install(st: &mut State, generation: u32) -> Result<(), NetError> {
                     .extend(&h.addrs);
                 acc
             });
-    let plan = plan::plan(&st.rules, &resolved, unix_files::targets, generation)?;
-    st.unix_files = unix_files::files_of(&st.rules);
+    // The socket files as this plan saw them, for the recheck to compare with.
+    let mut files = BTreeMap::new();
+    let targets = |name: &str| {
+        let t = unix_files::targets(name);
+        files.insert(name.to_owned(), t.file);
+        t
+    };
+    let plan = plan::plan(&st.rules, &resolved, targets, generation)?;
+    st.unix_files = files;
     write_plan(&mut st.maps, &plan)?;
     let raw = plan::raw_rule(st.raw.as_ref(), generation);
     st.maps

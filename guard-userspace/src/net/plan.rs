@@ -143,7 +143,7 @@ pub fn raw_rule(raw: Option<&CompiledRawRule>, generation: u32) -> NetRule {
 pub fn plan(
     rules: &[CompiledEndpointRule],
     resolved: &BTreeMap<u32, BTreeSet<IpAddr>>,
-    unix_targets: impl Fn(&str) -> UnixTargets,
+    mut unix_targets: impl FnMut(&str) -> UnixTargets,
     generation: u32,
 ) -> Result<Plan, PlanError> {
     if rules.len() > RULES_PER_GENERATION as usize {

@@ -66,9 +66,7 @@ fn socket_file(name: &str) -> Option<(u32, u64)> {
     if !m.file_type().is_socket() {
         return None;
     }
-    let dev = m.dev();
-    let (major, minor) = (libc::major(dev), libc::minor(dev));
-    Some((guard_common::file::kernel_dev(major, minor), m.ino()))
+    Some((crate::files::resolve::kernel_dev_of(m.dev()), m.ino()))
 }
 
 #[cfg(test)]
