@@ -311,6 +311,36 @@ impl Daemon {
         }
     }
 
+    /// Stop the daemon (SIGTERM) and start it again on the same pins, socket, log and policy.
+    pub fn restart(&mut self) {
+        let keep = self.keep_pins;
+        self.keep_pins = true;
+        self.signal_and_reap(Signal::SIGTERM);
+        self.spawn();
+        self.keep_pins = keep;
+    }
+
+    /// Send the daemon SIGHUP (apply the policy file again).
+    pub fn sighup(&self) {
+        kill(Pid::from_raw(self.pid() as i32), Signal::SIGHUP).expect("SIGHUP the daemon");
+    }
+
+    /// The generation of the policy in force.
+    pub fn generation(&self) -> u64 {
+        self.status_json().expect("status")["policy_generation"]
+            .as_u64()
+            .expect("policy_generation in status")
+    }
+
+    /// SIGHUP, and wait until the next generation is in force.
+    pub fn reload(&self) {
+        let before = self.generation();
+        self.sighup();
+        wait_for("the reload", Duration::from_secs(10), || {
+            (self.generation() > before).then_some(())
+        });
+    }
+
     /// `guard run -- args…` aimed at this daemon, as a spawned child in its own process group.
     pub fn run_tagged(&self, args: &[&str]) -> Proc {
         let mut c = self.guard();

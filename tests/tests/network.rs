@@ -279,6 +279,20 @@ fn hostname_rule_follows_dns_changes() {
     assert!(listener.count("tcp:5432") >= 2);
 }
 
+/// What status says unix socket rules cover; `None`, said in the output, on a VM kernel
+/// whose fallback tier has no unix sock_addr hooks (Linux < 6.7): said, never claimed.
+fn unix_coverage(daemon: &Daemon) -> Option<String> {
+    let unix = daemon.status_json().unwrap()["network"]["unix"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    if unix.starts_with("not-loaded") && std::env::var_os("GUARD_VM").is_some() {
+        println!("NOT RUN on this kernel's fallback tier: unix socket rules are {unix}");
+        return None;
+    }
+    Some(unix)
+}
+
 /// A unix socket server in a temp dir reached through a symlinked directory, plus an
 /// abstract socket and a datagram socket.
 #[test]
@@ -292,45 +306,24 @@ fn unix_socket_rules() {
     let dgram = real.join("dgram.sock");
     let abstract_name = format!("@{}", unique("guard-test"));
     let counts = dir.path().join("count");
-    let server = {
-        let mut cmd = Command::new("python3");
-        cmd.args([
-            "-c",
-            UNIX_SERVER,
-            counts.to_str().unwrap(),
-            &format!("stream={}", sock.display()),
-            &format!("stream={abstract_name}"),
-            &format!("dgram={}", dgram.display()),
-        ])
-        .stdout(Stdio::piped());
-        let mut p = Proc::spawn(cmd);
-        let mut line = String::new();
-        let out = p.child.stdout.take().unwrap();
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line).unwrap();
-        assert_eq!(line.trim(), "ready");
-        p
-    };
-    let count = || {
-        std::fs::read_to_string(&counts)
-            .ok()
-            .and_then(|t| t.trim().parse::<u64>().ok())
-            .unwrap_or(0)
-    };
+    let server = UnixServer::start(
+        &counts,
+        &[
+            format!("stream={}", sock.display()),
+            format!("stream={abstract_name}"),
+            format!("dgram={}", dgram.display()),
+        ],
+    );
+    let count = || server.count();
     // The rule names the socket through the symlink; the kernel also gets the resolved path.
     let daemon = Daemon::start_with_policy(&policy(&format!(
         "    - {{ name: runtime-sock, unix: [\"{}\", \"{abstract_name}\", \"{}\"], action: deny }}\n",
         link.join("app.sock").display(),
         link.join("dgram.sock").display(),
     )));
-    let unix = daemon.status_json().unwrap()["network"]["unix"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    if unix.starts_with("not-loaded") && std::env::var_os("GUARD_VM").is_some() {
-        // Linux < 6.7 on the fallback tier has no unix sock_addr hooks: said, never claimed.
-        println!("NOT RUN on this kernel's fallback tier: unix socket rules are {unix}");
+    let Some(unix) = unix_coverage(&daemon) else {
         return;
-    }
+    };
     assert!(unix.starts_with("enforced"), "{unix}");
     let s = |p: &Path| p.to_str().unwrap().to_owned();
     assert_eperm(
@@ -391,42 +384,17 @@ fn unix_socket_spellings_all_meet_the_rule() {
     std::fs::create_dir(&real).unwrap();
     let sock = real.join("app.sock");
     let counts = dir.path().join("count");
-    let server = {
-        let mut cmd = Command::new("python3");
-        cmd.args([
-            "-c",
-            UNIX_SERVER,
-            counts.to_str().unwrap(),
-            &format!("stream={}", sock.display()),
-        ])
-        .stdout(Stdio::piped());
-        let mut p = Proc::spawn(cmd);
-        let mut line = String::new();
-        let out = p.child.stdout.take().unwrap();
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line).unwrap();
-        assert_eq!(line.trim(), "ready");
-        p
-    };
-    let count = || {
-        std::fs::read_to_string(&counts)
-            .ok()
-            .and_then(|t| t.trim().parse::<u64>().ok())
-            .unwrap_or(0)
-    };
+    let server = UnixServer::start(&counts, &[format!("stream={}", sock.display())]);
+    let count = || server.count();
     let daemon = Daemon::start_with_policy(&format!(
         "apiVersion: guard.dev/v1alpha1\nkind: GuardPolicy\nmetadata: {{ name: unix-test }}\n\
          spec:\n  agents:\n    - {{ name: claude-code, executables: [claude] }}\n  \
          endpoints:\n    - {{ name: runtime-sock, unix: [\"{}\"], action: deny }}\n",
         sock.display()
     ));
-    let coverage = daemon.status_json().unwrap()["network"]["unix"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    if coverage.starts_with("not-loaded") && std::env::var_os("GUARD_VM").is_some() {
-        println!("NOT RUN on this kernel's fallback tier: unix socket rules are {coverage}");
+    let Some(coverage) = unix_coverage(&daemon) else {
         return;
-    }
+    };
     let lsm = daemon.assert_tier() == "bpf-lsm";
     let links = tempfile::tempdir().unwrap();
     let (r, sk, l) = (real.display(), sock.display(), links.path().display());

@@ -157,11 +157,7 @@ fn a_bad_policy_change_is_rejected_and_the_old_one_stays_in_force() {
     );
     assert_eq!(st["policy_generation"].as_u64().unwrap(), generation + 1);
     assert!(st["policy_rejected"].is_null());
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(d.pid() as i32),
-        nix::sys::signal::Signal::SIGHUP,
-    )
-    .unwrap();
+    d.sighup();
     wait_for("SIGHUP to reload", Duration::from_secs(10), || {
         d.status_json()
             .filter(|s| s["policy_generation"].as_u64() == Some(generation + 2))
@@ -252,16 +248,8 @@ fn file_changes_apply(d: &Daemon) -> bool {
 fn admin_writes(d: &Daemon, policy: &std::path::Path, text: &str) {
     std::fs::write(policy, text).unwrap();
     if !file_changes_apply(d) {
-        sighup(d);
+        d.sighup();
     }
-}
-
-fn sighup(d: &Daemon) {
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(d.pid() as i32),
-        nix::sys::signal::Signal::SIGHUP,
-    )
-    .unwrap();
 }
 
 #[test]
@@ -325,7 +313,7 @@ fn a_reload_storm_never_lets_a_tagged_probe_through() {
             last_valid = i;
             if hup {
                 let g = st["policy_generation"].as_u64().unwrap();
-                sighup(&d);
+                d.sighup();
                 wait_for("SIGHUP to reload", Duration::from_secs(20), || {
                     d.status_json()
                         .filter(|s| s["policy_generation"].as_u64() == Some(g + 1))
@@ -349,7 +337,7 @@ fn a_reload_storm_never_lets_a_tagged_probe_through() {
             );
             rejected += 1;
             if hup {
-                sighup(&d);
+                d.sighup();
                 wait_for(
                     "SIGHUP of a bad policy to be rejected again",
                     Duration::from_secs(20),

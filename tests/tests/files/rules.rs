@@ -309,22 +309,10 @@ fn a_moved_object_stays_protected_across_a_restart_and_a_reload() {
     };
     unreadable(&d, "before the restart");
 
-    d.keep_pins = true;
-    d.signal_and_reap(nix::sys::signal::Signal::SIGTERM);
-    d.spawn();
-    d.keep_pins = false;
+    d.restart();
     unreadable(&d, "after a restart");
 
-    let generation = |d: &Daemon| d.status_json().unwrap()["policy_generation"].as_u64();
-    let before = generation(&d);
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(d.pid() as i32),
-        nix::sys::signal::Signal::SIGHUP,
-    )
-    .unwrap();
-    wait_for("the reload", Duration::from_secs(10), || {
-        (generation(&d) > before).then_some(())
-    });
+    d.reload();
     // The path rules are resolved again on a thread of their own after the generation.
     std::thread::sleep(Duration::from_secs(1));
     unreadable(&d, "after a reload");
@@ -336,15 +324,7 @@ fn a_moved_object_stays_protected_across_a_restart_and_a_reload() {
 
     // The administrator changes the rule: its old objects leave the set.
     fs::write(d.policy.as_ref().unwrap(), rule("write")).unwrap();
-    let before = generation(&d);
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(d.pid() as i32),
-        nix::sys::signal::Signal::SIGHUP,
-    )
-    .unwrap();
-    wait_for("the changed rule", Duration::from_secs(10), || {
-        (generation(&d) > before).then_some(())
-    });
+    d.reload();
     wait_for(
         "the moved file to be readable",
         Duration::from_secs(10),
@@ -383,10 +363,7 @@ fn a_protected_file_stays_protected_when_its_directory_is_moved() {
         );
     };
     unreadable("after the move");
-    d.keep_pins = true;
-    d.signal_and_reap(nix::sys::signal::Signal::SIGTERM);
-    d.spawn();
-    d.keep_pins = false;
+    d.restart();
     unreadable("after a restart");
     assert_eq!(
         fs::read_to_string(&moved).unwrap(),

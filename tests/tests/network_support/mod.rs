@@ -2,7 +2,7 @@
 //! scripts), tcpdump captures, and assertions.
 
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Command, Output, Stdio},
     time::Duration,
 };
@@ -181,6 +181,39 @@ for kind, s in socks:
 print("ready", flush=True)
 threading.Event().wait()
 "#;
+
+/// [`UNIX_SERVER`] on `specs` (`stream=PATH`, `dgram=PATH`, `stream=@abstract`), ready to
+/// accept; killed on drop.
+pub struct UnixServer {
+    _proc: Proc,
+    counts: PathBuf,
+}
+
+impl UnixServer {
+    pub fn start(counts: &Path, specs: &[String]) -> Self {
+        let mut cmd = Command::new("python3");
+        cmd.args(["-c", UNIX_SERVER, counts.to_str().unwrap()])
+            .args(specs)
+            .stdout(Stdio::piped());
+        let mut p = Proc::spawn(cmd);
+        let mut line = String::new();
+        let out = p.child.stdout.take().unwrap();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line).unwrap();
+        assert_eq!(line.trim(), "ready");
+        Self {
+            _proc: p,
+            counts: counts.to_path_buf(),
+        }
+    }
+
+    /// Connections and datagrams received so far.
+    pub fn count(&self) -> u64 {
+        std::fs::read_to_string(&self.counts)
+            .ok()
+            .and_then(|t| t.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    }
+}
 
 /// The test's namespace: `10.20.K.0/24` and `fd00:20:K::/64`, K unique per test.
 pub struct Net {
