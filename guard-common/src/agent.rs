@@ -32,6 +32,133 @@ const fn min(a: usize, b: usize) -> usize {
     if a < b { a } else { b }
 }
 
+/// Bytes of an environment variable (`NAME=VALUE`, NUL included) compared with the markers:
+/// a marker is at most `ENV_KEY_LEN - 2` bytes, so a variable cut at this length never
+/// matches an exact marker by its forced NUL.
+pub const ENV_KEY_LEN: usize = 64;
+/// The environment scan at exec examines at most this many variables…
+pub const ENV_SCAN_MAX_VARS: u32 = 512;
+/// …and the variables that start within this many bytes of the environment block.
+pub const ENV_SCAN_MAX_BYTES: u64 = 32 * 1024;
+
+/// The data of an environment marker key in the kernel's LPM trie ([`crate::maps::AGENT_ENV`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct EnvKey {
+    pub bytes: [u8; ENV_KEY_LEN],
+}
+const _: () = assert!(core::mem::size_of::<EnvKey>() == ENV_KEY_LEN);
+
+impl EnvKey {
+    /// The trie key of a marker and its prefix length in bits: `NAME=VALUE` matches exactly
+    /// (the terminating NUL is part of the prefix), `NAME=VALUE*` any value that starts
+    /// with `VALUE`, `NAME=*` any value. `None` when the marker is longer than a key holds.
+    pub fn marker(name: &[u8], value: &[u8], prefix: bool) -> Option<(Self, u32)> {
+        let len = name.len() + 1 + value.len() + usize::from(!prefix);
+        if len > ENV_KEY_LEN - 1 {
+            return None;
+        }
+        let mut bytes = [0u8; ENV_KEY_LEN];
+        for (i, b) in name.iter().chain(b"=").chain(value).enumerate() {
+            bytes[i] = *b;
+        }
+        Some((Self { bytes }, (len * 8) as u32))
+    }
+}
+
+/// Bits of [`Recognition::env_first4`].
+pub const ENV_FILTER_BITS: usize = 1 << 16;
+
+/// What the exec probe reads before it scans an environment (the one value of
+/// [`crate::maps::RECOGNITION`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Recognition {
+    /// How many markers [`crate::maps::AGENT_ENV`] holds; 0: no scan.
+    pub env_markers: u32,
+    /// 1 when a marker is shorter than 4 bytes up to its value's wildcard, so that the
+    /// filter below cannot be used: every variable is looked up.
+    pub env_unfiltered: u32,
+    /// A filter in front of the trie: the bit [`env_filter_bit`] of each marker's first 4
+    /// bytes is set. A variable whose first 4 bytes' bit is clear carries no marker, and
+    /// costs no trie lookup.
+    pub env_first4: [u64; ENV_FILTER_BITS / 64],
+}
+
+/// The filter bit of a variable or marker that starts with `first4`.
+#[inline(always)]
+pub const fn env_filter_bit(first4: u32) -> u32 {
+    first4.wrapping_mul(0x9E37_79B1) >> 16
+}
+
+impl Recognition {
+    /// Settings for `markers` (their trie keys and prefix lengths in bits).
+    pub fn for_markers<'a>(markers: impl Iterator<Item = (&'a EnvKey, u32)>) -> Self {
+        let mut r = Self {
+            env_markers: 0,
+            env_unfiltered: 0,
+            env_first4: [0; ENV_FILTER_BITS / 64],
+        };
+        for (key, bits) in markers {
+            r.env_markers += 1;
+            if bits < 32 {
+                r.env_unfiltered = 1;
+                continue;
+            }
+            let b = key.bytes;
+            let bit = env_filter_bit(u32::from_le_bytes([b[0], b[1], b[2], b[3]])) as usize;
+            r.env_first4[bit / 64] |= 1 << (bit % 64);
+        }
+        r
+    }
+}
+
+/// A marker as written, `NAME=VALUE` or `NAME=PREFIX*`, as (name, value, prefix). `None`
+/// without `=`. The policy checks names and values; this only splits.
+pub fn split_marker(text: &[u8]) -> Option<(&[u8], &[u8], bool)> {
+    let eq = text.iter().position(|c| *c == b'=')?;
+    let (name, rest) = text.split_at(eq);
+    let value = rest.split_at(1).1;
+    match value.split_last() {
+        Some((b'*', head)) => Some((name, head, true)),
+        _ => Some((name, value, false)),
+    }
+}
+
+/// Does the variable `var` (`NAME=VALUE`, no NUL) carry the marker, by the kernel's rule: the
+/// first [`ENV_KEY_LEN`] bytes compared, exact markers including the end of the string.
+pub fn env_matches(var: &[u8], name: &[u8], value: &[u8], prefix: bool) -> bool {
+    let head = name.len() + 1 + value.len();
+    if var.len() < head || var.split_at(name.len()).0 != name || var[name.len()] != b'=' {
+        return false;
+    }
+    let rest = var.split_at(name.len() + 1).1;
+    if prefix {
+        rest.split_at(value.len()).0 == value
+    } else {
+        rest == value && var.len() < ENV_KEY_LEN - 1
+    }
+}
+
+/// Why a root was recognised (`ProcessEvent::reason` of an agent exec).
+pub mod recognised {
+    /// Its executable's name (`comm`).
+    pub const EXECUTABLE: u32 = 1;
+    /// The script or module an interpreter runs.
+    pub const SCRIPT: u32 = 2;
+    /// An environment marker (`ProcessEvent::script` holds the matched variable's start).
+    pub const ENV: u32 = 3;
+
+    pub const fn name(reason: u32) -> &'static str {
+        match reason {
+            EXECUTABLE => "executable",
+            SCRIPT => "script",
+            ENV => "env",
+            _ => "unknown",
+        }
+    }
+}
+
 /// Strip a script's extension: `cli.js` → `cli`, `aider.py` → `aider`, `.bashrc` stays.
 pub fn stem(name: &[u8]) -> &[u8] {
     let mut i = name.len();
@@ -167,6 +294,35 @@ mod tests {
         assert_eq!(candidates("aider"), ["aider"]);
         assert_eq!(candidates("aider.main"), ["aider.main", "aider"]);
         assert_eq!(candidates("./bin/claude"), ["claude", "bin", "."]);
+    }
+
+    #[test]
+    fn markers_match_like_the_kernel_trie() {
+        let m = |text: &str, var: &str| {
+            let (n, v, p) = split_marker(text.as_bytes()).unwrap();
+            env_matches(var.as_bytes(), n, v, p)
+        };
+        assert!(m("CURSOR_AGENT=1", "CURSOR_AGENT=1"));
+        assert!(!m("CURSOR_AGENT=1", "CURSOR_AGENT=10"));
+        assert!(!m("CURSOR_AGENT=1", "CURSOR_AGENT="));
+        assert!(m("AGENT=*", "AGENT=goose"));
+        assert!(m("AGENT=*", "AGENT="));
+        assert!(!m("AGENT=*", "AGENT_ID=7"));
+        assert!(!m("AGENT=*", "XAGENT=1"));
+        assert!(m("ROLE=agent-*", "ROLE=agent-exec"));
+        assert!(!m("ROLE=agent-*", "ROLE=agen"));
+        let long = std::format!("A={}", "x".repeat(70));
+        assert!(m("A=xx*", &long));
+        assert!(
+            !m(&long, &long),
+            "an exact marker longer than a key never matches"
+        );
+        let (key, bits) = EnvKey::marker(b"AGENT", b"goose", false).unwrap();
+        assert_eq!(bits, 12 * 8);
+        assert_eq!(&key.bytes[..12], b"AGENT=goose\0");
+        assert_eq!(EnvKey::marker(b"AGENT", b"", true).unwrap().1, 6 * 8);
+        assert!(EnvKey::marker(b"A", &[b'x'; 61], false).is_none());
+        assert!(EnvKey::marker(b"A", &[b'x'; 61], true).is_some());
     }
 
     #[test]

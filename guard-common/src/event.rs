@@ -83,7 +83,8 @@ pub struct ProcessEvent {
     pub script: [u8; NAME_LEN],
     /// Exit code (TaggedExit).
     pub exit_code: i32,
-    pub _pad: u32,
+    /// Why an agent exec's root was recognised ([`crate::agent::recognised`]); 0 otherwise.
+    pub reason: u32,
 }
 const _: () = assert!(core::mem::size_of::<ProcessEvent>() == 112);
 
@@ -117,9 +118,13 @@ pub enum Counter {
     /// Processes the tag map could not take (a tagged parent's child, an agent at exec),
     /// killed in the kernel before they ran on.
     ChildrenKilled = 11,
+    /// Execs whose environment was longer than the marker scan reads
+    /// ([`crate::agent::ENV_SCAN_MAX_VARS`], [`crate::agent::ENV_SCAN_MAX_BYTES`]): a
+    /// marker past that point was not seen.
+    EnvScanTruncated = 12,
 }
 
-pub const COUNTER_NAMES: [&str; 12] = [
+pub const COUNTER_NAMES: [&str; 13] = [
     "events_dropped",
     "tag_insert_failed",
     "probe_errors",
@@ -132,8 +137,9 @@ pub const COUNTER_NAMES: [&str; 12] = [
     "net_kill_failed",
     "net_fail_open",
     "untaggable_killed",
+    "env_scan_truncated",
 ];
-const _: () = assert!(COUNTER_NAMES.len() == Counter::ChildrenKilled as usize + 1);
+const _: () = assert!(COUNTER_NAMES.len() == Counter::EnvScanTruncated as usize + 1);
 const _: () = assert!(COUNTER_NAMES.len() <= crate::maps::COUNTERS_MAX as usize);
 
 #[cfg(feature = "user")]

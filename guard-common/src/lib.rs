@@ -50,6 +50,12 @@ pub mod tag_flags {
     pub const FROM_SEED: u32 = 1 << 2;
     /// The process inherited its tag at fork.
     pub const INHERITED: u32 = 1 << 3;
+    /// With [`FROM_EXEC`] or [`FROM_SEED`]: the root was recognised by an environment
+    /// marker (else by its executable or script).
+    pub const BY_ENV: u32 = 1 << 4;
+    /// With [`FROM_EXEC`] or [`FROM_SEED`]: the root was recognised by the script an
+    /// interpreter runs.
+    pub const BY_SCRIPT: u32 = 1 << 5;
 }
 
 /// The tag of a process that belongs to an agent tree. Keyed by tgid in [`maps::TAGS`].
@@ -74,6 +80,8 @@ mod pod {
     unsafe impl aya::Pod for super::ProcKey {}
     unsafe impl aya::Pod for super::Tag {}
     unsafe impl aya::Pod for super::agent::NameKey {}
+    unsafe impl aya::Pod for super::agent::EnvKey {}
+    unsafe impl aya::Pod for super::agent::Recognition {}
     unsafe impl aya::Pod for super::offsets::KernelOffsets {}
     unsafe impl aya::Pod for super::offsets::UnixOffsets {}
     unsafe impl aya::Pod for super::offsets::FileOffsets {}

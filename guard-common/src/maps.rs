@@ -11,6 +11,10 @@ pub const AGENT_SCRIPTS: &str = "GUARD_AGENT_SCRIPTS";
 /// comm of interpreters whose first script argument names the agent → 1.
 pub const INTERPRETERS: &str = "GUARD_INTERPRETERS";
 pub const AGENT_NAMES_MAX: u32 = 1024;
+/// LPM trie of environment markers ([`crate::agent::EnvKey`]) → agent id.
+pub const AGENT_ENV: &str = "GUARD_AGENT_ENV";
+/// One [`crate::agent::Recognition`]: the settings of recognition at exec.
+pub const RECOGNITION: &str = "GUARD_RECOGNITION";
 
 /// Kernel → user events.
 pub const EVENTS: &str = "GUARD_EVENTS";
@@ -249,11 +253,13 @@ pub const FILE_HIT: &str = "GUARD_FILE_HIT";
 
 /// Every map of the kernel object, by name. guard-ebpf's `#[map(name = …)]` takes a literal,
 /// so a rootless test compares the compiled object with this list.
-pub const ALL: [&str; 25] = [
+pub const ALL: [&str; 27] = [
     TAGS,
     AGENT_EXES,
     AGENT_SCRIPTS,
     INTERPRETERS,
+    AGENT_ENV,
+    RECOGNITION,
     EVENTS,
     COUNTERS,
     NET4,

@@ -26,7 +26,8 @@ pub struct KernelOffsets {
     pub signal_live: u32,
     /// Non-zero once filled in by the loader; programs do nothing with unset offsets.
     pub valid: u32,
-    pub _pad: u32,
+    /// `mm_struct.env_start` (`env_end` follows it).
+    pub mm_env_start: u32,
 }
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 48);
 

@@ -66,4 +66,15 @@ impl Task {
         let mm = Task(mm);
         Ok((mm.read(o.mm_arg_start)?, mm.read(o.mm_arg_end)?))
     }
+
+    /// `[env_start, env_end)` of the task's mm, in user memory.
+    #[inline(always)]
+    pub fn env(self, o: &KernelOffsets) -> Result<(u64, u64), i32> {
+        let mm: *const u8 = self.read(o.task_mm)?;
+        if mm.is_null() {
+            return Err(-1);
+        }
+        let mm = Task(mm);
+        Ok((mm.read(o.mm_env_start)?, mm.read(o.mm_env_start + 8)?))
+    }
 }

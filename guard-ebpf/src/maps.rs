@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use guard_common::{
     Tag,
-    agent::NameKey,
+    agent::{ENV_KEY_LEN, EnvKey, NameKey, Recognition},
     event::Counter,
     maps::{
         AGENT_NAMES_MAX, COUNTERS_MAX, EVENTS_BYTES, NET_PENDING_KILLS_MAX, NET_PREFIXES_MAX,
@@ -37,6 +37,14 @@ pub static AGENT_SCRIPTS: HashMap<NameKey, u32> = HashMap::pinned(AGENT_NAMES_MA
 #[map(name = "GUARD_INTERPRETERS")]
 pub static INTERPRETERS: HashMap<NameKey, u32> = HashMap::pinned(64, 0);
 
+/// Environment markers (`NAME=VALUE`, or a `NAME=VALUE` prefix) → agent id.
+#[map(name = "GUARD_AGENT_ENV")]
+pub static AGENT_ENV: LpmTrie<EnvKey, u32> = LpmTrie::pinned(AGENT_NAMES_MAX, BPF_F_NO_PREALLOC);
+
+/// Settings of recognition at exec: one value.
+#[map(name = "GUARD_RECOGNITION")]
+pub static RECOGNITION: Array<Recognition> = Array::pinned(1, 0);
+
 #[map(name = "GUARD_EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);
 
@@ -58,7 +66,25 @@ pub struct Scratch {
     pub args: [u8; ARGS_LEN],
     pub key: NameKey,
     pub state: ScanState,
+    /// The variable under test in the environment scan, as an [`AGENT_ENV`] key.
+    pub env: aya_ebpf::maps::lpm_trie::Key<EnvKey>,
+    pub env_state: EnvState,
 }
+
+/// Loop state of the environment scan.
+#[repr(C)]
+pub struct EnvState {
+    /// The next byte to read.
+    pub ptr: u64,
+    /// Variables fully passed.
+    pub vars: u64,
+    /// 1 while reading on through a variable longer than [`ENV_KEY_LEN`].
+    pub rest: u64,
+    /// The matched agent id + 1 (0: none yet).
+    pub agent: u64,
+}
+
+const _: () = assert!(ENV_KEY_LEN <= ARGS_LEN);
 
 /// Loop state of the script scan, kept in memory rather than registers.
 #[repr(C)]
@@ -69,6 +95,8 @@ pub struct ScanState {
     pub last_dot: u64,
     pub found: u64,
     pub agent: u64,
+    /// Bytes of the component being looked up.
+    pub size: u64,
 }
 
 /// Struct offsets of the running kernel, set by the loader from BTF.
@@ -85,7 +113,7 @@ static GUARD_OFFSETS: KernelOffsets = KernelOffsets {
     task_signal: 0,
     signal_live: 0,
     valid: 0,
-    _pad: 0,
+    mm_env_start: 0,
 };
 
 /// 1 where the cgroup socket programs may call `bpf_send_signal` themselves. A frozen

@@ -16,6 +16,8 @@ pub struct AgentSpec {
     pub name: String,
     pub executables: Vec<String>,
     pub scripts: Vec<String>,
+    /// Environment markers (`NAME=VALUE`, `NAME=PREFIX*`).
+    pub env: Vec<String>,
 }
 
 /// Names of agents by id, for display. Cheap to clone: every event reader holds the current

@@ -112,6 +112,9 @@ pub struct DaemonStatus {
     /// The tag map's size and what happens to a child it cannot take.
     #[serde(default)]
     pub tag_map: Option<crate::tagmap::TagMapStatus>,
+    /// How agents are recognised, and what recognition does not cover.
+    #[serde(default)]
+    pub recognition: Option<crate::tags::RecognitionStatus>,
     pub counters: Vec<(String, u64)>,
     pub probe: serde_json::Value,
     /// Path rules: what protects each access of each rule, and what it resolved to.

@@ -31,6 +31,8 @@ pub enum BtfError {
         strukt: &'static str,
         member: &'static str,
     },
+    #[error("kernel BTF: {0}")]
+    Layout(&'static str),
 }
 
 /// The running kernel's BTF, parsed once for everything loading needs (offsets, hooks), and
@@ -127,6 +129,13 @@ pub fn unix_offsets(btf: &Btf) -> UnixOffsets {
 /// Offsets of the fields guard's programs read.
 pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
     let off = |strukt, member| member_offset(btf, strukt, member);
+    let mm_env_start = off("mm_struct", "env_start")?;
+    if off("mm_struct", "env_end")? != mm_env_start + 8 {
+        // The programs read env_end right after env_start, as every kernel lays them out.
+        return Err(BtfError::Layout(
+            "mm_struct.env_end does not follow env_start",
+        ));
+    }
     Ok(KernelOffsets {
         task_pid: off("task_struct", "pid")?,
         task_tgid: off("task_struct", "tgid")?,
@@ -139,7 +148,7 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         task_signal: off("task_struct", "signal")?,
         signal_live: off("signal_struct", "live")?,
         valid: 1,
-        _pad: 0,
+        mm_env_start,
     })
 }
 
@@ -265,6 +274,7 @@ mod tests {
         assert!(o.task_tgid > o.task_pid.saturating_sub(8));
         assert!(o.task_pid > 0 && o.task_tgid > 0 && o.task_start_boottime > 0);
         assert!(o.mm_arg_end > o.mm_arg_start);
+        assert_eq!(o.mm_env_start, o.mm_arg_end + 8);
     }
 
     #[test]

@@ -13,11 +13,11 @@ use std::{
 
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, RingBuf},
 };
 use guard_common::{
     Tag,
-    agent::NameKey,
+    agent::{EnvKey, NameKey},
     event::COUNTER_NAMES,
     maps::{self, programs},
 };
@@ -229,6 +229,8 @@ impl Loading {
             agent_exes: take_map(ebpf, maps::AGENT_EXES)?,
             agent_scripts: take_map(ebpf, maps::AGENT_SCRIPTS)?,
             interpreters: take_map(ebpf, maps::INTERPRETERS)?,
+            agent_env: take_map(ebpf, maps::AGENT_ENV)?,
+            recognition: take_map(ebpf, maps::RECOGNITION)?,
             counters: take_map(ebpf, maps::COUNTERS)?,
             events: Some(take_map(ebpf, maps::EVENTS)?),
             pin_dir: self.pin_dir,
@@ -250,6 +252,8 @@ pub struct Kernel {
     pub agent_exes: HashMap<MapData, NameKey, u32>,
     pub agent_scripts: HashMap<MapData, NameKey, u32>,
     pub interpreters: HashMap<MapData, NameKey, u32>,
+    pub agent_env: LpmTrie<MapData, EnvKey, u32>,
+    pub recognition: Array<MapData, guard_common::agent::Recognition>,
     pub counters: PerCpuArray<MapData, u64>,
     events: Option<RingBuf<MapData>>,
     /// The tier that enforces: `BpfLsm` when the LSM programs are attached.

@@ -20,9 +20,14 @@ pub fn ps_tree(procs: &[TaggedProc]) -> String {
     }
     for ((start, root), members) in roots {
         let agent = members.first().map_or("?", |p| p.agent.as_str());
+        let why = members
+            .iter()
+            .find(|p| p.pid == root && !p.recognised.is_empty())
+            .map(|p| format!("  recognised by {}", p.recognised))
+            .unwrap_or_default();
         let _ = writeln!(
             out,
-            "{agent}  root {root}  started {:.2}s after boot  ({} processes)",
+            "{agent}  root {root}  started {:.2}s after boot  ({} processes){why}",
             start as f64 / 1e9,
             members.len()
         );
@@ -103,6 +108,18 @@ pub fn status(st: &DaemonStatus, color: bool) -> String {
         );
         if let Some(w) = &t.warning {
             let _ = writeln!(out, "  warning     {w}");
+        }
+    }
+    if let Some(r) = &st.recognition {
+        let _ = writeln!(
+            out,
+            "recognition  {} agents: {} executables, {} scripts, {} environment markers",
+            r.agents, r.executables, r.scripts, r.env_markers
+        );
+        let _ = writeln!(out, "  env scan    {}", r.env_scan);
+        let _ = writeln!(out, "  IDE agents  {}", r.ide_agents);
+        for n in &r.not_covered {
+            let _ = writeln!(out, "  not covered {n}");
         }
     }
     for e in &st.internal_errors {

@@ -3,10 +3,10 @@
 
 use std::collections::{BTreeMap, HashMap as StdHashMap, HashSet};
 
-use aya::maps::MapError;
+use aya::maps::{MapError, lpm_trie::Key as LpmKey};
 use guard_common::{
     ProcKey, Tag,
-    agent::{self, COMM_LEN, NAME_LEN, NameKey},
+    agent::{self, COMM_LEN, EnvKey, NAME_LEN, NameKey, Recognition},
     tag_flags,
 };
 use serde::Serialize;
@@ -53,6 +53,8 @@ pub enum TagError {
     },
     #[error("reading /proc: {0}")]
     ProcList(#[source] procfs::ProcError),
+    #[error("environment marker {0:?} does not fit the kernel's key")]
+    Marker(String),
 }
 
 /// Install the recognition maps for `agents`: new keys first, then stale keys removed, so
@@ -89,6 +91,47 @@ pub fn install_agents(kernel: &mut Kernel, agents: &[AgentSpec]) -> Result<(), T
             map.remove(&k)?;
         }
     }
+    install_markers(kernel, agents)
+}
+
+/// The environment markers of `agents` into the kernel's trie, then their number, which turns
+/// the scan at exec on (or off at 0), then stale markers out.
+fn install_markers(kernel: &mut Kernel, agents: &[AgentSpec]) -> Result<(), TagError> {
+    let mut want: BTreeMap<(Vec<u8>, u32), u32> = BTreeMap::new();
+    for a in agents {
+        for m in &a.env {
+            let (name, value, prefix) =
+                agent::split_marker(m.as_bytes()).ok_or_else(|| TagError::Marker(m.clone()))?;
+            let (key, bits) =
+                EnvKey::marker(name, value, prefix).ok_or_else(|| TagError::Marker(m.clone()))?;
+            want.insert((key.bytes.to_vec(), bits), a.id);
+        }
+    }
+    let key = |bytes: &[u8], bits: u32| {
+        let mut k = EnvKey {
+            bytes: [0; agent::ENV_KEY_LEN],
+        };
+        k.bytes.copy_from_slice(bytes);
+        LpmKey::new(bits, k)
+    };
+    for ((bytes, bits), id) in &want {
+        kernel.agent_env.insert(&key(bytes, *bits), id, 0)?;
+    }
+    let keys: Vec<(EnvKey, u32)> = want
+        .keys()
+        .map(|(bytes, bits)| (key(bytes, *bits).data(), *bits))
+        .collect();
+    let settings = Recognition::for_markers(keys.iter().map(|(k, bits)| (k, *bits)));
+    kernel.recognition.set(0, settings, 0)?;
+    let stale: Vec<LpmKey<EnvKey>> = kernel
+        .agent_env
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| !want.contains_key(&(k.data().bytes.to_vec(), k.prefix_len())))
+        .collect();
+    for k in stale {
+        kernel.agent_env.remove(&k)?;
+    }
     Ok(())
 }
 
@@ -124,8 +167,20 @@ impl ProcInfo {
         ProcKey::new(self.pid, self.start_ns)
     }
 
-    /// The agent this process runs, by the same rules as the kernel's exec probe.
-    pub fn recognise(&self, agents: &[AgentSpec]) -> Option<u32> {
+    /// The agent an environment marker of this process names (its environment as exec'd).
+    pub fn recognise_env(&self, agents: &[AgentSpec]) -> Option<u32> {
+        env_marker(self.pid, agents).map(|(id, _)| id)
+    }
+
+    /// The agent this process runs, by the same rules as the kernel's exec probe, and the
+    /// tag flag that says how ([`tag_flags::BY_SCRIPT`], [`tag_flags::BY_ENV`], or 0 for
+    /// the executable).
+    pub fn recognise(&self, agents: &[AgentSpec]) -> Option<(u32, u32)> {
+        self.recognise_program(agents)
+            .or_else(|| self.recognise_env(agents).map(|id| (id, tag_flags::BY_ENV)))
+    }
+
+    fn recognise_program(&self, agents: &[AgentSpec]) -> Option<(u32, u32)> {
         let comm = NameKey::new(self.comm.as_bytes(), COMM_LEN - 1);
         let comm = agent::trim_nul(&comm.bytes);
         for a in agents {
@@ -133,7 +188,7 @@ impl ProcInfo {
                 .iter()
                 .any(|e| agent::trim_nul(&NameKey::new(e.as_bytes(), COMM_LEN - 1).bytes) == comm)
             {
-                return Some(a.id);
+                return Some((a.id, 0));
             }
         }
         if !agent::is_interpreter(comm) {
@@ -153,7 +208,112 @@ impl ProcInfo {
                 .map(|a| a.id);
             found.is_some()
         });
-        found
+        found.map(|id| (id, tag_flags::BY_SCRIPT))
+    }
+}
+
+/// The agent whose environment marker `environ` (NUL-separated `NAME=VALUE`s, as in
+/// `/proc/PID/environ`) carries, by the kernel's rule: the first variable within the scan's
+/// bounds that carries a marker, and of that variable's markers the longest. Returns the
+/// agent id and the variable's start, as the kernel reports it.
+pub fn env_agent(environ: &[u8], agents: &[AgentSpec]) -> Option<(u32, String)> {
+    let mut offset = 0usize;
+    for (n, var) in environ.split(|c| *c == 0).enumerate() {
+        if n >= agent::ENV_SCAN_MAX_VARS as usize
+            || offset as u64 >= agent::ENV_SCAN_MAX_BYTES
+            || offset >= environ.len()
+        {
+            return None;
+        }
+        offset += var.len() + 1;
+        let best = agents
+            .iter()
+            .flat_map(|a| a.env.iter().map(move |m| (a.id, m)))
+            .filter_map(|(id, m)| {
+                let (name, value, prefix) = agent::split_marker(m.as_bytes())?;
+                agent::env_matches(var, name, value, prefix)
+                    .then_some((name.len() + value.len() + usize::from(!prefix), id))
+            })
+            .max();
+        if let Some((_, id)) = best {
+            let shown = &var[..var.len().min(NAME_LEN - 1)];
+            return Some((id, String::from_utf8_lossy(shown).into_owned()));
+        }
+    }
+    None
+}
+
+/// The marker process `pid`'s environment carries (see [`env_agent`]).
+pub fn env_marker(pid: u32, agents: &[AgentSpec]) -> Option<(u32, String)> {
+    if agents.iter().all(|a| a.env.is_empty()) {
+        return None;
+    }
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    env_agent(&environ, agents)
+}
+
+/// How a root came to be tagged, for `guard ps`: from its tag's flags, and for an
+/// environment marker the variable that carries it.
+pub fn recognition(pid: u32, flags: u32, agents: &[AgentSpec]) -> String {
+    let how = if flags & tag_flags::BY_ENV != 0 {
+        let marker = env_marker(pid, agents).map(|(_, m)| format!(" {m}"));
+        format!("env marker{}", marker.unwrap_or_default())
+    } else if flags & tag_flags::BY_SCRIPT != 0 {
+        "script".to_owned()
+    } else if flags & tag_flags::FROM_RUN != 0 {
+        "guard run".to_owned()
+    } else {
+        "executable".to_owned()
+    };
+    if flags & tag_flags::FROM_SEED != 0 && flags & tag_flags::FROM_RUN == 0 {
+        format!("{how} (found running at start)")
+    } else {
+        how
+    }
+}
+
+/// `guard status`: what makes a root, and what recognition does not see.
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
+pub struct RecognitionStatus {
+    pub agents: usize,
+    pub executables: usize,
+    pub scripts: usize,
+    pub env_markers: usize,
+    /// The bounds of the environment scan at exec and how many execs went past them.
+    pub env_scan: String,
+    /// What recognition of an IDE agent by its shells' markers contains, and what not.
+    pub ide_agents: String,
+    /// What no recognition here sees, by name.
+    pub not_covered: Vec<String>,
+}
+
+/// The status of recognition for `agents`, with the kernel's count of truncated scans.
+pub fn recognition_status(agents: &[AgentSpec], truncated: u64) -> RecognitionStatus {
+    let count = |f: fn(&AgentSpec) -> usize| agents.iter().map(f).sum();
+    let env_markers = count(|a| a.env.len());
+    RecognitionStatus {
+        agents: agents.len(),
+        executables: count(|a| a.executables.len()),
+        scripts: count(|a| a.scripts.len()),
+        env_markers,
+        env_scan: if env_markers == 0 {
+            "off: the policy has no environment markers".into()
+        } else {
+            format!(
+                "the first {} variables that start within the first {} KiB of the environment                  at exec; {truncated} execs had more, and a marker past that was not seen",
+                agent::ENV_SCAN_MAX_VARS,
+                agent::ENV_SCAN_MAX_BYTES / 1024
+            )
+        },
+        ide_agents: "the shells an IDE agent runs its commands in (they carry its marker) and                      everything they start are tagged and contained; the editor, its extension                      host and the human's terminals are not"
+            .into(),
+        not_covered: vec![
+            "an IDE agent's own tools (read, edit, search, fetch, MCP), which run inside the              untagged editor process"
+                .into(),
+            "an agent that sets no marker and runs under a name or script the policy does not              list (markers are vendors' conventions, not a boundary)"
+                .into(),
+            "a marker past the environment scan's bounds".into(),
+        ],
     }
 }
 
@@ -206,12 +366,12 @@ pub fn seed(kernel: &mut Kernel, agents: &[AgentSpec]) -> Result<SeedReport, Tag
                     flags: pt.flags | tag_flags::INHERITED | tag_flags::FROM_SEED,
                     start_ns: p.key().start_ns,
                 }
-            } else if let Some(agent_id) = p.recognise(agents) {
+            } else if let Some((agent_id, by)) = p.recognise(agents) {
                 roots_seen.insert(p.pid);
                 Tag {
                     root: p.key(),
                     agent_id,
-                    flags: tag_flags::FROM_SEED,
+                    flags: tag_flags::FROM_SEED | by,
                     start_ns: p.key().start_ns,
                 }
             } else {
@@ -286,10 +446,14 @@ pub struct TaggedProc {
     pub comm: String,
     pub exe: Option<String>,
     pub argv: Vec<String>,
+    /// For a root: why it was recognised (`executable`, `script`, `env marker NAME=…`,
+    /// `guard run`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub recognised: String,
 }
 
 /// Every tagged process, with `/proc` details where the process is still readable.
-pub fn list(kernel: &Kernel, names: &AgentNames) -> Vec<TaggedProc> {
+pub fn list(kernel: &Kernel, names: &AgentNames, agents: &[AgentSpec]) -> Vec<TaggedProc> {
     let mut out: Vec<TaggedProc> = kernel
         .tags
         .iter()
@@ -307,6 +471,11 @@ pub fn list(kernel: &Kernel, names: &AgentNames) -> Vec<TaggedProc> {
                 comm: info.as_ref().map(|i| i.comm.clone()).unwrap_or_default(),
                 exe: info.as_ref().and_then(|i| i.exe.clone()),
                 argv: info.map(|i| i.argv).unwrap_or_default(),
+                recognised: if tag.root.tgid == tgid && tag.flags & tag_flags::INHERITED == 0 {
+                    recognition(tgid, tag.flags, agents)
+                } else {
+                    String::new()
+                },
             }
         })
         .collect();
@@ -325,12 +494,14 @@ mod tests {
                 name: "claude-code".into(),
                 executables: vec!["claude".into()],
                 scripts: vec!["claude".into(), "claude-code".into()],
+                env: vec![],
             },
             AgentSpec {
                 id: 2,
                 name: "aider".into(),
                 executables: vec!["aider".into()],
                 scripts: vec!["aider".into()],
+                env: vec![],
             },
         ]
     }
@@ -348,21 +519,50 @@ mod tests {
     }
 
     #[test]
+    fn env_markers_follow_the_kernel_scan() {
+        let mut a = agents();
+        a[0].env = vec!["CLAUDECODE=1".into(), "AGENT=*".into()];
+        a[1].env = vec!["AGENT=aider".into()];
+        let env = |vars: &[&str]| {
+            let mut out = Vec::new();
+            for v in vars {
+                out.extend_from_slice(v.as_bytes());
+                out.push(0);
+            }
+            out
+        };
+        let got = |vars: &[&str]| env_agent(&env(vars), &a);
+        assert_eq!(got(&["PATH=/bin", "CLAUDECODE=1"]).unwrap().0, 1);
+        assert_eq!(got(&["AGENT=aider"]).unwrap(), (2, "AGENT=aider".into()));
+        assert_eq!(got(&["AGENT=goose"]).unwrap().0, 1);
+        assert_eq!(got(&["AGENT_ID=1", "CLAUDECODE=10"]), None);
+        // Past the scan's bounds nothing is seen.
+        let mut many: Vec<String> = (0..agent::ENV_SCAN_MAX_VARS)
+            .map(|i| format!("V{i}=x"))
+            .collect();
+        many.push("CLAUDECODE=1".into());
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert_eq!(got(&many), None);
+        assert_eq!(got(&many[1..]).unwrap().0, 1);
+    }
+
+    #[test]
     fn recognises_executables_and_scripts() {
         let a = agents();
-        assert_eq!(proc("claude", &["claude"]).recognise(&a), Some(1));
+        assert_eq!(proc("claude", &["claude"]).recognise(&a), Some((1, 0)));
         let node = [
             "node",
             "/usr/lib/node_modules/@anthropic-ai/claude-code/cli.js",
         ];
-        assert_eq!(proc("node", &node).recognise(&a), Some(1));
+        let script = tag_flags::BY_SCRIPT;
+        assert_eq!(proc("node", &node).recognise(&a), Some((1, script)));
         assert_eq!(
             proc("python3", &["python3", "-m", "aider"]).recognise(&a),
-            Some(2)
+            Some((2, script))
         );
         assert_eq!(
             proc("python3.11", &["python3.11", "/opt/x/aider.py"]).recognise(&a),
-            Some(2)
+            Some((2, script))
         );
         assert_eq!(
             proc("node", &["node", "/srv/app/server.js"]).recognise(&a),

@@ -4,3 +4,4 @@ pub mod guard_self;
 pub mod lsm;
 pub mod net;
 pub mod process;
+pub mod recognise;

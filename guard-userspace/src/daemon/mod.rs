@@ -113,6 +113,7 @@ pub fn agent_specs(policy: &CompiledPolicy) -> Vec<AgentSpec> {
             name: a.name.clone(),
             executables: a.executables.iter().map(text).collect(),
             scripts: a.scripts.iter().map(text).collect(),
+            env: a.env.clone(),
         })
         .collect()
 }

@@ -227,7 +227,7 @@ async fn refused_tagged(state: &Shared, pid: i32, uid: u32, line: &str) {
 fn ps(state: &Shared) -> Reply<PsReply> {
     let st = state.lock().expect("state lock");
     Reply::ok(PsReply {
-        processes: tags::list(&st.kernel, &st.names),
+        processes: tags::list(&st.kernel, &st.names, &st.agents),
     })
 }
 

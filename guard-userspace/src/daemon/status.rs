@@ -49,6 +49,13 @@ pub(super) fn status(state: &Shared) -> Reply<DaemonStatus> {
         trackers: Kernel::pinned_links(st.kernel.pin_dir()),
         tagged_processes: tagged,
         tag_map: Some(crate::tagmap::status(&st.kernel, tagged)),
+        recognition: Some(crate::tags::recognition_status(
+            &st.agents,
+            counters
+                .iter()
+                .find(|(n, _)| n == "env_scan_truncated")
+                .map_or(0, |(_, v)| *v),
+        )),
         internal_errors: internal_errors(&st.kernel, &counters),
         counters,
         probe: serde_json::to_value(&st.probe).unwrap_or_default(),

@@ -134,6 +134,8 @@ pub struct Decoded {
     /// File or other object (file kinds).
     pub object: Option<Object>,
     pub matched_script: Option<String>,
+    /// Why an agent exec's root was recognised.
+    pub recognised: Option<schema::Recognition>,
     pub exit_code: Option<i32>,
     /// The signal that ended the process.
     pub signal: Option<i32>,
@@ -151,6 +153,7 @@ impl Decoded {
             destination: None,
             object: None,
             matched_script: None,
+            recognised: None,
             exit_code: None,
             signal: None,
         }

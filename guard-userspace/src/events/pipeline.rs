@@ -321,6 +321,7 @@ pub fn build(
         destination: d.destination.clone(),
         object: d.object.clone(),
         matched_script: d.matched_script.clone(),
+        recognised: d.recognised.clone(),
         exit_code: d.exit_code,
         signal: d.signal,
         lost: None,
@@ -399,6 +400,7 @@ mod tests {
             name: "claude-code".into(),
             executables: vec![],
             scripts: vec![],
+            env: vec![],
         }]);
         let clock = Clock::with_offset(0);
         let ctx = crate::events::DecodeCtx {

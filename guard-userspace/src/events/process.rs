@@ -2,11 +2,15 @@
 //! map could not take.
 
 use guard_common::{
+    agent::recognised,
     decision::Outcome,
     event::{EventKind, ProcessEvent},
 };
 
-use super::{Decision, DecodeCtx, DecodeError, Decoded, Lifecycle, Object, c_str, read_pod};
+use super::{
+    Decision, DecodeCtx, DecodeError, Decoded, Lifecycle, Object, c_str, read_pod,
+    schema::Recognition,
+};
 use crate::policy::{Action, Mode};
 
 /// Name of the rule in `tag_map_full` events.
@@ -58,8 +62,17 @@ pub fn decode(kind: EventKind, raw: &[u8], _ctx: &DecodeCtx<'_>) -> Result<Decod
         EventKind::TaggedExit => Lifecycle::Exit,
         _ => Lifecycle::Exec { agent_root: false },
     });
-    let script = c_str(&ev.script);
-    d.matched_script = (!script.is_empty()).then_some(script);
+    let matched = c_str(&ev.script);
+    let matched = (!matched.is_empty()).then_some(matched);
+    if kind == EventKind::AgentExec {
+        d.recognised = Some(Recognition {
+            by: recognised::name(ev.reason).to_owned(),
+            matched: matched.clone(),
+        });
+    }
+    if ev.reason != recognised::ENV {
+        d.matched_script = matched;
+    }
     if kind == EventKind::TaggedExit {
         // The kernel's exit_code is a wait status: the code in bits 8-15, or a signal.
         let status = ev.exit_code;
@@ -100,7 +113,7 @@ pub(crate) mod tests {
             comm: c,
             script,
             exit_code: 7 << 8,
-            _pad: 0,
+            reason: guard_common::agent::recognised::SCRIPT,
         };
         // SAFETY: ProcessEvent is repr(C) plain old data with explicit padding.
         let bytes = unsafe {
@@ -115,6 +128,7 @@ pub(crate) mod tests {
             name: "claude-code".into(),
             executables: vec![],
             scripts: vec![],
+            env: vec![],
         }])
     }
 

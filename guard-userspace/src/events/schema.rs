@@ -66,6 +66,9 @@ pub struct Event {
     pub object: Option<Object>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub matched_script: Option<String>,
+    /// Why the root of an `agent_exec` was recognised.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recognised: Option<Recognition>,
     /// Exit code of a process that exited.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
@@ -78,6 +81,17 @@ pub struct Event {
     /// `events_lost`: the kernel's cumulative count since the pins were created.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dropped_total: Option<u64>,
+}
+
+/// Why a process became an agent root.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Recognition {
+    /// `executable`, `script` or `env` (an environment marker).
+    pub by: String,
+    /// The script name, or the start of the environment variable, that matched.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub matched: Option<String>,
 }
 
 /// The process an event is about.

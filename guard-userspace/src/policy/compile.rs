@@ -66,6 +66,8 @@ pub struct CompiledAgent {
     pub executables: Vec<NameKey>,
     /// Keys compared with the script candidates of an interpreter (at most `NAME_LEN` bytes).
     pub scripts: Vec<NameKey>,
+    /// Environment markers as written (`NAME=VALUE`, `NAME=PREFIX*`).
+    pub env: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -130,6 +132,7 @@ impl Policy {
                     .iter()
                     .map(|s| NameKey::new(s.as_str().as_bytes(), NAME_LEN))
                     .collect(),
+                env: a.env.iter().map(|m| m.as_str().to_owned()).collect(),
             })
             .collect();
         let endpoints: Vec<CompiledEndpointRule> = spec
@@ -281,6 +284,9 @@ impl CompiledPolicy {
             }
             if !a.scripts.is_empty() {
                 lists.push(format!("scripts [{}]", keys(&a.scripts)));
+            }
+            if !a.env.is_empty() {
+                lists.push(format!("env [{}]", a.env.join(", ")));
             }
             let _ = writeln!(s, "  {:width$}  {}", a.name, lists.join(" "));
         }

@@ -126,6 +126,8 @@ pub enum Problem {
     BadResourceName { name: String, reason: &'static str },
     #[error("invalid program name {name:?}: {reason}")]
     BadProgram { name: String, reason: &'static str },
+    #[error("invalid environment marker {text:?}: {reason}")]
+    BadEnvMarker { text: String, reason: &'static str },
     #[error("invalid port {text:?}: expected a port (443) or a range (\"8000-8100\")")]
     BadPort { text: String },
     #[error("port {text:?} is out of range 1-65535")]
@@ -164,7 +166,7 @@ pub enum Problem {
         name: String,
         agent: String,
     },
-    #[error("agent matches nothing: give executables or scripts")]
+    #[error("agent matches nothing: give executables, scripts or env")]
     AgentMatchesNothing,
     #[error("endpoint rule matches nothing: give at least one of cidrs, ips, hosts or unix")]
     EndpointMatchesNothing,

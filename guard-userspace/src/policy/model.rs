@@ -10,7 +10,7 @@ use serde::Deserialize;
 use super::{
     error::Warning,
     pattern::PathSpec,
-    values::{Capability, Hostname, Name, PortRange, Program, UnixSocket, scalars},
+    values::{Capability, EnvMarker, Hostname, Name, PortRange, Program, UnixSocket, scalars},
 };
 
 /// A parsed and validated policy. Obtain it with [`Policy::from_yaml`], [`Policy::load`] or
@@ -152,6 +152,9 @@ pub struct Agent {
     pub executables: Vec<Program>,
     #[serde(default)]
     pub scripts: Vec<Program>,
+    /// Environment markers: a process exec'd with one becomes the root of a tree.
+    #[serde(default)]
+    pub env: Vec<EnvMarker>,
 }
 
 /// Network destinations tagged processes must not reach.

@@ -33,12 +33,19 @@ fn embedded_default_parses_and_compiles() {
         "copilot",
         "opencode",
         "cline",
-        "windsurf",
         "amp",
         "goose",
+        "ai-agent",
     ] {
         assert!(agents.contains(&name), "{name}");
     }
+    // The IDEs are not agents: their human terminals stay untagged.
+    assert!(c.agents.iter().all(|a| a.executables.iter().all(|e| {
+        let e = guard_common::agent::trim_nul(&e.bytes);
+        e != b"cursor" && e != b"windsurf" && e != b"code"
+    })));
+    let cursor = c.agents.iter().find(|a| a.name == "cursor").unwrap();
+    assert!(cursor.env.contains(&"CURSOR_AGENT=1".to_owned()));
     let metadata = &c.endpoints[0];
     assert_eq!(
         (metadata.action, metadata.mode),

@@ -60,6 +60,7 @@ fn agents(policy: &Policy, f: &mut Findings) {
     // Truncated key → owning agent, separately for executables and scripts.
     let mut executables: HashMap<Vec<u8>, &str> = HashMap::new();
     let mut scripts: HashMap<Vec<u8>, &str> = HashMap::new();
+    let mut markers: HashMap<&str, &str> = HashMap::new();
     for (i, agent) in policy.spec.agents.iter().enumerate() {
         let at = format!("spec.agents[{i}]");
         let name = agent.name.as_str();
@@ -74,7 +75,7 @@ fn agents(policy: &Policy, f: &mut Findings) {
         } else {
             names.insert(name, format!("{at}.name"));
         }
-        if agent.executables.is_empty() && agent.scripts.is_empty() {
+        if agent.executables.is_empty() && agent.scripts.is_empty() && agent.env.is_empty() {
             f.errors.push((at.clone(), Problem::AgentMatchesNothing));
         }
         let lists = [
@@ -111,6 +112,22 @@ fn agents(policy: &Policy, f: &mut Findings) {
                     None => {
                         owners.insert(key, name);
                     }
+                }
+            }
+        }
+        for (j, marker) in agent.env.iter().enumerate() {
+            match markers.get(marker.as_str()) {
+                Some(owner) if *owner != name => f.errors.push((
+                    format!("{at}.env[{j}]"),
+                    Problem::DuplicateProgram {
+                        what: "environment marker",
+                        name: marker.as_str().to_owned(),
+                        agent: (*owner).to_owned(),
+                    },
+                )),
+                Some(_) => {}
+                None => {
+                    markers.insert(marker.as_str(), name);
                 }
             }
         }

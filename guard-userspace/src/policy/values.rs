@@ -63,7 +63,7 @@ macro_rules! scalar_newtype {
     )*};
 }
 
-scalar_newtype!(Name, Program, Hostname, UnixSocket);
+scalar_newtype!(Name, Program, EnvMarker, Hostname, UnixSocket);
 
 /// Name of a rule or an agent: `[a-z0-9][a-z0-9-_.]*`, at most 63 bytes.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -136,6 +136,57 @@ impl Scalar for Program {
         } else {
             Ok(Self(text.to_owned()))
         }
+    }
+}
+
+/// An environment marker: `NAME=VALUE` (that value exactly), `NAME=PREFIX*` (a value that
+/// starts with `PREFIX`) or `NAME=*` (any value). The name always matches exactly, so
+/// `AGENT=*` does not match `AGENT_ID`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EnvMarker(String);
+
+impl EnvMarker {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Scalar for EnvMarker {
+    const EXPECTING: &'static str = "an environment marker (NAME=VALUE)";
+
+    fn parse(text: &str) -> Result<Self, Problem> {
+        let bad = |reason| {
+            Err(Problem::BadEnvMarker {
+                text: text.to_owned(),
+                reason,
+            })
+        };
+        let Some((name, value, prefix)) = guard_common::agent::split_marker(text.as_bytes()) else {
+            return bad("expected NAME=VALUE, NAME=PREFIX* or NAME=*");
+        };
+        let name_ok = name
+            .first()
+            .is_some_and(|c| c.is_ascii_alphabetic() || *c == b'_')
+            && name.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_');
+        if !name_ok {
+            return bad("the name must be letters, digits and '_', not starting with a digit");
+        }
+        if value.contains(&0) {
+            return bad("it contains a NUL byte");
+        }
+        if value.iter().any(|c| matches!(c, b'*' | b'?' | b'[')) {
+            return bad(
+                "only a trailing '*' is supported: the kernel compares the value, or a prefix of it",
+            );
+        }
+        if guard_common::agent::EnvKey::marker(name, value, prefix).is_none() {
+            return bad(if prefix {
+                "it is longer than 63 bytes, which the kernel compares"
+            } else {
+                "it is longer than 62 bytes: the kernel compares 63 bytes and the end of the value"
+            });
+        }
+        Ok(Self(text.to_owned()))
     }
 }
 
@@ -493,6 +544,26 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn env_markers() {
+        for good in ["CURSOR_AGENT=1", "AGENT=*", "ROLE=agent-*", "_X=", "A1=b c"] {
+            assert!(EnvMarker::parse(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "CURSOR_AGENT",
+            "=1",
+            "1A=x",
+            "A-B=1",
+            "A=*x",
+            "A=x?",
+            "A=[ab]",
+        ] {
+            assert!(EnvMarker::parse(bad).is_err(), "{bad}");
+        }
+        assert!(EnvMarker::parse(&format!("A={}", "x".repeat(61))).is_err());
+        assert!(EnvMarker::parse(&format!("A={}*", "x".repeat(61))).is_ok());
     }
 
     #[test]

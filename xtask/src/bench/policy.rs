@@ -46,7 +46,11 @@ pub fn generate(dir: &Path) -> Result<Generated> {
          spec:\n  mode: enforce\n  agents:\n\
          \x20   - { name: claude-code, executables: [claude], scripts: [claude, claude-code] }\n\
          \x20   - { name: codex, executables: [codex], scripts: [codex] }\n\
-         \x20   - { name: aider, executables: [aider], scripts: [aider] }\n  endpoints:\n",
+         \x20   - { name: aider, executables: [aider], scripts: [aider] }\n\
+         \x20   - { name: cursor, env: [CURSOR_AGENT=1, CURSOR_EXTENSION_HOST_ROLE=agent-exec] }\n\
+         \x20   - { name: copilot, env: [COPILOT_AGENT=1, AI_AGENT=github_copilot_vscode_agent] }\n\
+         \x20   - { name: markers, env: [CLAUDECODE=1, GEMINI_CLI=1, AI_AGENT=*, AGENT=*] }\n\
+         \x20 endpoints:\n",
     );
     let _ = writeln!(
         y,
@@ -142,7 +146,11 @@ mod tests {
         let yaml = fs::read_to_string(&g.policy).unwrap();
         let rules = yaml
             .lines()
-            .filter(|l| l.trim_start().starts_with("- { name: ") && !l.contains("executables"))
+            .filter(|l| {
+                l.trim_start().starts_with("- { name: ")
+                    && !l.contains("executables")
+                    && !l.contains("env:")
+            })
             .count();
         assert_eq!(rules, RULES);
         assert_eq!(g.endpoint_rules + g.path_rules, RULES);

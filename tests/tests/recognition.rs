@@ -1,0 +1,308 @@
+//! Recognition of agents that guard does not start: by the environment markers agents set
+//! for the commands they run (IDE agents' shells, CLIs' tool shells), read by the kernel at
+//! exec, and the same markers on processes found running at start-up.
+
+#[allow(
+    dead_code,
+    reason = "shared with the network tests; this uses the namespace, listener and client"
+)]
+mod network_support;
+
+use std::{collections::BTreeMap, process::Command, time::Duration};
+
+use guard_tests::{Daemon, Proc, output, read_pid_file, wait_for};
+use network_support::{CLIENT, Listener, Net, counter, net_events};
+
+/// `sleep 60` with exactly `env` (no other variable), in the order of its names.
+fn sleeper(env: &BTreeMap<String, String>) -> Proc {
+    let mut c = Command::new("/bin/sleep");
+    c.arg("60").env_clear().envs(env);
+    Proc::spawn(c)
+}
+
+fn vars(list: &[(&str, &str)]) -> BTreeMap<String, String> {
+    list.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// The agent each process was tagged as, once every expected one is tagged.
+fn assert_tags(d: &Daemon, cases: &[(Proc, Option<&str>, String)]) {
+    for (p, want, what) in cases {
+        if want.is_some() {
+            wait_for(what, Duration::from_secs(10), || d.tag_of(p.pid()));
+        }
+    }
+    for (p, want, what) in cases {
+        let tag = d.tag_of(p.pid());
+        match want {
+            Some(agent) => {
+                let tag = tag.unwrap_or_else(|| panic!("{what}: not tagged"));
+                assert_eq!(tag["agent"], *agent, "{what}");
+                assert_eq!(tag["root_pid"], p.pid(), "{what}: its own root");
+                assert!(
+                    tag["recognised"]
+                        .as_str()
+                        .is_some_and(|r| r.starts_with("env marker")),
+                    "{what}: {tag}"
+                );
+            }
+            None => assert!(
+                tag.is_none(),
+                "{what}: tagged, but carries no marker: {tag:?}"
+            ),
+        }
+    }
+}
+
+#[test]
+fn the_default_policy_recognises_the_vendors_markers_and_nothing_near_them() {
+    let d = Daemon::start();
+    let cases: Vec<(&[(&str, &str)], Option<&str>)> = vec![
+        (&[("CURSOR_AGENT", "1")], Some("cursor")),
+        (
+            &[("CURSOR_EXTENSION_HOST_ROLE", "agent-exec")],
+            Some("cursor"),
+        ),
+        (&[("COPILOT_AGENT", "1")], Some("copilot")),
+        (
+            &[("AI_AGENT", "github_copilot_vscode_agent")],
+            Some("copilot"),
+        ),
+        (&[("CLINE_ACTIVE", "true")], Some("cline")),
+        (&[("CLAUDECODE", "1")], Some("claude-code")),
+        (&[("GEMINI_CLI", "1")], Some("gemini-cli")),
+        (&[("OPENCODE", "1")], Some("opencode")),
+        (&[("GOOSE_TERMINAL", "1")], Some("goose")),
+        (&[("AGENT", "goose")], Some("goose")),
+        (&[("AGENT", "amp")], Some("amp")),
+        (&[("AGENT", "someone-new")], Some("ai-agent")),
+        (&[("AI_AGENT", "other")], Some("ai-agent")),
+        // Near misses: every Cursor terminal has a trace id; CI systems set AGENT_*.
+        (&[("CURSOR_TRACE_ID", "abc")], None),
+        (&[("AGENT_ID", "7"), ("AGENT_NAME", "ci")], None),
+        (&[("CURSOR_AGENT", "0")], None),
+        (&[("CLAUDECODE", "10")], None),
+        (&[("XAGENT", "1"), ("PATH", "/usr/bin:/bin")], None),
+    ];
+    let procs: Vec<(Proc, Option<&str>, String)> = cases
+        .iter()
+        .map(|(env, want)| (sleeper(&vars(env)), *want, format!("{env:?}")))
+        .collect();
+    assert_tags(&d, &procs);
+    let st = d.status_json().expect("status");
+    let r = &st["recognition"];
+    assert!(r["env_markers"].as_u64().unwrap_or(0) >= 10, "{r}");
+    assert!(
+        r["env_scan"]
+            .as_str()
+            .unwrap_or("")
+            .contains("512 variables"),
+        "{r}"
+    );
+    assert!(
+        r["not_covered"]
+            .to_string()
+            .contains("IDE agent's own tools"),
+        "status names what IDE recognition leaves out: {r}"
+    );
+    let events = d.events();
+    let cursor = procs[0].0.pid();
+    let exec = events
+        .iter()
+        .find(|e| e["kind"] == "agent_exec" && e["process"]["pid"] == cursor)
+        .unwrap_or_else(|| panic!("no agent_exec event for the CURSOR_AGENT process"));
+    assert_eq!(exec["recognised"]["by"], "env");
+    assert_eq!(exec["recognised"]["matched"], "CURSOR_AGENT=1");
+    assert!(exec["ancestry"].as_array().is_some_and(|a| !a.is_empty()));
+}
+
+/// Cursor runs the agent's commands in shells its pty host starts with `CURSOR_AGENT=1`; the
+/// human's terminal is a sibling shell of the same editor without it.
+#[test]
+fn an_ide_agents_shell_is_contained_and_the_humans_terminal_beside_it_is_not() {
+    let net = Net::new();
+    let port = 5432;
+    let listener = Listener::start(&net, &[format!("tcp:{port}:{}", net.a)]);
+    let d = Daemon::start_with_policy(&format!(
+        "apiVersion: guard.dev/v1alpha1\nkind: GuardPolicy\nmetadata: {{ name: ide }}\nspec:\n  \
+         agents:\n    - name: cursor\n      executables: [cursor-agent]\n      env: \
+         [\"CURSOR_AGENT=1\", \"CURSOR_EXTENSION_HOST_ROLE=agent-exec\"]\n  endpoints:\n    \
+         - {{ name: prod-db, cidrs: [{}/32], ports: [{port}], action: deny }}\n",
+        net.a
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    // The editor's pty host, by its process name. The default policy no longer makes the
+    // editor an agent, and neither does this one.
+    std::fs::copy("/bin/bash", p.join("cursor")).unwrap();
+    std::fs::write(p.join("client.py"), CLIENT).unwrap();
+    let shell = |marker: &str, name: &str| {
+        format!(
+            "{marker} bash -c 'echo $$ > {dir}/{name}.pid; \
+             python3 {dir}/client.py tcp {addr} {port} > {dir}/{name}.py; \
+             curl -sS --max-time 5 http://{addr}:{port}/ > {dir}/{name}.curl 2>&1; \
+             touch {dir}/{name}.done; sleep 30' &",
+            dir = p.display(),
+            addr = net.a,
+        )
+    };
+    let script = format!(
+        "echo $$ > {dir}/host.pid; {agent} {human} wait",
+        dir = p.display(),
+        agent = shell("CURSOR_AGENT=1 CURSOR_TRACE_ID=t1", "agent"),
+        human = shell("CURSOR_TRACE_ID=t1", "human"),
+    );
+    let mut host = Command::new(p.join("cursor"));
+    host.args(["-c", &script]);
+    let _host = Proc::spawn(host);
+    let host_pid = read_pid_file(&p.join("host.pid"));
+    let agent = read_pid_file(&p.join("agent.pid"));
+    let human = read_pid_file(&p.join("human.pid"));
+    // The reason line guard writes to a denied process's stderr may come before curl's own
+    // message: wait for the shell to be past curl.
+    let done = |name: &str| {
+        let flag = p.join(format!("{name}.done"));
+        wait_for(
+            &format!("{name} shell to finish"),
+            Duration::from_secs(15),
+            || flag.exists().then_some(()),
+        );
+        std::fs::read_to_string(p.join(format!("{name}.curl"))).unwrap_or_default()
+    };
+    let agent_curl = done("agent");
+    let human_curl = done("human");
+    let read = |f: &str| std::fs::read_to_string(p.join(f)).unwrap_or_default();
+
+    // The agent's shell: both tools refused; the listener saw only the human's two.
+    assert!(
+        read("agent.py").starts_with("err 1"),
+        "agent python3: {}",
+        read("agent.py")
+    );
+    assert!(
+        agent_curl.contains("Couldn't connect") || agent_curl.contains("not permitted"),
+        "agent curl: {agent_curl}"
+    );
+    assert!(
+        read("human.py").starts_with("ok"),
+        "human python3: {}",
+        read("human.py")
+    );
+    assert!(human_curl.contains("ok"), "human curl: {human_curl}");
+    assert_eq!(
+        listener.count(&format!("tcp:{port}")),
+        2,
+        "only the human's connections arrive"
+    );
+
+    let tag = d.tag_of(agent).expect("the agent's shell is tagged");
+    assert_eq!(tag["agent"], "cursor");
+    assert_eq!(tag["root_pid"], agent);
+    assert!(
+        d.tag_of(human).is_none(),
+        "the human's terminal is not tagged"
+    );
+    assert!(d.tag_of(host_pid).is_none(), "the editor is not tagged");
+
+    let evs = net_events(&d, 2, |e| e["rule"] == "prod-db");
+    for e in &evs {
+        assert_eq!(e["agent"], "cursor");
+        assert_eq!(e["root"]["pid"], agent);
+        let ancestry = e["ancestry"].as_array().expect("ancestry");
+        assert!(
+            ancestry
+                .iter()
+                .any(|a| a["pid"] == agent && a["agent_root"] == true),
+            "the agent's shell is the root in the ancestry: {e}"
+        );
+        assert!(
+            ancestry.iter().any(|a| a["pid"] == host_pid),
+            "the editor is in the ancestry: {e}"
+        );
+    }
+    let exec = d
+        .events()
+        .into_iter()
+        .find(|e| e["kind"] == "agent_exec" && e["process"]["pid"] == agent)
+        .expect("agent_exec of the agent's shell");
+    assert_eq!(exec["recognised"]["matched"], "CURSOR_AGENT=1");
+}
+
+/// The scan reads the first 512 variables that start within the first 32 KiB of the
+/// environment (guard_common::agent::ENV_SCAN_MAX_VARS, ENV_SCAN_MAX_BYTES). A marker past
+/// either bound is not seen, and the scan that stopped is counted.
+#[test]
+fn a_marker_past_the_scan_limit_is_not_seen() {
+    let d = Daemon::start_with_policy(
+        "apiVersion: guard.dev/v1alpha1\nkind: GuardPolicy\nmetadata: { name: scan }\nspec:\n  \
+         agents:\n    - { name: marked, env: [\"ZMARK=1\"] }\n",
+    );
+    let fillers = |n: usize| -> BTreeMap<String, String> {
+        (0..n).map(|i| (format!("A{i:04}"), "x".into())).collect()
+    };
+    let with_marker = |mut env: BTreeMap<String, String>| {
+        env.insert("ZMARK".into(), "1".into());
+        env
+    };
+    // Names sort before ZMARK, and the environment is passed in name order.
+    let long = |n: usize| vars(&[("A", &"x".repeat(n))]);
+    let before = counter(&d, "env_scan_truncated");
+    let cases = vec![
+        (
+            sleeper(&with_marker(fillers(511))),
+            Some("marked"),
+            "the 512th variable".to_owned(),
+        ),
+        (
+            sleeper(&with_marker(fillers(512))),
+            None,
+            "the 513th variable".to_owned(),
+        ),
+        // "A=" + n bytes + NUL: the marker starts at byte n + 3.
+        (
+            sleeper(&with_marker(long(32764))),
+            Some("marked"),
+            "a marker at byte 32767".to_owned(),
+        ),
+        (
+            sleeper(&with_marker(long(32765))),
+            None,
+            "a marker at byte 32768".to_owned(),
+        ),
+    ];
+    assert_tags(&d, &cases);
+    assert!(
+        counter(&d, "env_scan_truncated") >= before + 2,
+        "the two scans that stopped at a bound are counted"
+    );
+}
+
+#[test]
+fn a_marked_process_running_before_the_daemon_is_tagged_at_start_up() {
+    let early = sleeper(&vars(&[("CLAUDECODE", "1"), ("PATH", "/usr/bin:/bin")]));
+    let plain = sleeper(&vars(&[("PATH", "/usr/bin:/bin")]));
+    // Let the exec finish before the daemon looks.
+    std::thread::sleep(Duration::from_millis(200));
+    let d = Daemon::start();
+    let tag = d.tag_of(early.pid()).expect("tagged at start-up");
+    assert_eq!(tag["agent"], "claude-code");
+    assert_eq!(tag["root_pid"], early.pid());
+    let why = tag["recognised"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("CLAUDECODE=1") && why.contains("at start"),
+        "{why}"
+    );
+    assert!(d.tag_of(plain.pid()).is_none());
+    // And `guard ps` says why.
+    let out = output({
+        let mut c = d.guard();
+        c.arg("ps");
+        c
+    });
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("recognised by env marker CLAUDECODE=1"),
+        "{text}"
+    );
+}
