@@ -79,6 +79,9 @@ pub struct Recognition {
     /// 1 when a marker is shorter than 4 bytes up to its value's wildcard, so that the
     /// filter below cannot be used: every variable is looked up.
     pub env_unfiltered: u32,
+    /// How many files and directories [`crate::maps::AGENT_PATHS`] holds; 0: no walk.
+    pub paths: u32,
+    pub _pad: u32,
     /// A filter in front of the trie: the bit [`env_filter_bit`] of each marker's first 4
     /// bytes is set. A variable whose first 4 bytes' bit is clear carries no marker, and
     /// costs no trie lookup.
@@ -97,6 +100,8 @@ impl Recognition {
         let mut r = Self {
             env_markers: 0,
             env_unfiltered: 0,
+            paths: 0,
+            _pad: 0,
             env_first4: [0; ENV_FILTER_BITS / 64],
         };
         for (key, bits) in markers {
@@ -112,6 +117,21 @@ impl Recognition {
         r
     }
 }
+
+/// A file or directory an agent is installed at ([`crate::maps::AGENT_PATHS`], keyed by its
+/// [`crate::file::FileKey`]): an executable whose file is it (depth 0), or below it at most
+/// `max_depth` directories deep, is the agent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AgentPath {
+    pub agent_id: u32,
+    /// 0: the file itself; 1: a file in this directory; [`ANY_DEPTH`]: anywhere below it.
+    pub max_depth: u32,
+}
+
+pub const ANY_DEPTH: u32 = u32::MAX;
+/// Directories above an executable the exec probe looks up.
+pub const PATH_WALK_MAX: u32 = 16;
 
 /// A marker as written, `NAME=VALUE` or `NAME=PREFIX*`, as (name, value, prefix). `None`
 /// without `=`. The policy checks names and values; this only splits.
@@ -148,12 +168,16 @@ pub mod recognised {
     pub const SCRIPT: u32 = 2;
     /// An environment marker (`ProcessEvent::script` holds the matched variable's start).
     pub const ENV: u32 = 3;
+    /// The executable's file, or a directory above it (`ProcessEvent::script` holds the
+    /// file's name).
+    pub const PATH: u32 = 4;
 
     pub const fn name(reason: u32) -> &'static str {
         match reason {
             EXECUTABLE => "executable",
             SCRIPT => "script",
             ENV => "env",
+            PATH => "path",
             _ => "unknown",
         }
     }

@@ -211,6 +211,13 @@ pub const fn kernel_dev(major: u32, minor: u32) -> u32 {
     (major << 20) | (minor & 0xf_ffff)
 }
 
+/// A userspace `st_dev` (glibc's encoding, as `major(3)`/`minor(3)` read it) in the kernel's.
+pub const fn kernel_dev_of(st_dev: u64) -> u32 {
+    let major = ((st_dev >> 32) & 0xffff_f000) | ((st_dev >> 8) & 0xfff);
+    let minor = ((st_dev >> 12) & 0xffff_ff00) | (st_dev & 0xff);
+    kernel_dev(major as u32, minor as u32)
+}
+
 /// `(major, minor)` of a kernel-encoded device.
 pub const fn dev_parts(dev: u32) -> (u32, u32) {
     (dev >> 20, dev & 0xf_ffff)
@@ -290,6 +297,14 @@ pub const fn open_flags_access(flags: u64) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn st_dev_in_the_kernels_encoding() {
+        // glibc makedev(8, 1) and makedev(259, 70000).
+        assert_eq!(kernel_dev_of(0x801), kernel_dev(8, 1));
+        let big = ((70000u64 & !0xff) << 12) | (70000 & 0xff) | ((259 & 0xfff) << 8);
+        assert_eq!(kernel_dev_of(big), kernel_dev(259, 70000));
+    }
     use crate::decision::action;
 
     #[test]

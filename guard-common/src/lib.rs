@@ -56,6 +56,9 @@ pub mod tag_flags {
     /// With [`FROM_EXEC`] or [`FROM_SEED`]: the root was recognised by the script an
     /// interpreter runs.
     pub const BY_SCRIPT: u32 = 1 << 5;
+    /// With [`FROM_EXEC`] or [`FROM_SEED`]: the root was recognised by its executable's file
+    /// (`agents[].paths`).
+    pub const BY_PATH: u32 = 1 << 6;
 }
 
 /// The tag of a process that belongs to an agent tree. Keyed by tgid in [`maps::TAGS`].
@@ -82,6 +85,7 @@ mod pod {
     unsafe impl aya::Pod for super::agent::NameKey {}
     unsafe impl aya::Pod for super::agent::EnvKey {}
     unsafe impl aya::Pod for super::agent::Recognition {}
+    unsafe impl aya::Pod for super::agent::AgentPath {}
     unsafe impl aya::Pod for super::offsets::KernelOffsets {}
     unsafe impl aya::Pod for super::offsets::UnixOffsets {}
     unsafe impl aya::Pod for super::offsets::FileOffsets {}

@@ -13,6 +13,9 @@ pub const INTERPRETERS: &str = "GUARD_INTERPRETERS";
 pub const AGENT_NAMES_MAX: u32 = 1024;
 /// LPM trie of environment markers ([`crate::agent::EnvKey`]) → agent id.
 pub const AGENT_ENV: &str = "GUARD_AGENT_ENV";
+/// [`crate::file::FileKey`] of an installed agent's file or directory →
+/// [`crate::agent::AgentPath`].
+pub const AGENT_PATHS: &str = "GUARD_AGENT_PATHS";
 /// One [`crate::agent::Recognition`]: the settings of recognition at exec.
 pub const RECOGNITION: &str = "GUARD_RECOGNITION";
 
@@ -253,12 +256,13 @@ pub const FILE_HIT: &str = "GUARD_FILE_HIT";
 
 /// Every map of the kernel object, by name. guard-ebpf's `#[map(name = …)]` takes a literal,
 /// so a rootless test compares the compiled object with this list.
-pub const ALL: [&str; 27] = [
+pub const ALL: [&str; 28] = [
     TAGS,
     AGENT_EXES,
     AGENT_SCRIPTS,
     INTERPRETERS,
     AGENT_ENV,
+    AGENT_PATHS,
     RECOGNITION,
     EVENTS,
     COUNTERS,

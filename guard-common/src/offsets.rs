@@ -28,8 +28,12 @@ pub struct KernelOffsets {
     pub valid: u32,
     /// `mm_struct.env_start` (`env_end` follows it).
     pub mm_env_start: u32,
+    /// `linux_binprm.file`: the executable of an exec.
+    pub bprm_file: u32,
+    /// `file.f_path.dentry`
+    pub file_dentry: u32,
 }
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 48);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 56);
 
 /// Offsets for the unix socket programs, whose context is really a
 /// `struct bpf_sock_addr_kern` (aya-ebpf has no binding for its `uaddr`).

@@ -7,8 +7,9 @@ use aya_ebpf::{
 };
 use guard_common::{
     Tag,
-    agent::{ENV_KEY_LEN, EnvKey, NameKey, Recognition},
+    agent::{AgentPath, ENV_KEY_LEN, EnvKey, NameKey, Recognition},
     event::Counter,
+    file::FileKey,
     maps::{
         AGENT_NAMES_MAX, COUNTERS_MAX, EVENTS_BYTES, NET_PENDING_KILLS_MAX, NET_PREFIXES_MAX,
         NET_UNIX_MAX, TAGS_MAX,
@@ -40,6 +41,10 @@ pub static INTERPRETERS: HashMap<NameKey, u32> = HashMap::pinned(64, 0);
 /// Environment markers (`NAME=VALUE`, or a `NAME=VALUE` prefix) → agent id.
 #[map(name = "GUARD_AGENT_ENV")]
 pub static AGENT_ENV: LpmTrie<EnvKey, u32> = LpmTrie::pinned(AGENT_NAMES_MAX, BPF_F_NO_PREALLOC);
+
+/// Files and directories agents are installed at → agent and depth.
+#[map(name = "GUARD_AGENT_PATHS")]
+pub static AGENT_PATHS: HashMap<FileKey, AgentPath> = HashMap::pinned(AGENT_NAMES_MAX, 0);
 
 /// Settings of recognition at exec: one value.
 #[map(name = "GUARD_RECOGNITION")]
@@ -82,6 +87,8 @@ pub struct EnvState {
     pub rest: u64,
     /// The matched agent id + 1 (0: none yet).
     pub agent: u64,
+    /// The agent id + 1 an executable's file or directory matched (0: none).
+    pub path_agent: u64,
 }
 
 const _: () = assert!(ENV_KEY_LEN <= ARGS_LEN);
@@ -114,6 +121,8 @@ static GUARD_OFFSETS: KernelOffsets = KernelOffsets {
     signal_live: 0,
     valid: 0,
     mm_env_start: 0,
+    bprm_file: 0,
+    file_dentry: 0,
 };
 
 /// 1 where the cgroup socket programs may call `bpf_send_signal` themselves. A frozen

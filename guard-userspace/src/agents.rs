@@ -18,6 +18,8 @@ pub struct AgentSpec {
     pub scripts: Vec<String>,
     /// Environment markers (`NAME=VALUE`, `NAME=PREFIX*`).
     pub env: Vec<String>,
+    /// Install paths (`agents[].paths`, as written).
+    pub paths: Vec<String>,
 }
 
 /// Names of agents by id, for display. Cheap to clone: every event reader holds the current

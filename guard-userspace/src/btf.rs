@@ -149,6 +149,8 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         signal_live: off("signal_struct", "live")?,
         valid: 1,
         mm_env_start,
+        bprm_file: off("linux_binprm", "file")?,
+        file_dentry: off("file", "f_path")? + off("path", "dentry")?,
     })
 }
 

@@ -113,9 +113,13 @@ pub fn status(st: &DaemonStatus, color: bool) -> String {
     if let Some(r) = &st.recognition {
         let _ = writeln!(
             out,
-            "recognition  {} agents: {} executables, {} scripts, {} environment markers",
-            r.agents, r.executables, r.scripts, r.env_markers
+            "recognition  {} agents: {} executables, {} scripts, {} environment markers, {} \
+             install paths ({} files and directories now)",
+            r.agents, r.executables, r.scripts, r.env_markers, r.paths, r.paths_resolved
         );
+        for m in &r.paths_missing {
+            let _ = writeln!(out, "  missing     {m} (no agent installed there yet)");
+        }
         let _ = writeln!(out, "  env scan    {}", r.env_scan);
         let _ = writeln!(out, "  IDE agents  {}", r.ide_agents);
         for n in &r.not_covered {

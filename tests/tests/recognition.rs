@@ -306,3 +306,117 @@ fn a_marked_process_running_before_the_daemon_is_tagged_at_start_up() {
         "{text}"
     );
 }
+
+/// Claude Code's native installer puts each version at `~/.local/share/claude/versions/<v>`
+/// (the file's name is its version). `agents[].paths` names the directory; the kernel matches
+/// the executable's file and directories by identity, however the file is reached.
+#[test]
+fn an_agent_installed_by_path_is_recognised_however_it_is_started() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let versions = d.join("share/claude/versions");
+    std::fs::create_dir_all(&versions).unwrap();
+    std::fs::create_dir_all(d.join("bin")).unwrap();
+    std::fs::create_dir_all(d.join("other")).unwrap();
+    std::fs::create_dir_all(d.join("opt")).unwrap();
+    for f in [
+        versions.join("1.0.3"),
+        d.join("other/1.0.3"),
+        d.join("opt/agent-a"),
+        d.join("opt/agentx"),
+    ] {
+        std::fs::copy("/bin/sleep", f).unwrap();
+    }
+    std::os::unix::fs::symlink(versions.join("1.0.3"), d.join("bin/cl")).unwrap();
+    let sleep = |prog: &std::path::Path, cwd: &std::path::Path| {
+        let mut c = Command::new(prog);
+        c.arg("60").current_dir(cwd);
+        Proc::spawn(c)
+    };
+    // Running before the daemon: found at start-up by the same rule.
+    let early = sleep(&versions.join("1.0.3"), d);
+    std::thread::sleep(Duration::from_millis(200));
+    let daemon = Daemon::start_with_policy(&format!(
+        "apiVersion: guard.dev/v1alpha1\nkind: GuardPolicy\nmetadata: {{ name: paths }}\nspec:\n  \
+         agents:\n    - name: claude-native\n      paths: [\"{}/*\"]\n    - name: tool\n      \
+         paths: [\"{}/opt/agent-*\"]\n",
+        versions.display(),
+        d.display()
+    ));
+    let tag = daemon.tag_of(early.pid()).expect("tagged at start-up");
+    assert_eq!(tag["agent"], "claude-native");
+    assert!(
+        tag["recognised"]
+            .as_str()
+            .is_some_and(|r| r.contains("install path")),
+        "{tag}"
+    );
+
+    // A version the updater adds after the policy loaded: the directory is the identity.
+    std::fs::copy("/bin/sleep", versions.join("1.0.4")).unwrap();
+    let cases = vec![
+        (
+            sleep(&versions.join("1.0.3"), d),
+            Some("claude-native"),
+            "by full path",
+        ),
+        (
+            sleep(&d.join("bin/cl"), d),
+            Some("claude-native"),
+            "through a symlink",
+        ),
+        (
+            sleep(std::path::Path::new("./1.0.3"), &versions),
+            Some("claude-native"),
+            "relative to its directory",
+        ),
+        (
+            sleep(&versions.join("1.0.4"), d),
+            Some("claude-native"),
+            "a version added later",
+        ),
+        (
+            sleep(&d.join("opt/agent-a"), d),
+            Some("tool"),
+            "a glob's match",
+        ),
+        (
+            sleep(&d.join("other/1.0.3"), d),
+            None,
+            "the same binary elsewhere",
+        ),
+        (
+            sleep(&d.join("opt/agentx"), d),
+            None,
+            "a name the glob does not match",
+        ),
+    ];
+    for (p, want, what) in &cases {
+        match want {
+            Some(agent) => {
+                let tag = wait_for(what, Duration::from_secs(10), || daemon.tag_of(p.pid()));
+                assert_eq!(tag["agent"], *agent, "{what}");
+                assert_eq!(tag["root_pid"], p.pid(), "{what}: its own root");
+            }
+            None => assert!(daemon.tag_of(p.pid()).is_none(), "{what} was tagged"),
+        }
+    }
+    // A file a glob names that appears later is found within the recheck (2 s).
+    std::fs::copy("/bin/sleep", d.join("opt/agent-b")).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let late = sleep(&d.join("opt/agent-b"), d);
+    let tag = wait_for("agent-b tagged", Duration::from_secs(10), || {
+        daemon.tag_of(late.pid())
+    });
+    assert_eq!(tag["agent"], "tool");
+    let exec = wait_for("agent_exec of 1.0.4", Duration::from_secs(10), || {
+        daemon
+            .events()
+            .into_iter()
+            .find(|e| e["kind"] == "agent_exec" && e["process"]["pid"] == cases[3].0.pid())
+    });
+    assert_eq!(exec["recognised"]["by"], "path");
+    assert_eq!(exec["recognised"]["matched"], "1.0.4");
+    let st = daemon.status_json().expect("status");
+    assert_eq!(st["recognition"]["paths"], 2, "{}", st["recognition"]);
+}

@@ -31,9 +31,10 @@ pub fn guard_fork(ctx: BtfTracePointContext) -> i32 {
     traced(try_fork(&ctx))
 }
 
+/// `sched_process_exec(p, old_pid, bprm)`.
 #[btf_tracepoint(function = "sched_process_exec")]
-pub fn guard_exec(_ctx: BtfTracePointContext) -> i32 {
-    traced(try_exec())
+pub fn guard_exec(ctx: BtfTracePointContext) -> i32 {
+    traced(try_exec(ctx.arg(2)))
 }
 
 /// `sched_process_exit(p, group_dead)` (kernels ≥ 6.16 pass `group_dead`).
@@ -122,7 +123,7 @@ fn try_fork(ctx: &BtfTracePointContext) -> Result<(), i32> {
     Ok(())
 }
 
-fn try_exec() -> Result<(), i32> {
+fn try_exec(bprm: *const u8) -> Result<(), i32> {
     let tgid = current_tgid();
     if let Some(tag) = TAGS.get_ptr(tgid) {
         // A tagged tree that execs another agent keeps its original root.
@@ -140,7 +141,7 @@ fn try_exec() -> Result<(), i32> {
         return Ok(());
     }
     let comm = bpf_get_current_comm()?;
-    let Some(found) = recognise(&comm)? else {
+    let Some(found) = recognise(&comm, bprm)? else {
         return Ok(());
     };
     let o = offsets();
@@ -153,6 +154,7 @@ fn try_exec() -> Result<(), i32> {
     let by = match found.reason {
         recognised::ENV => tag_flags::BY_ENV,
         recognised::SCRIPT => tag_flags::BY_SCRIPT,
+        recognised::PATH => tag_flags::BY_PATH,
         _ => 0,
     };
     let tag = Tag {

@@ -6,17 +6,18 @@ use aya_ebpf::helpers::generated;
 use guard_common::{
     agent::{
         ENV_FILTER_BITS, ENV_KEY_LEN, ENV_SCAN_MAX_BYTES, ENV_SCAN_MAX_VARS, NAME_LEN, NameKey,
-        Recognition, env_filter_bit, recognised,
+        PATH_WALK_MAX, Recognition, env_filter_bit, recognised,
     },
     event::Counter,
+    file::FileKey,
     offsets::KernelOffsets,
 };
 
 use crate::{
     kernel::Task,
     maps::{
-        AGENT_ENV, AGENT_EXES, AGENT_SCRIPTS, ARGS_LEN, INTERPRETERS, RECOGNITION, SCRATCH,
-        Scratch, count, offsets,
+        AGENT_ENV, AGENT_EXES, AGENT_PATHS, AGENT_SCRIPTS, ARGS_LEN, INTERPRETERS, RECOGNITION,
+        SCRATCH, Scratch, count, file_offsets, offsets,
     },
 };
 
@@ -37,9 +38,9 @@ pub struct Match {
     pub matched: [u8; NAME_LEN],
 }
 
-/// Recognise the image the current task has just exec'd.
+/// Recognise the image the current task has just exec'd (`bprm`: its `linux_binprm`).
 #[inline(always)]
-pub fn recognise(comm: &[u8; 16]) -> Result<Option<Match>, i32> {
+pub fn recognise(comm: &[u8; 16], bprm: *const u8) -> Result<Option<Match>, i32> {
     let comm_key = NameKey::new(comm, guard_common::agent::COMM_LEN - 1);
     let mut matched = [0u8; NAME_LEN];
     if let Some(id) = AGENT_EXES.get_ptr(&comm_key) {
@@ -48,6 +49,18 @@ pub fn recognise(comm: &[u8; 16]) -> Result<Option<Match>, i32> {
         return Ok(Some(Match {
             agent_id,
             reason: recognised::EXECUTABLE,
+            matched,
+        }));
+    }
+    let settings = RECOGNITION.get_ptr(0);
+    // SAFETY: map value pointer from a successful lookup.
+    let paths = settings.map_or(0, |s| unsafe { (*s).paths });
+    if paths != 0
+        && let Some(agent_id) = match_path(bprm, &mut matched)
+    {
+        return Ok(Some(Match {
+            agent_id,
+            reason: recognised::PATH,
             matched,
         }));
     }
@@ -68,6 +81,84 @@ pub fn recognise(comm: &[u8; 16]) -> Result<Option<Match>, i32> {
         })),
         None => Ok(None),
     }
+}
+
+/// Find the agent installed at the executable's file, or at a directory above it
+/// ([`AGENT_PATHS`]); `matched` gets the file's name. Fails open (counted) on a read error.
+#[inline(always)]
+fn match_path(bprm: *const u8, matched: &mut [u8; NAME_LEN]) -> Option<u32> {
+    match walk_path(bprm, matched) {
+        Ok(found) => found,
+        Err(_) => {
+            count(Counter::ProbeErrors);
+            None
+        }
+    }
+}
+
+#[inline(always)]
+fn walk_path(bprm: *const u8, matched: &mut [u8; NAME_LEN]) -> Result<Option<u32>, i32> {
+    let o = offsets();
+    let fo = file_offsets();
+    if o.valid == 0 || fo.valid == 0 || o.bprm_file == 0 {
+        return Err(-1);
+    }
+    let file: *const u8 = read(bprm, o.bprm_file)?;
+    let dentry: *const u8 = read(file, o.file_dentry)?;
+    let inode: *const u8 = read(dentry, fo.dentry_inode)?;
+    let sb: *const u8 = read(inode, fo.inode_sb)?;
+    let dev: u32 = read(sb, fo.sb_dev)?;
+    let scratch = SCRATCH.get_ptr_mut(0).ok_or(-1)?;
+    // SAFETY: per-CPU scratch value, exclusive on this CPU for the program's run.
+    let sc = unsafe { &mut *scratch };
+    // The match goes through scratch memory, not out of the loop: one verifier state for
+    // the rest of the program instead of one per depth.
+    vwrite(&mut sc.env_state.path_agent, 0);
+    let mut d = dentry;
+    let mut depth = 0u32;
+    while depth <= PATH_WALK_MAX {
+        let inode: *const u8 = read(d, fo.dentry_inode)?;
+        if inode.is_null() {
+            break;
+        }
+        let ino: u64 = read(inode, fo.inode_ino)?;
+        if let Some(p) = AGENT_PATHS.get_ptr(&FileKey::new(dev, ino)) {
+            // SAFETY: map value pointer from a successful lookup.
+            let p = unsafe { *p };
+            if depth <= p.max_depth {
+                vwrite(&mut sc.env_state.path_agent, u64::from(p.agent_id) + 1);
+                break;
+            }
+        }
+        let parent: *const u8 = read(d, fo.dentry_parent)?;
+        // The root of a filesystem is its own parent.
+        if parent.is_null() || parent == d {
+            break;
+        }
+        d = parent;
+        depth += 1;
+    }
+    let agent = vread(&sc.env_state.path_agent);
+    if agent == 0 {
+        return Ok(None);
+    }
+    if let Ok(name) = read::<*const u8>(dentry, fo.dentry_name) {
+        // SAFETY: the helper checks the kernel address and bounds the copy by the buffer.
+        unsafe {
+            generated::bpf_probe_read_kernel_str(
+                matched.as_mut_ptr().cast(),
+                NAME_LEN as u32,
+                name as *const _,
+            )
+        };
+    }
+    Ok(Some((agent - 1) as u32))
+}
+
+#[inline(always)]
+fn read<T>(base: *const u8, off: u32) -> Result<T, i32> {
+    // SAFETY: bpf_probe_read_kernel validates the address.
+    unsafe { aya_ebpf::helpers::bpf_probe_read_kernel(base.wrapping_add(off as usize) as *const T) }
 }
 
 /// Find an environment marker in the new image's environment: each variable's first

@@ -10,6 +10,28 @@ use crate::{
     tags::{self, AgentNames},
 };
 
+/// Resolve the agents' install paths again and put what changed in force: a version an
+/// auto-updater installed under a glob, a path that appeared or went away.
+pub(super) fn refresh_paths(state: &Shared) {
+    let agents = {
+        let st = state.lock().expect("state lock");
+        if st.agents.iter().all(|a| a.paths.is_empty()) && st.paths_missing.is_empty() {
+            return;
+        }
+        st.agents.clone()
+    };
+    let installed = tags::paths::resolve(&agents, &tags::paths::homes());
+    let mut st = state.lock().expect("state lock");
+    if st.agents != agents {
+        // A reload ran meanwhile and resolved its own.
+        return;
+    }
+    match tags::paths::install(&mut st.kernel, &installed) {
+        Ok(()) => st.paths_missing = installed.missing,
+        Err(e) => warn!(error = %e, "agent install paths not refreshed"),
+    }
+}
+
 /// Put `compiled` in force, in the order that never opens a gap: the agents (recognition at
 /// exec), the kill programs before any rule that kills, the endpoint rules (new hosts resolved
 /// first), the kill programs out once no rule kills, and the path rules (resolved on their own
@@ -21,10 +43,13 @@ pub async fn apply(
     net: &net::NetHandle,
 ) -> Result<u64, DaemonError> {
     let agents = agent_specs(&compiled);
+    let installed = tags::paths::resolve(&agents, &tags::paths::homes());
     let kills = needs_killer(&compiled);
     let generation = {
         let mut st = state.lock().expect("state lock");
         tags::install_agents(&mut st.kernel, &agents)?;
+        tags::paths::install(&mut st.kernel, &installed).map_err(tags::TagError::from)?;
+        st.paths_missing = installed.missing;
         st.names = AgentNames::new(&agents);
         st.agents = agents;
         st.policy_name = compiled.name.clone();

@@ -114,6 +114,7 @@ pub fn agent_specs(policy: &CompiledPolicy) -> Vec<AgentSpec> {
             executables: a.executables.iter().map(text).collect(),
             scripts: a.scripts.iter().map(text).collect(),
             env: a.env.clone(),
+            paths: a.paths.clone(),
         })
         .collect()
 }
@@ -128,6 +129,8 @@ struct State {
     /// The agents of the policy in force, and their names by id.
     agents: Vec<AgentSpec>,
     names: AgentNames,
+    /// Install paths of the agents that name nothing yet.
+    paths_missing: Vec<PathBuf>,
     policy_name: String,
     generation: u64,
     probe: Probe,
@@ -241,9 +244,11 @@ async fn serve_until_stopped(
     };
     let policy = cfg.policy.as_deref();
     let mut trim = tokio::time::interval(TRIM_EVERY);
+    let mut installs = tokio::time::interval(crate::tags::paths::RECHECK);
     loop {
         tokio::select! {
             _ = trim.tick() => start::release_free_memory(),
+            _ = installs.tick() => apply::refresh_paths(&state),
             _ = term.recv() => if !from_tagged(libc::SIGTERM) { break },
             _ = int.recv() => if !from_tagged(libc::SIGINT) { break },
             _ = hup.recv() => if !from_tagged(libc::SIGHUP) {

@@ -104,6 +104,7 @@ pub(super) fn new_state(
         self_attached,
         agents: Vec::new(),
         names: AgentNames::new(&[]),
+        paths_missing: Vec::new(),
         policy_name: String::new(),
         generation: 0,
         probe,

@@ -55,6 +55,8 @@ pub(super) fn status(state: &Shared) -> Reply<DaemonStatus> {
                 .iter()
                 .find(|(n, _)| n == "env_scan_truncated")
                 .map_or(0, |(_, v)| *v),
+            st.kernel.agent_paths.keys().filter_map(Result::ok).count(),
+            &st.paths_missing,
         )),
         internal_errors: internal_errors(&st.kernel, &counters),
         counters,

@@ -401,6 +401,7 @@ mod tests {
             executables: vec![],
             scripts: vec![],
             env: vec![],
+            paths: vec![],
         }]);
         let clock = Clock::with_offset(0);
         let ctx = crate::events::DecodeCtx {

@@ -70,7 +70,7 @@ pub fn decode(kind: EventKind, raw: &[u8], _ctx: &DecodeCtx<'_>) -> Result<Decod
             matched: matched.clone(),
         });
     }
-    if ev.reason != recognised::ENV {
+    if ev.reason == recognised::SCRIPT {
         d.matched_script = matched;
     }
     if kind == EventKind::TaggedExit {
@@ -129,6 +129,7 @@ pub(crate) mod tests {
             executables: vec![],
             scripts: vec![],
             env: vec![],
+            paths: vec![],
         }])
     }
 

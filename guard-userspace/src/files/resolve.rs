@@ -140,8 +140,7 @@ pub fn dev_numbers(st_dev: u64) -> (u32, u32) {
 
 /// `st_dev` in the kernel's encoding (see [`kernel_dev`]), as the kernel maps key devices.
 pub fn kernel_dev_of(st_dev: u64) -> u32 {
-    let (major, minor) = dev_numbers(st_dev);
-    kernel_dev(major, minor)
+    guard_common::file::kernel_dev_of(st_dev)
 }
 
 /// Resolve `patterns` (one rule's, `~` expanded).

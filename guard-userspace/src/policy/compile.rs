@@ -68,6 +68,8 @@ pub struct CompiledAgent {
     pub scripts: Vec<NameKey>,
     /// Environment markers as written (`NAME=VALUE`, `NAME=PREFIX*`).
     pub env: Vec<String>,
+    /// Install paths as written (`~` unexpanded).
+    pub paths: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -133,6 +135,7 @@ impl Policy {
                     .map(|s| NameKey::new(s.as_str().as_bytes(), NAME_LEN))
                     .collect(),
                 env: a.env.iter().map(|m| m.as_str().to_owned()).collect(),
+                paths: a.paths.iter().map(|p| p.as_str().to_owned()).collect(),
             })
             .collect();
         let endpoints: Vec<CompiledEndpointRule> = spec
@@ -287,6 +290,9 @@ impl CompiledPolicy {
             }
             if !a.env.is_empty() {
                 lists.push(format!("env [{}]", a.env.join(", ")));
+            }
+            if !a.paths.is_empty() {
+                lists.push(format!("paths [{}]", a.paths.join(", ")));
             }
             let _ = writeln!(s, "  {:width$}  {}", a.name, lists.join(" "));
         }

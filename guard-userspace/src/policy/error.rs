@@ -166,7 +166,12 @@ pub enum Problem {
         name: String,
         agent: String,
     },
-    #[error("agent matches nothing: give executables, scripts or env")]
+    #[error(
+        "agent path {path:?} names a file in any directory: give the directory it is installed \
+         in, or list the name under executables"
+    )]
+    AgentPathAnywhere { path: String },
+    #[error("agent matches nothing: give executables, scripts, env or paths")]
     AgentMatchesNothing,
     #[error("endpoint rule matches nothing: give at least one of cidrs, ips, hosts or unix")]
     EndpointMatchesNothing,

@@ -155,6 +155,10 @@ pub struct Agent {
     /// Environment markers: a process exec'd with one becomes the root of a tree.
     #[serde(default)]
     pub env: Vec<EnvMarker>,
+    /// Where the agent is installed: an executable that is one of these files, or below one
+    /// of these directories (globs name entries of a directory; `~` is every home).
+    #[serde(default)]
+    pub paths: Vec<PathSpec>,
 }
 
 /// Network destinations tagged processes must not reach.

@@ -75,7 +75,11 @@ fn agents(policy: &Policy, f: &mut Findings) {
         } else {
             names.insert(name, format!("{at}.name"));
         }
-        if agent.executables.is_empty() && agent.scripts.is_empty() && agent.env.is_empty() {
+        if agent.executables.is_empty()
+            && agent.scripts.is_empty()
+            && agent.env.is_empty()
+            && agent.paths.is_empty()
+        {
             f.errors.push((at.clone(), Problem::AgentMatchesNothing));
         }
         let lists = [
@@ -113,6 +117,16 @@ fn agents(policy: &Policy, f: &mut Findings) {
                         owners.insert(key, name);
                     }
                 }
+            }
+        }
+        for (j, path) in agent.paths.iter().enumerate() {
+            if path.as_str().starts_with("**/") {
+                f.errors.push((
+                    format!("{at}.paths[{j}]"),
+                    Problem::AgentPathAnywhere {
+                        path: path.as_str().to_owned(),
+                    },
+                ));
             }
         }
         for (j, marker) in agent.env.iter().enumerate() {

@@ -3,17 +3,23 @@
 
 use std::collections::{BTreeMap, HashMap as StdHashMap, HashSet};
 
-use aya::maps::{MapError, lpm_trie::Key as LpmKey};
+use aya::maps::MapError;
 use guard_common::{
     ProcKey, Tag,
-    agent::{self, COMM_LEN, EnvKey, NAME_LEN, NameKey, Recognition},
+    agent::{self, COMM_LEN, NAME_LEN, NameKey},
     tag_flags,
 };
 use serde::Serialize;
 
 use crate::kernel::Kernel;
 
+mod markers;
+pub mod paths;
+mod recognition;
+
 pub use crate::agents::{AgentNames, AgentSpec, UNNAMED_AGENT, UNNAMED_AGENT_NAME};
+pub use markers::{env_agent, env_marker};
+pub use recognition::{RecognitionStatus, recognition, recognition_status};
 
 /// Interpreters whose script argument names the agent.
 const INTERPRETERS: &[&str] = &[
@@ -91,48 +97,7 @@ pub fn install_agents(kernel: &mut Kernel, agents: &[AgentSpec]) -> Result<(), T
             map.remove(&k)?;
         }
     }
-    install_markers(kernel, agents)
-}
-
-/// The environment markers of `agents` into the kernel's trie, then their number, which turns
-/// the scan at exec on (or off at 0), then stale markers out.
-fn install_markers(kernel: &mut Kernel, agents: &[AgentSpec]) -> Result<(), TagError> {
-    let mut want: BTreeMap<(Vec<u8>, u32), u32> = BTreeMap::new();
-    for a in agents {
-        for m in &a.env {
-            let (name, value, prefix) =
-                agent::split_marker(m.as_bytes()).ok_or_else(|| TagError::Marker(m.clone()))?;
-            let (key, bits) =
-                EnvKey::marker(name, value, prefix).ok_or_else(|| TagError::Marker(m.clone()))?;
-            want.insert((key.bytes.to_vec(), bits), a.id);
-        }
-    }
-    let key = |bytes: &[u8], bits: u32| {
-        let mut k = EnvKey {
-            bytes: [0; agent::ENV_KEY_LEN],
-        };
-        k.bytes.copy_from_slice(bytes);
-        LpmKey::new(bits, k)
-    };
-    for ((bytes, bits), id) in &want {
-        kernel.agent_env.insert(&key(bytes, *bits), id, 0)?;
-    }
-    let keys: Vec<(EnvKey, u32)> = want
-        .keys()
-        .map(|(bytes, bits)| (key(bytes, *bits).data(), *bits))
-        .collect();
-    let settings = Recognition::for_markers(keys.iter().map(|(k, bits)| (k, *bits)));
-    kernel.recognition.set(0, settings, 0)?;
-    let stale: Vec<LpmKey<EnvKey>> = kernel
-        .agent_env
-        .keys()
-        .filter_map(Result::ok)
-        .filter(|k| !want.contains_key(&(k.data().bytes.to_vec(), k.prefix_len())))
-        .collect();
-    for k in stale {
-        kernel.agent_env.remove(&k)?;
-    }
-    Ok(())
+    markers::install_markers(kernel, agents)
 }
 
 /// What userspace knows of a live process.
@@ -212,111 +177,6 @@ impl ProcInfo {
     }
 }
 
-/// The agent whose environment marker `environ` (NUL-separated `NAME=VALUE`s, as in
-/// `/proc/PID/environ`) carries, by the kernel's rule: the first variable within the scan's
-/// bounds that carries a marker, and of that variable's markers the longest. Returns the
-/// agent id and the variable's start, as the kernel reports it.
-pub fn env_agent(environ: &[u8], agents: &[AgentSpec]) -> Option<(u32, String)> {
-    let mut offset = 0usize;
-    for (n, var) in environ.split(|c| *c == 0).enumerate() {
-        if n >= agent::ENV_SCAN_MAX_VARS as usize
-            || offset as u64 >= agent::ENV_SCAN_MAX_BYTES
-            || offset >= environ.len()
-        {
-            return None;
-        }
-        offset += var.len() + 1;
-        let best = agents
-            .iter()
-            .flat_map(|a| a.env.iter().map(move |m| (a.id, m)))
-            .filter_map(|(id, m)| {
-                let (name, value, prefix) = agent::split_marker(m.as_bytes())?;
-                agent::env_matches(var, name, value, prefix)
-                    .then_some((name.len() + value.len() + usize::from(!prefix), id))
-            })
-            .max();
-        if let Some((_, id)) = best {
-            let shown = &var[..var.len().min(NAME_LEN - 1)];
-            return Some((id, String::from_utf8_lossy(shown).into_owned()));
-        }
-    }
-    None
-}
-
-/// The marker process `pid`'s environment carries (see [`env_agent`]).
-pub fn env_marker(pid: u32, agents: &[AgentSpec]) -> Option<(u32, String)> {
-    if agents.iter().all(|a| a.env.is_empty()) {
-        return None;
-    }
-    let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
-    env_agent(&environ, agents)
-}
-
-/// How a root came to be tagged, for `guard ps`: from its tag's flags, and for an
-/// environment marker the variable that carries it.
-pub fn recognition(pid: u32, flags: u32, agents: &[AgentSpec]) -> String {
-    let how = if flags & tag_flags::BY_ENV != 0 {
-        let marker = env_marker(pid, agents).map(|(_, m)| format!(" {m}"));
-        format!("env marker{}", marker.unwrap_or_default())
-    } else if flags & tag_flags::BY_SCRIPT != 0 {
-        "script".to_owned()
-    } else if flags & tag_flags::FROM_RUN != 0 {
-        "guard run".to_owned()
-    } else {
-        "executable".to_owned()
-    };
-    if flags & tag_flags::FROM_SEED != 0 && flags & tag_flags::FROM_RUN == 0 {
-        format!("{how} (found running at start)")
-    } else {
-        how
-    }
-}
-
-/// `guard status`: what makes a root, and what recognition does not see.
-#[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
-pub struct RecognitionStatus {
-    pub agents: usize,
-    pub executables: usize,
-    pub scripts: usize,
-    pub env_markers: usize,
-    /// The bounds of the environment scan at exec and how many execs went past them.
-    pub env_scan: String,
-    /// What recognition of an IDE agent by its shells' markers contains, and what not.
-    pub ide_agents: String,
-    /// What no recognition here sees, by name.
-    pub not_covered: Vec<String>,
-}
-
-/// The status of recognition for `agents`, with the kernel's count of truncated scans.
-pub fn recognition_status(agents: &[AgentSpec], truncated: u64) -> RecognitionStatus {
-    let count = |f: fn(&AgentSpec) -> usize| agents.iter().map(f).sum();
-    let env_markers = count(|a| a.env.len());
-    RecognitionStatus {
-        agents: agents.len(),
-        executables: count(|a| a.executables.len()),
-        scripts: count(|a| a.scripts.len()),
-        env_markers,
-        env_scan: if env_markers == 0 {
-            "off: the policy has no environment markers".into()
-        } else {
-            format!(
-                "the first {} variables that start within the first {} KiB of the environment                  at exec; {truncated} execs had more, and a marker past that was not seen",
-                agent::ENV_SCAN_MAX_VARS,
-                agent::ENV_SCAN_MAX_BYTES / 1024
-            )
-        },
-        ide_agents: "the shells an IDE agent runs its commands in (they carry its marker) and                      everything they start are tagged and contained; the editor, its extension                      host and the human's terminals are not"
-            .into(),
-        not_covered: vec![
-            "an IDE agent's own tools (read, edit, search, fetch, MCP), which run inside the              untagged editor process"
-                .into(),
-            "an agent that sets no marker and runs under a name or script the policy does not              list (markers are vendors' conventions, not a boundary)"
-                .into(),
-            "a marker past the environment scan's bounds".into(),
-        ],
-    }
-}
-
 /// Outcome of seeding the tag map from `/proc`.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct SeedReport {
@@ -366,7 +226,11 @@ pub fn seed(kernel: &mut Kernel, agents: &[AgentSpec]) -> Result<SeedReport, Tag
                     flags: pt.flags | tag_flags::INHERITED | tag_flags::FROM_SEED,
                     start_ns: p.key().start_ns,
                 }
-            } else if let Some((agent_id, by)) = p.recognise(agents) {
+            } else if let Some((agent_id, by)) = p.recognise(agents).or_else(|| {
+                let exe = p.exe.as_deref()?;
+                paths::agent_of(kernel, std::path::Path::new(exe))
+                    .map(|id| (id, tag_flags::BY_PATH))
+            }) {
                 roots_seen.insert(p.pid);
                 Tag {
                     root: p.key(),
@@ -484,10 +348,10 @@ pub fn list(kernel: &Kernel, names: &AgentNames, agents: &[AgentSpec]) -> Vec<Ta
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn agents() -> Vec<AgentSpec> {
+    pub(super) fn agents() -> Vec<AgentSpec> {
         vec![
             AgentSpec {
                 id: 1,
@@ -495,6 +359,7 @@ mod tests {
                 executables: vec!["claude".into()],
                 scripts: vec!["claude".into(), "claude-code".into()],
                 env: vec![],
+                paths: vec![],
             },
             AgentSpec {
                 id: 2,
@@ -502,6 +367,7 @@ mod tests {
                 executables: vec!["aider".into()],
                 scripts: vec!["aider".into()],
                 env: vec![],
+                paths: vec![],
             },
         ]
     }
@@ -516,34 +382,6 @@ mod tests {
             argv: argv.iter().map(|s| s.to_string()).collect(),
             uid: None,
         }
-    }
-
-    #[test]
-    fn env_markers_follow_the_kernel_scan() {
-        let mut a = agents();
-        a[0].env = vec!["CLAUDECODE=1".into(), "AGENT=*".into()];
-        a[1].env = vec!["AGENT=aider".into()];
-        let env = |vars: &[&str]| {
-            let mut out = Vec::new();
-            for v in vars {
-                out.extend_from_slice(v.as_bytes());
-                out.push(0);
-            }
-            out
-        };
-        let got = |vars: &[&str]| env_agent(&env(vars), &a);
-        assert_eq!(got(&["PATH=/bin", "CLAUDECODE=1"]).unwrap().0, 1);
-        assert_eq!(got(&["AGENT=aider"]).unwrap(), (2, "AGENT=aider".into()));
-        assert_eq!(got(&["AGENT=goose"]).unwrap().0, 1);
-        assert_eq!(got(&["AGENT_ID=1", "CLAUDECODE=10"]), None);
-        // Past the scan's bounds nothing is seen.
-        let mut many: Vec<String> = (0..agent::ENV_SCAN_MAX_VARS)
-            .map(|i| format!("V{i}=x"))
-            .collect();
-        many.push("CLAUDECODE=1".into());
-        let many: Vec<&str> = many.iter().map(String::as_str).collect();
-        assert_eq!(got(&many), None);
-        assert_eq!(got(&many[1..]).unwrap().0, 1);
     }
 
     #[test]
