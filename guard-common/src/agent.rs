@@ -81,7 +81,8 @@ pub struct Recognition {
     pub env_unfiltered: u32,
     /// How many files and directories [`crate::maps::AGENT_PATHS`] holds; 0: no walk.
     pub paths: u32,
-    pub _pad: u32,
+    /// How many cgroups [`crate::maps::AGENT_CGROUPS`] holds; 0: no walk.
+    pub cgroups: u32,
     /// A filter in front of the trie: the bit [`env_filter_bit`] of each marker's first 4
     /// bytes is set. A variable whose first 4 bytes' bit is clear carries no marker, and
     /// costs no trie lookup.
@@ -101,7 +102,7 @@ impl Recognition {
             env_markers: 0,
             env_unfiltered: 0,
             paths: 0,
-            _pad: 0,
+            cgroups: 0,
             env_first4: [0; ENV_FILTER_BITS / 64],
         };
         for (key, bits) in markers {
@@ -132,6 +133,8 @@ pub struct AgentPath {
 pub const ANY_DEPTH: u32 = u32::MAX;
 /// Directories above an executable the exec probe looks up.
 pub const PATH_WALK_MAX: u32 = 16;
+/// Cgroups above a process's own (on the default hierarchy) the trackers look up.
+pub const CGROUP_WALK_MAX: u32 = 16;
 
 /// A marker as written, `NAME=VALUE` or `NAME=PREFIX*`, as (name, value, prefix). `None`
 /// without `=`. The policy checks names and values; this only splits.
@@ -171,6 +174,9 @@ pub mod recognised {
     /// The executable's file, or a directory above it (`ProcessEvent::script` holds the
     /// file's name).
     pub const PATH: u32 = 4;
+    /// The process's cgroup, or one above it (the root is the cgroup: `ProcKey { tgid: 0,
+    /// start_ns: cgroup id }`).
+    pub const CGROUP: u32 = 5;
 
     pub const fn name(reason: u32) -> &'static str {
         match reason {
@@ -178,6 +184,7 @@ pub mod recognised {
             SCRIPT => "script",
             ENV => "env",
             PATH => "path",
+            CGROUP => "cgroup",
             _ => "unknown",
         }
     }

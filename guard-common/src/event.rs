@@ -19,6 +19,9 @@ pub enum EventKind {
     /// exec (`script` names the agent's script, if any). It must not run untagged:
     /// `exit_code` is 1 when the kernel killed it, 0 when the daemon must.
     TagMapFull = 5,
+    /// A process was tagged because it is in an agent's cgroup: it joined it, or forked or
+    /// exec'd there untagged ([`ProcessEvent`], `reason` [`crate::agent::recognised::CGROUP`]).
+    AgentCgroup = 6,
     /// An endpoint rule decided a connect or sendmsg of a tagged process
     /// ([`crate::net::NetEvent`]).
     NetConnect = 60,
@@ -44,6 +47,7 @@ impl EventKind {
             3 => Some(Self::TaggedExit),
             4 => Some(Self::TaggedFork),
             5 => Some(Self::TagMapFull),
+            6 => Some(Self::AgentCgroup),
             60 => Some(Self::NetConnect),
             40 => Some(Self::FileChange),
             41 => Some(Self::FileDevice),

@@ -59,6 +59,8 @@ pub mod tag_flags {
     /// With [`FROM_EXEC`] or [`FROM_SEED`]: the root was recognised by its executable's file
     /// (`agents[].paths`).
     pub const BY_PATH: u32 = 1 << 6;
+    /// The process is in an agent's cgroup (`agents[].cgroups`); its root is the cgroup.
+    pub const BY_CGROUP: u32 = 1 << 7;
 }
 
 /// The tag of a process that belongs to an agent tree. Keyed by tgid in [`maps::TAGS`].

@@ -16,6 +16,8 @@ pub const AGENT_ENV: &str = "GUARD_AGENT_ENV";
 /// [`crate::file::FileKey`] of an installed agent's file or directory →
 /// [`crate::agent::AgentPath`].
 pub const AGENT_PATHS: &str = "GUARD_AGENT_PATHS";
+/// Cgroup id (default hierarchy) of an agent's cgroup → agent id.
+pub const AGENT_CGROUPS: &str = "GUARD_AGENT_CGROUPS";
 /// One [`crate::agent::Recognition`]: the settings of recognition at exec.
 pub const RECOGNITION: &str = "GUARD_RECOGNITION";
 
@@ -95,6 +97,8 @@ pub mod programs {
     pub const KILL_AFTER_SOCK_CREATE: &str = "guard_kill_after_sock_create";
     /// `tp_btf/sys_exit`: the same, where the kernel refuses fexit programs.
     pub const SYS_EXIT: &str = "guard_sys_exit";
+    /// `tp_btf/cgroup_attach_task`: a process that joins an agent's cgroup is tagged.
+    pub const CGROUP_JOIN: &str = "guard_cgroup_join";
 }
 
 /// [`crate::offsets::LsmOffsets`] global.
@@ -256,13 +260,14 @@ pub const FILE_HIT: &str = "GUARD_FILE_HIT";
 
 /// Every map of the kernel object, by name. guard-ebpf's `#[map(name = …)]` takes a literal,
 /// so a rootless test compares the compiled object with this list.
-pub const ALL: [&str; 28] = [
+pub const ALL: [&str; 29] = [
     TAGS,
     AGENT_EXES,
     AGENT_SCRIPTS,
     INTERPRETERS,
     AGENT_ENV,
     AGENT_PATHS,
+    AGENT_CGROUPS,
     RECOGNITION,
     EVENTS,
     COUNTERS,
@@ -299,9 +304,10 @@ pub const GLOBALS: [&str; 7] = [
 ];
 
 /// Every program of the kernel object, by function name.
-pub const ALL_PROGRAMS: [&str; 44] = [
+pub const ALL_PROGRAMS: [&str; 45] = [
     programs::FORK,
     programs::EXEC,
+    programs::CGROUP_JOIN,
     programs::EXIT,
     programs::EXIT_NO_GROUP_DEAD,
     programs::CONNECT4,

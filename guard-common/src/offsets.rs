@@ -32,8 +32,19 @@ pub struct KernelOffsets {
     pub bprm_file: u32,
     /// `file.f_path.dentry`
     pub file_dentry: u32,
+    /// `task_struct.cgroups` (a `css_set *`)
+    pub task_cgroups: u32,
+    /// `css_set.dfl_cgrp`: the task's cgroup on the default (v2) hierarchy
+    pub css_set_dfl_cgrp: u32,
+    /// `cgroup.kn` and `kernfs_node.id`: a cgroup's id
+    pub cgroup_kn: u32,
+    pub kernfs_node_id: u32,
+    /// `cgroup.self.parent`: the parent cgroup (its `self` is its first member)
+    pub cgroup_parent: u32,
+    /// `task_struct.comm`
+    pub task_comm: u32,
 }
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 56);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 80);
 
 /// Offsets for the unix socket programs, whose context is really a
 /// `struct bpf_sock_addr_kern` (aya-ebpf has no binding for its `uaddr`).

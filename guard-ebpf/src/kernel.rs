@@ -67,6 +67,16 @@ impl Task {
         Ok((mm.read(o.mm_arg_start)?, mm.read(o.mm_arg_end)?))
     }
 
+    /// The task's cgroup on the default hierarchy (`cgroups->dfl_cgrp`).
+    #[inline(always)]
+    pub fn dfl_cgroup(self, o: &KernelOffsets) -> Result<*const u8, i32> {
+        let css_set: *const u8 = self.read(o.task_cgroups)?;
+        if css_set.is_null() {
+            return Err(-1);
+        }
+        Task(css_set).read(o.css_set_dfl_cgrp)
+    }
+
     /// `[env_start, env_end)` of the task's mm, in user memory.
     #[inline(always)]
     pub fn env(self, o: &KernelOffsets) -> Result<(u64, u64), i32> {

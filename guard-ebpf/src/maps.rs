@@ -46,6 +46,10 @@ pub static AGENT_ENV: LpmTrie<EnvKey, u32> = LpmTrie::pinned(AGENT_NAMES_MAX, BP
 #[map(name = "GUARD_AGENT_PATHS")]
 pub static AGENT_PATHS: HashMap<FileKey, AgentPath> = HashMap::pinned(AGENT_NAMES_MAX, 0);
 
+/// Agents' cgroups (ids on the default hierarchy) → agent id.
+#[map(name = "GUARD_AGENT_CGROUPS")]
+pub static AGENT_CGROUPS: HashMap<u64, u32> = HashMap::pinned(AGENT_NAMES_MAX, 0);
+
 /// Settings of recognition at exec: one value.
 #[map(name = "GUARD_RECOGNITION")]
 pub static RECOGNITION: Array<Recognition> = Array::pinned(1, 0);
@@ -89,6 +93,9 @@ pub struct EnvState {
     pub agent: u64,
     /// The agent id + 1 an executable's file or directory matched (0: none).
     pub path_agent: u64,
+    /// The agent id + 1 and the id of the cgroup a process is in or below (0: none).
+    pub cgroup_agent: u64,
+    pub cgroup_id: u64,
 }
 
 const _: () = assert!(ENV_KEY_LEN <= ARGS_LEN);
@@ -123,6 +130,12 @@ static GUARD_OFFSETS: KernelOffsets = KernelOffsets {
     mm_env_start: 0,
     bprm_file: 0,
     file_dentry: 0,
+    task_cgroups: 0,
+    css_set_dfl_cgrp: 0,
+    cgroup_kn: 0,
+    kernfs_node_id: 0,
+    cgroup_parent: 0,
+    task_comm: 0,
 };
 
 /// 1 where the cgroup socket programs may call `bpf_send_signal` themselves. A frozen

@@ -20,6 +20,8 @@ pub struct AgentSpec {
     pub env: Vec<String>,
     /// Install paths (`agents[].paths`, as written).
     pub paths: Vec<String>,
+    /// Cgroup patterns (`agents[].cgroups`).
+    pub cgroups: Vec<String>,
 }
 
 /// Names of agents by id, for display. Cheap to clone: every event reader holds the current

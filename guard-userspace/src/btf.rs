@@ -151,6 +151,12 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         mm_env_start,
         bprm_file: off("linux_binprm", "file")?,
         file_dentry: off("file", "f_path")? + off("path", "dentry")?,
+        task_cgroups: off("task_struct", "cgroups")?,
+        css_set_dfl_cgrp: off("css_set", "dfl_cgrp")?,
+        cgroup_kn: off("cgroup", "kn")?,
+        kernfs_node_id: off("kernfs_node", "id")?,
+        cgroup_parent: off("cgroup", "self")? + off("cgroup_subsys_state", "parent")?,
+        task_comm: off("task_struct", "comm")?,
     })
 }
 

@@ -22,7 +22,7 @@ pub fn ps_tree(procs: &[TaggedProc]) -> String {
         let agent = members.first().map_or("?", |p| p.agent.as_str());
         let why = members
             .iter()
-            .find(|p| p.pid == root && !p.recognised.is_empty())
+            .find(|p| (p.pid == root || root == 0) && !p.recognised.is_empty())
             .map(|p| format!("  recognised by {}", p.recognised))
             .unwrap_or_default();
         let _ = writeln!(
@@ -117,6 +117,9 @@ pub fn status(st: &DaemonStatus, color: bool) -> String {
              install paths ({} files and directories now)",
             r.agents, r.executables, r.scripts, r.env_markers, r.paths, r.paths_resolved
         );
+        for c in &r.cgroups_matched {
+            let _ = writeln!(out, "  cgroup      {c} (everything in it is the agent)");
+        }
         for m in &r.paths_missing {
             let _ = writeln!(out, "  missing     {m} (no agent installed there yet)");
         }

@@ -420,3 +420,283 @@ fn an_agent_installed_by_path_is_recognised_however_it_is_started() {
     let st = daemon.status_json().expect("status");
     assert_eq!(st["recognition"]["paths"], 2, "{}", st["recognition"]);
 }
+
+/// Where `cargo xtask test` installed the agents' real CLIs from npm (xtask/src/agent_clis.rs).
+fn agent_clis() -> Option<std::path::PathBuf> {
+    let dir = std::env::var_os("GUARD_AGENT_CLIS")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .map(|h| std::path::Path::new(&h).join(".cache/guard/agent-clis"))
+        })?;
+    if dir.join("node_modules/.bin/claude").exists() {
+        return Some(dir);
+    }
+    assert!(
+        !guard_tests::under_ci(),
+        "the agents' CLIs are not installed in {}: `cargo xtask test` installs them",
+        dir.display()
+    );
+    println!(
+        "SKIPPED the real agent CLIs: not installed in {} (`cargo xtask test` installs them)",
+        dir.display()
+    );
+    None
+}
+
+/// Claude Code (a native binary behind `node_modules/.bin/claude`), Codex (a node launcher
+/// that starts a musl binary) and Gemini CLI (a node script), installed from the npm registry,
+/// each started through its `.bin` symlink, a symlink of our own and its full path.
+#[test]
+fn the_real_agent_clis_are_recognised_however_they_are_started() {
+    let Some(clis) = agent_clis() else {
+        return;
+    };
+    let d = Daemon::start();
+    let nm = clis.join("node_modules");
+    let tmp = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(nm.join(".bin/claude"), tmp.path().join("claude")).unwrap();
+    std::os::unix::fs::symlink(nm.join(".bin/codex"), tmp.path().join("codex")).unwrap();
+    let cases: Vec<(std::path::PathBuf, &str, &str, &str)> = vec![
+        (
+            nm.join(".bin/claude"),
+            "claude-code",
+            "executable",
+            "Claude Code",
+        ),
+        (
+            tmp.path().join("claude"),
+            "claude-code",
+            "executable",
+            "Claude Code",
+        ),
+        (
+            nm.join("@anthropic-ai/claude-code/bin/claude.exe"),
+            "claude-code",
+            "executable",
+            "Claude Code",
+        ),
+        (nm.join(".bin/codex"), "codex", "executable", "codex-cli"),
+        (tmp.path().join("codex"), "codex", "executable", "codex-cli"),
+        (
+            nm.join("@openai/codex/bin/codex.js"),
+            "codex",
+            "script",
+            "codex-cli",
+        ),
+        (nm.join(".bin/gemini"), "gemini-cli", "executable", "0."),
+        (
+            nm.join("@google/gemini-cli/bundle/gemini.js"),
+            "gemini-cli",
+            "script",
+            "0.",
+        ),
+    ];
+    for (prog, agent, by, version) in &cases {
+        let what = prog.display().to_string();
+        let mut c = Command::new(prog);
+        c.arg("--version").current_dir(tmp.path());
+        let child = c
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        let pid = child.id();
+        let out = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains(version),
+            "{what}: {text}"
+        );
+        let exec = wait_for(
+            &format!("agent_exec of {what}"),
+            Duration::from_secs(10),
+            || {
+                d.events()
+                    .into_iter()
+                    .find(|e| e["kind"] == "agent_exec" && e["process"]["pid"] == pid)
+            },
+        );
+        assert_eq!(exec["agent"], *agent, "{what}: {exec}");
+        assert_eq!(exec["recognised"]["by"], *by, "{what}: {exec}");
+        assert_eq!(exec["root"]["pid"], pid, "{what}");
+        // Every program the tool started ran in its tree.
+        for e in d.events().iter().filter(|e| {
+            e["kind"] == "tagged_exec"
+                && e["ancestry"]
+                    .to_string()
+                    .contains(&format!("\"pid\":{pid},"))
+        }) {
+            assert_eq!(e["root"]["pid"], pid, "{what}: {e}");
+            assert_eq!(e["agent"], *agent, "{what}: {e}");
+        }
+    }
+    // Codex's launcher starts its native binary: that exec is in the launcher's tree.
+    let codex = d
+        .events()
+        .into_iter()
+        .filter(|e| e["kind"] == "tagged_exec" && e["agent"] == "codex")
+        .count();
+    assert!(
+        codex >= 2,
+        "codex's native binary ran tagged, under the launcher"
+    );
+}
+
+/// A cgroup on the default hierarchy this test creates (under the cgroup2 mount) and removes:
+/// its processes are moved back to the root cgroup first.
+struct TestCgroup {
+    dir: std::path::PathBuf,
+    root: std::path::PathBuf,
+}
+
+impl TestCgroup {
+    fn new(name: &str) -> Self {
+        let root = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+            .iter()
+            .map(std::path::PathBuf::from)
+            .find(|p| p.join("cgroup.procs").exists())
+            .expect("a cgroup2 mount");
+        let dir = root.join(name);
+        std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+        Self { dir, root }
+    }
+
+    fn join(&self, pid: u32) {
+        std::fs::write(self.dir.join("cgroup.procs"), pid.to_string())
+            .unwrap_or_else(|e| panic!("moving {pid} into {}: {e}", self.dir.display()));
+    }
+
+    fn leave(&self, pid: u32) {
+        let _ = std::fs::write(self.root.join("cgroup.procs"), pid.to_string());
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        for _ in 0..50 {
+            let procs = std::fs::read_to_string(self.dir.join("cgroup.procs")).unwrap_or_default();
+            for pid in procs.lines() {
+                let _ = std::fs::write(self.root.join("cgroup.procs"), pid);
+            }
+            if std::fs::remove_dir(&self.dir).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        eprintln!("could not remove {}", self.dir.display());
+    }
+}
+
+/// A CI runner or an agent pod is an agent as a whole: everything in its cgroup is tagged,
+/// what was there before the daemon, what joins later, what starts there; leaving does not
+/// untag. A cgroup created after the policy loaded is found within the recheck.
+#[test]
+fn everything_in_an_agents_cgroup_is_the_agent() {
+    let net = Net::new();
+    let port = 5432;
+    let listener = Listener::start(&net, &[format!("tcp:{port}:{}", net.a)]);
+    let name = guard_tests::unique("guard-test-runner");
+    let cg = TestCgroup::new(&name);
+    let early = sleeper(&vars(&[]));
+    cg.join(early.pid());
+    let d = Daemon::start_with_policy(&format!(
+        "apiVersion: guard.dev/v1alpha1\nkind: GuardPolicy\nmetadata: {{ name: cg }}\nspec:\n  \
+         agents:\n    - {{ name: ci-runner, cgroups: [\"/guard-test-runner-*\"] }}\n  \
+         endpoints:\n    - {{ name: prod-db, cidrs: [{}/32], ports: [{port}], action: deny }}\n",
+        net.a
+    ));
+    let tag = d
+        .tag_of(early.pid())
+        .expect("a process inside at start-up is tagged");
+    assert_eq!(tag["agent"], "ci-runner");
+    assert_eq!(tag["root_pid"], 0, "the root is the cgroup: {tag}");
+    assert!(
+        tag["recognised"]
+            .as_str()
+            .is_some_and(|r| r.contains(&name)),
+        "{tag}"
+    );
+
+    // A process that joins later is tagged at once, and stays tagged when it leaves.
+    let joiner = sleeper(&vars(&[]));
+    assert!(d.tag_of(joiner.pid()).is_none());
+    cg.join(joiner.pid());
+    let tag = wait_for("the joiner tagged", Duration::from_secs(5), || {
+        d.tag_of(joiner.pid())
+    });
+    assert_eq!(tag["agent"], "ci-runner");
+    cg.leave(joiner.pid());
+    assert!(
+        d.tag_of(joiner.pid()).is_some(),
+        "leaving the cgroup does not untag"
+    );
+
+    // A shell started inside (moved in before it runs anything): what it runs is refused; the
+    // same commands from outside reach the listener.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("client.py"), CLIENT).unwrap();
+    let script = format!(
+        "python3 {} tcp {} {port}",
+        dir.path().join("client.py").display(),
+        net.a
+    );
+    let inside = {
+        let mut c = Command::new("bash");
+        let procs = cg.dir.join("cgroup.procs");
+        c.args(["-c", &format!("echo $$ > {}; {script}", procs.display())]);
+        output(c)
+    };
+    assert!(
+        String::from_utf8_lossy(&inside.stdout).starts_with("err 1"),
+        "inside the cgroup: {}",
+        String::from_utf8_lossy(&inside.stdout)
+    );
+    let outside = output({
+        let mut c = Command::new("bash");
+        c.args(["-c", &script]);
+        c
+    });
+    assert!(
+        String::from_utf8_lossy(&outside.stdout).starts_with("ok"),
+        "outside: {}",
+        String::from_utf8_lossy(&outside.stdout)
+    );
+    assert_eq!(
+        listener.count(&format!("tcp:{port}")),
+        1,
+        "only the outside connect arrives"
+    );
+    let evs = net_events(&d, 1, |e| e["rule"] == "prod-db");
+    assert_eq!(evs[0]["agent"], "ci-runner");
+    assert!(
+        evs[0]["process"]["cgroup"]
+            .as_str()
+            .is_some_and(|c| c.contains(&name)),
+        "{}",
+        evs[0]
+    );
+
+    // A matching cgroup created after the policy loaded, with a process already inside.
+    let later = TestCgroup::new(&guard_tests::unique("guard-test-runner"));
+    let inside_later = sleeper(&vars(&[]));
+    later.join(inside_later.pid());
+    let tag = wait_for(
+        "a process in a new matching cgroup tagged",
+        Duration::from_secs(8),
+        || d.tag_of(inside_later.pid()),
+    );
+    assert_eq!(tag["agent"], "ci-runner");
+    // Nothing outside was tagged.
+    let outsider = sleeper(&vars(&[]));
+    assert!(d.tag_of(outsider.pid()).is_none());
+    let st = d.status_json().expect("status");
+    assert!(
+        st["recognition"]["cgroups_matched"]
+            .to_string()
+            .contains(&name),
+        "{}",
+        st["recognition"]
+    );
+    drop(later);
+}

@@ -10,6 +10,7 @@
 //! cargo xtask fmt-check | lint      rustfmt / clippy, warnings denied
 //! ```
 
+mod agent_clis;
 mod apt;
 mod bench;
 mod setup;

@@ -301,6 +301,8 @@ const TEST_TOOLS: &[(&str, &str)] = &[
     ("tcpdump", "tcpdump"),
     ("strace", "strace"),
     ("mkfs.ext4", "e2fsprogs"),
+    // The agents' command-line tools come from the npm registry (see agent_clis.rs).
+    ("npm", "npm"),
 ];
 
 /// Make sure the tools the integration tests call are installed, with apt-get when missing.

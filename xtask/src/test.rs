@@ -82,6 +82,16 @@ fn run_tiers(extra: &[OsString], vm: bool, summary: &mut Summary) -> Result<()> 
         }
     }
 
+    if root {
+        match crate::agent_clis::ensure() {
+            Ok(note) => println!("[agent clis] {note}"),
+            Err(e) => {
+                summary.record(TOOLS, "FAILED");
+                return Err(e.context("the agents' command-line tools could not be installed"));
+            }
+        }
+    }
+
     // Everything the VM matrix needs from outside (qemu, busybox, kernels) is fetched now, so
     // that a machine that cannot have it fails in seconds, not after the integration tests.
     if vm && root {
@@ -156,7 +166,8 @@ fn run_tiers(extra: &[OsString], vm: bool, summary: &mut Summary) -> Result<()> 
                     "--test-threads=1",
                 ])
                 .args(extra)
-                .env("GUARD_BIN", &bin),
+                .env("GUARD_BIN", &bin)
+                .env(crate::agent_clis::ENV, crate::agent_clis::dir()),
             "fix the failing integration tests above",
         )
         .context("integration tests failed")

@@ -12,9 +12,12 @@ use guard_common::{
     tag_flags,
 };
 
-use super::recognise::{Match, recognise};
+use super::recognise::{Match, cgroup_agent, recognise};
 use crate::{
-    ctx::{current_ppid, current_tgid, forget_daemon_pid, header, kill_current, kill_task, traced},
+    ctx::{
+        current_ppid, current_tgid, daemon_tgid, forget_daemon_pid, header, kill_current,
+        kill_task, traced,
+    },
     kernel::Task,
     maps::{EVENTS, TAGS, count, offsets},
 };
@@ -24,6 +27,7 @@ const NOTHING: Match = Match {
     agent_id: 0,
     reason: 0,
     matched: [0; NAME_LEN],
+    cgroup: 0,
 };
 
 #[btf_tracepoint(function = "sched_process_fork")]
@@ -67,14 +71,96 @@ pub fn guard_exit_compat(_ctx: BtfTracePointContext) -> i32 {
     traced(try_exit())
 }
 
+/// `cgroup_attach_task(dst_cgrp, path, task, threadgroup)`, after the move: a process that
+/// joins an agent's cgroup (or one below it) is tagged; one that leaves keeps its tag.
+#[btf_tracepoint(function = "cgroup_attach_task")]
+pub fn guard_cgroup_join(ctx: BtfTracePointContext) -> i32 {
+    traced(try_join(&ctx))
+}
+
+fn try_join(ctx: &BtfTracePointContext) -> Result<(), i32> {
+    let o = offsets();
+    if o.valid == 0 {
+        return Err(-1);
+    }
+    let dst: *const u8 = ctx.arg(0);
+    let task = Task(ctx.arg::<*const u8>(2));
+    let tgid = task.tgid(&o)?;
+    if TAGS.get_ptr(tgid).is_some() {
+        return Ok(());
+    }
+    // The same event fires for moves on v1 hierarchies, whose ids are another numbering:
+    // only a move that changed the task's default-hierarchy cgroup counts.
+    if task.dfl_cgroup(&o)? != dst {
+        return Ok(());
+    }
+    tag_in_cgroup(task, tgid, dst)?;
+    Ok(())
+}
+
+/// Tag `task` (thread group `tgid`) if `cgrp`, its default-hierarchy cgroup, is an agent's or
+/// below one: its root is the cgroup. Returns the tag.
+#[inline(always)]
+fn tag_in_cgroup(task: Task, tgid: u32, cgrp: *const u8) -> Result<Option<Tag>, i32> {
+    let Some((agent_id, cgroup)) = cgroup_agent(cgrp) else {
+        return Ok(None);
+    };
+    if tgid == daemon_tgid() {
+        // The daemon's own cgroup may match a broad pattern: it never tags itself.
+        return Ok(None);
+    }
+    let o = offsets();
+    let key = task.key(&o)?;
+    let tag = Tag {
+        root: ProcKey::new(0, cgroup),
+        agent_id,
+        flags: tag_flags::BY_CGROUP,
+        start_ns: key.start_ns,
+    };
+    if TAGS.insert(tgid, tag, 0).is_err() {
+        count(Counter::TagInsertFailed);
+        return Ok(None);
+    }
+    let mut comm = [0u8; 16];
+    // SAFETY: the helper checks the kernel address and bounds the copy by the buffer.
+    unsafe {
+        aya_ebpf::helpers::generated::bpf_probe_read_kernel_str(
+            comm.as_mut_ptr().cast(),
+            16,
+            task.0.wrapping_add(o.task_comm as usize).cast(),
+        )
+    };
+    let found = Match {
+        agent_id,
+        reason: recognised::CGROUP,
+        matched: [0; NAME_LEN],
+        cgroup,
+    };
+    let ppid = task.parent_tgid(&o).unwrap_or(0);
+    emit_as(EventKind::AgentCgroup, &tag, key, ppid, 0, &found, comm);
+    Ok(Some(tag))
+}
+
 fn try_fork(ctx: &BtfTracePointContext) -> Result<(), i32> {
     // Runs in the parent's context before the child is first scheduled.
     let parent_tgid = current_tgid();
-    let Some(tag) = TAGS.get_ptr(parent_tgid) else {
-        return Ok(());
+    let tag = match TAGS.get_ptr(parent_tgid) {
+        // SAFETY: map value pointer from a successful lookup.
+        Some(tag) => unsafe { *tag },
+        // An untagged process forking in an agent's cgroup (it was there before the cgroup's
+        // id reached the map, and the daemon's scan has not tagged it yet): it and its child
+        // join the agent now.
+        None => {
+            let task = Task::current();
+            let Ok(cgrp) = task.dfl_cgroup(&offsets()) else {
+                return Ok(());
+            };
+            match tag_in_cgroup(task, parent_tgid, cgrp)? {
+                Some(tag) => tag,
+                None => return Ok(()),
+            }
+        }
     };
-    // SAFETY: map value pointer from a successful lookup.
-    let tag = unsafe { *tag };
     let o = offsets();
     if o.valid == 0 {
         return Err(-1);
@@ -151,14 +237,20 @@ fn try_exec(bprm: *const u8) -> Result<(), i32> {
     let task = Task::current();
     let key = task.key(&o)?;
     forget_daemon_pid(tgid);
+    let root = if found.cgroup != 0 {
+        ProcKey::new(0, found.cgroup)
+    } else {
+        key
+    };
     let by = match found.reason {
+        recognised::CGROUP => tag_flags::BY_CGROUP,
         recognised::ENV => tag_flags::BY_ENV,
         recognised::SCRIPT => tag_flags::BY_SCRIPT,
         recognised::PATH => tag_flags::BY_PATH,
         _ => 0,
     };
     let tag = Tag {
-        root: key,
+        root,
         agent_id: found.agent_id,
         flags: tag_flags::FROM_EXEC | by,
         start_ns: key.start_ns,
@@ -232,11 +324,25 @@ fn lifecycle_wakeup() -> u64 {
 
 #[inline(always)]
 fn emit(kind: EventKind, tag: &Tag, proc: ProcKey, ppid: u32, exit_code: i32, found: &Match) {
+    let comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    emit_as(kind, tag, proc, ppid, exit_code, found, comm);
+}
+
+/// [`emit`] with the `comm` of a task other than the current one.
+#[inline(always)]
+fn emit_as(
+    kind: EventKind,
+    tag: &Tag,
+    proc: ProcKey,
+    ppid: u32,
+    exit_code: i32,
+    found: &Match,
+    comm: [u8; 16],
+) {
     let Some(mut entry) = EVENTS.reserve::<ProcessEvent>(0) else {
         count(Counter::EventsDropped);
         return;
     };
-    let comm = bpf_get_current_comm().unwrap_or([0; 16]);
     entry.write(ProcessEvent {
         header: header(kind, tag, proc, ppid),
         comm,

@@ -10,17 +10,27 @@ use crate::{
     tags::{self, AgentNames},
 };
 
-/// Resolve the agents' install paths again and put what changed in force: a version an
-/// auto-updater installed under a glob, a path that appeared or went away.
+/// Resolve the agents' install paths and cgroups again and put what changed in force: a
+/// version an auto-updater installed under a glob, a path that appeared or went away, a cgroup
+/// created or removed (the processes already inside a new one are tagged).
 pub(super) fn refresh_paths(state: &Shared) {
     let agents = {
         let st = state.lock().expect("state lock");
-        if st.agents.iter().all(|a| a.paths.is_empty()) && st.paths_missing.is_empty() {
+        if st
+            .agents
+            .iter()
+            .all(|a| a.paths.is_empty() && a.cgroups.is_empty())
+        {
             return;
         }
         st.agents.clone()
     };
     let installed = tags::paths::resolve(&agents, &tags::paths::homes());
+    let cgroup_root = tags::cgroups::root();
+    let cgroups = cgroup_root
+        .as_deref()
+        .map(|root| tags::cgroups::resolve(&agents, root))
+        .unwrap_or_default();
     let mut st = state.lock().expect("state lock");
     if st.agents != agents {
         // A reload ran meanwhile and resolved its own.
@@ -30,6 +40,14 @@ pub(super) fn refresh_paths(state: &Shared) {
         Ok(()) => st.paths_missing = installed.missing,
         Err(e) => warn!(error = %e, "agent install paths not refreshed"),
     }
+    if let Some(root) = &cgroup_root {
+        match tags::cgroups::install(&mut st.kernel, &cgroups, root) {
+            Ok(0) => {}
+            Ok(tagged) => info!(tagged, "tagged the processes in agents' cgroups"),
+            Err(e) => warn!(error = %e, "agent cgroups not refreshed"),
+        }
+    }
+    st.agent_cgroups = cgroups;
 }
 
 /// Put `compiled` in force, in the order that never opens a gap: the agents (recognition at
@@ -44,12 +62,25 @@ pub async fn apply(
 ) -> Result<u64, DaemonError> {
     let agents = agent_specs(&compiled);
     let installed = tags::paths::resolve(&agents, &tags::paths::homes());
+    let cgroup_root = tags::cgroups::root();
+    let cgroups = cgroup_root
+        .as_deref()
+        .map(|root| tags::cgroups::resolve(&agents, root))
+        .unwrap_or_default();
     let kills = needs_killer(&compiled);
     let generation = {
         let mut st = state.lock().expect("state lock");
         tags::install_agents(&mut st.kernel, &agents)?;
         tags::paths::install(&mut st.kernel, &installed).map_err(tags::TagError::from)?;
         st.paths_missing = installed.missing;
+        if let Some(root) = &cgroup_root {
+            let tagged = tags::cgroups::install(&mut st.kernel, &cgroups, root)
+                .map_err(tags::TagError::from)?;
+            if tagged > 0 {
+                info!(tagged, "tagged the processes in agents' cgroups");
+            }
+        }
+        st.agent_cgroups = cgroups;
         st.names = AgentNames::new(&agents);
         st.agents = agents;
         st.policy_name = compiled.name.clone();

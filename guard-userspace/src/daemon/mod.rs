@@ -115,6 +115,7 @@ pub fn agent_specs(policy: &CompiledPolicy) -> Vec<AgentSpec> {
             scripts: a.scripts.iter().map(text).collect(),
             env: a.env.clone(),
             paths: a.paths.clone(),
+            cgroups: a.cgroups.clone(),
         })
         .collect()
 }
@@ -131,6 +132,8 @@ struct State {
     names: AgentNames,
     /// Install paths of the agents that name nothing yet.
     paths_missing: Vec<PathBuf>,
+    /// The agents' cgroups found now.
+    agent_cgroups: crate::tags::cgroups::Resolved,
     policy_name: String,
     generation: u64,
     probe: Probe,

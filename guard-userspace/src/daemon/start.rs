@@ -105,6 +105,7 @@ pub(super) fn new_state(
         agents: Vec::new(),
         names: AgentNames::new(&[]),
         paths_missing: Vec::new(),
+        agent_cgroups: Default::default(),
         policy_name: String::new(),
         generation: 0,
         probe,

@@ -57,6 +57,7 @@ pub(super) fn status(state: &Shared) -> Reply<DaemonStatus> {
                 .map_or(0, |(_, v)| *v),
             st.kernel.agent_paths.keys().filter_map(Result::ok).count(),
             &st.paths_missing,
+            &st.agent_cgroups,
         )),
         internal_errors: internal_errors(&st.kernel, &counters),
         counters,

@@ -64,6 +64,7 @@ pub const fn kind_name(kind: EventKind) -> &'static str {
         EventKind::TaggedExit => "tagged_exit",
         EventKind::TaggedFork => "tagged_fork",
         EventKind::TagMapFull => "tag_map_full",
+        EventKind::AgentCgroup => "agent_cgroup",
         EventKind::NetConnect => "net_connect",
         EventKind::FileChange => "file_change",
         EventKind::FileDevice => "file_device",
@@ -170,7 +171,8 @@ pub fn decode(raw: &[u8], ctx: &DecodeCtx<'_>) -> Result<Decoded, DecodeError> {
         | EventKind::TaggedExec
         | EventKind::TaggedExit
         | EventKind::TaggedFork
-        | EventKind::TagMapFull => process::decode(kind, raw, ctx),
+        | EventKind::TagMapFull
+        | EventKind::AgentCgroup => process::decode(kind, raw, ctx),
         EventKind::NetConnect => net::decode_record(raw, ctx),
         EventKind::SelfProtect => selfprot::decode(raw, ctx),
         // Read by `files` from its own ring buffer (GUARD_FILE_EVENTS).

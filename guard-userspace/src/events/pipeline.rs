@@ -402,6 +402,7 @@ mod tests {
             scripts: vec![],
             env: vec![],
             paths: vec![],
+            cgroups: vec![],
         }]);
         let clock = Clock::with_offset(0);
         let ctx = crate::events::DecodeCtx {

@@ -56,6 +56,14 @@ pub fn decode(kind: EventKind, raw: &[u8], _ctx: &DecodeCtx<'_>) -> Result<Decod
         });
         return Ok(d);
     }
+    if kind == EventKind::AgentCgroup {
+        // The process was there already: no change to the tree, only to its tag.
+        d.recognised = Some(Recognition {
+            by: recognised::name(ev.reason).to_owned(),
+            matched: None,
+        });
+        return Ok(d);
+    }
     d.lifecycle = Some(match kind {
         EventKind::TaggedFork => Lifecycle::Fork,
         EventKind::AgentExec => Lifecycle::Exec { agent_root: true },
@@ -130,6 +138,7 @@ pub(crate) mod tests {
             scripts: vec![],
             env: vec![],
             paths: vec![],
+            cgroups: vec![],
         }])
     }
 

@@ -203,6 +203,12 @@ pub fn table() -> Vec<Row> {
             F::Tracker,
             Required,
         ),
+        Row::new(
+            programs::CGROUP_JOIN,
+            Kind::TpBtf("cgroup_attach_task"),
+            F::Tracker,
+            Required,
+        ),
         // Kernels before 6.16 pass no `group_dead`: this variant is pinned as the exit tracker.
         Row {
             pin: programs::EXIT,

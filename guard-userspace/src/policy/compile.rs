@@ -70,6 +70,8 @@ pub struct CompiledAgent {
     pub env: Vec<String>,
     /// Install paths as written (`~` unexpanded).
     pub paths: Vec<String>,
+    /// Cgroup patterns as written.
+    pub cgroups: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -136,6 +138,7 @@ impl Policy {
                     .collect(),
                 env: a.env.iter().map(|m| m.as_str().to_owned()).collect(),
                 paths: a.paths.iter().map(|p| p.as_str().to_owned()).collect(),
+                cgroups: a.cgroups.iter().map(|c| c.as_str().to_owned()).collect(),
             })
             .collect();
         let endpoints: Vec<CompiledEndpointRule> = spec
@@ -293,6 +296,9 @@ impl CompiledPolicy {
             }
             if !a.paths.is_empty() {
                 lists.push(format!("paths [{}]", a.paths.join(", ")));
+            }
+            if !a.cgroups.is_empty() {
+                lists.push(format!("cgroups [{}]", a.cgroups.join(", ")));
             }
             let _ = writeln!(s, "  {:width$}  {}", a.name, lists.join(" "));
         }

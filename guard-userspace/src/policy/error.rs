@@ -126,6 +126,8 @@ pub enum Problem {
     BadResourceName { name: String, reason: &'static str },
     #[error("invalid program name {name:?}: {reason}")]
     BadProgram { name: String, reason: &'static str },
+    #[error("invalid cgroup {text:?}: {reason}")]
+    BadCgroup { text: String, reason: &'static str },
     #[error("invalid environment marker {text:?}: {reason}")]
     BadEnvMarker { text: String, reason: &'static str },
     #[error("invalid port {text:?}: expected a port (443) or a range (\"8000-8100\")")]
@@ -171,7 +173,7 @@ pub enum Problem {
          in, or list the name under executables"
     )]
     AgentPathAnywhere { path: String },
-    #[error("agent matches nothing: give executables, scripts, env or paths")]
+    #[error("agent matches nothing: give executables, scripts, env, paths or cgroups")]
     AgentMatchesNothing,
     #[error("endpoint rule matches nothing: give at least one of cidrs, ips, hosts or unix")]
     EndpointMatchesNothing,

@@ -30,7 +30,9 @@ pub use model::{
     Protocol, RawSockets, SelfProtection, Spec,
 };
 pub use pattern::{PathPattern, PathSpec, expand_home, glob_match, homes_from_passwd, read_homes};
-pub use values::{Capability, Hostname, Name, PortRange, Program, UnixSocket};
+pub use values::{
+    Capability, CgroupPattern, Hostname, Name, PortRange, Program, UnixSocket, cgroup_match,
+};
 
 /// The embedded default policy, used when the daemon is given none.
 pub const DEFAULT_POLICY_YAML: &str = include_str!("default.yaml");

@@ -10,7 +10,10 @@ use serde::Deserialize;
 use super::{
     error::Warning,
     pattern::PathSpec,
-    values::{Capability, EnvMarker, Hostname, Name, PortRange, Program, UnixSocket, scalars},
+    values::{
+        Capability, CgroupPattern, EnvMarker, Hostname, Name, PortRange, Program, UnixSocket,
+        scalars,
+    },
 };
 
 /// A parsed and validated policy. Obtain it with [`Policy::from_yaml`], [`Policy::load`] or
@@ -159,6 +162,10 @@ pub struct Agent {
     /// of these directories (globs name entries of a directory; `~` is every home).
     #[serde(default)]
     pub paths: Vec<PathSpec>,
+    /// Cgroups that are the agent as a whole (a CI runner's unit, an agent pod): every process
+    /// in one, or in a cgroup below it, is tagged, and so is every process that joins.
+    #[serde(default)]
+    pub cgroups: Vec<CgroupPattern>,
 }
 
 /// Network destinations tagged processes must not reach.

@@ -79,6 +79,7 @@ fn agents(policy: &Policy, f: &mut Findings) {
             && agent.scripts.is_empty()
             && agent.env.is_empty()
             && agent.paths.is_empty()
+            && agent.cgroups.is_empty()
         {
             f.errors.push((at.clone(), Problem::AgentMatchesNothing));
         }

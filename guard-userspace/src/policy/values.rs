@@ -63,7 +63,14 @@ macro_rules! scalar_newtype {
     )*};
 }
 
-scalar_newtype!(Name, Program, EnvMarker, Hostname, UnixSocket);
+scalar_newtype!(
+    Name,
+    Program,
+    EnvMarker,
+    CgroupPattern,
+    Hostname,
+    UnixSocket
+);
 
 /// Name of a rule or an agent: `[a-z0-9][a-z0-9-_.]*`, at most 63 bytes.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -185,6 +192,65 @@ impl Scalar for EnvMarker {
             } else {
                 "it is longer than 62 bytes: the kernel compares 63 bytes and the end of the value"
             });
+        }
+        Ok(Self(text.to_owned()))
+    }
+}
+
+/// A cgroup v2 path as `/proc/PID/cgroup` shows it (`/system.slice/ci-runner.service`), with
+/// globs in its components (`*`, `?`, `[…]`) and `**` for any number of components.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CgroupPattern(String);
+
+impl CgroupPattern {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Does the cgroup at `path` (absolute, from the cgroup2 root) match?
+    pub fn matches(&self, path: &str) -> bool {
+        cgroup_match(self.0.as_str(), path)
+    }
+}
+
+/// [`CgroupPattern::matches`] on the pattern's text.
+pub fn cgroup_match(pattern: &str, path: &str) -> bool {
+    fn parts(s: &str) -> Vec<&str> {
+        s.split('/').filter(|p| !p.is_empty()).collect()
+    }
+    fn go(p: &[&str], c: &[&str]) -> bool {
+        match p.split_first() {
+            None => c.is_empty(),
+            Some((&"**", rest)) => (0..=c.len()).any(|i| go(rest, &c[i..])),
+            Some((head, rest)) => c
+                .split_first()
+                .is_some_and(|(first, tail)| super::glob_match(head, first) && go(rest, tail)),
+        }
+    }
+    go(&parts(pattern), &parts(path))
+}
+
+impl Scalar for CgroupPattern {
+    const EXPECTING: &'static str = "a cgroup path (/system.slice/ci-runner.service)";
+
+    fn parse(text: &str) -> Result<Self, Problem> {
+        let bad = |reason| {
+            Err(Problem::BadCgroup {
+                text: text.to_owned(),
+                reason,
+            })
+        };
+        if !text.starts_with('/') {
+            return bad("it must start with '/': the path as /proc/PID/cgroup shows it");
+        }
+        if text.starts_with("/sys/fs/cgroup") {
+            return bad("give the path inside the cgroup hierarchy, without /sys/fs/cgroup");
+        }
+        if text.contains('\0') {
+            return bad("it contains a NUL byte");
+        }
+        if text.split('/').any(|p| p == "." || p == "..") {
+            return bad("it contains a '.' or '..' component");
         }
         Ok(Self(text.to_owned()))
     }
@@ -543,6 +609,29 @@ mod tests {
                 matches!(Name::parse(bad), Err(Problem::BadName { .. })),
                 "{bad}"
             );
+        }
+    }
+
+    #[test]
+    fn cgroup_patterns() {
+        let m = |p: &str, c: &str| CgroupPattern::parse(p).unwrap().matches(c);
+        assert!(m(
+            "/system.slice/ci-runner.service",
+            "/system.slice/ci-runner.service"
+        ));
+        assert!(!m("/system.slice/ci-runner.service", "/system.slice"));
+        assert!(m(
+            "/system.slice/ci-*.service",
+            "/system.slice/ci-7.service"
+        ));
+        assert!(m(
+            "/kubepods.slice/**/agent-*.scope",
+            "/kubepods.slice/a/b/agent-1.scope"
+        ));
+        assert!(m("/kubepods.slice/**", "/kubepods.slice"));
+        assert!(!m("/kubepods.slice/*", "/kubepods.slice/a/b"));
+        for bad in ["system.slice", "/sys/fs/cgroup/x", "/a/../b"] {
+            assert!(CgroupPattern::parse(bad).is_err(), "{bad}");
         }
     }
 

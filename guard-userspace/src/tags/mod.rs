@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use crate::kernel::Kernel;
 
+pub mod cgroups;
 mod markers;
 pub mod paths;
 mod recognition;
@@ -335,7 +336,9 @@ pub fn list(kernel: &Kernel, names: &AgentNames, agents: &[AgentSpec]) -> Vec<Ta
                 comm: info.as_ref().map(|i| i.comm.clone()).unwrap_or_default(),
                 exe: info.as_ref().and_then(|i| i.exe.clone()),
                 argv: info.map(|i| i.argv).unwrap_or_default(),
-                recognised: if tag.root.tgid == tgid && tag.flags & tag_flags::INHERITED == 0 {
+                recognised: if (tag.root.tgid == tgid || tag.flags & tag_flags::BY_CGROUP != 0)
+                    && tag.flags & tag_flags::INHERITED == 0
+                {
                     recognition(tgid, tag.flags, agents)
                 } else {
                     String::new()
@@ -360,6 +363,7 @@ pub(super) mod tests {
                 scripts: vec!["claude".into(), "claude-code".into()],
                 env: vec![],
                 paths: vec![],
+                cgroups: vec![],
             },
             AgentSpec {
                 id: 2,
@@ -368,6 +372,7 @@ pub(super) mod tests {
                 scripts: vec!["aider".into()],
                 env: vec![],
                 paths: vec![],
+                cgroups: vec![],
             },
         ]
     }

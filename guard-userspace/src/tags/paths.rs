@@ -169,6 +169,7 @@ mod tests {
             scripts: vec![],
             env: vec![],
             paths: paths.to_vec(),
+            cgroups: vec![],
         }
     }
 

@@ -8,7 +8,16 @@ use super::{AgentSpec, markers::env_marker};
 /// How a root came to be tagged, for `guard ps`: from its tag's flags, and for an
 /// environment marker the variable that carries it.
 pub fn recognition(pid: u32, flags: u32, agents: &[AgentSpec]) -> String {
-    let how = if flags & tag_flags::BY_ENV != 0 {
+    let how = if flags & tag_flags::BY_CGROUP != 0 {
+        let path = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+            .ok()
+            .and_then(|t| {
+                t.lines()
+                    .find_map(|l| l.strip_prefix("0::").map(str::to_owned))
+            })
+            .unwrap_or_default();
+        format!("cgroup {path}")
+    } else if flags & tag_flags::BY_ENV != 0 {
         let marker = env_marker(pid, agents).map(|(_, m)| format!(" {m}"));
         format!("env marker{}", marker.unwrap_or_default())
     } else if flags & tag_flags::BY_SCRIPT != 0 {
@@ -40,6 +49,10 @@ pub struct RecognitionStatus {
     pub paths_resolved: usize,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub paths_missing: Vec<String>,
+    /// Cgroup patterns (`agents[].cgroups`) and the cgroups they match now.
+    pub cgroups: usize,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cgroups_matched: Vec<String>,
     /// The bounds of the environment scan at exec and how many execs went past them.
     pub env_scan: String,
     /// What recognition of an IDE agent by its shells' markers contains, and what not.
@@ -54,6 +67,7 @@ pub fn recognition_status(
     truncated: u64,
     paths_resolved: usize,
     paths_missing: &[std::path::PathBuf],
+    cgroups: &super::cgroups::Resolved,
 ) -> RecognitionStatus {
     let count = |f: fn(&AgentSpec) -> usize| agents.iter().map(f).sum();
     let env_markers = count(|a| a.env.len());
@@ -63,6 +77,8 @@ pub fn recognition_status(
         scripts: count(|a| a.scripts.len()),
         env_markers,
         paths: count(|a| a.paths.len()),
+        cgroups: count(|a| a.cgroups.len()),
+        cgroups_matched: cgroups.values().map(|(_, p)| p.clone()).collect(),
         paths_resolved,
         paths_missing: paths_missing
             .iter()
