@@ -73,6 +73,12 @@ fn lineage(e: &Event) -> String {
 
 fn detail(e: &Event) -> String {
     let mut parts = Vec::new();
+    if let Some(r) = &e.recognised {
+        parts.push(match &r.matched {
+            Some(m) => format!("recognised by {} {m}", r.by),
+            None => format!("recognised by {}", r.by),
+        });
+    }
     if let Some(d) = &e.destination {
         parts.push(d.short());
     }

@@ -105,14 +105,15 @@ pub struct Args {
 /// The tests `--smoke` (and so `cargo xtask test`) runs on each kernel and tier: the tier
 /// each daemon enforces with, tagging across every escape (the exit tracker differs per
 /// kernel), a full tag map (killed in the kernel or by the daemon), environment markers
-/// read at exec (the bounded scan), denied and killed connects, IPv6 and the IPv4 it carries, raw sockets, refused
+/// read at exec (the bounded scan), install paths and cgroups, denied and killed connects, IPv6 and the IPv4 it carries, raw sockets, refused
 /// opens and credential reads, destructive tools, and a hostile agent tree.
 pub const SMOKE: &[&str] = &[
     "foundation::status_reports_the_probed_tier",
     "tagging::guard_run_and_every_escape",
     "tagging::a_full_tag_map_kills",
     "recognition::a_marker_past_the_scan_limit",
-    "recognition::an_ide_agents_shell",
+    "recognition::an_agent_installed_by_path",
+    "recognition::everything_in_an_agents_cgroup",
     "network::tagged_tools_get_eperm",
     "network::kill_leaves_the_offender_dead",
     "network::ipv6_and_ipv4_mapped_destinations",
