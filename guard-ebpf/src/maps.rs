@@ -91,6 +91,8 @@ pub struct EnvState {
     pub rest: u64,
     /// The matched agent id + 1 (0: none yet).
     pub agent: u64,
+    /// Where the scan stops: the end of the block or of the bytes it may read.
+    pub limit: u64,
     /// The agent id + 1 an executable's file or directory matched (0: none).
     pub path_agent: u64,
     /// The agent id + 1 and the id of the cgroup a process is in or below (0: none).
