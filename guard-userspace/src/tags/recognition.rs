@@ -101,6 +101,12 @@ pub fn recognition_status(
             "an agent that sets no marker and runs under a name or script the policy does not              list (markers are vendors' conventions, not a boundary)"
                 .into(),
             "a marker past the environment scan's bounds".into(),
+            "a hard link or copy of an agent's file outside its install paths, and an \
+             executable more than 16 directories below one"
+                .into(),
+            "what a process in a matching cgroup does before the daemon finds the cgroup (up \
+             to 2 s after it is created)"
+                .into(),
         ],
     }
 }
