@@ -20,6 +20,9 @@ fn sleeper(env: &BTreeMap<String, String>) -> Proc {
     Proc::spawn(c)
 }
 
+/// An environment as `(name, value)` pairs.
+type Env<'a> = &'a [(&'a str, &'a str)];
+
 fn vars(list: &[(&str, &str)]) -> BTreeMap<String, String> {
     list.iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -58,7 +61,7 @@ fn assert_tags(d: &Daemon, cases: &[(Proc, Option<&str>, String)]) {
 #[test]
 fn the_default_policy_recognises_the_vendors_markers_and_nothing_near_them() {
     let d = Daemon::start();
-    let cases: Vec<(&[(&str, &str)], Option<&str>)> = vec![
+    let cases: Vec<(Env, Option<&str>)> = vec![
         (&[("CURSOR_AGENT", "1")], Some("cursor")),
         (
             &[("CURSOR_EXTENSION_HOST_ROLE", "agent-exec")],
