@@ -83,6 +83,9 @@ pub struct Recognition {
     pub paths: u32,
     /// How many cgroups [`crate::maps::AGENT_CGROUPS`] holds; 0: no walk.
     pub cgroups: u32,
+    /// How many paths [`crate::maps::AGENT_SCRIPT_PATHS`] holds; 0: no lookup.
+    pub script_paths: u32,
+    pub _pad: u32,
     /// A filter in front of the trie: the bit [`env_filter_bit`] of each marker's first 4
     /// bytes is set. A variable whose first 4 bytes' bit is clear carries no marker, and
     /// costs no trie lookup.
@@ -103,6 +106,8 @@ impl Recognition {
             env_unfiltered: 0,
             paths: 0,
             cgroups: 0,
+            script_paths: 0,
+            _pad: 0,
             env_first4: [0; ENV_FILTER_BITS / 64],
         };
         for (key, bits) in markers {
@@ -133,6 +138,41 @@ pub struct AgentPath {
 pub const ANY_DEPTH: u32 = u32::MAX;
 /// Directories above an executable the exec probe looks up.
 pub const PATH_WALK_MAX: u32 = 16;
+/// Bytes of an interpreter's script argument compared with [`crate::maps::AGENT_SCRIPT_PATHS`].
+pub const SCRIPT_PATH_LEN: usize = 256;
+
+/// The data of a script path key: an absolute path, `dir/` (a prefix: every script below it)
+/// or `file` followed by its NUL (that file).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ScriptPath {
+    pub bytes: [u8; SCRIPT_PATH_LEN],
+}
+
+impl ScriptPath {
+    /// The key of a directory (`dir/…`) or of a file (`file` exactly), and its prefix length
+    /// in bits; `None` when it does not fit.
+    pub fn new(path: &[u8], dir: bool) -> Option<(Self, u32)> {
+        let trimmed = match path.split_last() {
+            Some((b'/', head)) => head,
+            _ => path,
+        };
+        let len = trimmed.len() + 1;
+        if len > SCRIPT_PATH_LEN {
+            return None;
+        }
+        let mut bytes = [0u8; SCRIPT_PATH_LEN];
+        for (i, b) in trimmed.iter().enumerate() {
+            bytes[i] = *b;
+        }
+        // A directory's key ends with its '/', a file's with its NUL (already zero).
+        if dir {
+            bytes[trimmed.len()] = b'/';
+        }
+        Some((Self { bytes }, (len * 8) as u32))
+    }
+}
+
 /// Cgroups above a process's own (on the default hierarchy) the trackers look up.
 pub const CGROUP_WALK_MAX: u32 = 16;
 

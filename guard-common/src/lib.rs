@@ -38,6 +38,16 @@ impl ProcKey {
             start_ns: start_ns - start_ns % NS_PER_TICK,
         }
     }
+
+    /// The root of a tree that is an agent's cgroup: tgid 0 and the cgroup's id (not a time,
+    /// so not rounded).
+    pub const fn cgroup(id: u64) -> Self {
+        Self {
+            tgid: 0,
+            _pad: 0,
+            start_ns: id,
+        }
+    }
 }
 
 /// How a process came to be tagged.
@@ -88,6 +98,7 @@ mod pod {
     unsafe impl aya::Pod for super::agent::EnvKey {}
     unsafe impl aya::Pod for super::agent::Recognition {}
     unsafe impl aya::Pod for super::agent::AgentPath {}
+    unsafe impl aya::Pod for super::agent::ScriptPath {}
     unsafe impl aya::Pod for super::offsets::KernelOffsets {}
     unsafe impl aya::Pod for super::offsets::UnixOffsets {}
     unsafe impl aya::Pod for super::offsets::FileOffsets {}

@@ -16,6 +16,9 @@ pub const AGENT_ENV: &str = "GUARD_AGENT_ENV";
 /// [`crate::file::FileKey`] of an installed agent's file or directory →
 /// [`crate::agent::AgentPath`].
 pub const AGENT_PATHS: &str = "GUARD_AGENT_PATHS";
+/// LPM trie of the absolute paths an interpreter's script may have to be an installed agent
+/// ([`crate::agent::ScriptPath`]) → agent id.
+pub const AGENT_SCRIPT_PATHS: &str = "GUARD_AGENT_SCRIPT_PATHS";
 /// Cgroup id (default hierarchy) of an agent's cgroup → agent id.
 pub const AGENT_CGROUPS: &str = "GUARD_AGENT_CGROUPS";
 /// One [`crate::agent::Recognition`]: the settings of recognition at exec.
@@ -260,13 +263,14 @@ pub const FILE_HIT: &str = "GUARD_FILE_HIT";
 
 /// Every map of the kernel object, by name. guard-ebpf's `#[map(name = …)]` takes a literal,
 /// so a rootless test compares the compiled object with this list.
-pub const ALL: [&str; 29] = [
+pub const ALL: [&str; 30] = [
     TAGS,
     AGENT_EXES,
     AGENT_SCRIPTS,
     INTERPRETERS,
     AGENT_ENV,
     AGENT_PATHS,
+    AGENT_SCRIPT_PATHS,
     AGENT_CGROUPS,
     RECOGNITION,
     EVENTS,

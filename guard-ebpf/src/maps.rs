@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use guard_common::{
     Tag,
-    agent::{AgentPath, ENV_KEY_LEN, EnvKey, NameKey, Recognition},
+    agent::{AgentPath, ENV_KEY_LEN, EnvKey, NameKey, Recognition, ScriptPath},
     event::Counter,
     file::FileKey,
     maps::{
@@ -46,6 +46,10 @@ pub static AGENT_ENV: LpmTrie<EnvKey, u32> = LpmTrie::pinned(AGENT_NAMES_MAX, BP
 #[map(name = "GUARD_AGENT_PATHS")]
 pub static AGENT_PATHS: HashMap<FileKey, AgentPath> = HashMap::pinned(AGENT_NAMES_MAX, 0);
 
+/// Absolute script paths (a directory's with its '/', a file's with its NUL) → agent id.
+#[map(name = "GUARD_AGENT_SCRIPT_PATHS")]
+pub static AGENT_SCRIPT_PATHS: LpmTrie<ScriptPath, u32> = LpmTrie::pinned(AGENT_NAMES_MAX, 0);
+
 /// Agents' cgroups (ids on the default hierarchy) → agent id.
 #[map(name = "GUARD_AGENT_CGROUPS")]
 pub static AGENT_CGROUPS: HashMap<u64, u32> = HashMap::pinned(AGENT_NAMES_MAX, 0);
@@ -77,6 +81,8 @@ pub struct Scratch {
     pub state: ScanState,
     /// The variable under test in the environment scan, as an [`AGENT_ENV`] key.
     pub env: aya_ebpf::maps::lpm_trie::Key<EnvKey>,
+    /// An interpreter's script argument, as an [`AGENT_SCRIPT_PATHS`] key.
+    pub script_path: aya_ebpf::maps::lpm_trie::Key<ScriptPath>,
     pub env_state: EnvState,
 }
 

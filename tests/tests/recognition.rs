@@ -331,9 +331,20 @@ fn an_agent_installed_by_path_is_recognised_however_it_is_started() {
         std::fs::copy("/bin/sleep", f).unwrap();
     }
     std::os::unix::fs::symlink(versions.join("1.0.3"), d.join("bin/cl")).unwrap();
+    // A script an interpreter runs, installed under an agent's path, named like nothing.
+    std::fs::create_dir_all(d.join("lib/agentjs")).unwrap();
+    std::fs::create_dir_all(d.join("lib/otherjs")).unwrap();
+    let js = "setTimeout(() => {}, 60000);\n";
+    std::fs::write(d.join("lib/agentjs/main.js"), js).unwrap();
+    std::fs::write(d.join("lib/otherjs/main.js"), js).unwrap();
     let sleep = |prog: &std::path::Path, cwd: &std::path::Path| {
         let mut c = Command::new(prog);
         c.arg("60").current_dir(cwd);
+        Proc::spawn(c)
+    };
+    let node = |script: &std::path::Path| {
+        let mut c = Command::new("node");
+        c.arg(script);
         Proc::spawn(c)
     };
     // Running before the daemon: found at start-up by the same rule.
@@ -342,8 +353,9 @@ fn an_agent_installed_by_path_is_recognised_however_it_is_started() {
     let daemon = Daemon::start_with_policy(&format!(
         "apiVersion: guard.dev/v1alpha1\nkind: GuardPolicy\nmetadata: {{ name: paths }}\nspec:\n  \
          agents:\n    - name: claude-native\n      paths: [\"{}/*\"]\n    - name: tool\n      \
-         paths: [\"{}/opt/agent-*\"]\n",
+         paths: [\"{}/opt/agent-*\"]\n    - name: js-agent\n      paths: [\"{}/lib/agentjs\"]\n",
         versions.display(),
+        d.display(),
         d.display()
     ));
     let tag = daemon.tag_of(early.pid()).expect("tagged at start-up");
@@ -393,6 +405,16 @@ fn an_agent_installed_by_path_is_recognised_however_it_is_started() {
             None,
             "a name the glob does not match",
         ),
+        (
+            node(&d.join("lib/agentjs/main.js")),
+            Some("js-agent"),
+            "a script under a path",
+        ),
+        (
+            node(&d.join("lib/otherjs/main.js")),
+            None,
+            "the same script elsewhere",
+        ),
     ];
     for (p, want, what) in &cases {
         match want {
@@ -421,7 +443,7 @@ fn an_agent_installed_by_path_is_recognised_however_it_is_started() {
     assert_eq!(exec["recognised"]["by"], "path");
     assert_eq!(exec["recognised"]["matched"], "1.0.4");
     let st = daemon.status_json().expect("status");
-    assert_eq!(st["recognition"]["paths"], 2, "{}", st["recognition"]);
+    assert_eq!(st["recognition"]["paths"], 3, "{}", st["recognition"]);
 }
 
 /// Where `cargo xtask test` installed the agents' real CLIs from npm (xtask/src/agent_clis.rs).
@@ -672,6 +694,10 @@ fn everything_in_an_agents_cgroup_is_the_agent() {
     );
     let evs = net_events(&d, 1, |e| e["rule"] == "prod-db");
     assert_eq!(evs[0]["agent"], "ci-runner");
+    // The root of the tree is the cgroup.
+    let cgroup_id = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&cg.dir).unwrap());
+    assert_eq!(evs[0]["root"]["pid"], 0, "{}", evs[0]);
+    assert_eq!(evs[0]["root"]["cgroup_id"], cgroup_id, "{}", evs[0]);
     assert!(
         evs[0]["process"]["cgroup"]
             .as_str()

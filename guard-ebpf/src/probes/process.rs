@@ -112,7 +112,7 @@ fn tag_in_cgroup(task: Task, tgid: u32, cgrp: *const u8) -> Result<Option<Tag>, 
     let o = offsets();
     let key = task.key(&o)?;
     let tag = Tag {
-        root: ProcKey::new(0, cgroup),
+        root: ProcKey::cgroup(cgroup),
         agent_id,
         flags: tag_flags::BY_CGROUP,
         start_ns: key.start_ns,
@@ -238,7 +238,7 @@ fn try_exec(bprm: *const u8) -> Result<(), i32> {
     let key = task.key(&o)?;
     forget_daemon_pid(tgid);
     let root = if found.cgroup != 0 {
-        ProcKey::new(0, found.cgroup)
+        ProcKey::cgroup(found.cgroup)
     } else {
         key
     };

@@ -6,7 +6,7 @@ use aya_ebpf::helpers::generated;
 use guard_common::{
     agent::{
         CGROUP_WALK_MAX, ENV_FILTER_BITS, ENV_KEY_LEN, ENV_SCAN_MAX_BYTES, ENV_SCAN_MAX_VARS,
-        NAME_LEN, NameKey, PATH_WALK_MAX, Recognition, env_filter_bit, recognised,
+        NAME_LEN, NameKey, PATH_WALK_MAX, Recognition, SCRIPT_PATH_LEN, env_filter_bit, recognised,
     },
     event::Counter,
     file::FileKey,
@@ -16,8 +16,8 @@ use guard_common::{
 use crate::{
     kernel::Task,
     maps::{
-        AGENT_CGROUPS, AGENT_ENV, AGENT_EXES, AGENT_PATHS, AGENT_SCRIPTS, ARGS_LEN, INTERPRETERS,
-        RECOGNITION, SCRATCH, Scratch, count, file_offsets, offsets,
+        AGENT_CGROUPS, AGENT_ENV, AGENT_EXES, AGENT_PATHS, AGENT_SCRIPT_PATHS, AGENT_SCRIPTS,
+        ARGS_LEN, INTERPRETERS, RECOGNITION, SCRATCH, Scratch, count, file_offsets, offsets,
     },
 };
 
@@ -80,11 +80,11 @@ pub fn recognise(comm: &[u8; 16], bprm: *const u8) -> Result<Option<Match>, i32>
         }));
     }
     if INTERPRETERS.get_ptr(&comm_key).is_some()
-        && let Some(agent_id) = match_script(&mut matched)?
+        && let Some((agent_id, reason)) = match_script(&mut matched)?
     {
         return Ok(Some(Match {
             agent_id,
-            reason: recognised::SCRIPT,
+            reason,
             matched,
             cgroup: 0,
         }));
@@ -383,7 +383,7 @@ fn env_step(sc: &mut Scratch, limit: u64, settings: &Recognition) -> bool {
 /// that the verifier sees the same register state at every loop head and prunes: a
 /// byte-by-byte scan with data-dependent state in registers exceeds its complexity limit.
 #[inline(always)]
-fn match_script(matched: &mut [u8; NAME_LEN]) -> Result<Option<u32>, i32> {
+fn match_script(matched: &mut [u8; NAME_LEN]) -> Result<Option<(u32, u32)>, i32> {
     let o: KernelOffsets = offsets();
     if o.valid == 0 {
         return Err(-1);
@@ -436,6 +436,9 @@ fn match_script(matched: &mut [u8; NAME_LEN]) -> Result<Option<u32>, i32> {
     if len == 0 || len > MASK {
         return Ok(None);
     }
+    if let Some(agent) = match_script_path(sc, base) {
+        return Ok(Some((agent, recognised::PATH)));
+    }
 
     // 2. Scan it backwards, looking up each path component, and for the basename also its
     // stem (`cli.js` → `cli`) and first dotted part (`aider.main` → `aider`).
@@ -474,7 +477,31 @@ fn match_script(matched: &mut [u8; NAME_LEN]) -> Result<Option<u32>, i32> {
         component(sc, base, 0, matched);
     }
     let found = vread(&sc.state.found);
-    Ok((found != 0).then(|| vread(&sc.state.agent) as u32))
+    Ok((found != 0).then(|| (vread(&sc.state.agent) as u32, recognised::SCRIPT)))
+}
+
+/// The agent installed where an interpreter's script is, by the script's absolute path as
+/// written (an `agents[].paths` directory or file; [`AGENT_SCRIPT_PATHS`]).
+#[inline(always)]
+fn match_script_path(sc: &mut Scratch, base: u64) -> Option<u32> {
+    let settings = RECOGNITION.get_ptr(0)?;
+    // SAFETY: map value pointer from a successful lookup.
+    if unsafe { (*settings).script_paths } == 0 {
+        return None;
+    }
+    // SAFETY: the helper checks the user address and bounds the copy by the key's data.
+    let n = unsafe {
+        generated::bpf_probe_read_user_str(
+            sc.script_path.data.bytes.as_mut_ptr().cast(),
+            SCRIPT_PATH_LEN as u32,
+            base as *const _,
+        )
+    };
+    if n <= 1 || sc.script_path.data.bytes[0] != b'/' {
+        return None;
+    }
+    sc.script_path.prefix_len = ((n as u32) & (SCRIPT_PATH_LEN as u32 * 2 - 1)) * 8;
+    AGENT_SCRIPT_PATHS.get(&sc.script_path).copied()
 }
 
 #[inline(always)]

@@ -13,7 +13,7 @@ use crate::{
 /// Resolve the agents' install paths and cgroups again and put what changed in force: a
 /// version an auto-updater installed under a glob, a path that appeared or went away, a cgroup
 /// created or removed (the processes already inside a new one are tagged).
-pub(super) fn refresh_paths(state: &Shared) {
+pub(super) fn refresh_installs(state: &Shared) {
     let agents = {
         let st = state.lock().expect("state lock");
         if st

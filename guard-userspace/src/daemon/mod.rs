@@ -251,7 +251,7 @@ async fn serve_until_stopped(
     loop {
         tokio::select! {
             _ = trim.tick() => start::release_free_memory(),
-            _ = installs.tick() => apply::refresh_paths(&state),
+            _ = installs.tick() => apply::refresh_installs(&state),
             _ = term.recv() => if !from_tagged(libc::SIGTERM) { break },
             _ = int.recv() => if !from_tagged(libc::SIGINT) { break },
             _ = hup.recv() => if !from_tagged(libc::SIGHUP) {

@@ -288,6 +288,8 @@ pub fn build(
             .chain(c.ancestry.iter())
             .find(|m| m.key == h.root)
     });
+    // A tree whose root is an agent's cgroup has `tgid` 0 and the cgroup's id.
+    let cgroup_root = h.root.tgid == 0 && h.root.start_ns != 0;
     let root = RootRef {
         pid: h.root.tgid,
         start_ns: h.root.start_ns,
@@ -295,6 +297,7 @@ pub fn build(
         argv: root_member
             .map(|m| m.details.argv.clone())
             .unwrap_or_default(),
+        cgroup_id: cgroup_root.then_some(h.root.start_ns),
     };
     let decision = d.decision.clone();
     Event {
@@ -315,7 +318,7 @@ pub fn build(
         hook: decision.as_ref().and_then(|x| x.hook.clone()),
         result: decision.map(|x| x.result),
         process: (h.proc.tgid != 0).then_some(process),
-        root: (h.root.tgid != 0).then_some(root),
+        root: (h.root.tgid != 0 || cgroup_root).then_some(root),
         ancestry,
         ancestry_complete: Some(ctx.is_some_and(|c| c.complete)),
         destination: d.destination.clone(),

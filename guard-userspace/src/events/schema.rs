@@ -135,6 +135,10 @@ pub struct RootRef {
     pub exe: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub argv: Vec<String>,
+    /// The root is an agent's cgroup (`agents[].cgroups`; `pid` is 0): its id, the inode
+    /// of its directory on the cgroup2 mount. `process.cgroup` has the path.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup_id: Option<u64>,
 }
 
 /// One ancestor of the process.

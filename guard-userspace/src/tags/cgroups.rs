@@ -103,7 +103,7 @@ fn tag_members(kernel: &mut Kernel, dir: &Path, cgroup: u64, agent_id: u32, dept
             continue;
         };
         let tag = Tag {
-            root: ProcKey::new(0, cgroup),
+            root: ProcKey::cgroup(cgroup),
             agent_id,
             flags: tag_flags::FROM_SEED | tag_flags::BY_CGROUP,
             start_ns: info.start_ns,

@@ -8,14 +8,14 @@
 use std::{
     collections::BTreeMap,
     fs,
-    os::unix::fs::MetadataExt,
+    os::unix::{ffi::OsStrExt, fs::MetadataExt},
     path::{Path, PathBuf},
     time::Duration,
 };
 
-use aya::maps::MapError;
+use aya::maps::{MapError, lpm_trie::Key as LpmKey};
 use guard_common::{
-    agent::{ANY_DEPTH, AgentPath, PATH_WALK_MAX},
+    agent::{ANY_DEPTH, AgentPath, PATH_WALK_MAX, SCRIPT_PATH_LEN, ScriptPath},
     file::{FileKey, kernel_dev_of},
 };
 
@@ -34,11 +34,27 @@ pub fn homes() -> Vec<(u32, PathBuf)> {
 /// How often the paths are resolved again.
 pub const RECHECK: Duration = Duration::from_secs(2);
 
-/// The identities of every agent's paths, and the paths that name nothing (yet).
+/// The identities of every agent's paths, the same paths as an interpreter's script may
+/// spell them (as written and canonical: a directory's with its '/', a file's exactly), and
+/// the paths that name nothing (yet).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Resolved {
     pub entries: BTreeMap<(u32, u64), AgentPath>,
+    pub scripts: BTreeMap<(Vec<u8>, u32), u32>,
     pub missing: Vec<PathBuf>,
+}
+
+impl Resolved {
+    fn add_script_path(&mut self, path: &Path, dir: bool, agent_id: u32) {
+        let canonical = fs::canonicalize(path).ok();
+        for p in std::iter::once(path).chain(canonical.as_deref()) {
+            if let Some((key, bits)) = ScriptPath::new(p.as_os_str().as_bytes(), dir) {
+                self.scripts
+                    .entry((key.bytes.to_vec(), bits))
+                    .or_insert(agent_id);
+            }
+        }
+    }
 }
 
 /// Resolve `agents`' paths, `~` expanded for each of `homes`. The first agent to name an
@@ -69,6 +85,7 @@ fn resolve_one(pattern: &PathPattern, agent_id: u32, r: &mut Resolved) {
                     agent_id,
                     max_depth,
                 });
+            r.add_script_path(path, meta.is_dir(), agent_id);
             true
         }
         Err(_) => false,
@@ -124,6 +141,41 @@ pub fn install(kernel: &mut Kernel, want: &Resolved) -> Result<(), MapError> {
     }
     for (dev, ino) in have.keys().filter(|k| !want.entries.contains_key(k)) {
         kernel.agent_paths.remove(&FileKey::new(*dev, *ino))?;
+    }
+    install_script_paths(kernel, &want.scripts)
+}
+
+/// The same, for the script paths' trie.
+fn install_script_paths(
+    kernel: &mut Kernel,
+    want: &BTreeMap<(Vec<u8>, u32), u32>,
+) -> Result<(), MapError> {
+    let key = |bytes: &[u8], bits: u32| {
+        let mut k = ScriptPath {
+            bytes: [0; SCRIPT_PATH_LEN],
+        };
+        k.bytes.copy_from_slice(bytes);
+        LpmKey::new(bits, k)
+    };
+    for ((bytes, bits), id) in want {
+        kernel
+            .agent_script_paths
+            .insert(&key(bytes, *bits), id, 0)?;
+    }
+    let mut settings = kernel.recognition.get(&0, 0)?;
+    let count = u32::try_from(want.len()).unwrap_or(u32::MAX);
+    if settings.script_paths != count {
+        settings.script_paths = count;
+        kernel.recognition.set(0, settings, 0)?;
+    }
+    let stale: Vec<LpmKey<ScriptPath>> = kernel
+        .agent_script_paths
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| !want.contains_key(&(k.data().bytes.to_vec(), k.prefix_len())))
+        .collect();
+    for k in stale {
+        kernel.agent_script_paths.remove(&k)?;
     }
     Ok(())
 }

@@ -88,17 +88,22 @@ pub fn recognition_status(
             "off: the policy has no environment markers".into()
         } else {
             format!(
-                "the first {} variables that start within the first {} KiB of the environment                  at exec; {truncated} execs had more, and a marker past that was not seen",
+                "the first {} variables that start within the first {} KiB of the environment \
+                 at exec; {truncated} execs had more, and a marker past that was not seen",
                 agent::ENV_SCAN_MAX_VARS,
                 agent::ENV_SCAN_MAX_BYTES / 1024
             )
         },
-        ide_agents: "the shells an IDE agent runs its commands in (they carry its marker) and                      everything they start are tagged and contained; the editor, its extension                      host and the human's terminals are not"
+        ide_agents: "the shells an IDE agent runs its commands in (they carry its marker) and \
+                     everything they start are tagged and contained; the editor, its extension \
+                     host and the human's terminals are not"
             .into(),
         not_covered: vec![
-            "an IDE agent's own tools (read, edit, search, fetch, MCP), which run inside the              untagged editor process"
+            "an IDE agent's own tools (read, edit, search, fetch, MCP), which run inside the \
+             untagged editor process"
                 .into(),
-            "an agent that sets no marker and runs under a name or script the policy does not              list (markers are vendors' conventions, not a boundary)"
+            "an agent that sets no marker and runs under a name or script the policy does not \
+             list (markers are vendors' conventions, not a boundary)"
                 .into(),
             "a marker past the environment scan's bounds".into(),
             "a hard link or copy of an agent's file outside its install paths, and an \
