@@ -18,8 +18,8 @@ pub use installed::cgroup_agent;
 use installed::match_path;
 use script::match_script;
 
-/// The agent the current exec starts, why, and what matched (a script name or the start of
-/// an environment variable).
+/// The agent the current exec starts, why, and what matched (a script name, the start of an
+/// environment variable, or the executable's file name).
 pub struct Match {
     pub agent_id: u32,
     pub reason: u32,
