@@ -72,7 +72,7 @@ pub const ENV_FILTER_BITS: usize = 1 << 16;
 /// What the exec probe reads before it scans an environment (the one value of
 /// [`crate::maps::RECOGNITION`]).
 #[repr(C)]
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Recognition {
     /// How many markers [`crate::maps::AGENT_ENV`] holds; 0: no scan.
     pub env_markers: u32,
@@ -99,17 +99,13 @@ pub const fn env_filter_bit(first4: u32) -> u32 {
 }
 
 impl Recognition {
-    /// Settings for `markers` (their trie keys and prefix lengths in bits).
-    pub fn for_markers<'a>(markers: impl Iterator<Item = (&'a EnvKey, u32)>) -> Self {
-        let mut r = Self {
-            env_markers: 0,
-            env_unfiltered: 0,
-            paths: 0,
-            cgroups: 0,
-            script_paths: 0,
-            _pad: 0,
-            env_first4: [0; ENV_FILTER_BITS / 64],
-        };
+    /// Replace the environment settings with those of `markers` (their trie keys and prefix
+    /// lengths in bits); the other counts stay as they are.
+    pub fn set_markers<'a>(&mut self, markers: impl Iterator<Item = (&'a EnvKey, u32)>) {
+        let r = self;
+        r.env_markers = 0;
+        r.env_unfiltered = 0;
+        r.env_first4 = [0; ENV_FILTER_BITS / 64];
         for (key, bits) in markers {
             r.env_markers += 1;
             if bits < 32 {
@@ -120,7 +116,6 @@ impl Recognition {
             let bit = env_filter_bit(u32::from_le_bytes([b[0], b[1], b[2], b[3]])) as usize;
             r.env_first4[bit / 64] |= 1 << (bit % 64);
         }
-        r
     }
 }
 

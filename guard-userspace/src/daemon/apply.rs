@@ -25,29 +25,26 @@ pub(super) fn refresh_installs(state: &Shared) {
         }
         st.agents.clone()
     };
-    let installed = tags::paths::resolve(&agents, &tags::paths::homes());
-    let cgroup_root = tags::cgroups::root();
-    let cgroups = cgroup_root
-        .as_deref()
-        .map(|root| tags::cgroups::resolve(&agents, root))
-        .unwrap_or_default();
+    let installs = tags::Installs::resolve(&agents);
     let mut st = state.lock().expect("state lock");
     if st.agents != agents {
         // A reload ran meanwhile and resolved its own.
         return;
     }
-    match tags::paths::install(&mut st.kernel, &installed) {
-        Ok(()) => st.paths_missing = installed.missing,
-        Err(e) => warn!(error = %e, "agent install paths not refreshed"),
+    if let Err(e) = put_installs(&mut st, installs) {
+        warn!(error = %e, "agent install paths and cgroups not refreshed");
     }
-    if let Some(root) = &cgroup_root {
-        match tags::cgroups::install(&mut st.kernel, &cgroups, root) {
-            Ok(0) => {}
-            Ok(tagged) => info!(tagged, "tagged the processes in agents' cgroups"),
-            Err(e) => warn!(error = %e, "agent cgroups not refreshed"),
-        }
+}
+
+/// Put resolved installs in force and keep what status shows of them.
+fn put_installs(st: &mut super::State, installs: tags::Installs) -> Result<(), tags::TagError> {
+    let tagged = installs.install(&mut st.kernel)?;
+    if tagged > 0 {
+        info!(tagged, "tagged the processes in agents' cgroups");
     }
-    st.agent_cgroups = cgroups;
+    st.paths_missing = installs.paths.missing;
+    st.agent_cgroups = installs.cgroups;
+    Ok(())
 }
 
 /// Put `compiled` in force, in the order that never opens a gap: the agents (recognition at
@@ -61,26 +58,12 @@ pub async fn apply(
     net: &net::NetHandle,
 ) -> Result<u64, DaemonError> {
     let agents = agent_specs(&compiled);
-    let installed = tags::paths::resolve(&agents, &tags::paths::homes());
-    let cgroup_root = tags::cgroups::root();
-    let cgroups = cgroup_root
-        .as_deref()
-        .map(|root| tags::cgroups::resolve(&agents, root))
-        .unwrap_or_default();
+    let installs = tags::Installs::resolve(&agents);
     let kills = needs_killer(&compiled);
     let generation = {
         let mut st = state.lock().expect("state lock");
         tags::install_agents(&mut st.kernel, &agents)?;
-        tags::paths::install(&mut st.kernel, &installed).map_err(tags::TagError::from)?;
-        st.paths_missing = installed.missing;
-        if let Some(root) = &cgroup_root {
-            let tagged = tags::cgroups::install(&mut st.kernel, &cgroups, root)
-                .map_err(tags::TagError::from)?;
-            if tagged > 0 {
-                info!(tagged, "tagged the processes in agents' cgroups");
-            }
-        }
-        st.agent_cgroups = cgroups;
+        put_installs(&mut st, installs)?;
         st.names = AgentNames::new(&agents);
         st.agents = agents;
         st.policy_name = compiled.name.clone();

@@ -72,12 +72,8 @@ pub fn install(kernel: &mut Kernel, want: &Resolved, root: &Path) -> Result<usiz
             kernel.agent_cgroups.insert(id, agent, 0)?;
         }
     }
-    let mut settings = kernel.recognition.get(&0, 0)?;
     let count = u32::try_from(want.len()).unwrap_or(u32::MAX);
-    if settings.cgroups != count {
-        settings.cgroups = count;
-        kernel.recognition.set(0, settings, 0)?;
-    }
+    super::update_recognition(kernel, |r| r.cgroups = count)?;
     for id in have.keys().filter(|id| !want.contains_key(id)) {
         kernel.agent_cgroups.remove(id)?;
     }

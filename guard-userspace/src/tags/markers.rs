@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use aya::maps::lpm_trie::Key as LpmKey;
-use guard_common::agent::{self, EnvKey, NAME_LEN, Recognition};
+use guard_common::agent::{self, EnvKey, NAME_LEN};
 
 use super::{AgentSpec, TagError};
 use crate::kernel::Kernel;
@@ -36,9 +36,9 @@ pub(super) fn install_markers(kernel: &mut Kernel, agents: &[AgentSpec]) -> Resu
         .keys()
         .map(|(bytes, bits)| (key(bytes, *bits).data(), *bits))
         .collect();
-    let mut settings = Recognition::for_markers(keys.iter().map(|(k, bits)| (k, *bits)));
-    settings.paths = kernel.recognition.get(&0, 0)?.paths;
-    kernel.recognition.set(0, settings, 0)?;
+    super::update_recognition(kernel, |r| {
+        r.set_markers(keys.iter().map(|(k, bits)| (k, *bits)));
+    })?;
     let stale: Vec<LpmKey<EnvKey>> = kernel
         .agent_env
         .keys()

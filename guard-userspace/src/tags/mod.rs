@@ -101,6 +101,52 @@ pub fn install_agents(kernel: &mut Kernel, agents: &[AgentSpec]) -> Result<(), T
     markers::install_markers(kernel, agents)
 }
 
+/// Change the recognition settings the exec probe reads (written only when they change).
+fn update_recognition(
+    kernel: &mut Kernel,
+    f: impl FnOnce(&mut guard_common::agent::Recognition),
+) -> Result<(), MapError> {
+    let old = kernel.recognition.get(&0, 0)?;
+    let mut new = old;
+    f(&mut new);
+    if new != old {
+        kernel.recognition.set(0, new, 0)?;
+    }
+    Ok(())
+}
+
+/// Where the agents are installed and which cgroups are theirs, resolved from the filesystem
+/// (with no lock held), to be put in force with [`Installs::install`].
+pub struct Installs {
+    pub paths: paths::Resolved,
+    cgroup_root: Option<std::path::PathBuf>,
+    pub cgroups: cgroups::Resolved,
+}
+
+impl Installs {
+    pub fn resolve(agents: &[AgentSpec]) -> Self {
+        let cgroup_root = cgroups::root();
+        Self {
+            paths: paths::resolve(agents, &paths::homes()),
+            cgroups: cgroup_root
+                .as_deref()
+                .map(|root| cgroups::resolve(agents, root))
+                .unwrap_or_default(),
+            cgroup_root,
+        }
+    }
+
+    /// Install paths, then cgroups; returns how many processes already inside a newly found
+    /// cgroup were tagged.
+    pub fn install(&self, kernel: &mut Kernel) -> Result<usize, MapError> {
+        paths::install(kernel, &self.paths)?;
+        match &self.cgroup_root {
+            Some(root) => cgroups::install(kernel, &self.cgroups, root),
+            None => Ok(0),
+        }
+    }
+}
+
 /// What userspace knows of a live process.
 #[derive(Clone, Debug, Serialize)]
 pub struct ProcInfo {

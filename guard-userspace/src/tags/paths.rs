@@ -122,23 +122,14 @@ fn resolve_one(pattern: &PathPattern, agent_id: u32, r: &mut Resolved) {
 /// Put `want` into the kernel's map: new entries, then the count that turns the walk on, then
 /// stale entries out, so that no installed agent goes unrecognised during a change.
 pub fn install(kernel: &mut Kernel, want: &Resolved) -> Result<(), MapError> {
-    let have: BTreeMap<(u32, u64), AgentPath> = kernel
-        .agent_paths
-        .iter()
-        .filter_map(Result::ok)
-        .map(|(k, v)| ((k.dev, k.ino), v))
-        .collect();
+    let have = installed(kernel);
     for (&(dev, ino), v) in &want.entries {
         if have.get(&(dev, ino)) != Some(v) {
             kernel.agent_paths.insert(FileKey::new(dev, ino), v, 0)?;
         }
     }
-    let mut settings = kernel.recognition.get(&0, 0)?;
     let count = u32::try_from(want.entries.len()).unwrap_or(u32::MAX);
-    if settings.paths != count {
-        settings.paths = count;
-        kernel.recognition.set(0, settings, 0)?;
-    }
+    super::update_recognition(kernel, |r| r.paths = count)?;
     for (dev, ino) in have.keys().filter(|k| !want.entries.contains_key(k)) {
         kernel.agent_paths.remove(&FileKey::new(*dev, *ino))?;
     }
@@ -162,12 +153,8 @@ fn install_script_paths(
             .agent_script_paths
             .insert(&key(bytes, *bits), id, 0)?;
     }
-    let mut settings = kernel.recognition.get(&0, 0)?;
     let count = u32::try_from(want.len()).unwrap_or(u32::MAX);
-    if settings.script_paths != count {
-        settings.script_paths = count;
-        kernel.recognition.set(0, settings, 0)?;
-    }
+    super::update_recognition(kernel, |r| r.script_paths = count)?;
     let stale: Vec<LpmKey<ScriptPath>> = kernel
         .agent_script_paths
         .keys()
@@ -180,15 +167,20 @@ fn install_script_paths(
     Ok(())
 }
 
-/// The agent installed at `exe` or at a directory above it, by the kernel's rule, from the
-/// kernel's map (for processes found running at start-up).
-pub fn agent_of(kernel: &Kernel, exe: &Path) -> Option<u32> {
-    let entries: BTreeMap<(u32, u64), AgentPath> = kernel
+/// The kernel's map of installed agents' identities, read once.
+fn installed(kernel: &Kernel) -> BTreeMap<(u32, u64), AgentPath> {
+    kernel
         .agent_paths
         .iter()
         .filter_map(Result::ok)
         .map(|(k, v)| ((k.dev, k.ino), v))
-        .collect();
+        .collect()
+}
+
+/// The agent installed at `exe` or at a directory above it, by the kernel's rule, from the
+/// kernel's map (for processes found running at start-up).
+pub fn agent_of(kernel: &Kernel, exe: &Path) -> Option<u32> {
+    let entries = installed(kernel);
     if entries.is_empty() {
         return None;
     }

@@ -145,7 +145,7 @@ run() {
   elif [ -n "$want" ] && ! grep -qE "$want" "$OUT"; then
     why="output lacks /$want/"
   fi
-  grep -E 'SKIPPED' "$OUT" | head -n 5 | while IFS= read -r l; do say note "$id" "$l"; done
+  grep -E 'SKIPPED|NOT RUN' "$OUT" | head -n 5 | while IFS= read -r l; do say note "$id" "$l"; done
   if [ -z "$why" ]; then
     if [ -n "$show" ]; then
       say output-begin "$id"

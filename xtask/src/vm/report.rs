@@ -75,7 +75,7 @@ pub fn print(plan: &Plan, not_run: &[(String, &str)], runs: &[Run]) -> usize {
         })
         .collect();
     if !noted.is_empty() {
-        println!("* printed SKIPPED (shown for every test that did, passed or not):");
+        println!("* printed SKIPPED or NOT RUN (shown for every test that did, passed or not):");
         for n in noted {
             println!("{n}");
         }
