@@ -37,6 +37,9 @@ pub enum EventKind {
     /// ([`crate::selfprot::SelfEvent`]), or asked its API for something it may not have
     /// (decided in userspace).
     SelfProtect = 80,
+    /// A tagged process reached into a process or terminal outside its tree, or used a
+    /// capability of the ceiling ([`crate::deputy::DeputyEvent`]).
+    Deputy = 90,
 }
 
 impl EventKind {
@@ -53,6 +56,7 @@ impl EventKind {
             41 => Some(Self::FileDevice),
             42 => Some(Self::FileOpen),
             80 => Some(Self::SelfProtect),
+            90 => Some(Self::Deputy),
             _ => None,
         }
     }

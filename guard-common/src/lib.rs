@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod decision;
+pub mod deputy;
 pub mod event;
 pub mod file;
 pub mod maps;
@@ -71,6 +72,10 @@ pub mod tag_flags {
     pub const BY_PATH: u32 = 1 << 6;
     /// The process is in an agent's cgroup (`agents[].cgroups`); its root is the cgroup.
     pub const BY_CGROUP: u32 = 1 << 7;
+    /// `guard run` has tagged itself and is still setting up the tree (its mount namespace,
+    /// dropping capabilities) before it execs the command: the capability ceiling leaves it
+    /// alone. Cleared when it execs; never inherited.
+    pub const SETUP: u32 = 1 << 8;
 }
 
 /// The tag of a process that belongs to an agent tree. Keyed by tgid in [`maps::TAGS`].

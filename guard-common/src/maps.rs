@@ -79,6 +79,13 @@ pub const NET_PENDING_COUNT: &str = "GUARD_NET_PENDING_COUNT";
 /// Offsets of `bpf_sock_addr_kern` and `sockaddr_un` for the unix socket programs.
 pub const UNIX_OFFSETS_GLOBAL: &str = "GUARD_UNIX_OFFSETS";
 
+/// One [`crate::deputy::CapMask`]: the capabilities refused to tagged processes.
+pub const CAP_CEILING: &str = "GUARD_CAP_CEILING";
+/// `(caller tgid << 32) | target tgid, capability or ioctl` → boot time of the last recorded
+/// refusal ([`crate::deputy::REPEAT_NS`]).
+pub const DEPUTY_SEEN: &str = "GUARD_DEPUTY_SEEN";
+pub const DEPUTY_SEEN_MAX: u32 = 4096;
+
 /// Program names (the function names in guard-ebpf).
 pub mod programs {
     pub const FORK: &str = "guard_fork";
@@ -132,6 +139,17 @@ pub mod lsm_programs {
     pub const TASK_KILL: &str = "guard_lsm_task_kill";
     pub const PTRACE_ACCESS_CHECK: &str = "guard_lsm_ptrace_access_check";
     pub const BPF: &str = "guard_lsm_bpf";
+    pub const FILE_IOCTL: &str = "guard_lsm_file_ioctl";
+    pub const FILE_IOCTL_COMPAT: &str = "guard_lsm_file_ioctl_compat";
+    pub const CAPABLE: &str = "guard_lsm_capable";
+
+    /// No deputies: keystrokes into terminals, the capability ceiling (process access is the
+    /// self-protection hook `ptrace_access_check`, which decides both).
+    pub const DEPUTY: [(&str, &str); 3] = [
+        (FILE_IOCTL, "file_ioctl"),
+        (FILE_IOCTL_COMPAT, "file_ioctl_compat"),
+        (CAPABLE, "capable"),
+    ];
 
     /// The self-protection hooks.
     pub const SELF: [(&str, &str); 3] = [
@@ -168,7 +186,7 @@ pub mod lsm_programs {
         (PATH_CHOWN, "path_chown"),
     ];
     /// Hooks a kernel may lack without a gap (another hook covers the same operations).
-    pub const OPTIONAL: [&str; 1] = ["file_truncate"];
+    pub const OPTIONAL: [&str; 2] = ["file_truncate", "file_ioctl_compat"];
 }
 
 // --- File protection (probes/file.rs). Pinned: kill-on-detect and the device rule keep
@@ -263,7 +281,7 @@ pub const FILE_HIT: &str = "GUARD_FILE_HIT";
 
 /// Every map of the kernel object, by name. guard-ebpf's `#[map(name = …)]` takes a literal,
 /// so a rootless test compares the compiled object with this list.
-pub const ALL: [&str; 30] = [
+pub const ALL: [&str; 32] = [
     TAGS,
     AGENT_EXES,
     AGENT_SCRIPTS,
@@ -294,6 +312,8 @@ pub const ALL: [&str; 30] = [
     SCRATCH,
     FILE_HIT,
     LAYOUT,
+    CAP_CEILING,
+    DEPUTY_SEEN,
 ];
 
 /// Every global the loader sets, by name.
@@ -308,7 +328,7 @@ pub const GLOBALS: [&str; 7] = [
 ];
 
 /// Every program of the kernel object, by function name.
-pub const ALL_PROGRAMS: [&str; 45] = [
+pub const ALL_PROGRAMS: [&str; 48] = [
     programs::FORK,
     programs::EXEC,
     programs::CGROUP_JOIN,
@@ -346,6 +366,9 @@ pub const ALL_PROGRAMS: [&str; 45] = [
     lsm_programs::TASK_KILL,
     lsm_programs::PTRACE_ACCESS_CHECK,
     lsm_programs::BPF,
+    lsm_programs::FILE_IOCTL,
+    lsm_programs::FILE_IOCTL_COMPAT,
+    lsm_programs::CAPABLE,
     file_programs::CTIME_XCHG,
     file_programs::CTIME_SKIP,
     file_programs::CTIME_SET,

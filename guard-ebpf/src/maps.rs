@@ -352,3 +352,13 @@ pub fn self_offsets() -> guard_common::selfprot::SelfOffsets {
     // SAFETY: a global in .rodata, patched by the loader before load.
     unsafe { core::ptr::read_volatile(&GUARD_SELF_OFFSETS) }
 }
+
+/// The capabilities refused to tagged processes in the initial user namespace (one mask).
+/// Pinned: the ceiling holds while no daemon runs.
+#[map(name = "GUARD_CAP_CEILING")]
+pub static CAP_CEILING: Array<guard_common::deputy::CapMask> = Array::pinned(2, 0);
+
+/// When each (caller, target) refusal was last recorded.
+#[map(name = "GUARD_DEPUTY_SEEN")]
+pub static DEPUTY_SEEN: aya_ebpf::maps::LruHashMap<u64, u64> =
+    aya_ebpf::maps::LruHashMap::with_max_entries(guard_common::maps::DEPUTY_SEEN_MAX, 0);

@@ -115,6 +115,9 @@ pub struct DaemonStatus {
     /// How agents are recognised, and what recognition does not cover.
     #[serde(default)]
     pub recognition: Option<crate::tags::RecognitionStatus>,
+    /// Built-in rules against deputies (executors, startup files, forwarders).
+    #[serde(default)]
+    pub deputies: Option<crate::net::deputies::DeputiesStatus>,
     pub counters: Vec<(String, u64)>,
     pub probe: serde_json::Value,
     /// Path rules: what protects each access of each rule, and what it resolved to.

@@ -68,6 +68,7 @@ const FLOORS: &[(&str, u8)] = &[
     ("btf", 1),
     ("probe", 1),
     ("policy", 1),
+    ("deputies", 1),
     ("events", 1),
     ("respond", 1),
     ("watch", 1),

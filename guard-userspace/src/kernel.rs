@@ -235,6 +235,7 @@ impl Loading {
             agent_script_paths: take_map(ebpf, maps::AGENT_SCRIPT_PATHS)?,
             recognition: take_map(ebpf, maps::RECOGNITION)?,
             counters: take_map(ebpf, maps::COUNTERS)?,
+            cap_ceiling: take_map(ebpf, maps::CAP_CEILING)?,
             events: Some(take_map(ebpf, maps::EVENTS)?),
             pin_dir: self.pin_dir,
             tier,
@@ -261,6 +262,8 @@ pub struct Kernel {
     pub agent_script_paths: LpmTrie<MapData, guard_common::agent::ScriptPath, u32>,
     pub recognition: Array<MapData, guard_common::agent::Recognition>,
     pub counters: PerCpuArray<MapData, u64>,
+    /// The capabilities refused to tagged processes (pinned).
+    cap_ceiling: Array<MapData, guard_common::deputy::CapMask>,
     events: Option<RingBuf<MapData>>,
     /// The tier that enforces: `BpfLsm` when the LSM programs are attached.
     pub tier: Tier,
@@ -289,6 +292,23 @@ impl Kernel {
             .programs()
             .iter()
             .all(|name| links.join(name).exists())
+    }
+
+    /// Refuse tagged processes `caps` in the initial user namespace (the capability ceiling:
+    /// bpf-lsm `capable`, fallback kill-on-detect in `cap_capable`).
+    pub fn set_cap_ceiling(&mut self, caps: &[u8]) -> Result<(), KernelError> {
+        use guard_common::deputy::{CEILING_KILL, CEILING_REFUSE};
+        let mask = caps
+            .iter()
+            .filter(|c| **c < 64)
+            .fold(0u64, |m, c| m | (1u64 << c));
+        let kill = if self.tier == Tier::Fallback { mask } else { 0 };
+        let err = |source| KernelError::Map {
+            name: maps::CAP_CEILING,
+            source,
+        };
+        self.cap_ceiling.set(CEILING_REFUSE, mask, 0).map_err(err)?;
+        self.cap_ceiling.set(CEILING_KILL, kill, 0).map_err(err)
     }
 
     /// Attach (`on`) or detach the kill programs. Attach before installing rules that kill;

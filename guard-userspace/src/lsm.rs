@@ -20,14 +20,22 @@ pub struct LsmAttached {
     pub hooks: Vec<String>,
     /// Optional hooks this kernel does not have (another hook covers them).
     pub absent: Vec<String>,
+    /// Optional hooks that did not attach, with the kernel's reason (`guard status`).
+    #[serde(default)]
+    pub failed: Vec<String>,
 }
 
 /// The LSM rows of the loader table, network hooks first.
 fn rows() -> Vec<Row> {
-    [Family::LsmNet, Family::LsmFile, Family::LsmSelf]
-        .into_iter()
-        .flat_map(table::family)
-        .collect()
+    [
+        Family::LsmNet,
+        Family::LsmFile,
+        Family::LsmSelf,
+        Family::LsmDeputy,
+    ]
+    .into_iter()
+    .flat_map(table::family)
+    .collect()
 }
 
 /// Attach every LSM program, pinning each link under `links_dir`. All or nothing: on a
@@ -45,6 +53,11 @@ pub fn attach(at: &mut Attacher<'_>, links_dir: &Path) -> Result<LsmAttached, St
             }
             Err(AttachError::NoHook) if row.need == Need::WhereHookExists => {
                 attached.absent.push(hook.to_owned());
+            }
+            Err(e) if row.need == Need::Optional => {
+                attached
+                    .failed
+                    .push(format!("{}: {}", row.hook(), log_tail(&e.to_string())));
             }
             Err(e) => {
                 detach(links_dir);

@@ -25,6 +25,14 @@ pub const ENV_POLICY: &str = "GUARD_POLICY";
 pub const ENV_SOCKET: &str = "GUARD_SOCKET";
 pub const ENV_PIN_DIR: &str = "GUARD_PIN_DIR";
 pub const ENV_EVENT_LOG: &str = "GUARD_EVENT_LOG";
+/// The passwd file whose home directories `~` in path rules means (default `/etc/passwd`):
+/// for hosts whose users come from elsewhere (a directory service's export), and for tests.
+pub const ENV_PASSWD: &str = "GUARD_PASSWD";
+
+/// The passwd file `~` is read from.
+pub fn passwd() -> PathBuf {
+    std::env::var_os(ENV_PASSWD).map_or_else(|| "/etc/passwd".into(), PathBuf::from)
+}
 
 /// The locations one daemon (and the CLI talking to it) uses.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -129,6 +129,27 @@ pub fn status(st: &DaemonStatus, color: bool) -> String {
             let _ = writeln!(out, "  not covered {n}");
         }
     }
+    if let Some(d) = &st.deputies {
+        let _ = writeln!(out, "deputies     built-in rules ({})", d.discovery);
+        for r in &d.rules {
+            let _ = writeln!(
+                out,
+                "  {:30} {:16} ({}) {}: {}",
+                r.name, r.state, r.set_by, r.covers, r.mechanism
+            );
+        }
+        for (kind, list) in &d.found {
+            for f in list {
+                let _ = writeln!(out, "  found       {kind}: {f}");
+            }
+        }
+        for f in &d.forwarders {
+            let _ = writeln!(out, "  forwarder   {f}");
+        }
+        for n in &d.not_covered {
+            let _ = writeln!(out, "  not covered {n}");
+        }
+    }
     for e in &st.internal_errors {
         let _ = writeln!(
             out,

@@ -3,6 +3,7 @@
 //! and cannot be removed), even for root and with the daemon stopped.
 //!
 //! Denied: `bpf` (a tagged tree has no business loading programs or opening guard's pins),
+//! `ioctl(TIOCSTI)` and `ioctl(TIOCLINUX)` (keystrokes pushed into a terminal),
 //! and, aimed at the daemon's pid, `kill` (also `kill(-1)` and its process group), `tgkill`,
 //! `ptrace`, `pidfd_open`, `process_vm_readv` and `process_vm_writev`. `tkill` is denied
 //! outright (obsolete; threads are signalled with `tgkill`). The pid is the daemon's when the
@@ -47,6 +48,15 @@ pub fn filter(daemon_pid: u32) -> Result<BpfProgram, SeccompError> {
     // An empty rule list matches every call.
     rules.insert(libc::SYS_bpf, vec![]);
     rules.insert(libc::SYS_tkill, vec![]);
+    // Keystrokes pushed into a terminal (the human's, read by their shell after the agent
+    // exits): no agent needs them.
+    rules.insert(
+        libc::SYS_ioctl,
+        vec![
+            eq(1, guard_common::deputy::TIOCSTI).map_err(build)?,
+            eq(1, guard_common::deputy::TIOCLINUX).map_err(build)?,
+        ],
+    );
     if daemon_pid != 0 {
         let pid = daemon_pid;
         let neg = (pid as i32).wrapping_neg() as u32;

@@ -130,6 +130,8 @@ pub struct Daemon {
     child: Option<Child>,
     /// Keep the pins after drop (for tests that restart a daemon on the same pins).
     pub keep_pins: bool,
+    /// Extra environment of the daemon process.
+    pub daemon_env: Vec<(String, PathBuf)>,
 }
 
 impl Daemon {
@@ -156,15 +158,21 @@ impl Daemon {
             policy_yaml,
             PathBuf::from("/sys/fs/bpf").join(unique("guard-test")),
             args,
+            &[],
         )
     }
 
     /// Start a daemon pinning under `pin_dir`.
     pub fn start_at(policy_yaml: Option<&str>, pin_dir: PathBuf) -> Self {
-        Self::start_full(policy_yaml, pin_dir, &[])
+        Self::start_full(policy_yaml, pin_dir, &[], &[])
     }
 
-    fn start_full(policy_yaml: Option<&str>, pin_dir: PathBuf, args: &[&str]) -> Self {
+    fn start_full(
+        policy_yaml: Option<&str>,
+        pin_dir: PathBuf,
+        args: &[&str],
+        env: &[(&str, &Path)],
+    ) -> Self {
         require_root();
         let dir = tempfile::Builder::new()
             .prefix("guard-test-")
@@ -184,9 +192,23 @@ impl Daemon {
             dir,
             child: None,
             keep_pins: false,
+            daemon_env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), v.to_path_buf()))
+                .collect(),
         };
         d.spawn();
         d
+    }
+
+    /// Start a daemon on `policy_yaml` with extra environment (`GUARD_PASSWD`, …).
+    pub fn start_with_env(policy_yaml: &str, env: &[(&str, &Path)]) -> Self {
+        Self::start_full(
+            Some(policy_yaml),
+            PathBuf::from("/sys/fs/bpf").join(unique("guard-test")),
+            &[],
+            env,
+        )
     }
 
     /// Environment that points a `guard` command at this daemon.
@@ -216,6 +238,7 @@ impl Daemon {
             cmd.arg("--policy").arg(p);
         }
         cmd.args(&self.args);
+        cmd.envs(self.daemon_env.iter().map(|(k, v)| (k, v)));
         let child = cmd.spawn().expect("spawn guard daemon");
         let pid = child.id();
         self.child = Some(child);

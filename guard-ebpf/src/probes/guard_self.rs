@@ -100,7 +100,15 @@ fn try_cap(ctx: &BtfTracePointContext) -> Result<(), i32> {
     if so.valid == 0 {
         return Err(-1);
     }
-    if current_syscall(so.task_flags, so.regs_syscall).0 != nr::BPF {
+    let syscall = current_syscall(so.task_flags, so.regs_syscall).0;
+    if syscall != nr::BPF {
+        super::deputy::capability_used(
+            &caller,
+            ctx.arg::<*const u8>(1),
+            ctx.arg::<u64>(3) as i32,
+            ctx.arg::<u64>(4) as i32,
+            syscall,
+        );
         return Ok(());
     }
     // A capability of a user namespace the process made for itself (a sandbox) says nothing

@@ -612,7 +612,8 @@ pub fn guard_lsm_task_kill(ctx: LsmContext) -> i32 {
 }
 
 /// `ptrace_access_check(struct task_struct *child, unsigned int mode)`: attach, seize,
-/// `/proc/PID/mem` and `process_vm_*` on the daemon.
+/// `/proc/PID/mem`, `environ`, `process_vm_*` and `pidfd_getfd`, on the daemon (self-
+/// protection) and on any process outside the caller's tree (no deputies).
 #[lsm(hook = "ptrace_access_check")]
 pub fn guard_lsm_ptrace_access_check(ctx: LsmContext) -> i32 {
     let mode: u32 = ctx.arg(1);
@@ -621,7 +622,7 @@ pub fn guard_lsm_ptrace_access_check(ctx: LsmContext) -> i32 {
             refuse_self(&tag, guard_common::selfprot::op::LSM_PTRACE, mode, daemon);
             -EPERM
         }
-        None => 0,
+        None => super::deputy::process_access(ctx.arg(0), mode),
     }
 }
 

@@ -1,4 +1,5 @@
 //! Programs grouped by concern.
+pub mod deputy;
 pub mod file;
 pub mod guard_self;
 pub mod lsm;

@@ -176,7 +176,7 @@ fn try_fork(ctx: &BtfTracePointContext) -> Result<(), i32> {
     let new = Tag {
         root: tag.root,
         agent_id: tag.agent_id,
-        flags: tag.flags | tag_flags::INHERITED,
+        flags: (tag.flags | tag_flags::INHERITED) & !tag_flags::SETUP,
         start_ns: child_key.start_ns,
     };
     if TAGS.insert(child_tgid, new, 0).is_err() {
@@ -211,10 +211,15 @@ fn try_fork(ctx: &BtfTracePointContext) -> Result<(), i32> {
 
 fn try_exec(bprm: *const u8) -> Result<(), i32> {
     let tgid = current_tgid();
-    if let Some(tag) = TAGS.get_ptr(tgid) {
+    if let Some(entry) = TAGS.get_ptr_mut(tgid) {
         // A tagged tree that execs another agent keeps its original root.
         // SAFETY: map value pointer from a successful lookup.
-        let tag = unsafe { *tag };
+        let tag = unsafe { *entry };
+        if tag.flags & tag_flags::SETUP != 0 {
+            // `guard run` execs the command: its setup is over.
+            // SAFETY: as above; only this process's own exec writes its flags.
+            unsafe { (*entry).flags &= !tag_flags::SETUP };
+        }
         let key = ProcKey::new(tgid, tag.start_ns);
         emit(
             EventKind::TaggedExec,

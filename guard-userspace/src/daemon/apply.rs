@@ -70,12 +70,16 @@ pub async fn apply(
         st.generation += 1;
         st.rejected = None;
         st.path_rules = compiled.paths.clone();
+        st.builtin = compiled.builtin.clone();
+        st.net = Some(net.clone());
         st.drop_caps = compiled
             .drop_capabilities
             .iter()
             .map(|c| c.number())
             .collect();
         st.unix_masks = unix_masks(&compiled);
+        let ceiling = st.drop_caps.clone();
+        st.kernel.set_cap_ceiling(&ceiling)?;
         if kills {
             st.kernel.set_killer(true)?;
         }

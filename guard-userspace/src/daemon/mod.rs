@@ -146,6 +146,10 @@ struct State {
     unix_masks: Vec<PathBuf>,
     /// File protection (path rules), once started.
     files: Option<Arc<crate::files::FileGuard>>,
+    /// The built-in rules of the policy in force, on or off.
+    builtin: Vec<crate::policy::BuiltinEntry>,
+    /// The network controller, once the first policy is applied (for status).
+    net: Option<net::NetHandle>,
     /// Path rules guard adds for its own files (policy, event log, binary, pins).
     internal: Vec<crate::policy::CompiledPathRule>,
     /// The policy's path rules in force.

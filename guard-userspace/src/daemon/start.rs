@@ -114,6 +114,8 @@ pub(super) fn new_state(
         drop_caps: Vec::new(),
         unix_masks: Vec::new(),
         files: None,
+        builtin: Vec::new(),
+        net: None,
         internal,
         path_rules: Vec::new(),
         files_seq: 0,
@@ -229,7 +231,7 @@ pub(super) fn start_files(
     let files = crate::files::FileGuard::start(
         crate::files::FileConfig {
             pin_dir: cfg.paths.pin_dir.clone(),
-            passwd: "/etc/passwd".into(),
+            passwd: crate::paths::passwd(),
         },
         kernel_files,
         &rules,

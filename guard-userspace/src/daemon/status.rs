@@ -49,6 +49,35 @@ pub(super) fn status(state: &Shared) -> Reply<DaemonStatus> {
         trackers: Kernel::pinned_links(st.kernel.pin_dir()),
         tagged_processes: tagged,
         tag_map: Some(crate::tagmap::status(&st.kernel, tagged)),
+        deputies: st.net.as_ref().map(|net| {
+            let (found, tunnels) = net.found();
+            let lsm = |hook: &str| {
+                st.kernel
+                    .lsm
+                    .as_ref()
+                    .is_some_and(|l| l.hooks.iter().any(|h| h == hook))
+            };
+            let hooks = net::deputies::KernelHooks {
+                ptrace: lsm("ptrace_access_check"),
+                ioctl: lsm("file_ioctl"),
+                capable: lsm("capable"),
+                cap_capable: st.self_attached.attached.iter().any(|t| t == "cap_capable"),
+            };
+            let ceiling: Vec<String> = st
+                .drop_caps
+                .iter()
+                .filter_map(|c| crate::policy::Capability::from_number(*c))
+                .map(|c| c.to_string())
+                .collect();
+            net::deputies::status(
+                &st.builtin,
+                &found,
+                &tunnels,
+                &st.net_attached,
+                hooks,
+                &ceiling,
+            )
+        }),
         recognition: Some(crate::tags::recognition_status(
             &st.agents,
             counters

@@ -10,6 +10,7 @@
 //! - **review** ([`query`], [`table`]): `guard events` reads, follows, filters and summarises
 //!   the log.
 
+pub mod deputy;
 mod log;
 pub mod net;
 pub mod pipeline;
@@ -70,6 +71,7 @@ pub const fn kind_name(kind: EventKind) -> &'static str {
         EventKind::FileDevice => "file_device",
         EventKind::FileOpen => "file_open",
         EventKind::SelfProtect => "self_protect",
+        EventKind::Deputy => "deputy",
     }
 }
 
@@ -175,6 +177,7 @@ pub fn decode(raw: &[u8], ctx: &DecodeCtx<'_>) -> Result<Decoded, DecodeError> {
         | EventKind::AgentCgroup => process::decode(kind, raw, ctx),
         EventKind::NetConnect => net::decode_record(raw, ctx),
         EventKind::SelfProtect => selfprot::decode(raw, ctx),
+        EventKind::Deputy => deputy::decode(raw, ctx),
         // Read by `files` from its own ring buffer (GUARD_FILE_EVENTS).
         // (FileOpen is decided in userspace and submitted to the pipeline directly.)
         EventKind::FileChange | EventKind::FileDevice | EventKind::FileOpen => {

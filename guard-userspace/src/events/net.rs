@@ -18,6 +18,17 @@ pub trait NetLabels {
     fn rule_name(&self, generation: u32, id: u32) -> Option<String>;
     /// The host name of rule `id` that resolved to `addr`.
     fn host_for(&self, id: u32, addr: IpAddr) -> Option<String>;
+    /// The server or forwarder a decision of rule `id` (named `rule`) about `dest` (address,
+    /// port, unix name) met, when it is one the daemon found on the host.
+    fn deputy(
+        &self,
+        id: u32,
+        rule: &str,
+        dest: (Option<IpAddr>, u16, Option<&str>),
+    ) -> Option<String> {
+        let _ = (id, rule, dest);
+        None
+    }
 }
 
 /// No labels: rules are named by id.
@@ -63,6 +74,10 @@ pub struct NetDetails {
     pub result: &'static str,
     /// `connect4`, `connect6`, `sendmsg4`, `sendmsg6`, `connect_unix`, `sendmsg_unix`.
     pub hook: &'static str,
+    /// The untagged process the destination leads to, when guard found it on the host: a
+    /// terminal server, sshd, a bus, a forwarder to a protected endpoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deputy: Option<String>,
 }
 
 /// The record as a [`NetEvent`], if it is one.
@@ -120,11 +135,18 @@ pub fn details(ev: &NetEvent, labels: &dyn NetLabels) -> NetDetails {
         unix_path: (ev.family == AF_UNIX).then(|| unix_name(ev)),
         host: addr.and_then(|a| labels.host_for(ev.rule_id, a)),
     };
+    let rule = labels
+        .rule_name(ev.generation, ev.rule_id)
+        .unwrap_or_else(|| format!("#{}", ev.rule_id));
+    let deputy = labels.deputy(
+        ev.rule_id,
+        &rule,
+        (addr, destination.port, destination.unix_path.as_deref()),
+    );
     NetDetails {
         destination,
-        rule: labels
-            .rule_name(ev.generation, ev.rule_id)
-            .unwrap_or_else(|| format!("#{}", ev.rule_id)),
+        deputy,
+        rule,
         rule_id: ev.rule_id,
         action: Action::from_id(ev.action).unwrap_or(Action::Audit).name(),
         mode: match ev.mode {
@@ -172,6 +194,7 @@ pub fn decode_record(raw: &[u8], ctx: &DecodeCtx<'_>) -> Result<Decoded, DecodeE
         protocol: Some(dst.protocol.into()),
         unix_path: dst.unix_path,
         host: dst.host,
+        deputy: n.deputy,
     });
     Ok(d)
 }

@@ -198,6 +198,10 @@ pub struct Destination {
     /// The host name of a `hosts:` rule that resolved to this address.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
+    /// The untagged process this destination leads to, as guard found it on the host: a
+    /// terminal server, sshd, a bus, or a forwarder to a protected endpoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deputy: Option<String>,
 }
 
 /// The object of a file (or other) operation. Decoders fill what they know.
@@ -234,6 +238,9 @@ impl Destination {
         }
         if let Some(h) = &self.host {
             s = format!("{h} ({s})");
+        }
+        if let Some(d) = &self.deputy {
+            s = format!("{s} via {d}");
         }
         s
     }

@@ -64,7 +64,7 @@ pub fn decode(raw: &[u8], _ctx: &DecodeCtx<'_>) -> Result<Decoded, DecodeError> 
 }
 
 /// `CAP_*` name of capability number `cap`.
-fn cap_name(cap: u32) -> String {
+pub(super) fn cap_name(cap: u32) -> String {
     u8::try_from(cap)
         .ok()
         .and_then(crate::policy::Capability::from_number)

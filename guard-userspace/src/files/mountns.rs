@@ -216,6 +216,9 @@ fn mask_all(masked: &[(PathBuf, bool)], applied: &mut Applied) -> Result<(), Mou
             .and_then(|()| setattr_readonly(path));
             match r {
                 Ok(()) => applied.masked += 1,
+                // Nothing there to mask (a service that is not installed); the kernel's rules
+                // still cover the name should it appear.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => applied.skipped.push(format!("{}: {e}", path.display())),
             }
         }

@@ -46,6 +46,9 @@ pub enum Family {
     LsmNet,
     LsmFile,
     LsmSelf,
+    /// No deputies on the bpf-lsm tier: keystrokes into terminals, the capability ceiling
+    /// (process access is decided by the self-protection hook `ptrace_access_check`).
+    LsmDeputy,
 }
 
 /// What a family's programs do when they hit an internal error (an unreadable kernel pointer,
@@ -83,6 +86,7 @@ impl Family {
             Self::SelfProtect | Self::LsmSelf => {
                 allow("the signal or trace is not stopped", "probe_errors")
             }
+            Self::LsmDeputy => allow("the keystroke or capability is not refused", "probe_errors"),
         }
     }
 
@@ -98,10 +102,11 @@ impl Family {
             Self::LsmFile => "files (LSM)",
             Self::SelfProtect => "self-protection",
             Self::LsmSelf => "self-protection (LSM)",
+            Self::LsmDeputy => "no deputies (LSM)",
         }
     }
 
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 10] = [
         Self::Tracker,
         Self::Killer,
         Self::Net,
@@ -111,6 +116,7 @@ impl Family {
         Self::LsmFile,
         Self::SelfProtect,
         Self::LsmSelf,
+        Self::LsmDeputy,
     ];
 }
 
@@ -127,7 +133,7 @@ impl Family {
         match self {
             Self::Tracker | Self::FileDevice | Self::SelfProtect => Serves::Both,
             Self::Killer | Self::Net | Self::FileDetect => Serves::Fallback,
-            Self::LsmNet | Self::LsmFile | Self::LsmSelf => Serves::BpfLsm,
+            Self::LsmNet | Self::LsmFile | Self::LsmSelf | Self::LsmDeputy => Serves::BpfLsm,
         }
     }
 }
@@ -280,10 +286,14 @@ pub fn table() -> Vec<Row> {
         (F::LsmNet, &lsm_programs::NET[..]),
         (F::LsmFile, &lsm_programs::FILE[..]),
         (F::LsmSelf, &lsm_programs::SELF[..]),
+        (F::LsmDeputy, &lsm_programs::DEPUTY[..]),
     ] {
         for (name, hook) in list {
             let need = if lsm_programs::OPTIONAL.contains(hook) {
                 WhereHookExists
+            } else if family == F::LsmDeputy {
+                // Newer hooks: the tier stands without them, and status says so.
+                Optional
             } else {
                 Required
             };

@@ -29,11 +29,16 @@ use tokio::{sync::Notify, task::JoinSet, time::Instant};
 use tracing::{info, warn};
 
 use super::{
-    NetError, NetMaps, dns,
+    NetError, NetMaps,
+    deputies::{self, Protected, ScanContext},
+    dns,
     plan::{self, Plan, UnixKeyBytes},
     unix_files,
 };
-use crate::policy::{CompiledEndpointRule, CompiledPolicy, CompiledRawRule, RAW_RULE_NAME};
+use crate::{
+    deputies::{Forwarder, Found},
+    policy::{CompiledEndpointRule, CompiledPolicy, CompiledRawRule, RAW_RULE_NAME},
+};
 
 /// How the controller finds names.
 #[derive(Clone, Debug, Default)]
@@ -72,6 +77,10 @@ struct State {
     names: BTreeMap<u32, Arc<BTreeMap<u32, String>>>,
     /// The socket file of each unix name, as installed.
     unix_files: BTreeMap<String, Option<(u32, u64)>>,
+    /// Executors and forwarders on the host, as last found.
+    found: Found,
+    /// The forwarders behind each rule made for them (see [`deputies::rules`]).
+    tunnels: BTreeMap<u32, Vec<Forwarder>>,
 }
 
 /// The maps the controller writes (the tag map is kept apart, for kill-tree).
@@ -134,6 +143,8 @@ impl NetHandle {
                 generation: generation - 1,
                 names: BTreeMap::new(),
                 unix_files: BTreeMap::new(),
+                found: Found::default(),
+                tunnels: BTreeMap::new(),
             })),
             resolver: Arc::new(resolver),
             wake: Arc::new(Notify::new()),
@@ -141,6 +152,7 @@ impl NetHandle {
         };
         tokio::spawn(handle.clone().refresh_forever());
         tokio::spawn(handle.clone().recheck_unix_files());
+        tokio::spawn(handle.clone().discover_forever());
         Ok(handle)
     }
 
@@ -272,7 +284,7 @@ impl NetHandle {
         loop {
             tick.tick().await;
             let mut st = self.state.lock().expect("net state");
-            if st.generation == 0 || unix_files::files_of(&st.rules) == st.unix_files {
+            if st.generation == 0 || unix_files::files_of(st.unix_files.keys()) == st.unix_files {
                 continue;
             }
             info!("a unix socket file of an endpoint rule changed; reinstalling");
@@ -281,6 +293,61 @@ impl NetHandle {
                 warn!(error = %e, "reinstalling endpoint rules for a new socket file failed");
             }
         }
+    }
+
+    /// Look at the host again and again for executors and forwarders; reinstall when what is
+    /// there changed.
+    async fn discover_forever(self) {
+        let mut tick = tokio::time::interval(crate::deputies::RESCAN);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let ctx = {
+                let st = self.state.lock().expect("net state");
+                if st.generation == 0 {
+                    continue;
+                }
+                ScanContext {
+                    protected: Protected::new(&st.rules, &resolved(&st)),
+                    tags: self.tags.clone(),
+                }
+            };
+            let Ok(found) = tokio::task::spawn_blocking(move || crate::deputies::scan(&ctx)).await
+            else {
+                continue;
+            };
+            let mut st = self.state.lock().expect("net state");
+            if found == st.found {
+                continue;
+            }
+            info!(
+                terminals = found.terminals.len(),
+                sshd = found.sshd.len(),
+                buses = found.dbus.len(),
+                forwarders = found.forwarders.len(),
+                "executors or forwarders on the host changed; reinstalling"
+            );
+            st.found = found;
+            let generation = st.generation + 1;
+            if let Err(e) = install(&mut st, generation) {
+                warn!(error = %e, "reinstalling endpoint rules for the executors found failed");
+            }
+        }
+    }
+
+    /// What the last host scan found, and the forwarders that lead to protected endpoints.
+    pub fn found(&self) -> (Found, Vec<(String, Forwarder)>) {
+        let st = self.state.lock().expect("net state");
+        let names = st.names.get(&st.generation);
+        let tunnels = st
+            .tunnels
+            .iter()
+            .flat_map(|(id, list)| {
+                let name = names.and_then(|n| n.get(id)).cloned().unwrap_or_default();
+                list.iter().map(move |f| (name.clone(), f.clone()))
+            })
+            .collect();
+        (st.found.clone(), tunnels)
     }
 
     /// Name of rule `id` of `generation`.
@@ -366,6 +433,10 @@ pub fn reason_line(d: &crate::events::net::NetDetails) -> String {
     } else {
         ("connect to", destination(dest))
     };
+    let target = match &d.deputy {
+        Some(deputy) => format!("{target} ({deputy})"),
+        None => target,
+    };
     let what = if d.result == "killed" {
         "denied and the process killed"
     } else {
@@ -396,6 +467,18 @@ fn destination(dest: &crate::events::net::Destination) -> String {
     }
 }
 
+/// The addresses in force of each rule's hosts.
+fn resolved(st: &State) -> BTreeMap<u32, BTreeSet<IpAddr>> {
+    st.hosts
+        .iter()
+        .fold(BTreeMap::new(), |mut acc, ((rule, _), h)| {
+            acc.entry(*rule)
+                .or_insert_with(BTreeSet::new)
+                .extend(&h.addrs);
+            acc
+        })
+}
+
 /// Highest generation written in the rule array (0 when empty): a restarted daemon continues
 /// from it, so it never overwrites the half the pinned entries use.
 fn current_generation(maps: &RuleMaps) -> u32 {
@@ -408,15 +491,9 @@ fn current_generation(maps: &RuleMaps) -> u32 {
 
 /// Compile and install generation `generation` of `st` (see the module docs for the order).
 fn install(st: &mut State, generation: u32) -> Result<(), NetError> {
-    let resolved: BTreeMap<u32, BTreeSet<IpAddr>> =
-        st.hosts
-            .iter()
-            .fold(BTreeMap::new(), |mut acc, ((rule, _), h)| {
-                acc.entry(*rule)
-                    .or_insert_with(BTreeSet::new)
-                    .extend(&h.addrs);
-                acc
-            });
+    let resolved = resolved(st);
+    let protected = Protected::new(&st.rules, &resolved);
+    let (rules, tunnels) = deputies::rules(&st.rules, &st.found, &protected);
     // The socket files as this plan saw them, for the recheck to compare with.
     let mut files = BTreeMap::new();
     let targets = |name: &str| {
@@ -424,8 +501,9 @@ fn install(st: &mut State, generation: u32) -> Result<(), NetError> {
         files.insert(name.to_owned(), t.file);
         t
     };
-    let plan = plan::plan(&st.rules, &resolved, targets, generation)?;
+    let plan = plan::plan(&rules, &resolved, targets, generation)?;
     st.unix_files = files;
+    st.tunnels = tunnels;
     write_plan(&mut st.maps, &plan)?;
     let raw = plan::raw_rule(st.raw.as_ref(), generation);
     st.maps
@@ -433,8 +511,7 @@ fn install(st: &mut State, generation: u32) -> Result<(), NetError> {
         .set(0, raw, 0)
         .map_err(map_err(guard_common::maps::NET_RAW))?;
     st.generation = generation;
-    let mut names: BTreeMap<u32, String> =
-        st.rules.iter().map(|r| (r.id, r.name.clone())).collect();
+    let mut names: BTreeMap<u32, String> = rules.iter().map(|r| (r.id, r.name.clone())).collect();
     names.insert(RAW_RULE_ID, RAW_RULE_NAME.to_owned());
     let names = match st.names.last_key_value() {
         Some((_, last)) if **last == names => Arc::clone(last),
@@ -519,6 +596,15 @@ impl crate::events::net::NetLabels for NetHandle {
     fn host_for(&self, id: u32, addr: std::net::IpAddr) -> Option<String> {
         NetHandle::host_for(self, id, addr)
     }
+    fn deputy(
+        &self,
+        id: u32,
+        rule: &str,
+        dest: (Option<IpAddr>, u16, Option<&str>),
+    ) -> Option<String> {
+        let st = self.state.lock().expect("net state");
+        deputies::describe(id, rule, dest, &st.found, &st.tunnels)
+    }
 }
 
 /// Network enforcement acts on its decisions (reason line, kill-tree) as soon as they are read.
@@ -549,6 +635,7 @@ mod tests {
             mode: "enforce",
             result: "denied",
             hook: "connect4",
+            deputy: None,
         }
     }
 

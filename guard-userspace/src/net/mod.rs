@@ -9,6 +9,7 @@
 //!   responds to events.
 
 pub mod controller;
+pub mod deputies;
 pub mod dns;
 pub mod plan;
 pub mod unix_files;

@@ -8,8 +8,6 @@ use std::{
     collections::BTreeMap, os::unix::fs::FileTypeExt, os::unix::fs::MetadataExt, path::Path,
 };
 
-use crate::policy::CompiledEndpointRule;
-
 /// How often the socket files are looked at again: a daemon that restarts (docker,
 /// containerd) binds a new file, with a new identity.
 pub const RECHECK: std::time::Duration = std::time::Duration::from_secs(2);
@@ -31,13 +29,12 @@ pub fn targets(name: &str) -> UnixTargets {
     }
 }
 
-/// The socket file of every unix name of `rules`, by name: what an install put in the maps.
-pub fn files_of(rules: &[CompiledEndpointRule]) -> BTreeMap<String, Option<(u32, u64)>> {
-    rules
-        .iter()
-        .flat_map(|r| r.unix.iter())
-        .map(|n| (n.clone(), socket_file(n)))
-        .collect()
+/// The socket file of each of `names` now, by name (to compare with what an install put in
+/// the maps).
+pub fn files_of<'a>(
+    names: impl Iterator<Item = &'a String>,
+) -> BTreeMap<String, Option<(u32, u64)>> {
+    names.map(|n| (n.clone(), socket_file(n))).collect()
 }
 
 /// Other spellings of a configured socket path: its resolved path (symlinks, `..`) when

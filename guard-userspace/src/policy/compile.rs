@@ -7,6 +7,7 @@ use guard_common::agent::{COMM_LEN, NAME_LEN, NameKey, trim_nul};
 use ipnet::{IpNet, Ipv4Net};
 
 use super::{
+    builtin::{BuiltinEntry, Builtins, Discover, FIRST_BUILTIN_ID},
     error::Warning,
     model::{Access, Action, Mode, Policy, Protocol},
     pattern::{PathPattern, PathSpec},
@@ -44,6 +45,9 @@ pub struct CompiledPolicy {
     pub drop_capabilities: Vec<Capability>,
     /// `spec.rawSockets` (`None`: `allow`), named [`RAW_RULE_NAME`].
     pub raw_sockets: Option<CompiledRawRule>,
+    /// Every entry of the built-in rule sets, on or off; the ones on are in `endpoints` and
+    /// `paths` too, after the policy's own rules.
+    pub builtin: Vec<BuiltinEntry>,
     pub warnings: Vec<Warning>,
 }
 
@@ -91,6 +95,8 @@ pub struct CompiledEndpointRule {
     pub hosts: Vec<String>,
     /// Unix socket paths; `@name` is an abstract socket.
     pub unix: Vec<String>,
+    /// A built-in rule whose targets the daemon finds on the host, besides these.
+    pub discover: Option<Discover>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -165,6 +171,7 @@ impl Policy {
                     networks,
                     hosts: r.hosts.iter().map(ToString::to_string).collect(),
                     unix: r.unix.iter().map(ToString::to_string).collect(),
+                    discover: None,
                 }
             })
             .collect();
@@ -182,12 +189,18 @@ impl Policy {
                 paths: r.paths.clone(),
             })
             .collect();
+        let builtins = Builtins::compile(&spec.executors, &spec.startup_files, spec.mode);
+        let mut endpoints = endpoints;
+        endpoints.extend(builtins.endpoints);
+        let mut paths: Vec<CompiledPathRule> = paths;
+        paths.extend(builtins.paths);
         CompiledPolicy {
             name: self.metadata.name.clone(),
             mode: spec.mode,
             agents,
             endpoints,
             paths,
+            builtin: builtins.entries,
             drop_capabilities: spec
                 .self_protection
                 .as_ref()
@@ -247,19 +260,27 @@ impl CompiledPolicy {
 
     /// Human summary for `guard policy check`: counts, then one line per agent and per rule.
     pub fn summary(&self) -> String {
-        let rules = self.endpoints.len() + self.paths.len();
-        let recording = self
+        let own_endpoints: Vec<&CompiledEndpointRule> = self
             .endpoints
+            .iter()
+            .filter(|r| r.id < FIRST_BUILTIN_ID)
+            .collect();
+        let own_paths: Vec<&CompiledPathRule> = self
+            .paths
+            .iter()
+            .filter(|r| r.id < FIRST_BUILTIN_ID)
+            .collect();
+        let rules = own_endpoints.len() + own_paths.len();
+        let recording = own_endpoints
             .iter()
             .map(|r| (r.action, r.mode))
-            .chain(self.paths.iter().map(|r| (r.action, r.mode)))
+            .chain(own_paths.iter().map(|r| (r.action, r.mode)))
             .filter(|(action, mode)| *action == Action::Audit || *mode == Mode::Audit)
             .count();
-        let width = self
-            .endpoints
+        let width = own_endpoints
             .iter()
             .map(|r| r.name.len())
-            .chain(self.paths.iter().map(|r| r.name.len()))
+            .chain(own_paths.iter().map(|r| r.name.len()))
             .chain(self.agents.iter().map(|a| a.name.len()))
             .max()
             .unwrap_or(0);
@@ -269,8 +290,8 @@ impl CompiledPolicy {
             s,
             "{}, {}, {}; {} of {} only record (audit)",
             plural(self.agents.len(), "agent"),
-            plural(self.endpoints.len(), "endpoint rule"),
-            plural(self.paths.len(), "path rule"),
+            plural(own_endpoints.len(), "endpoint rule"),
+            plural(own_paths.len(), "path rule"),
             recording,
             plural(rules, "rule"),
         );
@@ -302,10 +323,10 @@ impl CompiledPolicy {
             }
             let _ = writeln!(s, "  {:width$}  {}", a.name, lists.join(" "));
         }
-        if !self.endpoints.is_empty() {
+        if !own_endpoints.is_empty() {
             s.push_str("endpoint rules:\n");
         }
-        for r in &self.endpoints {
+        for r in &own_endpoints {
             let mut targets: Vec<String> = r.networks.iter().map(ToString::to_string).collect();
             targets.extend(r.hosts.iter().map(|h| format!("{h} (dns)")));
             targets.extend(r.unix.iter().map(|u| format!("unix:{u}")));
@@ -343,10 +364,10 @@ impl CompiledPolicy {
             }
             s.push('\n');
         }
-        if !self.paths.is_empty() {
+        if !own_paths.is_empty() {
             s.push_str("path rules:\n");
         }
-        for r in &self.paths {
+        for r in &own_paths {
             let access: Vec<&str> = [
                 (READ, "read"),
                 (WRITE, "write"),
@@ -398,6 +419,14 @@ impl CompiledPolicy {
             None => {
                 let _ = writeln!(s, "raw sockets: allowed (spec.rawSockets: allow)");
             }
+        }
+        s.push_str("built-in rules:\n");
+        for e in &self.builtin {
+            let state = match e.action {
+                Some(a) => format!("{a:9} {:7}", e.mode),
+                None => format!("{:17}", "off"),
+            };
+            let _ = writeln!(s, "  {:30} {state}  ({}) {}", e.name, e.set_by, e.covers);
         }
         if !self.warnings.is_empty() {
             let _ = writeln!(s, "{}:", plural(self.warnings.len(), "warning"));

@@ -11,6 +11,7 @@
 //!    `error::locate`: serde_yaml_ng keeps no spans, so the locator makes the parser report
 //!    the position of the value at that path).
 
+mod builtin;
 mod compile;
 mod error;
 mod model;
@@ -20,14 +21,15 @@ mod values;
 
 use std::path::Path;
 
+pub use builtin::{BuiltinEntry, Builtins, Discover, Executors, FIRST_BUILTIN_ID, StartupFiles};
 pub use compile::{
     CompiledAgent, CompiledEndpointRule, CompiledPathRule, CompiledPolicy, CompiledRawRule, DELETE,
     EXEC, RAW_RULE_NAME, READ, WRITE, canonical_addr, normalise,
 };
 pub use error::{Diagnostic, Location, Note, PolicyError, Problem, Warning};
 pub use model::{
-    Access, Action, Agent, ApiVersion, EndpointRule, Kind, Metadata, Mode, PathRule, Policy,
-    Protocol, RawSockets, SelfProtection, Spec,
+    Access, Action, Agent, ApiVersion, BuiltinAction, EndpointRule, Kind, Metadata, Mode, PathRule,
+    Policy, Protocol, SelfProtection, Spec,
 };
 pub use pattern::{PathPattern, PathSpec, expand_home, glob_match, homes_from_passwd, read_homes};
 pub use values::{

@@ -8,6 +8,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use super::{
+    builtin::{Executors, StartupFiles},
     error::Warning,
     pattern::PathSpec,
     values::{
@@ -73,13 +74,20 @@ pub struct Spec {
     /// What a tagged process gets for creating a raw IPv4/IPv6 socket or a packet socket:
     /// either writes its own headers, past every endpoint rule. `spec.mode` applies.
     #[serde(default)]
-    pub raw_sockets: RawSockets,
+    pub raw_sockets: BuiltinAction,
+    /// The built-in rule set `guard:executors` (see `builtin.rs`).
+    #[serde(default)]
+    pub executors: Executors,
+    /// The built-in rule set `guard:startup-files`.
+    #[serde(default)]
+    pub startup_files: StartupFiles,
 }
 
-/// `spec.rawSockets`: a rule's action, or `allow` to turn the rule off.
+/// The action of a built-in rule (`spec.rawSockets`, an entry of `spec.executors`…), or
+/// `allow` to turn the rule off.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum RawSockets {
+pub enum BuiltinAction {
     #[default]
     Deny,
     Kill,
@@ -88,7 +96,7 @@ pub enum RawSockets {
     Allow,
 }
 
-impl RawSockets {
+impl BuiltinAction {
     /// The rule's action; `None` for `allow`.
     pub fn action(self) -> Option<Action> {
         match self {

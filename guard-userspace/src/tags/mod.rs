@@ -329,7 +329,8 @@ pub fn tag_root(
     let tag = Tag {
         root: key,
         agent_id,
-        flags: tag_flags::FROM_RUN,
+        // Until it execs the command, guard run sets up the tree with its own capabilities.
+        flags: tag_flags::FROM_RUN | tag_flags::SETUP,
         start_ns: key.start_ns,
     };
     match kernel.tags.insert(pid, tag, 1) {

@@ -27,7 +27,7 @@ use crate::{
 
 /// Every home directory, for `~` (root's when `/etc/passwd` cannot be read).
 pub fn homes() -> Vec<(u32, PathBuf)> {
-    crate::policy::read_homes(Path::new("/etc/passwd"))
+    crate::policy::read_homes(&crate::paths::passwd())
         .unwrap_or_else(|_| vec![(0, PathBuf::from("/root"))])
 }
 

@@ -51,6 +51,32 @@ const NOT_IN_GUEST: &[(&str, &str)] = &[
          proves is never taken; it runs natively in `cargo xtask test`",
     ),
     (
+        "deputies::a_terminal_server",
+        "tmux is not in the guest's initramfs; the decision it rests on (a unix connect to a \
+         socket the rule names) is proven in the guest by network::unix_socket_spellings; it \
+         runs natively in `cargo xtask test`",
+    ),
+    (
+        "deputies::at_jobs",
+        "at and atd are not in the guest's initramfs; the path rules they meet are proven in \
+         the guest by the files tests; it runs natively in `cargo xtask test`",
+    ),
+    (
+        "deputies::a_local_sshd",
+        "openssh is not in the guest's initramfs; the TCP decision it rests on is proven in \
+         the guest by network::tagged_tools_get_eperm; it runs natively in `cargo xtask test`",
+    ),
+    (
+        "deputies::forwarders",
+        "openssh and socat are not in the guest's initramfs; it runs natively in `cargo xtask \
+         test`",
+    ),
+    (
+        "deputies::startup_files",
+        "a host-side check of the built-in path rules (the path rules themselves are proven in \
+         the guest by the files tests); it runs natively in `cargo xtask test`",
+    ),
+    (
         "recognition::the_real_agent_clis",
         "the agents' CLIs from npm (900 MB) are not in the guest's initramfs; recognition by \
          executable and script, which they exercise, is kernel-independent and the other \
@@ -123,6 +149,8 @@ pub const SMOKE: &[&str] = &[
     "files::destructive_tools",
     "files::credential_reads_are_denied",
     "self_protection::a_hostile_root_agent_tree",
+    "deputies::processes_and_terminals_outside_the_tree",
+    "deputies::root_agents_stay_under_the_capability_ceiling",
 ];
 
 impl Args {

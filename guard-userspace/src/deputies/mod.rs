@@ -1,0 +1,292 @@
+//! Deputies: untagged processes on this host that would act for an agent. The built-in
+//! `guard:executors` rules name kinds of them (a tmux server, a local sshd, a bus); tunnels
+//! are listeners that forward to a protected endpoint. Neither is known from the policy: the
+//! daemon looks at the host every [`RESCAN`] and turns what it finds into endpoint targets
+//! (see `net::controller`).
+//!
+//! What is found:
+//! - terminal servers: a tmux or screen process that is not tagged and listens on a unix
+//!   socket (any path: `-S`, `TMUX_TMPDIR`); an agent's own server, started in its tree, is
+//!   tagged and keeps working;
+//! - the user managers' private sockets and the session buses under `/run/user`, and every
+//!   socket a bus daemon (`dbus-daemon`, `dbus-broker`) listens on;
+//! - every TCP address a process named `sshd` listens on;
+//! - forwarders: a listener whose arguments say where it forwards (`ssh -L`, `socat`), or a
+//!   process that holds a connection it accepted and, at the same time, one to a protected
+//!   endpoint.
+
+pub mod forwarders;
+pub mod sockets;
+
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
+
+pub use forwarders::Forward;
+use sockets::{Proc, Tables};
+
+/// How often the host is looked at.
+pub const RESCAN: Duration = Duration::from_secs(1);
+
+/// A listener that forwards somewhere.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Forwarder {
+    pub pid: u32,
+    pub comm: String,
+    /// Where it listens.
+    pub listen: Vec<SocketAddr>,
+    /// Where it leads: a host name or address, and a port.
+    pub to_host: String,
+    pub to_port: u16,
+    /// `arguments` or `connections`.
+    pub evidence: &'static str,
+}
+
+/// A server found for an executor rule.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Server {
+    pub pid: u32,
+    pub comm: String,
+    /// Socket path or `@name`; for sshd, the address.
+    pub socket: String,
+}
+
+/// What the host has now.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Found {
+    /// Untagged tmux and screen servers.
+    pub terminals: Vec<Server>,
+    /// User managers' private sockets (`/run/user/UID/systemd/private`).
+    pub systemd_users: Vec<String>,
+    /// Session buses and bus daemons' sockets.
+    pub dbus: Vec<Server>,
+    /// sshd listeners.
+    pub sshd: Vec<Server>,
+    pub forwarders: Vec<Forwarder>,
+    /// This host's addresses: a wildcard listener is reached on each of them.
+    pub local_addrs: BTreeSet<IpAddr>,
+}
+
+/// What the scan needs to know from the daemon.
+pub trait Context {
+    /// Whether `pid` is in an agent's tree.
+    fn tagged(&self, pid: u32) -> bool;
+    /// Whether a TCP connection to `addr` meets an endpoint rule of the policy.
+    fn protected(&self, addr: SocketAddr) -> bool;
+}
+
+fn is_terminal(comm: &str) -> bool {
+    comm.starts_with("tmux") || comm.eq_ignore_ascii_case("screen")
+}
+
+fn is_bus(comm: &str) -> bool {
+    comm.starts_with("dbus-daemon") || comm.starts_with("dbus-broker")
+}
+
+/// Look at the host.
+pub fn scan(ctx: &dyn Context) -> Found {
+    let tables = Tables::read();
+    let protected_conns: BTreeSet<u64> = tables
+        .tcp_established
+        .iter()
+        .filter(|(_, (_, remote))| ctx.protected(*remote))
+        .map(|(inode, _)| *inode)
+        .collect();
+    // Every process only when some connection leads to a protected endpoint (a forwarder
+    // found by its connections); else only the ones named like an executor or forwarder.
+    let everyone = !protected_conns.is_empty();
+    let procs = sockets::processes(|comm| {
+        everyone
+            || is_terminal(comm)
+            || is_bus(comm)
+            || comm == "sshd"
+            || forwarders::reads_arguments(comm)
+    });
+    let mut found = Found {
+        local_addrs: local_addrs(),
+        systemd_users: run_user_sockets("systemd/private"),
+        ..Found::default()
+    };
+    for bus in run_user_sockets("bus") {
+        found.dbus.push(Server {
+            pid: 0,
+            comm: "session bus".into(),
+            socket: bus,
+        });
+    }
+    for p in &procs {
+        let unix = || {
+            p.sockets
+                .iter()
+                .filter_map(|i| tables.unix_listeners.get(i))
+        };
+        let server = |socket: String| Server {
+            pid: p.pid,
+            comm: p.comm.clone(),
+            socket,
+        };
+        if is_terminal(&p.comm) && !ctx.tagged(p.pid) {
+            found.terminals.extend(unix().cloned().map(server));
+        } else if is_bus(&p.comm) {
+            found.dbus.extend(unix().cloned().map(server));
+        } else if p.comm == "sshd" {
+            let tcp = p.sockets.iter().filter_map(|i| tables.tcp_listeners.get(i));
+            found.sshd.extend(tcp.map(|a| server(a.to_string())));
+        }
+        if !ctx.tagged(p.pid) {
+            found
+                .forwarders
+                .extend(forwarders_of(p, &tables, &protected_conns));
+        }
+    }
+    found.terminals.sort();
+    found.terminals.dedup();
+    found.dbus.sort();
+    found.dbus.dedup_by(|a, b| a.socket == b.socket);
+    found.sshd.sort();
+    found.sshd.dedup();
+    found.forwarders.sort();
+    found.forwarders.dedup();
+    found
+}
+
+/// The forwards of one process: by its arguments, or by what it holds.
+fn forwarders_of(p: &Proc, tables: &Tables, protected: &BTreeSet<u64>) -> Vec<Forwarder> {
+    let listeners: Vec<SocketAddr> = p
+        .sockets
+        .iter()
+        .filter_map(|i| tables.tcp_listeners.get(i).copied())
+        .collect();
+    if listeners.is_empty() {
+        return Vec::new();
+    }
+    let mut out: Vec<Forwarder> = forwarders::from_arguments(&p.comm, &p.cmdline)
+        .into_iter()
+        .filter_map(|f| {
+            let listen: Vec<SocketAddr> = listeners
+                .iter()
+                .copied()
+                .filter(|l| f.listen_port.is_none_or(|port| l.port() == port))
+                .collect();
+            (!listen.is_empty()).then(|| Forwarder {
+                pid: p.pid,
+                comm: p.comm.clone(),
+                listen,
+                to_host: f.host,
+                to_port: f.port,
+                evidence: "arguments",
+            })
+        })
+        .collect();
+    // An accepted connection (its local port is a listener's) held together with one to a
+    // protected endpoint.
+    let accepted = p.sockets.iter().any(|i| {
+        tables
+            .tcp_established
+            .get(i)
+            .is_some_and(|(local, _)| listeners.iter().any(|l| l.port() == local.port()))
+    });
+    if accepted {
+        for (_, remote) in p
+            .sockets
+            .iter()
+            .filter(|i| protected.contains(i))
+            .filter_map(|i| tables.tcp_established.get(i))
+        {
+            out.push(Forwarder {
+                pid: p.pid,
+                comm: p.comm.clone(),
+                listen: listeners.clone(),
+                to_host: remote.ip().to_string(),
+                to_port: remote.port(),
+                evidence: "connections",
+            });
+        }
+    }
+    out
+}
+
+/// `/run/user/*/NAME` that exist as sockets.
+fn run_user_sockets(name: &str) -> Vec<String> {
+    use std::os::unix::fs::FileTypeExt;
+    let Ok(dirs) = std::fs::read_dir("/run/user") else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = dirs
+        .filter_map(Result::ok)
+        .map(|d| d.path().join(name))
+        .filter(|p| std::fs::metadata(p).is_ok_and(|m| m.file_type().is_socket()))
+        .filter_map(|p| p.to_str().map(str::to_owned))
+        .collect();
+    out.sort();
+    out
+}
+
+/// The addresses of this host's interfaces (loopback included).
+fn local_addrs() -> BTreeSet<IpAddr> {
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
+        return BTreeSet::new();
+    };
+    addrs
+        .filter_map(|a| {
+            let addr = a.address?;
+            if let Some(v4) = addr.as_sockaddr_in() {
+                Some(IpAddr::V4(v4.ip()))
+            } else {
+                addr.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip()))
+            }
+        })
+        .collect()
+}
+
+/// The networks a listener on `addr` is reached at: all of loopback and every local address
+/// for a wildcard listener, else its own address.
+pub fn reached_at(addr: SocketAddr, local: &BTreeSet<IpAddr>) -> Vec<ipnet::IpNet> {
+    use ipnet::IpNet;
+    let ip = crate::policy::canonical_addr(addr.ip());
+    if !ip.is_unspecified() {
+        return vec![IpNet::from(ip)];
+    }
+    let mut out: Vec<IpNet> = vec![
+        "127.0.0.0/8".parse().expect("loopback v4"),
+        "::1/128".parse().expect("loopback v6"),
+    ];
+    out.extend(
+        local
+            .iter()
+            .filter(|a| !a.is_loopback())
+            .filter(|a| ip.is_ipv6() || a.is_ipv4())
+            .map(|a| IpNet::from(*a)),
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wildcard_listener_is_every_local_address() {
+        let local: BTreeSet<IpAddr> = ["127.0.0.1", "10.9.0.2", "fd00::2"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        let nets = |a: &str| -> Vec<String> {
+            reached_at(a.parse().unwrap(), &local)
+                .iter()
+                .map(ToString::to_string)
+                .collect()
+        };
+        assert_eq!(nets("127.0.0.1:22"), ["127.0.0.1/32"]);
+        assert_eq!(
+            nets("0.0.0.0:22"),
+            ["127.0.0.0/8", "::1/128", "10.9.0.2/32"]
+        );
+        assert_eq!(
+            nets("[::]:22"),
+            ["127.0.0.0/8", "::1/128", "10.9.0.2/32", "fd00::2/128"]
+        );
+    }
+}

@@ -1,0 +1,373 @@
+//! Built-in rule sets: what every policy gets unless it says otherwise. Each set is a spec
+//! field (`executors`, `startupFiles`) with one action for the whole set and an override per
+//! entry; an entry compiles into an ordinary endpoint or path rule named `guard:SET/ENTRY`,
+//! so enforcement, events and status treat it like any rule.
+//!
+//! - `guard:executors`: the channels through which an untagged process runs code on an
+//!   agent's behalf (a terminal multiplexer's server, the service manager, D-Bus, the job
+//!   schedulers, a local sshd).
+//! - `guard:startup-files`: files that untagged programs read and act on later (shell rc
+//!   files, ssh and git configuration, autostart entries): a tagged process must not write them.
+
+use serde::Deserialize;
+
+use super::{
+    compile::{CompiledEndpointRule, CompiledPathRule, DELETE, EXEC, WRITE},
+    model::{Action, BuiltinAction, Mode, Protocol},
+    pattern::PathSpec,
+};
+
+/// First rule id of the built-in rules (below guard's own internal rules).
+pub const FIRST_BUILTIN_ID: u32 = 0xfffe_0000;
+
+/// `spec.executors`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Executors {
+    /// Every entry's action unless the entry sets its own.
+    #[serde(default)]
+    pub action: BuiltinAction,
+    /// Overrides `spec.mode` for the whole set.
+    #[serde(default)]
+    pub mode: Option<Mode>,
+    pub terminals: Option<BuiltinAction>,
+    pub systemd: Option<BuiltinAction>,
+    pub dbus: Option<BuiltinAction>,
+    pub scheduler: Option<BuiltinAction>,
+    pub sshd: Option<BuiltinAction>,
+}
+
+/// `spec.startupFiles`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct StartupFiles {
+    #[serde(default)]
+    pub action: BuiltinAction,
+    #[serde(default)]
+    pub mode: Option<Mode>,
+    pub shell: Option<BuiltinAction>,
+    pub ssh: Option<BuiltinAction>,
+    pub autostart: Option<BuiltinAction>,
+    pub git: Option<BuiltinAction>,
+}
+
+/// Where the targets of a built-in endpoint rule come from besides its fixed ones: the daemon
+/// looks at the host (the deputies scan) and adds what it finds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Discover {
+    /// Sockets of tmux and screen servers that are not tagged.
+    Terminals,
+    /// The user managers' private sockets (`/run/user/UID/systemd/private`).
+    SystemdUsers,
+    /// Session buses (`/run/user/UID/bus`) and every socket a bus daemon listens on.
+    Dbus,
+    /// Every address and port a local sshd listens on.
+    Sshd,
+}
+
+/// One entry of a built-in set, as `guard status` lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BuiltinEntry {
+    pub name: String,
+    /// `None`: turned off (`allow`).
+    pub action: Option<Action>,
+    pub mode: Mode,
+    /// The spec field that set the action, or `default`.
+    pub set_by: String,
+    /// What the entry covers, in words.
+    pub covers: &'static str,
+}
+
+/// Fixed unix sockets of the system service manager and the system bus.
+const SYSTEMD_SOCKETS: &[&str] = &["/run/systemd/private"];
+const DBUS_SOCKETS: &[&str] = &[
+    "/run/dbus/system_bus_socket",
+    "/var/run/dbus/system_bus_socket",
+];
+
+/// Job spools and their clients: writing a job or running the client that writes one.
+const SCHEDULER_PATHS: &[&str] = &[
+    "/var/spool/cron",
+    "/var/spool/at",
+    "/var/spool/anacron",
+    "/etc/crontab",
+    "/etc/cron.d",
+    "/etc/cron.hourly",
+    "/etc/cron.daily",
+    "/etc/cron.weekly",
+    "/etc/cron.monthly",
+    "/etc/anacrontab",
+    "/usr/bin/at",
+    "/usr/bin/batch",
+    "/usr/bin/crontab",
+    "/usr/bin/systemd-run",
+];
+
+const SHELL_FILES: &[&str] = &[
+    "~/.bashrc",
+    "~/.bash_profile",
+    "~/.bash_login",
+    "~/.bash_logout",
+    "~/.profile",
+    "~/.zshrc",
+    "~/.zshenv",
+    "~/.zprofile",
+    "~/.zlogin",
+    "~/.config/fish",
+    "~/.inputrc",
+    "/etc/profile",
+    "/etc/profile.d",
+    "/etc/bash.bashrc",
+    "/etc/environment",
+    "/etc/zsh",
+];
+const SSH_FILES: &[&str] = &[
+    "~/.ssh/authorized_keys",
+    "~/.ssh/authorized_keys2",
+    "~/.ssh/config",
+    "~/.ssh/rc",
+    "~/.ssh/environment",
+    "/etc/ssh",
+];
+const AUTOSTART_FILES: &[&str] = &[
+    "~/.config/systemd/user",
+    "~/.config/autostart",
+    "/etc/systemd/system",
+    "/etc/xdg/autostart",
+    "/etc/rc.local",
+];
+const GIT_FILES: &[&str] = &["~/.gitconfig", "~/.config/git", "/etc/gitconfig"];
+
+/// The compiled built-in rules.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Builtins {
+    pub endpoints: Vec<CompiledEndpointRule>,
+    pub paths: Vec<CompiledPathRule>,
+    /// Every entry, on or off.
+    pub entries: Vec<BuiltinEntry>,
+}
+
+/// What an entry compiles into.
+enum Target {
+    /// An endpoint rule on these unix sockets, plus what the host scan finds.
+    Sockets(&'static [&'static str], Discover),
+    /// An endpoint rule on whatever the host scan finds listening (TCP).
+    Listeners(Discover),
+    /// A path rule.
+    Paths(&'static [&'static str], u32),
+}
+
+/// One entry of a set: its name, what it covers (for status) and what it compiles into.
+struct EntrySpec {
+    name: &'static str,
+    covers: &'static str,
+    target: Target,
+}
+
+const EXECUTORS: &[EntrySpec] = &[
+    EntrySpec {
+        name: "terminals",
+        covers: "tmux and screen servers outside the agent's tree",
+        target: Target::Sockets(&[], Discover::Terminals),
+    },
+    EntrySpec {
+        name: "systemd",
+        covers: "the system and user service managers' private sockets (systemd-run, systemctl)",
+        target: Target::Sockets(SYSTEMD_SOCKETS, Discover::SystemdUsers),
+    },
+    EntrySpec {
+        name: "dbus",
+        covers: "the system and session buses (starting units, portals, session services)",
+        target: Target::Sockets(DBUS_SOCKETS, Discover::Dbus),
+    },
+    EntrySpec {
+        name: "sshd",
+        covers: "a local sshd, on every address and port it listens on",
+        target: Target::Listeners(Discover::Sshd),
+    },
+    EntrySpec {
+        name: "scheduler",
+        covers: "at, batch, cron and anacron spools and their clients (at, batch, crontab, \
+                 systemd-run)",
+        target: Target::Paths(SCHEDULER_PATHS, WRITE | DELETE | EXEC),
+    },
+];
+
+const STARTUP_FILES: &[EntrySpec] = &[
+    EntrySpec {
+        name: "shell",
+        covers: "shell rc and profile files, in every home and system-wide",
+        target: Target::Paths(SHELL_FILES, WRITE | DELETE),
+    },
+    EntrySpec {
+        name: "ssh",
+        covers: "authorized_keys, ssh config and rc files, /etc/ssh",
+        target: Target::Paths(SSH_FILES, WRITE | DELETE),
+    },
+    EntrySpec {
+        name: "autostart",
+        covers: "systemd user and system units, desktop autostart entries, rc.local",
+        target: Target::Paths(AUTOSTART_FILES, WRITE | DELETE),
+    },
+    EntrySpec {
+        name: "git",
+        covers: "global git configuration (hooksPath, fsmonitor, aliases)",
+        target: Target::Paths(GIT_FILES, WRITE | DELETE),
+    },
+];
+
+/// One set as written: its field name, its rule-name prefix, the action and mode for every
+/// entry, and each entry's override.
+struct SetSpec {
+    field: &'static str,
+    prefix: &'static str,
+    action: BuiltinAction,
+    mode: Mode,
+    entries: &'static [EntrySpec],
+    overrides: [Option<BuiltinAction>; 5],
+}
+
+impl Builtins {
+    /// Compile both sets; `spec_mode` applies where a set sets no mode of its own.
+    pub fn compile(executors: &Executors, startup: &StartupFiles, spec_mode: Mode) -> Self {
+        let ex = executors;
+        let st = startup;
+        let sets = [
+            SetSpec {
+                field: "executors",
+                prefix: "guard:executors",
+                action: ex.action,
+                mode: ex.mode.unwrap_or(spec_mode),
+                entries: EXECUTORS,
+                overrides: [ex.terminals, ex.systemd, ex.dbus, ex.sshd, ex.scheduler],
+            },
+            SetSpec {
+                field: "startupFiles",
+                prefix: "guard:startup-files",
+                action: st.action,
+                mode: st.mode.unwrap_or(spec_mode),
+                entries: STARTUP_FILES,
+                overrides: [st.shell, st.ssh, st.autostart, st.git, None],
+            },
+        ];
+        let mut b = Self::default();
+        let mut ids = FIRST_BUILTIN_ID..;
+        for set in &sets {
+            for (entry, own) in set.entries.iter().zip(set.overrides) {
+                let (action, set_by) = match own {
+                    Some(a) => (a, format!("spec.{}.{}", set.field, entry.name)),
+                    None if set.action != BuiltinAction::Deny => {
+                        (set.action, format!("spec.{}.action", set.field))
+                    }
+                    None => (set.action, "default".to_owned()),
+                };
+                let name = format!("{}/{}", set.prefix, entry.name);
+                b.entries.push(BuiltinEntry {
+                    name: name.clone(),
+                    action: action.action(),
+                    mode: set.mode,
+                    set_by,
+                    covers: entry.covers,
+                });
+                let Some(action) = action.action() else {
+                    continue;
+                };
+                let id = ids.next().unwrap_or(u32::MAX);
+                b.add(id, name, action, set.mode, &entry.target);
+            }
+        }
+        b
+    }
+
+    fn add(&mut self, id: u32, name: String, action: Action, mode: Mode, target: &Target) {
+        let endpoint = |protocol, unix: &[&str], discover| CompiledEndpointRule {
+            id,
+            name: name.clone(),
+            action,
+            mode,
+            protocol,
+            ports: Vec::new(),
+            networks: Vec::new(),
+            hosts: Vec::new(),
+            unix: unix.iter().map(|s| (*s).to_owned()).collect(),
+            discover: Some(discover),
+        };
+        match *target {
+            Target::Sockets(unix, discover) => {
+                self.endpoints.push(endpoint(Protocol::Any, unix, discover));
+            }
+            Target::Listeners(discover) => {
+                self.endpoints.push(endpoint(Protocol::Tcp, &[], discover));
+            }
+            Target::Paths(paths, access) => self.paths.push(CompiledPathRule {
+                id,
+                name,
+                access,
+                action,
+                mode,
+                paths: paths.iter().filter_map(|p| PathSpec::internal(p)).collect(),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_entry_is_on_by_default_and_each_can_be_turned_off() {
+        let b = Builtins::compile(
+            &Executors::default(),
+            &StartupFiles::default(),
+            Mode::Enforce,
+        );
+        let names: Vec<&str> = b.entries.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "guard:executors/terminals",
+                "guard:executors/systemd",
+                "guard:executors/dbus",
+                "guard:executors/sshd",
+                "guard:executors/scheduler",
+                "guard:startup-files/shell",
+                "guard:startup-files/ssh",
+                "guard:startup-files/autostart",
+                "guard:startup-files/git",
+            ]
+        );
+        assert!(b.entries.iter().all(|e| e.action == Some(Action::Deny)
+            && e.set_by == "default"
+            && e.mode == Mode::Enforce));
+        assert_eq!((b.endpoints.len(), b.paths.len()), (4, 5));
+        // Every fixed path is a valid rule path.
+        assert_eq!(b.paths[0].paths.len(), SCHEDULER_PATHS.len());
+        assert_eq!(b.paths[1].paths.len(), SHELL_FILES.len());
+        let ids: Vec<u32> = b
+            .endpoints
+            .iter()
+            .map(|r| r.id)
+            .chain(b.paths.iter().map(|r| r.id))
+            .collect();
+        assert_eq!(
+            ids,
+            (FIRST_BUILTIN_ID..FIRST_BUILTIN_ID + 9).collect::<Vec<_>>()
+        );
+
+        let off = Executors {
+            action: BuiltinAction::Audit,
+            terminals: Some(BuiltinAction::Allow),
+            sshd: Some(BuiltinAction::Kill),
+            ..Executors::default()
+        };
+        let b = Builtins::compile(&off, &StartupFiles::default(), Mode::Enforce);
+        let e = |n: &str| b.entries.iter().find(|e| e.name.ends_with(n)).unwrap();
+        assert_eq!(e("terminals").action, None);
+        assert_eq!(e("terminals").set_by, "spec.executors.terminals");
+        assert_eq!(e("sshd").action, Some(Action::Kill));
+        assert_eq!(e("dbus").action, Some(Action::Audit));
+        assert_eq!(e("dbus").set_by, "spec.executors.action");
+        assert_eq!(b.endpoints.len(), 3);
+    }
+}
