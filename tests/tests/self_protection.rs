@@ -514,8 +514,15 @@ fn hostile_tree_on_the_lsm_tier(
         "/proc/PID/mem: {}",
         text(&out)
     );
+    // The capability ceiling may refuse CAP_SYS_PTRACE first (the capability LSM asks for it
+    // before the BPF LSM's ptrace_access_check runs): refused either way, and recorded.
     event(d, "the ptrace event", |e| {
-        e["hook"] == "lsm_ptrace_access_check" && e["result"] == "denied"
+        e["result"] == "denied"
+            && (e["hook"] == "lsm_ptrace_access_check"
+                || (e["rule"] == "guard:capability-ceiling"
+                    && e["object"]["operation"]
+                        .as_str()
+                        .is_some_and(|o| o.contains("CAP_SYS_PTRACE"))))
     });
     assert!(
         free(pid).is_some(),

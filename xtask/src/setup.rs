@@ -301,6 +301,14 @@ const TEST_TOOLS: &[(&str, &str)] = &[
     ("tcpdump", "tcpdump"),
     ("strace", "strace"),
     ("mkfs.ext4", "e2fsprogs"),
+    // The deputies the no-deputies tests start and attack through.
+    ("tmux", "tmux"),
+    ("atd", "at"),
+    ("sshd", "openssh-server"),
+    ("ssh", "openssh-client"),
+    ("ssh-keygen", "openssh-client"),
+    ("socat", "socat"),
+    ("iptables", "iptables"),
     // The agents' command-line tools come from the npm registry (see agent_clis.rs).
     ("npm", "npm"),
 ];

@@ -12,7 +12,7 @@
 use serde::Deserialize;
 
 use super::{
-    compile::{CompiledEndpointRule, CompiledPathRule, DELETE, EXEC, WRITE},
+    compile::{CompiledEndpointRule, CompiledPathRule, DELETE, WRITE},
     model::{Action, BuiltinAction, Mode, Protocol},
     pattern::PathSpec,
 };
@@ -85,7 +85,9 @@ const DBUS_SOCKETS: &[&str] = &[
     "/var/run/dbus/system_bus_socket",
 ];
 
-/// Job spools and their clients: writing a job or running the client that writes one.
+/// Job spools: writing a job, whoever's client does it (`at` and `crontab` write here). The
+/// clients themselves are not protected: a rule protects a file by identity, and where they are
+/// links to a multi-call binary (busybox) that would take every other command with them.
 const SCHEDULER_PATHS: &[&str] = &[
     "/var/spool/cron",
     "/var/spool/at",
@@ -97,10 +99,6 @@ const SCHEDULER_PATHS: &[&str] = &[
     "/etc/cron.weekly",
     "/etc/cron.monthly",
     "/etc/anacrontab",
-    "/usr/bin/at",
-    "/usr/bin/batch",
-    "/usr/bin/crontab",
-    "/usr/bin/systemd-run",
 ];
 
 const SHELL_FILES: &[&str] = &[
@@ -187,9 +185,9 @@ const EXECUTORS: &[EntrySpec] = &[
     },
     EntrySpec {
         name: "scheduler",
-        covers: "at, batch, cron and anacron spools and their clients (at, batch, crontab, \
-                 systemd-run)",
-        target: Target::Paths(SCHEDULER_PATHS, WRITE | DELETE | EXEC),
+        covers: "at, batch, cron and anacron spools and /etc/cron*: the jobs at, batch and \
+                 crontab write",
+        target: Target::Paths(SCHEDULER_PATHS, WRITE | DELETE),
     },
 ];
 
