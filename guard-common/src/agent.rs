@@ -212,6 +212,9 @@ pub mod recognised {
     /// The process's cgroup, or one above it (the root is the cgroup: `ProcKey { tgid: 0,
     /// start_ns: cgroup id }`).
     pub const CGROUP: u32 = 5;
+    /// A file an agent wrote: the process runs it, or an interpreter reads it
+    /// (`ProcessEvent::script` holds the file's name).
+    pub const DEFERRED: u32 = 6;
 
     pub const fn name(reason: u32) -> &'static str {
         match reason {
@@ -220,6 +223,7 @@ pub mod recognised {
             ENV => "env",
             PATH => "path",
             CGROUP => "cgroup",
+            DEFERRED => "deferred",
             _ => "unknown",
         }
     }

@@ -13,6 +13,7 @@ pub mod maps;
 pub mod net;
 pub mod offsets;
 pub mod selfprot;
+pub mod taint;
 
 /// Identity of a process: pids are reused, `(tgid, start)` is not.
 ///
@@ -76,6 +77,8 @@ pub mod tag_flags {
     /// dropping capabilities) before it execs the command: the capability ceiling leaves it
     /// alone. Cleared when it execs; never inherited.
     pub const SETUP: u32 = 1 << 8;
+    /// The root runs a file an agent wrote (deferred execution); `agent_id` is that agent's.
+    pub const DEFERRED: u32 = 1 << 9;
 }
 
 /// The tag of a process that belongs to an agent tree. Keyed by tgid in [`maps::TAGS`].

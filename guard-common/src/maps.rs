@@ -86,6 +86,16 @@ pub const CAP_CEILING: &str = "GUARD_CAP_CEILING";
 pub const DEPUTY_SEEN: &str = "GUARD_DEPUTY_SEEN";
 pub const DEPUTY_SEEN_MAX: u32 = 4096;
 
+/// [`crate::file::FileKey`] → [`crate::taint::Taint`]: files tagged processes wrote. Pinned;
+/// the oldest are forgotten first when it is full.
+pub const TAINTED: &str = "GUARD_TAINTED";
+pub const TAINTED_MAX: u32 = 65_536;
+/// comm → [`crate::taint::reader`]: programs that act on the agent-written files they read.
+pub const TAINT_READERS: &str = "GUARD_TAINT_READERS";
+/// tgid → [`crate::taint::Deferred`]: an exec of an agent-written script, between
+/// `bprm_check_security` and the exec tracker.
+pub const DEFERRED_PENDING: &str = "GUARD_DEFERRED_PENDING";
+
 /// Program names (the function names in guard-ebpf).
 pub mod programs {
     pub const FORK: &str = "guard_fork";
@@ -142,13 +152,15 @@ pub mod lsm_programs {
     pub const FILE_IOCTL: &str = "guard_lsm_file_ioctl";
     pub const FILE_IOCTL_COMPAT: &str = "guard_lsm_file_ioctl_compat";
     pub const CAPABLE: &str = "guard_lsm_capable";
+    pub const BPRM_CHECK: &str = "guard_lsm_bprm_check";
 
     /// No deputies: keystrokes into terminals, the capability ceiling (process access is the
     /// self-protection hook `ptrace_access_check`, which decides both).
-    pub const DEPUTY: [(&str, &str); 3] = [
+    pub const DEPUTY: [(&str, &str); 4] = [
         (FILE_IOCTL, "file_ioctl"),
         (FILE_IOCTL_COMPAT, "file_ioctl_compat"),
         (CAPABLE, "capable"),
+        (BPRM_CHECK, "bprm_check_security"),
     ];
 
     /// The self-protection hooks.
@@ -281,7 +293,7 @@ pub const FILE_HIT: &str = "GUARD_FILE_HIT";
 
 /// Every map of the kernel object, by name. guard-ebpf's `#[map(name = …)]` takes a literal,
 /// so a rootless test compares the compiled object with this list.
-pub const ALL: [&str; 32] = [
+pub const ALL: [&str; 35] = [
     TAGS,
     AGENT_EXES,
     AGENT_SCRIPTS,
@@ -314,6 +326,9 @@ pub const ALL: [&str; 32] = [
     LAYOUT,
     CAP_CEILING,
     DEPUTY_SEEN,
+    TAINTED,
+    TAINT_READERS,
+    DEFERRED_PENDING,
 ];
 
 /// Every global the loader sets, by name.
@@ -328,7 +343,7 @@ pub const GLOBALS: [&str; 7] = [
 ];
 
 /// Every program of the kernel object, by function name.
-pub const ALL_PROGRAMS: [&str; 48] = [
+pub const ALL_PROGRAMS: [&str; 49] = [
     programs::FORK,
     programs::EXEC,
     programs::CGROUP_JOIN,
@@ -369,6 +384,7 @@ pub const ALL_PROGRAMS: [&str; 48] = [
     lsm_programs::FILE_IOCTL,
     lsm_programs::FILE_IOCTL_COMPAT,
     lsm_programs::CAPABLE,
+    lsm_programs::BPRM_CHECK,
     file_programs::CTIME_XCHG,
     file_programs::CTIME_SKIP,
     file_programs::CTIME_SET,

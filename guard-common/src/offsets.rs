@@ -98,8 +98,11 @@ pub struct FileOffsets {
     pub valid: u32,
     /// `inode.i_mode`
     pub inode_mode: u32,
+    /// `inode.i_generation`
+    pub inode_generation: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<FileOffsets>() == 56);
+const _: () = assert!(core::mem::size_of::<FileOffsets>() == 64);
 
 /// Offsets for the BPF LSM programs (probes/lsm.rs): the hook arguments' structs.
 #[repr(C)]

@@ -278,6 +278,8 @@ static GUARD_FILE_OFFSETS: guard_common::offsets::FileOffsets =
         regs_arg1: 0,
         valid: 0,
         inode_mode: 0,
+        inode_generation: 0,
+        _pad: 0,
     };
 
 #[inline(always)]
@@ -362,3 +364,18 @@ pub static CAP_CEILING: Array<guard_common::deputy::CapMask> = Array::pinned(2, 
 #[map(name = "GUARD_DEPUTY_SEEN")]
 pub static DEPUTY_SEEN: aya_ebpf::maps::LruHashMap<u64, u64> =
     aya_ebpf::maps::LruHashMap::with_max_entries(guard_common::maps::DEPUTY_SEEN_MAX, 0);
+
+/// Files tagged processes wrote, by identity. Pinned: a file written before a restart is
+/// still the agent's.
+#[map(name = "GUARD_TAINTED")]
+pub static TAINTED: aya_ebpf::maps::LruHashMap<FileKey, guard_common::taint::Taint> =
+    aya_ebpf::maps::LruHashMap::pinned(guard_common::maps::TAINTED_MAX, 0);
+
+/// comm → what an untagged reader of an agent-written file becomes tagged for.
+#[map(name = "GUARD_TAINT_READERS")]
+pub static TAINT_READERS: HashMap<NameKey, u32> = HashMap::pinned(64, 0);
+
+/// tgid → an exec of an agent-written script, for the exec tracker.
+#[map(name = "GUARD_DEFERRED_PENDING")]
+pub static DEFERRED_PENDING: aya_ebpf::maps::LruHashMap<u32, guard_common::taint::Deferred> =
+    aya_ebpf::maps::LruHashMap::with_max_entries(1024, 0);

@@ -365,6 +365,8 @@ pub fn file_offsets(btf: &Btf) -> Result<FileOffsets, BtfError> {
         regs_arg1,
         valid: 1,
         inode_mode: off("inode", "i_mode")?,
+        inode_generation: off("inode", "i_generation")?,
+        _pad: 0,
     })
 }
 

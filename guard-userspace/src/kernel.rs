@@ -224,6 +224,7 @@ impl Loading {
         lsm_error: Option<String>,
     ) -> Result<Kernel, KernelError> {
         let ebpf = &mut self.ebpf;
+        fill_taint_readers(ebpf)?;
         Ok(Kernel {
             tags: take_map(ebpf, maps::TAGS)?,
             agent_exes: take_map(ebpf, maps::AGENT_EXES)?,
@@ -247,6 +248,21 @@ impl Loading {
             _ebpf: self.ebpf,
         })
     }
+}
+
+/// The programs that act on the agent-written files they read (deferred execution).
+fn fill_taint_readers(ebpf: &mut Ebpf) -> Result<(), KernelError> {
+    let mut readers: HashMap<MapData, NameKey, u32> = take_map(ebpf, maps::TAINT_READERS)?;
+    for (comm, kind) in guard_common::taint::READERS {
+        let key = NameKey::new(comm.as_bytes(), guard_common::agent::COMM_LEN - 1);
+        readers
+            .insert(key, kind, 0)
+            .map_err(|source| KernelError::Map {
+                name: maps::TAINT_READERS,
+                source,
+            })?;
+    }
+    Ok(())
 }
 
 /// Loaded and attached programs plus handles to the trackers' maps.

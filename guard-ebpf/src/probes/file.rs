@@ -98,9 +98,12 @@ pub struct Hit {
 }
 
 fn try_changed(inode: *const u8) -> Result<(), i32> {
-    let Some(Caller { tgid, tag }) = tagged() else {
+    let Some(caller) = tagged() else {
         return Ok(());
     };
+    // Whatever a tagged process changes is its agent's from now on (deferred execution).
+    super::taint::wrote(&caller, inode);
+    let Caller { tgid, tag } = caller;
     let o = file_offsets();
     if o.valid == 0 {
         return Err(-1);

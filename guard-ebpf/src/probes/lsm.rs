@@ -415,9 +415,21 @@ fn on_file(file: *const u8, want: u32, hook: u32) -> i32 {
 #[lsm(hook = "file_open")]
 pub fn guard_lsm_file_open(ctx: LsmContext) -> i32 {
     let file: *const u8 = ctx.arg(0);
-    if !is_tagged() {
-        return 0;
+    match tagged() {
+        // An untagged reader of a file an agent wrote may be running the agent's code.
+        None => {
+            super::taint::reader_opened(file);
+            0
+        }
+        Some(caller) => tagged_open(&caller, file),
     }
+}
+
+/// A tagged process's open: decided on the object, and its writes remembered. A function of
+/// its own (a BPF subprogram), like the reader's path: each keeps its own stack frame, and the
+/// two together would exceed the 512 bytes a program may use.
+#[inline(never)]
+fn tagged_open(caller: &Caller, file: *const u8) -> i32 {
     let lo = lsm_offsets();
     if lo.valid == 0 {
         return file_error();
@@ -436,7 +448,14 @@ pub fn guard_lsm_file_open(ctx: LsmContext) -> i32 {
     if mode & FMODE_EXEC != 0 || flags & FMODE_EXEC_FLAG != 0 {
         want |= access::EXEC;
     }
-    on_file(file, want, lsm_hook::FILE_OPEN)
+    let verdict = on_file(file, want, lsm_hook::FILE_OPEN);
+    if verdict == 0
+        && want & access::WRITE != 0
+        && let Ok(inode) = read::<*const u8>(file, lo.file_inode)
+    {
+        super::taint::wrote(caller, inode);
+    }
+    verdict
 }
 
 /// `file_truncate(struct file *file)` (Linux ≥ 6.2): `ftruncate` and `O_TRUNC`.

@@ -6,3 +6,4 @@ pub mod lsm;
 pub mod net;
 pub mod process;
 pub mod recognise;
+pub mod taint;

@@ -235,6 +235,14 @@ fn try_exec(bprm: *const u8) -> Result<(), i32> {
     let Some(found) = recognise(&comm, bprm)? else {
         return Ok(());
     };
+    make_root(&found)
+}
+
+/// Make the current, untagged process the root of a tree of `found`'s agent (or a member of
+/// its cgroup's tree), and record it. A process the tag map cannot take is killed: an agent
+/// that cannot be contained does not run.
+pub(super) fn make_root(found: &Match) -> Result<(), i32> {
+    let tgid = current_tgid();
     let o = offsets();
     if o.valid == 0 {
         return Err(-1);
@@ -252,6 +260,7 @@ fn try_exec(bprm: *const u8) -> Result<(), i32> {
         recognised::ENV => tag_flags::BY_ENV,
         recognised::SCRIPT => tag_flags::BY_SCRIPT,
         recognised::PATH => tag_flags::BY_PATH,
+        recognised::DEFERRED => tag_flags::DEFERRED,
         _ => 0,
     };
     let tag = Tag {
@@ -274,12 +283,12 @@ fn try_exec(bprm: *const u8) -> Result<(), i32> {
             key,
             ppid,
             i32::from(killed),
-            &found,
+            found,
         );
         return Ok(());
     }
     count(Counter::AgentExecs);
-    emit(EventKind::AgentExec, &tag, key, ppid, 0, &found);
+    emit(EventKind::AgentExec, &tag, key, ppid, 0, found);
     Ok(())
 }
 

@@ -210,6 +210,7 @@ pub(super) async fn start_pipeline(
             responders: vec![
                 Arc::new(net.clone()) as Arc<dyn Responder>,
                 Arc::new(crate::tagmap::ChildKiller),
+                Arc::new(crate::tags::deferred::DeferredNotice),
             ],
             net: Arc::new(net.clone()),
             lifecycle_lines: cfg.lifecycle_events,

@@ -62,6 +62,8 @@ pub(super) fn status(state: &Shared) -> Reply<DaemonStatus> {
                 ioctl: lsm("file_ioctl"),
                 capable: lsm("capable"),
                 cap_capable: st.self_attached.attached.iter().any(|t| t == "cap_capable"),
+                bprm_check: lsm("bprm_check_security") && lsm("file_open"),
+                ctime: st.files.as_ref().is_some_and(|f| f.attached().detects()),
             };
             let ceiling: Vec<String> = st
                 .drop_caps

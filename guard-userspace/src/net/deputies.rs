@@ -342,6 +342,10 @@ pub struct KernelHooks {
     pub capable: bool,
     /// fallback `tp_btf/cap_capable` (the ceiling's operations kill-on-detect).
     pub cap_capable: bool,
+    /// bpf-lsm `bprm_check_security` and `file_open` (deferred execution: scripts, readers).
+    pub bprm_check: bool,
+    /// fallback ctime tracepoints (deferred execution: the writes of tagged processes).
+    pub ctime: bool,
 }
 
 /// The built-in rules decided in the kernel for every tagged process, with how this tier
@@ -360,6 +364,13 @@ fn kernel_rules(hooks: KernelHooks, ceiling: &[String]) -> Vec<BuiltinRuleStatus
         mechanism,
     };
     vec![
+        rule(
+            "guard:deferred-execution",
+            "tag enforce",
+            "a file an agent wrote, run later by anyone: directly, through #!, or as an \
+             interpreter's code; git reading an agent-written .git/config",
+            deferred_mechanism(hooks),
+        ),
         rule(
             crate::events::deputy::RULE_PROCESS_ACCESS,
             "deny enforce",
@@ -413,6 +424,27 @@ fn kernel_rules(hooks: KernelHooks, ceiling: &[String]) -> Vec<BuiltinRuleStatus
     ]
 }
 
+/// How this tier makes the runner of an agent-written file a root of that agent.
+fn deferred_mechanism(hooks: KernelHooks) -> String {
+    if hooks.bprm_check {
+        "enforced: writes recorded at lsm/file_open (device, inode, generation); \
+         lsm/bprm_check_security sees every file an exec runs (binaries and #! scripts), \
+         lsm/file_open an untagged interpreter opening agent-written code (executable, or named \
+         .sh, .py, .js, …) and git opening an agent-written .git/config"
+            .to_owned()
+    } else if hooks.ctime {
+        "partly: writes recorded by the ctime tracepoints; an exec whose image an agent wrote \
+         (a binary it built or copied) starts a root of that agent. Not covered without BPF \
+         LSM: #! scripts (the exec has let go of the script's file by the time the exec \
+         tracker runs) and scripts given to an interpreter"
+            .to_owned()
+    } else {
+        "not-covered: this kernel has neither BPF LSM nor the ctime tracepoints (Linux >= \
+         6.13) that see a tagged process's writes"
+            .to_owned()
+    }
+}
+
 /// Deputy channels no rule here stops for agents recognised at exec, on this tier.
 fn not_covered(hooks: KernelHooks) -> Vec<String> {
     let mut out = Vec::new();
@@ -437,10 +469,16 @@ fn not_covered(hooks: KernelHooks) -> Vec<String> {
                 .to_owned(),
         );
     }
+    if !hooks.bprm_check {
+        out.push(
+            "an agent-written script an untagged process runs later (a git hook, a generated \
+             script, a script given to an interpreter) or a repository's .git/config git \
+             reads: guard:deferred-execution needs BPF LSM for them"
+                .to_owned(),
+        );
+    }
     out.extend(
         [
-            "files an agent writes that an untagged process runs later: git hooks, scripts, \
-             binaries, a repository's .git/config (core.fsmonitor, core.hooksPath, aliases)",
             "tunnels that do not say where they lead: kubectl port-forward, ssh -D (SOCKS) and \
              forwarders configured in a file (ssh_config LocalForward) until a connection \
              through them to a protected endpoint is seen",

@@ -14,6 +14,7 @@ use serde::Serialize;
 use crate::kernel::Kernel;
 
 pub mod cgroups;
+pub mod deferred;
 mod markers;
 pub mod paths;
 mod recognition;

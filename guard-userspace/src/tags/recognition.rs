@@ -24,6 +24,8 @@ pub fn recognition(pid: u32, flags: u32, agents: &[AgentSpec]) -> String {
         "script".to_owned()
     } else if flags & tag_flags::BY_PATH != 0 {
         "install path".to_owned()
+    } else if flags & tag_flags::DEFERRED != 0 {
+        "deferred (it runs a file the agent wrote)".to_owned()
     } else if flags & tag_flags::FROM_RUN != 0 {
         "guard run".to_owned()
     } else {

@@ -43,6 +43,10 @@ const HOST_TOOLS: &[(&str, &str)] = &[
     ("curl", "HTTP clients for the network tests"),
     ("nc", "TCP/UDP/unix clients for the network tests"),
     ("strace", "the self-protection tests trace the daemon"),
+    (
+        "git",
+        "deferred execution: git reading a .git/config an agent wrote",
+    ),
 ];
 
 /// Parts of the Python standard library no test imports (and the big ones).

@@ -151,6 +151,8 @@ pub const SMOKE: &[&str] = &[
     "self_protection::a_hostile_root_agent_tree",
     "deputies::processes_and_terminals_outside_the_tree",
     "deputies::root_agents_stay_under_the_capability_ceiling",
+    "deputies::files_an_agent_wrote_stay_its",
+    "deputies::git_reading_a_config",
 ];
 
 impl Args {

@@ -44,6 +44,15 @@ pub fn recognise(comm: &[u8; 16], bprm: *const u8) -> Result<Option<Match>, i32>
             cgroup,
         }));
     }
+    // A file an agent wrote: the script this exec runs, or the image itself.
+    if let Some(agent_id) = super::taint::at_exec(bprm, &mut matched) {
+        return Ok(Some(Match {
+            agent_id,
+            reason: recognised::DEFERRED,
+            matched,
+            cgroup: 0,
+        }));
+    }
     if let Some(id) = AGENT_EXES.get_ptr(&comm_key) {
         // SAFETY: map value pointer from a successful lookup.
         let agent_id = unsafe { *id };
