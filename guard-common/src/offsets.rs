@@ -100,7 +100,8 @@ pub struct FileOffsets {
     pub inode_mode: u32,
     /// `inode.i_generation`
     pub inode_generation: u32,
-    pub _pad: u32,
+    /// `super_block.s_magic`
+    pub sb_magic: u32,
 }
 const _: () = assert!(core::mem::size_of::<FileOffsets>() == 64);
 

@@ -279,7 +279,7 @@ static GUARD_FILE_OFFSETS: guard_common::offsets::FileOffsets =
         valid: 0,
         inode_mode: 0,
         inode_generation: 0,
-        _pad: 0,
+        sb_magic: 0,
     };
 
 #[inline(always)]

@@ -366,7 +366,7 @@ pub fn file_offsets(btf: &Btf) -> Result<FileOffsets, BtfError> {
         valid: 1,
         inode_mode: off("inode", "i_mode")?,
         inode_generation: off("inode", "i_generation")?,
-        _pad: 0,
+        sb_magic: off("super_block", "s_magic")?,
     })
 }
 

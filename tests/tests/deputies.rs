@@ -1120,3 +1120,67 @@ fn git_reading_a_config_an_agent_wrote_runs_contained() {
         assert!(nc.contains(".git/config"), "{nc}");
     }
 }
+
+/// A loopback listener whose arguments say it is a Jupyter kernel (`-m ipykernel_launcher`).
+const KERNEL: &str = r#"
+import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(8)
+print("ready", flush=True)
+while True:
+    s.accept()[0].close()
+"#;
+
+#[test]
+fn an_editors_ipc_socket_and_a_notebook_kernel_refuse_the_agent() {
+    let daemon = Daemon::start_with_policy(&policy("    []\n"));
+    let dir = tempfile::tempdir().unwrap();
+    let ipc = format!("/tmp/vscode-ipc-guard-test-{}.sock", std::process::id());
+    let _ipc_file = RemoveOnDrop(PathBuf::from(&ipc));
+    let editor =
+        network_support::UnixServer::start(&dir.path().join("count"), &[format!("stream={ipc}")]);
+    let port = free_port();
+    let _kernel = {
+        let mut c = Command::new("python3");
+        c.args(["-c", KERNEL, &port.to_string(), "-m", "ipykernel_launcher"])
+            .stdout(std::process::Stdio::piped());
+        let mut p = Proc::spawn(c);
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(p.child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        p
+    };
+    let listen = format!("127.0.0.1:{port}");
+    wait_found(&daemon, "the editor's socket and the kernel found", |d| {
+        found_has(d, "ide", &ipc) && found_has(d, "notebooks", &listen)
+    });
+    let sides = Sides::new();
+    for script in [
+        format!("python3 -c \"$CLIENT\" unix {ipc} 0"),
+        format!("python3 -c \"$CLIENT\" tcp 127.0.0.1 {port}"),
+    ] {
+        for (side, out) in sides.run(&daemon, &script) {
+            assert_eperm(&out, &format!("{side}: {script}"));
+        }
+        assert_ok(&untagged(&script), &format!("untagged: {script}"));
+    }
+    denied_events(&daemon, "guard:executors/ide", 2);
+    denied_events(&daemon, "guard:executors/notebooks", 2);
+    assert_eq!(
+        editor.count(),
+        1,
+        "only the untagged connection reached the editor"
+    );
+}
+
+/// Removes a file on drop.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}

@@ -33,6 +33,33 @@ use crate::{
 const S_IFMT: u16 = 0o170_000;
 const S_IFREG: u16 = 0o100_000;
 
+/// Whether a filesystem (by `s_magic`) stores files people write and run: disk filesystems,
+/// tmpfs, overlay, network and FUSE ones. Pseudo filesystems are not (a pidfd is a regular
+/// file of pidfs, shared by everyone who opens that process).
+#[inline(always)]
+fn stores_files(magic: u32) -> bool {
+    matches!(
+        magic,
+        0xEF53 // ext2, ext3, ext4
+            | 0x5846_5342 // xfs
+            | 0x9123_683E // btrfs
+            | 0xCA45_1A4E // bcachefs
+            | 0x0102_1994 // tmpfs
+            | 0x794C_7630 // overlayfs
+            | 0xF2F5_2010 // f2fs
+            | 0x2FC1_2FC1 // zfs
+            | 0x6969 // nfs
+            | 0xFE53_4D42 // smb2
+            | 0xFF53_4D42 // cifs
+            | 0x6573_5546 // fuse
+            | 0x4D44 // vfat
+            | 0x2011_BAB0 // exfat
+            | 0x7366_746E // ntfs3
+            | 0x3153_464A // jfs
+            | 0x5265_4973 // reiserfs
+    )
+}
+
 #[inline(always)]
 fn read<T>(base: *const u8, off: u32) -> Result<T, i32> {
     // SAFETY: bpf_probe_read_kernel validates the address.
@@ -51,6 +78,10 @@ fn identity(inode: *const u8) -> Result<Option<(FileKey, u32)>, i32> {
         return Ok(None);
     }
     let sb: *const u8 = read(inode, fo.inode_sb)?;
+    let magic: u32 = read(sb, fo.sb_magic)?;
+    if !stores_files(magic) {
+        return Ok(None);
+    }
     let dev: u32 = read(sb, fo.sb_dev)?;
     let ino: u64 = read(inode, fo.inode_ino)?;
     let generation: u32 = read(inode, fo.inode_generation)?;
@@ -207,7 +238,8 @@ pub fn reader_opened(file: *const u8) {
 #[inline(always)]
 fn is_code(inode: *const u8, name: &[u8; NAME_LEN]) -> bool {
     let mode: u16 = read(inode, file_offsets().inode_mode).unwrap_or(0);
-    if mode & 0o111 != 0 {
+    // direnv has bash source `.envrc` when the human enters the directory.
+    if mode & 0o111 != 0 || &name[..7] == b".envrc\0" {
         return true;
     }
     // The extension: what follows the last '.', up to the NUL.

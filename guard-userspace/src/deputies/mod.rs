@@ -64,6 +64,12 @@ pub struct Found {
     pub dbus: Vec<Server>,
     /// sshd listeners.
     pub sshd: Vec<Server>,
+    /// X11 and Wayland display sockets.
+    pub desktop: Vec<Server>,
+    /// Editors' CLI IPC sockets.
+    pub ide: Vec<Server>,
+    /// Jupyter kernels' and servers' listeners.
+    pub notebooks: Vec<Server>,
     pub forwarders: Vec<Forwarder>,
     /// This host's addresses: a wildcard listener is reached on each of them.
     pub local_addrs: BTreeSet<IpAddr>,
@@ -85,6 +91,18 @@ fn is_bus(comm: &str) -> bool {
     comm.starts_with("dbus-daemon") || comm.starts_with("dbus-broker")
 }
 
+/// Processes that may be a Jupyter kernel or server (their arguments say).
+fn may_be_notebook(comm: &str) -> bool {
+    comm.starts_with("python") || comm.starts_with("jupyter") || comm.starts_with("ipykernel")
+}
+
+fn is_notebook(p: &Proc) -> bool {
+    p.comm.starts_with("jupyter")
+        || p.cmdline
+            .iter()
+            .any(|a| a.contains("ipykernel") || a.contains("jupyter"))
+}
+
 /// Look at the host.
 pub fn scan(ctx: &dyn Context) -> Found {
     let tables = Tables::read();
@@ -102,6 +120,7 @@ pub fn scan(ctx: &dyn Context) -> Found {
             || is_terminal(comm)
             || is_bus(comm)
             || comm == "sshd"
+            || may_be_notebook(comm)
             || forwarders::reads_arguments(comm)
     });
     let mut found = Found {
@@ -109,6 +128,24 @@ pub fn scan(ctx: &dyn Context) -> Found {
         systemd_users: run_user_sockets("systemd/private"),
         ..Found::default()
     };
+    for path in sockets_in("/tmp/.X11-unix", "X", "") {
+        // X clients try the abstract name first.
+        found
+            .desktop
+            .push(file_server("display", &format!("@{path}")));
+        found.desktop.push(file_server("display", &path));
+    }
+    for run_user in run_user_dirs() {
+        for path in sockets_in(&run_user, "wayland-", "") {
+            found.desktop.push(file_server("display", &path));
+        }
+        for path in sockets_in(&run_user, "vscode-ipc-", ".sock") {
+            found.ide.push(file_server("editor IPC", &path));
+        }
+    }
+    for path in sockets_in("/tmp", "vscode-ipc-", ".sock") {
+        found.ide.push(file_server("editor IPC", &path));
+    }
     for bus in run_user_sockets("bus") {
         found.dbus.push(Server {
             pid: 0,
@@ -134,6 +171,9 @@ pub fn scan(ctx: &dyn Context) -> Found {
         } else if p.comm == "sshd" {
             let tcp = p.sockets.iter().filter_map(|i| tables.tcp_listeners.get(i));
             found.sshd.extend(tcp.map(|a| server(a.to_string())));
+        } else if may_be_notebook(&p.comm) && is_notebook(p) && !ctx.tagged(p.pid) {
+            let tcp = p.sockets.iter().filter_map(|i| tables.tcp_listeners.get(i));
+            found.notebooks.extend(tcp.map(|a| server(a.to_string())));
         }
         if !ctx.tagged(p.pid) {
             found
@@ -147,6 +187,8 @@ pub fn scan(ctx: &dyn Context) -> Found {
     found.dbus.dedup_by(|a, b| a.socket == b.socket);
     found.sshd.sort();
     found.sshd.dedup();
+    found.notebooks.sort();
+    found.notebooks.dedup();
     found.forwarders.sort();
     found.forwarders.dedup();
     found
@@ -211,17 +253,55 @@ fn forwarders_of(p: &Proc, tables: &Tables, protected: &BTreeSet<u64>) -> Vec<Fo
 /// `/run/user/*/NAME` that exist as sockets.
 fn run_user_sockets(name: &str) -> Vec<String> {
     use std::os::unix::fs::FileTypeExt;
-    let Ok(dirs) = std::fs::read_dir("/run/user") else {
-        return Vec::new();
-    };
-    let mut out: Vec<String> = dirs
-        .filter_map(Result::ok)
-        .map(|d| d.path().join(name))
+    let mut out: Vec<String> = run_user_dirs()
+        .into_iter()
+        .map(|d| std::path::Path::new(&d).join(name))
         .filter(|p| std::fs::metadata(p).is_ok_and(|m| m.file_type().is_socket()))
         .filter_map(|p| p.to_str().map(str::to_owned))
         .collect();
     out.sort();
     out
+}
+
+/// Every `/run/user/UID`.
+fn run_user_dirs() -> Vec<String> {
+    std::fs::read_dir("/run/user")
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter_map(|e| e.path().to_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Sockets in `dir` named `PREFIX…SUFFIX`.
+fn sockets_in(dir: &str, prefix: &str, suffix: &str) -> Vec<String> {
+    use std::os::unix::fs::FileTypeExt;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = entries
+        .filter_map(Result::ok)
+        .filter(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.starts_with(prefix)
+                && name.ends_with(suffix)
+                && e.file_type().is_ok_and(|t| t.is_socket())
+        })
+        .filter_map(|e| e.path().to_str().map(str::to_owned))
+        .collect();
+    out.sort();
+    out
+}
+
+/// A socket file found by its name (no process looked at).
+fn file_server(what: &str, socket: &str) -> Server {
+    Server {
+        pid: 0,
+        comm: what.to_owned(),
+        socket: socket.to_owned(),
+    }
 }
 
 /// The addresses of this host's interfaces (loopback included).

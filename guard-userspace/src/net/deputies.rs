@@ -106,9 +106,18 @@ pub fn rules(
             }
             Some(Discover::SystemdUsers) => r.unix.extend(found.systemd_users.iter().cloned()),
             Some(Discover::Dbus) => r.unix.extend(found.dbus.iter().map(|s| s.socket.clone())),
-            Some(Discover::Sshd) => {
-                let listeners: Vec<SocketAddr> = found
-                    .sshd
+            Some(Discover::Desktop) => {
+                r.unix
+                    .extend(found.desktop.iter().map(|s| s.socket.clone()));
+            }
+            Some(Discover::Ide) => r.unix.extend(found.ide.iter().map(|s| s.socket.clone())),
+            Some(kind @ (Discover::Sshd | Discover::Notebooks)) => {
+                let servers = if kind == Discover::Sshd {
+                    &found.sshd
+                } else {
+                    &found.notebooks
+                };
+                let listeners: Vec<SocketAddr> = servers
                     .iter()
                     .filter_map(|s| s.socket.parse().ok())
                     .collect();
@@ -200,8 +209,15 @@ pub fn describe(
     let servers = match rule_name {
         "guard:executors/terminals" => &found.terminals,
         "guard:executors/dbus" => &found.dbus,
-        "guard:executors/sshd" => {
-            let s = found.sshd.iter().find(|s| {
+        "guard:executors/desktop" => &found.desktop,
+        "guard:executors/ide" => &found.ide,
+        "guard:executors/sshd" | "guard:executors/notebooks" => {
+            let list = if rule_name.ends_with("sshd") {
+                &found.sshd
+            } else {
+                &found.notebooks
+            };
+            let s = list.iter().find(|s| {
                 s.socket
                     .parse::<SocketAddr>()
                     .is_ok_and(|l| l.port() == port && addr.is_some())
@@ -280,7 +296,7 @@ pub fn status(
             set_by: e.set_by.clone(),
             covers: e.covers.to_owned(),
             mechanism: match e.name.as_str() {
-                "guard:executors/sshd" => tcp.to_owned(),
+                "guard:executors/sshd" | "guard:executors/notebooks" => tcp.to_owned(),
                 n if n.starts_with("guard:executors/") && !n.ends_with("/scheduler") => {
                     unix.to_owned()
                 }
@@ -304,6 +320,9 @@ pub fn status(
     found_by_kind.insert("systemd".to_owned(), found.systemd_users.clone());
     found_by_kind.insert("dbus".to_owned(), servers(&found.dbus));
     found_by_kind.insert("sshd".to_owned(), servers(&found.sshd));
+    found_by_kind.insert("desktop".to_owned(), servers(&found.desktop));
+    found_by_kind.insert("ide".to_owned(), servers(&found.ide));
+    found_by_kind.insert("notebooks".to_owned(), servers(&found.notebooks));
     DeputiesStatus {
         rules,
         found: found_by_kind,
@@ -484,6 +503,10 @@ fn not_covered(hooks: KernelHooks) -> Vec<String> {
              through them to a protected endpoint is seen",
             "servers and listeners in other network namespaces (containers): the host's \
              loopback is looked at",
+            "the ssh-agent socket: an agent can sign with the human's keys (it is how agents \
+             push over ssh); deny it with an endpoint rule on SSH_AUTH_SOCK's path",
+            "an editor's workspace tasks (.vscode/tasks.json with runOn: folderOpen) the \
+             editor runs when the folder is opened again",
         ]
         .map(str::to_owned),
     );

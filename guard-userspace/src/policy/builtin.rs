@@ -35,6 +35,9 @@ pub struct Executors {
     pub dbus: Option<BuiltinAction>,
     pub scheduler: Option<BuiltinAction>,
     pub sshd: Option<BuiltinAction>,
+    pub desktop: Option<BuiltinAction>,
+    pub ide: Option<BuiltinAction>,
+    pub notebooks: Option<BuiltinAction>,
 }
 
 /// `spec.startupFiles`.
@@ -63,6 +66,12 @@ pub enum Discover {
     Dbus,
     /// Every address and port a local sshd listens on.
     Sshd,
+    /// X11 and Wayland display sockets (input injection: `xdotool type`).
+    Desktop,
+    /// The editors' CLI IPC sockets (`VSCODE_IPC_HOOK_CLI`: VS Code, Cursor, Windsurf).
+    Ide,
+    /// Every address and port a Jupyter kernel or server listens on.
+    Notebooks,
 }
 
 /// One entry of a built-in set, as `guard status` lists it.
@@ -184,6 +193,23 @@ const EXECUTORS: &[EntrySpec] = &[
         target: Target::Listeners(Discover::Sshd),
     },
     EntrySpec {
+        name: "desktop",
+        covers: "X11 and Wayland display sockets: keystrokes typed into the human's windows \
+                 (xdotool, ydotool)",
+        target: Target::Sockets(&[], Discover::Desktop),
+    },
+    EntrySpec {
+        name: "ide",
+        covers: "the editors' CLI IPC sockets (VSCODE_IPC_HOOK_CLI of VS Code, Cursor, \
+                 Windsurf): commands run by the editor",
+        target: Target::Sockets(&[], Discover::Ide),
+    },
+    EntrySpec {
+        name: "notebooks",
+        covers: "Jupyter kernels and servers on this host: code they run for whoever connects",
+        target: Target::Listeners(Discover::Notebooks),
+    },
+    EntrySpec {
         name: "scheduler",
         covers: "at, batch, cron and anacron spools and /etc/cron*: the jobs at, batch and \
                  crontab write",
@@ -222,7 +248,7 @@ struct SetSpec {
     action: BuiltinAction,
     mode: Mode,
     entries: &'static [EntrySpec],
-    overrides: [Option<BuiltinAction>; 5],
+    overrides: [Option<BuiltinAction>; 8],
 }
 
 impl Builtins {
@@ -237,7 +263,16 @@ impl Builtins {
                 action: ex.action,
                 mode: ex.mode.unwrap_or(spec_mode),
                 entries: EXECUTORS,
-                overrides: [ex.terminals, ex.systemd, ex.dbus, ex.sshd, ex.scheduler],
+                overrides: [
+                    ex.terminals,
+                    ex.systemd,
+                    ex.dbus,
+                    ex.sshd,
+                    ex.desktop,
+                    ex.ide,
+                    ex.notebooks,
+                    ex.scheduler,
+                ],
             },
             SetSpec {
                 field: "startupFiles",
@@ -245,7 +280,16 @@ impl Builtins {
                 action: st.action,
                 mode: st.mode.unwrap_or(spec_mode),
                 entries: STARTUP_FILES,
-                overrides: [st.shell, st.ssh, st.autostart, st.git, None],
+                overrides: [
+                    st.shell,
+                    st.ssh,
+                    st.autostart,
+                    st.git,
+                    None,
+                    None,
+                    None,
+                    None,
+                ],
             },
         ];
         let mut b = Self::default();
@@ -328,6 +372,9 @@ mod tests {
                 "guard:executors/systemd",
                 "guard:executors/dbus",
                 "guard:executors/sshd",
+                "guard:executors/desktop",
+                "guard:executors/ide",
+                "guard:executors/notebooks",
                 "guard:executors/scheduler",
                 "guard:startup-files/shell",
                 "guard:startup-files/ssh",
@@ -338,7 +385,7 @@ mod tests {
         assert!(b.entries.iter().all(|e| e.action == Some(Action::Deny)
             && e.set_by == "default"
             && e.mode == Mode::Enforce));
-        assert_eq!((b.endpoints.len(), b.paths.len()), (4, 5));
+        assert_eq!((b.endpoints.len(), b.paths.len()), (7, 5));
         // Every fixed path is a valid rule path.
         assert_eq!(b.paths[0].paths.len(), SCHEDULER_PATHS.len());
         assert_eq!(b.paths[1].paths.len(), SHELL_FILES.len());
@@ -350,7 +397,7 @@ mod tests {
             .collect();
         assert_eq!(
             ids,
-            (FIRST_BUILTIN_ID..FIRST_BUILTIN_ID + 9).collect::<Vec<_>>()
+            (FIRST_BUILTIN_ID..FIRST_BUILTIN_ID + 12).collect::<Vec<_>>()
         );
 
         let off = Executors {
@@ -366,6 +413,6 @@ mod tests {
         assert_eq!(e("sshd").action, Some(Action::Kill));
         assert_eq!(e("dbus").action, Some(Action::Audit));
         assert_eq!(e("dbus").set_by, "spec.executors.action");
-        assert_eq!(b.endpoints.len(), 3);
+        assert_eq!(b.endpoints.len(), 6);
     }
 }
