@@ -28,6 +28,32 @@ fn policy(endpoints: &str) -> String {
     )
 }
 
+/// A production database in a network namespace (a listener on `db`:5432) and a daemon whose
+/// policy denies it (rule `prod-db`).
+struct ProdDb {
+    _net: Net,
+    db: String,
+    listener: Listener,
+    daemon: Daemon,
+}
+
+impl ProdDb {
+    fn start() -> Self {
+        let net = Net::new();
+        let db = net.a.clone();
+        let listener = Listener::start(&net, &["tcp:5432:0.0.0.0".to_owned()]);
+        let daemon = Daemon::start_with_policy(&policy(&format!(
+            "    - {{ name: prod-db, ips: [{db}], ports: [5432], action: deny }}\n"
+        )));
+        Self {
+            _net: net,
+            db,
+            listener,
+            daemon,
+        }
+    }
+}
+
 /// The two kinds of tagged tree, each running `script` in bash.
 struct Sides {
     claude: PathBuf,
@@ -71,8 +97,17 @@ impl Sides {
 }
 
 fn untagged(script: &str) -> Output {
-    let mut c = Command::new("bash");
+    bash_with(Path::new("bash"), script, &[])
+}
+
+/// `PROGRAM -c script` (bash, or a copy of it named like an agent) with the client script and
+/// `env` in its environment.
+fn bash_with(program: &Path, script: &str, env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(program);
     c.args(["-c", script]).env("CLIENT", CLIENT);
+    for (k, v) in env {
+        c.env(k, v);
+    }
     output(c)
 }
 
@@ -505,12 +540,12 @@ while True:
 
 #[test]
 fn forwarders_to_a_protected_endpoint_are_that_endpoint() {
-    let net = Net::new();
-    let db = net.a.clone();
-    let listener = Listener::start(&net, &["tcp:5432:0.0.0.0".to_owned()]);
-    let daemon = Daemon::start_with_policy(&policy(&format!(
-        "    - {{ name: prod-db, ips: [{db}], ports: [5432], action: deny }}\n"
-    )));
+    let ProdDb {
+        _net,
+        db,
+        listener,
+        daemon,
+    } = ProdDb::start();
     let sshd = Sshd::start();
     let [p_socat, p_ssh, p_relay] = free_ports::<3>();
     let socat = Proc::spawn({
@@ -532,19 +567,7 @@ fn forwarders_to_a_protected_endpoint_are_that_endpoint() {
         ]);
         c
     });
-    let relay = {
-        let mut c = Command::new("python3");
-        c.args(["-c", RELAY, &p_relay.to_string(), &db, "5432"])
-            .stdout(std::process::Stdio::piped());
-        let mut p = Proc::spawn(c);
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(p.child.stdout.take().unwrap()),
-            &mut line,
-        )
-        .unwrap();
-        p
-    };
+    let (relay, _) = python_ready(&[RELAY, &p_relay.to_string(), &db, "5432"]);
     // The relay says nothing about where it leads until a connection goes through it.
     let held = Proc::spawn({
         let mut c = Command::new("python3");
@@ -703,12 +726,18 @@ except OSError as e:
 
 /// A terminal the human has open: a pty pair held by an untagged process; its path.
 fn human_terminal() -> (Proc, String) {
-    let mut c = Command::new("python3");
-    c.args([
-        "-c",
+    python_ready(&[
         "import os, time\nm, s = os.openpty()\nprint(os.ttyname(s), flush=True)\ntime.sleep(600)",
     ])
-    .stdout(std::process::Stdio::piped());
+}
+
+/// `python3 -c CODE ARGS…`, untagged, once it printed its first line; the process and that
+/// line.
+fn python_ready(code_and_args: &[&str]) -> (Proc, String) {
+    let mut c = Command::new("python3");
+    c.arg("-c")
+        .args(code_and_args)
+        .stdout(std::process::Stdio::piped());
     let mut p = Proc::spawn(c);
     let mut line = String::new();
     std::io::BufRead::read_line(
@@ -807,9 +836,7 @@ fn processes_and_terminals_outside_the_tree_are_out_of_reach() {
         assert!(nc.contains("ptrace") && nc.contains("TIOCSTI"), "{nc}");
     }
     // Untagged, everything is allowed (root).
-    let mut c = Command::new("bash");
-    c.args(["-c", &script]).env("REACH", REACH);
-    let out = output(c);
+    let out = bash_with(Path::new("bash"), &script, &[("REACH", REACH)]);
     let results = reach_results(&out);
     assert_eq!(results.len(), 5, "untagged: {}", text(&out));
     assert!(
@@ -819,9 +846,7 @@ fn processes_and_terminals_outside_the_tree_are_out_of_reach() {
     );
     // A process of the agent's own tree stays in reach.
     let own = format!("sleep 30 & child=$!; python3 -c \"$REACH\" $child {tty}; kill $child");
-    let mut c = Command::new(&sides.claude);
-    c.args(["-c", &own]).env("REACH", REACH);
-    let out = output(c);
+    let out = bash_with(&sides.claude, &own, &[("REACH", REACH)]);
     let results = reach_results(&out);
     assert_eq!(results.len(), 5, "own tree: {}", text(&out));
     // Keystrokes are refused into every terminal (bpf-lsm); the rest reaches the agent's
@@ -939,12 +964,12 @@ fn human(script: &str) -> Output {
 
 #[test]
 fn files_an_agent_wrote_stay_its_when_someone_else_runs_them() {
-    let net = Net::new();
-    let db = net.a.clone();
-    let listener = Listener::start(&net, &["tcp:5432:0.0.0.0".to_owned()]);
-    let daemon = Daemon::start_with_policy(&policy(&format!(
-        "    - {{ name: prod-db, ips: [{db}], ports: [5432], action: deny }}\n"
-    )));
+    let ProdDb {
+        _net,
+        db,
+        listener,
+        daemon,
+    } = ProdDb::start();
     let tier = daemon.assert_tier();
     let deferred = rule_status(&daemon, "guard:deferred-execution");
     let mechanism = deferred["mechanism"].as_str().unwrap().to_owned();
@@ -952,30 +977,19 @@ fn files_an_agent_wrote_stay_its_when_someone_else_runs_them() {
     let d = dir.path().display().to_string();
     let sides = Sides::new();
     // The agent builds a tool (a copy of curl), writes a hook and a python job.
-    let mut c = Command::new(&sides.claude);
-    c.args([
-        "-c",
-        &format!(
-            "cp /usr/bin/curl {d}/fetch && printf '%s' \"$HOOK\" > {d}/hook && chmod +x {d}/hook \
-             && printf '%s' \"$JOB\" > {d}/job.py"
-        ),
-    ])
-    .env("HOOK", client_script(&db))
-    .env("JOB", client_py(&db));
-    let out = output(c);
+    let (hook, job) = (client_script(&db), client_py(&db));
+    let files = [("HOOK", hook.as_str()), ("JOB", job.as_str())];
+    let write = |suffix: &str| {
+        format!(
+            "cp /usr/bin/curl {d}/fetch{suffix} && printf '%s' \"$HOOK\" > {d}/hook{suffix} && \
+             chmod +x {d}/hook{suffix} && printf '%s' \"$JOB\" > {d}/job{suffix}.py"
+        )
+    };
+    let out = bash_with(&sides.claude, &write(""), &files);
     assert!(out.status.success(), "the agent's writes: {}", text(&out));
     // The same files, written by the human.
-    let mut c = Command::new("bash");
-    c.args([
-        "-c",
-        &format!(
-            "cp /usr/bin/curl {d}/fetch-own && printf '%s' \"$HOOK\" > {d}/hook-own && \
-             chmod +x {d}/hook-own && printf '%s' \"$JOB\" > {d}/job-own.py"
-        ),
-    ])
-    .env("HOOK", client_script(&db))
-    .env("JOB", client_py(&db));
-    assert!(output(c).status.success());
+    let out = bash_with(Path::new("bash"), &write("-own"), &files);
+    assert!(out.status.success(), "the human's writes: {}", text(&out));
 
     let fetch = |name: &str| {
         human(&format!(
@@ -1051,12 +1065,12 @@ fn files_an_agent_wrote_stay_its_when_someone_else_runs_them() {
 
 #[test]
 fn git_reading_a_config_an_agent_wrote_runs_contained() {
-    let net = Net::new();
-    let db = net.a.clone();
-    let _listener = Listener::start(&net, &["tcp:5432:0.0.0.0".to_owned()]);
-    let daemon = Daemon::start_with_policy(&policy(&format!(
-        "    - {{ name: prod-db, ips: [{db}], ports: [5432], action: deny }}\n"
-    )));
+    let ProdDb {
+        _net,
+        db,
+        listener: _listener,
+        daemon,
+    } = ProdDb::start();
     let tier = daemon.assert_tier();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().display().to_string();
@@ -1069,30 +1083,17 @@ fn git_reading_a_config_an_agent_wrote_runs_contained() {
     let hook =
         |out: &str| format!("sh -c 'python3 -c \"$CLIENT\" tcp {db} 5432 > {d}/{out}; exit 1'");
     let sides = Sides::new();
-    let mut c = Command::new(&sides.claude);
-    c.args([
-        "-c",
-        &format!("git -C {d}/theirs config core.fsmonitor \"$HOOK\""),
-    ])
-    .env("HOOK", hook("theirs.out"));
-    let out = output(c);
-    assert!(
-        out.status.success(),
-        "the agent's git config: {}",
-        text(&out)
-    );
-    let mut c = Command::new("bash");
-    c.args([
-        "-c",
-        &format!("git -C {d}/mine config core.fsmonitor \"$HOOK\""),
-    ])
-    .env("HOOK", hook("mine.out"));
-    let out = output(c);
-    assert!(
-        out.status.success(),
-        "the human's git config: {}",
-        text(&out)
-    );
+    for (program, repo) in [
+        (sides.claude.as_path(), "theirs"),
+        (Path::new("bash"), "mine"),
+    ] {
+        let out = bash_with(
+            program,
+            &format!("git -C {d}/{repo} config core.fsmonitor \"$HOOK\""),
+            &[("HOOK", &hook(&format!("{repo}.out")))],
+        );
+        assert!(out.status.success(), "git config in {repo}: {}", text(&out));
+    }
     // The human's `git status` in each.
     let _ = human(&format!("git -C {d}/theirs status"));
     let _ = human(&format!("git -C {d}/mine status"));
@@ -1140,19 +1141,7 @@ fn an_editors_ipc_socket_and_a_notebook_kernel_refuse_the_agent() {
     let editor =
         network_support::UnixServer::start(&dir.path().join("count"), &[format!("stream={ipc}")]);
     let port = free_port();
-    let _kernel = {
-        let mut c = Command::new("python3");
-        c.args(["-c", KERNEL, &port.to_string(), "-m", "ipykernel_launcher"])
-            .stdout(std::process::Stdio::piped());
-        let mut p = Proc::spawn(c);
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(p.child.stdout.take().unwrap()),
-            &mut line,
-        )
-        .unwrap();
-        p
-    };
+    let _kernel = python_ready(&[KERNEL, &port.to_string(), "-m", "ipykernel_launcher"]);
     let listen = format!("127.0.0.1:{port}");
     wait_found(&daemon, "the editor's socket and the kernel found", |d| {
         found_has(d, "ide", &ipc) && found_has(d, "notebooks", &listen)
