@@ -76,6 +76,11 @@ pub const NET_PENDING_KILLS_MAX: u32 = 4096;
 /// array read for everyone while no kill is pending.
 pub const NET_PENDING_COUNT: &str = "GUARD_NET_PENDING_COUNT";
 
+/// Socket cookie → [`crate::net::TaggedSocket`]: the sockets of tagged processes, for the
+/// check after NAT.
+pub const NET_SOCKETS: &str = "GUARD_NET_SOCKETS";
+pub const NET_SOCKETS_MAX: u32 = 16_384;
+
 /// Offsets of `bpf_sock_addr_kern` and `sockaddr_un` for the unix socket programs.
 pub const UNIX_OFFSETS_GLOBAL: &str = "GUARD_UNIX_OFFSETS";
 
@@ -119,6 +124,8 @@ pub mod programs {
     pub const SYS_EXIT: &str = "guard_sys_exit";
     /// `tp_btf/cgroup_attach_task`: a process that joins an agent's cgroup is tagged.
     pub const CGROUP_JOIN: &str = "guard_cgroup_join";
+    /// cgroup `skb` egress: packets of tagged sockets whose destination NAT rewrote.
+    pub const EGRESS: &str = "guard_egress";
 }
 
 /// [`crate::offsets::LsmOffsets`] global.
@@ -293,7 +300,7 @@ pub const FILE_HIT: &str = "GUARD_FILE_HIT";
 
 /// Every map of the kernel object, by name. guard-ebpf's `#[map(name = …)]` takes a literal,
 /// so a rootless test compares the compiled object with this list.
-pub const ALL: [&str; 35] = [
+pub const ALL: [&str; 36] = [
     TAGS,
     AGENT_EXES,
     AGENT_SCRIPTS,
@@ -329,6 +336,7 @@ pub const ALL: [&str; 35] = [
     TAINTED,
     TAINT_READERS,
     DEFERRED_PENDING,
+    NET_SOCKETS,
 ];
 
 /// Every global the loader sets, by name.
@@ -343,7 +351,7 @@ pub const GLOBALS: [&str; 7] = [
 ];
 
 /// Every program of the kernel object, by function name.
-pub const ALL_PROGRAMS: [&str; 49] = [
+pub const ALL_PROGRAMS: [&str; 50] = [
     programs::FORK,
     programs::EXEC,
     programs::CGROUP_JOIN,
@@ -356,6 +364,7 @@ pub const ALL_PROGRAMS: [&str; 49] = [
     programs::CONNECT_UNIX,
     programs::SENDMSG_UNIX,
     programs::SOCK_CREATE,
+    programs::EGRESS,
     programs::KILL_AFTER_SOCK_ADDR,
     programs::KILL_AFTER_SOCK_CREATE,
     programs::SYS_EXIT,

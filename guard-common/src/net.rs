@@ -62,6 +62,10 @@ pub mod hook {
     /// by the identity of its socket file.
     pub const LSM_UNIX_STREAM_CONNECT: u32 = 11;
     pub const LSM_UNIX_MAY_SEND: u32 = 12;
+    /// cgroup `skb` egress: a packet of a tagged socket whose destination was rewritten after
+    /// the connect or sendmsg hook saw it (NAT), checked again.
+    pub const EGRESS4: u32 = 13;
+    pub const EGRESS6: u32 = 14;
 }
 
 /// Rule id of the internal raw-socket rule (`spec.rawSockets`), kept in
@@ -402,6 +406,23 @@ pub fn v4_mapped(addr: &[u8; 16]) -> Option<[u8; 4]> {
     let [w0, w1, w2, w3] = words(addr);
     (w0 == 0 && w1 == 0 && w2 == 0x0000_ffff).then(|| w3.to_be_bytes())
 }
+
+/// Value of [`crate::maps::NET_SOCKETS`], keyed by socket cookie: a tagged process's socket
+/// and the destination its connect or last sendmsg was decided on.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct TaggedSocket {
+    pub tag: crate::Tag,
+    pub tgid: u32,
+    /// [`AF_INET`] or [`AF_INET6`] (IPv4-mapped destinations as [`AF_INET`]).
+    pub family: u32,
+    /// IPv4 in the first four bytes, else IPv6.
+    pub addr: [u8; 16],
+    pub port: u32,
+    pub _pad: u32,
+    pub comm: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<TaggedSocket>() == 80);
 
 #[cfg(feature = "user")]
 mod pod {

@@ -379,3 +379,8 @@ pub static TAINT_READERS: HashMap<NameKey, u32> = HashMap::pinned(64, 0);
 #[map(name = "GUARD_DEFERRED_PENDING")]
 pub static DEFERRED_PENDING: aya_ebpf::maps::LruHashMap<u32, guard_common::taint::Deferred> =
     aya_ebpf::maps::LruHashMap::with_max_entries(1024, 0);
+
+/// The sockets of tagged processes and the destination they were allowed to, by cookie.
+#[map(name = "GUARD_NET_SOCKETS")]
+pub static NET_SOCKETS: aya_ebpf::maps::LruHashMap<u64, guard_common::net::TaggedSocket> =
+    aya_ebpf::maps::LruHashMap::with_max_entries(guard_common::maps::NET_SOCKETS_MAX, 0);

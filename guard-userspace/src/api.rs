@@ -186,6 +186,9 @@ pub struct NetworkStatus {
     pub raw_sockets: String,
     /// How `kill` is carried out.
     pub kill: String,
+    /// Whether a destination NAT rewrote after the connect hook is checked again.
+    #[serde(default)]
+    pub after_nat: String,
 }
 
 #[derive(Debug, thiserror::Error)]

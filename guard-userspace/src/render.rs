@@ -97,6 +97,7 @@ pub fn status(st: &DaemonStatus, color: bool) -> String {
         let _ = writeln!(out, "network      {}: {}", n.tier, n.programs.join(", "));
         let _ = writeln!(out, "  unix sockets  {}", n.unix);
         let _ = writeln!(out, "  raw sockets   {}", n.raw_sockets);
+        let _ = writeln!(out, "  after NAT     {}", n.after_nat);
         let _ = writeln!(out, "  kill          {}", n.kill);
     }
     let _ = writeln!(out, "tagged       {} processes", st.tagged_processes);

@@ -88,6 +88,14 @@ pub fn tell(pid: u32, start: u64, line: &str) -> io::Result<()> {
     Ok(())
 }
 
+/// [`tell`] process `pid` as it is now (a parent, named by the event that named its child).
+pub fn tell_parent(pid: u32, line: &str) -> io::Result<()> {
+    if pid <= 1 {
+        return Err(io::Error::new(io::ErrorKind::NotFound, "no parent to tell"));
+    }
+    tell(pid, start_ns(pid)?, line)
+}
+
 /// One write at the description's own offset that never waits: `pwritev2(…, -1, RWF_NOWAIT)`.
 /// Setting `O_NONBLOCK` instead would change the description the offender shares. Where the
 /// file type does not take `RWF_NOWAIT` (a terminal), a zero-time `poll` first; one write is

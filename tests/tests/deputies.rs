@@ -578,6 +578,9 @@ fn forwarders_to_a_protected_endpoint_are_that_endpoint() {
     let d = wait_found(&daemon, "the three forwarders found", |d| {
         d["forwarders"].as_array().is_some_and(|f| f.len() >= 3)
     });
+    // The connection that showed where the relay leads closes within a second (the
+    // listener answers and hangs up): the relay stays known while it runs and listens.
+    std::thread::sleep(Duration::from_secs(3));
     let fwd = d["forwarders"].to_string();
     assert!(
         fwd.contains("socat") && fwd.contains("by its arguments"),
@@ -1172,4 +1175,96 @@ impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
     }
+}
+
+/// An `iptables -t nat` rule in the host's OUTPUT chain, deleted on drop.
+struct NatRule(Vec<String>);
+
+impl NatRule {
+    fn add(spec: &[&str]) -> Self {
+        let spec: Vec<String> = spec.iter().map(|s| (*s).to_owned()).collect();
+        let out = output({
+            let mut c = Command::new("iptables");
+            c.args(["-t", "nat", "-A", "OUTPUT"]).args(&spec);
+            c
+        });
+        assert!(out.status.success(), "iptables: {}", text(&out));
+        Self(spec)
+    }
+}
+
+impl Drop for NatRule {
+    fn drop(&mut self) {
+        let _ = Command::new("iptables")
+            .args(["-t", "nat", "-D", "OUTPUT"])
+            .args(&self.0)
+            .output();
+    }
+}
+
+#[test]
+fn a_destination_nat_rewrote_is_decided_again() {
+    let ProdDb {
+        _net,
+        db,
+        listener,
+        daemon,
+    } = ProdDb::start();
+    let st = daemon.status_json().unwrap();
+    let after_nat = st["network"]["after_nat"].as_str().unwrap_or("").to_owned();
+    if daemon.assert_tier() == "bpf-lsm" {
+        // A root agent cannot add the rule there (the capability ceiling refuses NET_ADMIN).
+        assert!(after_nat.starts_with("not checked"), "{after_nat}");
+        return;
+    }
+    assert!(after_nat.starts_with("enforced"), "{after_nat}");
+    // An address no rule names, in the namespace's subnet, rewritten into the database's.
+    let decoy = {
+        let mut parts: Vec<&str> = db.split('.').collect();
+        parts[3] = "9";
+        parts.join(".")
+    };
+    let tag = format!("guard-test-{}", std::process::id());
+    let _nat = NatRule::add(&[
+        "-d",
+        &decoy,
+        "-p",
+        "tcp",
+        "--dport",
+        "5432",
+        "-m",
+        "comment",
+        "--comment",
+        &tag,
+        "-j",
+        "DNAT",
+        "--to-destination",
+        &format!("{db}:5432"),
+    ]);
+    let before = listener.count("tcp:5432");
+    let sides = Sides::new();
+    for (side, out) in sides.run(&daemon, &format!("python3 -c \"$CLIENT\" tcp {decoy} 5432")) {
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).starts_with("ok"),
+            "{side}: reached the database through NAT\n{}",
+            text(&out)
+        );
+    }
+    assert_eq!(
+        listener.count("tcp:5432"),
+        before,
+        "nothing reached the database"
+    );
+    let evs = net_events(&daemon, 2, |e| {
+        e["rule"] == "prod-db" && e["hook"] == "egress4"
+    });
+    assert!(
+        evs.iter()
+            .all(|e| e["destination"]["address"] == db.as_str() && e["result"] == "denied"),
+        "{evs:#?}"
+    );
+    assert_ok(
+        &untagged(&format!("python3 -c \"$CLIENT\" tcp {decoy} 5432")),
+        "untagged through NAT",
+    );
 }

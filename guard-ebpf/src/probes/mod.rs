@@ -1,5 +1,6 @@
 //! Programs grouped by concern.
 pub mod deputy;
+pub mod egress;
 pub mod file;
 pub mod guard_self;
 pub mod lsm;

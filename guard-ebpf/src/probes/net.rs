@@ -28,12 +28,13 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, FExitContext, SockAddrContext, SockContext},
 };
 use guard_common::{
+    ProcKey,
     decision::outcome as result,
     event::{Counter, EventKind},
     net::{
         AF_INET, AF_INET6, AF_UNIX, Ip4Data, Ip6Data, NetEvent, NetRule, PendingKill,
-        RULE_SLOTS_MAX, RULE_SLOTS_TOTAL, RuleSet, UNIX_PATH_LEN, UnixKey, hook, proto_class,
-        raw_class, v4_mapped, v4_translated,
+        RULE_SLOTS_MAX, RULE_SLOTS_TOTAL, RuleSet, TaggedSocket, UNIX_PATH_LEN, UnixKey, hook,
+        proto_class, raw_class, v4_mapped, v4_translated,
     },
     offsets::UNIX_CTX_READ,
 };
@@ -41,8 +42,8 @@ use guard_common::{
 use crate::{
     ctx::{Caller, current_tgid, kill_current, tagged},
     maps::{
-        EVENTS, NET_RAW, NET_RULES, NET_UNIX, NET4, NET6, PENDING_COUNT, PENDING_KILLS, TAGS,
-        count, kill_in_place, unix_offsets,
+        EVENTS, NET_RAW, NET_RULES, NET_SOCKETS, NET_UNIX, NET4, NET6, PENDING_COUNT,
+        PENDING_KILLS, TAGS, count, kill_in_place, unix_offsets,
     },
 };
 
@@ -243,10 +244,62 @@ fn try_inet(ctx: &SockAddrContext, hook: u32) -> Result<i32, i32> {
             }
         }
     };
+    remember(ctx, &caller, &dest);
     let Some(set) = set else {
         return Ok(ALLOW);
     };
     Ok(decide(&caller, set, &dest, hook, None, Kill::Pending))
+}
+
+/// Remember a tagged process's socket and the destination decided here, for the check after
+/// NAT (`probes/egress.rs`).
+#[inline(always)]
+fn remember(ctx: &SockAddrContext, caller: &Caller, dest: &Dest) {
+    // SAFETY: the helper takes the program's own context.
+    let cookie = unsafe { generated::bpf_get_socket_cookie(ctx.sock_addr as *mut _) };
+    let sock = TaggedSocket {
+        tag: caller.tag,
+        tgid: caller.tgid,
+        family: dest.family,
+        addr: dest.addr,
+        port: u32::from(dest.port),
+        _pad: 0,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    };
+    let _ = NET_SOCKETS.insert(&cookie, &sock, 0);
+}
+
+/// The check after NAT: the first rule of `set` for the rewritten `dest`, recorded for
+/// `sock`'s process; never a kill (see `probes/egress.rs`).
+#[inline(always)]
+pub(super) fn decide_rewritten(
+    sock: &TaggedSocket,
+    proc: ProcKey,
+    set: &RuleSet,
+    dest: &Dest,
+    hook: u32,
+) -> i32 {
+    let Some(rule) = first_match(set, dest, true) else {
+        return ALLOW;
+    };
+    let outcome = if rule.blocks() {
+        count(Counter::NetDenied);
+        result::DENIED
+    } else {
+        count(Counter::NetAudited);
+        result::ALLOWED
+    };
+    let caller = Caller {
+        tgid: sock.tgid,
+        tag: sock.tag,
+    };
+    let header = crate::ctx::header(EventKind::NetConnect, &caller.tag, proc, 0);
+    emit_with(header, sock.comm, dest, hook, &rule, outcome, None);
+    if outcome == result::ALLOWED {
+        ALLOW
+    } else {
+        DENY
+    }
 }
 
 #[inline(always)]
@@ -525,6 +578,29 @@ fn emit(
     outcome: u32,
     unix: Option<&UnixKey>,
 ) {
+    let comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    emit_with(
+        caller.header(EventKind::NetConnect),
+        comm,
+        dest,
+        hook,
+        rule,
+        outcome,
+        unix,
+    );
+}
+
+/// [`emit`] with the header and `comm` given (a packet may leave in another task's context).
+#[inline(always)]
+fn emit_with(
+    header: guard_common::event::EventHeader,
+    comm: [u8; 16],
+    dest: &Dest,
+    hook: u32,
+    rule: &NetRule,
+    outcome: u32,
+    unix: Option<&UnixKey>,
+) {
     let Some(mut entry) = EVENTS.reserve::<NetEvent>(0) else {
         count(Counter::EventsDropped);
         return;
@@ -533,8 +609,8 @@ fn emit(
     // SAFETY: `ev` points to a reserved record of NetEvent's size; every field is written
     // before submit.
     unsafe {
-        (*ev).header = caller.header(EventKind::NetConnect);
-        (*ev).comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        (*ev).header = header;
+        (*ev).comm = comm;
         (*ev).hook = hook;
         (*ev).family = dest.family;
         (*ev).protocol = dest.class;

@@ -51,6 +51,7 @@ pub fn load(
             unix_missing: None,
             lsm: lsm.hooks.iter().any(|h| h == "socket_connect"),
             raw: net::RawCoverage::All,
+            egress_missing: None,
         },
         None => net::attach(&mut at, &offsets.unix)?,
     };

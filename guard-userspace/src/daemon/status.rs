@@ -64,6 +64,7 @@ pub(super) fn status(state: &Shared) -> Reply<DaemonStatus> {
                 cap_capable: st.self_attached.attached.iter().any(|t| t == "cap_capable"),
                 bprm_check: lsm("bprm_check_security") && lsm("file_open"),
                 ctime: st.files.as_ref().is_some_and(|f| f.attached().detects()),
+                egress: !st.net_attached.lsm && st.net_attached.egress_missing.is_none(),
             };
             let ceiling: Vec<String> = st
                 .drop_caps
@@ -160,6 +161,19 @@ fn network_status(kernel: &Kernel, a: &net::Attached) -> crate::api::NetworkStat
         programs: a.programs.iter().map(|p| (*p).to_owned()).collect(),
         unix: unix_coverage(a),
         raw_sockets: a.raw.describe(),
+        after_nat: if a.lsm {
+            "not checked: on bpf-lsm a root agent is refused CAP_NET_ADMIN, so it cannot add NAT \
+             rules; rules an untagged administrator adds apply to every destination as written"
+                .into()
+        } else {
+            match &a.egress_missing {
+                None => "enforced: cgroup_skb/egress checks a tagged socket's packets again when \
+                         NAT rewrote their destination, and drops them where a rule denies the \
+                         new one (a connect then times out; no kill from packet context)"
+                    .into(),
+                Some(why) => format!("not-loaded: {why}"),
+            }
+        },
         kill: if a.lsm {
             "SIGKILL from the LSM program, before the system call returns".into()
         } else if kernel.kill_via.programs().is_empty() {

@@ -103,8 +103,10 @@ fn is_notebook(p: &Proc) -> bool {
             .any(|a| a.contains("ipykernel") || a.contains("jupyter"))
 }
 
-/// Look at the host.
-pub fn scan(ctx: &dyn Context) -> Found {
+/// Look at the host. `previous` is what the last scan found: a forwarder found by its
+/// connections is remembered while it lives and keeps its listener (the connection that
+/// showed where it leads may have closed since).
+pub fn scan(ctx: &dyn Context, previous: &Found) -> Found {
     let tables = Tables::read();
     let protected_conns: BTreeSet<u64> = tables
         .tcp_established
@@ -189,9 +191,37 @@ pub fn scan(ctx: &dyn Context) -> Found {
     found.sshd.dedup();
     found.notebooks.sort();
     found.notebooks.dedup();
+    found
+        .forwarders
+        .extend(still_forwarding(previous, &found, &tables));
     found.forwarders.sort();
     found.forwarders.dedup();
     found
+}
+
+/// The forwarders `previous` found by their connections that this scan did not see again
+/// but that still run and still listen where they did.
+fn still_forwarding(previous: &Found, now: &Found, tables: &Tables) -> Vec<Forwarder> {
+    previous
+        .forwarders
+        .iter()
+        .filter(|f| f.evidence == "connections")
+        .filter(|f| {
+            !now.forwarders
+                .iter()
+                .any(|n| n.pid == f.pid && n.to_host == f.to_host && n.to_port == f.to_port)
+        })
+        .filter(|f| {
+            std::fs::read_to_string(format!("/proc/{}/comm", f.pid))
+                .is_ok_and(|c| c.trim_end() == f.comm)
+        })
+        .filter(|f| {
+            f.listen
+                .iter()
+                .all(|l| tables.tcp_listeners.values().any(|t| t == l))
+        })
+        .cloned()
+        .collect()
 }
 
 /// The forwards of one process: by its arguments, or by what it holds.

@@ -166,6 +166,8 @@ pub fn details(ev: &NetEvent, labels: &dyn NetLabels) -> NetDetails {
             hook::LSM_SOCKET_CREATE => "lsm_socket_create",
             hook::LSM_UNIX_STREAM_CONNECT => "lsm_unix_stream_connect",
             hook::LSM_UNIX_MAY_SEND => "lsm_unix_may_send",
+            hook::EGRESS4 => "egress4",
+            hook::EGRESS6 => "egress6",
             _ => "sendmsg_unix",
         },
     }

@@ -20,8 +20,8 @@ use aya::{
     Btf, Ebpf,
     maps::MapError,
     programs::{
-        BtfTracePoint, CgroupAttachMode, CgroupDevice, CgroupSock, CgroupSockAddr, FExit, Lsm,
-        ProgramError, links::FdLink,
+        BtfTracePoint, CgroupAttachMode, CgroupDevice, CgroupSkb, CgroupSkbAttachType, CgroupSock,
+        CgroupSockAddr, FExit, Lsm, ProgramError, links::FdLink,
     },
 };
 pub use sys::{
@@ -177,6 +177,25 @@ impl<'a> Attacher<'a> {
             // The two aya cgroup program types share their API but no trait.
             Kind::SockAddr => cgroup_link!(self, row, CgroupSockAddr),
             Kind::SockCreate => cgroup_link!(self, row, CgroupSock),
+            Kind::Egress => {
+                let cgroup = self.cgroup()?;
+                let prog: &mut CgroupSkb = program(self.ebpf, row.name)?;
+                prog.load()
+                    .map_err(|e| AttachError::Load(verifier_text(&e)))?;
+                let id = prog
+                    .attach(
+                        &cgroup,
+                        CgroupSkbAttachType::Egress,
+                        CgroupAttachMode::Single,
+                    )
+                    .map_err(attach_err)?;
+                let link: FdLink = prog
+                    .take_link(id)
+                    .map_err(attach_err)?
+                    .try_into()
+                    .map_err(attach_err)?;
+                Link::Aya(link)
+            }
             Kind::Device => {
                 let cgroup = self.cgroup()?;
                 let prog: &mut CgroupDevice = program(self.ebpf, row.name)?;

@@ -19,6 +19,8 @@ pub enum Kind {
     SockAddr,
     /// cgroup `sock_create` on the cgroup v2 root.
     SockCreate,
+    /// cgroup `skb` egress on the cgroup v2 root.
+    Egress,
     /// cgroup `device` on the cgroup v2 root (a link aya 0.14 cannot pin: made by hand).
     Device,
     /// cgroup `sock_addr` for unix sockets (Linux ≥ 6.7), an attach type aya 0.14 lacks:
@@ -181,6 +183,7 @@ impl Row {
             Kind::FExit(function) => format!("fexit/{function}"),
             Kind::SockAddr | Kind::Unix(_) => format!("cgroup/{}", self.name),
             Kind::SockCreate => "cgroup/sock_create".into(),
+            Kind::Egress => "cgroup_skb/egress".into(),
             Kind::Device => "cgroup/dev".into(),
         }
     }
@@ -258,6 +261,7 @@ pub fn table() -> Vec<Row> {
         F::Net,
         Optional,
     ));
+    rows.push(Row::new(programs::EGRESS, Kind::Egress, F::Net, Optional));
     rows.push(Row::new(
         programs::CONNECT_UNIX,
         Kind::Unix(bpf_attach_type::BPF_CGROUP_UNIX_CONNECT),

@@ -302,18 +302,19 @@ impl NetHandle {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let ctx = {
+            let (ctx, previous) = {
                 let st = self.state.lock().expect("net state");
                 if st.generation == 0 {
                     continue;
                 }
-                ScanContext {
+                let ctx = ScanContext {
                     protected: Protected::new(&st.rules, &resolved(&st)),
                     tags: self.tags.clone(),
-                }
+                };
+                (ctx, st.found.clone())
             };
-            let Ok(found) = tokio::task::spawn_blocking(move || crate::deputies::scan(&ctx)).await
-            else {
+            let scan = move || crate::deputies::scan(&ctx, &previous);
+            let Ok(found) = tokio::task::spawn_blocking(scan).await else {
                 continue;
             };
             let mut st = self.state.lock().expect("net state");

@@ -365,6 +365,8 @@ pub struct KernelHooks {
     pub bprm_check: bool,
     /// fallback ctime tracepoints (deferred execution: the writes of tagged processes).
     pub ctime: bool,
+    /// fallback `cgroup_skb/egress` (destinations NAT rewrote are checked again).
+    pub egress: bool,
 }
 
 /// The built-in rules decided in the kernel for every tagged process, with how this tier
@@ -482,11 +484,16 @@ fn not_covered(hooks: KernelHooks) -> Vec<String> {
         );
     }
     if !hooks.capable {
-        out.push(
+        out.push(if hooks.egress {
             "a NAT or routing change by a root agent recognised at exec takes effect before \
-             the agent is killed: a rewritten destination is not checked again after NAT"
-                .to_owned(),
-        );
+             the agent is killed (kill-on-detect); destinations NAT rewrites are checked again \
+             at egress, so the rule cannot lead a tagged process to a denied endpoint"
+                .to_owned()
+        } else {
+            "a NAT or routing change by a root agent recognised at exec takes effect before \
+             the agent is killed, and a destination it rewrites is not checked again"
+                .to_owned()
+        });
     }
     if !hooks.bprm_check {
         out.push(

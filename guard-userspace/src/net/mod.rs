@@ -77,6 +77,8 @@ pub struct Attached {
     pub lsm: bool,
     /// What the raw-socket rule covers (`guard status`).
     pub raw: RawCoverage,
+    /// Why the check after NAT (`cgroup_skb/egress`) is not attached, if it is not.
+    pub egress_missing: Option<String>,
 }
 
 /// Which new sockets the raw-socket rule sees on this tier.
@@ -122,6 +124,7 @@ pub fn attach(at: &mut Attacher<'_>, unix: &UnixOffsets) -> Result<Attached, Net
         match (at.attach(&row), row.kind) {
             (Ok(()), _) => attached.programs.push(row.name),
             (Err(e), Kind::SockCreate) => attached.raw = RawCoverage::Missing(e.to_string()),
+            (Err(e), Kind::Egress) => attached.egress_missing = Some(e.to_string()),
             (Err(source), _) => {
                 return Err(NetError::Attach {
                     name: row.name,

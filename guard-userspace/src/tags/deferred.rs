@@ -21,8 +21,13 @@ impl Responder for DeferredNotice {
         }
         let line = notice(&c_str(&ev.script));
         let proc = ev.header.proc;
+        let parent = ev.header.ppid;
         tokio::task::spawn_blocking(move || {
-            if let Err(e) = crate::respond::tell(proc.tgid, proc.start_ns, &line) {
+            // A process that has exited already (a denied command usually exits at once) is
+            // told through its parent, the shell it was run from: the same terminal.
+            let told = crate::respond::tell(proc.tgid, proc.start_ns, &line)
+                .or_else(|_| crate::respond::tell_parent(parent, &line));
+            if let Err(e) = told {
                 tracing::debug!(pid = proc.tgid, error = %e, "deferred notice not written");
             }
         });
