@@ -994,9 +994,11 @@ fn files_an_agent_wrote_stay_its_when_someone_else_runs_them() {
     let out = bash_with(Path::new("bash"), &write("-own"), &files);
     assert!(out.status.success(), "the human's writes: {}", text(&out));
 
+    // From a shell that outlives it, as in a terminal: a denied curl exits at once, and the
+    // notice then goes to the shell it was run from.
     let fetch = |name: &str| {
         human(&format!(
-            "{d}/{name} -s -m 3 -o /dev/null http://{db}:5432/"
+            "{d}/{name} -s -m 3 -o /dev/null http://{db}:5432/; s=$?; sleep 1; exit $s"
         ))
     };
     let before = listener.count("tcp:5432");

@@ -783,6 +783,7 @@ fn enforcement_outlives_the_daemon_and_a_restart_adopts_it() {
             n.starts_with("guard_connect")
                 || n.starts_with("guard_sendmsg")
                 || n == "guard_sock_create"
+                || n == "guard_egress"
                 || n.starts_with("guard_lsm_socket")
         })
         .collect();

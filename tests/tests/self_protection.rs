@@ -654,11 +654,16 @@ fn a_hostile_root_agent_tree_cannot_stop_blind_or_rewrite_the_daemon() {
         "strace: {}",
         text(&out)
     );
+    // Where the kernel has the cap_capable tracepoint, the capability ceiling may kill the
+    // tracer first, in its ptrace call: killed either way, and recorded.
     event(&d, "the tracer's kill", |e| {
-        e["kind"] == "self_protect"
-            && e["hook"] == "sched_process_wait"
-            && e["result"] == "killed"
+        e["result"] == "killed"
             && e["process"]["comm"] == "strace"
+            && ((e["kind"] == "self_protect" && e["hook"] == "sched_process_wait")
+                || (e["rule"] == "guard:capability-ceiling"
+                    && e["object"]["operation"]
+                        .as_str()
+                        .is_some_and(|o| o.contains("CAP_SYS_PTRACE"))))
     });
     wait_for("the daemon to be untraced", Duration::from_secs(10), || {
         free(pid)
