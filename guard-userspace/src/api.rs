@@ -117,7 +117,7 @@ pub struct DaemonStatus {
     pub recognition: Option<crate::tags::RecognitionStatus>,
     /// Built-in rules against deputies (executors, startup files, forwarders).
     #[serde(default)]
-    pub deputies: Option<crate::net::deputies::DeputiesStatus>,
+    pub deputies: Option<crate::net::deputy_status::DeputiesStatus>,
     pub counters: Vec<(String, u64)>,
     pub probe: serde_json::Value,
     /// Path rules: what protects each access of each rule, and what it resolved to.

@@ -57,7 +57,7 @@ pub(super) fn status(state: &Shared) -> Reply<DaemonStatus> {
                     .as_ref()
                     .is_some_and(|l| l.hooks.iter().any(|h| h == hook))
             };
-            let hooks = net::deputies::KernelHooks {
+            let hooks = net::deputy_status::KernelHooks {
                 ptrace: lsm("ptrace_access_check"),
                 ioctl: lsm("file_ioctl"),
                 capable: lsm("capable"),
@@ -72,7 +72,7 @@ pub(super) fn status(state: &Shared) -> Reply<DaemonStatus> {
                 .filter_map(|c| crate::policy::Capability::from_number(*c))
                 .map(|c| c.to_string())
                 .collect();
-            net::deputies::status(
+            net::deputy_status::status(
                 &st.builtin,
                 &found,
                 &tunnels,

@@ -10,6 +10,7 @@
 
 pub mod controller;
 pub mod deputies;
+pub mod deputy_status;
 pub mod dns;
 pub mod plan;
 pub mod unix_files;

@@ -1,0 +1,238 @@
+//! Process to process, terminals and the capability ceiling.
+
+use super::*;
+
+/// Reach into process `argv[1]` and push a keystroke into terminal `argv[2]`; one line per
+/// attempt, `NAME denied` (EPERM or EACCES) or `NAME allowed` (anything else: a bogus address
+/// is EFAULT after the permission check).
+const REACH: &str = r#"
+import ctypes, errno, fcntl, os, sys, termios
+pid, tty = int(sys.argv[1]), sys.argv[2]
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+def report(name, failed, err):
+    refused = failed and err in (errno.EPERM, errno.EACCES)
+    print(name, "denied" if refused else "allowed", flush=True)
+r = libc.ptrace(0x4206, pid, 0, 0)  # PTRACE_SEIZE
+report("ptrace", r != 0, ctypes.get_errno())
+if r == 0:
+    libc.ptrace(17, pid, 0, 0)  # PTRACE_DETACH
+try:
+    open("/proc/%d/environ" % pid, "rb").read()
+    report("environ", False, 0)
+except OSError as e:
+    report("environ", True, e.errno)
+class iovec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+buf = ctypes.create_string_buffer(8)
+local, remote = iovec(ctypes.cast(buf, ctypes.c_void_p), 8), iovec(4096, 8)
+r = libc.syscall(310, pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
+report("process_vm_readv", r < 0, ctypes.get_errno())
+pidfd = libc.syscall(434, pid, 0)
+r = libc.syscall(438, pidfd, 0, 0)
+report("pidfd_getfd", r < 0, ctypes.get_errno())
+fd = os.open(tty, os.O_RDWR | os.O_NOCTTY)
+try:
+    fcntl.ioctl(fd, termios.TIOCSTI, b"x")
+    report("tiocsti", False, 0)
+except OSError as e:
+    report("tiocsti", True, e.errno)
+"#;
+
+/// A terminal the human has open: a pty pair held by an untagged process; its path.
+fn human_terminal() -> (Proc, String) {
+    python_ready(&[
+        "import os, time\nm, s = os.openpty()\nprint(os.ttyname(s), flush=True)\ntime.sleep(600)",
+    ])
+}
+
+fn reach_results(out: &Output) -> Vec<(String, String)> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(a, b)| (a.to_owned(), b.to_owned()))
+        .collect()
+}
+
+#[test]
+fn processes_and_terminals_outside_the_tree_are_out_of_reach() {
+    let daemon = Daemon::start_with_policy(&policy("    []\n"));
+    let lsm = daemon.assert_tier() == "bpf-lsm";
+    let target = Proc::spawn({
+        let mut c = Command::new("sleep");
+        c.arg("600").env("HUMANS_TOKEN", "s3cret");
+        c
+    });
+    let (_terminal, tty) = human_terminal();
+    let script = format!("python3 -c \"$REACH\" {} {tty}", target.pid());
+    let access = rule_status(&daemon, "guard:process-access");
+    let input = rule_status(&daemon, "guard:terminal-input");
+    let sides = Sides::new();
+    for (side, out) in sides.run_with(&daemon, &script, &[("REACH", REACH)]) {
+        let results = reach_results(&out);
+        assert_eq!(results.len(), 5, "{side}: {}", text(&out));
+        for (what, verdict) in &results {
+            if lsm || side == "guard run" {
+                // bpf-lsm refuses every one; a guard run tree lost the capabilities a root
+                // target has more of, and seccomp takes TIOCSTI.
+                assert_eq!(verdict, "denied", "{side}: {what}\n{}", text(&out));
+            }
+        }
+    }
+    if lsm {
+        assert!(
+            access["mechanism"]
+                .as_str()
+                .unwrap()
+                .starts_with("enforced"),
+            "{access}"
+        );
+        assert!(
+            input["mechanism"].as_str().unwrap().starts_with("enforced"),
+            "{input}"
+        );
+        let evs: Vec<Value> = wait_for("process-access events", Duration::from_secs(10), || {
+            let evs: Vec<Value> = daemon
+                .events()
+                .into_iter()
+                .filter(|e| e["kind"] == "deputy" && e["rule"] == "guard:process-access")
+                .collect();
+            (evs.len() >= 2).then_some(evs)
+        });
+        let me = format!("process {} (sleep)", target.pid());
+        assert!(
+            evs.iter().all(|e| e["object"]["path"] == me.as_str()
+                && e["result"] == "denied"
+                && !e["ancestry"].as_array().unwrap().is_empty()),
+            "{evs:#?}"
+        );
+        assert!(
+            daemon
+                .events()
+                .iter()
+                .any(|e| e["rule"] == "guard:terminal-input" && e["agent"] == "claude-code"),
+            "a TIOCSTI event"
+        );
+    } else {
+        // The fallback tier says what it does not stop for recognised agents.
+        for r in [&access, &input] {
+            assert!(
+                r["mechanism"].as_str().unwrap().starts_with("not-covered"),
+                "{r}"
+            );
+        }
+        let st = daemon.status_json().unwrap();
+        let nc = st["deputies"]["not_covered"].to_string();
+        assert!(nc.contains("ptrace") && nc.contains("TIOCSTI"), "{nc}");
+    }
+    // Untagged, everything is allowed (root).
+    let out = bash_with(Path::new("bash"), &script, &[("REACH", REACH)]);
+    let results = reach_results(&out);
+    assert_eq!(results.len(), 5, "untagged: {}", text(&out));
+    assert!(
+        results.iter().all(|(_, v)| v == "allowed"),
+        "untagged: {}",
+        text(&out)
+    );
+    // A process of the agent's own tree stays in reach.
+    let own = format!("sleep 30 & child=$!; python3 -c \"$REACH\" $child {tty}; kill $child");
+    let out = bash_with(&sides.claude, &own, &[("REACH", REACH)]);
+    let results = reach_results(&out);
+    assert_eq!(results.len(), 5, "own tree: {}", text(&out));
+    // Keystrokes are refused into every terminal (bpf-lsm); the rest reaches the agent's
+    // own child on every tier.
+    assert!(
+        results
+            .iter()
+            .all(|(what, v)| what == "tiocsti" || v == "allowed"),
+        "own tree: {}",
+        text(&out)
+    );
+}
+
+#[test]
+fn root_agents_stay_under_the_capability_ceiling() {
+    let daemon = Daemon::start_with_policy(&policy("    []\n"));
+    let tier = daemon.assert_tier();
+    let ceiling = rule_status(&daemon, "guard:capability-ceiling");
+    let mechanism = ceiling["mechanism"].as_str().unwrap().to_owned();
+    let ns = guard_tests::netns::NetNs::new(&[], &[]);
+    let sides = Sides::new();
+    let link = |name: &str| {
+        let out = output({
+            let mut c = ns.command("ip");
+            c.args(["link", "show", name]);
+            c
+        });
+        out.status.success()
+    };
+    // A recognised root agent inside the namespace adds a link (CAP_NET_ADMIN).
+    let mut c = ns.command(sides.claude.to_str().unwrap());
+    c.args(["-c", "ip link add gva type veth peer name gvb"]);
+    let out = output(c);
+    if tier == "bpf-lsm" {
+        assert!(mechanism.starts_with("enforced"), "{mechanism}");
+        assert!(!out.status.success(), "{}", text(&out));
+        assert!(!link("gva"), "the link was added");
+        let evs: Vec<Value> = wait_for("capability events", Duration::from_secs(10), || {
+            let evs: Vec<Value> = daemon
+                .events()
+                .into_iter()
+                .filter(|e| e["rule"] == "guard:capability-ceiling")
+                .collect();
+            (!evs.is_empty()).then_some(evs)
+        });
+        assert!(evs.iter().all(|e| e["result"] == "denied"), "{evs:#?}");
+        assert!(
+            evs.iter().any(|e| e["object"]["operation"]
+                .as_str()
+                .unwrap()
+                .contains("CAP_NET_ADMIN")),
+            "{evs:#?}"
+        );
+    } else if mechanism.starts_with("kill-on-detect") {
+        // The agent dies in the call; the link was added first.
+        use std::os::unix::process::ExitStatusExt;
+        assert!(
+            out.status.signal() == Some(9) || out.status.code() == Some(137),
+            "{}",
+            text(&out)
+        );
+        let evs: Vec<Value> = wait_for("capability events", Duration::from_secs(10), || {
+            let evs: Vec<Value> = daemon
+                .events()
+                .into_iter()
+                .filter(|e| e["rule"] == "guard:capability-ceiling" && e["result"] == "killed")
+                .collect();
+            (!evs.is_empty()).then_some(evs)
+        });
+        assert!(
+            !evs[0]["ancestry"].as_array().unwrap().is_empty(),
+            "{evs:#?}"
+        );
+    } else {
+        assert!(mechanism.starts_with("not-covered"), "{mechanism}");
+    }
+    // A guard run tree has no CAP_NET_ADMIN to use.
+    let mut c = ns.command(guard_tests::guard_bin().to_str().unwrap());
+    c.envs(daemon.env()).args([
+        "run", "--", "ip", "link", "add", "gvc", "type", "veth", "peer", "name", "gvd",
+    ]);
+    let out = output(c);
+    assert!(
+        !out.status.success() && !link("gvc"),
+        "guard run: {}",
+        text(&out)
+    );
+    // Untagged root does it.
+    let out = output({
+        let mut c = ns.command("ip");
+        c.args(["link", "add", "gve", "type", "veth", "peer", "name", "gvf"]);
+        c
+    });
+    assert!(
+        out.status.success() && link("gve"),
+        "untagged: {}",
+        text(&out)
+    );
+}

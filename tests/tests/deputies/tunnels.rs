@@ -1,0 +1,194 @@
+//! Tunnels and NAT: a listener that forwards to a protected endpoint is that endpoint, and a
+//! destination NAT rewrote is decided again.
+
+use super::*;
+
+/// A forwarder found by its connections: it accepts, then connects to `to` and holds both.
+const RELAY: &str = r#"
+import socket, sys, threading, time
+port, host, dport = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", port)); s.listen(8)
+print("ready", flush=True)
+held = []
+while True:
+    c, _ = s.accept()
+    u = socket.create_connection((host, dport))
+    held.append((c, u))
+"#;
+
+#[test]
+fn forwarders_to_a_protected_endpoint_are_that_endpoint() {
+    let ProdDb {
+        _net,
+        db,
+        listener,
+        daemon,
+    } = ProdDb::start();
+    let sshd = Sshd::start();
+    let [p_socat, p_ssh, p_relay] = free_ports::<3>();
+    let socat = Proc::spawn({
+        let mut c = Command::new("socat");
+        c.arg(format!(
+            "TCP-LISTEN:{p_socat},bind=127.0.0.1,fork,reuseaddr"
+        ))
+        .arg(format!("TCP:{db}:5432"));
+        c
+    });
+    let tunnel = Proc::spawn({
+        let mut c = Command::new("bash");
+        c.args([
+            "-c",
+            &format!(
+                "exec {}",
+                sshd.ssh(&format!("-N -L {p_ssh}:{db}:5432 root@127.0.0.1"))
+            ),
+        ]);
+        c
+    });
+    let (relay, _) = python_ready(&[RELAY, &p_relay.to_string(), &db, "5432"]);
+    // The relay says nothing about where it leads until a connection goes through it.
+    let held = Proc::spawn({
+        let mut c = Command::new("python3");
+        c.args(["-c", CLIENT, "tcp", "127.0.0.1", &p_relay.to_string(), "60"])
+            .stdout(std::process::Stdio::null());
+        c
+    });
+    let d = wait_found(&daemon, "the three forwarders found", |d| {
+        d["forwarders"].as_array().is_some_and(|f| f.len() >= 3)
+    });
+    // The connection that showed where the relay leads closes within a second (the
+    // listener answers and hangs up): the relay stays known while it runs and listens.
+    std::thread::sleep(Duration::from_secs(3));
+    let fwd = d["forwarders"].to_string();
+    assert!(
+        fwd.contains("socat") && fwd.contains("by its arguments"),
+        "{fwd}"
+    );
+    assert!(fwd.contains("ssh (pid"), "{fwd}");
+    assert!(
+        fwd.contains("python3") && fwd.contains("by its connections"),
+        "{fwd}"
+    );
+    let sides = Sides::new();
+    for port in [p_socat, p_ssh, p_relay] {
+        for (side, out) in sides.run(
+            &daemon,
+            &format!("python3 -c \"$CLIENT\" tcp 127.0.0.1 {port}"),
+        ) {
+            assert_eperm(&out, &format!("{side} through port {port}"));
+        }
+    }
+    let evs = denied_events(&daemon, "prod-db", 6);
+    assert!(
+        evs.iter().all(|e| e["destination"]["deputy"]
+            .as_str()
+            .is_some_and(|d| d.contains("forwarder"))),
+        "{evs:#?}"
+    );
+    let before = listener.count("tcp:5432");
+    for port in [p_socat, p_ssh] {
+        assert_ok(
+            &untagged(&format!("python3 -c \"$CLIENT\" tcp 127.0.0.1 {port}")),
+            "untagged",
+        );
+    }
+    wait_for(
+        "the untagged connections to arrive",
+        Duration::from_secs(10),
+        || (listener.count("tcp:5432") >= before + 2).then_some(()),
+    );
+    drop((held, relay, tunnel, socat));
+}
+
+/// An `iptables -t nat` rule in the host's OUTPUT chain, deleted on drop.
+struct NatRule(Vec<String>);
+
+impl NatRule {
+    fn add(spec: &[&str]) -> Self {
+        let spec: Vec<String> = spec.iter().map(|s| (*s).to_owned()).collect();
+        let out = output({
+            let mut c = Command::new("iptables");
+            c.args(["-t", "nat", "-A", "OUTPUT"]).args(&spec);
+            c
+        });
+        assert!(out.status.success(), "iptables: {}", text(&out));
+        Self(spec)
+    }
+}
+
+impl Drop for NatRule {
+    fn drop(&mut self) {
+        let _ = Command::new("iptables")
+            .args(["-t", "nat", "-D", "OUTPUT"])
+            .args(&self.0)
+            .output();
+    }
+}
+
+#[test]
+fn a_destination_nat_rewrote_is_decided_again() {
+    let ProdDb {
+        _net,
+        db,
+        listener,
+        daemon,
+    } = ProdDb::start();
+    let st = daemon.status_json().unwrap();
+    let after_nat = st["network"]["after_nat"].as_str().unwrap_or("").to_owned();
+    if daemon.assert_tier() == "bpf-lsm" {
+        // A root agent cannot add the rule there (the capability ceiling refuses NET_ADMIN).
+        assert!(after_nat.starts_with("not checked"), "{after_nat}");
+        return;
+    }
+    assert!(after_nat.starts_with("enforced"), "{after_nat}");
+    // An address no rule names, in the namespace's subnet, rewritten into the database's.
+    let decoy = {
+        let mut parts: Vec<&str> = db.split('.').collect();
+        parts[3] = "9";
+        parts.join(".")
+    };
+    let tag = format!("guard-test-{}", std::process::id());
+    let _nat = NatRule::add(&[
+        "-d",
+        &decoy,
+        "-p",
+        "tcp",
+        "--dport",
+        "5432",
+        "-m",
+        "comment",
+        "--comment",
+        &tag,
+        "-j",
+        "DNAT",
+        "--to-destination",
+        &format!("{db}:5432"),
+    ]);
+    let before = listener.count("tcp:5432");
+    let sides = Sides::new();
+    for (side, out) in sides.run(&daemon, &format!("python3 -c \"$CLIENT\" tcp {decoy} 5432")) {
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).starts_with("ok"),
+            "{side}: reached the database through NAT\n{}",
+            text(&out)
+        );
+    }
+    assert_eq!(
+        listener.count("tcp:5432"),
+        before,
+        "nothing reached the database"
+    );
+    let evs = net_events(&daemon, 2, |e| {
+        e["rule"] == "prod-db" && e["hook"] == "egress4"
+    });
+    assert!(
+        evs.iter()
+            .all(|e| e["destination"]["address"] == db.as_str() && e["result"] == "denied"),
+        "{evs:#?}"
+    );
+    assert_ok(
+        &untagged(&format!("python3 -c \"$CLIENT\" tcp {decoy} 5432")),
+        "untagged through NAT",
+    );
+}
