@@ -19,12 +19,14 @@ pub mod forwarders;
 pub mod sockets;
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     net::{IpAddr, SocketAddr},
     time::Duration,
 };
 
 pub use forwarders::Forward;
+
+use crate::policy::Discover;
 use sockets::{Proc, Tables};
 
 /// How often the host is looked at.
@@ -56,23 +58,23 @@ pub struct Server {
 /// What the host has now.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Found {
-    /// Untagged tmux and screen servers.
-    pub terminals: Vec<Server>,
-    /// User managers' private sockets (`/run/user/UID/systemd/private`).
-    pub systemd_users: Vec<String>,
-    /// Session buses and bus daemons' sockets.
-    pub dbus: Vec<Server>,
-    /// sshd listeners.
-    pub sshd: Vec<Server>,
-    /// X11 and Wayland display sockets.
-    pub desktop: Vec<Server>,
-    /// Editors' CLI IPC sockets.
-    pub ide: Vec<Server>,
-    /// Jupyter kernels' and servers' listeners.
-    pub notebooks: Vec<Server>,
+    /// Servers by kind: unix sockets (terminals, buses, …) or TCP listeners (sshd, notebooks),
+    /// sorted, each socket once.
+    pub servers: BTreeMap<Discover, Vec<Server>>,
     pub forwarders: Vec<Forwarder>,
     /// This host's addresses: a wildcard listener is reached on each of them.
     pub local_addrs: BTreeSet<IpAddr>,
+}
+
+impl Found {
+    /// What was found of `kind`.
+    pub fn of(&self, kind: Discover) -> &[Server] {
+        self.servers.get(&kind).map_or(&[], Vec::as_slice)
+    }
+
+    fn add(&mut self, kind: Discover, server: Server) {
+        self.servers.entry(kind).or_default().push(server);
+    }
 }
 
 /// What the scan needs to know from the daemon.
@@ -127,34 +129,9 @@ pub fn scan(ctx: &dyn Context, previous: &Found) -> Found {
     });
     let mut found = Found {
         local_addrs: local_addrs(),
-        systemd_users: run_user_sockets("systemd/private"),
         ..Found::default()
     };
-    for path in sockets_in("/tmp/.X11-unix", "X", "") {
-        // X clients try the abstract name first.
-        found
-            .desktop
-            .push(file_server("display", &format!("@{path}")));
-        found.desktop.push(file_server("display", &path));
-    }
-    for run_user in run_user_dirs() {
-        for path in sockets_in(&run_user, "wayland-", "") {
-            found.desktop.push(file_server("display", &path));
-        }
-        for path in sockets_in(&run_user, "vscode-ipc-", ".sock") {
-            found.ide.push(file_server("editor IPC", &path));
-        }
-    }
-    for path in sockets_in("/tmp", "vscode-ipc-", ".sock") {
-        found.ide.push(file_server("editor IPC", &path));
-    }
-    for bus in run_user_sockets("bus") {
-        found.dbus.push(Server {
-            pid: 0,
-            comm: "session bus".into(),
-            socket: bus,
-        });
-    }
+    socket_files(&mut found);
     for p in &procs {
         let unix = || {
             p.sockets
@@ -166,16 +143,26 @@ pub fn scan(ctx: &dyn Context, previous: &Found) -> Found {
             comm: p.comm.clone(),
             socket,
         };
-        if is_terminal(&p.comm) && !ctx.tagged(p.pid) {
-            found.terminals.extend(unix().cloned().map(server));
+        let tcp = || {
+            p.sockets
+                .iter()
+                .filter_map(|i| tables.tcp_listeners.get(i))
+                .map(ToString::to_string)
+        };
+        let (kind, sockets): (Discover, Vec<String>) = if is_terminal(&p.comm) && !ctx.tagged(p.pid)
+        {
+            (Discover::Terminals, unix().cloned().collect())
         } else if is_bus(&p.comm) {
-            found.dbus.extend(unix().cloned().map(server));
+            (Discover::Dbus, unix().cloned().collect())
         } else if p.comm == "sshd" {
-            let tcp = p.sockets.iter().filter_map(|i| tables.tcp_listeners.get(i));
-            found.sshd.extend(tcp.map(|a| server(a.to_string())));
+            (Discover::Sshd, tcp().collect())
         } else if may_be_notebook(&p.comm) && is_notebook(p) && !ctx.tagged(p.pid) {
-            let tcp = p.sockets.iter().filter_map(|i| tables.tcp_listeners.get(i));
-            found.notebooks.extend(tcp.map(|a| server(a.to_string())));
+            (Discover::Notebooks, tcp().collect())
+        } else {
+            (Discover::Terminals, Vec::new())
+        };
+        for socket in sockets {
+            found.add(kind, server(socket));
         }
         if !ctx.tagged(p.pid) {
             found
@@ -183,14 +170,10 @@ pub fn scan(ctx: &dyn Context, previous: &Found) -> Found {
                 .extend(forwarders_of(p, &tables, &protected_conns));
         }
     }
-    found.terminals.sort();
-    found.terminals.dedup();
-    found.dbus.sort();
-    found.dbus.dedup_by(|a, b| a.socket == b.socket);
-    found.sshd.sort();
-    found.sshd.dedup();
-    found.notebooks.sort();
-    found.notebooks.dedup();
+    for list in found.servers.values_mut() {
+        list.sort_by(|a, b| a.socket.cmp(&b.socket).then(a.pid.cmp(&b.pid)));
+        list.dedup_by(|a, b| a.socket == b.socket);
+    }
     found
         .forwarders
         .extend(still_forwarding(previous, &found, &tables));
@@ -278,6 +261,36 @@ fn forwarders_of(p: &Proc, tables: &Tables, protected: &BTreeSet<u64>) -> Vec<Fo
         }
     }
     out
+}
+
+/// The sockets found by their file names, no process looked at: the user managers' private
+/// sockets and session buses, X11 and Wayland displays, editors' IPC sockets.
+fn socket_files(found: &mut Found) {
+    for path in run_user_sockets("systemd/private") {
+        found.add(Discover::SystemdUsers, file_server("user manager", &path));
+    }
+    for path in run_user_sockets("bus") {
+        found.add(Discover::Dbus, file_server("session bus", &path));
+    }
+    for path in sockets_in("/tmp/.X11-unix", "X", "") {
+        // X clients try the abstract name first.
+        found.add(
+            Discover::Desktop,
+            file_server("display", &format!("@{path}")),
+        );
+        found.add(Discover::Desktop, file_server("display", &path));
+    }
+    for run_user in run_user_dirs() {
+        for path in sockets_in(&run_user, "wayland-", "") {
+            found.add(Discover::Desktop, file_server("display", &path));
+        }
+        for path in sockets_in(&run_user, "vscode-ipc-", ".sock") {
+            found.add(Discover::Ide, file_server("editor IPC", &path));
+        }
+    }
+    for path in sockets_in("/tmp", "vscode-ipc-", ".sock") {
+        found.add(Discover::Ide, file_server("editor IPC", &path));
+    }
 }
 
 /// `/run/user/*/NAME` that exist as sockets.

@@ -18,15 +18,10 @@ pub trait NetLabels {
     fn rule_name(&self, generation: u32, id: u32) -> Option<String>;
     /// The host name of rule `id` that resolved to `addr`.
     fn host_for(&self, id: u32, addr: IpAddr) -> Option<String>;
-    /// The server or forwarder a decision of rule `id` (named `rule`) about `dest` (address,
-    /// port, unix name) met, when it is one the daemon found on the host.
-    fn deputy(
-        &self,
-        id: u32,
-        rule: &str,
-        dest: (Option<IpAddr>, u16, Option<&str>),
-    ) -> Option<String> {
-        let _ = (id, rule, dest);
+    /// The server or forwarder a decision of rule `id` about `dest` (address, port, unix
+    /// name) met, when it is one the daemon found on the host.
+    fn deputy(&self, id: u32, dest: (Option<IpAddr>, u16, Option<&str>)) -> Option<String> {
+        let _ = (id, dest);
         None
     }
 }
@@ -140,7 +135,6 @@ pub fn details(ev: &NetEvent, labels: &dyn NetLabels) -> NetDetails {
         .unwrap_or_else(|| format!("#{}", ev.rule_id));
     let deputy = labels.deputy(
         ev.rule_id,
-        &rule,
         (addr, destination.port, destination.unix_path.as_deref()),
     );
     NetDetails {

@@ -322,9 +322,7 @@ impl NetHandle {
                 continue;
             }
             info!(
-                terminals = found.terminals.len(),
-                sshd = found.sshd.len(),
-                buses = found.dbus.len(),
+                servers = found.servers.values().map(Vec::len).sum::<usize>(),
                 forwarders = found.forwarders.len(),
                 "executors or forwarders on the host changed; reinstalling"
             );
@@ -597,14 +595,14 @@ impl crate::events::net::NetLabels for NetHandle {
     fn host_for(&self, id: u32, addr: std::net::IpAddr) -> Option<String> {
         NetHandle::host_for(self, id, addr)
     }
-    fn deputy(
-        &self,
-        id: u32,
-        rule: &str,
-        dest: (Option<IpAddr>, u16, Option<&str>),
-    ) -> Option<String> {
+    fn deputy(&self, id: u32, dest: (Option<IpAddr>, u16, Option<&str>)) -> Option<String> {
         let st = self.state.lock().expect("net state");
-        deputies::describe(id, rule, dest, &st.found, &st.tunnels)
+        let kind = st
+            .rules
+            .iter()
+            .find(|r| r.id == id)
+            .and_then(|r| r.discover);
+        deputies::describe(id, kind, dest, &st.found, &st.tunnels)
     }
 }
 

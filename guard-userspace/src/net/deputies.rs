@@ -100,30 +100,18 @@ pub fn rules(
     for r in base {
         let mut r = r.clone();
         match r.discover {
-            Some(Discover::Terminals) => {
-                r.unix
-                    .extend(found.terminals.iter().map(|s| s.socket.clone()));
-            }
-            Some(Discover::SystemdUsers) => r.unix.extend(found.systemd_users.iter().cloned()),
-            Some(Discover::Dbus) => r.unix.extend(found.dbus.iter().map(|s| s.socket.clone())),
-            Some(Discover::Desktop) => {
-                r.unix
-                    .extend(found.desktop.iter().map(|s| s.socket.clone()));
-            }
-            Some(Discover::Ide) => r.unix.extend(found.ide.iter().map(|s| s.socket.clone())),
-            Some(kind @ (Discover::Sshd | Discover::Notebooks)) => {
-                let servers = if kind == Discover::Sshd {
-                    &found.sshd
-                } else {
-                    &found.notebooks
-                };
-                let listeners: Vec<SocketAddr> = servers
+            Some(kind) if kind.listeners() => {
+                let listeners: Vec<SocketAddr> = found
+                    .of(kind)
                     .iter()
                     .filter_map(|s| s.socket.parse().ok())
                     .collect();
                 out.extend(listener_rules(&r, &listeners, &found.local_addrs));
                 continue;
             }
+            Some(kind) => r
+                .unix
+                .extend(found.of(kind).iter().map(|s| s.socket.clone())),
             None => {}
         }
         r.unix.sort();
@@ -190,7 +178,7 @@ fn listener_rules(
 /// server or forwarder, in words, for the event.
 pub fn describe(
     rule_id: u32,
-    rule_name: &str,
+    kind: Option<Discover>,
     dest: (Option<IpAddr>, u16, Option<&str>),
     found: &Found,
     tunnels: &BTreeMap<u32, Vec<Forwarder>>,
@@ -206,30 +194,22 @@ pub fn describe(
             f.comm, f.pid, f.to_host, f.to_port, f.evidence
         ));
     }
-    let servers = match rule_name {
-        "guard:executors/terminals" => &found.terminals,
-        "guard:executors/dbus" => &found.dbus,
-        "guard:executors/desktop" => &found.desktop,
-        "guard:executors/ide" => &found.ide,
-        "guard:executors/sshd" | "guard:executors/notebooks" => {
-            let list = if rule_name.ends_with("sshd") {
-                &found.sshd
-            } else {
-                &found.notebooks
-            };
-            let s = list.iter().find(|s| {
-                s.socket
-                    .parse::<SocketAddr>()
-                    .is_ok_and(|l| l.port() == port && addr.is_some())
-            })?;
-            return Some(format!(
-                "{} (pid {}) listening on {}",
-                s.comm, s.pid, s.socket
-            ));
-        }
-        _ => return None,
-    };
-    let s = servers.iter().find(|s| Some(s.socket.as_str()) == unix)?;
+    let kind = kind?;
+    if kind.listeners() {
+        let s = found.of(kind).iter().find(|s| {
+            s.socket
+                .parse::<SocketAddr>()
+                .is_ok_and(|l| l.port() == port && addr.is_some())
+        })?;
+        return Some(format!(
+            "{} (pid {}) listening on {}",
+            s.comm, s.pid, s.socket
+        ));
+    }
+    let s = found
+        .of(kind)
+        .iter()
+        .find(|s| Some(s.socket.as_str()) == unix)?;
     Some(if s.pid == 0 {
         s.comm.clone()
     } else {
@@ -266,17 +246,21 @@ mod tests {
         assert!(protected.rule_for("10.20.1.1", 22).is_none());
         assert_eq!(protected.rule_for("API.internal", 80).unwrap().name, "api");
         assert_eq!(protected.rule_for("10.30.0.9", 80).unwrap().name, "api");
+        let server = |pid, comm: &str, socket: &str| Server {
+            pid,
+            comm: comm.into(),
+            socket: socket.into(),
+        };
         let found = Found {
-            terminals: vec![Server {
-                pid: 7,
-                comm: "tmux: server".into(),
-                socket: "/tmp/tmux-0/default".into(),
-            }],
-            sshd: vec![Server {
-                pid: 8,
-                comm: "sshd".into(),
-                socket: "127.0.0.1:2222".into(),
-            }],
+            servers: [
+                (
+                    Discover::Terminals,
+                    vec![server(7, "tmux: server", "/tmp/tmux-0/default")],
+                ),
+                (Discover::Sshd, vec![server(8, "sshd", "127.0.0.1:2222")]),
+            ]
+            .into_iter()
+            .collect(),
             forwarders: vec![Forwarder {
                 pid: 9,
                 comm: "socat".into(),
@@ -286,7 +270,6 @@ mod tests {
                 evidence: "arguments",
             }],
             local_addrs: ["10.9.0.2".parse().unwrap()].into_iter().collect(),
-            ..Found::default()
         };
         let (rules, tunnels) = rules(&base, &found, &protected);
         let by_name = |n: &str| rules.iter().filter(|r| r.name == n).collect::<Vec<_>>();
@@ -310,13 +293,13 @@ mod tests {
         assert!(tunnel.networks.contains(&"10.9.0.2/32".parse().unwrap()));
         assert_eq!(tunnels[&FIRST_TUNNEL_ID][0].pid, 9);
         assert_eq!(
-            describe(FIRST_TUNNEL_ID, "db", (None, 15432, None), &found, &tunnels).unwrap(),
+            describe(FIRST_TUNNEL_ID, None, (None, 15432, None), &found, &tunnels).unwrap(),
             "forwarder socat (pid 9) to 10.20.0.5:5432, found by its arguments"
         );
         assert_eq!(
             describe(
                 0,
-                "guard:executors/terminals",
+                Some(Discover::Terminals),
                 (None, 0, Some("/tmp/tmux-0/default")),
                 &found,
                 &tunnels

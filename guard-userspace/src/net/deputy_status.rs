@@ -84,14 +84,10 @@ pub fn status(
             })
             .collect()
     };
-    let mut found_by_kind = BTreeMap::new();
-    found_by_kind.insert("terminals".to_owned(), servers(&found.terminals));
-    found_by_kind.insert("systemd".to_owned(), found.systemd_users.clone());
-    found_by_kind.insert("dbus".to_owned(), servers(&found.dbus));
-    found_by_kind.insert("sshd".to_owned(), servers(&found.sshd));
-    found_by_kind.insert("desktop".to_owned(), servers(&found.desktop));
-    found_by_kind.insert("ide".to_owned(), servers(&found.ide));
-    found_by_kind.insert("notebooks".to_owned(), servers(&found.notebooks));
+    let found_by_kind: BTreeMap<String, Vec<String>> = crate::policy::Discover::ALL
+        .into_iter()
+        .map(|kind| (kind.name().to_owned(), servers(found.of(kind))))
+        .collect();
     DeputiesStatus {
         rules,
         found: found_by_kind,

@@ -74,6 +74,36 @@ pub enum Discover {
     Notebooks,
 }
 
+impl Discover {
+    pub const ALL: [Self; 7] = [
+        Self::Terminals,
+        Self::SystemdUsers,
+        Self::Dbus,
+        Self::Sshd,
+        Self::Desktop,
+        Self::Ide,
+        Self::Notebooks,
+    ];
+
+    /// How status names what was found of this kind.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Terminals => "terminals",
+            Self::SystemdUsers => "systemd",
+            Self::Dbus => "dbus",
+            Self::Sshd => "sshd",
+            Self::Desktop => "desktop",
+            Self::Ide => "ide",
+            Self::Notebooks => "notebooks",
+        }
+    }
+
+    /// Whether what is found is TCP listeners (else unix sockets).
+    pub fn listeners(self) -> bool {
+        matches!(self, Self::Sshd | Self::Notebooks)
+    }
+}
+
 /// One entry of a built-in set, as `guard status` lists it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BuiltinEntry {
