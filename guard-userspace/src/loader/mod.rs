@@ -103,13 +103,13 @@ pub fn open_pinned_tags(
 
 /// Load a cgroup program of aya type `$ty` and attach it to the cgroup v2 root.
 macro_rules! cgroup_link {
-    ($at:expr, $row:expr, $ty:ty) => {{
+    ($at:expr, $row:expr, $ty:ty $(, $attach_type:expr)?) => {{
         let cgroup = $at.cgroup()?;
         let prog: &mut $ty = program($at.ebpf, $row.name)?;
         prog.load()
             .map_err(|e| AttachError::Load(verifier_text(&e)))?;
         let id = prog
-            .attach(&cgroup, CgroupAttachMode::Single)
+            .attach(&cgroup, $($attach_type,)? CgroupAttachMode::Single)
             .map_err(attach_err)?;
         let link: FdLink = prog
             .take_link(id)
@@ -174,28 +174,10 @@ impl<'a> Attacher<'a> {
                 let id = prog.attach().map_err(attach_err)?;
                 Link::Aya(prog.take_link(id).map_err(attach_err)?.into())
             }
-            // The two aya cgroup program types share their API but no trait.
+            // The aya cgroup program types share their API but no trait.
             Kind::SockAddr => cgroup_link!(self, row, CgroupSockAddr),
             Kind::SockCreate => cgroup_link!(self, row, CgroupSock),
-            Kind::Egress => {
-                let cgroup = self.cgroup()?;
-                let prog: &mut CgroupSkb = program(self.ebpf, row.name)?;
-                prog.load()
-                    .map_err(|e| AttachError::Load(verifier_text(&e)))?;
-                let id = prog
-                    .attach(
-                        &cgroup,
-                        CgroupSkbAttachType::Egress,
-                        CgroupAttachMode::Single,
-                    )
-                    .map_err(attach_err)?;
-                let link: FdLink = prog
-                    .take_link(id)
-                    .map_err(attach_err)?
-                    .try_into()
-                    .map_err(attach_err)?;
-                Link::Aya(link)
-            }
+            Kind::Egress => cgroup_link!(self, row, CgroupSkb, CgroupSkbAttachType::Egress),
             Kind::Device => {
                 let cgroup = self.cgroup()?;
                 let prog: &mut CgroupDevice = program(self.ebpf, row.name)?;
