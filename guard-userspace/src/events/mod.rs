@@ -142,6 +142,8 @@ pub struct Decoded {
     pub exit_code: Option<i32>,
     /// The signal that ended the process.
     pub signal: Option<i32>,
+    /// The pipeline already waited once for the process tree to learn this process.
+    pub waited: bool,
 }
 
 impl Decoded {
@@ -159,6 +161,7 @@ impl Decoded {
             recognised: None,
             exit_code: None,
             signal: None,
+            waited: false,
         }
     }
 }

@@ -24,6 +24,9 @@ const QUEUE: usize = 1024;
 const BATCH: usize = 256;
 /// How often drops are checked, the log synced and gauges refreshed.
 const TICK: Duration = Duration::from_secs(1);
+/// How long a decision about a process the tree does not know waits for the kernel's records
+/// of it: longer than the ring's drain interval (`guard_common::maps::EVENTS_DRAIN_MS`).
+const WAIT_FOR_TREE: Duration = Duration::from_millis(150);
 const USER_CACHE_MAX: usize = 4096;
 /// Bytes of argv kept per ancestor on a line (the process itself keeps up to 4 KiB).
 const ANCESTOR_ARGV_MAX: usize = 512;
@@ -101,12 +104,12 @@ pub fn spawn(ring: RingBuf<MapData>, pipeline: Pipeline) -> EventSink {
         pipeline.responders.clone(),
         pipeline.net.clone(),
     ));
-    tokio::spawn(pipeline.run(rx));
+    tokio::spawn(pipeline.run(rx, sink.clone()));
     sink
 }
 
 impl Pipeline {
-    async fn run(mut self, mut rx: mpsc::Receiver<Decoded>) {
+    async fn run(mut self, mut rx: mpsc::Receiver<Decoded>, again: EventSink) {
         let mut names = self.view.agent_names();
         let mut clock = Clock::now();
         let mut users = Users::default();
@@ -130,7 +133,24 @@ impl Pipeline {
                                     ppid: d.header.ppid,
                                     comm: d.comm.clone().unwrap_or_default(),
                                 };
-                                self.tree.context(d.header.proc, Some(hint)).await
+                                let ctx = self.tree.context(d.header.proc, Some(hint)).await;
+                                if ctx.is_none() && d.decision.is_some() && !d.waited {
+                                    // A decision made in userspace (a fanotify answer) can
+                                    // overtake the kernel's fork and exec records of a process
+                                    // that is gone by now: look again once they are read.
+                                    let mut later = d;
+                                    later.waited = true;
+                                    let again = again.clone();
+                                    tokio::spawn(async move {
+                                        tokio::time::sleep(WAIT_FOR_TREE).await;
+                                        again.submit(later).await;
+                                    });
+                                    if taken < BATCH {
+                                        next = rx.try_recv().ok();
+                                    }
+                                    continue;
+                                }
+                                ctx
                             }
                         };
                         let user = users.name(d.header.uid);
