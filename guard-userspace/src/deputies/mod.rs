@@ -105,6 +105,22 @@ fn is_notebook(p: &Proc) -> bool {
             .any(|a| a.contains("ipykernel") || a.contains("jupyter"))
 }
 
+/// The kind of executor a running process is: by its name, and for terminal servers and
+/// notebooks only when it is not tagged (an agent's own tmux or kernel serves the agent).
+fn classify(ctx: &dyn Context, p: &Proc) -> Option<Discover> {
+    if is_terminal(&p.comm) {
+        (!ctx.tagged(p.pid)).then_some(Discover::Terminals)
+    } else if is_bus(&p.comm) {
+        Some(Discover::Dbus)
+    } else if p.comm == "sshd" {
+        Some(Discover::Sshd)
+    } else if may_be_notebook(&p.comm) && is_notebook(p) && !ctx.tagged(p.pid) {
+        Some(Discover::Notebooks)
+    } else {
+        None
+    }
+}
+
 /// Look at the host. `previous` is what the last scan found: a forwarder found by its
 /// connections is remembered while it lives and keeps its listener (the connection that
 /// showed where it leads may have closed since).
@@ -149,20 +165,15 @@ pub fn scan(ctx: &dyn Context, previous: &Found) -> Found {
                 .filter_map(|i| tables.tcp_listeners.get(i))
                 .map(ToString::to_string)
         };
-        let (kind, sockets): (Discover, Vec<String>) = if is_terminal(&p.comm) && !ctx.tagged(p.pid)
-        {
-            (Discover::Terminals, unix().cloned().collect())
-        } else if is_bus(&p.comm) {
-            (Discover::Dbus, unix().cloned().collect())
-        } else if p.comm == "sshd" {
-            (Discover::Sshd, tcp().collect())
-        } else if may_be_notebook(&p.comm) && is_notebook(p) && !ctx.tagged(p.pid) {
-            (Discover::Notebooks, tcp().collect())
-        } else {
-            (Discover::Terminals, Vec::new())
-        };
-        for socket in sockets {
-            found.add(kind, server(socket));
+        if let Some(kind) = classify(ctx, p) {
+            let sockets: Vec<String> = if kind.listeners() {
+                tcp().collect()
+            } else {
+                unix().cloned().collect()
+            };
+            for socket in sockets {
+                found.add(kind, server(socket));
+            }
         }
         if !ctx.tagged(p.pid) {
             found

@@ -79,12 +79,10 @@ fn tagged_group(engine: &Engine, tid: i32) -> Option<(u32, guard_common::Tag)> {
 
 /// Strength of a rule's action: the strongest matching rule decides.
 fn strength(r: &RuleInfo) -> u8 {
-    match (r.enforcing(), r.action) {
-        (false, _) => 0,
-        (true, Action::Audit) => 0,
-        (true, Action::Deny) => 1,
-        (true, Action::Kill) => 2,
-        (true, Action::KillTree) => 3,
+    if r.enforcing() {
+        r.action.strength()
+    } else {
+        0
     }
 }
 

@@ -57,7 +57,7 @@ impl Protected {
                 port_ok && target_ok
             })
             .map(|(r, _)| r)
-            .max_by_key(|r| (r.mode == crate::policy::Mode::Enforce, strength(r.action)))
+            .max_by_key(|r| (r.mode == crate::policy::Mode::Enforce, r.action.strength()))
     }
 }
 
@@ -75,16 +75,6 @@ impl deputies::Context for ScanContext {
         self.protected
             .rule_for(&addr.ip().to_string(), addr.port())
             .is_some()
-    }
-}
-
-fn strength(a: crate::policy::Action) -> u8 {
-    use crate::policy::Action;
-    match a {
-        Action::Audit => 0,
-        Action::Deny => 1,
-        Action::Kill => 2,
-        Action::KillTree => 3,
     }
 }
 

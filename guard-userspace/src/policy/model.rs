@@ -133,6 +133,18 @@ pub enum Action {
     Audit,
 }
 
+impl Action {
+    /// How strong the action is where several rules match: the strongest decides.
+    pub fn strength(self) -> u8 {
+        match self {
+            Action::Audit => 0,
+            Action::Deny => 1,
+            Action::Kill => 2,
+            Action::KillTree => 3,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
