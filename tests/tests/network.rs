@@ -8,6 +8,7 @@
 mod network_support;
 
 use std::{
+    net::{Ipv4Addr, Ipv6Addr},
     path::Path,
     process::{Command, Stdio},
     time::Duration,
@@ -131,22 +132,58 @@ fn ipv6_and_ipv4_mapped_destinations() {
 
     // NAT64 and IPv4-compatible spellings carry the IPv4 address: its rules apply. Nothing
     // routes them here, so an untagged attempt fails otherwise (never with EPERM).
-    for carried in [format!("64:ff9b::{}", net.a), format!("::{}", net.a)] {
-        assert_eperm(&client(Some(&daemon), "tcp", &carried, 5432), &carried);
-        let untagged = client(None, "tcp", &carried, 5432);
+    let v4: Ipv4Addr = net.a.parse().expect("IPv4");
+    let local_use: Vec<String> = [48, 56, 64, 96]
+        .into_iter()
+        .map(|len| nat64_local_use(v4, len))
+        .collect();
+    let translated = [format!("64:ff9b::{}", net.a), format!("::{}", net.a)];
+    for carried in translated.iter().chain(&local_use) {
+        assert_eperm(&client(Some(&daemon), "tcp", carried, 5432), carried);
+        let untagged = client(None, "tcp", carried, 5432);
         assert!(
             !stdout(&untagged).starts_with("err 1\n"),
             "untagged {carried} is not refused by guard: {}",
             text(&untagged)
         );
     }
-    let evs = net_events(&daemon, 3, |e| e["rule"] == "prod-v4");
-    assert!(
-        evs.iter()
-            .all(|e| e["destination"]["address"] == net.a.as_str()),
-        "matched as the IPv4 address they carry: {evs:?}"
+    let evs = net_events(&daemon, 3 + local_use.len(), |e| e["rule"] == "prod-v4");
+    let addresses: Vec<&str> = evs
+        .iter()
+        .filter_map(|e| e["destination"]["address"].as_str())
+        .collect();
+    assert_eq!(
+        addresses.iter().filter(|a| **a == net.a).count(),
+        3,
+        "the mapped and the two translated spellings are matched as the IPv4 address: {evs:?}"
     );
+    for spelling in &local_use {
+        let want: Ipv6Addr = spelling.parse().expect("IPv6");
+        assert!(
+            addresses
+                .iter()
+                .any(|a| a.parse::<Ipv6Addr>().ok() == Some(want)),
+            "the local-use NAT64 spelling {spelling} met the IPv4 rule: {evs:?}"
+        );
+    }
     assert_eq!(listener.count("tcp:5432"), 2);
+}
+
+/// `v4` under NAT64's local-use prefix `64:ff9b:1::/48` (RFC 8215) as RFC 6052 lays it out
+/// for a network-specific prefix of `len` bits (the octet at bits 64–71 stays zero).
+fn nat64_local_use(v4: Ipv4Addr, len: u8) -> String {
+    let at: [usize; 4] = match len {
+        48 => [6, 7, 9, 10],
+        56 => [7, 9, 10, 11],
+        64 => [9, 10, 11, 12],
+        _ => [12, 13, 14, 15],
+    };
+    let mut b = [0u8; 16];
+    b[..6].copy_from_slice(&[0, 0x64, 0xff, 0x9b, 0, 1]);
+    for (octet, pos) in v4.octets().into_iter().zip(at) {
+        b[pos] = octet;
+    }
+    Ipv6Addr::from(b).to_string()
 }
 
 #[test]

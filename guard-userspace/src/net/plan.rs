@@ -19,7 +19,8 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 pub use super::unix_files::UnixTargets;
 
 use crate::policy::{
-    Action, CompiledEndpointRule, CompiledRawRule, Mode, Protocol, canonical_addr, normalise,
+    Action, CompiledEndpointRule, CompiledRawRule, Mode, Protocol, canonical_addr, nat64_local,
+    normalise,
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -182,6 +183,11 @@ pub fn plan(
             .chain(host_nets)
             .map(normalise)
         {
+            if let IpNet::V4(v4) = net {
+                for v6 in nat64_local(v4) {
+                    nets.entry(IpNet::V6(v6)).or_default().insert(slot);
+                }
+            }
             nets.entry(net).or_default().insert(slot);
         }
         for name in &rule.unix {
@@ -330,7 +336,13 @@ mod tests {
             [base + 3, base]
         );
         assert_eq!(slots(&p.v6[&"fd00::/8".parse().unwrap()]), [base + 3]);
-        assert_eq!(p.v6.len(), 1);
+        // Each IPv4 network is also listed under NAT64's local-use prefix, four spellings,
+        // covered as its IPv4 network is.
+        assert_eq!(p.v6.len(), 1 + 4 * 4);
+        assert_eq!(
+            slots(&p.v6[&"64:ff9b:1::10.20.0.5/128".parse().unwrap()]),
+            [base + 1, base + 2, base]
+        );
     }
 
     #[test]

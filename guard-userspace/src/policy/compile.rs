@@ -1,10 +1,14 @@
 //! The compiled form of a policy: what the loader turns into map entries. Pure: no IO, no DNS
 //! (hosts stay names, `~` paths stay unexpanded until the loader supplies the homes).
 
-use std::{fmt::Write as _, net::IpAddr, path::PathBuf};
+use std::{
+    fmt::Write as _,
+    net::{IpAddr, Ipv6Addr},
+    path::PathBuf,
+};
 
 use guard_common::agent::{COMM_LEN, NAME_LEN, NameKey, trim_nul};
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use super::{
     builtin::{BuiltinEntry, Builtins, Discover, FIRST_BUILTIN_ID},
@@ -225,6 +229,38 @@ pub fn normalise(net: IpNet) -> IpNet {
         return IpNet::V4(mapped);
     }
     net
+}
+
+/// The spellings of an IPv4 network under NAT64's local-use prefix `64:ff9b:1::/48`
+/// (RFC 8215). An address alone does not tell which of RFC 6052's prefix lengths the
+/// operator chose, so each is listed: /48, /56 and /64, where the IPv4 bits are split around
+/// the `u` octet (bits 64–71, always zero), and /96 directly under the /48
+/// (`64:ff9b:1::a.b.c.d`). The well-known prefix `64:ff9b::/96` is decoded in the kernel.
+pub fn nat64_local(net: Ipv4Net) -> [Ipv6Net; 4] {
+    const PREFIX: [u8; 6] = [0, 0x64, 0xff, 0x9b, 0, 1];
+    // (prefix length, where the four IPv4 octets go, how many IPv4 bits come before the u
+    // octet; for /96 the u octet is inside the prefix)
+    const LAYOUTS: [(u8, [usize; 4], Option<u8>); 4] = [
+        (48, [6, 7, 9, 10], Some(16)),
+        (56, [7, 9, 10, 11], Some(8)),
+        (64, [9, 10, 11, 12], Some(0)),
+        (96, [12, 13, 14, 15], None),
+    ];
+    let octets = net.network().octets();
+    let len = net.prefix_len();
+    LAYOUTS.map(|(prefix_len, at, before_u)| {
+        let mut addr = [0u8; 16];
+        addr[..6].copy_from_slice(&PREFIX);
+        for (octet, pos) in octets.iter().zip(at) {
+            addr[pos] = *octet;
+        }
+        // The u octet is part of the match once the network's bits reach past it.
+        let u = match before_u {
+            Some(bits) if len > bits => 8,
+            _ => 0,
+        };
+        Ipv6Net::new(Ipv6Addr::from(addr), prefix_len + len + u).expect("at most 128 bits")
+    })
 }
 
 /// An address as the kernel should compare it: IPv4-mapped IPv6 addresses as IPv4.
@@ -448,7 +484,6 @@ fn plural(n: usize, word: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv6Addr;
 
     use super::*;
 
@@ -569,5 +604,27 @@ spec:
             summary.contains("t.yaml:8:32: spec.agents[0].executables[0]"),
             "{summary}"
         );
+    }
+    #[test]
+    fn nat64_local_use_spellings_cover_each_prefix_length() {
+        let metadata: Ipv4Net = "169.254.169.254/32".parse().unwrap();
+        let nets = nat64_local(metadata);
+        let contains = |a: &str| {
+            nets.iter()
+                .any(|n| n.contains(&a.parse::<Ipv6Addr>().unwrap()))
+        };
+        // 169.254 = a9fe, 169.254 = a9fe; u octet zero.
+        assert!(contains("64:ff9b:1:a9fe:a9:fe00::"), "/48: {nets:?}");
+        assert!(contains("64:ff9b:1:a9:fe:a9fe::"), "/56: {nets:?}");
+        assert!(contains("64:ff9b:1:0:a9:fea9:fe00:0"), "/64: {nets:?}");
+        assert!(contains("64:ff9b:1::169.254.169.254"), "/96: {nets:?}");
+        assert!(!contains("64:ff9b:1:a9fe:1a9:fe00::"), "u octet not zero");
+        assert!(!contains("64:ff9b:1::169.254.169.253"), "another address");
+        assert!(
+            !contains("64:ff9b::169.254.169.254"),
+            "the well-known prefix is the kernel's"
+        );
+        let wide = nat64_local("10.0.0.0/8".parse().unwrap());
+        assert_eq!(wide.map(|n| n.prefix_len()), [56, 64, 80, 104]);
     }
 }

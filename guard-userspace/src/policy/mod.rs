@@ -24,7 +24,7 @@ use std::path::Path;
 pub use builtin::{BuiltinEntry, Builtins, Discover, Executors, FIRST_BUILTIN_ID, StartupFiles};
 pub use compile::{
     CompiledAgent, CompiledEndpointRule, CompiledPathRule, CompiledPolicy, CompiledRawRule, DELETE,
-    EXEC, RAW_RULE_NAME, READ, WRITE, canonical_addr, normalise,
+    EXEC, RAW_RULE_NAME, READ, WRITE, canonical_addr, nat64_local, normalise,
 };
 pub use error::{Diagnostic, Location, Note, PolicyError, Problem, Warning};
 pub use model::{
