@@ -74,6 +74,7 @@ const FLOORS: &[(&str, u8)] = &[
     ("watch", 1),
     ("seccomp", 1),
     ("caps", 1),
+    ("secrets", 0),
     ("paths", 0),
 ];
 

@@ -25,6 +25,7 @@ pub mod proctree;
 pub mod render;
 pub mod respond;
 pub mod seccomp;
+pub mod secrets;
 pub mod selfprot;
 pub mod tagmap;
 pub mod tags;

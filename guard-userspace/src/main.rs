@@ -151,6 +151,26 @@ enum Cmd {
         #[command(subcommand)]
         command: PolicyCmd,
     },
+    /// Credentials in files: what the detectors find (never the secret: its detector, place
+    /// and fingerprint).
+    Secrets {
+        #[command(subcommand)]
+        command: SecretsCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum SecretsCmd {
+    /// Scan files and directories (symlinks not followed) and report each finding and the
+    /// throughput.
+    Scan {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// List the detectors.
+    Detectors,
 }
 
 #[derive(Subcommand)]
@@ -304,6 +324,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Status { output } => status(&paths, output),
+        Cmd::Secrets { command } => secrets(&paths, command),
         Cmd::Policy {
             command: PolicyCmd::Check { file },
         } => match Policy::load(&file) {
@@ -425,4 +446,30 @@ fn status(paths: &Paths, output: Output) -> anyhow::Result<ExitCode> {
         }
         Err(e) => Err(e.into()),
     }
+}
+
+fn secrets(paths: &Paths, command: SecretsCmd) -> anyhow::Result<ExitCode> {
+    use guard::secrets::{DETECTORS, walk};
+    match command {
+        SecretsCmd::Detectors => {
+            for d in DETECTORS {
+                println!("{:<28} {}", d.name, d.what);
+            }
+        }
+        SecretsCmd::Scan {
+            paths: roots,
+            output,
+        } => {
+            for p in &roots {
+                std::fs::symlink_metadata(p).with_context(|| format!("{}", p.display()))?;
+            }
+            let (key, key_note) = walk::cli_key(&paths.event_log)?;
+            let report = walk::scan(&roots, &key);
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+                Output::Table => print!("{}", guard::render::secrets_report(&report, key_note)),
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -209,3 +209,48 @@ pub fn status(st: &DaemonStatus, color: bool) -> String {
     }
     out
 }
+
+/// `guard secrets scan`'s table: each finding, then what was read and how fast.
+pub fn secrets_report(r: &crate::secrets::walk::Report, key_note: &str) -> String {
+    let mut out = String::new();
+    for f in &r.findings {
+        let _ = writeln!(
+            out,
+            "{}:{}  {}  {}",
+            f.path.display(),
+            f.line,
+            f.detector,
+            f.fingerprint
+        );
+    }
+    let _ = writeln!(
+        out,
+        "scanned {} files, {:.1} MB in {:.2} s ({:.1} MB/s, {:.0} files/s); skipped {} binary; \
+         {} truncated at {} MiB; {} unreadable",
+        r.files,
+        r.bytes as f64 / 1e6,
+        r.seconds,
+        r.mb_per_s,
+        r.files_per_s,
+        r.binary,
+        r.truncated,
+        crate::secrets::file::MAX_BYTES >> 20,
+        r.unreadable
+    );
+    let by: Vec<String> = r
+        .by_detector
+        .iter()
+        .map(|(d, n)| format!("{d} {n}"))
+        .collect();
+    let _ = writeln!(
+        out,
+        "findings: {}",
+        if by.is_empty() {
+            "none".to_owned()
+        } else {
+            by.join(", ")
+        }
+    );
+    let _ = writeln!(out, "fingerprints: {key_note}");
+    out
+}

@@ -17,6 +17,7 @@ mod extras;
 mod json;
 mod policy;
 mod report;
+mod secrets;
 mod stats;
 mod workloads;
 
@@ -183,6 +184,8 @@ pub struct Results {
     pub guard_prebuilt: bool,
     /// guard's programs' run time per operation (bpf_stats).
     pub costs: Result<Vec<costs::Row>, String>,
+    /// The secret scanner over the cargo registry's sources.
+    pub secret_scan: Result<secrets::SecretScan, String>,
 }
 
 pub fn bench(opts: &Options) -> Result<()> {
@@ -282,6 +285,7 @@ pub fn bench(opts: &Options) -> Result<()> {
         tag_verified: None,
         kill: KillLatency::unavailable("not measured"),
         costs: Err("not measured".into()),
+        secret_scan: Err("not measured".into()),
         flood: Err("not measured".into()),
         decision_flood: Err("not measured".into()),
         policy: generated,
@@ -389,6 +393,8 @@ pub fn bench(opts: &Options) -> Result<()> {
     }
 
     extras(&guard, &bench_bin, &work.0, &fx, &plan, &mut r);
+    println!("[bench] secret scan over the cargo registry's sources");
+    r.secret_scan = secrets::measure(&guard).map_err(|e| format!("{e:#}"));
     r.audit_log_bytes = audit.as_ref().map(Auditd::log_bytes);
     drop(audit);
     machine.finish();

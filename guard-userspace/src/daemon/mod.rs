@@ -71,6 +71,8 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
+    #[error("fingerprint key {path}: {reason}")]
+    FingerprintKey { path: String, reason: String },
     #[error(transparent)]
     Watch(#[from] crate::watch::WatchError),
     #[error("signal handler: {0}")]

@@ -3,7 +3,7 @@
 //! keeper. `run` in the parent module puts them in order.
 
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{Arc, Mutex},
 };
 
@@ -57,6 +57,7 @@ pub(super) fn preflight(cfg: &DaemonConfig) -> Result<Preflight, DaemonError> {
             cfg.paths.socket.display().to_string(),
         ));
     }
+    install_fingerprint_key(&cfg.paths.event_log)?;
     let bpffs_root = cfg
         .paths
         .pin_dir
@@ -151,10 +152,7 @@ pub(super) fn check_policy_file(cfg: &DaemonConfig, state: &Shared) -> Result<()
         return Err(DaemonError::PolicyUntrusted(format!(
             "{}: {why}. The pinned programs keep enforcing the policy in force before. Review \
              the file, then start with --policy-reviewed",
-            cfg.policy
-                .as_deref()
-                .unwrap_or(std::path::Path::new("-"))
-                .display()
+            cfg.policy.as_deref().unwrap_or(Path::new("-")).display()
         )));
     }
     warn!(%why, "starting on a policy file changed by tagged processes: --policy-reviewed");
@@ -175,6 +173,22 @@ pub(super) fn seed(state: &Shared) -> Result<(), DaemonError> {
         passes = report.passes,
         "seeded tags from /proc"
     );
+    Ok(())
+}
+
+/// The key that fingerprints secrets in events, beside the event log (created the first
+/// time): set before anything reads a command line, so every redaction uses it.
+fn install_fingerprint_key(event_log: &Path) -> Result<(), DaemonError> {
+    let path = crate::secrets::Key::path_for(event_log);
+    let err = |reason: String| DaemonError::FingerprintKey {
+        path: path.display().to_string(),
+        reason,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+    }
+    let key = crate::secrets::Key::load_or_create(&path).map_err(|e| err(format!("{e:#}")))?;
+    crate::secrets::install_key(key);
     Ok(())
 }
 

@@ -82,9 +82,10 @@ fn read_proc(pid: u32) -> Option<Snapshot> {
             .ok()
             .map(|p| p.to_string_lossy().into_owned())
     };
-    let argv = std::fs::read(format!("{base}/cmdline"))
+    let mut argv = std::fs::read(format!("{base}/cmdline"))
         .map(|b| split_argv(&b))
         .unwrap_or_default();
+    crate::secrets::redact_argv(&mut argv, crate::secrets::key());
     let uid = std::fs::read_to_string(format!("{base}/status"))
         .ok()
         .and_then(|s| parse_uid(&s));

@@ -171,7 +171,11 @@ impl ProcInfo {
             start_ns: stat.starttime * guard_common::NS_PER_TICK,
             comm: stat.comm,
             exe: p.exe().ok().map(|e| e.display().to_string()),
-            argv: p.cmdline().unwrap_or_default(),
+            argv: {
+                let mut argv = p.cmdline().unwrap_or_default();
+                crate::secrets::redact_argv(&mut argv, crate::secrets::key());
+                argv
+            },
             uid: p.uid().ok(),
         })
     }

@@ -291,6 +291,7 @@ fn extras_text(r: &Results) -> String {
         }
     }
     out.push_str(&super::costs::text(&r.costs));
+    out.push_str(&super::secrets::text(&r.secret_scan));
     for flood in [&r.flood, &r.decision_flood] {
         flood_text(&mut out, flood);
     }
@@ -441,6 +442,7 @@ fn to_json(r: &Results, created: &str) -> Json {
         .with("workloads", Json::Arr(workloads_json))
         .with("kill_latency", r.kill.json())
         .with("program_costs", super::costs::json(&r.costs))
+        .with("secret_scan", super::secrets::json(&r.secret_scan))
         .with("event_pipeline", flood_json(&r.flood))
         .with("decision_pipeline", flood_json(&r.decision_flood))
         .with("start_to_enforcing", start)
