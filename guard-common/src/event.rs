@@ -81,7 +81,8 @@ pub struct EventHeader {
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 56);
 
 /// `AgentExec`, `TaggedExec`, `TaggedExit`, `TaggedFork`, `TagMapFull` (for a fork, `proc`
-/// is the child and `ppid` the parent).
+/// is the child and `ppid` the parent; for a fork refused at `task_alloc`, [`FORK_REFUSED`]
+/// in `exit_code`, `proc` is the parent, which has no child).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct ProcessEvent {
@@ -95,6 +96,11 @@ pub struct ProcessEvent {
     pub reason: u32,
 }
 const _: () = assert!(core::mem::size_of::<ProcessEvent>() == 112);
+
+/// `exit_code` of a `TagMapFull` record: the child was killed in the kernel…
+pub const CHILD_KILLED: i32 = 1;
+/// …or the fork itself was refused (bpf-lsm `task_alloc`); 0: the daemon kills the child.
+pub const FORK_REFUSED: i32 = 2;
 
 /// Per-CPU counters in [`crate::maps::COUNTERS`].
 #[repr(u32)]

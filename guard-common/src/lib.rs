@@ -32,6 +32,11 @@ const _: () = assert!(core::mem::size_of::<ProcKey>() == 16);
 /// Nanoseconds in one `/proc` clock tick (USER_HZ = 100 on every Linux ABI).
 pub const NS_PER_TICK: u64 = 10_000_000;
 
+/// The tag-map key no process can have (tgids stay below `kernel.pid_max`, at most 2²²): the
+/// bpf-lsm `task_alloc` program inserts it for an instant to learn whether the map can take
+/// one more entry. Whoever lists the map skips it.
+pub const PROBE_TGID: u32 = u32::MAX;
+
 impl ProcKey {
     pub const fn new(tgid: u32, start_ns: u64) -> Self {
         Self {

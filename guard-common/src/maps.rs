@@ -160,14 +160,17 @@ pub mod lsm_programs {
     pub const FILE_IOCTL_COMPAT: &str = "guard_lsm_file_ioctl_compat";
     pub const CAPABLE: &str = "guard_lsm_capable";
     pub const BPRM_CHECK: &str = "guard_lsm_bprm_check";
+    pub const TASK_ALLOC: &str = "guard_lsm_task_alloc";
 
     /// No deputies: keystrokes into terminals, the capability ceiling (process access is the
-    /// self-protection hook `ptrace_access_check`, which decides both).
-    pub const DEPUTY: [(&str, &str); 4] = [
+    /// self-protection hook `ptrace_access_check`, which decides both), and no untagged
+    /// child: a fork the tag map cannot take is refused.
+    pub const DEPUTY: [(&str, &str); 5] = [
         (FILE_IOCTL, "file_ioctl"),
         (FILE_IOCTL_COMPAT, "file_ioctl_compat"),
         (CAPABLE, "capable"),
         (BPRM_CHECK, "bprm_check_security"),
+        (TASK_ALLOC, "task_alloc"),
     ];
 
     /// The self-protection hooks.
@@ -351,7 +354,7 @@ pub const GLOBALS: [&str; 7] = [
 ];
 
 /// Every program of the kernel object, by function name.
-pub const ALL_PROGRAMS: [&str; 50] = [
+pub const ALL_PROGRAMS: [&str; 51] = [
     programs::FORK,
     programs::EXEC,
     programs::CGROUP_JOIN,
@@ -394,6 +397,7 @@ pub const ALL_PROGRAMS: [&str; 50] = [
     lsm_programs::FILE_IOCTL_COMPAT,
     lsm_programs::CAPABLE,
     lsm_programs::BPRM_CHECK,
+    lsm_programs::TASK_ALLOC,
     file_programs::CTIME_XCHG,
     file_programs::CTIME_SKIP,
     file_programs::CTIME_SET,

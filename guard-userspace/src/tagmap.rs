@@ -90,7 +90,18 @@ pub fn status(kernel: &Kernel, used: usize) -> TagMapStatus {
     let info = kernel.tag_map;
     let used = u32::try_from(used).unwrap_or(u32::MAX);
     let pid_max = pid_max();
-    let when_full = if info.kernel_kills_children {
+    let refuses = kernel
+        .lsm
+        .as_ref()
+        .is_some_and(|l| l.hooks.iter().any(|h| h == "task_alloc"));
+    let when_full = if refuses && info.kernel_kills_children {
+        "the fork is refused in the kernel (EAGAIN, lsm/task_alloc); a fork that takes the \
+         last entry from another at the same instant has its child killed in the kernel \
+         before it runs"
+    } else if refuses {
+        "the fork is refused in the kernel (EAGAIN, lsm/task_alloc); a fork that takes the \
+         last entry from another at the same instant has its child killed by the daemon"
+    } else if info.kernel_kills_children {
         "the child is killed in the kernel before it runs (bpf_send_signal_task)"
     } else {
         "the child is killed by the daemon when it reads the event (this kernel has no \

@@ -2,12 +2,14 @@
 //! when a known agent starts, and dropped when the thread group dies.
 
 use aya_ebpf::{
-    helpers::bpf_get_current_comm, macros::btf_tracepoint, programs::BtfTracePointContext,
+    helpers::bpf_get_current_comm,
+    macros::{btf_tracepoint, lsm},
+    programs::{BtfTracePointContext, LsmContext},
 };
 use guard_common::{
-    ProcKey, Tag,
+    PROBE_TGID, ProcKey, Tag,
     agent::{NAME_LEN, recognised},
-    event::{Counter, EventKind, ProcessEvent},
+    event::{CHILD_KILLED, Counter, EventKind, FORK_REFUSED, ProcessEvent},
     maps::EVENTS_WAKE_BYTES,
     tag_flags,
 };
@@ -192,7 +194,7 @@ fn try_fork(ctx: &BtfTracePointContext) -> Result<(), i32> {
             &tag,
             child_key,
             parent_tgid,
-            i32::from(killed),
+            if killed { CHILD_KILLED } else { 0 },
             &NOTHING,
         );
         return Ok(());
@@ -207,6 +209,50 @@ fn try_fork(ctx: &BtfTracePointContext) -> Result<(), i32> {
         &NOTHING,
     );
     Ok(())
+}
+
+const CLONE_THREAD: u64 = 0x0001_0000;
+const BPF_NOEXIST: u64 = 1;
+const E2BIG: i32 = 7;
+const EAGAIN: i32 = 11;
+
+/// `task_alloc(struct task_struct *task, unsigned long clone_flags)` (bpf-lsm tier): a tagged
+/// process's fork that the tag map cannot take is refused with EAGAIN before the child exists,
+/// instead of the child being killed after (which before Linux 6.13 only the daemon can do,
+/// and which lets the child run until then). The map is asked by inserting the one key no
+/// process has, and removing it again; the fork tracker's kill stays the backstop for a fork
+/// that loses the last entry to another between here and there.
+#[lsm(hook = "task_alloc")]
+pub fn guard_lsm_task_alloc(ctx: LsmContext) -> i32 {
+    let clone_flags: u64 = ctx.arg(1);
+    if clone_flags & CLONE_THREAD != 0 {
+        // A thread shares its group's entry.
+        return 0;
+    }
+    let Some(caller) = crate::ctx::tagged() else {
+        return 0;
+    };
+    match TAGS.insert(PROBE_TGID, caller.tag, BPF_NOEXIST) {
+        Ok(()) => {
+            let _ = TAGS.remove(PROBE_TGID);
+            0
+        }
+        Err(e) if e == -E2BIG => {
+            count(Counter::TagInsertFailed);
+            emit(
+                EventKind::TagMapFull,
+                &caller.tag,
+                caller.key(),
+                current_ppid(),
+                FORK_REFUSED,
+                &NOTHING,
+            );
+            -EAGAIN
+        }
+        // Another fork is asking at this instant, or the kernel is short of memory: the
+        // fork tracker decides.
+        Err(_) => 0,
+    }
 }
 
 fn try_exec(bprm: *const u8) -> Result<(), i32> {

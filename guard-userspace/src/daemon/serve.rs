@@ -341,7 +341,13 @@ impl DaemonView for View {
                 .into_iter()
                 .map(|(n, v)| (n.to_string(), v))
                 .collect(),
-            tagged_processes: st.kernel.tags.keys().filter_map(Result::ok).count() as u64,
+            tagged_processes: st
+                .kernel
+                .tags
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|k| *k != guard_common::PROBE_TGID)
+                .count() as u64,
             tag_map_size: u64::from(st.kernel.tag_map.size),
             policy_generation: st.generation,
             enforcing: st.enforcing,

@@ -34,7 +34,13 @@ pub(super) fn status(state: &Shared) -> Reply<DaemonStatus> {
         internal_rules: st.internal.iter().map(|r| r.name.clone()).collect(),
     };
     let problems = problems(&path_rules, &st.kernel, &st.net_attached, &self_protection);
-    let tagged = st.kernel.tags.keys().filter_map(Result::ok).count();
+    let tagged = st
+        .kernel
+        .tags
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| *k != guard_common::PROBE_TGID)
+        .count();
     Reply::ok(DaemonStatus {
         daemon_pid: std::process::id(),
         enforcing: st.enforcing,

@@ -4,7 +4,7 @@
 use guard_common::{
     agent::recognised,
     decision::Outcome,
-    event::{EventKind, ProcessEvent},
+    event::{CHILD_KILLED, EventKind, FORK_REFUSED, ProcessEvent},
 };
 
 use super::{
@@ -20,11 +20,29 @@ pub fn decode(kind: EventKind, raw: &[u8], _ctx: &DecodeCtx<'_>) -> Result<Decod
     let ev: ProcessEvent = read_pod(raw)?;
     let mut d = Decoded::new(kind, ev.header);
     d.comm = Some(c_str(&ev.comm));
+    if kind == EventKind::TagMapFull && ev.exit_code == FORK_REFUSED {
+        // The fork never happened: the record is the parent's.
+        d.decision = Some(Decision {
+            rule: TAG_MAP_FULL_RULE.to_owned(),
+            rule_id: None,
+            action: Action::Deny.to_string(),
+            mode: Some(Mode::Enforce.to_string()),
+            result: Outcome::Denied.name().to_owned(),
+            hook: Some("task_alloc".to_owned()),
+        });
+        d.object = Some(Object {
+            path: None,
+            dev: None,
+            ino: None,
+            operation: Some("fork".to_owned()),
+        });
+        return Ok(d);
+    }
     if kind == EventKind::TagMapFull {
         // The process never joins the tree. A fork's child is a new tgid in a tree; an exec
         // is its own root.
         let fork = ev.header.proc != ev.header.root;
-        let outcome = if ev.exit_code == 1 {
+        let outcome = if ev.exit_code == CHILD_KILLED {
             Outcome::Killed
         } else {
             Outcome::KillScheduled

@@ -244,7 +244,12 @@ pub struct SeedReport {
 pub fn seed(kernel: &mut Kernel, agents: &[AgentSpec]) -> Result<SeedReport, TagError> {
     let mut report = SeedReport::default();
     // Drop entries whose process is gone or whose pid was reused.
-    let existing: Vec<(u32, Tag)> = kernel.tags.iter().filter_map(Result::ok).collect();
+    let existing: Vec<(u32, Tag)> = kernel
+        .tags
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(k, _)| *k != guard_common::PROBE_TGID)
+        .collect();
     for (tgid, tag) in existing {
         let live = ProcInfo::read(tgid as i32).ok();
         if live.is_none_or(|p| p.key().start_ns != tag.start_ns) {
@@ -375,6 +380,7 @@ pub fn list(kernel: &Kernel, names: &AgentNames, agents: &[AgentSpec]) -> Vec<Ta
         .tags
         .iter()
         .filter_map(Result::ok)
+        .filter(|(tgid, _)| *tgid != guard_common::PROBE_TGID)
         .map(|(tgid, tag)| {
             let info = ProcInfo::read(tgid as i32).ok();
             TaggedProc {
