@@ -370,6 +370,13 @@ fn a_full_tag_map_kills_what_it_cannot_tag() {
     } else {
         Refusal::KilledByDaemon
     };
+    if guard_tests::lsm_tier() {
+        assert_eq!(
+            way,
+            Refusal::ForkRefused,
+            "bpf-lsm refuses the fork: {when_full}"
+        );
+    }
     let dir = tempfile::tempdir().unwrap();
     let claude = dir.path().join("claude");
     std::fs::copy("/bin/bash", &claude).unwrap();
