@@ -21,7 +21,7 @@ use crate::{
     net,
     policy::{CompiledPolicy, Policy},
     probe::{self, Probe},
-    proctree::{ProcTree, ProcTreeHandle, Procfs, TreeConfig},
+    proctree::{ProcTree, Procfs, TreeConfig},
     tags::{self, AgentNames},
 };
 
@@ -212,7 +212,7 @@ pub(super) async fn start_pipeline(
         let bound = metrics::serve(addr, metrics.clone()).await?;
         info!(addr = %bound, "serving metrics");
     }
-    let tree = ProcTreeHandle::spawn(ProcTree::new(TreeConfig::default(), Box::new(Procfs)));
+    let tree = ProcTree::new(TreeConfig::default(), Box::new(Procfs));
     let sink = pipeline::spawn(
         ring,
         Pipeline {

@@ -75,6 +75,10 @@ impl EventLog {
     /// Append complete lines (each ending in `\n`): as few write(2)s as rotation allows, so
     /// that every file but one line longer than the limit stays within `max_bytes`.
     pub fn write_lines(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if self.size + bytes.len() as u64 <= self.config.max_bytes {
+            // No rotation on the way: one write, without looking for the line ends.
+            return self.write_line(bytes);
+        }
         let (mut start, mut end) = (0, 0);
         for line in bytes.split_inclusive(|b| *b == b'\n') {
             if end > start && self.size + (end - start + line.len()) as u64 > self.config.max_bytes

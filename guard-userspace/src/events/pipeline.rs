@@ -1,6 +1,10 @@
 //! Enrich decoded records with the process tree and write them to the log.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use aya::maps::{MapData, RingBuf};
 use guard_common::maps::EVENTS_BYTES;
@@ -14,7 +18,7 @@ use super::{
 use crate::{
     agents::AgentNames,
     metrics::{DaemonView, Metrics, RingFill},
-    proctree::{Context, Hint, Member, ProcTreeHandle, Update},
+    proctree::{Context, Hint, Member, ProcTree, Update},
 };
 
 /// Decoded records waiting for enrichment. Small: when the writer falls behind, records wait
@@ -52,7 +56,9 @@ fn bounded(argv: &[String], max: usize) -> Vec<String> {
 
 pub struct Pipeline {
     pub log: EventLog,
-    pub tree: ProcTreeHandle,
+    /// The process tree, owned here: every kernel record passes through this task in order,
+    /// so the tree needs no lock and no round trip to another task.
+    pub tree: ProcTree,
     pub view: Arc<dyn DaemonView>,
     pub metrics: Arc<Metrics>,
     /// The node's hostname, written on every line.
@@ -110,6 +116,7 @@ pub fn spawn(ring: RingBuf<MapData>, pipeline: Pipeline) -> EventSink {
 
 impl Pipeline {
     async fn run(mut self, mut rx: mpsc::Receiver<Decoded>, again: EventSink) {
+        self.tree.seed();
         let mut names = self.view.agent_names();
         let mut clock = Clock::now();
         let mut users = Users::default();
@@ -127,13 +134,17 @@ impl Pipeline {
                     while let Some(d) = next.take() {
                         taken += 1;
                         let ctx = match lifecycle_update(&d) {
-                            Some(u) => self.tree.apply(u).await,
+                            Some(u) => {
+                                let key = u.key();
+                                self.tree.apply(u, Instant::now());
+                                self.tree.context(key)
+                            }
                             None => {
                                 let hint = Hint {
                                     ppid: d.header.ppid,
                                     comm: d.comm.clone().unwrap_or_default(),
                                 };
-                                let ctx = self.tree.context(d.header.proc, Some(hint)).await;
+                                let ctx = self.tree.context_or_parent(d.header.proc, Some(&hint));
                                 if ctx.is_none() && d.decision.is_some() && !d.waited {
                                     // A decision made in userspace (a fanotify answer) can
                                     // overtake the kernel's fork and exec records of a process
@@ -185,7 +196,8 @@ impl Pipeline {
                     if let Err(e) = self.log.sync() {
                         error!(error = %e, path = %self.log.path().display(), "cannot sync the event log");
                     }
-                    let s = self.tree.stats().await;
+                    self.tree.sweep_due(Instant::now());
+                    let s = self.tree.stats();
                     self.metrics.set_tree(s.live, s.exited, s.evicted);
                 }
             }

@@ -22,7 +22,6 @@ use std::{
 };
 
 use guard_common::ProcKey;
-use tokio::sync::{mpsc, oneshot};
 
 /// What is known of a process. Shared between a parent and the children it forked until one
 /// of them execs.
@@ -128,6 +127,7 @@ pub struct ProcTree {
     config: TreeConfig,
     source: Box<dyn ProcSource>,
     evicted: u64,
+    last_sweep: Option<Instant>,
 }
 
 fn k(key: ProcKey) -> (u32, u64) {
@@ -150,6 +150,18 @@ impl ProcTree {
             config,
             source,
             evicted: 0,
+            last_sweep: None,
+        }
+    }
+
+    /// [`Self::sweep`] when `sweep_every` has passed since the last one.
+    pub fn sweep_due(&mut self, now: Instant) {
+        if self
+            .last_sweep
+            .is_none_or(|t| now.duration_since(t) >= self.config.sweep_every)
+        {
+            self.last_sweep = Some(now);
+            self.sweep(now);
         }
     }
 
@@ -393,82 +405,6 @@ impl ProcTree {
 pub struct Hint {
     pub ppid: u32,
     pub comm: String,
-}
-
-enum Request {
-    Apply {
-        update: Update,
-        reply: oneshot::Sender<Option<Context>>,
-    },
-    Context {
-        key: ProcKey,
-        hint: Option<Hint>,
-        reply: oneshot::Sender<Option<Context>>,
-    },
-    Stats {
-        reply: oneshot::Sender<TreeStats>,
-    },
-}
-
-/// The process tree as an actor.
-#[derive(Clone)]
-pub struct ProcTreeHandle {
-    tx: mpsc::Sender<Request>,
-}
-
-impl ProcTreeHandle {
-    /// Seed `tree` and run it on a task of its own.
-    pub fn spawn(mut tree: ProcTree) -> Self {
-        let (tx, mut rx) = mpsc::channel::<Request>(1024);
-        tokio::spawn(async move {
-            tree.seed();
-            let mut sweep = tokio::time::interval(tree.config.sweep_every);
-            sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    req = rx.recv() => match req {
-                        None => break,
-                        Some(Request::Apply { update, reply }) => {
-                            let key = update.key();
-                            tree.apply(update, Instant::now());
-                            let _ = reply.send(tree.context(key));
-                        }
-                        Some(Request::Context { key, hint, reply }) => {
-                            let _ = reply.send(tree.context_or_parent(key, hint.as_ref()));
-                        }
-                        Some(Request::Stats { reply }) => {
-                            let _ = reply.send(tree.stats());
-                        }
-                    },
-                    _ = sweep.tick() => tree.sweep(Instant::now()),
-                }
-            }
-        });
-        Self { tx }
-    }
-
-    /// Apply a kernel event and return the context of the process it is about.
-    pub async fn apply(&self, update: Update) -> Option<Context> {
-        let (reply, rx) = oneshot::channel();
-        self.tx.send(Request::Apply { update, reply }).await.ok()?;
-        rx.await.ok().flatten()
-    }
-
-    /// The context of `key`; see [`ProcTree::context_or_parent`] for `hint`.
-    pub async fn context(&self, key: ProcKey, hint: Option<Hint>) -> Option<Context> {
-        let (reply, rx) = oneshot::channel();
-        let request = Request::Context { key, hint, reply };
-        self.tx.send(request).await.ok()?;
-        rx.await.ok().flatten()
-    }
-
-    pub async fn stats(&self) -> TreeStats {
-        let (reply, rx) = oneshot::channel();
-        if self.tx.send(Request::Stats { reply }).await.is_err() {
-            return TreeStats::default();
-        }
-        rx.await.unwrap_or_default()
-    }
 }
 
 #[cfg(test)]

@@ -260,26 +260,6 @@ fn memory_is_bounded_by_ttl_capacity_and_sweeps() {
     assert_eq!(t.len(), 2, "init and the live agent remain");
 }
 
-#[tokio::test]
-async fn actor_answers_with_context() {
-    let f = host();
-    let agent = f.spawn(100, 10, 60, "/usr/bin/claude");
-    let handle = ProcTreeHandle::spawn(ProcTree::new(TreeConfig::default(), Box::new(f)));
-    let child = ProcKey::new(101, 11_000_000_000);
-    let c = handle
-        .apply(Update::Fork {
-            child,
-            parent_tgid: 100,
-            comm: "claude".into(),
-        })
-        .await
-        .unwrap();
-    assert_eq!(c.ancestry[0].key, agent);
-    assert_eq!(pids(&c), [100, 60, 50, 1]);
-    assert_eq!(handle.stats().await.live, 5);
-    assert!(handle.context(ProcKey::new(999, 1), None).await.is_none());
-}
-
 #[test]
 fn a_gone_process_is_placed_under_its_exited_parent_but_not_under_a_pid_successor() {
     let (f, mut t, agent, now) = host_with_agent();
