@@ -40,6 +40,9 @@ pub enum EventKind {
     /// A tagged process reached into a process or terminal outside its tree, or used a
     /// capability of the ceiling ([`crate::deputy::DeputyEvent`]).
     Deputy = 90,
+    /// A tagged process opened a file for reading that is not known clean
+    /// ([`crate::secret::SecretRead`]): the daemon scans it for secrets.
+    SecretRead = 100,
 }
 
 impl EventKind {
@@ -57,6 +60,7 @@ impl EventKind {
             42 => Some(Self::FileOpen),
             80 => Some(Self::SelfProtect),
             90 => Some(Self::Deputy),
+            100 => Some(Self::SecretRead),
             _ => None,
         }
     }

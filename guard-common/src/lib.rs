@@ -12,6 +12,7 @@ pub mod file;
 pub mod maps;
 pub mod net;
 pub mod offsets;
+pub mod secret;
 pub mod selfprot;
 pub mod taint;
 

@@ -81,6 +81,11 @@ pub const NET_PENDING_COUNT: &str = "GUARD_NET_PENDING_COUNT";
 pub const NET_SOCKETS: &str = "GUARD_NET_SOCKETS";
 pub const NET_SOCKETS_MAX: u32 = 16_384;
 
+/// [`crate::secret::FileVersion`] → [`crate::secret::verdict`]: file versions tagged processes
+/// opened for reading, and what the daemon's scan found in them (LRU: the oldest go).
+pub const SECRET_SEEN: &str = "GUARD_SECRET_SEEN";
+pub const SECRET_SEEN_MAX: u32 = 65_536;
+
 /// Offsets of `bpf_sock_addr_kern` and `sockaddr_un` for the unix socket programs.
 pub const UNIX_OFFSETS_GLOBAL: &str = "GUARD_UNIX_OFFSETS";
 
@@ -126,6 +131,17 @@ pub mod programs {
     pub const CGROUP_JOIN: &str = "guard_cgroup_join";
     /// cgroup `skb` egress: packets of tagged sockets whose destination NAT rewrote.
     pub const EGRESS: &str = "guard_egress";
+    /// The page cache's read tracepoints (fallback tier): tagged reads, for the secret scan
+    /// (the bpf-lsm tier's `file_open` program reports them itself). `read(2)` and friends,
+    /// and the two ways a mapped file is read.
+    pub const SECRET_READ: &str = "guard_secret_read";
+    pub const SECRET_MAP_PAGES: &str = "guard_secret_map_pages";
+    pub const SECRET_FAULT: &str = "guard_secret_fault";
+    pub const SECRET_READS: [(&str, &str); 3] = [
+        (SECRET_READ, "mm_filemap_get_pages"),
+        (SECRET_MAP_PAGES, "mm_filemap_map_pages"),
+        (SECRET_FAULT, "mm_filemap_fault"),
+    ];
 }
 
 /// [`crate::offsets::LsmOffsets`] global.
@@ -303,7 +319,7 @@ pub const FILE_HIT: &str = "GUARD_FILE_HIT";
 
 /// Every map of the kernel object, by name. guard-ebpf's `#[map(name = …)]` takes a literal,
 /// so a rootless test compares the compiled object with this list.
-pub const ALL: [&str; 36] = [
+pub const ALL: [&str; 37] = [
     TAGS,
     AGENT_EXES,
     AGENT_SCRIPTS,
@@ -340,6 +356,7 @@ pub const ALL: [&str; 36] = [
     TAINT_READERS,
     DEFERRED_PENDING,
     NET_SOCKETS,
+    SECRET_SEEN,
 ];
 
 /// Every global the loader sets, by name.
@@ -354,7 +371,7 @@ pub const GLOBALS: [&str; 7] = [
 ];
 
 /// Every program of the kernel object, by function name.
-pub const ALL_PROGRAMS: [&str; 51] = [
+pub const ALL_PROGRAMS: [&str; 54] = [
     programs::FORK,
     programs::EXEC,
     programs::CGROUP_JOIN,
@@ -368,6 +385,9 @@ pub const ALL_PROGRAMS: [&str; 51] = [
     programs::SENDMSG_UNIX,
     programs::SOCK_CREATE,
     programs::EGRESS,
+    programs::SECRET_READ,
+    programs::SECRET_MAP_PAGES,
+    programs::SECRET_FAULT,
     programs::KILL_AFTER_SOCK_ADDR,
     programs::KILL_AFTER_SOCK_CREATE,
     programs::SYS_EXIT,

@@ -102,8 +102,17 @@ pub struct FileOffsets {
     pub inode_generation: u32,
     /// `super_block.s_magic`
     pub sb_magic: u32,
+    /// `inode.i_size`
+    pub inode_size: u32,
+    /// The inode's ctime: seconds (a 64-bit field) and nanoseconds (read as 32 bits), at
+    /// `i_ctime_sec`/`i_ctime_nsec` (Linux ≥ 6.11) or inside the `timespec64` `__i_ctime`
+    /// (6.6–6.10) or `i_ctime` (before).
+    pub inode_ctime_sec: u32,
+    pub inode_ctime_nsec: u32,
+    /// `address_space.host`: the inode a page-cache mapping belongs to.
+    pub mapping_host: u32,
 }
-const _: () = assert!(core::mem::size_of::<FileOffsets>() == 64);
+const _: () = assert!(core::mem::size_of::<FileOffsets>() == 80);
 
 /// Offsets for the BPF LSM programs (probes/lsm.rs): the hook arguments' structs.
 #[repr(C)]

@@ -280,6 +280,10 @@ static GUARD_FILE_OFFSETS: guard_common::offsets::FileOffsets =
         inode_mode: 0,
         inode_generation: 0,
         sb_magic: 0,
+        inode_size: 0,
+        inode_ctime_sec: 0,
+        inode_ctime_nsec: 0,
+        mapping_host: 0,
     };
 
 #[inline(always)]
@@ -384,3 +388,9 @@ pub static DEFERRED_PENDING: aya_ebpf::maps::LruHashMap<u32, guard_common::taint
 #[map(name = "GUARD_NET_SOCKETS")]
 pub static NET_SOCKETS: aya_ebpf::maps::LruHashMap<u64, guard_common::net::TaggedSocket> =
     aya_ebpf::maps::LruHashMap::with_max_entries(guard_common::maps::NET_SOCKETS_MAX, 0);
+
+/// File versions tagged processes opened for reading, and the daemon's verdict on each
+/// (`guard_common::secret`). Not pinned: a new daemon scans again what it reads again.
+#[map(name = "GUARD_SECRET_SEEN")]
+pub static SECRET_SEEN: aya_ebpf::maps::LruHashMap<guard_common::secret::FileVersion, u32> =
+    aya_ebpf::maps::LruHashMap::with_max_entries(guard_common::maps::SECRET_SEEN_MAX, 0);

@@ -118,6 +118,10 @@ pub struct DaemonStatus {
     /// Built-in rules against deputies (executors, startup files, forwarders).
     #[serde(default)]
     pub deputies: Option<crate::net::deputy_status::DeputiesStatus>,
+    /// What reports the files agents read to the secret scan: `lsm/file_open`,
+    /// `fentry/security_file_open`, or `not covered: …`.
+    #[serde(default)]
+    pub secret_reads: String,
     pub counters: Vec<(String, u64)>,
     pub probe: serde_json::Value,
     /// Path rules: what protects each access of each rule, and what it resolved to.

@@ -350,6 +350,7 @@ pub fn file_offsets(btf: &Btf) -> Result<FileOffsets, BtfError> {
         (Some(nr), Some(a0), Some(a1)) => (nr, a0, a1),
         _ => (u32::MAX, 0, 0),
     };
+    let (inode_ctime_sec, inode_ctime_nsec) = ctime_offsets(btf)?;
     Ok(FileOffsets {
         inode_ino: off("inode", "i_ino")?,
         inode_sb: off("inode", "i_sb")?,
@@ -367,7 +368,22 @@ pub fn file_offsets(btf: &Btf) -> Result<FileOffsets, BtfError> {
         inode_mode: off("inode", "i_mode")?,
         inode_generation: off("inode", "i_generation")?,
         sb_magic: off("super_block", "s_magic")?,
+        inode_size: off("inode", "i_size")?,
+        inode_ctime_sec,
+        inode_ctime_nsec,
+        mapping_host: off("address_space", "host")?,
     })
+}
+
+/// Where the inode's ctime is: `i_ctime_sec`/`i_ctime_nsec` (Linux ≥ 6.11), else the
+/// `timespec64` `__i_ctime` (6.6–6.10) or `i_ctime` (before), seconds first.
+fn ctime_offsets(btf: &Btf) -> Result<(u32, u32), BtfError> {
+    let off = |member| member_offset(btf, "inode", member);
+    if let (Ok(sec), Ok(nsec)) = (off("i_ctime_sec"), off("i_ctime_nsec")) {
+        return Ok((sec, nsec));
+    }
+    let ts = off("__i_ctime").or_else(|_| off("i_ctime"))?;
+    Ok((ts, ts + 8))
 }
 
 /// Offsets for the self-protection programs.

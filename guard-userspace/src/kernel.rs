@@ -238,6 +238,7 @@ impl Loading {
             counters: take_map(ebpf, maps::COUNTERS)?,
             cap_ceiling: take_map(ebpf, maps::CAP_CEILING)?,
             events: Some(take_map(ebpf, maps::EVENTS)?),
+            secret_seen: Some(take_map(ebpf, maps::SECRET_SEEN)?),
             pin_dir: self.pin_dir,
             tier,
             lsm,
@@ -245,6 +246,7 @@ impl Loading {
             kill_via: self.kill_via,
             tag_map: self.tag_map,
             keeper: None,
+            secret_reads: String::new(),
             _ebpf: self.ebpf,
         })
     }
@@ -281,6 +283,8 @@ pub struct Kernel {
     /// The capabilities refused to tagged processes (pinned).
     cap_ceiling: Array<MapData, guard_common::deputy::CapMask>,
     events: Option<RingBuf<MapData>>,
+    /// Verdicts on the file versions agents read (the secret scan).
+    secret_seen: Option<HashMap<MapData, guard_common::secret::FileVersion, u32>>,
     /// The tier that enforces: `BpfLsm` when the LSM programs are attached.
     pub tier: Tier,
     /// What the bpf-lsm tier attached (when it enforces).
@@ -292,6 +296,8 @@ pub struct Kernel {
     pub tag_map: TagMapInfo,
     /// Puts removed pins back; told before the daemon removes a pin itself.
     pub keeper: Option<std::sync::Arc<crate::pins::PinKeeper>>,
+    /// What reports the files agents read to the secret scan (`guard status`).
+    pub secret_reads: String,
     /// Keeps the programs' file descriptors for the daemon's lifetime.
     _ebpf: Ebpf,
 }
@@ -359,6 +365,13 @@ impl Kernel {
     /// The event ring buffer (once).
     pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
         self.events.take()
+    }
+
+    /// The secret scan's verdict map, for the event pipeline.
+    pub fn take_secret_seen(
+        &mut self,
+    ) -> Option<HashMap<MapData, guard_common::secret::FileVersion, u32>> {
+        self.secret_seen.take()
     }
 
     /// Sum of each per-CPU counter, by name.

@@ -111,6 +111,14 @@ pub fn status(st: &DaemonStatus, color: bool) -> String {
             let _ = writeln!(out, "  warning     {w}");
         }
     }
+    if !st.secret_reads.is_empty() {
+        let _ = writeln!(
+            out,
+            "secrets      files agents read are scanned (reported by {}); command lines are \
+             redacted",
+            st.secret_reads
+        );
+    }
     if let Some(r) = &st.recognition {
         let _ = writeln!(
             out,

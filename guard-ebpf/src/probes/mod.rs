@@ -7,4 +7,5 @@ pub mod lsm;
 pub mod net;
 pub mod process;
 pub mod recognise;
+pub mod secret;
 pub mod taint;

@@ -9,7 +9,10 @@ use super::DaemonError;
 use crate::{
     btf::{Offsets, Vmlinux},
     kernel::{Kernel, KernelError, LoadOptions, Loading, Tier, TierChoice},
-    loader::Attacher,
+    loader::{
+        Attacher,
+        table::{self, Family},
+    },
     lsm::LsmAttached,
     net, selfprot,
 };
@@ -80,8 +83,10 @@ pub fn load(
             source,
         })?;
     let self_attached = selfprot::attach(&mut at, offsets.self_error.clone());
+    let secret_reads = attach_secret_reads(&mut at, lsm.is_some());
     drop(at);
-    let kernel = loading.finish(tier, lsm, lsm_error)?;
+    let mut kernel = loading.finish(tier, lsm, lsm_error)?;
+    kernel.secret_reads = secret_reads;
     report(&kernel, &net_attached, &self_attached);
     Ok(Loaded {
         kernel,
@@ -91,6 +96,30 @@ pub fn load(
         guard_self: Some(guard_self),
         self_attached,
     })
+}
+
+/// What reports the files agents read to the secret scan: the bpf-lsm tier's `file_open`
+/// program, else the page cache's read tracepoints (each that attaches); where none does,
+/// `not covered:` and why.
+fn attach_secret_reads(at: &mut Attacher<'_>, lsm: bool) -> String {
+    if lsm {
+        return "lsm/file_open".to_owned();
+    }
+    let (mut hooks, mut failed) = (Vec::new(), Vec::new());
+    for row in table::family(Family::SecretReads) {
+        match at.attach(&row) {
+            Ok(()) => hooks.push(row.hook()),
+            Err(e) => {
+                warn!(hook = %row.hook(), error = %e, "a read path is not scanned for secrets");
+                failed.push(format!("{}: {e}", row.hook()));
+            }
+        }
+    }
+    match (hooks.is_empty(), failed.is_empty()) {
+        (true, _) => format!("not covered: {}", failed.join("; ")),
+        (false, true) => hooks.join(", "),
+        (false, false) => format!("{} (not covered: {})", hooks.join(", "), failed.join("; ")),
+    }
 }
 
 /// The bpf-lsm tier where it is asked for or offered and every LSM program attaches; `None`

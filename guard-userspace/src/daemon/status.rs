@@ -55,6 +55,7 @@ pub(super) fn status(state: &Shared) -> Reply<DaemonStatus> {
         trackers: Kernel::pinned_links(st.kernel.pin_dir()),
         tagged_processes: tagged,
         tag_map: Some(crate::tagmap::status(&st.kernel, tagged)),
+        secret_reads: st.kernel.secret_reads.clone(),
         deputies: st.net.as_ref().map(|net| {
             let (found, tunnels) = net.found();
             let lsm = |hook: &str| {

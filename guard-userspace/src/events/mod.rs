@@ -18,12 +18,13 @@ pub mod process;
 pub mod query;
 pub mod ring;
 mod schema;
+pub mod secret;
 pub mod selfprot;
 pub mod table;
 
 pub use log::{EventLog, LogConfig, log_files, parse_size};
 pub use schema::{
-    Ancestor, Decision, Destination, Event, Object, ProcessInfo, ProcessRef, RootRef,
+    Ancestor, Decision, Destination, Event, Object, ProcessInfo, ProcessRef, RootRef, SecretFound,
 };
 
 use guard_common::event::{EventHeader, EventKind};
@@ -72,6 +73,7 @@ pub const fn kind_name(kind: EventKind) -> &'static str {
         EventKind::FileOpen => "file_open",
         EventKind::SelfProtect => "self_protect",
         EventKind::Deputy => "deputy",
+        EventKind::SecretRead => "secret_read",
     }
 }
 
@@ -144,6 +146,10 @@ pub struct Decoded {
     pub signal: Option<i32>,
     /// The pipeline already waited once for the process tree to learn this process.
     pub waited: bool,
+    /// The kernel's report of a file read (`secret_read`), for the scan.
+    pub secret_read: Option<guard_common::secret::SecretRead>,
+    /// What the scan found: detector, fingerprint, line (never the secret).
+    pub secrets: Vec<SecretFound>,
 }
 
 impl Decoded {
@@ -162,6 +168,8 @@ impl Decoded {
             exit_code: None,
             signal: None,
             waited: false,
+            secret_read: None,
+            secrets: Vec::new(),
         }
     }
 }
@@ -181,6 +189,7 @@ pub fn decode(raw: &[u8], ctx: &DecodeCtx<'_>) -> Result<Decoded, DecodeError> {
         EventKind::NetConnect => net::decode_record(raw, ctx),
         EventKind::SelfProtect => selfprot::decode(raw, ctx),
         EventKind::Deputy => deputy::decode(raw, ctx),
+        EventKind::SecretRead => secret::decode(raw),
         // Read by `files` from its own ring buffer (GUARD_FILE_EVENTS).
         // (FileOpen is decided in userspace and submitted to the pipeline directly.)
         EventKind::FileChange | EventKind::FileDevice | EventKind::FileOpen => {

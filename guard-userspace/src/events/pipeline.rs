@@ -59,6 +59,8 @@ pub struct Pipeline {
     /// The process tree, owned here: every kernel record passes through this task in order,
     /// so the tree needs no lock and no round trip to another task.
     pub tree: ProcTree,
+    /// The scanner of files agents read.
+    pub secrets: super::secret::SecretReads,
     pub view: Arc<dyn DaemonView>,
     pub metrics: Arc<Metrics>,
     /// The node's hostname, written on every line.
@@ -131,8 +133,16 @@ impl Pipeline {
                     // Whatever else is queued goes into the same write(2), up to a batch.
                     let mut next = Some(d);
                     let mut taken = 0;
-                    while let Some(d) = next.take() {
+                    while let Some(mut d) = next.take() {
                         taken += 1;
+                        // A file an agent read: scanned here, logged only when it holds a
+                        // secret (the inventory).
+                        if d.secret_read.is_some() && !self.secrets.scan(&mut d) {
+                            if taken < BATCH {
+                                next = rx.try_recv().ok();
+                            }
+                            continue;
+                        }
                         let ctx = match lifecycle_update(&d) {
                             Some(u) => {
                                 let key = u.key();
@@ -361,6 +371,7 @@ pub fn build(
         signal: d.signal,
         lost: None,
         dropped_total: None,
+        secrets: d.secrets.clone(),
     }
 }
 

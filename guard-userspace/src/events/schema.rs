@@ -81,6 +81,18 @@ pub struct Event {
     /// `events_lost`: the kernel's cumulative count since the pins were created.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dropped_total: Option<u64>,
+    /// `secret_read`: what the file held (detector, keyed fingerprint, line; never the
+    /// secret).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<SecretFound>,
+}
+
+/// A secret in a file an agent read.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretFound {
+    pub detector: String,
+    pub fingerprint: String,
+    pub line: u32,
 }
 
 /// Why a process became an agent root.

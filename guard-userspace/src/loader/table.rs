@@ -51,6 +51,9 @@ pub enum Family {
     /// No deputies on the bpf-lsm tier: keystrokes into terminals, the capability ceiling
     /// (process access is decided by the self-protection hook `ptrace_access_check`).
     LsmDeputy,
+    /// Files tagged processes read, for the secret scan, on the fallback tier (the bpf-lsm
+    /// tier's `file_open` program reports them itself).
+    SecretReads,
 }
 
 /// What a family's programs do when they hit an internal error (an unreadable kernel pointer,
@@ -89,6 +92,7 @@ impl Family {
                 allow("the signal or trace is not stopped", "probe_errors")
             }
             Self::LsmDeputy => allow("the keystroke or capability is not refused", "probe_errors"),
+            Self::SecretReads => allow("a file read is not scanned for secrets", "probe_errors"),
         }
     }
 
@@ -105,10 +109,11 @@ impl Family {
             Self::SelfProtect => "self-protection",
             Self::LsmSelf => "self-protection (LSM)",
             Self::LsmDeputy => "no deputies (LSM)",
+            Self::SecretReads => "secret scan of reads",
         }
     }
 
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 11] = [
         Self::Tracker,
         Self::Killer,
         Self::Net,
@@ -119,6 +124,7 @@ impl Family {
         Self::SelfProtect,
         Self::LsmSelf,
         Self::LsmDeputy,
+        Self::SecretReads,
     ];
 }
 
@@ -134,7 +140,7 @@ impl Family {
     pub fn serves(self) -> Serves {
         match self {
             Self::Tracker | Self::FileDevice | Self::SelfProtect => Serves::Both,
-            Self::Killer | Self::Net | Self::FileDetect => Serves::Fallback,
+            Self::Killer | Self::Net | Self::FileDetect | Self::SecretReads => Serves::Fallback,
             Self::LsmNet | Self::LsmFile | Self::LsmSelf | Self::LsmDeputy => Serves::BpfLsm,
         }
     }
@@ -262,6 +268,9 @@ pub fn table() -> Vec<Row> {
         Optional,
     ));
     rows.push(Row::new(programs::EGRESS, Kind::Egress, F::Net, Optional));
+    for (name, tp) in programs::SECRET_READS {
+        rows.push(Row::new(name, Kind::TpBtf(tp), F::SecretReads, Optional));
+    }
     rows.push(Row::new(
         programs::CONNECT_UNIX,
         Kind::Unix(bpf_attach_type::BPF_CGROUP_UNIX_CONNECT),

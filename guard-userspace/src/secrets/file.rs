@@ -87,14 +87,15 @@ pub fn open(path: &Path) -> io::Result<File> {
         .open(path)
 }
 
-/// Results by object version, the oldest forgotten first.
-pub struct Cache {
-    entries: HashMap<Version, Arc<Scanned>>,
-    order: VecDeque<Version>,
+/// Results by object version (a [`Version`], or the kernel's key of one), the oldest
+/// forgotten first.
+pub struct Cache<K = Version> {
+    entries: HashMap<K, Arc<Scanned>>,
+    order: VecDeque<K>,
     capacity: usize,
 }
 
-impl Cache {
+impl<K: Copy + Eq + std::hash::Hash> Cache<K> {
     pub fn new(capacity: usize) -> Self {
         Self {
             entries: HashMap::with_capacity(capacity.min(4096)),
@@ -103,11 +104,11 @@ impl Cache {
         }
     }
 
-    pub fn get(&self, v: &Version) -> Option<Arc<Scanned>> {
+    pub fn get(&self, v: &K) -> Option<Arc<Scanned>> {
         self.entries.get(v).cloned()
     }
 
-    pub fn insert(&mut self, v: Version, s: Scanned) -> Arc<Scanned> {
+    pub fn insert(&mut self, v: K, s: Scanned) -> Arc<Scanned> {
         let s = Arc::new(s);
         if self.entries.insert(v, s.clone()).is_none() {
             self.order.push_back(v);

@@ -1,0 +1,275 @@
+//! Files agents read, scanned for secrets: the kernel reports a tagged process's open for
+//! reading of a file version not known clean (`guard_common::secret`); the pipeline opens the
+//! same object again (by file handle, or through the reader's descriptor), scans it, gives the
+//! kernel its verdict and logs a `secret_read` line for each agent tree that read a secret —
+//! the inventory of credentials each agent touched. Nothing is logged for clean files.
+
+use std::{
+    collections::{HashMap, HashSet},
+    fs::File,
+    io,
+    os::{
+        fd::{AsRawFd, FromRawFd},
+        unix::fs::MetadataExt,
+    },
+    path::PathBuf,
+};
+
+use aya::maps::{HashMap as BpfHashMap, MapData};
+use guard_common::{
+    ProcKey,
+    file::kernel_dev_of,
+    secret::{FileVersion, SecretRead, verdict},
+};
+
+use super::{Decision, DecodeError, Decoded, Object, c_str, read_pod, schema::SecretFound};
+use crate::secrets::{
+    self,
+    file::{Cache, Scanned},
+};
+
+/// Rule name of `secret_read` lines.
+pub const RULE: &str = "guard:secrets";
+
+pub fn decode(raw: &[u8]) -> Result<Decoded, DecodeError> {
+    let ev: SecretRead = read_pod(raw)?;
+    let mut d = Decoded::new(guard_common::event::EventKind::SecretRead, ev.header);
+    d.comm = Some(c_str(&ev.comm));
+    d.secret_read = Some(ev);
+    Ok(d)
+}
+
+/// What a kernel map says of the versions scanned.
+pub type Verdicts = BpfHashMap<MapData, FileVersion, u32>;
+
+/// The pipeline's scanner of files agents read.
+pub struct SecretReads {
+    verdicts: Option<Verdicts>,
+    cache: Cache<FileVersion>,
+    /// `(tree root, version)` already logged: an agent that reads a file a thousand times
+    /// read it once, for the inventory.
+    logged: HashSet<(ProcKey, FileVersion)>,
+    /// A directory on each mounted filesystem, by kernel device number.
+    mounts: HashMap<u32, PathBuf>,
+}
+
+/// Forget the logged pairs past this many (the inventory then logs a pair again).
+const LOGGED_MAX: usize = 65_536;
+
+impl SecretReads {
+    pub fn new(verdicts: Option<Verdicts>) -> Self {
+        Self {
+            verdicts,
+            cache: Cache::new(16_384),
+            logged: HashSet::new(),
+            mounts: HashMap::new(),
+        }
+    }
+
+    /// Scan what `d` reports; fills its object, decision and findings. `false`: nothing to
+    /// log (clean, or already logged for this tree).
+    pub fn scan(&mut self, d: &mut Decoded) -> bool {
+        let Some(ev) = d.secret_read else {
+            return false;
+        };
+        let v = ev.version;
+        if !self.logged.insert((d.header.root, v)) {
+            return false;
+        }
+        if self.logged.len() > LOGGED_MAX {
+            self.logged.clear();
+        }
+        let (path, outcome) = match self.open(&ev, d.header.proc.tgid) {
+            Ok((file, path)) => {
+                let scanned = match self.cache.get(&v) {
+                    Some(s) => Ok(s),
+                    None => secrets::file::scan_file(&file, secrets::key())
+                        .map(|(_, s)| self.cache.insert(v, s)),
+                };
+                (Some(path), scanned)
+            }
+            Err(e) => (None, Err(e)),
+        };
+        let (kernel_verdict, findings, note) = match &outcome {
+            Ok(s) => match s.as_ref() {
+                Scanned::Text { findings, .. } if !findings.is_empty() => {
+                    (verdict::SECRET, findings.clone(), None)
+                }
+                _ => (verdict::CLEAN, Vec::new(), None),
+            },
+            Err(e) => (
+                verdict::PENDING,
+                Vec::new(),
+                Some(format!("not scanned: {e}")),
+            ),
+        };
+        if let Some(m) = self.verdicts.as_mut()
+            && kernel_verdict != verdict::PENDING
+        {
+            let _ = m.insert(v, kernel_verdict, 0);
+        }
+        if findings.is_empty() && note.is_none() {
+            // Clean: forget the pair, so a later version is judged afresh.
+            self.logged.remove(&(d.header.root, v));
+            return false;
+        }
+        d.object = Some(Object {
+            path: path.map(|p| p.display().to_string()),
+            dev: Some(u64::from(v.dev)),
+            ino: Some(v.ino),
+            operation: Some(note.unwrap_or_else(|| "read".to_owned())),
+        });
+        d.decision = Some(Decision {
+            rule: RULE.to_owned(),
+            rule_id: None,
+            action: "audit".to_owned(),
+            mode: Some("audit".to_owned()),
+            result: "allowed".to_owned(),
+            hook: Some("file_open".to_owned()),
+        });
+        d.secrets = findings
+            .into_iter()
+            .map(|f| SecretFound {
+                detector: f.detector.to_owned(),
+                fingerprint: f.fingerprint,
+                line: f.line,
+            })
+            .collect();
+        true
+    }
+
+    /// The object the kernel saw, opened again: by file handle where the filesystem's layout
+    /// is known, else through a descriptor of the reader that still holds it.
+    fn open(&mut self, ev: &SecretRead, tgid: u32) -> io::Result<(File, PathBuf)> {
+        let v = &ev.version;
+        let file = match self.by_handle(ev) {
+            Ok(f) => f,
+            Err(handle_err) => by_reader(tgid, v).map_err(|_| handle_err)?,
+        };
+        let meta = file.metadata()?;
+        if kernel_dev_of(meta.dev()) != v.dev || meta.ino() != v.ino {
+            return Err(io::Error::other("the object was replaced"));
+        }
+        let path = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))?;
+        Ok((file, path))
+    }
+
+    fn by_handle(&mut self, ev: &SecretRead) -> io::Result<File> {
+        let v = &ev.version;
+        let (ty, words) = handle_words(ev.sb_magic, v).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!(
+                    "no file-handle layout for filesystem magic {:#x}",
+                    ev.sb_magic
+                ),
+            )
+        })?;
+        if !self.mounts.contains_key(&v.dev) {
+            self.mounts = mounts();
+        }
+        let dir = self
+            .mounts
+            .get(&v.dev)
+            .ok_or_else(|| io::Error::other("the filesystem is not mounted here"))?;
+        let mount = File::open(dir)?;
+        #[repr(C)]
+        struct Handle {
+            bytes: u32,
+            ty: i32,
+            words: [u32; 4],
+        }
+        let mut h = Handle {
+            bytes: (words.len() * 4) as u32,
+            ty,
+            words: [0; 4],
+        };
+        h.words[..words.len()].copy_from_slice(&words);
+        // SAFETY: `h` is a `struct file_handle` with room for its bytes; the call reads it.
+        let fd = unsafe {
+            libc::open_by_handle_at(
+                mount.as_raw_fd(),
+                (&raw mut h).cast::<libc::file_handle>(),
+                libc::O_RDONLY | libc::O_NOCTTY | libc::O_NONBLOCK | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a new descriptor this function owns.
+        Ok(unsafe { File::from_raw_fd(fd) })
+    }
+}
+
+/// The file-handle type and words that open inode `v` on a filesystem of `magic`:
+/// ext2/3/4 and XFS (32-bit inode numbers) encode `{ino, generation}`, tmpfs
+/// `{generation, ino low, ino high}`.
+fn handle_words(magic: u32, v: &FileVersion) -> Option<(i32, Vec<u32>)> {
+    const FILEID_INO32_GEN: i32 = 1;
+    match magic {
+        0xEF53 | 0x5846_5342 if v.ino <= u64::from(u32::MAX) => {
+            Some((FILEID_INO32_GEN, vec![v.ino as u32, v.generation]))
+        }
+        0x0102_1994 => Some((
+            FILEID_INO32_GEN,
+            vec![v.generation, v.ino as u32, (v.ino >> 32) as u32],
+        )),
+        _ => None,
+    }
+}
+
+/// The reader's own descriptor of the object, while it still holds one.
+fn by_reader(tgid: u32, v: &FileVersion) -> io::Result<File> {
+    for entry in std::fs::read_dir(format!("/proc/{tgid}/fd"))? {
+        let path = entry?.path();
+        let Ok(meta) = std::fs::metadata(&path) else {
+            continue;
+        };
+        if kernel_dev_of(meta.dev()) == v.dev && meta.ino() == v.ino {
+            return secrets::file::open(&path);
+        }
+    }
+    Err(io::Error::other("the reader holds it no more"))
+}
+
+/// A directory of each mounted filesystem (its mount point), by kernel device number.
+fn mounts() -> HashMap<u32, PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut out = HashMap::new();
+    for line in text.lines() {
+        let f: Vec<&str> = line.split(' ').collect();
+        // id parent major:minor root mount-point …
+        let (Some(dev), Some(point)) = (f.get(2), f.get(4)) else {
+            continue;
+        };
+        let Some((major, minor)) = dev.split_once(':') else {
+            continue;
+        };
+        let (Ok(major), Ok(minor)) = (major.parse::<u32>(), minor.parse::<u32>()) else {
+            continue;
+        };
+        out.entry((major << 20) | minor)
+            .or_insert_with(|| PathBuf::from(unescape(point)));
+    }
+    out
+}
+
+/// `\040` and friends in mountinfo paths.
+fn unescape(s: &str) -> String {
+    let mut out = String::new();
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            let code: String = chars.by_ref().take(3).collect();
+            if let Ok(b) = u8::from_str_radix(&code, 8) {
+                out.push(b as char);
+                continue;
+            }
+            out.push('\\');
+            out.push_str(&code);
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
