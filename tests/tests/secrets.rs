@@ -202,8 +202,13 @@ fn the_secrets_an_agent_reads_are_inventoried_and_nothing_else_is() {
         "cat README.md >/dev/null; grep -r -l token . >/dev/null; true",
     ]);
     assert!(output(agent).status.success());
+    let in_proj = |e: &Value| {
+        e["object"]["path"]
+            .as_str()
+            .is_some_and(|p| p.starts_with(proj.to_str().unwrap()))
+    };
     let found = wait_for("the agent's secret reads", Duration::from_secs(10), || {
-        let evs = secret_reads(&d);
+        let evs: Vec<Value> = secret_reads(&d).into_iter().filter(in_proj).collect();
         (evs.len() >= 2).then_some(evs)
     });
     let of = |path: &std::path::Path| {
@@ -243,8 +248,9 @@ fn the_secrets_an_agent_reads_are_inventoried_and_nothing_else_is() {
     let mut run = d.guard();
     run.args(["run", "--", "cat"]).arg(&notes);
     assert!(output(run).status.success());
+    let project_reads = || -> Vec<Value> { secret_reads(&d).into_iter().filter(in_proj).collect() };
     wait_for("the guard run tree's read", Duration::from_secs(10), || {
-        let evs = secret_reads(&d);
+        let evs = project_reads();
         (evs.len() == 3 && evs[2]["agent"] == "guard-run").then_some(())
     });
 
@@ -255,7 +261,7 @@ fn the_secrets_an_agent_reads_are_inventoried_and_nothing_else_is() {
     again.args(["-c", &format!("cat {} >/dev/null; true", notes.display())]);
     assert!(output(again).status.success());
     let evs = wait_for("the new version's read", Duration::from_secs(10), || {
-        let evs = secret_reads(&d);
+        let evs = project_reads();
         (evs.len() == 4).then_some(evs)
     });
     assert_eq!(
@@ -275,7 +281,7 @@ fn the_secrets_an_agent_reads_are_inventoried_and_nothing_else_is() {
     assert!(output(human).status.success());
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(
-        secret_reads(&d).len(),
+        project_reads().len(),
         4,
         "an untagged read is not inventoried"
     );

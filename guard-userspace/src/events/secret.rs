@@ -51,6 +51,8 @@ pub struct SecretReads {
     logged: HashSet<(ProcKey, FileVersion)>,
     /// A directory on each mounted filesystem, by kernel device number.
     mounts: HashMap<u32, PathBuf>,
+    /// Versions that could not be opened again: logged once, whichever trees read them.
+    unscannable: HashSet<FileVersion>,
 }
 
 /// Forget the logged pairs past this many (the inventory then logs a pair again).
@@ -63,6 +65,7 @@ impl SecretReads {
             cache: Cache::new(16_384),
             logged: HashSet::new(),
             mounts: HashMap::new(),
+            unscannable: HashSet::new(),
         }
     }
 
@@ -112,6 +115,14 @@ impl SecretReads {
             // Clean: forget the pair, so a later version is judged afresh.
             self.logged.remove(&(d.header.root, v));
             return false;
+        }
+        if note.is_some() {
+            if !self.unscannable.insert(v) {
+                return false;
+            }
+            if self.unscannable.len() > LOGGED_MAX {
+                self.unscannable.clear();
+            }
         }
         d.object = Some(Object {
             path: path.map(|p| p.display().to_string()),
@@ -201,33 +212,39 @@ impl SecretReads {
     }
 }
 
-/// The file-handle type and words that open inode `v` on a filesystem of `magic`:
-/// ext2/3/4 and XFS (32-bit inode numbers) encode `{ino, generation}`, tmpfs
-/// `{generation, ino low, ino high}`.
+/// The file-handle type and words that open inode `v` on a filesystem of `magic`: ext2/3/4
+/// and XFS (32-bit inode numbers) encode `{ino, generation}`. (tmpfs opens a handle only for
+/// an inode a handle was once made of.)
 fn handle_words(magic: u32, v: &FileVersion) -> Option<(i32, Vec<u32>)> {
     const FILEID_INO32_GEN: i32 = 1;
     match magic {
         0xEF53 | 0x5846_5342 if v.ino <= u64::from(u32::MAX) => {
             Some((FILEID_INO32_GEN, vec![v.ino as u32, v.generation]))
         }
-        0x0102_1994 => Some((
-            FILEID_INO32_GEN,
-            vec![v.generation, v.ino as u32, (v.ino >> 32) as u32],
-        )),
         _ => None,
     }
 }
 
-/// The reader's own descriptor of the object, while it still holds one.
+/// The object through the reader, while it still holds it: a descriptor, a mapping (a
+/// mapped file, a shared library) or its executable.
 fn by_reader(tgid: u32, v: &FileVersion) -> io::Result<File> {
-    for entry in std::fs::read_dir(format!("/proc/{tgid}/fd"))? {
-        let path = entry?.path();
-        let Ok(meta) = std::fs::metadata(&path) else {
+    let is_it = |path: &std::path::Path| {
+        std::fs::metadata(path).is_ok_and(|m| kernel_dev_of(m.dev()) == v.dev && m.ino() == v.ino)
+    };
+    for dir in ["fd", "map_files"] {
+        let Ok(entries) = std::fs::read_dir(format!("/proc/{tgid}/{dir}")) else {
             continue;
         };
-        if kernel_dev_of(meta.dev()) == v.dev && meta.ino() == v.ino {
-            return secrets::file::open(&path);
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if is_it(&path) {
+                return secrets::file::open(&path);
+            }
         }
+    }
+    let exe = PathBuf::from(format!("/proc/{tgid}/exe"));
+    if is_it(&exe) {
+        return secrets::file::open(&exe);
     }
     Err(io::Error::other("the reader holds it no more"))
 }

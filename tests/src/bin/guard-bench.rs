@@ -58,6 +58,7 @@ fn run(args: &[String]) -> Result<String> {
     match workload.as_str() {
         "open-close" => timed(iters, open_close(&cstring(arg(0)?)?)),
         "stat" => timed(iters, stat(&cstring(arg(0)?)?)),
+        "pread" => timed(iters, pread(&cstring(arg(0)?)?)?),
         "tcp-connect" => timed(iters, tcp_connect()?),
         "udp-sendto" => timed(iters, udp_sendto()?),
         "denied-connect" => timed(iters, denied_connect(arg(0)?)?),
@@ -138,6 +139,24 @@ fn open_close(path: &CString) -> impl FnMut() -> Result<()> + '_ {
         unsafe { libc::close(fd) };
         Ok(())
     }
+}
+
+/// `pread` of 4 KiB at offset 0 of `path`, opened once.
+fn pread(path: &CString) -> Result<impl FnMut() -> Result<()>> {
+    // SAFETY: a valid NUL-terminated path; the fd lives as long as the closure (the process).
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(os_error("open"));
+    }
+    let mut buf = vec![0u8; 4096];
+    Ok(move || {
+        // SAFETY: a valid fd and a buffer of the length given.
+        let n = unsafe { libc::pread(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            return Err(os_error("pread"));
+        }
+        Ok(())
+    })
 }
 
 fn stat(path: &CString) -> impl FnMut() -> Result<()> + '_ {

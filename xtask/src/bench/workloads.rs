@@ -15,6 +15,7 @@ use anyhow::{Context as _, Result, bail};
 pub enum Workload {
     OpenClose,
     Stat,
+    Pread,
     TcpConnect,
     UdpSendto,
     ForkExit,
@@ -22,9 +23,10 @@ pub enum Workload {
     Build,
 }
 
-pub const ALL: [Workload; 7] = [
+pub const ALL: [Workload; 8] = [
     Workload::OpenClose,
     Workload::Stat,
+    Workload::Pread,
     Workload::TcpConnect,
     Workload::UdpSendto,
     Workload::ForkExit,
@@ -41,6 +43,7 @@ impl Workload {
         match self {
             Self::OpenClose => "open-close",
             Self::Stat => "stat",
+            Self::Pread => "pread",
             Self::TcpConnect => "tcp-connect",
             Self::UdpSendto => "udp-sendto",
             Self::ForkExit => "fork-exit",
@@ -54,6 +57,7 @@ impl Workload {
         match self {
             Self::OpenClose => "open+close",
             Self::Stat => "stat",
+            Self::Pread => "pread 4 KiB",
             Self::TcpConnect => "TCP connect+close",
             Self::UdpSendto => "UDP sendto",
             Self::ForkExit => "fork+exit+wait",
@@ -66,6 +70,9 @@ impl Workload {
         match self {
             Self::OpenClose => "open(O_RDONLY) + close of a regular file in a temp dir".into(),
             Self::Stat => "stat of a regular file in a temp dir".into(),
+            Self::Pread => "pread of 4 KiB at offset 0 of a cached regular file in a temp dir \
+                            (the page cache's read path)"
+                .into(),
             Self::TcpConnect => "socket + SO_LINGER 0 + connect + close to a 127.0.0.1 listener \
                                  accepting on its own thread"
                 .into(),
@@ -85,7 +92,7 @@ impl Workload {
     /// Iterations of the calibration run (about 20–50 ms on a 2-core VM).
     fn calibration_iters(self) -> u64 {
         match self {
-            Self::OpenClose | Self::Stat | Self::UdpSendto => 20_000,
+            Self::OpenClose | Self::Stat | Self::Pread | Self::UdpSendto => 20_000,
             Self::TcpConnect => 1_000,
             Self::ForkExit => 200,
             Self::ForkExec => 50,
@@ -102,6 +109,7 @@ impl Workload {
         let mut a: Vec<OsString> = vec![self.mode().into(), iters.to_string().into()];
         match self {
             Self::OpenClose | Self::Stat => a.push(fx.file.clone().into()),
+            Self::Pread => a.push(fx.read_file.clone().into()),
             Self::ForkExec => a.push("/bin/true".into()),
             Self::Build => {
                 a.push("--".into());
@@ -124,6 +132,8 @@ impl Workload {
 /// Files the workloads touch, in the bench's work dir.
 pub struct Fixtures {
     pub file: PathBuf,
+    /// 4 KiB of text, for `pread`.
+    pub read_file: PathBuf,
     pub c_project: PathBuf,
 }
 
@@ -132,9 +142,18 @@ impl Fixtures {
         let file = work.join("work").join("file.txt");
         fs::create_dir_all(file.parent().expect("has a parent"))?;
         fs::write(&file, "guard bench\n")?;
+        let read_file = work.join("work").join("read.txt");
+        fs::write(
+            &read_file,
+            "guard bench, a line of text\n".repeat(4096 / 28 + 1),
+        )?;
         let c_project = work.join("cproj");
         write_c_project(&c_project).context("generating the C project")?;
-        Ok(Self { file, c_project })
+        Ok(Self {
+            file,
+            read_file,
+            c_project,
+        })
     }
 }
 
