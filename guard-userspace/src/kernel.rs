@@ -115,6 +115,9 @@ pub struct LoadOptions {
     pub cgroup_can_signal: bool,
     /// Entries of the tag map when it is created (a pinned map keeps its size).
     pub tag_map_size: u32,
+    /// On the fallback tier, attach the page cache's read tracepoints for the secret scan
+    /// (every read on the host then pays for a program run).
+    pub fallback_read_scan: bool,
 }
 
 /// The tag map as loaded.

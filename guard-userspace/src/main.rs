@@ -89,6 +89,11 @@ enum Cmd {
         /// has been reviewed.
         #[arg(long)]
         policy_reviewed: bool,
+        /// On the fallback tier, scan the files agents read for secrets too: attaches the
+        /// page cache's read tracepoints, which run for every read on the host (the bpf-lsm
+        /// tier scans them at no cost to untagged processes, always).
+        #[arg(long, env = "GUARD_FALLBACK_READ_SCAN")]
+        fallback_read_scan: bool,
     },
     /// Start CMD as a tagged agent root. Refuses to start it when the daemon is not enforcing.
     Run {
@@ -239,6 +244,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             kill_via,
             tag_map_size,
             policy_reviewed,
+            fallback_read_scan,
         } => {
             if uninstall {
                 if !nix::unistd::geteuid().is_root() {
@@ -278,6 +284,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 kill_via,
                 tag_map_size: tag_map_size.unwrap_or_else(guard::tagmap::default_size),
                 policy_reviewed,
+                fallback_read_scan,
             }))?;
             Ok(ExitCode::SUCCESS)
         }

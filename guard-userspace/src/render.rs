@@ -114,8 +114,7 @@ pub fn status(st: &DaemonStatus, color: bool) -> String {
     if !st.secret_reads.is_empty() {
         let _ = writeln!(
             out,
-            "secrets      files agents read are scanned (reported by {}); command lines are \
-             redacted",
+            "secrets      command lines are redacted; files agents read: {}",
             st.secret_reads
         );
     }

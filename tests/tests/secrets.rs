@@ -35,22 +35,39 @@ fn blake_like(s: &str) -> String {
         .collect()
 }
 
-/// A shell that holds `token` in its own command line and in a child's (`curl -H`), and
-/// stays a few seconds so `guard ps` sees it (`; true`: bash would exec a last command in
+/// A shell that holds `token` in its own command line and in a child's (`curl -H`, to a
+/// loopback listener that never answers, so curl lives its 2 s and its command line is read),
+/// and stays a few seconds so `guard ps` sees it (`; true`: bash would exec a last command in
 /// its own place, and the command line with it).
-fn script(token: &str) -> String {
+fn script(token: &str, port: u16) -> String {
     format!(
-        "T={token}; curl -s -m 2 -H \"Authorization: token $T\" http://127.0.0.1:9/ >/dev/null; \
-         sleep 4; true"
+        "T={token}; curl -s -m 2 -H \"Authorization: token $T\" http://127.0.0.1:{port}/ \
+         >/dev/null; sleep 2; true"
     )
 }
 
 #[test]
 fn a_token_on_a_command_line_is_recorded_by_fingerprint_only() {
     let daemon = Daemon::start_with_policy(POLICY);
+    // Accepts into its backlog, never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
     let dir = tempfile::tempdir().unwrap();
     let claude = dir.path().join("claude");
     std::fs::copy("/bin/bash", &claude).unwrap();
+
+    // Files agents read: scanned on the bpf-lsm tier; on the fallback tier only when asked
+    // for (its read hooks tax every read on the host), and status says how to turn it on.
+    let st = daemon.status_json().expect("status");
+    let reads = st["secret_reads"].as_str().unwrap_or_default();
+    if st["tier"] == "bpf-lsm" {
+        assert_eq!(reads, "lsm/file_open");
+    } else {
+        assert!(
+            reads.starts_with("off") && reads.contains("--fallback-read-scan"),
+            "{reads}"
+        );
+    }
 
     let key = daemon.event_log.parent().unwrap().join("fingerprint.key");
     let mode = std::fs::metadata(&key)
@@ -67,11 +84,11 @@ fn a_token_on_a_command_line_is_recorded_by_fingerprint_only() {
         let token = fake_token();
         let mut cmd = if side == "guard run" {
             let mut c = daemon.guard();
-            c.args(["run", "--", "bash", "-c", &script(&token)]);
+            c.args(["run", "--", "bash", "-c", &script(&token, port)]);
             c
         } else {
             let mut c = Command::new(&claude);
-            c.args(["-c", &script(&token)]);
+            c.args(["-c", &script(&token, port)]);
             c
         };
         cmd.stdout(std::process::Stdio::null());
@@ -166,7 +183,7 @@ fn scanned(d: &Daemon, file: &std::path::Path) -> Vec<String> {
 
 #[test]
 fn the_secrets_an_agent_reads_are_inventoried_and_nothing_else_is() {
-    let d = Daemon::start_with_policy(POLICY);
+    let d = Daemon::start_with_args(Some(POLICY), &["--fallback-read-scan"]);
     let st = d.status_json().expect("status");
     let reads = st["secret_reads"].as_str().unwrap_or_default().to_owned();
     if reads.starts_with("not covered") {

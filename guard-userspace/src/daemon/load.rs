@@ -83,7 +83,7 @@ pub fn load(
             source,
         })?;
     let self_attached = selfprot::attach(&mut at, offsets.self_error.clone());
-    let secret_reads = attach_secret_reads(&mut at, lsm.is_some());
+    let secret_reads = attach_secret_reads(&mut at, lsm.is_some(), opts.fallback_read_scan);
     drop(at);
     let mut kernel = loading.finish(tier, lsm, lsm_error)?;
     kernel.secret_reads = secret_reads;
@@ -99,11 +99,17 @@ pub fn load(
 }
 
 /// What reports the files agents read to the secret scan: the bpf-lsm tier's `file_open`
-/// program, else the page cache's read tracepoints (each that attaches); where none does,
-/// `not covered:` and why.
-fn attach_secret_reads(at: &mut Attacher<'_>, lsm: bool) -> String {
+/// program, else, when asked for, the page cache's read tracepoints (each that attaches);
+/// otherwise `off:` or `not covered:` and why.
+fn attach_secret_reads(at: &mut Attacher<'_>, lsm: bool, fallback: bool) -> String {
     if lsm {
         return "lsm/file_open".to_owned();
+    }
+    if !fallback {
+        return "off on the fallback tier: its read tracepoints run for every read on the host \
+                (about 100–200 ns each where the bench measured them); `guard daemon \
+                --fallback-read-scan` turns them on"
+            .to_owned();
     }
     let (mut hooks, mut failed) = (Vec::new(), Vec::new());
     for row in table::family(Family::SecretReads) {

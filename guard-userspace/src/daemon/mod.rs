@@ -101,6 +101,8 @@ pub struct DaemonConfig {
     pub tag_map_size: u32,
     /// Apply the policy file even though tagged processes changed it (it was reviewed).
     pub policy_reviewed: bool,
+    /// Scan the files agents read on the fallback tier too (read tracepoints).
+    pub fallback_read_scan: bool,
 }
 
 /// Agents as the kernel maps them: ids start at 1 (0 is `guard run` without `--agent`).
@@ -186,6 +188,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
             kill: cfg.kill_via,
             cgroup_can_signal: probe.is_available("cgroup-send-signal"),
             tag_map_size: cfg.tag_map_size,
+            fallback_read_scan: cfg.fallback_read_scan,
         },
     )?;
     info!(pin_dir = %cfg.paths.pin_dir.display(), tier = %loaded.kernel.tier, "trackers and enforcement attached and pinned");

@@ -158,6 +158,7 @@ pub const SMOKE: &[&str] = &[
     "deputies::processes::processes_and_terminals_outside_the_tree",
     "deputies::processes::root_agents_stay_under_the_capability_ceiling",
     "deputies::deferred::files_an_agent_wrote_stay_its",
+    "secrets::the_secrets_an_agent_reads_are_inventoried",
     "deputies::deferred::git_reading_a_config",
 ];
 
