@@ -112,7 +112,7 @@ impl SecretReads {
             let _ = m.insert(v, kernel_verdict, 0);
         }
         if findings.is_empty() && note.is_none() {
-            // Clean: forget the pair, so a later version is judged afresh.
+            // Clean: the kernel reports it no more; nothing to remember for this tree.
             self.logged.remove(&(d.header.root, v));
             return false;
         }
