@@ -30,6 +30,9 @@ pub mod verdict {
     pub const CLEAN: u32 = 1;
     /// Scanned: a secret. Every tree that opens it is reported (the inventory).
     pub const SECRET: u32 = 2;
+    /// The daemon could not open it again (logged once, with the reason): reported no more,
+    /// as a clean one.
+    pub const UNSCANNABLE: u32 = 3;
 }
 
 /// A tagged process opened a file version for reading that is not known clean.

@@ -118,7 +118,7 @@ fn try_opened(caller: &Caller, inode: *const u8) -> Result<(), i32> {
     // SAFETY: map value pointer from a successful lookup.
     let known = SECRET_SEEN.get_ptr(&version).map(|v| unsafe { *v });
     let seen = match known {
-        Some(verdict::CLEAN) => return Ok(()),
+        Some(verdict::CLEAN | verdict::UNSCANNABLE) => return Ok(()),
         Some(v) => v,
         None => {
             let _ = SECRET_SEEN.insert(&version, &verdict::PENDING, 0);

@@ -101,14 +101,12 @@ impl SecretReads {
                 _ => (verdict::CLEAN, Vec::new(), None),
             },
             Err(e) => (
-                verdict::PENDING,
+                verdict::UNSCANNABLE,
                 Vec::new(),
                 Some(format!("not scanned: {e}")),
             ),
         };
-        if let Some(m) = self.verdicts.as_mut()
-            && kernel_verdict != verdict::PENDING
-        {
+        if let Some(m) = self.verdicts.as_mut() {
             let _ = m.insert(v, kernel_verdict, 0);
         }
         if findings.is_empty() && note.is_none() {
