@@ -44,8 +44,7 @@ pub struct SecretRead {
     pub version: FileVersion,
     /// `super_block.s_magic`: which file-handle layout opens the file again.
     pub sb_magic: u32,
-    /// The verdict the kernel had ([`verdict`]): a known secret needs no second scan.
-    pub verdict: u32,
+    pub _pad: u32,
 }
 const _: () = assert!(core::mem::size_of::<SecretRead>() == 120);
 

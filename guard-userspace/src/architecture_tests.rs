@@ -75,6 +75,7 @@ const FLOORS: &[(&str, u8)] = &[
     ("seccomp", 1),
     ("caps", 1),
     ("secrets", 0),
+    ("fshandle", 0),
     ("paths", 0),
 ];
 

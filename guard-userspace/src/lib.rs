@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod deputies;
 pub mod events;
 pub mod files;
+pub mod fshandle;
 pub mod kernel;
 pub mod killer;
 pub mod loader;

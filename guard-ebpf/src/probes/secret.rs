@@ -117,14 +117,13 @@ fn try_opened(caller: &Caller, inode: *const u8) -> Result<(), i32> {
     };
     // SAFETY: map value pointer from a successful lookup.
     let known = SECRET_SEEN.get_ptr(&version).map(|v| unsafe { *v });
-    let seen = match known {
+    match known {
         Some(verdict::CLEAN | verdict::UNSCANNABLE) => return Ok(()),
-        Some(v) => v,
+        Some(_) => {}
         None => {
             let _ = SECRET_SEEN.insert(&version, &verdict::PENDING, 0);
-            verdict::PENDING
         }
-    };
+    }
     let sb_magic: u32 = read(sb, o.sb_magic)?;
     let Some(mut entry) = EVENTS.reserve::<SecretRead>(0) else {
         count(Counter::EventsDropped);
@@ -135,7 +134,7 @@ fn try_opened(caller: &Caller, inode: *const u8) -> Result<(), i32> {
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
         version,
         sb_magic,
-        verdict: seen,
+        _pad: 0,
     });
     entry.submit(0);
     Ok(())

@@ -8,10 +8,7 @@ use std::{
     collections::{HashMap, HashSet},
     fs::File,
     io,
-    os::{
-        fd::{AsRawFd, FromRawFd},
-        unix::fs::MetadataExt,
-    },
+    os::{fd::AsRawFd, unix::fs::MetadataExt},
     path::PathBuf,
 };
 
@@ -23,9 +20,12 @@ use guard_common::{
 };
 
 use super::{Decision, DecodeError, Decoded, Object, c_str, read_pod, schema::SecretFound};
-use crate::secrets::{
-    self,
-    file::{Cache, Scanned},
+use crate::{
+    fshandle::{self, Handle},
+    secrets::{
+        self,
+        file::{Cache, Scanned},
+    },
 };
 
 /// Rule name of `secret_read` lines.
@@ -165,7 +165,7 @@ impl SecretReads {
 
     fn by_handle(&mut self, ev: &SecretRead) -> io::Result<File> {
         let v = &ev.version;
-        let (ty, words) = handle_words(ev.sb_magic, v).ok_or_else(|| {
+        let mut handle = handle_of(ev.sb_magic, v).ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::Unsupported,
                 format!(
@@ -175,49 +175,32 @@ impl SecretReads {
             )
         })?;
         if !self.mounts.contains_key(&v.dev) {
-            self.mounts = mounts();
+            self.mounts = mount_points();
         }
         let dir = self
             .mounts
             .get(&v.dev)
             .ok_or_else(|| io::Error::other("the filesystem is not mounted here"))?;
-        let mount = File::open(dir)?;
-        #[repr(C)]
-        struct Handle {
-            bytes: u32,
-            ty: i32,
-            words: [u32; 4],
-        }
-        let mut h = Handle {
-            bytes: (words.len() * 4) as u32,
-            ty,
-            words: [0; 4],
-        };
-        h.words[..words.len()].copy_from_slice(&words);
-        // SAFETY: `h` is a `struct file_handle` with room for its bytes; the call reads it.
-        let fd = unsafe {
-            libc::open_by_handle_at(
-                mount.as_raw_fd(),
-                (&raw mut h).cast::<libc::file_handle>(),
-                libc::O_RDONLY | libc::O_NOCTTY | libc::O_NONBLOCK | libc::O_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: a new descriptor this function owns.
-        Ok(unsafe { File::from_raw_fd(fd) })
+        let fd = handle.open(
+            dir,
+            libc::O_RDONLY | libc::O_NOCTTY | libc::O_NONBLOCK | libc::O_CLOEXEC,
+        )?;
+        Ok(File::from(fd))
     }
 }
 
-/// The file-handle type and words that open inode `v` on a filesystem of `magic`: ext2/3/4
-/// and XFS (32-bit inode numbers) encode `{ino, generation}`. (tmpfs opens a handle only for
-/// an inode a handle was once made of.)
-fn handle_words(magic: u32, v: &FileVersion) -> Option<(i32, Vec<u32>)> {
+/// The handle that opens inode `v` on a filesystem of `magic`: ext2/3/4 and XFS (32-bit
+/// inode numbers) encode `{ino, generation}` (`FILEID_INO32_GEN`). (tmpfs opens a handle only
+/// for an inode a handle was once made of.)
+fn handle_of(magic: u32, v: &FileVersion) -> Option<Handle> {
     const FILEID_INO32_GEN: i32 = 1;
     match magic {
-        0xEF53 | 0x5846_5342 if v.ino <= u64::from(u32::MAX) => {
-            Some((FILEID_INO32_GEN, vec![v.ino as u32, v.generation]))
+        0xEF53 | 0x5846_5342 => {
+            let ino = u32::try_from(v.ino).ok()?;
+            let mut bytes = [0u8; 8];
+            bytes[..4].copy_from_slice(&ino.to_ne_bytes());
+            bytes[4..].copy_from_slice(&v.generation.to_ne_bytes());
+            Some(Handle::new(FILEID_INO32_GEN, &bytes))
         }
         _ => None,
     }
@@ -247,44 +230,11 @@ fn by_reader(tgid: u32, v: &FileVersion) -> io::Result<File> {
     Err(io::Error::other("the reader holds it no more"))
 }
 
-/// A directory of each mounted filesystem (its mount point), by kernel device number.
-fn mounts() -> HashMap<u32, PathBuf> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+/// A directory of each mounted filesystem (its first mount point), by kernel device number.
+fn mount_points() -> HashMap<u32, PathBuf> {
     let mut out = HashMap::new();
-    for line in text.lines() {
-        let f: Vec<&str> = line.split(' ').collect();
-        // id parent major:minor root mount-point …
-        let (Some(dev), Some(point)) = (f.get(2), f.get(4)) else {
-            continue;
-        };
-        let Some((major, minor)) = dev.split_once(':') else {
-            continue;
-        };
-        let (Ok(major), Ok(minor)) = (major.parse::<u32>(), minor.parse::<u32>()) else {
-            continue;
-        };
-        out.entry((major << 20) | minor)
-            .or_insert_with(|| PathBuf::from(unescape(point)));
-    }
-    out
-}
-
-/// `\040` and friends in mountinfo paths.
-fn unescape(s: &str) -> String {
-    let mut out = String::new();
-    let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '\\' {
-            let code: String = chars.by_ref().take(3).collect();
-            if let Ok(b) = u8::from_str_radix(&code, 8) {
-                out.push(b as char);
-                continue;
-            }
-            out.push('\\');
-            out.push_str(&code);
-        } else {
-            out.push(c);
-        }
+    for m in fshandle::mounts() {
+        out.entry(m.kernel_dev()).or_insert(m.mount_point);
     }
     out
 }

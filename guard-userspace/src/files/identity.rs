@@ -13,17 +13,13 @@
 use std::{
     ffi::CString,
     io,
-    os::{
-        fd::{AsRawFd, FromRawFd, OwnedFd},
-        unix::ffi::OsStrExt,
-        unix::fs::MetadataExt,
-    },
+    os::{fd::AsRawFd, unix::ffi::OsStrExt, unix::fs::MetadataExt},
     path::Path,
 };
 
 use std::collections::BTreeMap;
 
-use guard_common::file::{FileIdentity, FileKey, HANDLE_MAX, kernel_dev};
+use guard_common::file::{FileIdentity, FileKey, HANDLE_MAX};
 use tracing::info;
 
 use super::{
@@ -31,7 +27,7 @@ use super::{
     engine::Engine,
     resolve::{Kind, Mount, Object},
 };
-use crate::policy::CompiledPathRule;
+use crate::{fshandle::Handle, policy::CompiledPathRule};
 
 /// Fingerprint of a rule: FNV-1a over what makes it the same rule (stable across daemon
 /// versions, unlike the standard hasher).
@@ -65,22 +61,7 @@ pub fn of(o: &Object, rule: u64) -> Option<FileIdentity> {
         Kind::Volume | Kind::Backing => return None,
     };
     let c = CString::new(o.path.as_os_str().as_bytes()).ok()?;
-    let mut buf = Handle::new();
-    let mut mount_id: libc::c_int = 0;
-    // SAFETY: `buf` is a file_handle header followed by HANDLE_MAX bytes, as its
-    // handle_bytes says; the path is NUL-terminated.
-    let r = unsafe {
-        libc::name_to_handle_at(
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            buf.as_mut_ptr(),
-            &raw mut mount_id,
-            0,
-        )
-    };
-    if r != 0 {
-        return None;
-    }
+    let buf = Handle::of(&c).ok()?;
     let (handle_type, bytes) = buf.parts();
     let mut handle = [0u8; HANDLE_MAX];
     handle[..bytes.len()].copy_from_slice(bytes);
@@ -99,19 +80,11 @@ pub fn of(o: &Object, rule: u64) -> Option<FileIdentity> {
 pub fn reopen(key: FileKey, id: &FileIdentity, mounts: &[Mount]) -> io::Result<Object> {
     let mount = mounts
         .iter()
-        .find(|m| kernel_dev(m.major, m.minor) == key.dev)
+        .find(|m| m.kernel_dev() == key.dev)
         .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "its filesystem is not mounted"))?;
-    let dir = std::fs::File::open(&mount.mount_point)?;
-    let mut buf = Handle::new();
-    buf.set(id);
-    // SAFETY: a mount descriptor we own and a file_handle the kernel reads within its
-    // handle_bytes; the returned descriptor is owned below.
-    let fd = unsafe { libc::open_by_handle_at(dir.as_raw_fd(), buf.as_mut_ptr(), libc::O_PATH) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a fresh descriptor nobody else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let len = (id.handle_len as usize).min(HANDLE_MAX);
+    let fd =
+        Handle::new(id.handle_type, &id.handle[..len]).open(&mount.mount_point, libc::O_PATH)?;
     let path = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))?;
     let meta = std::fs::metadata(format!("/proc/self/fd/{}", fd.as_raw_fd()))?;
     if meta.ino() != key.ino || path_is_deleted(&path) {
@@ -203,42 +176,6 @@ pub(super) fn remembered(shared: &Shared) -> Vec<(FileKey, FileIdentity)> {
     kernel.as_ref().map_or_else(Vec::new, |m| {
         super::kernel::entries(&m.identities).into_iter().collect()
     })
-}
-
-/// A `struct file_handle` with room for [`HANDLE_MAX`] bytes.
-#[repr(C)]
-struct Handle {
-    header: libc::file_handle,
-    bytes: [u8; HANDLE_MAX],
-}
-
-impl Handle {
-    fn new() -> Self {
-        Self {
-            header: libc::file_handle {
-                handle_bytes: HANDLE_MAX as u32,
-                handle_type: 0,
-                f_handle: [],
-            },
-            bytes: [0; HANDLE_MAX],
-        }
-    }
-
-    fn as_mut_ptr(&mut self) -> *mut libc::file_handle {
-        (&raw mut *self).cast()
-    }
-
-    fn parts(&self) -> (i32, &[u8]) {
-        let len = (self.header.handle_bytes as usize).min(HANDLE_MAX);
-        (self.header.handle_type, &self.bytes[..len])
-    }
-
-    fn set(&mut self, id: &FileIdentity) {
-        let len = (id.handle_len as usize).min(HANDLE_MAX);
-        self.header.handle_bytes = len as u32;
-        self.header.handle_type = id.handle_type;
-        self.bytes[..len].copy_from_slice(&id.handle[..len]);
-    }
 }
 
 #[cfg(test)]

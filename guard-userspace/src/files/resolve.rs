@@ -8,7 +8,6 @@
 
 use std::{
     collections::BTreeSet,
-    ffi::OsString,
     fs, io,
     os::unix::fs::{FileTypeExt as _, MetadataExt as _},
     path::{Path, PathBuf},
@@ -60,52 +59,7 @@ pub struct Targets {
     pub any_dir: Vec<String>,
 }
 
-/// One line of `/proc/self/mountinfo`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Mount {
-    pub major: u32,
-    pub minor: u32,
-    /// The path within the filesystem that is mounted (`/` for the whole filesystem).
-    pub root: PathBuf,
-    pub mount_point: PathBuf,
-}
-
-/// Parse `/proc/self/mountinfo` text.
-pub fn parse_mountinfo(text: &str) -> Vec<Mount> {
-    text.lines()
-        .filter_map(|line| {
-            let f: Vec<&str> = line.split(' ').collect();
-            let (major, minor) = f.get(2)?.split_once(':')?;
-            Some(Mount {
-                major: major.parse().ok()?,
-                minor: minor.parse().ok()?,
-                root: PathBuf::from(unescape(f.get(3)?)),
-                mount_point: PathBuf::from(unescape(f.get(4)?)),
-            })
-        })
-        .collect()
-}
-
-/// Undo mountinfo's octal escapes (`\040` for a space).
-fn unescape(s: &str) -> OsString {
-    use std::os::unix::ffi::OsStringExt;
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8)
-        {
-            out.push(v);
-            i += 4;
-            continue;
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    OsString::from_vec(out)
-}
+pub use crate::fshandle::{Mount, parse_mountinfo};
 
 /// Is `path` (canonical) the mount point of a whole filesystem with device `dev`?
 pub fn is_volume_root(mounts: &[Mount], path: &Path, major: u32, minor: u32) -> bool {
