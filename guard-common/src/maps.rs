@@ -86,6 +86,18 @@ pub const NET_SOCKETS_MAX: u32 = 16_384;
 pub const SECRET_SEEN: &str = "GUARD_SECRET_SEEN";
 pub const SECRET_SEEN_MAX: u32 = 65_536;
 
+/// Root [`crate::ProcKey`] → [`crate::secret::TreeReads`]: what each agent tree read, as the
+/// kernel counts it (written by the kernel only). Pinned, as the tags are.
+pub const TREE_READS: &str = "GUARD_TREE_READS";
+/// Root [`crate::ProcKey`] → [`crate::secret::TreeVerdict`]: the daemon's answers (written by
+/// the daemon only). Pinned.
+pub const TREE_VERDICTS: &str = "GUARD_TREE_VERDICTS";
+/// A tree per tagged process at most, so neither map is full before the tag map is.
+pub const TREES_MAX: u32 = TAGS_MAX;
+/// Two [`crate::net::NetRule`]s: the secrets rule and its pending form
+/// ([`crate::net::SECRETS_SLOT`], [`crate::net::SECRETS_PENDING_SLOT`]); generation 0: off.
+pub const NET_SECRETS: &str = "GUARD_NET_SECRETS";
+
 /// Offsets of `bpf_sock_addr_kern` and `sockaddr_un` for the unix socket programs.
 pub const UNIX_OFFSETS_GLOBAL: &str = "GUARD_UNIX_OFFSETS";
 
@@ -319,7 +331,7 @@ pub const FILE_HIT: &str = "GUARD_FILE_HIT";
 
 /// Every map of the kernel object, by name. guard-ebpf's `#[map(name = …)]` takes a literal,
 /// so a rootless test compares the compiled object with this list.
-pub const ALL: [&str; 37] = [
+pub const ALL: [&str; 40] = [
     TAGS,
     AGENT_EXES,
     AGENT_SCRIPTS,
@@ -357,6 +369,9 @@ pub const ALL: [&str; 37] = [
     DEFERRED_PENDING,
     NET_SOCKETS,
     SECRET_SEEN,
+    TREE_READS,
+    TREE_VERDICTS,
+    NET_SECRETS,
 ];
 
 /// Every global the loader sets, by name.

@@ -73,6 +73,15 @@ pub mod hook {
 /// carry traffic past every endpoint rule.
 pub const RAW_RULE_ID: u32 = 0xffff_0100;
 
+/// Rule id of the secrets rule (`spec.secrets.taint`), slot [`SECRETS_SLOT`] of
+/// [`crate::maps::NET_SECRETS`]: what an agent tree that read a secret meets on the network.
+pub const SECRETS_RULE_ID: u32 = 0xffff_0200;
+/// Rule id of the same rule while a file the tree read is still being scanned, slot
+/// [`SECRETS_PENDING_SLOT`]: it denies (never kills), and only when the secrets rule blocks.
+pub const SECRETS_PENDING_RULE_ID: u32 = 0xffff_0201;
+pub const SECRETS_SLOT: u32 = 0;
+pub const SECRETS_PENDING_SLOT: u32 = 1;
+
 pub const AF_UNIX: u32 = 1;
 pub const AF_INET: u32 = 2;
 pub const AF_INET6: u32 = 10;
@@ -354,7 +363,14 @@ impl NetRule {
     /// Does the rule block the operation (enforce mode and an action other than audit)?
     #[inline(always)]
     pub fn blocks(&self) -> bool {
-        self.mode == mode::ENFORCE && self.action != action::AUDIT
+        self.mode == mode::ENFORCE && self.action != action::AUDIT && self.action != action::ALLOW
+    }
+
+    /// Is the rule an entry of the secrets allow-list (`spec.secrets.allow`)? It decides
+    /// nothing by itself: it exempts a destination from the secrets rule.
+    #[inline(always)]
+    pub fn exempts(&self) -> bool {
+        self.action == action::ALLOW
     }
 
     /// Does the rule kill the offender (kill or kill-tree, enforced)?
@@ -364,12 +380,14 @@ impl NetRule {
     }
 
     /// Precedence when several rules match one destination: enforced before audit, then
-    /// kill-tree, kill, deny, audit. Higher is stronger.
+    /// kill-tree, kill, deny, audit, and the allow-list's exemptions last. Higher is
+    /// stronger.
     pub fn strength(&self) -> u32 {
         let by_action = match self.action {
             action::KILL_TREE => 4,
             action::KILL => 3,
             action::DENY => 2,
+            action::ALLOW => return 0,
             _ => 1,
         };
         if self.blocks() {

@@ -394,3 +394,20 @@ pub static NET_SOCKETS: aya_ebpf::maps::LruHashMap<u64, guard_common::net::Tagge
 #[map(name = "GUARD_SECRET_SEEN")]
 pub static SECRET_SEEN: aya_ebpf::maps::LruHashMap<guard_common::secret::FileVersion, u32> =
     aya_ebpf::maps::LruHashMap::with_max_entries(guard_common::maps::SECRET_SEEN_MAX, 0);
+
+/// What each agent tree read, by root: the kernel's count of reads it reported for a scan,
+/// and whether the tree opened a version known to hold a secret (`guard_common::secret`).
+/// Pinned: a tree stays tainted across a daemon restart.
+#[map(name = "GUARD_TREE_READS")]
+pub static TREE_READS: HashMap<guard_common::ProcKey, guard_common::secret::TreeReads> =
+    HashMap::pinned(guard_common::maps::TREES_MAX, BPF_F_NO_PREALLOC);
+
+/// The daemon's answers to those reads, by root. Pinned.
+#[map(name = "GUARD_TREE_VERDICTS")]
+pub static TREE_VERDICTS: HashMap<guard_common::ProcKey, guard_common::secret::TreeVerdict> =
+    HashMap::pinned(guard_common::maps::TREES_MAX, BPF_F_NO_PREALLOC);
+
+/// The secrets rule and its pending form (`guard_common::net::SECRETS_SLOT`); generation 0:
+/// off.
+#[map(name = "GUARD_NET_SECRETS")]
+pub static NET_SECRETS: Array<NetRule> = Array::pinned(2, 0);

@@ -122,6 +122,9 @@ pub struct DaemonStatus {
     /// `fentry/security_file_open`, or `not covered: …`.
     #[serde(default)]
     pub secret_reads: String,
+    /// What the secrets rule does to an agent tree that read a secret, and on what.
+    #[serde(default)]
+    pub secret_taint: String,
     pub counters: Vec<(String, u64)>,
     pub probe: serde_json::Value,
     /// Path rules: what protects each access of each rule, and what it resolved to.

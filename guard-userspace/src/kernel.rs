@@ -241,7 +241,11 @@ impl Loading {
             counters: take_map(ebpf, maps::COUNTERS)?,
             cap_ceiling: take_map(ebpf, maps::CAP_CEILING)?,
             events: Some(take_map(ebpf, maps::EVENTS)?),
-            secret_seen: Some(take_map(ebpf, maps::SECRET_SEEN)?),
+            secret_maps: Some(SecretMaps {
+                seen: take_map(ebpf, maps::SECRET_SEEN)?,
+                reads: take_map(ebpf, maps::TREE_READS)?,
+                verdicts: take_map(ebpf, maps::TREE_VERDICTS)?,
+            }),
             pin_dir: self.pin_dir,
             tier,
             lsm,
@@ -253,6 +257,16 @@ impl Loading {
             _ebpf: self.ebpf,
         })
     }
+}
+
+/// The maps of the secret scan (`guard_common::secret`).
+pub struct SecretMaps {
+    /// The verdict on each file version agents read.
+    pub seen: HashMap<MapData, guard_common::secret::FileVersion, u32>,
+    /// What each tree read, as the kernel counts it (read only here).
+    pub reads: HashMap<MapData, guard_common::ProcKey, guard_common::secret::TreeReads>,
+    /// The daemon's answers, by tree.
+    pub verdicts: HashMap<MapData, guard_common::ProcKey, guard_common::secret::TreeVerdict>,
 }
 
 /// The programs that act on the agent-written files they read (deferred execution).
@@ -286,8 +300,8 @@ pub struct Kernel {
     /// The capabilities refused to tagged processes (pinned).
     cap_ceiling: Array<MapData, guard_common::deputy::CapMask>,
     events: Option<RingBuf<MapData>>,
-    /// Verdicts on the file versions agents read (the secret scan).
-    secret_seen: Option<HashMap<MapData, guard_common::secret::FileVersion, u32>>,
+    /// The secret scan's maps.
+    secret_maps: Option<SecretMaps>,
     /// The tier that enforces: `BpfLsm` when the LSM programs are attached.
     pub tier: Tier,
     /// What the bpf-lsm tier attached (when it enforces).
@@ -370,11 +384,9 @@ impl Kernel {
         self.events.take()
     }
 
-    /// The secret scan's verdict map, for the event pipeline.
-    pub fn take_secret_seen(
-        &mut self,
-    ) -> Option<HashMap<MapData, guard_common::secret::FileVersion, u32>> {
-        self.secret_seen.take()
+    /// The secret scan's maps, for the event pipeline.
+    pub fn take_secret_maps(&mut self) -> Option<SecretMaps> {
+        self.secret_maps.take()
     }
 
     /// Sum of each per-CPU counter, by name.

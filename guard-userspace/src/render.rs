@@ -118,6 +118,9 @@ pub fn status(st: &DaemonStatus, color: bool) -> String {
             st.secret_reads
         );
     }
+    if !st.secret_taint.is_empty() {
+        let _ = writeln!(out, "  taint       {}", st.secret_taint);
+    }
     if let Some(r) = &st.recognition {
         let _ = writeln!(
             out,

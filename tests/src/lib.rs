@@ -134,6 +134,9 @@ pub struct Daemon {
     pub daemon_env: Vec<(String, PathBuf)>,
 }
 
+/// A name server address nothing answers at (the discard port on loopback).
+pub const NO_DNS: &str = "127.0.0.1:9";
+
 impl Daemon {
     /// Start a daemon on the embedded default policy.
     pub fn start() -> Self {
@@ -238,6 +241,12 @@ impl Daemon {
             cmd.arg("--policy").arg(p);
         }
         cmd.args(&self.args);
+        // Host rules (the default policy's `@control-planes`) are resolved by a name server on
+        // loopback that answers nothing, unless a test runs its own: tests never send a query
+        // past the machine.
+        if std::env::var_os("GUARD_DNS_SERVER").is_none() {
+            cmd.env("GUARD_DNS_SERVER", NO_DNS);
+        }
         cmd.envs(self.daemon_env.iter().map(|(k, v)| (k, v)));
         let child = cmd.spawn().expect("spawn guard daemon");
         let pid = child.id();

@@ -19,6 +19,7 @@ mod policy;
 mod report;
 mod secrets;
 mod stats;
+mod taint;
 mod workloads;
 
 use std::{
@@ -186,6 +187,7 @@ pub struct Results {
     pub costs: Result<Vec<costs::Row>, String>,
     /// The secret scanner over the cargo registry's sources.
     pub secret_scan: Result<secrets::SecretScan, String>,
+    pub taint_window: Result<taint::TaintWindow, String>,
 }
 
 pub fn bench(opts: &Options) -> Result<()> {
@@ -286,6 +288,7 @@ pub fn bench(opts: &Options) -> Result<()> {
         kill: KillLatency::unavailable("not measured"),
         costs: Err("not measured".into()),
         secret_scan: Err("not measured".into()),
+        taint_window: Err("not measured".into()),
         flood: Err("not measured".into()),
         decision_flood: Err("not measured".into()),
         policy: generated,
@@ -517,8 +520,9 @@ fn extras(
         std::process::id()
     ));
     // Fork and exit lines stand in for decisions in the flood: every one is decoded,
-    // enriched with its ancestry and written, as a decision would be.
-    let lines = ["--lifecycle-events"];
+    // enriched with its ancestry and written, as a decision would be. Reads are seen on the
+    // fallback tier too, for the secrets rule's hold.
+    let lines = ["--lifecycle-events", "--fallback-read-scan"];
     let daemon = match Daemon::start_with(guard, policy, work.join("extras"), pins, &lines) {
         Ok(d) => d,
         Err(e) => {
@@ -540,6 +544,12 @@ fn extras(
         extras::kill_latency(&daemon, &launcher, plan.kill_samples)
     } else {
         KillLatency::unavailable("the 1,000-rule policy (which holds the kill rule) was rejected")
+    };
+    r.taint_window = if policy_ok {
+        println!("[bench] secrets rule hold after a first read");
+        taint::measure(&launcher, &work.join("taint-window"), 50).map_err(|e| format!("{e:#}"))
+    } else {
+        Err("the 1,000-rule policy (whose secrets rule denies) was rejected".into())
     };
     println!("[bench] program costs (bpf_stats)");
     let untagged = Launcher {

@@ -100,7 +100,18 @@ fn main() -> ExitCode {
     }
 }
 
+/// The name server every daemon the tests and the bench start asks (unless one is named): the
+/// discard port on loopback, where nothing answers. Host rules (the default policy's
+/// `@control-planes`) then stay unresolved, and no query leaves the machine.
+const NO_DNS: &str = "127.0.0.1:9";
+
 fn dispatch(cmd: Cmd) -> Result<()> {
+    if matches!(cmd, Cmd::Test { .. } | Cmd::VmTest(_) | Cmd::Bench { .. })
+        && std::env::var_os("GUARD_DNS_SERVER").is_none()
+    {
+        // SAFETY: set once at start, before any thread is spawned.
+        unsafe { std::env::set_var("GUARD_DNS_SERVER", NO_DNS) };
+    }
     match cmd {
         Cmd::Setup => setup::setup().map(drop),
         Cmd::Build { release } => {

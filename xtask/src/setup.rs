@@ -301,6 +301,8 @@ const TEST_TOOLS: &[(&str, &str)] = &[
     ("tcpdump", "tcpdump"),
     ("strace", "strace"),
     ("mkfs.ext4", "e2fsprogs"),
+    // The HTTPS servers of the secrets tests (s_server) and their certificates.
+    ("openssl", "openssl"),
     // The deputies the no-deputies tests start and attack through.
     ("tmux", "tmux"),
     ("atd", "at"),

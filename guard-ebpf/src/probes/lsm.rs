@@ -33,7 +33,7 @@ use guard_common::{
 
 use super::{
     file::{lsm_decide, read},
-    net::{ALLOW, Dest, Kill, carried_v4, decide, decide_raw},
+    net::{ALLOW, Dest, Kill, carried_v4, decide, decide_inet, decide_raw},
 };
 use crate::ctx::{Caller, daemon_tgid, is_tagged, tagged};
 use crate::maps::{NET_UNIX, NET4, NET6, count, count_file, file_offsets, lsm_offsets};
@@ -311,10 +311,7 @@ fn try_net(sock: *const u8, addr: *const u8, len: i32, hook: u32) -> Result<i32,
         // AF_UNSPEC (disconnect) and families no rule can name.
         return Ok(ALLOW);
     };
-    let Some(set) = set else {
-        return Ok(ALLOW);
-    };
-    Ok(decide(&caller, set, &dest, hook, None, Kill::Now))
+    Ok(decide_inet(&caller, set, &dest, hook, Kill::Now))
 }
 
 // --- Files.

@@ -5,20 +5,30 @@
 //! `file_open` program calls [`file_opened`]; on the fallback tier (where trampolines may be
 //! refused) the page cache's read tracepoints do, for every read on the host through the page
 //! cache (an untagged reader costs the tag lookup). tmpfs reads bypass them.
+//!
+//! Each reported read is counted for the reader's tree ([`TREE_READS`]) before the reader
+//! gets its data, so the tree is *pending* until the daemon has answered; a version already
+//! known to hold a secret taints the tree right here. The secrets rule (`probes/net.rs`) reads
+//! both.
+
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
     helpers::bpf_get_current_comm, macros::btf_tracepoint, programs::BtfTracePointContext,
 };
 use guard_common::{
+    ProcKey,
     event::{Counter, EventKind},
-    secret::{FileVersion, SecretRead, verdict},
+    secret::{FileVersion, SecretRead, TreeReads, verdict},
 };
 
 use super::file::read;
 use crate::{
     ctx::{Caller, tagged},
-    maps::{EVENTS, SECRET_SEEN, count, file_offsets, lsm_offsets},
+    maps::{EVENTS, SECRET_SEEN, TREE_READS, count, file_offsets, lsm_offsets},
 };
+
+const BPF_NOEXIST: u64 = 1;
 
 const S_IFMT: u16 = 0o170_000;
 const S_IFREG: u16 = 0o100_000;
@@ -117,18 +127,34 @@ fn try_opened(caller: &Caller, inode: *const u8) -> Result<(), i32> {
     };
     // SAFETY: map value pointer from a successful lookup.
     let known = SECRET_SEEN.get_ptr(&version).map(|v| unsafe { *v });
-    match known {
+    let secret = match known {
         Some(verdict::CLEAN | verdict::UNSCANNABLE) => return Ok(()),
-        Some(_) => {}
+        Some(v) => v == verdict::SECRET,
         None => {
             let _ = SECRET_SEEN.insert(&version, &verdict::PENDING, 0);
+            false
         }
-    }
+    };
     let sb_magic: u32 = read(sb, o.sb_magic)?;
-    let Some(mut entry) = EVENTS.reserve::<SecretRead>(0) else {
-        count(Counter::EventsDropped);
+    let Some(tree) = tree_reads(&caller.tag.root) else {
+        count(Counter::ProbeErrors);
         return Ok(());
     };
+    let Some(mut entry) = EVENTS.reserve::<SecretRead>(0) else {
+        count(Counter::EventsDropped);
+        // Nobody will scan what it read: the tree counts as having read a secret.
+        // SAFETY: map value pointer from a successful lookup; a plain store of a flag.
+        unsafe { (*tree).lost = 1 };
+        return Ok(());
+    };
+    // SAFETY: as above. Counted before the record is visible, so the tree is pending from
+    // now until the daemon's answer; one atomic add, shared with every CPU.
+    unsafe {
+        if secret {
+            (*tree).secret = 1;
+        }
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*tree).requested, 1);
+    }
     entry.write(SecretRead {
         header: caller.header(EventKind::SecretRead),
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
@@ -138,4 +164,15 @@ fn try_opened(caller: &Caller, inode: *const u8) -> Result<(), i32> {
     });
     entry.submit(0);
     Ok(())
+}
+
+/// The read counts of the tree with root `root`, made on its first read.
+#[inline(always)]
+fn tree_reads(root: &ProcKey) -> Option<*mut TreeReads> {
+    if let Some(tree) = TREE_READS.get_ptr_mut(root) {
+        return Some(tree);
+    }
+    // Another CPU may have made it in between: NOEXIST keeps its count.
+    let _ = TREE_READS.insert(root, &TreeReads::default(), BPF_NOEXIST);
+    TREE_READS.get_ptr_mut(root)
 }

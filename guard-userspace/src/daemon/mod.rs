@@ -203,14 +203,16 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
     let ring = kernel
         .take_events()
         .expect("the event ring is taken once, here");
-    let secret_verdicts = kernel.take_secret_seen();
+    let secret_maps = kernel.take_secret_maps();
+    let taints = crate::secrets::Taints::default();
     let state = new_state(&cfg, probe, kernel, net_attached, guard_self, self_attached);
     start::check_policy_file(&cfg, &state)?;
     let config = net::NetConfig::from_env().map_err(net::NetError::from)?;
-    let net = net::NetHandle::new(net_maps, &config)?;
+    let net = net::NetHandle::new(net_maps, &config, taints.clone())?;
     apply::apply(&state, compiled, &net).await?;
     seed(&state)?;
-    let sink = start_pipeline(&cfg, &state, ring, secret_verdicts, &net).await?;
+    let secrets = crate::events::secret::SecretReads::new(secret_maps, taints, Some(net.tag_map()));
+    let sink = start_pipeline(&cfg, &state, ring, secrets, &net).await?;
     start_files(&cfg, &state, kernel_files, sink)?;
     keep_pins(&cfg, &state);
     start::release_free_memory();

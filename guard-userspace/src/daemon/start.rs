@@ -198,7 +198,7 @@ pub(super) async fn start_pipeline(
     cfg: &DaemonConfig,
     state: &Shared,
     ring: aya::maps::RingBuf<aya::maps::MapData>,
-    secret_verdicts: Option<crate::events::secret::Verdicts>,
+    secrets: crate::events::secret::SecretReads,
     net: &net::NetHandle,
 ) -> Result<EventSink, DaemonError> {
     let log = EventLog::open(&cfg.paths.event_log, cfg.log, cfg.log_stdout).map_err(|source| {
@@ -219,7 +219,7 @@ pub(super) async fn start_pipeline(
         Pipeline {
             log,
             tree,
-            secrets: crate::events::secret::SecretReads::new(secret_verdicts),
+            secrets,
             view,
             metrics,
             node: pipeline::hostname(),

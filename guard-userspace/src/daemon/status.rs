@@ -56,6 +56,10 @@ pub(super) fn status(state: &Shared) -> Reply<DaemonStatus> {
         tagged_processes: tagged,
         tag_map: Some(crate::tagmap::status(&st.kernel, tagged)),
         secret_reads: st.kernel.secret_reads.clone(),
+        secret_taint: st.net.as_ref().map_or_else(String::new, |net| {
+            let (secrets, tainted) = net.secrets();
+            secret_taint(secrets.as_ref(), tainted, &st.kernel.secret_reads)
+        }),
         deputies: st.net.as_ref().map(|net| {
             let (found, tunnels) = net.found();
             let lsm = |hook: &str| {
@@ -160,6 +164,48 @@ fn unix_coverage(a: &net::Attached) -> String {
         ),
         Some(why) => format!("{NOT_LOADED}: {why}"),
     }
+}
+
+/// The secrets rule as it works here: its action, what it covers, and the trees it holds.
+fn secret_taint(
+    secrets: Option<&crate::policy::CompiledSecrets>,
+    tainted: usize,
+    reads: &str,
+) -> String {
+    use crate::files::status::{ENFORCED, NOT_LOADED};
+    let Some(s) = secrets else {
+        return String::new();
+    };
+    let Some(action) = s.action else {
+        return "off (spec.secrets.taint: allow): reads are inventoried, nothing is denied".into();
+    };
+    if reads.starts_with("off") || reads.starts_with("not") {
+        return format!(
+            "{NOT_LOADED}: no read path is scanned on this tier ({reads}), so no tree is tainted"
+        );
+    }
+    let allow = if s.allow.is_empty() {
+        "no destination".to_owned()
+    } else {
+        s.allow.join(", ")
+    };
+    let what = if s.mode == crate::policy::Mode::Audit || action == crate::policy::Action::Audit {
+        "audit: a tainted tree's connects and sends to IP destinations are recorded (rule \
+         guard:secrets), not blocked"
+            .to_owned()
+    } else {
+        format!(
+            "{ENFORCED} ({action}): a tainted tree may connect and send only to spec.secrets.allow \
+             ({allow}) and what no endpoint rule denies there; while a scan of what it read is \
+             pending it is denied the same (rule guard:secrets-pending), for the scan's time \
+             (bench: secret scan)"
+        )
+    };
+    format!(
+        "{what}. A tree is tainted from its root, for its whole life, at the first read of a \
+         file holding a secret; unix sockets are left to endpoint rules. {tainted} trees \
+         tainted now"
+    )
 }
 
 fn network_status(kernel: &Kernel, a: &net::Attached) -> crate::api::NetworkStatus {

@@ -207,6 +207,7 @@ impl Pipeline {
                         error!(error = %e, path = %self.log.path().display(), "cannot sync the event log");
                     }
                     self.tree.sweep_due(Instant::now());
+                    self.secrets.sweep_due(Instant::now());
                     let s = self.tree.stats();
                     self.metrics.set_tree(s.live, s.exited, s.evicted);
                 }

@@ -3,6 +3,9 @@
 //! same object again (by file handle, or through the reader's descriptor), scans it, gives the
 //! kernel its verdict and logs a `secret_read` line for each agent tree that read a secret —
 //! the inventory of credentials each agent touched. Nothing is logged for clean files.
+//!
+//! Each report is answered for its tree (`TREE_VERDICTS`): until then the tree is pending,
+//! and a secret found taints it (see the secrets rule in `guard-ebpf/src/probes/net.rs`).
 
 use std::{
     collections::{HashMap, HashSet},
@@ -10,20 +13,24 @@ use std::{
     io,
     os::{fd::AsRawFd, unix::fs::MetadataExt},
     path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
 };
 
 use aya::maps::{HashMap as BpfHashMap, MapData};
 use guard_common::{
     ProcKey,
     file::kernel_dev_of,
-    secret::{FileVersion, SecretRead, verdict},
+    secret::{FileVersion, SecretRead, TreeVerdict, verdict},
 };
+use tracing::{info, warn};
 
 use super::{Decision, DecodeError, Decoded, Object, c_str, read_pod, schema::SecretFound};
 use crate::{
     fshandle::{self, Handle},
+    kernel::SecretMaps,
     secrets::{
-        self,
+        self, Cause, Taints,
         file::{Cache, Scanned},
     },
 };
@@ -39,12 +46,16 @@ pub fn decode(raw: &[u8]) -> Result<Decoded, DecodeError> {
     Ok(d)
 }
 
-/// What a kernel map says of the versions scanned.
-pub type Verdicts = BpfHashMap<MapData, FileVersion, u32>;
-
 /// The pipeline's scanner of files agents read.
 pub struct SecretReads {
-    verdicts: Option<Verdicts>,
+    maps: Option<SecretMaps>,
+    /// Why each tainted tree is tainted (shared with the network responder).
+    taints: Taints,
+    /// The tag map, to forget the trees that are gone.
+    tags: Option<Arc<TagMap>>,
+    /// The answers given to each tree (the kernel map's values, kept here too).
+    answers: HashMap<ProcKey, TreeVerdict>,
+    next_sweep: Instant,
     cache: Cache<FileVersion>,
     /// `(tree root, version)` already logged: an agent that reads a file a thousand times
     /// read it once, for the inventory.
@@ -55,29 +66,118 @@ pub struct SecretReads {
     unscannable: HashSet<FileVersion>,
 }
 
+pub type TagMap = BpfHashMap<MapData, u32, guard_common::Tag>;
+
 /// Forget the logged pairs past this many (the inventory then logs a pair again).
 const LOGGED_MAX: usize = 65_536;
+/// How often the trees that are gone are forgotten.
+const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
 impl SecretReads {
-    pub fn new(verdicts: Option<Verdicts>) -> Self {
-        Self {
-            verdicts,
+    /// The scanner; `tags` lets it forget trees that are gone. Reads a previous daemon
+    /// reported and never answered are answered now, unscanned: their records are lost, and
+    /// the versions are scanned when they are read again (the verdicts were not pinned).
+    pub fn new(maps: Option<SecretMaps>, taints: Taints, tags: Option<Arc<TagMap>>) -> Self {
+        let mut answers = HashMap::new();
+        if let Some(m) = maps.as_ref() {
+            for (root, reads) in m.reads.iter().flatten() {
+                let mut v = m.verdicts.get(&root, 0).unwrap_or_default();
+                if v.answered < reads.requested {
+                    warn!(
+                        root = root.tgid,
+                        unanswered = reads.requested - v.answered,
+                        "reads reported to a previous daemon are not scanned"
+                    );
+                    v.answered = reads.requested;
+                }
+                answers.insert(root, v);
+            }
+        }
+        let mut s = Self {
+            maps,
+            taints,
+            tags,
+            answers,
+            next_sweep: Instant::now() + SWEEP_EVERY,
             cache: Cache::new(16_384),
             logged: HashSet::new(),
             mounts: HashMap::new(),
             unscannable: HashSet::new(),
+        };
+        let roots: Vec<ProcKey> = s.answers.keys().copied().collect();
+        for root in roots {
+            s.write_answer(root);
+        }
+        s
+    }
+
+    /// Scan what `d` reports, and answer the kernel for its tree; fills the event's object,
+    /// decision and findings. `false`: nothing to log (clean, or already logged for this
+    /// tree).
+    pub fn scan(&mut self, d: &mut Decoded) -> bool {
+        let root = d.header.root;
+        let (log, secret) = self.inspect(d);
+        if secret && let (Some(object), Some(first)) = (&d.object, d.secrets.first()) {
+            let cause = Cause {
+                path: object.path.clone().unwrap_or_else(|| "?".to_owned()),
+                detector: first.detector.clone(),
+                fingerprint: first.fingerprint.clone(),
+            };
+            if self.taints.taint(root, cause) {
+                info!(root = root.tgid, "an agent tree read a secret: tainted");
+            }
+        }
+        let answer = self.answers.entry(root).or_default();
+        answer.answered += 1;
+        answer.tainted |= u32::from(secret);
+        self.write_answer(root);
+        log
+    }
+
+    fn write_answer(&mut self, root: ProcKey) {
+        let (Some(m), Some(v)) = (self.maps.as_mut(), self.answers.get(&root)) else {
+            return;
+        };
+        if let Err(e) = m.verdicts.insert(root, *v, 0) {
+            warn!(root = root.tgid, error = %e, "cannot answer the kernel for a tree's reads");
         }
     }
 
-    /// Scan what `d` reports; fills its object, decision and findings. `false`: nothing to
-    /// log (clean, or already logged for this tree).
-    pub fn scan(&mut self, d: &mut Decoded) -> bool {
+    /// Forget, in the kernel and here, the trees with no tagged process left.
+    pub fn sweep_due(&mut self, now: Instant) {
+        if now < self.next_sweep {
+            return;
+        }
+        self.next_sweep = now + SWEEP_EVERY;
+        let Some(tags) = self.tags.as_ref() else {
+            return;
+        };
+        let alive: HashSet<ProcKey> = tags.iter().flatten().map(|(_, t)| t.root).collect();
+        let Some(m) = self.maps.as_mut() else {
+            return;
+        };
+        let gone: Vec<ProcKey> = m
+            .reads
+            .keys()
+            .flatten()
+            .filter(|root| !alive.contains(root))
+            .collect();
+        for root in &gone {
+            let _ = m.reads.remove(root);
+            let _ = m.verdicts.remove(root);
+            self.answers.remove(root);
+        }
+        self.taints.retain(|root| alive.contains(root));
+    }
+
+    /// `(log it, it holds a secret)`.
+    fn inspect(&mut self, d: &mut Decoded) -> (bool, bool) {
         let Some(ev) = d.secret_read else {
-            return false;
+            return (false, false);
         };
         let v = ev.version;
         if !self.logged.insert((d.header.root, v)) {
-            return false;
+            return (false, false);
         }
         if self.logged.len() > LOGGED_MAX {
             self.logged.clear();
@@ -106,22 +206,23 @@ impl SecretReads {
                 Some(format!("not scanned: {e}")),
             ),
         };
-        if let Some(m) = self.verdicts.as_mut() {
-            let _ = m.insert(v, kernel_verdict, 0);
+        if let Some(m) = self.maps.as_mut() {
+            let _ = m.seen.insert(v, kernel_verdict, 0);
         }
         if findings.is_empty() && note.is_none() {
             // Clean: the kernel reports it no more; nothing to remember for this tree.
             self.logged.remove(&(d.header.root, v));
-            return false;
+            return (false, false);
         }
         if note.is_some() {
             if !self.unscannable.insert(v) {
-                return false;
+                return (false, false);
             }
             if self.unscannable.len() > LOGGED_MAX {
                 self.unscannable.clear();
             }
         }
+        let secret = !findings.is_empty();
         d.object = Some(Object {
             path: path.map(|p| p.display().to_string()),
             dev: Some(u64::from(v.dev)),
@@ -144,7 +245,7 @@ impl SecretReads {
                 line: f.line,
             })
             .collect();
-        true
+        (true, secret)
     }
 
     /// The object the kernel saw, opened again: by file handle where the filesystem's layout

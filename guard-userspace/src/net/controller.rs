@@ -22,7 +22,10 @@ use aya::maps::{HashMap, MapData};
 use guard_common::{
     Tag,
     decision::{action, outcome},
-    net::{Ip4Data, Ip6Data, RAW_RULE_ID, UnixKey},
+    net::{
+        Ip4Data, Ip6Data, RAW_RULE_ID, SECRETS_PENDING_RULE_ID, SECRETS_PENDING_SLOT,
+        SECRETS_RULE_ID, SECRETS_SLOT, UnixKey,
+    },
 };
 use hickory_resolver::TokioResolver;
 use tokio::{sync::Notify, task::JoinSet, time::Instant};
@@ -37,7 +40,11 @@ use super::{
 };
 use crate::{
     deputies::{Forwarder, Found},
-    policy::{CompiledEndpointRule, CompiledPolicy, CompiledRawRule, RAW_RULE_NAME},
+    policy::{
+        CompiledEndpointRule, CompiledPolicy, CompiledRawRule, CompiledSecrets, RAW_RULE_NAME,
+        SECRETS_PENDING_RULE_NAME, SECRETS_RULE_NAME,
+    },
+    secrets::{Cause, Taints},
 };
 
 /// How the controller finds names.
@@ -69,6 +76,8 @@ struct State {
     rules: Vec<CompiledEndpointRule>,
     /// `spec.rawSockets` (`None`: allow).
     raw: Option<CompiledRawRule>,
+    /// `spec.secrets`.
+    secrets: Option<CompiledSecrets>,
     /// `(rule id, host)` → addresses in force.
     hosts: BTreeMap<(u32, String), HostState>,
     generation: u32,
@@ -90,6 +99,7 @@ struct RuleMaps {
     unix: HashMap<MapData, UnixKey, guard_common::net::RuleSet>,
     rules: aya::maps::Array<MapData, guard_common::net::NetRule>,
     raw: aya::maps::Array<MapData, guard_common::net::NetRule>,
+    secrets: aya::maps::Array<MapData, guard_common::net::NetRule>,
 }
 
 /// Shared handle on the controller.
@@ -101,6 +111,8 @@ pub struct NetHandle {
     wake: Arc<Notify>,
     /// Reason lines written lately (one per process and rule a second).
     reasons: Arc<Mutex<crate::respond::Throttle>>,
+    /// Why each tainted tree is tainted, for the secrets rule's reason line.
+    taints: Taints,
 }
 
 /// Generations whose rule names are kept: enough that an event decoded behind a burst of
@@ -110,7 +122,7 @@ const NAMES_KEPT: usize = 256;
 impl NetHandle {
     /// Take the rule maps, leaving the rules pinned there in force until [`Self::apply`]
     /// installs the next generation, and start the DNS refresher.
-    pub fn new(maps: NetMaps, config: &NetConfig) -> Result<Self, NetError> {
+    pub fn new(maps: NetMaps, config: &NetConfig, taints: Taints) -> Result<Self, NetError> {
         // A host without /etc/resolv.conf still enforces address and unix rules; host rules
         // then stay unresolved, with the reason, until the daemon is restarted with a resolver.
         let resolver = dns::resolver(config.dns_server).map_err(|e| {
@@ -123,6 +135,7 @@ impl NetHandle {
             unix,
             rules,
             raw,
+            secrets,
             tags,
         } = maps;
         let maps = RuleMaps {
@@ -131,6 +144,7 @@ impl NetHandle {
             unix,
             rules,
             raw,
+            secrets,
         };
         let generation = current_generation(&maps) + 1;
         let handle = Self {
@@ -139,6 +153,7 @@ impl NetHandle {
                 maps,
                 rules: Vec::new(),
                 raw: None,
+                secrets: None,
                 hosts: BTreeMap::new(),
                 generation: generation - 1,
                 names: BTreeMap::new(),
@@ -149,6 +164,7 @@ impl NetHandle {
             resolver: Arc::new(resolver),
             wake: Arc::new(Notify::new()),
             reasons: Arc::default(),
+            taints,
         };
         tokio::spawn(handle.clone().refresh_forever());
         tokio::spawn(handle.clone().recheck_unix_files());
@@ -177,6 +193,7 @@ impl NetHandle {
         st.hosts.extend(fresh);
         st.rules = policy.endpoints.clone();
         st.raw = policy.raw_sockets;
+        st.secrets = Some(policy.secrets.clone());
         let generation = st.generation + 1;
         install(&mut st, generation)?;
         drop(st);
@@ -349,20 +366,33 @@ impl NetHandle {
         (st.found.clone(), tunnels)
     }
 
+    /// `spec.secrets` in force, and how many trees are tainted now.
+    pub fn secrets(&self) -> (Option<CompiledSecrets>, usize) {
+        let st = self.state.lock().expect("net state");
+        (st.secrets.clone(), self.taints.len())
+    }
+
+    /// The tag map (a second handle on its pin).
+    pub fn tag_map(&self) -> Arc<HashMap<MapData, u32, Tag>> {
+        Arc::clone(&self.tags)
+    }
+
     /// Name of rule `id` of `generation`.
     pub fn rule_name(&self, generation: u32, id: u32) -> Option<String> {
         let st = self.state.lock().expect("net state");
         st.names.get(&generation)?.get(&id).cloned()
     }
 
-    /// The host of rule `id` that resolved to `addr`, if any.
+    /// The host of rule `id` that resolved to `addr`, if any (of any rule, for the secrets
+    /// rule, which names no hosts of its own).
     pub fn host_for(&self, id: u32, addr: IpAddr) -> Option<String> {
         let st = self.state.lock().expect("net state");
         let addr = crate::policy::canonical_addr(addr);
+        let any = id == SECRETS_RULE_ID || id == SECRETS_PENDING_RULE_ID;
         st.hosts
             .iter()
             .find(|((rule, _), h)| {
-                *rule == id
+                (any || *rule == id)
                     && h.addrs
                         .iter()
                         .any(|a| crate::policy::canonical_addr(*a) == addr)
@@ -386,7 +416,15 @@ impl NetHandle {
             std::time::Instant::now(),
         );
         if due {
-            let line = reason_line(&crate::events::net::details(&ev, self));
+            let details = crate::events::net::details(&ev, self);
+            let line = match ev.rule_id {
+                SECRETS_RULE_ID | SECRETS_PENDING_RULE_ID => secrets_reason_line(
+                    &details,
+                    ev.rule_id == SECRETS_PENDING_RULE_ID,
+                    self.taints.cause(h.root).as_ref(),
+                ),
+                _ => reason_line(&details),
+            };
             let tags = self.tags.clone();
             tokio::task::spawn_blocking(move || {
                 match crate::respond::tell_nearest(&tags, h.proc, h.ppid, h.root, &line) {
@@ -444,6 +482,44 @@ pub fn reason_line(d: &crate::events::net::NetDetails) -> String {
     format!(
         "guard: {verb} {target} {what} by rule {rule} (ask your security team for an \
          exception: guard events --rule {rule})",
+        rule = d.rule
+    )
+}
+
+/// The secrets rule's reason line: what the tree read (or that a scan is pending), and what
+/// a tainted tree may still reach.
+pub fn secrets_reason_line(
+    d: &crate::events::net::NetDetails,
+    pending: bool,
+    cause: Option<&Cause>,
+) -> String {
+    let verb = if d.hook.contains("sendmsg") {
+        "send to"
+    } else {
+        "connect to"
+    };
+    let target = destination(&d.destination);
+    let what = if d.result == "killed" {
+        "denied and the process killed"
+    } else {
+        "denied"
+    };
+    let why = match (pending, cause) {
+        (true, _) => "a file this agent read is still being scanned for secrets; retry in a \
+                      moment"
+            .to_owned(),
+        (false, Some(c)) => format!(
+            "this agent read a secret ({} {} in {}), and an agent that read a secret may \
+             reach only the destinations of spec.secrets.allow",
+            c.detector, c.fingerprint, c.path
+        ),
+        (false, None) => "this agent read a secret (see guard events --kind secret_read), and \
+                          an agent that read a secret may reach only the destinations of \
+                          spec.secrets.allow"
+            .to_owned(),
+    };
+    format!(
+        "guard: {verb} {target} {what} by rule {rule}: {why}",
         rule = d.rule
     )
 }
@@ -509,9 +585,21 @@ fn install(st: &mut State, generation: u32) -> Result<(), NetError> {
         .raw
         .set(0, raw, 0)
         .map_err(map_err(guard_common::maps::NET_RAW))?;
+    let [secrets, pending] = plan::secrets_rules(st.secrets.as_ref(), generation);
+    for (slot, rule) in [(SECRETS_SLOT, secrets), (SECRETS_PENDING_SLOT, pending)] {
+        st.maps
+            .secrets
+            .set(slot, rule, 0)
+            .map_err(map_err(guard_common::maps::NET_SECRETS))?;
+    }
     st.generation = generation;
     let mut names: BTreeMap<u32, String> = rules.iter().map(|r| (r.id, r.name.clone())).collect();
     names.insert(RAW_RULE_ID, RAW_RULE_NAME.to_owned());
+    names.insert(SECRETS_RULE_ID, SECRETS_RULE_NAME.to_owned());
+    names.insert(
+        SECRETS_PENDING_RULE_ID,
+        SECRETS_PENDING_RULE_NAME.to_owned(),
+    );
     let names = match st.names.last_key_value() {
         Some((_, last)) if **last == names => Arc::clone(last),
         _ => Arc::new(names),
@@ -668,5 +756,28 @@ mod tests {
         assert!(reason_line(&d).starts_with("guard: create a packet socket denied"));
         d.hook = "lsm_socket_sendmsg";
         assert!(reason_line(&d).starts_with("guard: send to "));
+    }
+
+    #[test]
+    fn secrets_reason_lines_name_the_file_or_the_pending_scan() {
+        let mut d = details(None, Some("10.20.0.5"), Some("api.vercel.com"));
+        d.rule = SECRETS_RULE_NAME.into();
+        let cause = Cause {
+            path: "/src/app/notes.txt".into(),
+            detector: "github-token".into(),
+            fingerprint: "fp:0123456789abcdef".into(),
+        };
+        assert_eq!(
+            secrets_reason_line(&d, false, Some(&cause)),
+            "guard: connect to api.vercel.com (10.20.0.5:5432) denied by rule guard:secrets: \
+             this agent read a secret (github-token fp:0123456789abcdef in /src/app/notes.txt), \
+             and an agent that read a secret may reach only the destinations of \
+             spec.secrets.allow"
+        );
+        d.rule = SECRETS_PENDING_RULE_NAME.into();
+        assert!(
+            secrets_reason_line(&d, true, None)
+                .ends_with("still being scanned for secrets; retry in a moment")
+        );
     }
 }

@@ -63,6 +63,8 @@ pub struct NetMaps {
     pub rules: Array<MapData, NetRule>,
     /// The raw-socket rule (one entry).
     pub raw: Array<MapData, NetRule>,
+    /// The secrets rule and its pending form.
+    pub secrets: Array<MapData, NetRule>,
     /// A second handle on the tag map (from its pin), for kill-tree.
     pub tags: HashMap<MapData, u32, Tag>,
 }
@@ -146,6 +148,7 @@ pub fn take_maps(ebpf: &mut Ebpf, maps_dir: &Path) -> Result<NetMaps, NetError> 
         unix: take_map(ebpf, maps::NET_UNIX).map_err(err)?,
         rules: take_map(ebpf, maps::NET_RULES).map_err(err)?,
         raw: take_map(ebpf, maps::NET_RAW).map_err(err)?,
+        secrets: take_map(ebpf, maps::NET_SECRETS).map_err(err)?,
         tags: crate::loader::open_pinned_tags(maps_dir).map_err(err)?,
     })
 }

@@ -19,8 +19,8 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 pub use super::unix_files::UnixTargets;
 
 use crate::policy::{
-    Action, CompiledEndpointRule, CompiledRawRule, Mode, Protocol, canonical_addr, nat64_local,
-    normalise,
+    Action, CompiledEndpointRule, CompiledRawRule, CompiledSecrets, Mode, Protocol, canonical_addr,
+    nat64_local, normalise,
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -134,6 +134,32 @@ pub fn raw_rule(raw: Option<&CompiledRawRule>, generation: u32) -> NetRule {
         },
         None => NetRule::default(),
     }
+}
+
+/// The secrets rule's two entries for `generation` (the rule, and its pending form: deny,
+/// and only where the rule blocks); generation 0 (off) for `taint: allow`.
+pub fn secrets_rules(secrets: Option<&CompiledSecrets>, generation: u32) -> [NetRule; 2] {
+    let Some(CompiledSecrets {
+        action: Some(action),
+        mode,
+        ..
+    }) = secrets
+    else {
+        return [NetRule::default(); 2];
+    };
+    let rule = NetRule {
+        rule_id: guard_common::net::SECRETS_RULE_ID,
+        generation,
+        action: action_code(*action),
+        mode: mode_code(*mode),
+        ..NetRule::default()
+    };
+    let pending = NetRule {
+        rule_id: guard_common::net::SECRETS_PENDING_RULE_ID,
+        action: action_code(Action::Deny),
+        ..rule
+    };
+    [rule, pending]
 }
 
 /// Compute the map contents of `generation`.
@@ -343,6 +369,33 @@ mod tests {
             slots(&p.v6[&"64:ff9b:1::10.20.0.5/128".parse().unwrap()]),
             [base + 1, base + 2, base]
         );
+    }
+
+    #[test]
+    fn the_secrets_allow_list_comes_after_every_rule_and_decides_nothing() {
+        let src = "apiVersion: guard.dev/v1alpha1\nkind: GuardPolicy\nmetadata: { name: t }\nspec:\n  \
+                   endpoints:\n    - { name: audit-all, cidrs: [10.0.0.0/8], action: audit }\n  \
+                   secrets:\n    taint: kill\n    allow: [{ name: reg, ips: [10.1.0.1], ports: [443] }]\n";
+        let c = crate::policy::Policy::from_yaml(src, "t.yaml")
+            .unwrap()
+            .compile();
+        let p = plan(
+            &c.endpoints,
+            &BTreeMap::new(),
+            |_| UnixTargets::default(),
+            2,
+        )
+        .unwrap();
+        let reg = &p.v4[&"10.1.0.1/32".parse().unwrap()];
+        let last = p.rules[reg.slots[reg.count as usize - 1] as usize].1;
+        assert!(last.exempts() && !last.blocks(), "{last:?}");
+        assert_eq!(p.rules[reg.slots[0] as usize].1.action, Action::Audit.id());
+        let [rule, pending] = secrets_rules(Some(&c.secrets), 2);
+        assert_eq!((rule.action, rule.generation), (Action::Kill.id(), 2));
+        assert!(rule.kills());
+        assert_eq!(pending.action, Action::Deny.id());
+        assert_eq!(pending.rule_id, guard_common::net::SECRETS_PENDING_RULE_ID);
+        assert!(pending.blocks() && !pending.kills());
     }
 
     #[test]

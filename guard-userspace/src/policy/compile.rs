@@ -13,9 +13,9 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use super::{
     builtin::{BuiltinEntry, Builtins, Discover, FIRST_BUILTIN_ID},
     error::Warning,
-    model::{Access, Action, Mode, Policy, Protocol},
+    model::{Access, Action, Mode, Policy, Protocol, Secrets},
     pattern::{PathPattern, PathSpec},
-    values::Capability,
+    values::{Capability, Hostname},
 };
 
 /// Access bits of a path rule.
@@ -52,11 +52,31 @@ pub struct CompiledPolicy {
     /// Every entry of the built-in rule sets, on or off; the ones on are in `endpoints` and
     /// `paths` too, after the policy's own rules.
     pub builtin: Vec<BuiltinEntry>,
+    /// `spec.secrets`; its allow-list is in `endpoints` too (action `allow`, ids from
+    /// [`FIRST_SECRETS_ALLOW_ID`]).
+    pub secrets: CompiledSecrets,
     pub warnings: Vec<Warning>,
 }
 
 /// Name of the internal raw-socket rule in events and `guard status`.
 pub const RAW_RULE_NAME: &str = "guard:raw-sockets";
+
+/// Names of the secrets rule and of its pending form in events and `guard status`.
+pub const SECRETS_RULE_NAME: &str = "guard:secrets";
+pub const SECRETS_PENDING_RULE_NAME: &str = "guard:secrets-pending";
+/// Rule id of the first entry of the secrets allow-list (guard's internal range).
+pub const FIRST_SECRETS_ALLOW_ID: u32 = 0xffff_0300;
+
+/// The secrets rule: ids `guard_common::net::SECRETS_RULE_ID` and `SECRETS_PENDING_RULE_ID`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CompiledSecrets {
+    /// `None`: off (`taint: allow`).
+    pub action: Option<Action>,
+    /// Effective mode.
+    pub mode: Mode,
+    /// Names of the allow-list's entries, in order.
+    pub allow: Vec<String>,
+}
 
 /// The raw-socket rule: id `guard_common::net::RAW_RULE_ID`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -156,15 +176,9 @@ impl Policy {
             .iter()
             .zip(0u32..)
             .map(|(r, id)| {
-                let nets = r.cidrs.iter().copied().chain(r.ips.iter().map(|ip| {
-                    IpNet::from(*ip) // /32 or /128
-                }));
-                let mut networks: Vec<IpNet> = Vec::new();
-                for net in nets.map(normalise) {
-                    if !networks.contains(&net) {
-                        networks.push(net);
-                    }
-                }
+                let networks = dedup_networks(r.cidrs.iter().copied().chain(r.ips.iter().map(
+                    |ip| IpNet::from(*ip), // /32 or /128
+                )));
                 CompiledEndpointRule {
                     id,
                     name: r.name.to_string(),
@@ -173,7 +187,7 @@ impl Policy {
                     protocol: r.protocol,
                     ports: merge_ports(r.ports.iter().map(|p| (p.start, p.end)).collect()),
                     networks,
-                    hosts: r.hosts.iter().map(ToString::to_string).collect(),
+                    hosts: r.hosts.iter().flat_map(Hostname::names).collect(),
                     unix: r.unix.iter().map(ToString::to_string).collect(),
                     discover: None,
                 }
@@ -196,6 +210,7 @@ impl Policy {
         let builtins = Builtins::compile(&spec.executors, &spec.startup_files, spec.mode);
         let mut endpoints = endpoints;
         endpoints.extend(builtins.endpoints);
+        endpoints.extend(secrets_allow(&spec.secrets));
         let mut paths: Vec<CompiledPathRule> = paths;
         paths.extend(builtins.paths);
         CompiledPolicy {
@@ -213,9 +228,57 @@ impl Policy {
                 action,
                 mode: spec.mode,
             }),
+            secrets: CompiledSecrets {
+                action: spec.secrets.taint.action(),
+                mode: effective(spec.secrets.mode),
+                allow: spec
+                    .secrets
+                    .allow
+                    .iter()
+                    .map(|d| d.name.to_string())
+                    .collect(),
+            },
             warnings: self.warnings.clone(),
         }
     }
+}
+
+/// The secrets allow-list as endpoint rules whose action is `allow`: the kernel finds them
+/// with the endpoint rules of a destination, and they only exempt it from the secrets rule.
+fn secrets_allow(secrets: &Secrets) -> Vec<CompiledEndpointRule> {
+    secrets
+        .allow
+        .iter()
+        .zip(FIRST_SECRETS_ALLOW_ID..)
+        .map(|(d, id)| CompiledEndpointRule {
+            id,
+            name: d.name.to_string(),
+            action: Action::Allow,
+            mode: Mode::Enforce,
+            protocol: d.protocol,
+            ports: merge_ports(d.ports.iter().map(|p| (p.start, p.end)).collect()),
+            networks: dedup_networks(
+                d.cidrs
+                    .iter()
+                    .copied()
+                    .chain(d.ips.iter().map(|ip| IpNet::from(*ip))),
+            ),
+            hosts: d.hosts.iter().flat_map(Hostname::names).collect(),
+            unix: Vec::new(),
+            discover: None,
+        })
+        .collect()
+}
+
+/// Normalised networks, each once, in order.
+fn dedup_networks(nets: impl Iterator<Item = IpNet>) -> Vec<IpNet> {
+    let mut networks: Vec<IpNet> = Vec::new();
+    for net in nets.map(normalise) {
+        if !networks.contains(&net) {
+            networks.push(net);
+        }
+    }
+    networks
 }
 
 /// Clear host bits; an IPv6 network inside `::ffff:0:0/96` becomes the IPv4 network it maps.
@@ -454,6 +517,38 @@ impl CompiledPolicy {
             }
             None => {
                 let _ = writeln!(s, "raw sockets: allowed (spec.rawSockets: allow)");
+            }
+        }
+        match self.secrets.action {
+            Some(a) => {
+                let allow: Vec<String> = self
+                    .endpoints
+                    .iter()
+                    .filter(|r| r.action == Action::Allow)
+                    .map(|r| {
+                        let mut targets: Vec<String> =
+                            r.networks.iter().map(ToString::to_string).collect();
+                        targets.extend(r.hosts.iter().cloned());
+                        format!("{} [{}]", r.name, targets.join(", "))
+                    })
+                    .collect();
+                let _ = writeln!(
+                    s,
+                    "secrets: an agent tree that read a secret: {a} {} except to {} (rules \
+                     {SECRETS_RULE_NAME}, {SECRETS_PENDING_RULE_NAME})",
+                    self.secrets.mode,
+                    if allow.is_empty() {
+                        "nothing".to_owned()
+                    } else {
+                        allow.join("; ")
+                    }
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    s,
+                    "secrets: reads inventoried, no taint (spec.secrets.taint: allow)"
+                );
             }
         }
         s.push_str("built-in rules:\n");

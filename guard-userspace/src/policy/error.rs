@@ -144,6 +144,8 @@ pub enum Problem {
     BadIp { text: String },
     #[error("invalid host {text:?}: {reason}")]
     BadHost { text: String, reason: &'static str },
+    #[error("unknown host list {text:?} (known: {known})")]
+    UnknownHostList { text: String, known: String },
     #[error("host {text:?} is an IP address: list it under ips:")]
     HostIsIp { text: String },
     #[error(
@@ -177,6 +179,8 @@ pub enum Problem {
     AgentMatchesNothing,
     #[error("endpoint rule matches nothing: give at least one of cidrs, ips, hosts or unix")]
     EndpointMatchesNothing,
+    #[error("allow-list entry matches nothing: give at least one of cidrs, ips or hosts")]
+    AllowMatchesNothing,
     #[error("path rule matches nothing: paths is empty")]
     NoPaths,
     #[error("access is empty: give at least one of read, write, delete, exec")]

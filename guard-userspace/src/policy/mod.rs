@@ -14,6 +14,7 @@
 mod builtin;
 mod compile;
 mod error;
+pub mod hostlists;
 mod model;
 mod pattern;
 mod validate;
@@ -23,13 +24,14 @@ use std::path::Path;
 
 pub use builtin::{BuiltinEntry, Builtins, Discover, Executors, FIRST_BUILTIN_ID, StartupFiles};
 pub use compile::{
-    CompiledAgent, CompiledEndpointRule, CompiledPathRule, CompiledPolicy, CompiledRawRule, DELETE,
-    EXEC, RAW_RULE_NAME, READ, WRITE, canonical_addr, nat64_local, normalise,
+    CompiledAgent, CompiledEndpointRule, CompiledPathRule, CompiledPolicy, CompiledRawRule,
+    CompiledSecrets, DELETE, EXEC, FIRST_SECRETS_ALLOW_ID, RAW_RULE_NAME, READ,
+    SECRETS_PENDING_RULE_NAME, SECRETS_RULE_NAME, WRITE, canonical_addr, nat64_local, normalise,
 };
 pub use error::{Diagnostic, Location, Note, PolicyError, Problem, Warning};
 pub use model::{
-    Access, Action, Agent, ApiVersion, BuiltinAction, EndpointRule, Kind, Metadata, Mode, PathRule,
-    Policy, Protocol, SelfProtection, Spec,
+    Access, Action, Agent, ApiVersion, BuiltinAction, Destinations, EndpointRule, Kind, Metadata,
+    Mode, PathRule, Policy, Protocol, Secrets, SelfProtection, Spec,
 };
 pub use pattern::{PathPattern, PathSpec, expand_home, glob_match, homes_from_passwd, read_homes};
 pub use values::{

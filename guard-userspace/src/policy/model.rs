@@ -81,6 +81,56 @@ pub struct Spec {
     /// The built-in rule set `guard:startup-files`.
     #[serde(default)]
     pub startup_files: StartupFiles,
+    /// The secrets rule: what an agent tree that read a secret meets on the network.
+    #[serde(default)]
+    pub secrets: Secrets,
+}
+
+/// `spec.secrets`. What agents read is scanned for credentials wherever the tier can see
+/// reads (`guard status` says where); a tree that read one is *tainted*, from its root, for
+/// as long as it lives.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Secrets {
+    /// What a tainted tree's connect or send to an IP destination not on `allow` gets
+    /// (`allow`: nothing; the reads are still inventoried).
+    #[serde(default = "BuiltinAction::audit")]
+    pub taint: BuiltinAction,
+    /// Overrides `spec.mode`.
+    #[serde(default)]
+    pub mode: Option<Mode>,
+    /// Destinations a tainted tree may still reach: package registries, the repository's
+    /// git remote. Never overrides an endpoint rule.
+    #[serde(default)]
+    pub allow: Vec<Destinations>,
+}
+
+impl Default for Secrets {
+    fn default() -> Self {
+        Self {
+            taint: BuiltinAction::Audit,
+            mode: None,
+            allow: Vec::new(),
+        }
+    }
+}
+
+/// IP destinations, in the forms of an endpoint rule.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Destinations {
+    pub name: Name,
+    #[serde(default, deserialize_with = "scalars")]
+    pub cidrs: Vec<IpNet>,
+    #[serde(default, deserialize_with = "scalars")]
+    pub ips: Vec<IpAddr>,
+    #[serde(default)]
+    pub hosts: Vec<Hostname>,
+    /// Empty: every port.
+    #[serde(default)]
+    pub ports: Vec<PortRange>,
+    #[serde(default)]
+    pub protocol: Protocol,
 }
 
 /// The action of a built-in rule (`spec.rawSockets`, an entry of `spec.executors`…), or
@@ -97,6 +147,10 @@ pub enum BuiltinAction {
 }
 
 impl BuiltinAction {
+    fn audit() -> Self {
+        Self::Audit
+    }
+
     /// The rule's action; `None` for `allow`.
     pub fn action(self) -> Option<Action> {
         match self {
@@ -131,13 +185,17 @@ pub enum Action {
     KillTree,
     /// Allow and record.
     Audit,
+    /// An entry of the secrets allow-list: exempts its destinations from the secrets rule,
+    /// and decides nothing else. Never written in a policy's own rules.
+    #[serde(skip_deserializing)]
+    Allow,
 }
 
 impl Action {
     /// How strong the action is where several rules match: the strongest decides.
     pub fn strength(self) -> u8 {
         match self {
-            Action::Audit => 0,
+            Action::Allow | Action::Audit => 0,
             Action::Deny => 1,
             Action::Kill => 2,
             Action::KillTree => 3,
@@ -261,6 +319,7 @@ impl From<Action> for guard_common::decision::Action {
             Action::Kill => Self::Kill,
             Action::KillTree => Self::KillTree,
             Action::Audit => Self::Audit,
+            Action::Allow => Self::Allow,
         }
     }
 }

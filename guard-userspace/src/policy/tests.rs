@@ -78,12 +78,20 @@ fn embedded_default_parses_and_compiles() {
         == PathPattern::AnyDir {
             name: ".env.production".into()
         }));
-    assert_eq!(creds.id, 3);
+    assert_eq!(creds.id, 4);
     assert!(!c.drop_capabilities.is_empty());
+    // Control planes and the secrets rule: in audit, as a first run should be.
+    let cp = &c.endpoints[3];
+    assert_eq!((cp.name.as_str(), cp.mode), ("control-planes", Mode::Audit));
+    assert!(cp.hosts.iter().any(|h| h == "api.vercel.com"));
+    assert_eq!(
+        (c.secrets.action, c.secrets.mode),
+        (Some(Action::Deny), Mode::Audit)
+    );
     let summary = c.summary();
     assert!(
         summary
-            .contains("11 agents, 3 endpoint rules, 1 path rule; 2 of 4 rules only record (audit)"),
+            .contains("11 agents, 4 endpoint rules, 1 path rule; 3 of 5 rules only record (audit)"),
         "{summary}"
     );
     assert!(summary.contains("~/.ssh/id_* (pattern)"), "{summary}");
@@ -389,6 +397,65 @@ fn load_names_the_path() {
             "{}:7:43: spec.endpoints[0].ports[0]: port \"0\"",
             file.display()
         )),
+        "{msg}"
+    );
+}
+
+#[test]
+fn secrets_rule_defaults_to_audit_and_its_allow_list_compiles_to_exemptions() {
+    let c = Policy::from_yaml(&doc(""), "p.yaml").unwrap().compile();
+    assert_eq!(c.secrets.action, Some(Action::Audit));
+    let c = Policy::from_yaml(
+        &doc(
+            "  secrets:\n    taint: kill\n    allow:\n      - { name: npm, hosts: [registry.npmjs.org], ports: [443] }\n      - { name: lan, cidrs: [192.168.0.0/16] }\n",
+        ),
+        "p.yaml",
+    )
+    .unwrap()
+    .compile();
+    assert_eq!(
+        (c.secrets.action, c.secrets.mode),
+        (Some(Action::Kill), Mode::Enforce)
+    );
+    assert_eq!(c.secrets.allow, ["npm", "lan"]);
+    let allow: Vec<&CompiledEndpointRule> = c
+        .endpoints
+        .iter()
+        .filter(|r| r.action == Action::Allow)
+        .collect();
+    assert_eq!(allow.len(), 2);
+    assert_eq!(allow[0].id, FIRST_SECRETS_ALLOW_ID);
+    assert_eq!(allow[0].hosts, ["registry.npmjs.org"]);
+    assert_eq!(allow[0].ports, [(443, 443)]);
+    assert!(
+        c.summary()
+            .contains("secrets: an agent tree that read a secret: kill enforce except to npm")
+    );
+    // An allow-list entry without destinations, or named like a rule, is an error; `allow`
+    // is no action for a policy's own rules.
+    let msg = err("  secrets:\n    allow:\n      - { name: x, ports: [443] }\n").to_string();
+    assert!(msg.contains("allow-list entry matches nothing"), "{msg}");
+    let msg = err("  endpoints:\n    - { name: x, ips: [10.0.0.1], action: allow }\n").to_string();
+    assert!(msg.contains("unknown variant `allow`"), "{msg}");
+    let msg = err("  endpoints:\n    - { name: x, ips: [10.0.0.1] }\n  secrets:\n    allow: [{ name: x, ips: [10.0.0.2] }]\n").to_string();
+    assert!(msg.contains("duplicate"), "{msg}");
+}
+
+#[test]
+fn host_lists_expand_and_unknown_ones_are_named() {
+    let c = Policy::from_yaml(
+        &doc("  endpoints:\n    - { name: cp, hosts: [\"@control-planes\", example.com] }\n"),
+        "p.yaml",
+    )
+    .unwrap()
+    .compile();
+    let hosts = &c.endpoints[0].hosts;
+    assert_eq!(hosts.len(), hostlists::CONTROL_PLANES.len() + 1);
+    assert!(hosts.iter().any(|h| h == "backboard.railway.app"));
+    assert_eq!(hosts.last().unwrap(), "example.com");
+    let msg = err("  endpoints:\n    - { name: cp, hosts: [\"@control-plane\"] }\n").to_string();
+    assert!(
+        msg.contains("unknown host list \"@control-plane\" (known: @control-planes)"),
         "{msg}"
     );
 }

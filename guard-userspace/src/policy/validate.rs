@@ -199,6 +199,13 @@ fn rules(policy: &Policy, f: &mut Findings) {
             }
         }
     }
+    for (i, d) in policy.spec.secrets.allow.iter().enumerate() {
+        let at = format!("spec.secrets.allow[{i}]");
+        unique(&mut names, d.name.as_str(), format!("{at}.name"), f);
+        if d.cidrs.is_empty() && d.ips.is_empty() && d.hosts.is_empty() {
+            f.errors.push((at, Problem::AllowMatchesNothing));
+        }
+    }
     for (i, rule) in policy.spec.paths.iter().enumerate() {
         let at = format!("spec.paths[{i}]");
         unique(&mut names, rule.name.as_str(), format!("{at}.name"), f);

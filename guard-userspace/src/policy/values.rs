@@ -256,13 +256,22 @@ impl Scalar for CgroupPattern {
     }
 }
 
-/// A DNS name, resolved and refreshed by the daemon. Stored lower-case without a trailing dot.
+/// A DNS name, resolved and refreshed by the daemon, or `@list`, a named host list
+/// (`hostlists.rs`). Stored lower-case without a trailing dot.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Hostname(String);
 
 impl Hostname {
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// The DNS names it stands for: itself, or every host of its list.
+    pub fn names(&self) -> Vec<String> {
+        match self.0.strip_prefix('@').and_then(super::hostlists::lookup) {
+            Some(hosts) => hosts.iter().map(|h| (*h).to_owned()).collect(),
+            None => vec![self.0.clone()],
+        }
     }
 }
 
@@ -276,6 +285,15 @@ impl Scalar for Hostname {
                 reason,
             })
         };
+        if let Some(list) = text.strip_prefix('@') {
+            return match super::hostlists::lookup(list) {
+                Some(_) => Ok(Self(text.to_owned())),
+                None => Err(Problem::UnknownHostList {
+                    text: text.to_owned(),
+                    known: super::hostlists::names(),
+                }),
+            };
+        }
         if text.contains("://") {
             return bad("hosts take a DNS name, not a URL: drop the scheme");
         }

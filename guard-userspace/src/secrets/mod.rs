@@ -7,6 +7,7 @@
 mod detectors;
 pub mod file;
 mod fingerprint;
+pub mod taint;
 pub mod walk;
 
 use std::{ops::Range, sync::OnceLock};
@@ -16,6 +17,7 @@ use regex::bytes::Regex;
 
 pub use detectors::{Check, DETECTORS, Detector};
 pub use fingerprint::Key;
+pub use taint::{Cause, Taints};
 
 /// One secret found: which detector, where (byte range in the scanned data, 1-based line)
 /// and its fingerprint.

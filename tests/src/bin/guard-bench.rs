@@ -13,6 +13,8 @@
 //! guard-bench command ITERS -- CMD ARGS…  run CMD to completion ITERS times (stdout discarded)
 //! guard-bench kill-latency ITERS IP:PORT  a child connects to IP:PORT (a `kill` rule target);
 //!                                         time from just before connect() to the child reaped
+//! guard-bench taint-window ITERS DIR      read a new file, then connect until allowed: how
+//!                                         long the secrets rule holds a pending tree
 //! ```
 //!
 //! Output, one line on stdout: `ns_per_op=F cpu_ns_per_op=F iters=N elapsed_ns=N` (kill-latency:
@@ -27,6 +29,9 @@ use std::{
     process::{Command, ExitCode, Stdio},
     time::Instant,
 };
+
+#[path = "../bench_taint.rs"]
+mod taint;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -75,6 +80,7 @@ fn run(args: &[String]) -> Result<String> {
             timed(iters, command(cmd))
         }
         "kill-latency" => kill_latency(iters, arg(0)?),
+        "taint-window" => taint::taint_window(iters, arg(0)?),
         other => Err(format!("unknown workload {other:?}\n{usage}")),
     }
 }

@@ -5,7 +5,8 @@
 //! workloads never match: TCP ports 20–1023 (denied; the workloads use ephemeral ports, so a
 //! tagged workload goes through the whole lookup and port match, and is allowed), and the
 //! kill-latency target. Path rules protect files and directories the bench creates on the
-//! same file system as the workloads' file, plus a few `**/name` patterns.
+//! same file system as the workloads' file, plus a few `**/name` patterns. The secrets rule
+//! denies (a tree that read a secret, or whose first read is being scanned).
 
 use std::{
     fmt::Write as _,
@@ -122,6 +123,8 @@ pub fn generate(dir: &Path) -> Result<Generated> {
             watches += 1;
         }
     }
+    // The secrets rule denies, so a tree is held while a first read's scan is pending.
+    y.push_str("  secrets: { taint: deny }\n");
     let policy = dir.join("policy-1000.yaml");
     fs::write(&policy, y)?;
     let audit_rules = dir.join("audit-1000.rules");

@@ -292,6 +292,7 @@ fn extras_text(r: &Results) -> String {
     }
     out.push_str(&super::costs::text(&r.costs));
     out.push_str(&super::secrets::text(&r.secret_scan));
+    out.push_str(&super::taint::text(&r.taint_window));
     for flood in [&r.flood, &r.decision_flood] {
         flood_text(&mut out, flood);
     }
@@ -443,6 +444,7 @@ fn to_json(r: &Results, created: &str) -> Json {
         .with("kill_latency", r.kill.json())
         .with("program_costs", super::costs::json(&r.costs))
         .with("secret_scan", super::secrets::json(&r.secret_scan))
+        .with("taint_window", super::taint::json(&r.taint_window))
         .with("event_pipeline", flood_json(&r.flood))
         .with("decision_pipeline", flood_json(&r.decision_flood))
         .with("start_to_enforcing", start)

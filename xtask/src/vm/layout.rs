@@ -1,6 +1,6 @@
 //! What goes into the guest: the host's own programs that the integration tests drive (dash as
 //! /bin/sh, coreutils, findutils, util-linux, bash, python3 with its standard library, node,
-//! ip, tcpdump, mkfs.ext4, curl, nc, strace — each with the shared libraries `ldd` names), busybox for
+//! ip, tcpdump, mkfs.ext4, curl, openssl, nc, strace — each with the shared libraries `ldd` names), busybox for
 //! every other small command, `guard`, the test binaries and the guest's `/init`.
 
 use std::{
@@ -41,6 +41,10 @@ const HOST_TOOLS: &[(&str, &str)] = &[
     ("tcpdump", "the network tests watch the wire"),
     ("mkfs.ext4", "the file tests' volumes"),
     ("curl", "HTTP clients for the network tests"),
+    (
+        "openssl",
+        "the secrets tests' HTTPS servers (s_server) and certificates",
+    ),
     ("nc", "TCP/UDP/unix clients for the network tests"),
     ("strace", "the self-protection tests trace the daemon"),
     (
