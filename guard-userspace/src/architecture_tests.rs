@@ -76,6 +76,7 @@ const FLOORS: &[(&str, u8)] = &[
     ("caps", 1),
     ("secrets", 0),
     ("fshandle", 0),
+    ("clock", 0),
     ("paths", 0),
 ];
 

@@ -7,6 +7,7 @@ pub mod agents;
 pub mod api;
 pub mod btf;
 pub mod caps;
+pub mod clock;
 pub mod daemon;
 pub mod deputies;
 pub mod events;

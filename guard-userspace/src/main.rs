@@ -119,7 +119,8 @@ enum Cmd {
         #[arg(long)]
         rule: Option<String>,
         /// Only events of this kind (agent_exec, tagged_exec, tagged_fork, tagged_exit,
-        /// net_connect, file_change, events_lost, …).
+        /// net_connect, file_change, secret_read, events_lost, …), or of a family of kinds
+        /// (net, file, secret, tagged).
         #[arg(long)]
         kind: Option<String>,
         /// Only events newer than this, e.g. 90s, 10m, 2h, 1day.
@@ -128,7 +129,8 @@ enum Cmd {
         /// A table (colour on a terminal), or the log's JSON lines.
         #[arg(short, long, value_enum, default_value_t = Output::Table)]
         output: Output,
-        /// Counts by agent, rule and action over the window, instead of the events.
+        /// Counts by agent, rule and action over the window, and the secrets each agent read,
+        /// instead of the events.
         #[arg(long, conflicts_with = "follow")]
         summary: bool,
         /// Also the commands agents ran (agent_exec, tagged_exec); without `--kind`, only

@@ -201,7 +201,7 @@ fn daemon_decision(
     let header = guard_common::event::EventHeader {
         kind: EventKind::SelfProtect as u32,
         agent_id: u32::MAX,
-        time_ns: boot_ns(),
+        time_ns: crate::clock::boot_ns(),
         proc: guard_common::ProcKey::default(),
         root: guard_common::ProcKey::default(),
         ppid: 0,
@@ -223,13 +223,6 @@ fn daemon_decision(
         operation: Some(operation.to_owned()),
     });
     d
-}
-
-/// The boot-time clock now, ns (the kernel's event clock).
-pub fn boot_ns() -> u64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
-        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
-        .unwrap_or(0)
 }
 
 /// Signals the daemon has no use for, whose default action would end or stop it: ignored.

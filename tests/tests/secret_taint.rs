@@ -285,6 +285,25 @@ fn the_chain_from_a_token_read_to_an_api_call_is_broken() {
         "the reason line names the file and the detector: {stderr}"
     );
 
+    // "Which credentials did this agent touch?"
+    let out = output({
+        let mut c = s.daemon.guard();
+        c.args(["events", "--summary", "--kind", "secret", "-o", "json"]);
+        c
+    });
+    let summary: Value = serde_json::from_slice(&out.stdout).expect("summary JSON");
+    assert!(
+        summary["secrets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["agent"] == "claude-code"
+                && r["detector"] == "github-token"
+                && r["file"] == s.notes.to_str().unwrap()
+                && r["fingerprint"] == read["secrets"][0]["fingerprint"]),
+        "{summary}"
+    );
+
     // Another agent tree that read nothing reaches the same API (its rule only audits).
     let mut other = Command::new(&s.claude);
     other.args(["-c", &format!("echo -n 'other: '; {}", curl(API, &a, ""))]);

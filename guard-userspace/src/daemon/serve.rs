@@ -205,7 +205,7 @@ async fn refused_tagged(state: &Shared, pid: i32, uid: u32, line: &str) {
         let header = guard_common::event::EventHeader {
             kind: guard_common::event::EventKind::SelfProtect as u32,
             agent_id: tag.agent_id,
-            time_ns: crate::selfprot::boot_ns(),
+            time_ns: crate::clock::boot_ns(),
             proc: guard_common::ProcKey::new(pid, tag.start_ns),
             root: tag.root,
             ppid,

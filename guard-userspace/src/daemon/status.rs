@@ -57,8 +57,8 @@ pub(super) fn status(state: &Shared) -> Reply<DaemonStatus> {
         tag_map: Some(crate::tagmap::status(&st.kernel, tagged)),
         secret_reads: st.kernel.secret_reads.clone(),
         secret_taint: st.net.as_ref().map_or_else(String::new, |net| {
-            let (secrets, tainted) = net.secrets();
-            secret_taint(secrets.as_ref(), tainted, &st.kernel.secret_reads)
+            let (secrets, taints) = net.secrets();
+            secret_taint(secrets.as_ref(), &taints, &st.kernel.secret_reads)
         }),
         deputies: st.net.as_ref().map(|net| {
             let (found, tunnels) = net.found();
@@ -169,7 +169,7 @@ fn unix_coverage(a: &net::Attached) -> String {
 /// The secrets rule as it works here: its action, what it covers, and the trees it holds.
 fn secret_taint(
     secrets: Option<&crate::policy::CompiledSecrets>,
-    tainted: usize,
+    taints: &crate::secrets::Taints,
     reads: &str,
 ) -> String {
     use crate::files::status::{ENFORCED, NOT_LOADED};
@@ -197,14 +197,24 @@ fn secret_taint(
         format!(
             "{ENFORCED} ({action}): a tainted tree may connect and send only to spec.secrets.allow \
              ({allow}) and what no endpoint rule denies there; while a scan of what it read is \
-             pending it is denied the same (rule guard:secrets-pending), for the scan's time \
-             (bench: secret scan)"
+             pending it is denied the same (rule guard:secrets-pending), until the daemon's \
+             answer ({})",
+            match taints.answer_times() {
+                Some(a) => format!(
+                    "the last {} reads were answered in {:.2} ms (median), {:.2} ms at most",
+                    a.samples,
+                    a.median_ns as f64 / 1e6,
+                    a.max_ns as f64 / 1e6
+                ),
+                None => "no read answered yet".to_owned(),
+            }
         )
     };
     format!(
         "{what}. A tree is tainted from its root, for its whole life, at the first read of a \
-         file holding a secret; unix sockets are left to endpoint rules. {tainted} trees \
-         tainted now"
+         file holding a secret; unix sockets are left to endpoint rules. {} trees \
+         tainted now",
+        taints.len()
     )
 }
 

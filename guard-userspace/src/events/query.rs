@@ -2,7 +2,7 @@
 //! filter and summarise.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     fs::File,
     io::{self, Read, Seek, SeekFrom, Write},
     os::unix::fs::MetadataExt,
@@ -40,6 +40,15 @@ pub struct Filter {
     pub view: Shown,
 }
 
+/// `--kind K` matches kind K, and every kind of family K (`secret` is `secret_read` and the
+/// secret kinds to come, `net` is `net_connect`).
+fn kind_matches(want: &str, kind: &str) -> bool {
+    kind == want
+        || kind
+            .strip_prefix(want)
+            .is_some_and(|rest| rest.starts_with('_'))
+}
+
 /// What `guard events` shows when no `--kind` is asked for.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Shown {
@@ -60,7 +69,10 @@ impl Filter {
         eq(&self.action, e.action.as_deref())
             && eq(&self.agent, Some(e.agent.as_str()))
             && eq(&self.rule, e.rule.as_deref())
-            && eq(&self.kind, Some(e.kind.as_str()))
+            && self
+                .kind
+                .as_deref()
+                .is_none_or(|k| kind_matches(k, &e.kind))
             && (self.kind.is_some() || self.shows(super::view_of(&e.kind)))
             && self.since.is_none_or(|since| {
                 OffsetDateTime::parse(&e.time, &Rfc3339).is_ok_and(|t| t >= since)
@@ -299,6 +311,21 @@ pub struct Summary {
     pub by_kind: BTreeMap<String, u64>,
     /// Per (agent, rule, action), most frequent first.
     pub rows: Vec<SummaryRow>,
+    /// The credentials each agent touched (`secret_read` lines): per agent, secret and file.
+    pub secrets: Vec<SecretRow>,
+}
+
+/// One credential an agent read: by detector and fingerprint, never the secret.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SecretRow {
+    pub agent: String,
+    pub detector: String,
+    pub fingerprint: String,
+    pub file: String,
+    /// `secret_read` lines (one per agent tree and file version).
+    pub reads: u64,
+    /// Agent trees (roots) that read it.
+    pub trees: u64,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -315,6 +342,8 @@ const NONE: &str = "-";
 pub struct SummaryBuilder {
     summary: Summary,
     rows: BTreeMap<(String, String, String), u64>,
+    /// (agent, detector, fingerprint, file) → (reads, roots).
+    secrets: BTreeMap<(String, String, String, String), (u64, BTreeSet<(u32, u64)>)>,
 }
 
 impl SummaryBuilder {
@@ -332,6 +361,19 @@ impl SummaryBuilder {
             .rows
             .entry((agent.into(), rule.into(), action.into()))
             .or_default() += 1;
+        let file = e.object.as_ref().and_then(|o| o.path.clone());
+        let root = e.root.as_ref().map(|r| (r.pid, r.start_ns));
+        for found in &e.secrets {
+            let key = (
+                agent.to_owned(),
+                found.detector.clone(),
+                found.fingerprint.clone(),
+                file.clone().unwrap_or_else(|| NONE.into()),
+            );
+            let (reads, roots) = self.secrets.entry(key).or_default();
+            *reads += 1;
+            roots.extend(root);
+        }
     }
 
     pub fn finish(mut self) -> Summary {
@@ -347,6 +389,20 @@ impl SummaryBuilder {
             .collect();
         rows.sort_by_key(|r| std::cmp::Reverse(r.count));
         self.summary.rows = rows;
+        self.summary.secrets = self
+            .secrets
+            .into_iter()
+            .map(
+                |((agent, detector, fingerprint, file), (reads, roots))| SecretRow {
+                    agent,
+                    detector,
+                    fingerprint,
+                    file,
+                    reads,
+                    trees: roots.len() as u64,
+                },
+            )
+            .collect();
         self.summary
     }
 }

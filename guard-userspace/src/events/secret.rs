@@ -131,6 +131,8 @@ impl SecretReads {
         answer.answered += 1;
         answer.tainted |= u32::from(secret);
         self.write_answer(root);
+        self.taints
+            .answered_after(crate::clock::boot_ns().saturating_sub(d.header.time_ns));
         log
     }
 

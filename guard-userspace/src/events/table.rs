@@ -257,5 +257,18 @@ pub fn summary(s: &Summary, color: bool) -> String {
         let _ = writeln!(out, "{b}{title:<10}{r} {}", list.join(", "));
     }
     let _ = writeln!(out, "{b}total{r}      {}", s.total);
+    if !s.secrets.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n{b}secrets read, by agent{r} (detector, fingerprint, file: reads / agent trees)"
+        );
+        for x in &s.secrets {
+            let _ = writeln!(
+                out,
+                "  {:<14} {:<28} {:<19} {}  {} / {}",
+                x.agent, x.detector, x.fingerprint, x.file, x.reads, x.trees
+            );
+        }
+    }
     out
 }

@@ -24,7 +24,7 @@ use super::{
     access::blocked_open_access,
     engine::{Engine, RuleInfo},
     fanotify::{self, Group},
-    report::{Decision, Hook, Outcome, boot_ns},
+    report::{Decision, Hook, Outcome},
     resolve::kernel_dev_of,
 };
 use crate::{policy::Action, respond, tags::ProcInfo};
@@ -137,7 +137,7 @@ fn decide(engine: &Engine, group: &Group, mask: u64, tid: i32, fd: OwnedFd) {
     let info = ProcInfo::read(pid).ok();
     let mut d = Decision {
         hook,
-        time_ns: boot_ns(),
+        time_ns: crate::clock::boot_ns(),
         tgid,
         tag,
         ppid: info.as_ref().map_or(0, |i| i.ppid),

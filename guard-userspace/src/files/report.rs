@@ -71,13 +71,6 @@ pub struct Decision {
     pub target: Option<String>,
 }
 
-/// Now, on the boot-time clock the kernel's events use.
-pub fn boot_ns() -> u64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
-        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
-        .unwrap_or(0)
-}
-
 impl Decision {
     /// The record the event pipeline enriches and logs.
     pub fn to_decoded(&self) -> Decoded {

@@ -366,10 +366,10 @@ impl NetHandle {
         (st.found.clone(), tunnels)
     }
 
-    /// `spec.secrets` in force, and how many trees are tainted now.
-    pub fn secrets(&self) -> (Option<CompiledSecrets>, usize) {
+    /// `spec.secrets` in force, and the taints.
+    pub fn secrets(&self) -> (Option<CompiledSecrets>, Taints) {
         let st = self.state.lock().expect("net state");
-        (st.secrets.clone(), self.taints.len())
+        (st.secrets.clone(), self.taints.clone())
     }
 
     /// The tag map (a second handle on its pin).

@@ -103,6 +103,14 @@ fn filters_by_every_field_and_time() {
         }),
         1
     );
+    // A family: `net` is every net_* kind; a prefix that is not a family matches nothing.
+    let kind = |k: &str| Filter {
+        kind: Some(k.into()),
+        ..Filter::default()
+    };
+    assert_eq!(count(kind("net")), 2);
+    assert_eq!(count(kind("ne")), 0);
+    assert_eq!(count(kind("secret")), 0);
     assert_eq!(
         count(Filter {
             since: Some(t("2026-01-01T10:01:30Z")),
@@ -159,6 +167,54 @@ fn summarises_by_agent_rule_and_action() {
             .any(|l| l.starts_with("total") && l.ends_with('4')),
         "{text}"
     );
+}
+
+#[test]
+fn the_summary_lists_the_secrets_each_agent_read() {
+    let read = |root: u32, file: &str| Event {
+        secrets: vec![crate::events::schema::SecretFound {
+            detector: "github-token".into(),
+            fingerprint: "fp:00112233aabbccdd".into(),
+            line: 3,
+        }],
+        object: Some(crate::events::Object {
+            path: Some(file.into()),
+            ..Default::default()
+        }),
+        root: Some(crate::events::schema::RootRef {
+            pid: root,
+            start_ns: 1,
+            ..Default::default()
+        }),
+        ..ev(
+            "secret_read",
+            "claude-code",
+            Some("guard:secrets"),
+            Some("audit"),
+            "2026-01-01T10:04:00Z",
+        )
+    };
+    let mut b = SummaryBuilder::default();
+    for e in [
+        read(7, "/p/notes.txt"),
+        read(8, "/p/notes.txt"),
+        read(8, "/p/old.txt"),
+    ] {
+        b.add(&e);
+    }
+    let s = b.finish();
+    assert_eq!(s.secrets.len(), 2);
+    assert_eq!(
+        (
+            s.secrets[0].file.as_str(),
+            s.secrets[0].reads,
+            s.secrets[0].trees
+        ),
+        ("/p/notes.txt", 2, 2)
+    );
+    let text = crate::events::table::summary(&s, false);
+    assert!(text.contains("claude-code    github-token"), "{text}");
+    assert!(!text.contains("line"), "{text}");
 }
 
 fn write_log(path: &Path, config: LogConfig, events: &[Event]) {
