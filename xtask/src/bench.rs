@@ -396,6 +396,7 @@ pub fn bench(opts: &Options) -> Result<()> {
     }
 
     extras(&guard, &bench_bin, &work.0, &fx, &plan, &mut r);
+    taint_window(&guard, &bench_bin, &work.0, &mut r);
     println!("[bench] secret scan over the cargo registry's sources");
     r.secret_scan = secrets::measure(&guard).map_err(|e| format!("{e:#}"));
     r.audit_log_bytes = audit.as_ref().map(Auditd::log_bytes);
@@ -503,6 +504,40 @@ fn open(
     })
 }
 
+/// The secrets rule's hold after a first read, against a daemon of its own on the 1,000-rule
+/// policy (whose secrets rule denies) that sees reads on the fallback tier too.
+fn taint_window(guard: &Path, bench_bin: &Path, work: &Path, r: &mut Results) {
+    if matches!(r.configs[&Config::Guard1k], ConfigState::Skipped(_)) {
+        r.taint_window =
+            Err("the 1,000-rule policy (whose secrets rule denies) was rejected".into());
+        return;
+    }
+    println!("[bench] secrets rule hold after a first read");
+    let pins = PathBuf::from(format!(
+        "/sys/fs/bpf/guard-bench-{}-taint",
+        std::process::id()
+    ));
+    let daemon = match Daemon::start_with(
+        guard,
+        Some(&r.policy.policy),
+        work.join("taint"),
+        pins,
+        &["--fallback-read-scan"],
+    ) {
+        Ok(d) => d,
+        Err(e) => {
+            r.taint_window = Err(format!("the daemon did not start: {e:#}"));
+            return;
+        }
+    };
+    let launcher = Launcher {
+        bench_bin,
+        tagged: Some((guard, daemon.env())),
+    };
+    r.taint_window =
+        taint::measure(&launcher, &work.join("taint-window"), 50).map_err(|e| format!("{e:#}"));
+}
+
 /// Kill latency and the event flood, against one more daemon on the 1,000-rule policy (the
 /// kill rule lives there), or on the default policy if that one was rejected.
 fn extras(
@@ -520,9 +555,8 @@ fn extras(
         std::process::id()
     ));
     // Fork and exit lines stand in for decisions in the flood: every one is decoded,
-    // enriched with its ancestry and written, as a decision would be. Reads are seen on the
-    // fallback tier too, for the secrets rule's hold.
-    let lines = ["--lifecycle-events", "--fallback-read-scan"];
+    // enriched with its ancestry and written, as a decision would be.
+    let lines = ["--lifecycle-events"];
     let daemon = match Daemon::start_with(guard, policy, work.join("extras"), pins, &lines) {
         Ok(d) => d,
         Err(e) => {
@@ -544,12 +578,6 @@ fn extras(
         extras::kill_latency(&daemon, &launcher, plan.kill_samples)
     } else {
         KillLatency::unavailable("the 1,000-rule policy (which holds the kill rule) was rejected")
-    };
-    r.taint_window = if policy_ok {
-        println!("[bench] secrets rule hold after a first read");
-        taint::measure(&launcher, &work.join("taint-window"), 50).map_err(|e| format!("{e:#}"))
-    } else {
-        Err("the 1,000-rule policy (whose secrets rule denies) was rejected".into())
     };
     println!("[bench] program costs (bpf_stats)");
     let untagged = Launcher {

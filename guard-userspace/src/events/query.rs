@@ -342,9 +342,12 @@ const NONE: &str = "-";
 pub struct SummaryBuilder {
     summary: Summary,
     rows: BTreeMap<(String, String, String), u64>,
-    /// (agent, detector, fingerprint, file) → (reads, roots).
-    secrets: BTreeMap<(String, String, String, String), (u64, BTreeSet<(u32, u64)>)>,
+    secrets: BTreeMap<SecretKey, (u64, BTreeSet<(u32, u64)>)>,
 }
+
+/// (agent, detector, fingerprint, file) of a secret read, counted with its reads and the
+/// roots (pid, start) that read it.
+type SecretKey = (String, String, String, String);
 
 impl SummaryBuilder {
     pub fn add(&mut self, e: &Event) {

@@ -15,6 +15,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     net::{IpAddr, SocketAddr},
     sync::{Arc, Mutex},
+    time::Duration,
 };
 
 use aya::maps::lpm_trie::Key;
@@ -115,6 +116,9 @@ pub struct NetHandle {
     taints: Taints,
 }
 
+/// How long applying a policy waits for its new host names to resolve.
+const APPLY_WAITS_FOR_DNS: Duration = Duration::from_secs(2);
+
 /// Generations whose rule names are kept: enough that an event decoded behind a burst of
 /// reloads (each one a generation) still names its rule.
 const NAMES_KEPT: usize = 256;
@@ -186,7 +190,10 @@ impl NetHandle {
             st.hosts.keys().cloned().collect()
         };
         let fresh = self
-            .resolve_all(wanted.difference(&known).cloned().collect())
+            .resolve_all(
+                wanted.difference(&known).cloned().collect(),
+                Some(APPLY_WAITS_FOR_DNS),
+            )
             .await;
         let mut st = self.state.lock().expect("net state");
         st.hosts.retain(|k, _| wanted.contains(k));
@@ -202,8 +209,14 @@ impl NetHandle {
     }
 
     /// Resolve `(rule, host)` pairs concurrently; failures get no addresses and are due for
-    /// a retry.
-    async fn resolve_all(&self, pairs: Vec<(u32, String)>) -> Vec<((u32, String), HostState)> {
+    /// a retry. With a `deadline`, the pairs not answered by then are left to the refresher
+    /// (due at once), so that a name server that does not answer cannot hold up a policy.
+    async fn resolve_all(
+        &self,
+        pairs: Vec<(u32, String)>,
+        deadline: Option<Duration>,
+    ) -> Vec<((u32, String), HostState)> {
+        let mut pending: BTreeSet<(u32, String)> = pairs.iter().cloned().collect();
         let mut set = JoinSet::new();
         for (rule, host) in pairs {
             let resolver = self.resolver.clone();
@@ -219,8 +232,18 @@ impl NetHandle {
             });
         }
         let mut out = Vec::new();
-        while let Some(joined) = set.join_next().await {
+        let until = deadline.map(|d| tokio::time::Instant::now() + d);
+        loop {
+            let joined = match until {
+                Some(until) => match tokio::time::timeout_at(until, set.join_next()).await {
+                    Ok(joined) => joined,
+                    Err(_) => break,
+                },
+                None => set.join_next().await,
+            };
+            let Some(joined) = joined else { break };
             let Ok((key, r)) = joined else { continue };
+            pending.remove(&key);
             let state = match r {
                 Ok((addrs, ttl)) => {
                     info!(host = %key.1, addrs = ?addrs, ttl_s = ttl.as_secs(), "resolved endpoint host");
@@ -239,6 +262,22 @@ impl NetHandle {
             };
             out.push((key, state));
         }
+        if !pending.is_empty() {
+            warn!(
+                hosts = pending.len(),
+                "endpoint hosts not resolved in time: the policy is in force without them until \
+                 they are"
+            );
+        }
+        out.extend(pending.into_iter().map(|key| {
+            (
+                key,
+                HostState {
+                    addrs: BTreeSet::new(),
+                    due: Instant::now(),
+                },
+            )
+        }));
         out
     }
 
@@ -267,7 +306,7 @@ impl NetHandle {
                 let due = st.hosts.iter().filter(|(_, h)| h.due <= now);
                 due.map(|(k, _)| k.clone()).collect()
             };
-            let fresh = self.resolve_all(due).await;
+            let fresh = self.resolve_all(due, None).await;
             let mut st = self.state.lock().expect("net state");
             let mut changed = false;
             for (key, new) in fresh {
