@@ -43,6 +43,9 @@ pub enum EventKind {
     /// A tagged process opened a file for reading that is not known clean
     /// ([`crate::secret::SecretRead`]): the daemon scans it for secrets.
     SecretRead = 100,
+    /// An administrator froze, thawed or killed an agent tree (`guard freeze`), or the
+    /// daemon stopped a held tree's process again; made in userspace, never in a ring buffer.
+    Response = 110,
 }
 
 impl EventKind {
@@ -61,6 +64,7 @@ impl EventKind {
             80 => Some(Self::SelfProtect),
             90 => Some(Self::Deputy),
             100 => Some(Self::SecretRead),
+            110 => Some(Self::Response),
             _ => None,
         }
     }

@@ -98,6 +98,12 @@ pub const TREES_MAX: u32 = TAGS_MAX;
 /// ([`crate::net::SECRETS_SLOT`], [`crate::net::SECRETS_PENDING_SLOT`]); generation 0: off.
 pub const NET_SECRETS: &str = "GUARD_NET_SECRETS";
 
+/// Root [`crate::ProcKey`] → boot time it was frozen: agent trees an administrator froze
+/// (`guard freeze`). Pinned. On bpf-lsm, no tagged process may send a process of a held tree
+/// `SIGCONT`.
+pub const HELD: &str = "GUARD_HELD";
+pub const HELD_MAX: u32 = 1024;
+
 /// Offsets of `bpf_sock_addr_kern` and `sockaddr_un` for the unix socket programs.
 pub const UNIX_OFFSETS_GLOBAL: &str = "GUARD_UNIX_OFFSETS";
 
@@ -331,7 +337,7 @@ pub const FILE_HIT: &str = "GUARD_FILE_HIT";
 
 /// Every map of the kernel object, by name. guard-ebpf's `#[map(name = …)]` takes a literal,
 /// so a rootless test compares the compiled object with this list.
-pub const ALL: [&str; 40] = [
+pub const ALL: [&str; 41] = [
     TAGS,
     AGENT_EXES,
     AGENT_SCRIPTS,
@@ -372,6 +378,7 @@ pub const ALL: [&str; 40] = [
     TREE_READS,
     TREE_VERDICTS,
     NET_SECRETS,
+    HELD,
 ];
 
 /// Every global the loader sets, by name.

@@ -44,6 +44,9 @@ pub mod op {
     /// directory is mode 000, so root needs `CAP_DAC_READ_SEARCH`), a map or link by id
     /// (`CAP_SYS_ADMIN`), loading a program. The caller is killed (`cap_capable`, ≥ 6.13).
     pub const BPF_CAP: u32 = 7;
+    /// bpf-lsm tier: a `SIGCONT` to a process of a held (frozen) agent tree refused by
+    /// `task_kill` (`target_tgid` is that process, not the daemon).
+    pub const LSM_THAW: u32 = 8;
 }
 
 /// `EventKind::SelfProtect`.

@@ -411,3 +411,8 @@ pub static TREE_VERDICTS: HashMap<guard_common::ProcKey, guard_common::secret::T
 /// off.
 #[map(name = "GUARD_NET_SECRETS")]
 pub static NET_SECRETS: Array<NetRule> = Array::pinned(2, 0);
+
+/// Agent trees an administrator froze, by root (`guard freeze`). Pinned.
+#[map(name = "GUARD_HELD")]
+pub static HELD: HashMap<guard_common::ProcKey, u64> =
+    HashMap::pinned(guard_common::maps::HELD_MAX, 0);

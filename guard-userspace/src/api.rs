@@ -1,9 +1,10 @@
 //! The daemon's API: JSON lines over a unix stream socket.
 //!
 //! The socket is world-connectable so that any user can ask to be contained: the only
-//! state-changing call, `tag`, tags the *calling* process (identified by `SO_PEERCRED`, never
-//! by an argument), only ever adds a tag, and never changes the root of a tagged process.
-//! Tagging yourself only takes rights away, so anyone may ask for it; nothing may untag.
+//! state-changing call open to everyone, `tag`, tags the *calling* process (identified by
+//! `SO_PEERCRED`, never by an argument), only ever adds a tag, and never changes the root of a
+//! tagged process. Tagging yourself only takes rights away, so anyone may ask for it; nothing
+//! may untag. The rest (`apply`, `tree`) is for root, and never for a tagged process.
 
 use std::{
     io::{BufRead, BufReader, Write},
@@ -36,6 +37,42 @@ pub enum Request {
         #[serde(default)]
         policy: Option<PathBuf>,
     },
+    /// Freeze, thaw or kill a whole agent tree (`guard freeze|thaw|kill ROOT`): root and
+    /// untagged only. `root` is the root's pid as `guard ps` shows it, or `PID:START_NS`
+    /// when that pid was reused.
+    Tree {
+        action: TreeAction,
+        root: String,
+    },
+}
+
+/// What [`Request::Tree`] does to the tree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TreeAction {
+    Freeze,
+    Thaw,
+    Kill,
+}
+
+impl TreeAction {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Freeze => "freeze",
+            Self::Thaw => "thaw",
+            Self::Kill => "kill",
+        }
+    }
+}
+
+/// The reply to [`Request::Tree`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TreeReply {
+    pub root_pid: u32,
+    pub root_start_ns: u64,
+    pub agent: String,
+    pub action: TreeAction,
+    pub report: crate::respond::hold::TreeReport,
 }
 
 /// A reply: `{"ok": true, …}` or `{"ok": false, "error": "…"}`.
@@ -264,5 +301,13 @@ mod tests {
             Request::Ps
         );
         assert!(serde_json::from_str::<Request>(r#"{"op":"untag","pid":1}"#).is_err());
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"op":"tree","action":"freeze","root":"42"}"#)
+                .unwrap(),
+            Request::Tree {
+                action: TreeAction::Freeze,
+                root: "42".into()
+            }
+        );
     }
 }

@@ -52,6 +52,7 @@ const FLOORS: &[(&str, u8)] = &[
     ("daemon", 4),
     ("api", 4),
     ("render", 4),
+    ("export", 4),
     ("tags", 2),
     ("tagmap", 2),
     ("net", 2),

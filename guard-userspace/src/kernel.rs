@@ -207,7 +207,7 @@ impl Loading {
     }
 
     pub fn maps_dir(&self) -> PathBuf {
-        self.pin_dir.join("maps")
+        maps_dir(&self.pin_dir)
     }
 
     /// Attaches further rows of the loader table and lets the subsystems take their maps.
@@ -257,6 +257,11 @@ impl Loading {
             _ebpf: self.ebpf,
         })
     }
+}
+
+/// Where the maps of the pins under `pin_dir` are.
+pub fn maps_dir(pin_dir: &Path) -> PathBuf {
+    pin_dir.join("maps")
 }
 
 /// The maps of the secret scan (`guard_common::secret`).
@@ -322,6 +327,11 @@ pub struct Kernel {
 impl Kernel {
     pub fn pin_dir(&self) -> &Path {
         &self.pin_dir
+    }
+
+    /// Where the maps are pinned.
+    pub fn maps_dir(&self) -> PathBuf {
+        maps_dir(&self.pin_dir)
     }
 
     /// Whether the kill programs are attached (their links are pinned).

@@ -11,6 +11,7 @@ pub mod clock;
 pub mod daemon;
 pub mod deputies;
 pub mod events;
+pub mod export;
 pub mod files;
 pub mod fshandle;
 pub mod kernel;

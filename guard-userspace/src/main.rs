@@ -4,7 +4,7 @@ use std::{
     io::IsTerminal,
     net::SocketAddr,
     os::unix::process::CommandExt,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Command, ExitCode},
     time::Duration,
 };
@@ -12,7 +12,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use guard::{
-    api::{self, DaemonStatus, PsReply, Request, TagReply},
+    api::{self, DaemonStatus, PsReply, Request, TagReply, TreeAction, TreeReply},
     daemon::{self, DaemonConfig},
     events::{
         LogConfig,
@@ -145,6 +145,22 @@ enum Cmd {
     Ps {
         #[arg(short, long, value_enum, default_value_t = Output::Table)]
         output: Output,
+    },
+    /// Incident response: stop every process of an agent tree, wherever it went (reparented,
+    /// out of the session); it stays stopped until `guard thaw`, and no agent can continue
+    /// it. ROOT is the root's pid as `guard ps` shows it, or PID:START_NS. Root only.
+    Freeze { root: String },
+    /// Continue a frozen agent tree.
+    Thaw { root: String },
+    /// Kill every process of an agent tree, wherever it went.
+    Kill { root: String },
+    /// Write an agent tree's record for forensics as JSON: its processes now, the commands it
+    /// ran, every decision about it, the files and the secrets it touched, with timestamps.
+    Export {
+        root: String,
+        /// Write here instead of standard output.
+        #[arg(short = 'o', long = "out")]
+        out: Option<PathBuf>,
     },
     /// Show the enforcement tier, kernel features, trackers, counters and rules. Exits 0 when
     /// everything meant to be enforced is loaded, 1 when the daemon is unreachable or not
@@ -333,6 +349,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Status { output } => status(&paths, output),
+        Cmd::Freeze { root } => tree(&paths, TreeAction::Freeze, root),
+        Cmd::Thaw { root } => tree(&paths, TreeAction::Thaw, root),
+        Cmd::Kill { root } => tree(&paths, TreeAction::Kill, root),
+        Cmd::Export { root, out } => export(&paths, &root, out.as_deref()),
         Cmd::Secrets { command } => secrets(&paths, command),
         Cmd::Policy {
             command: PolicyCmd::Check { file },
@@ -364,6 +384,54 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `guard freeze|thaw|kill ROOT`.
+fn tree(paths: &Paths, action: TreeAction, root: String) -> anyhow::Result<ExitCode> {
+    let r: TreeReply = api::call(&paths.socket, &Request::Tree { action, root })?;
+    let done = match action {
+        TreeAction::Freeze => "stopped",
+        TreeAction::Thaw => "continued",
+        TreeAction::Kill => "killed",
+    };
+    println!(
+        "{} tree of root {} ({}): {} processes, {} {done}{}",
+        r.agent,
+        r.root_pid,
+        r.root_start_ns,
+        r.report.processes,
+        r.report.signalled,
+        if r.report.left > 0 {
+            format!(", {} not yet", r.report.left)
+        } else {
+            String::new()
+        }
+    );
+    Ok(if r.report.left > 0 {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// `guard export ROOT`: from the event log, with the daemon's process list when it runs.
+fn export(paths: &Paths, root: &str, out: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let running = match api::call::<PsReply>(&paths.socket, &Request::Ps) {
+        Ok(ps) => ps.processes,
+        Err(e) => {
+            eprintln!("guard: {e}: exporting from the event log only");
+            Vec::new()
+        }
+    };
+    let bundle = guard::export::bundle(&paths.event_log, root, &running)?;
+    let json = serde_json::to_string_pretty(&bundle)?;
+    match out {
+        Some(path) => {
+            std::fs::write(path, json + "\n").with_context(|| format!("{}", path.display()))?
+        }
+        None => println!("{json}"),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Ask the daemon to tag this process, then exec CMD: it starts already tagged.

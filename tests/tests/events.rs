@@ -304,8 +304,13 @@ fn flood_total(p: &mut Proc) -> u64 {
 #[test]
 fn flood_every_event_is_logged_or_counted_as_dropped_and_memory_stays_bounded() {
     const WORKERS: u64 = 2;
+    // No agent recognised at exec or from /proc: the only tagged tree is the flood's, so the
+    // fork counter counts its forks alone.
     let d = Daemon::start_with_args(
-        None,
+        Some(
+            "apiVersion: guard.dev/v1alpha1\nkind: GuardPolicy\nmetadata: { name: flood }\n\
+             spec: { agents: [] }\n",
+        ),
         &[
             "--log-max-bytes",
             "64MiB",

@@ -615,6 +615,8 @@ fn targets_daemon(task: *const u8) -> Option<(guard_common::Tag, u32)> {
 /// `task_kill(struct task_struct *p, struct kernel_siginfo *info, int sig, const struct cred
 /// *cred)`: no signal from a tagged process reaches the daemon (signal 0, the existence
 /// probe, is allowed).
+/// No tagged process may thaw a held (frozen) agent tree: `SIGCONT` to one of its processes
+/// is refused too.
 #[lsm(hook = "task_kill")]
 pub fn guard_lsm_task_kill(ctx: LsmContext) -> i32 {
     let sig: i32 = ctx.arg(2);
@@ -631,8 +633,41 @@ pub fn guard_lsm_task_kill(ctx: LsmContext) -> i32 {
             );
             -EPERM
         }
+        None if sig == SIGCONT => thaw_of_held(ctx.arg(0)),
         None => 0,
     }
+}
+
+const SIGCONT: i32 = 18;
+
+/// A tagged process sends `SIGCONT` to `task`: refused when `task` belongs to a held tree.
+#[inline(always)]
+fn thaw_of_held(task: *const u8) -> i32 {
+    let Some(Caller { tag, .. }) = tagged() else {
+        return 0;
+    };
+    let o = crate::maps::offsets();
+    if o.valid == 0 {
+        return 0;
+    }
+    let Ok(target) = crate::kernel::Task(task).tgid(&o) else {
+        count(Counter::ProbeErrors);
+        return 0;
+    };
+    // SAFETY: map value pointer from a successful lookup; a plain struct copy.
+    let Some(target_tag) = crate::maps::TAGS.get_ptr(target).map(|t| unsafe { *t }) else {
+        return 0;
+    };
+    if crate::maps::HELD.get_ptr(&target_tag.root).is_none() {
+        return 0;
+    }
+    refuse_self(
+        &tag,
+        guard_common::selfprot::op::LSM_THAW,
+        SIGCONT as u32,
+        target,
+    );
+    -EPERM
 }
 
 /// `ptrace_access_check(struct task_struct *child, unsigned int mode)`: attach, seize,

@@ -15,6 +15,7 @@ use tracing::{info, warn};
 
 mod apply;
 mod caller;
+mod incident;
 mod integrity;
 mod load;
 mod serve;
@@ -215,6 +216,8 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
     let sink = start_pipeline(&cfg, &state, ring, secrets, &net).await?;
     start_files(&cfg, &state, kernel_files, sink)?;
     keep_pins(&cfg, &state);
+    let maps_dir = state.lock().expect("state lock").kernel.maps_dir();
+    tokio::spawn(incident::keep_held(state.clone(), maps_dir));
     start::release_free_memory();
     serve_until_stopped(&cfg, state, net).await
 }

@@ -113,6 +113,15 @@ async fn handle(stream: UnixStream, state: Shared) {
             Ok(Request::Tag { agent }) => {
                 serde_json::to_string(&tag(&state, &caller, agent.as_deref()))
             }
+            Ok(Request::Tree { action, root }) => {
+                let reply = super::incident::tree(&state, &caller, uid, action, &root).await;
+                if !reply.ok
+                    && let Some(pid) = caller.pid().filter(|p| is_tagged(&state, *p))
+                {
+                    refused_tagged(&state, pid, uid, text).await;
+                }
+                serde_json::to_string(&reply)
+            }
             Ok(Request::Apply { policy }) => {
                 if let Some(pid) = caller.pid().filter(|p| is_tagged(&state, *p)) {
                     refused_tagged(&state, pid, uid, text).await;

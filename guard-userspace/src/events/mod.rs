@@ -72,6 +72,7 @@ pub const fn kind_name(kind: EventKind) -> &'static str {
         EventKind::FileDevice => "file_device",
         EventKind::FileOpen => "file_open",
         EventKind::SelfProtect => "self_protect",
+        EventKind::Response => "response",
         EventKind::Deputy => "deputy",
         EventKind::SecretRead => "secret_read",
     }
@@ -195,6 +196,8 @@ pub fn decode(raw: &[u8], ctx: &DecodeCtx<'_>) -> Result<Decoded, DecodeError> {
         EventKind::FileChange | EventKind::FileDevice | EventKind::FileOpen => {
             Err(DecodeError::OtherRing(kind))
         }
+        // Made by the daemon itself (`daemon/incident.rs`).
+        EventKind::Response => Err(DecodeError::UnknownKind(header.kind)),
     }
 }
 

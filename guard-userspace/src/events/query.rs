@@ -125,6 +125,24 @@ fn parse(raw: &str) -> Option<Line> {
     })
 }
 
+/// Every event of the log, oldest first, across its rotated files; lines that are not events
+/// are counted in the second value.
+pub fn read_all(path: &Path) -> io::Result<(Vec<Event>, usize)> {
+    let mut follower = match first_file(path, None) {
+        Some(first) => Follower::from(path, &first)?,
+        None => Follower::new(path),
+    };
+    let mut bad = 0;
+    let mut out = Vec::new();
+    for raw in follower.poll()? {
+        match parse(&raw) {
+            Some(l) => out.push(l.event),
+            None => bad += 1,
+        }
+    }
+    Ok((out, bad))
+}
+
 /// Counts of what a read went through.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ReadStats {

@@ -11,6 +11,8 @@ use crate::policy::{Action, Mode};
 
 /// Name of the rule in self-protection events.
 pub const RULE: &str = "guard-self-protection";
+/// Name of the rule that keeps a held (frozen) tree held.
+pub const HOLD_RULE: &str = "guard:hold";
 
 /// Decode a [`SelfEvent`].
 pub fn decode(raw: &[u8], _ctx: &DecodeCtx<'_>) -> Result<Decoded, DecodeError> {
@@ -35,15 +37,21 @@ pub fn decode(raw: &[u8], _ctx: &DecodeCtx<'_>) -> Result<Decoded, DecodeError> 
             format!("bpf() needing capability {}", cap_name(ev.signal)),
             "cap_capable",
         ),
+        op::LSM_THAW => ("signal SIGCONT".to_owned(), "lsm_task_kill"),
         other => (format!("op-{other}"), "unknown"),
     };
-    if ev.op == op::SIGNAL || ev.op == op::LSM_SIGNAL {
+    if ev.op == op::SIGNAL || ev.op == op::LSM_SIGNAL || ev.op == op::LSM_THAW {
         d.signal = i32::try_from(ev.signal).ok();
     }
     let outcome = Outcome::from_id(ev.outcome);
     let denied = outcome == Outcome::Denied;
     d.decision = Some(Decision {
-        rule: RULE.to_owned(),
+        rule: if ev.op == op::LSM_THAW {
+            HOLD_RULE
+        } else {
+            RULE
+        }
+        .to_owned(),
         rule_id: None,
         action: if denied { Action::Deny } else { Action::Kill }.to_string(),
         mode: Some(Mode::Enforce.to_string()),
@@ -53,6 +61,8 @@ pub fn decode(raw: &[u8], _ctx: &DecodeCtx<'_>) -> Result<Decoded, DecodeError> 
     d.object = Some(Object {
         path: Some(if ev.op == op::LSM_BPF || ev.op == op::BPF_CAP {
             "bpf()".to_owned()
+        } else if ev.op == op::LSM_THAW {
+            format!("process {} of a held agent tree", ev.target_tgid)
         } else {
             format!("guard daemon (pid {})", ev.target_tgid)
         }),

@@ -160,6 +160,7 @@ pub const SMOKE: &[&str] = &[
     "deputies::deferred::files_an_agent_wrote_stay_its",
     "secrets::the_secrets_an_agent_reads_are_inventoried",
     "secret_taint::the_chain_from_a_token_read_to_an_api_call_is_broken",
+    "incident::a_frozen_tree_stays_frozen",
     "deputies::deferred::git_reading_a_config",
 ];
 

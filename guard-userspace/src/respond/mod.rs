@@ -5,7 +5,9 @@
 //! the offender's own file description (a full pipe or a closed stderr loses the line, nothing
 //! else). Every process is
 //! reached through a pidfd opened before its start time is checked, so a reused pid is never
-//! written to or signalled.
+//! written to or signalled. `hold.rs`: freezing and thawing a whole tree.
+
+pub mod hold;
 
 use std::{
     collections::HashSet,
@@ -30,7 +32,7 @@ fn start_ns(pid: u32) -> io::Result<u64> {
 }
 
 /// Is `pid` still the process that started at `start`?
-fn same_process(pid: u32, start: u64) -> bool {
+pub(crate) fn same_process(pid: u32, start: u64) -> bool {
     start_ns(pid).is_ok_and(|s| ProcKey::new(pid, s).start_ns == ProcKey::new(pid, start).start_ns)
 }
 
@@ -242,6 +244,12 @@ impl Default for Throttle {
 /// SIGKILL `pid` if it is still the process that started at `start`; `Ok(false)` when it is
 /// gone.
 pub fn kill_process(pid: u32, start: u64) -> io::Result<bool> {
+    signal_process(pid, start, libc::SIGKILL)
+}
+
+/// Send `sig` to `pid` through a pidfd if it is still the process that started at `start`;
+/// `Ok(false)` when it is gone.
+pub fn signal_process(pid: u32, start: u64, sig: i32) -> io::Result<bool> {
     let Some(pidfd) = pidfd(pid, start)? else {
         return Ok(false);
     };
@@ -250,7 +258,7 @@ pub fn kill_process(pid: u32, start: u64) -> io::Result<bool> {
         libc::syscall(
             libc::SYS_pidfd_send_signal,
             pidfd.as_raw_fd(),
-            libc::SIGKILL,
+            sig,
             std::ptr::null::<libc::siginfo_t>(),
             0,
         )

@@ -1,0 +1,273 @@
+//! Incident response on a running agent tree: `guard freeze` stops every process of it —
+//! the one that double-forked out of its session included — and keeps it stopped against the
+//! tree itself and any other agent; `guard thaw` continues it; `guard kill` ends all of it;
+//! `guard export` writes its record. Only root, and never a tagged process, may do any of it.
+
+use std::{path::Path, process::Command, time::Duration};
+
+use guard_tests::{
+    Daemon, Proc, alive, as_nobody, lsm_tier, output, wait_for, world_executable_guard,
+};
+use serde_json::Value;
+
+const POLICY: &str = "apiVersion: guard.dev/v1alpha1\nkind: GuardPolicy\n\
+    metadata: { name: incident }\nspec:\n  agents:\n    - { name: claude-code, executables: [claude] }\n\
+    \x20 endpoints:\n    - { name: prod-db, ips: [127.0.0.2], ports: [5432], action: deny }\n";
+
+/// `/proc/PID/stat` state.
+fn state(pid: u32) -> char {
+    procfs::process::Process::new(pid as i32)
+        .and_then(|p| p.stat())
+        .map_or('X', |s| s.state)
+}
+
+fn stopped(pid: u32) -> bool {
+    matches!(state(pid), 'T' | 't')
+}
+
+/// The processes of the tree of `root`, from `guard ps`.
+fn members(d: &Daemon, root: u32) -> Vec<u32> {
+    d.ps()
+        .iter()
+        .filter(|p| p["root_pid"] == root)
+        .filter_map(|p| p["pid"].as_u64())
+        .map(|p| p as u32)
+        .collect()
+}
+
+fn guard(d: &Daemon, args: &[&str]) -> std::process::Output {
+    let mut c = d.guard();
+    c.args(args);
+    output(c)
+}
+
+fn text(o: &std::process::Output) -> String {
+    format!(
+        "{:?}\n{}{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn size(p: &Path) -> u64 {
+    std::fs::metadata(p).map_or(0, |m| m.len())
+}
+
+/// An agent whose tree writes two tick files: one from a loop in the agent itself, one from
+/// a loop that double-forked into a session of its own (reparented, out of the session).
+fn agent(dir: &Path) -> (Proc, u32) {
+    let claude = dir.join("claude");
+    std::fs::copy("/bin/bash", &claude).unwrap();
+    let script = format!(
+        "(setsid bash -c 'while :; do echo x >> {d}/away; sleep 0.05; done' &) ; \
+         while :; do echo y >> {d}/here; sleep 0.05; done",
+        d = dir.display()
+    );
+    let mut c = Command::new(&claude);
+    c.args(["-c", &script]);
+    let p = Proc::spawn(c);
+    let pid = p.pid();
+    (p, pid)
+}
+
+#[test]
+fn a_frozen_tree_stays_frozen_until_thawed_and_kill_ends_all_of_it() {
+    let d = Daemon::start_with_policy(POLICY);
+    let dir = tempfile::tempdir().unwrap();
+    let (_agent, root) = agent(dir.path());
+    let (here, away) = (dir.path().join("here"), dir.path().join("away"));
+    let tree = wait_for("the tree and its runaway", Duration::from_secs(10), || {
+        let m = members(&d, root);
+        (m.len() >= 3 && size(&away) > 0 && size(&here) > 0).then_some(m)
+    });
+    let mut bystander = Proc::spawn({
+        let mut c = Command::new("sleep");
+        c.arg("600");
+        c
+    });
+
+    // Only root, and never a tagged process, may freeze.
+    let public = world_executable_guard();
+    let mut c = Command::new(&public.path);
+    c.envs(d.env()).args(["freeze", &root.to_string()]);
+    let out = output({
+        as_nobody(&mut c);
+        c
+    });
+    assert!(
+        !out.status.success() && text(&out).contains("only root"),
+        "{}",
+        text(&out)
+    );
+    let mut run = d.guard();
+    run.args(["run", "--"])
+        .arg(guard_tests::guard_bin())
+        .args(["freeze", &root.to_string()]);
+    let out = output(run);
+    assert!(
+        !out.status.success() && text(&out).contains("tagged process may not freeze"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        !tree.iter().any(|p| stopped(*p)),
+        "a refused freeze stopped nothing"
+    );
+
+    let out = guard(&d, &["freeze", &root.to_string()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let tree = members(&d, root);
+    for pid in &tree {
+        assert!(
+            stopped(*pid),
+            "{pid} runs after the freeze: {}",
+            state(*pid)
+        );
+    }
+    let (h, a) = (size(&here), size(&away));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        (size(&here), size(&away)),
+        (h, a),
+        "nothing of the tree ran"
+    );
+    assert!(
+        !stopped(bystander.pid()),
+        "an untagged process is not stopped"
+    );
+
+    // Another agent continues a frozen process: refused on bpf-lsm, stopped again on fallback.
+    let victim = *tree.iter().find(|p| **p != root).unwrap();
+    let mut other = Command::new(dir.path().join("claude"));
+    other.args(["-c", &format!("kill -CONT {victim}")]);
+    let out = output(other);
+    if lsm_tier() {
+        assert!(
+            !out.status.success() && text(&out).contains("Operation not permitted"),
+            "{}",
+            text(&out)
+        );
+    }
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(
+        stopped(victim),
+        "the held tree is stopped again: {}",
+        state(victim)
+    );
+    let evs = wait_for("the refusal or the stop", Duration::from_secs(10), || {
+        let evs: Vec<Value> = d
+            .events()
+            .into_iter()
+            .filter(|e| {
+                (e["kind"] == "self_protect" && e["rule"] == "guard:hold")
+                    || (e["kind"] == "response" && e["action"] == "stop-again")
+            })
+            .collect();
+        (!evs.is_empty()).then_some(evs)
+    });
+    if lsm_tier() {
+        assert_eq!(evs[0]["rule"], "guard:hold", "{evs:?}");
+        assert_eq!(evs[0]["result"], "denied", "{evs:?}");
+    }
+
+    let out = guard(&d, &["thaw", &root.to_string()]);
+    assert!(out.status.success(), "{}", text(&out));
+    wait_for("the tree to run again", Duration::from_secs(10), || {
+        (size(&here) > h && size(&away) > a).then_some(())
+    });
+    let out = guard(&d, &["thaw", &root.to_string()]);
+    assert!(text(&out).contains("is not frozen"), "{}", text(&out));
+
+    let out = guard(&d, &["kill", &root.to_string()]);
+    assert!(out.status.success(), "{}", text(&out));
+    wait_for(
+        "every process of the tree to die",
+        Duration::from_secs(10),
+        || tree.iter().all(|p| !alive(*p)).then_some(()),
+    );
+    assert!(alive(bystander.pid()), "the untagged process lives");
+    let _ = bystander.child.kill();
+
+    let responses = wait_for("the three responses", Duration::from_secs(10), || {
+        let evs: Vec<Value> = d
+            .events()
+            .into_iter()
+            .filter(|e| e["kind"] == "response" && e["root"]["pid"] == root)
+            .filter(|e| e["action"] != "stop-again")
+            .collect();
+        (evs.len() == 3).then_some(evs)
+    });
+    let actions: Vec<&str> = responses
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    assert_eq!(actions, ["freeze", "thaw", "kill"], "{responses:?}");
+    assert_eq!(responses[0]["result"], "frozen");
+    assert!(responses[0]["ancestry"].is_array(), "with its ancestry");
+    let out = guard(&d, &["freeze", "999999999"]);
+    assert!(
+        text(&out).contains("no agent tree has root"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn an_exported_tree_holds_its_commands_and_decisions() {
+    let d = Daemon::start_with_policy(POLICY);
+    let dir = tempfile::tempdir().unwrap();
+    let claude = dir.path().join("claude");
+    std::fs::copy("/bin/bash", &claude).unwrap();
+    let (agent, root) = guard_tests::spawn_reading_pid({
+        let mut c = Command::new(&claude);
+        c.args([
+            "-c",
+            "echo $$; ls / >/dev/null; (exec 3<>/dev/tcp/127.0.0.2/5432) 2>/dev/null; sleep 600",
+        ]);
+        c
+    });
+    wait_for("the denial", Duration::from_secs(10), || {
+        d.events()
+            .into_iter()
+            .find(|e| e["rule"] == "prod-db" && e["root"]["pid"] == root)
+    });
+    let out = guard(&d, &["freeze", &root.to_string()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let file = dir.path().join("bundle.json");
+    let out = guard(
+        &d,
+        &["export", &root.to_string(), "-o", file.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let b: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert_eq!(b["root"]["pid"], root, "{b}");
+    assert_eq!(b["agent"], "claude-code");
+    let commands = b["commands"].as_array().unwrap();
+    assert!(commands.iter().any(|c| c["comm"] == "ls"), "{commands:?}");
+    let decisions = b["decisions"].as_array().unwrap();
+    assert!(
+        decisions
+            .iter()
+            .any(|e| e["rule"] == "prod-db" && e["result"] == "denied"),
+        "{decisions:?}"
+    );
+    assert!(
+        decisions
+            .iter()
+            .any(|e| e["kind"] == "response" && e["action"] == "freeze"),
+        "{decisions:?}"
+    );
+    assert!(
+        b["running"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["pid"] == root),
+        "the frozen tree is listed as running: {b}"
+    );
+    assert!(!b["events"].as_array().unwrap().is_empty());
+    let out = guard(&d, &["kill", &root.to_string()]);
+    assert!(out.status.success(), "{}", text(&out));
+    drop(agent);
+}
