@@ -8,11 +8,10 @@
 
 use std::{
     io::{Read as _, Write as _},
-    net::{Ipv4Addr, TcpListener},
     time::{Duration, Instant},
 };
 
-use super::{Result, SOCKADDR_IN_LEN, os_error, sockaddr};
+use super::{Result, SOCKADDR_IN_LEN, loopback_listener, os_error};
 
 /// Pause between denied attempts: bounds the decisions logged while the tree is pending.
 const RETRY: Duration = Duration::from_micros(50);
@@ -20,17 +19,7 @@ const RETRY: Duration = Duration::from_micros(50);
 const GIVE_UP: Duration = Duration::from_secs(5);
 
 pub fn taint_window(iters: u64, dir: &str) -> Result<String> {
-    let listener =
-        TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|e| format!("listen: {e}"))?;
-    let addr = match listener.local_addr().map_err(|e| format!("{e}"))? {
-        std::net::SocketAddr::V4(a) => sockaddr(a),
-        std::net::SocketAddr::V6(_) => return Err("listener is not IPv4".into()),
-    };
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            drop(conn);
-        }
-    });
+    let addr = loopback_listener()?;
     let (mut opens, mut windows, mut denied) = (Vec::new(), Vec::new(), 0u64);
     let pid = std::process::id();
     for i in 0..iters {

@@ -219,24 +219,10 @@ fn denied_connect(dest: &str) -> Result<impl FnMut() -> Result<()>> {
     })
 }
 
-/// A loopback listener whose own thread accepts and closes every connection, with the largest
-/// backlog the kernel allows, so that connect() never waits for a SYN retry.
+/// connect+close to a [`loopback_listener`], whose backlog is large enough that connect()
+/// never waits for a SYN retry.
 fn tcp_connect() -> Result<impl FnMut() -> Result<()>> {
-    let listener =
-        TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|e| format!("listen: {e}"))?;
-    // SAFETY: re-listen on the socket we own, with a bigger backlog (capped by somaxconn).
-    if unsafe { libc::listen(listener.as_raw_fd(), 65_535) } != 0 {
-        return Err(os_error("listen"));
-    }
-    let addr = match listener.local_addr().map_err(|e| format!("{e}"))? {
-        std::net::SocketAddr::V4(a) => sockaddr(a),
-        std::net::SocketAddr::V6(_) => return Err("listener is not IPv4".into()),
-    };
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            drop(conn);
-        }
-    });
+    let addr = loopback_listener()?;
     let overflows_before = listen_overflows();
     let linger = libc::linger {
         l_onoff: 1,
@@ -276,6 +262,27 @@ fn tcp_connect() -> Result<impl FnMut() -> Result<()>> {
         }
         Ok(())
     })
+}
+
+/// A loopback TCP listener whose own thread accepts and closes every connection, with the
+/// largest backlog the kernel allows; its address.
+fn loopback_listener() -> Result<libc::sockaddr_in> {
+    let listener =
+        TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|e| format!("listen: {e}"))?;
+    // SAFETY: re-listen on the socket we own, with a bigger backlog (capped by somaxconn).
+    if unsafe { libc::listen(listener.as_raw_fd(), 65_535) } != 0 {
+        return Err(os_error("listen"));
+    }
+    let addr = match listener.local_addr().map_err(|e| format!("{e}"))? {
+        std::net::SocketAddr::V4(a) => sockaddr(a),
+        std::net::SocketAddr::V6(_) => return Err("listener is not IPv4".into()),
+    };
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            drop(conn);
+        }
+    });
+    Ok(addr)
 }
 
 /// `TcpExt: ListenOverflows` from /proc/net/netstat (0 when unreadable).
