@@ -81,3 +81,35 @@ impl Drop for NetNs {
             .status();
     }
 }
+
+/// A destination NAT rule in the root namespace's `nat OUTPUT` chain (for the checks after
+/// NAT), removed on drop. Tests give it a comment naming them and addresses of their own
+/// namespace only.
+pub struct NatRule(Vec<String>);
+
+impl NatRule {
+    pub fn add(spec: &[&str]) -> Self {
+        let spec: Vec<String> = spec.iter().map(|s| (*s).to_owned()).collect();
+        let out = Command::new("iptables")
+            .args(["-t", "nat", "-A", "OUTPUT"])
+            .args(&spec)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run iptables");
+        assert!(
+            out.status.success(),
+            "iptables: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self(spec)
+    }
+}
+
+impl Drop for NatRule {
+    fn drop(&mut self) {
+        let _ = Command::new("iptables")
+            .args(["-t", "nat", "-D", "OUTPUT"])
+            .args(&self.0)
+            .output();
+    }
+}

@@ -381,3 +381,66 @@ fn a_guard_run_tree_that_read_a_secret_is_tainted_too() {
     assert_eq!(e["agent"], "guard-run", "{e}");
     assert_eq!(e["result"], "denied", "{e}");
 }
+
+#[test]
+fn nat_cannot_turn_an_allowed_destination_into_another_for_a_tainted_tree() {
+    let Some(s) = setup() else { return };
+    let st = s.daemon.status_json().unwrap();
+    let after_nat = st["network"]["after_nat"].as_str().unwrap_or("").to_owned();
+    if s.daemon.assert_tier() == "bpf-lsm" {
+        // No root agent can add a NAT rule there (the capability ceiling refuses NET_ADMIN),
+        // and status says the check after NAT is not loaded.
+        assert!(after_nat.starts_with("not checked"), "{after_nat}");
+        println!("NOT RUN: the check after NAT on this tier: {after_nat}");
+        return;
+    }
+    assert!(after_nat.starts_with("enforced"), "{after_nat}");
+    let (a, b) = (s.net.a.clone(), s.net.b.clone());
+    let tag = format!("guard-test-{}", std::process::id());
+    let _nat = guard_tests::netns::NatRule::add(&[
+        "-d",
+        &b,
+        "-p",
+        "tcp",
+        "--dport",
+        "443",
+        "-m",
+        "comment",
+        "--comment",
+        &tag,
+        "-j",
+        "DNAT",
+        "--to-destination",
+        &format!("{a}:443"),
+    ]);
+    // The agent reads the token, then calls the allow-listed registry, which a NAT rule (as a
+    // root agent could add on kernels before 6.13) rewrites into the API.
+    let mut via = Command::new(&s.claude);
+    via.current_dir(&s.proj).args([
+        "-c",
+        &format!(
+            "cat notes.txt >/dev/null; sleep 1; {}",
+            curl(REGISTRY, &b, "-m 3")
+        ),
+    ]);
+    let out = output(via);
+    let got = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(
+        got.starts_with("000 rc="),
+        "the rewritten connection never opened: {got}"
+    );
+    let e = wait_for("the drop after NAT", Duration::from_secs(10), || {
+        events(&s.daemon, |e| {
+            e["kind"] == "net_connect" && e["rule"] == "guard:secrets" && e["hook"] == "egress4"
+        })
+        .into_iter()
+        .next()
+    });
+    assert_eq!(e["destination"]["address"], a.as_str(), "{e}");
+    assert_eq!(e["result"], "denied", "{e}");
+    // Untagged, the same NAT'd call reaches the API.
+    let mut human = Command::new("bash");
+    human.args(["-c", &curl(REGISTRY, &b, "")]);
+    let out = output(human);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "200 rc=0");
+}

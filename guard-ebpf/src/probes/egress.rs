@@ -5,6 +5,9 @@
 //! or sendmsg) whose destination changed is decided again, and dropped where a rule denies the
 //! new one. Untagged sockets cost one map lookup per packet.
 //!
+//! A tree that read a secret meets the secrets rule here too: NAT cannot turn an allow-listed
+//! destination into another.
+//!
 //! A drop cannot kill (a packet may leave in softirq context, where the current task is
 //! anyone's): the connection never opens (a TCP connect times out) and the event says so.
 
@@ -87,9 +90,6 @@ fn check(ctx: &SkBuffContext, sock: &TaggedSocket) -> Result<i32, i32> {
         NET4.get(Key::new(32, Ip4Data { addr: ip }))
     } else {
         NET6.get(Key::new(128, Ip6Data { addr, _pad: [0; 4] }))
-    };
-    let Some(set) = set else {
-        return Ok(ALLOW);
     };
     let hook = if dest.family == AF_INET {
         hook::EGRESS4

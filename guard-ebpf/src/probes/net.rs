@@ -268,17 +268,30 @@ fn remember(ctx: &SockAddrContext, caller: &Caller, dest: &Dest) {
     let _ = NET_SOCKETS.insert(&cookie, &sock, 0);
 }
 
-/// The check after NAT: the first rule of `set` for the rewritten `dest`, recorded for
-/// `sock`'s process; never a kill (see `probes/egress.rs`).
+/// The check after NAT: the rewritten `dest` decided for `sock`'s process in the order of
+/// [`decide_inet`] (an endpoint rule that blocks; the secrets rule for a tainted tree unless
+/// allow-listed; an auditing rule), recorded; never a kill (see `probes/egress.rs`).
 #[inline(always)]
 pub(super) fn decide_rewritten(
     sock: &TaggedSocket,
     proc: ProcKey,
-    set: &RuleSet,
+    set: Option<&RuleSet>,
     dest: &Dest,
     hook: u32,
 ) -> i32 {
-    let Some(rule) = first_match(set, dest, true) else {
+    let found = match set {
+        Some(set) => matching(set, dest),
+        None => NO_SLOT,
+    };
+    let mut rule = NET_RULES.get(found & NO_SLOT).copied();
+    if !rule.is_some_and(|r| r.blocks())
+        && found & EXEMPT == 0
+        && let Some(gate) = NET_SECRETS.get(secrets_slot(&sock.tag.root))
+        && gate.blocks()
+    {
+        rule = Some(*gate);
+    }
+    let Some(rule) = rule else {
         return ALLOW;
     };
     let outcome = if rule.blocks() {
@@ -288,11 +301,7 @@ pub(super) fn decide_rewritten(
         count(Counter::NetAudited);
         result::ALLOWED
     };
-    let caller = Caller {
-        tgid: sock.tgid,
-        tag: sock.tag,
-    };
-    let header = crate::ctx::header(EventKind::NetConnect, &caller.tag, proc, 0);
+    let header = crate::ctx::header(EventKind::NetConnect, &sock.tag, proc, 0);
     emit_with(header, sock.comm, dest, hook, &rule, outcome, None);
     if outcome == result::ALLOWED {
         ALLOW

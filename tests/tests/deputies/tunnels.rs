@@ -2,6 +2,7 @@
 //! destination NAT rewrote is decided again.
 
 use super::*;
+use guard_tests::netns::NatRule;
 
 /// A forwarder found by its connections: it accepts, then connects to `to` and holds both.
 const RELAY: &str = r#"
@@ -102,30 +103,6 @@ fn forwarders_to_a_protected_endpoint_are_that_endpoint() {
 }
 
 /// An `iptables -t nat` rule in the host's OUTPUT chain, deleted on drop.
-struct NatRule(Vec<String>);
-
-impl NatRule {
-    fn add(spec: &[&str]) -> Self {
-        let spec: Vec<String> = spec.iter().map(|s| (*s).to_owned()).collect();
-        let out = output({
-            let mut c = Command::new("iptables");
-            c.args(["-t", "nat", "-A", "OUTPUT"]).args(&spec);
-            c
-        });
-        assert!(out.status.success(), "iptables: {}", text(&out));
-        Self(spec)
-    }
-}
-
-impl Drop for NatRule {
-    fn drop(&mut self) {
-        let _ = Command::new("iptables")
-            .args(["-t", "nat", "-D", "OUTPUT"])
-            .args(&self.0)
-            .output();
-    }
-}
-
 #[test]
 fn a_destination_nat_rewrote_is_decided_again() {
     let ProdDb {
