@@ -162,6 +162,9 @@ pub struct DaemonStatus {
     /// What the secrets rule does to an agent tree that read a secret, and on what.
     #[serde(default)]
     pub secret_taint: String,
+    /// Agent trees frozen by `guard freeze`.
+    #[serde(default)]
+    pub held_trees: usize,
     pub counters: Vec<(String, u64)>,
     pub probe: serde_json::Value,
     /// Path rules: what protects each access of each rule, and what it resolved to.

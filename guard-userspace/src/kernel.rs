@@ -241,6 +241,7 @@ impl Loading {
             counters: take_map(ebpf, maps::COUNTERS)?,
             cap_ceiling: take_map(ebpf, maps::CAP_CEILING)?,
             events: Some(take_map(ebpf, maps::EVENTS)?),
+            held: take_map(ebpf, maps::HELD)?,
             secret_maps: Some(SecretMaps {
                 seen: take_map(ebpf, maps::SECRET_SEEN)?,
                 reads: take_map(ebpf, maps::TREE_READS)?,
@@ -307,6 +308,8 @@ pub struct Kernel {
     events: Option<RingBuf<MapData>>,
     /// The secret scan's maps.
     secret_maps: Option<SecretMaps>,
+    /// Agent trees frozen by `guard freeze` (pinned).
+    pub held: HashMap<MapData, guard_common::ProcKey, u64>,
     /// The tier that enforces: `BpfLsm` when the LSM programs are attached.
     pub tier: Tier,
     /// What the bpf-lsm tier attached (when it enforces).

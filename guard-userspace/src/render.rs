@@ -25,9 +25,14 @@ pub fn ps_tree(procs: &[TaggedProc]) -> String {
             .find(|p| (p.pid == root || root == 0) && !p.recognised.is_empty())
             .map(|p| format!("  recognised by {}", p.recognised))
             .unwrap_or_default();
+        let held = if members.iter().any(|p| p.held) {
+            "  FROZEN (guard thaw)"
+        } else {
+            ""
+        };
         let _ = writeln!(
             out,
-            "{agent}  root {root}  started {:.2}s after boot  ({} processes){why}",
+            "{agent}  root {root}  started {:.2}s after boot  ({} processes){why}{held}",
             start as f64 / 1e9,
             members.len()
         );
@@ -101,6 +106,13 @@ pub fn status(st: &DaemonStatus, color: bool) -> String {
         let _ = writeln!(out, "  kill          {}", n.kill);
     }
     let _ = writeln!(out, "tagged       {} processes", st.tagged_processes);
+    if st.held_trees > 0 {
+        let _ = writeln!(
+            out,
+            "frozen       {} agent trees (guard ps shows them; guard thaw ROOT)",
+            st.held_trees
+        );
+    }
     if let Some(t) = &st.tag_map {
         let _ = writeln!(
             out,

@@ -125,6 +125,14 @@ fn a_frozen_tree_stays_frozen_until_thawed_and_kill_ends_all_of_it() {
             state(*pid)
         );
     }
+    assert!(
+        d.ps()
+            .iter()
+            .filter(|p| p["root_pid"] == root)
+            .all(|p| p["held"] == true),
+        "guard ps marks the tree frozen"
+    );
+    assert_eq!(d.status_json().unwrap()["held_trees"], 1);
     let (h, a) = (size(&here), size(&away));
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(
@@ -178,6 +186,7 @@ fn a_frozen_tree_stays_frozen_until_thawed_and_kill_ends_all_of_it() {
     });
     let out = guard(&d, &["thaw", &root.to_string()]);
     assert!(text(&out).contains("is not frozen"), "{}", text(&out));
+    assert_eq!(d.status_json().unwrap()["held_trees"], 0);
 
     let out = guard(&d, &["kill", &root.to_string()]);
     assert!(out.status.success(), "{}", text(&out));

@@ -372,6 +372,9 @@ pub struct TaggedProc {
     /// `guard run`).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub recognised: String,
+    /// Its tree is frozen (`guard freeze`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub held: bool,
 }
 
 /// Every tagged process, with `/proc` details where the process is still readable.
@@ -401,6 +404,7 @@ pub fn list(kernel: &Kernel, names: &AgentNames, agents: &[AgentSpec]) -> Vec<Ta
                 } else {
                     String::new()
                 },
+                held: kernel.held.get(&tag.root, 0).is_ok(),
             }
         })
         .collect();
