@@ -357,6 +357,25 @@ impl Daemon {
         kill(Pid::from_raw(self.pid() as i32), Signal::SIGHUP).expect("SIGHUP the daemon");
     }
 
+    /// Whether the daemon applies a change of its policy file on its own (where the kernel
+    /// refuses or detects tagged changes of it); elsewhere an administrator applies it.
+    pub fn file_changes_apply(&self) -> bool {
+        let st = self.status_json().expect("status");
+        let how = st["self_protection"]["policy_changes"]
+            .as_str()
+            .unwrap_or_default();
+        !how.starts_with("this kernel cannot tell")
+    }
+
+    /// A change of the policy file as an administrator makes it: written, and applied with
+    /// SIGHUP where the daemon does not apply file changes on its own.
+    pub fn admin_writes(&self, policy: &Path, text: &str) {
+        std::fs::write(policy, text).expect("write the policy");
+        if !self.file_changes_apply() {
+            self.sighup();
+        }
+    }
+
     /// The generation of the policy in force.
     pub fn generation(&self) -> u64 {
         self.status_json().expect("status")["policy_generation"]

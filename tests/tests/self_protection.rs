@@ -122,7 +122,7 @@ fn a_bad_policy_change_is_rejected_and_the_old_one_stays_in_force() {
     let generation = st["policy_generation"].as_u64().unwrap();
 
     // A typo: rejected with file, line and column; the old generation stays.
-    admin_writes(&d, &policy, &GOOD.replace("executables", "executabels"));
+    d.admin_writes(&policy, &GOOD.replace("executables", "executabels"));
     let st = wait_for(
         "the bad policy to be rejected",
         Duration::from_secs(10),
@@ -149,7 +149,7 @@ fn a_bad_policy_change_is_rejected_and_the_old_one_stays_in_force() {
     });
 
     // A good change is installed as the next generation; SIGHUP also reloads.
-    admin_writes(&d, &policy, &GOOD.replace("gen-a", "gen-b"));
+    d.admin_writes(&policy, &GOOD.replace("gen-a", "gen-b"));
     let st = wait_for(
         "the good policy to be installed",
         Duration::from_secs(10),
@@ -233,25 +233,6 @@ fn broken(valid: &str, n: usize) -> String {
     }
 }
 
-/// Whether the daemon applies a change of its policy file on its own (where the kernel
-/// refuses or detects tagged changes of it); elsewhere an administrator applies it.
-fn file_changes_apply(d: &Daemon) -> bool {
-    let st = d.status_json().expect("status");
-    let how = st["self_protection"]["policy_changes"]
-        .as_str()
-        .unwrap_or_default();
-    !how.starts_with("this kernel cannot tell")
-}
-
-/// A change of the policy file as an administrator makes it: written, and applied with
-/// SIGHUP where the daemon does not apply file changes on its own.
-fn admin_writes(d: &Daemon, policy: &std::path::Path, text: &str) {
-    std::fs::write(policy, text).unwrap();
-    if !file_changes_apply(d) {
-        d.sighup();
-    }
-}
-
 #[test]
 fn a_reload_storm_never_lets_a_tagged_probe_through() {
     use network_support::{Listener, Net, assert_ok, client};
@@ -298,7 +279,7 @@ fn a_reload_storm_never_lets_a_tagged_probe_through() {
         let valid = storm_policy(i, &net.a, &ledger);
         let hup = i % 10 == 0 || i % 10 == 5;
         if i % 2 == 0 {
-            admin_writes(&d, &policy, &valid);
+            d.admin_writes(&policy, &valid);
             let st = wait_for(
                 &format!("generation storm-{i} to be installed"),
                 Duration::from_secs(20),
@@ -322,7 +303,7 @@ fn a_reload_storm_never_lets_a_tagged_probe_through() {
             }
         } else {
             let before = d.log().matches("policy rejected").count();
-            admin_writes(&d, &policy, &broken(&valid, i));
+            d.admin_writes(&policy, &broken(&valid, i));
             let st = wait_for(
                 &format!("change {i} to be rejected"),
                 Duration::from_secs(20),
@@ -965,7 +946,7 @@ fn a_policy_changed_by_a_tagged_process_is_not_applied() {
         "a tampered policy applied"
     );
     let lsm = d.assert_tier() == "bpf-lsm";
-    let watched = file_changes_apply(&d);
+    let watched = d.file_changes_apply();
     if !watched {
         // No BPF LSM and no change detectors (before 6.13): nothing tells who changed the
         // file, so no change applies on its own; status says so.
@@ -1018,7 +999,7 @@ fn a_policy_changed_by_a_tagged_process_is_not_applied() {
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(generation(&d).1, "gen-b");
     // Acknowledged: the next untagged edit applies on its own again.
-    admin_writes(&d, &policy, &GOOD.replace("gen-a", "gen-c"));
+    d.admin_writes(&policy, &GOOD.replace("gen-a", "gen-c"));
     wait_for("an untagged edit to apply", Duration::from_secs(10), || {
         (generation(&d).1 == "gen-c").then_some(())
     });

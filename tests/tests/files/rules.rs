@@ -106,14 +106,13 @@ fn a_policy_reload_swaps_path_rules() {
             .success()
     );
     let policy = d.policy.clone().unwrap();
-    fs::write(
+    d.admin_writes(
         &policy,
-        one_rule(&format!(
+        &one_rule(&format!(
             "{{ name: token, paths: [\"{}\"], access: [read], action: deny }}",
             cred.display()
         )),
-    )
-    .unwrap();
+    );
     wait_for("the new rule", Duration::from_secs(10), || {
         let st = d.status_json()?;
         st["path_rules"]
@@ -124,11 +123,12 @@ fn a_policy_reload_swaps_path_rules() {
     });
     let out = agent.sh(&format!("cat {}", cred.display()));
     assert!(!out.status.success(), "{out:?}");
-    fs::write(
+    d.admin_writes(
         &policy,
-        one_rule("{ name: other, paths: [/nonexistent/guard-test], access: [read], action: deny }"),
-    )
-    .unwrap();
+        &one_rule(
+            "{ name: other, paths: [/nonexistent/guard-test], access: [read], action: deny }",
+        ),
+    );
     wait_for("the rule to go", Duration::from_secs(10), || {
         agent
             .sh(&format!("cat {}", cred.display()))
