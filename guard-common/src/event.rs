@@ -46,6 +46,9 @@ pub enum EventKind {
     /// An administrator froze, thawed or killed an agent tree (`guard freeze`), or the
     /// daemon stopped a held tree's process again; made in userspace, never in a ring buffer.
     Response = 110,
+    /// A request for a human (`action: ask`) was opened, approved, denied or expired; made in
+    /// userspace, never in a ring buffer.
+    Request = 111,
 }
 
 impl EventKind {
@@ -65,6 +68,7 @@ impl EventKind {
             90 => Some(Self::Deputy),
             100 => Some(Self::SecretRead),
             110 => Some(Self::Response),
+            111 => Some(Self::Request),
             _ => None,
         }
     }

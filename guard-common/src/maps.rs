@@ -98,6 +98,11 @@ pub const TREES_MAX: u32 = TAGS_MAX;
 /// ([`crate::net::SECRETS_SLOT`], [`crate::net::SECRETS_PENDING_SLOT`]); generation 0: off.
 pub const NET_SECRETS: &str = "GUARD_NET_SECRETS";
 
+/// [`crate::net::ExceptionKey`] → boot-time deadline: approved requests of `ask` rules
+/// (`guard approve`). Pinned: a restarted daemon keeps live exceptions.
+pub const NET_EXCEPTIONS: &str = "GUARD_NET_EXCEPTIONS";
+pub const NET_EXCEPTIONS_MAX: u32 = 4096;
+
 /// Root [`crate::ProcKey`] → boot time it was frozen: agent trees an administrator froze
 /// (`guard freeze`). Pinned. On bpf-lsm, no tagged process may send a process of a held tree
 /// `SIGCONT`.
@@ -337,7 +342,7 @@ pub const FILE_HIT: &str = "GUARD_FILE_HIT";
 
 /// Every map of the kernel object, by name. guard-ebpf's `#[map(name = …)]` takes a literal,
 /// so a rootless test compares the compiled object with this list.
-pub const ALL: [&str; 41] = [
+pub const ALL: [&str; 42] = [
     TAGS,
     AGENT_EXES,
     AGENT_SCRIPTS,
@@ -379,6 +384,7 @@ pub const ALL: [&str; 41] = [
     TREE_VERDICTS,
     NET_SECRETS,
     HELD,
+    NET_EXCEPTIONS,
 ];
 
 /// Every global the loader sets, by name.

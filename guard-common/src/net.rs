@@ -73,6 +73,21 @@ pub mod hook {
 /// carry traffic past every endpoint rule.
 pub const RAW_RULE_ID: u32 = 0xffff_0100;
 
+/// Key of [`crate::maps::NET_EXCEPTIONS`]: an approved request of an `ask` rule — the tree
+/// (by root), the rule and the destination (family, address, port; zero address and port for
+/// a unix socket: the rule's every name). The value is the boot-time deadline in ns.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ExceptionKey {
+    pub root: crate::ProcKey,
+    pub rule_id: u32,
+    pub family: u32,
+    pub port: u32,
+    pub _pad: u32,
+    pub addr: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<ExceptionKey>() == 48);
+
 /// Rule id of the secrets rule (`spec.secrets.taint`), slot [`SECRETS_SLOT`] of
 /// [`crate::maps::NET_SECRETS`]: what an agent tree that read a secret meets on the network.
 pub const SECRETS_RULE_ID: u32 = 0xffff_0200;
@@ -380,13 +395,14 @@ impl NetRule {
     }
 
     /// Precedence when several rules match one destination: enforced before audit, then
-    /// kill-tree, kill, deny, audit, and the allow-list's exemptions last. Higher is
+    /// kill-tree, kill, deny, ask, audit, and the allow-list's exemptions last. Higher is
     /// stronger.
     pub fn strength(&self) -> u32 {
         let by_action = match self.action {
-            action::KILL_TREE => 4,
-            action::KILL => 3,
-            action::DENY => 2,
+            action::KILL_TREE => 5,
+            action::KILL => 4,
+            action::DENY => 3,
+            action::ASK => 2,
             action::ALLOW => return 0,
             _ => 1,
         };
@@ -448,6 +464,7 @@ mod pod {
     unsafe impl aya::Pod for super::Ip4Data {}
     unsafe impl aya::Pod for super::Ip6Data {}
     unsafe impl aya::Pod for super::NetRule {}
+    unsafe impl aya::Pod for super::ExceptionKey {}
     unsafe impl aya::Pod for super::RuleSet {}
     unsafe impl aya::Pod for super::UnixKey {}
     unsafe impl aya::Pod for super::PendingKill {}

@@ -416,3 +416,8 @@ pub static NET_SECRETS: Array<NetRule> = Array::pinned(2, 0);
 #[map(name = "GUARD_HELD")]
 pub static HELD: HashMap<guard_common::ProcKey, u64> =
     HashMap::pinned(guard_common::maps::HELD_MAX, 0);
+
+/// Approved requests of `ask` rules (`guard_common::net::ExceptionKey` → deadline). Pinned.
+#[map(name = "GUARD_NET_EXCEPTIONS")]
+pub static NET_EXCEPTIONS: HashMap<guard_common::net::ExceptionKey, u64> =
+    HashMap::pinned(guard_common::maps::NET_EXCEPTIONS_MAX, 0);

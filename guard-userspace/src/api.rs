@@ -44,6 +44,25 @@ pub enum Request {
         action: TreeAction,
         root: String,
     },
+    /// The requests of `ask` rules, open and approved (`guard requests`).
+    Requests,
+    /// Approve a request (`guard approve ID`): approvers only, never a tagged process.
+    Approve {
+        id: u64,
+        /// How long the exception lasts, in seconds (default 15 minutes).
+        #[serde(default)]
+        for_secs: Option<u64>,
+        #[serde(default)]
+        scope: crate::requests::Scope,
+        #[serde(default)]
+        reason: Option<String>,
+    },
+    /// Deny a request (`guard deny ID`): approvers only, never a tagged process.
+    Deny {
+        id: u64,
+        #[serde(default)]
+        reason: Option<String>,
+    },
 }
 
 /// What [`Request::Tree`] does to the tree.

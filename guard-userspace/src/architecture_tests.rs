@@ -72,6 +72,7 @@ const FLOORS: &[(&str, u8)] = &[
     ("deputies", 1),
     ("events", 1),
     ("respond", 1),
+    ("requests", 1),
     ("watch", 1),
     ("seccomp", 1),
     ("caps", 1),

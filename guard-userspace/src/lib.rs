@@ -26,6 +26,7 @@ pub mod policy;
 pub mod probe;
 pub mod proctree;
 pub mod render;
+pub mod requests;
 pub mod respond;
 pub mod seccomp;
 pub mod secrets;

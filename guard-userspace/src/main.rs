@@ -154,6 +154,33 @@ enum Cmd {
     Thaw { root: String },
     /// Kill every process of an agent tree, wherever it went.
     Kill { root: String },
+    /// The requests of `ask` rules: open ones wait for `guard approve` or `guard deny`.
+    Requests {
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+        /// Keep printing requests as they are opened and answered.
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Approve a request: the agent tree's retry goes through until the approval expires.
+    /// Root or spec.approvers only, never from a tagged process.
+    Approve {
+        id: u64,
+        /// How long, e.g. 90s, 15m, 2h (1 s to 24 h).
+        #[arg(long = "for", value_parser = humantime::parse_duration, default_value = "15m")]
+        duration: Duration,
+        /// tree: the tree that asked; agent: every tree of that agent running now.
+        #[arg(long, value_enum, default_value_t = ScopeArg::Tree)]
+        scope: ScopeArg,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Deny a request. Root or spec.approvers only, never from a tagged process.
+    Deny {
+        id: u64,
+        #[arg(long)]
+        reason: Option<String>,
+    },
     /// Write an agent tree's record for forensics as JSON: its processes now, the commands it
     /// ran, every decision about it, the files and the secrets it touched, with timestamps.
     Export {
@@ -204,6 +231,12 @@ enum PolicyCmd {
     /// did not apply on its own (made by a tagged process, or with a directory on its path
     /// replaced) is put in force after review. FILE, if given, must be the daemon's file.
     Apply { file: Option<PathBuf> },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ScopeArg {
+    Tree,
+    Agent,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -353,6 +386,35 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Thaw { root } => tree(&paths, TreeAction::Thaw, root),
         Cmd::Kill { root } => tree(&paths, TreeAction::Kill, root),
         Cmd::Export { root, out } => export(&paths, &root, out.as_deref()),
+        Cmd::Requests { output, follow } => requests(&paths, output, follow),
+        Cmd::Approve {
+            id,
+            duration,
+            scope,
+            reason,
+        } => {
+            let scope = match scope {
+                ScopeArg::Tree => guard::requests::Scope::Tree,
+                ScopeArg::Agent => guard::requests::Scope::Agent,
+            };
+            let r: guard::requests::Request = api::call(
+                &paths.socket,
+                &Request::Approve {
+                    id,
+                    for_secs: Some(duration.as_secs()),
+                    scope,
+                    reason,
+                },
+            )?;
+            print!("{}", guard::render::requests_table(&[r]));
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Deny { id, reason } => {
+            let r: guard::requests::Request =
+                api::call(&paths.socket, &Request::Deny { id, reason })?;
+            println!("request {} denied ({} {})", r.id, r.rule, r.destination);
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Secrets { command } => secrets(&paths, command),
         Cmd::Policy {
             command: PolicyCmd::Check { file },
@@ -412,6 +474,26 @@ fn tree(paths: &Paths, action: TreeAction, root: String) -> anyhow::Result<ExitC
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// `guard requests [--follow]`.
+fn requests(paths: &Paths, output: Output, follow: bool) -> anyhow::Result<ExitCode> {
+    let mut shown = String::new();
+    loop {
+        let list: Vec<guard::requests::Request> = api::call(&paths.socket, &Request::Requests)?;
+        let text = match output {
+            Output::Json => serde_json::to_string_pretty(&list)? + "\n",
+            Output::Table => guard::render::requests_table(&list),
+        };
+        if text != shown {
+            print!("{text}");
+            shown = text;
+        }
+        if !follow {
+            return Ok(ExitCode::SUCCESS);
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
 }
 
 /// `guard export ROOT`: from the event log, with the daemon's process list when it runs.

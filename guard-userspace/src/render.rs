@@ -276,3 +276,44 @@ pub fn secrets_report(r: &crate::secrets::walk::Report, key_note: &str) -> Strin
     let _ = writeln!(out, "fingerprints: {key_note}");
     out
 }
+
+/// `guard requests`: one line per request.
+pub fn requests_table(list: &[crate::requests::Request]) -> String {
+    use crate::requests::State;
+    let mut out = String::new();
+    if list.is_empty() {
+        out.push_str("no requests\n");
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "{:>4}  {:<9} {:<14} {:>7} {:<16} {:<20} DESTINATION",
+        "ID", "STATE", "AGENT", "ROOT", "PROCESS", "RULE"
+    );
+    for r in list {
+        let state = match &r.state {
+            State::Open => "open".to_owned(),
+            State::Approved { until, .. } => format!("approved until {until}"),
+        };
+        let _ = writeln!(
+            out,
+            "{:>4}  {:<9} {:<14} {:>7} {:<16} {:<20} {}",
+            r.id,
+            if matches!(r.state, State::Open) {
+                "open"
+            } else {
+                "approved"
+            },
+            r.agent,
+            r.root_pid,
+            format!("{} {}", r.pid, r.comm),
+            r.rule,
+            if matches!(r.state, State::Open) {
+                r.destination.clone()
+            } else {
+                format!("{}  ({state})", r.destination)
+            }
+        );
+    }
+    out
+}

@@ -44,8 +44,9 @@ use guard_common::{
 use crate::{
     ctx::{Caller, current_tgid, kill_current, tagged},
     maps::{
-        EVENTS, NET_RAW, NET_RULES, NET_SECRETS, NET_SOCKETS, NET_UNIX, NET4, NET6, PENDING_COUNT,
-        PENDING_KILLS, TAGS, TREE_READS, TREE_VERDICTS, count, kill_in_place, unix_offsets,
+        EVENTS, NET_EXCEPTIONS, NET_RAW, NET_RULES, NET_SECRETS, NET_SOCKETS, NET_UNIX, NET4, NET6,
+        PENDING_COUNT, PENDING_KILLS, TAGS, TREE_READS, TREE_VERDICTS, count, kill_in_place,
+        unix_offsets,
     },
 };
 
@@ -570,7 +571,7 @@ fn apply(
     unix: Option<&UnixKey>,
     kill: Kill,
 ) -> i32 {
-    let outcome = if !rule.blocks() {
+    let outcome = if !rule.blocks() || approved(caller, rule, dest) != 0 {
         count(Counter::NetAudited);
         result::ALLOWED
     } else if rule.kills() && (kill == Kill::Now || kill_in_place()) {
@@ -601,6 +602,29 @@ fn apply(
     } else {
         DENY
     }
+}
+
+/// 1 when `rule` asks a human and an approval of it for the caller's tree and `dest` is live
+/// (its deadline, in the map, is still ahead): the operation goes through, recorded. A
+/// subprogram: only `ask` rules pay for the lookup, and the verifier walks it apart.
+#[inline(never)]
+fn approved(caller: &Caller, rule: &NetRule, dest: &Dest) -> u32 {
+    if rule.action != guard_common::decision::action::ASK {
+        return 0;
+    }
+    let key = guard_common::net::ExceptionKey {
+        root: caller.tag.root,
+        rule_id: rule.rule_id,
+        family: dest.family,
+        port: u32::from(dest.port),
+        _pad: 0,
+        addr: dest.addr,
+    };
+    let Some(deadline) = NET_EXCEPTIONS.get_ptr(&key) else {
+        return 0;
+    };
+    // SAFETY: map value pointer from a successful lookup; helper without preconditions.
+    u32::from(unsafe { *deadline > aya_ebpf::helpers::bpf_ktime_get_boot_ns() })
 }
 
 /// Record the caller for SIGKILL when the kernel function that ran the cgroup program returns.

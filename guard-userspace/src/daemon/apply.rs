@@ -71,6 +71,7 @@ pub async fn apply(
         st.rejected = None;
         st.path_rules = compiled.paths.clone();
         st.builtin = compiled.builtin.clone();
+        st.approvers = compiled.approvers.clone();
         st.net = Some(net.clone());
         st.drop_caps = compiled
             .drop_capabilities

@@ -15,6 +15,7 @@ use tracing::{info, warn};
 
 mod apply;
 mod caller;
+mod decide;
 mod incident;
 mod integrity;
 mod load;
@@ -170,6 +171,8 @@ struct State {
     integrity: Option<integrity::Integrity>,
     /// `guard policy apply` requests, answered by the serve loop.
     admin_apply: Option<tokio::sync::mpsc::UnboundedSender<apply::Applied>>,
+    /// Who may answer requests (`spec.approvers`).
+    approvers: crate::policy::Approvers,
 }
 
 type Shared = Arc<Mutex<State>>;
@@ -209,15 +212,18 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
     let state = new_state(&cfg, probe, kernel, net_attached, guard_self, self_attached);
     start::check_policy_file(&cfg, &state)?;
     let config = net::NetConfig::from_env().map_err(net::NetError::from)?;
-    let net = net::NetHandle::new(net_maps, &config, taints.clone())?;
+    let requests = crate::requests::Requests::default();
+    let net = net::NetHandle::new(net_maps, &config, taints.clone(), requests.clone())?;
     apply::apply(&state, compiled, &net).await?;
     seed(&state)?;
     let secrets = crate::events::secret::SecretReads::new(secret_maps, taints, Some(net.tag_map()));
     let sink = start_pipeline(&cfg, &state, ring, secrets, &net).await?;
+    requests.set_sink(sink.clone());
     start_files(&cfg, &state, kernel_files, sink)?;
     keep_pins(&cfg, &state);
     let maps_dir = state.lock().expect("state lock").kernel.maps_dir();
     tokio::spawn(incident::keep_held(state.clone(), maps_dir));
+    tokio::spawn(decide::expire_forever(state.clone()));
     start::release_free_memory();
     serve_until_stopped(&cfg, state, net).await
 }

@@ -113,6 +113,38 @@ async fn handle(stream: UnixStream, state: Shared) {
             Ok(Request::Tag { agent }) => {
                 serde_json::to_string(&tag(&state, &caller, agent.as_deref()))
             }
+            Ok(Request::Requests) => serde_json::to_string(&super::decide::list(&state)),
+            Ok(Request::Approve {
+                id,
+                for_secs,
+                scope,
+                reason,
+            }) => {
+                let reply = super::decide::approve(
+                    &state,
+                    &caller,
+                    uid,
+                    id,
+                    for_secs,
+                    scope,
+                    reason.as_deref(),
+                );
+                if !reply.ok
+                    && let Some(pid) = caller.pid().filter(|p| is_tagged(&state, *p))
+                {
+                    refused_tagged(&state, pid, uid, text).await;
+                }
+                serde_json::to_string(&reply)
+            }
+            Ok(Request::Deny { id, reason }) => {
+                let reply = super::decide::deny(&state, &caller, uid, id, reason.as_deref());
+                if !reply.ok
+                    && let Some(pid) = caller.pid().filter(|p| is_tagged(&state, *p))
+                {
+                    refused_tagged(&state, pid, uid, text).await;
+                }
+                serde_json::to_string(&reply)
+            }
             Ok(Request::Tree { action, root }) => {
                 let reply = super::incident::tree(&state, &caller, uid, action, &root).await;
                 if !reply.ok

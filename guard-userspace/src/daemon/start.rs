@@ -128,6 +128,7 @@ pub(super) fn new_state(
             .as_ref()
             .map(|p| super::integrity::Integrity::new(&absolute(p))),
         admin_apply: None,
+        approvers: Default::default(),
     }))
 }
 

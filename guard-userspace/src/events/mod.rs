@@ -73,6 +73,7 @@ pub const fn kind_name(kind: EventKind) -> &'static str {
         EventKind::FileOpen => "file_open",
         EventKind::SelfProtect => "self_protect",
         EventKind::Response => "response",
+        EventKind::Request => "request",
         EventKind::Deputy => "deputy",
         EventKind::SecretRead => "secret_read",
     }
@@ -197,7 +198,7 @@ pub fn decode(raw: &[u8], ctx: &DecodeCtx<'_>) -> Result<Decoded, DecodeError> {
             Err(DecodeError::OtherRing(kind))
         }
         // Made by the daemon itself (`daemon/incident.rs`).
-        EventKind::Response => Err(DecodeError::UnknownKind(header.kind)),
+        EventKind::Response | EventKind::Request => Err(DecodeError::UnknownKind(header.kind)),
     }
 }
 

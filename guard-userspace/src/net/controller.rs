@@ -114,6 +114,8 @@ pub struct NetHandle {
     reasons: Arc<Mutex<crate::respond::Throttle>>,
     /// Why each tainted tree is tainted, for the secrets rule's reason line.
     taints: Taints,
+    /// Requests of `ask` rules.
+    requests: crate::requests::Requests,
 }
 
 /// How long applying a policy waits for its new host names to resolve.
@@ -126,7 +128,12 @@ const NAMES_KEPT: usize = 256;
 impl NetHandle {
     /// Take the rule maps, leaving the rules pinned there in force until [`Self::apply`]
     /// installs the next generation, and start the DNS refresher.
-    pub fn new(maps: NetMaps, config: &NetConfig, taints: Taints) -> Result<Self, NetError> {
+    pub fn new(
+        maps: NetMaps,
+        config: &NetConfig,
+        taints: Taints,
+        requests: crate::requests::Requests,
+    ) -> Result<Self, NetError> {
         // A host without /etc/resolv.conf still enforces address and unix rules; host rules
         // then stay unresolved, with the reason, until the daemon is restarted with a resolver.
         let resolver = dns::resolver(config.dns_server).map_err(|e| {
@@ -169,6 +176,7 @@ impl NetHandle {
             wake: Arc::new(Notify::new()),
             reasons: Arc::default(),
             taints,
+            requests,
         };
         tokio::spawn(handle.clone().refresh_forever());
         tokio::spawn(handle.clone().recheck_unix_files());
@@ -405,10 +413,44 @@ impl NetHandle {
         (st.found.clone(), tunnels)
     }
 
+    /// Open (or find) the request of a denial by an `ask` rule; its id.
+    fn ask(&self, ev: &guard_common::net::NetEvent) -> u64 {
+        let d = crate::events::net::details(ev, self);
+        let addr = d
+            .destination
+            .address
+            .as_deref()
+            .and_then(|a| a.parse().ok());
+        let unix = (ev.family == guard_common::net::AF_UNIX).then_some(());
+        self.requests.open(crate::requests::Asked {
+            root: ev.header.root,
+            agent_id: ev.header.agent_id,
+            agent: String::new(),
+            pid: ev.header.proc.tgid,
+            comm: crate::events::c_str(&ev.comm),
+            rule: d.rule.clone(),
+            rule_id: ev.rule_id,
+            family: ev.family,
+            port: if unix.is_some() { 0 } else { ev.port },
+            addr: if unix.is_some() { [0; 16] } else { ev.addr },
+            destination: crate::requests::destination(
+                addr,
+                d.destination.port,
+                d.destination.unix_path.as_deref(),
+                d.destination.host.as_deref(),
+            ),
+        })
+    }
+
     /// `spec.secrets` in force, and the taints.
     pub fn secrets(&self) -> (Option<CompiledSecrets>, Taints) {
         let st = self.state.lock().expect("net state");
         (st.secrets.clone(), self.taints.clone())
+    }
+
+    /// The requests of `ask` rules.
+    pub fn requests(&self) -> crate::requests::Requests {
+        self.requests.clone()
     }
 
     /// The tag map (a second handle on its pin).
@@ -449,6 +491,7 @@ impl NetHandle {
             return;
         }
         let h = ev.header;
+        let request = (ev.action == action::ASK).then(|| self.ask(&ev));
         let due = self.reasons.lock().expect("reasons lock").due(
             h.proc,
             ev.rule_id,
@@ -462,7 +505,10 @@ impl NetHandle {
                     ev.rule_id == SECRETS_PENDING_RULE_ID,
                     self.taints.cause(h.root).as_ref(),
                 ),
-                _ => reason_line(&details),
+                _ => match request {
+                    Some(id) => ask_reason_line(&details, id),
+                    None => reason_line(&details),
+                },
             };
             let tags = self.tags.clone();
             tokio::task::spawn_blocking(move || {
@@ -522,6 +568,22 @@ pub fn reason_line(d: &crate::events::net::NetDetails) -> String {
         "guard: {verb} {target} {what} by rule {rule} (ask your security team for an \
          exception: guard events --rule {rule})",
         rule = d.rule
+    )
+}
+
+/// `guard: connect to … denied by rule R: a human was asked (request 17); retry after it is
+/// approved`.
+pub fn ask_reason_line(d: &crate::events::net::NetDetails, id: u64) -> String {
+    let verb = if d.hook.contains("sendmsg") || d.hook.contains("may_send") {
+        "send to"
+    } else {
+        "connect to"
+    };
+    format!(
+        "guard: {verb} {} denied by rule {}: a human was asked (request {id}); retry after it \
+         is approved (guard requests)",
+        destination(&d.destination),
+        d.rule
     )
 }
 

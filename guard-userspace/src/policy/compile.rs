@@ -52,6 +52,8 @@ pub struct CompiledPolicy {
     /// Every entry of the built-in rule sets, on or off; the ones on are in `endpoints` and
     /// `paths` too, after the policy's own rules.
     pub builtin: Vec<BuiltinEntry>,
+    /// `spec.approvers`.
+    pub approvers: super::model::Approvers,
     /// `spec.secrets`; its allow-list is in `endpoints` too (action `allow`, ids from
     /// [`FIRST_SECRETS_ALLOW_ID`]).
     pub secrets: CompiledSecrets,
@@ -228,6 +230,7 @@ impl Policy {
                 action,
                 mode: spec.mode,
             }),
+            approvers: spec.approvers.clone(),
             secrets: CompiledSecrets {
                 action: spec.secrets.taint.action(),
                 mode: effective(spec.secrets.mode),

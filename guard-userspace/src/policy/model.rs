@@ -84,6 +84,21 @@ pub struct Spec {
     /// The secrets rule: what an agent tree that read a secret meets on the network.
     #[serde(default)]
     pub secrets: Secrets,
+    /// Who may approve or deny the requests of `ask` rules, besides root.
+    #[serde(default)]
+    pub approvers: Approvers,
+}
+
+/// `spec.approvers`: users (names or uids) and groups (names or gids) whose untagged
+/// processes may answer requests (`guard approve`, `guard deny`). Root always may; a tagged
+/// process never may, whoever runs it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Approvers {
+    #[serde(default)]
+    pub users: Vec<String>,
+    #[serde(default)]
+    pub groups: Vec<String>,
 }
 
 /// `spec.secrets`. What agents read is scanned for credentials wherever the tier can see
@@ -185,6 +200,9 @@ pub enum Action {
     KillTree,
     /// Allow and record.
     Audit,
+    /// Deny now and open a request for a human (`guard requests`, `guard approve`): an
+    /// approval lets the tree retry, for a time. Endpoint rules only.
+    Ask,
     /// An entry of the secrets allow-list: exempts its destinations from the secrets rule,
     /// and decides nothing else. Never written in a policy's own rules.
     #[serde(skip_deserializing)]
@@ -196,9 +214,10 @@ impl Action {
     pub fn strength(self) -> u8 {
         match self {
             Action::Allow | Action::Audit => 0,
-            Action::Deny => 1,
-            Action::Kill => 2,
-            Action::KillTree => 3,
+            Action::Ask => 1,
+            Action::Deny => 2,
+            Action::Kill => 3,
+            Action::KillTree => 4,
         }
     }
 }
@@ -319,6 +338,7 @@ impl From<Action> for guard_common::decision::Action {
             Action::Kill => Self::Kill,
             Action::KillTree => Self::KillTree,
             Action::Audit => Self::Audit,
+            Action::Ask => Self::Ask,
             Action::Allow => Self::Allow,
         }
     }
