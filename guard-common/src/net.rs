@@ -395,12 +395,13 @@ impl NetRule {
     }
 
     /// Precedence when several rules match one destination: enforced before audit, then
-    /// kill-tree, kill, deny, ask, audit, and the allow-list's exemptions last. Higher is
+    /// kill-tree, kill, hold, deny, ask, audit, and the allow-list's exemptions last. Higher is
     /// stronger.
     pub fn strength(&self) -> u32 {
         let by_action = match self.action {
-            action::KILL_TREE => 5,
-            action::KILL => 4,
+            action::KILL_TREE => 6,
+            action::KILL => 5,
+            action::HOLD => 4,
             action::DENY => 3,
             action::ASK => 2,
             action::ALLOW => return 0,

@@ -121,6 +121,16 @@ pub fn kill_current() -> bool {
     unsafe { generated::bpf_send_signal(SIGKILL) == 0 }
 }
 
+/// SIGSTOP the current process in its own context: it stops before it returns to user
+/// space (a `hold` rule; the daemon then stops the rest of its tree).
+#[inline(always)]
+pub fn stop_current() -> bool {
+    // SAFETY: helper without memory arguments; signals the current process.
+    unsafe { generated::bpf_send_signal(SIGSTOP) == 0 }
+}
+
+const SIGSTOP: u32 = 19;
+
 /// SIGKILL the thread group of `task` (a trusted `task_struct` pointer the program was given,
 /// not the current task) through the `bpf_send_signal_task` kfunc. `false` where the loader
 /// could not provide the kfunc (before Linux 6.13) or the kernel refused.

@@ -25,6 +25,19 @@ fn stopped(pid: u32) -> bool {
     matches!(state(pid), 'T' | 't')
 }
 
+/// SIGKILLs the processes it holds when dropped, whatever the test did: the runaways of these
+/// tests leave their session, so killing the agent's process group would miss them.
+struct Reaper(Vec<u32>);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            // SAFETY: plain kill(2) of a pid this test started (or its descendant).
+            unsafe { libc::kill(*pid as i32, libc::SIGKILL) };
+        }
+    }
+}
+
 /// The processes of the tree of `root`, from `guard ps`.
 fn members(d: &Daemon, root: u32) -> Vec<u32> {
     d.ps()
@@ -81,6 +94,7 @@ fn a_frozen_tree_stays_frozen_until_thawed_and_kill_ends_all_of_it() {
         let m = members(&d, root);
         (m.len() >= 3 && size(&away) > 0 && size(&here) > 0).then_some(m)
     });
+    let _reaper = Reaper(tree.clone());
     let mut bystander = Proc::spawn({
         let mut c = Command::new("sleep");
         c.arg("600");
@@ -279,4 +293,106 @@ fn an_exported_tree_holds_its_commands_and_decisions() {
     let out = guard(&d, &["kill", &root.to_string()]);
     assert!(out.status.success(), "{}", text(&out));
     drop(agent);
+}
+
+/// An agent that, once `go` appears, connects to the hold rule's destination, then keeps
+/// ticking; with a runaway that double-forked out of its session.
+fn holding_agent(dir: &Path) -> (Proc, u32) {
+    let claude = dir.join("claude");
+    std::fs::copy("/bin/bash", &claude).unwrap();
+    let script = format!(
+        "(setsid bash -c 'while :; do echo x >> {d}/away; sleep 0.05; done' &) ; \
+         until [ -e {d}/go ]; do sleep 0.05; done; \
+         (exec 3<>/dev/tcp/127.0.0.3/5432) 2>> {d}/reason; \
+         while :; do echo y >> {d}/here; sleep 0.05; done",
+        d = dir.display()
+    );
+    let mut c = Command::new(&claude);
+    c.args(["-c", &script]);
+    let p = Proc::spawn(c);
+    let pid = p.pid();
+    (p, pid)
+}
+
+#[test]
+fn a_hold_rule_freezes_the_tree_until_a_human_decides_or_the_timeout_kills_it() {
+    let d = Daemon::start_with_policy(&format!(
+        "{POLICY}\x20   - {{ name: prod-admin, ips: [127.0.0.3], ports: [5432], action: hold }}\n\
+         \x20 hold: {{ timeout: 6s, then: kill }}\n"
+    ));
+    let thawed_dir = tempfile::tempdir().unwrap();
+    let killed_dir = tempfile::tempdir().unwrap();
+    let (_a, thawed) = holding_agent(thawed_dir.path());
+    let (_b, killed) = holding_agent(killed_dir.path());
+    let mut reaper = Reaper(Vec::new());
+    for (dir, root) in [(thawed_dir.path(), thawed), (killed_dir.path(), killed)] {
+        let m = wait_for("the tree and its runaway", Duration::from_secs(10), || {
+            let m = members(&d, root);
+            (m.len() >= 2 && size(&dir.join("away")) > 0).then_some(m)
+        });
+        reaper.0.extend(m);
+        std::fs::write(dir.join("go"), "").unwrap();
+    }
+    for root in [thawed, killed] {
+        wait_for("the tree to be held", Duration::from_secs(10), || {
+            let m = members(&d, root);
+            (!m.is_empty() && m.iter().all(|p| stopped(*p))).then_some(())
+        });
+    }
+    // Held: nothing of either tree runs any more.
+    let here = thawed_dir.path().join("here");
+    let sizes = || {
+        [thawed_dir.path(), killed_dir.path()]
+            .map(|p| (size(&p.join("here")), size(&p.join("away"))))
+    };
+    let before = sizes();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(sizes(), before, "the held trees do not run");
+    let ran_before = size(&here);
+
+    let out = guard(&d, &["thaw", &thawed.to_string()]);
+    assert!(out.status.success(), "{}", text(&out));
+    wait_for("the thawed tree to run", Duration::from_secs(10), || {
+        (size(&here) > ran_before).then_some(())
+    });
+    let reason = std::fs::read_to_string(thawed_dir.path().join("reason")).unwrap_or_default();
+    assert!(reason.contains("frozen until a human decides"), "{reason}");
+
+    // Nobody decides for the other one: the timeout kills all of it.
+    let tree = members(&d, killed);
+    wait_for(
+        "the timeout to kill the tree",
+        Duration::from_secs(20),
+        || tree.iter().all(|p| !alive(*p)).then_some(()),
+    );
+    let evs = wait_for("the hold events", Duration::from_secs(10), || {
+        let evs: Vec<Value> = d
+            .events()
+            .into_iter()
+            .filter(|e| e["kind"] == "response")
+            .collect();
+        let has = |root: u32, a: &str| {
+            evs.iter()
+                .any(|e| e["root"]["pid"] == root && e["action"] == a)
+        };
+        (has(thawed, "hold") && has(thawed, "thaw") && has(killed, "hold") && has(killed, "kill"))
+            .then_some(evs)
+    });
+    assert!(
+        evs.iter().any(|e| e["root"]["pid"] == killed
+            && e["action"] == "kill"
+            && e["object"]["operation"]
+                .as_str()
+                .unwrap()
+                .contains("hold timed out")),
+        "{evs:?}"
+    );
+    assert!(
+        d.events().iter().any(|e| e["kind"] == "net_connect"
+            && e["rule"] == "prod-admin"
+            && e["action"] == "hold"
+            && e["result"] == "denied"),
+        "the denial is recorded"
+    );
+    assert!(alive(thawed), "the thawed tree lives on");
 }

@@ -42,7 +42,7 @@ use guard_common::{
 };
 
 use crate::{
-    ctx::{Caller, current_tgid, kill_current, tagged},
+    ctx::{Caller, current_tgid, kill_current, stop_current, tagged},
     maps::{
         EVENTS, NET_EXCEPTIONS, NET_RAW, NET_RULES, NET_SECRETS, NET_SOCKETS, NET_UNIX, NET4, NET6,
         PENDING_COUNT, PENDING_KILLS, TAGS, TREE_READS, TREE_VERDICTS, count, kill_in_place,
@@ -594,6 +594,13 @@ fn apply(
         }
     } else {
         count(Counter::NetDenied);
+        // A hold stops the offender before it returns, where the program may signal; the
+        // daemon stops the rest of the tree.
+        if rule.action == guard_common::decision::action::HOLD
+            && (kill == Kill::Now || kill_in_place())
+        {
+            let _ = stop_current();
+        }
         result::DENIED
     };
     emit(caller, dest, hook, rule, outcome, unix);

@@ -2,37 +2,19 @@
 //! from a tagged process; each is an event (`response`). Held trees stay stopped: a task
 //! stops again any process of one that runs (see `respond/hold.rs`).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use aya::maps::{HashMap, MapData};
-use guard_common::{PROBE_TGID, ProcKey, Tag, event::EventKind};
+use guard_common::{PROBE_TGID, ProcKey, Tag};
 use tracing::{info, warn};
 
 use super::{Shared, caller::Caller};
 use crate::{
     api::{Reply, TreeAction, TreeReply},
-    events::{Decision, Decoded, Object},
-    respond::hold::{self, HeldMap, TreeReport},
+    respond::hold::{self, TreeReport},
 };
 
-/// Rule name of `response` events.
-pub const RULE: &str = "guard:response";
-
 type Tags = HashMap<MapData, u32, Tag>;
-
-/// The tag map and the held map, opened from their pins (each request its own handles: a
-/// freeze takes seconds and must not hold the daemon's state).
-fn maps(maps_dir: &Path) -> Result<(Tags, HeldMap), String> {
-    let tags = crate::loader::open_pinned_tags(maps_dir)
-        .map_err(|(name, e)| format!("opening {name}: {e}"))?;
-    let name = guard_common::maps::HELD;
-    let held = MapData::from_pin(maps_dir.join(name))
-        .map_err(|e| format!("opening {name}: {e}"))
-        .and_then(|d| {
-            HashMap::try_from(aya::maps::Map::HashMap(d)).map_err(|e| format!("{name}: {e}"))
-        })?;
-    Ok((tags, held))
-}
 
 /// The root `spec` names: `PID` (the root's pid, as `guard ps` shows it) or `PID:START_NS`.
 pub fn resolve_root(tags: &Tags, spec: &str) -> Result<(ProcKey, u32), String> {
@@ -88,7 +70,7 @@ pub(super) async fn tree(
     };
     let spec = spec.to_owned();
     let done = tokio::task::spawn_blocking(move || -> Result<_, String> {
-        let (tags, mut held) = maps(&maps_dir)?;
+        let (tags, mut held) = hold::maps(&maps_dir)?;
         let (root, agent_id) = resolve_root(&tags, &spec)?;
         let report = match action {
             TreeAction::Freeze => hold::freeze(&tags, &mut held, root)
@@ -125,7 +107,7 @@ pub(super) async fn tree(
         "agent tree response"
     );
     if let Some(sink) = sink {
-        sink.submit(event(root, agent_id, uid, action.name(), &report))
+        sink.submit(hold::event(root, agent_id, uid, action.name(), &report))
             .await;
     }
     Reply::ok(TreeReply {
@@ -137,45 +119,6 @@ pub(super) async fn tree(
     })
 }
 
-/// The `response` line of an action on the tree of `root`.
-fn event(root: ProcKey, agent_id: u32, uid: u32, action: &str, r: &TreeReport) -> Decoded {
-    let header = guard_common::event::EventHeader {
-        kind: EventKind::Response as u32,
-        agent_id,
-        time_ns: crate::clock::boot_ns(),
-        proc: root,
-        root,
-        ppid: 0,
-        uid,
-    };
-    let mut d = Decoded::new(EventKind::Response, header);
-    let result = match (action, r.left) {
-        (_, n) if n > 0 => "partial",
-        ("freeze", _) => "frozen",
-        ("thaw", _) => "thawed",
-        ("kill", _) => "killed",
-        _ => "stopped-again",
-    };
-    d.decision = Some(Decision {
-        rule: RULE.to_owned(),
-        rule_id: None,
-        action: action.to_owned(),
-        mode: Some("enforce".to_owned()),
-        result: result.to_owned(),
-        hook: Some("api".to_owned()),
-    });
-    d.object = Some(Object {
-        path: Some(format!("agent tree of root {}", root.tgid)),
-        dev: None,
-        ino: None,
-        operation: Some(format!(
-            "{} processes, {} signalled, {} left",
-            r.processes, r.signalled, r.left
-        )),
-    });
-    d
-}
-
 /// Keep held trees stopped, and forget held trees that are gone.
 pub(super) async fn keep_held(state: Shared, maps_dir: PathBuf) {
     let mut tick = tokio::time::interval(hold::RESTOP_EVERY);
@@ -184,7 +127,7 @@ pub(super) async fn keep_held(state: Shared, maps_dir: PathBuf) {
         tick.tick().await;
         let dir = maps_dir.clone();
         let found = tokio::task::spawn_blocking(move || {
-            let (tags, mut held) = maps(&dir).ok()?;
+            let (tags, mut held) = hold::maps(&dir).ok()?;
             // Nothing held: nothing to look at (the common case).
             held.keys().next()?.ok()?;
             let again = hold::restop(&tags, &held);
@@ -209,7 +152,7 @@ pub(super) async fn keep_held(state: Shared, maps_dir: PathBuf) {
                 left: 0,
             };
             if let Some(sink) = &sink {
-                let mut d = event(root, u32::MAX, u32::MAX, "stop-again", &report);
+                let mut d = hold::event(root, u32::MAX, u32::MAX, "stop-again", &report);
                 if let Some(o) = d.object.as_mut() {
                     o.path = Some(format!(
                         "process {pid} of the held agent tree of root {}",

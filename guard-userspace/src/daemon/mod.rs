@@ -219,6 +219,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
     let secrets = crate::events::secret::SecretReads::new(secret_maps, taints, Some(net.tag_map()));
     let sink = start_pipeline(&cfg, &state, ring, secrets, &net).await?;
     requests.set_sink(sink.clone());
+    net.set_sink(sink.clone());
     start_files(&cfg, &state, kernel_files, sink)?;
     keep_pins(&cfg, &state);
     let maps_dir = state.lock().expect("state lock").kernel.maps_dir();

@@ -22,7 +22,6 @@ use aya::maps::lpm_trie::Key;
 use aya::maps::{HashMap, MapData};
 use guard_common::{
     Tag,
-    decision::{action, outcome},
     net::{
         Ip4Data, Ip6Data, RAW_RULE_ID, SECRETS_PENDING_RULE_ID, SECRETS_PENDING_SLOT,
         SECRETS_RULE_ID, SECRETS_SLOT, UnixKey,
@@ -45,7 +44,7 @@ use crate::{
         CompiledEndpointRule, CompiledPolicy, CompiledRawRule, CompiledSecrets, RAW_RULE_NAME,
         SECRETS_PENDING_RULE_NAME, SECRETS_RULE_NAME,
     },
-    secrets::{Cause, Taints},
+    secrets::Taints,
 };
 
 /// How the controller finds names.
@@ -79,6 +78,8 @@ struct State {
     raw: Option<CompiledRawRule>,
     /// `spec.secrets`.
     secrets: Option<CompiledSecrets>,
+    /// `spec.hold`.
+    hold: crate::policy::Hold,
     /// `(rule id, host)` → addresses in force.
     hosts: BTreeMap<(u32, String), HostState>,
     generation: u32,
@@ -107,15 +108,19 @@ struct RuleMaps {
 #[derive(Clone)]
 pub struct NetHandle {
     state: Arc<Mutex<State>>,
-    tags: Arc<HashMap<MapData, u32, Tag>>,
+    pub(super) tags: Arc<HashMap<MapData, u32, Tag>>,
     resolver: Arc<Result<TokioResolver, String>>,
     wake: Arc<Notify>,
     /// Reason lines written lately (one per process and rule a second).
-    reasons: Arc<Mutex<crate::respond::Throttle>>,
+    pub(super) reasons: Arc<Mutex<crate::respond::Throttle>>,
     /// Why each tainted tree is tainted, for the secrets rule's reason line.
-    taints: Taints,
+    pub(super) taints: Taints,
     /// Requests of `ask` rules.
-    requests: crate::requests::Requests,
+    pub(super) requests: crate::requests::Requests,
+    /// Where the maps are pinned.
+    pub(super) maps_dir: std::path::PathBuf,
+    /// Where decisions made here (holds) are logged, once the pipeline runs.
+    pub(super) sink: Arc<std::sync::OnceLock<crate::events::pipeline::EventSink>>,
 }
 
 /// How long applying a policy waits for its new host names to resolve.
@@ -148,6 +153,7 @@ impl NetHandle {
             raw,
             secrets,
             tags,
+            maps_dir,
         } = maps;
         let maps = RuleMaps {
             net4,
@@ -165,6 +171,7 @@ impl NetHandle {
                 rules: Vec::new(),
                 raw: None,
                 secrets: None,
+                hold: crate::policy::Hold::default(),
                 hosts: BTreeMap::new(),
                 generation: generation - 1,
                 names: BTreeMap::new(),
@@ -177,6 +184,8 @@ impl NetHandle {
             reasons: Arc::default(),
             taints,
             requests,
+            maps_dir,
+            sink: Arc::default(),
         };
         tokio::spawn(handle.clone().refresh_forever());
         tokio::spawn(handle.clone().recheck_unix_files());
@@ -209,6 +218,7 @@ impl NetHandle {
         st.rules = policy.endpoints.clone();
         st.raw = policy.raw_sockets;
         st.secrets = Some(policy.secrets.clone());
+        st.hold = policy.hold;
         let generation = st.generation + 1;
         install(&mut st, generation)?;
         drop(st);
@@ -413,39 +423,15 @@ impl NetHandle {
         (st.found.clone(), tunnels)
     }
 
-    /// Open (or find) the request of a denial by an `ask` rule; its id.
-    fn ask(&self, ev: &guard_common::net::NetEvent) -> u64 {
-        let d = crate::events::net::details(ev, self);
-        let addr = d
-            .destination
-            .address
-            .as_deref()
-            .and_then(|a| a.parse().ok());
-        let unix = (ev.family == guard_common::net::AF_UNIX).then_some(());
-        self.requests.open(crate::requests::Asked {
-            root: ev.header.root,
-            agent_id: ev.header.agent_id,
-            agent: String::new(),
-            pid: ev.header.proc.tgid,
-            comm: crate::events::c_str(&ev.comm),
-            rule: d.rule.clone(),
-            rule_id: ev.rule_id,
-            family: ev.family,
-            port: if unix.is_some() { 0 } else { ev.port },
-            addr: if unix.is_some() { [0; 16] } else { ev.addr },
-            destination: crate::requests::destination(
-                addr,
-                d.destination.port,
-                d.destination.unix_path.as_deref(),
-                d.destination.host.as_deref(),
-            ),
-        })
-    }
-
     /// `spec.secrets` in force, and the taints.
     pub fn secrets(&self) -> (Option<CompiledSecrets>, Taints) {
         let st = self.state.lock().expect("net state");
         (st.secrets.clone(), self.taints.clone())
+    }
+
+    /// `spec.hold` in force.
+    pub(super) fn hold_settings(&self) -> crate::policy::Hold {
+        self.state.lock().expect("net state").hold
     }
 
     /// The requests of `ask` rules.
@@ -479,167 +465,6 @@ impl NetHandle {
                         .any(|a| crate::policy::canonical_addr(*a) == addr)
             })
             .map(|((_, host), _)| host.clone())
-    }
-
-    /// Act on a raw ring-buffer record if it is a network decision: the reason line on the
-    /// offender's stderr (deny, kill), and kill-tree. Never blocks the caller.
-    pub fn respond(&self, raw: &[u8]) {
-        let Some(ev) = crate::events::net::raw_net_event(raw) else {
-            return;
-        };
-        if ev.result == outcome::ALLOWED {
-            return;
-        }
-        let h = ev.header;
-        let request = (ev.action == action::ASK).then(|| self.ask(&ev));
-        let due = self.reasons.lock().expect("reasons lock").due(
-            h.proc,
-            ev.rule_id,
-            std::time::Instant::now(),
-        );
-        if due {
-            let details = crate::events::net::details(&ev, self);
-            let line = match ev.rule_id {
-                SECRETS_RULE_ID | SECRETS_PENDING_RULE_ID => secrets_reason_line(
-                    &details,
-                    ev.rule_id == SECRETS_PENDING_RULE_ID,
-                    self.taints.cause(h.root).as_ref(),
-                ),
-                _ => match request {
-                    Some(id) => ask_reason_line(&details, id),
-                    None => reason_line(&details),
-                },
-            };
-            let tags = self.tags.clone();
-            tokio::task::spawn_blocking(move || {
-                match crate::respond::tell_nearest(&tags, h.proc, h.ppid, h.root, &line) {
-                    Ok(pid) => tracing::debug!(pid, "reason line written"),
-                    Err(e) => {
-                        tracing::debug!(pid = h.proc.tgid, error = %e, "reason line not written")
-                    }
-                }
-            });
-        }
-        if ev.action == action::KILL_TREE {
-            let tags = self.tags.clone();
-            let root = ev.header.root;
-            tokio::task::spawn_blocking(move || {
-                let report = crate::respond::kill_tree(&tags, root);
-                info!(
-                    root = root.tgid,
-                    killed = report.killed,
-                    passes = report.passes,
-                    survivors = report.survivors,
-                    "kill-tree"
-                );
-            });
-        }
-    }
-}
-
-/// `guard: connect to 10.20.0.5:5432 denied by rule prod-db (…)`.
-pub fn reason_line(d: &crate::events::net::NetDetails) -> String {
-    let dest = &d.destination;
-    let (verb, target) = if d.hook.ends_with("sock_create") || d.hook.ends_with("socket_create") {
-        let kind = if dest.protocol == "packet" {
-            "packet socket".to_owned()
-        } else {
-            format!("raw {} socket", dest.family)
-        };
-        ("create a", kind)
-    } else if d.hook.starts_with("sendmsg")
-        || d.hook == "lsm_socket_sendmsg"
-        || d.hook == "lsm_unix_may_send"
-    {
-        ("send to", destination(dest))
-    } else {
-        ("connect to", destination(dest))
-    };
-    let target = match &d.deputy {
-        Some(deputy) => format!("{target} ({deputy})"),
-        None => target,
-    };
-    let what = if d.result == "killed" {
-        "denied and the process killed"
-    } else {
-        "denied"
-    };
-    format!(
-        "guard: {verb} {target} {what} by rule {rule} (ask your security team for an \
-         exception: guard events --rule {rule})",
-        rule = d.rule
-    )
-}
-
-/// `guard: connect to … denied by rule R: a human was asked (request 17); retry after it is
-/// approved`.
-pub fn ask_reason_line(d: &crate::events::net::NetDetails, id: u64) -> String {
-    let verb = if d.hook.contains("sendmsg") || d.hook.contains("may_send") {
-        "send to"
-    } else {
-        "connect to"
-    };
-    format!(
-        "guard: {verb} {} denied by rule {}: a human was asked (request {id}); retry after it \
-         is approved (guard requests)",
-        destination(&d.destination),
-        d.rule
-    )
-}
-
-/// The secrets rule's reason line: what the tree read (or that a scan is pending), and what
-/// a tainted tree may still reach.
-pub fn secrets_reason_line(
-    d: &crate::events::net::NetDetails,
-    pending: bool,
-    cause: Option<&Cause>,
-) -> String {
-    let verb = if d.hook.contains("sendmsg") {
-        "send to"
-    } else {
-        "connect to"
-    };
-    let target = destination(&d.destination);
-    let what = if d.result == "killed" {
-        "denied and the process killed"
-    } else {
-        "denied"
-    };
-    let why = match (pending, cause) {
-        (true, _) => "a file this agent read is still being scanned for secrets; retry in a \
-                      moment"
-            .to_owned(),
-        (false, Some(c)) => format!(
-            "this agent read a secret ({} {} in {}), and an agent that read a secret may \
-             reach only the destinations of spec.secrets.allow",
-            c.detector, c.fingerprint, c.path
-        ),
-        (false, None) => "this agent read a secret (see guard events --kind secret_read), and \
-                          an agent that read a secret may reach only the destinations of \
-                          spec.secrets.allow"
-            .to_owned(),
-    };
-    format!(
-        "guard: {verb} {target} {what} by rule {rule}: {why}",
-        rule = d.rule
-    )
-}
-
-fn destination(dest: &crate::events::net::Destination) -> String {
-    match (&dest.unix_path, &dest.address, &dest.host) {
-        (Some(path), _, _) => format!("unix socket {path}"),
-        (None, Some(addr), host) => {
-            let hostport = if addr.contains(':') {
-                format!("[{addr}]:{}", dest.port)
-            } else {
-                format!("{addr}:{}", dest.port)
-            };
-            match host {
-                Some(h) => format!("{h} ({hostport})"),
-                None => hostport,
-            }
-        }
-        (None, None, _) => "?".to_owned(),
     }
 }
 
@@ -799,86 +624,5 @@ impl crate::events::net::NetLabels for NetHandle {
 impl crate::events::Responder for NetHandle {
     fn respond(&self, raw: &[u8]) {
         NetHandle::respond(self, raw);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::events::net::{Destination, NetDetails};
-
-    fn details(unix: Option<&str>, addr: Option<&str>, host: Option<&str>) -> NetDetails {
-        NetDetails {
-            destination: Destination {
-                address: addr.map(str::to_owned),
-                port: 5432,
-                family: "ipv4",
-                protocol: "tcp",
-                unix_path: unix.map(str::to_owned),
-                host: host.map(str::to_owned),
-            },
-            rule: "prod-db".into(),
-            rule_id: 0,
-            action: "deny",
-            mode: "enforce",
-            result: "denied",
-            hook: "connect4",
-            deputy: None,
-        }
-    }
-
-    #[test]
-    fn reason_lines() {
-        assert_eq!(
-            reason_line(&details(None, Some("10.20.0.5"), None)),
-            "guard: connect to 10.20.0.5:5432 denied by rule prod-db (ask your security team \
-             for an exception: guard events --rule prod-db)"
-        );
-        let mut d = details(None, Some("fd00:20::5"), Some("db.prod"));
-        d.result = "killed";
-        assert!(
-            reason_line(&d)
-                .starts_with("guard: connect to db.prod ([fd00:20::5]:5432) denied and the process killed by rule prod-db")
-        );
-        let mut d = details(Some("/run/docker.sock"), None, None);
-        d.hook = "sendmsg_unix";
-        assert!(reason_line(&d).starts_with("guard: send to unix socket /run/docker.sock denied"));
-        let mut d = details(None, None, None);
-        (d.hook, d.destination.family, d.destination.protocol) = ("sock_create", "ipv6", "raw");
-        d.rule = RAW_RULE_NAME.into();
-        assert!(
-            reason_line(&d)
-                .starts_with("guard: create a raw ipv6 socket denied by rule guard:raw-sockets"),
-            "{}",
-            reason_line(&d)
-        );
-        (d.hook, d.destination.family, d.destination.protocol) =
-            ("lsm_socket_create", "packet", "packet");
-        assert!(reason_line(&d).starts_with("guard: create a packet socket denied"));
-        d.hook = "lsm_socket_sendmsg";
-        assert!(reason_line(&d).starts_with("guard: send to "));
-    }
-
-    #[test]
-    fn secrets_reason_lines_name_the_file_or_the_pending_scan() {
-        let mut d = details(None, Some("10.20.0.5"), Some("api.vercel.com"));
-        d.rule = SECRETS_RULE_NAME.into();
-        let cause = Cause {
-            path: "/src/app/notes.txt".into(),
-            detector: "github-token".into(),
-            fingerprint: "fp:0123456789abcdef".into(),
-        };
-        assert_eq!(
-            secrets_reason_line(&d, false, Some(&cause)),
-            "guard: connect to api.vercel.com (10.20.0.5:5432) denied by rule guard:secrets: \
-             this agent read a secret (github-token fp:0123456789abcdef in /src/app/notes.txt), \
-             and an agent that read a secret may reach only the destinations of \
-             spec.secrets.allow"
-        );
-        d.rule = SECRETS_PENDING_RULE_NAME.into();
-        assert!(
-            secrets_reason_line(&d, true, None)
-                .ends_with("still being scanned for secrets; retry in a moment")
-        );
     }
 }

@@ -13,6 +13,7 @@ pub mod deputies;
 pub mod deputy_status;
 pub mod dns;
 pub mod plan;
+mod respond;
 pub mod unix_files;
 
 use std::path::Path;
@@ -67,6 +68,8 @@ pub struct NetMaps {
     pub secrets: Array<MapData, NetRule>,
     /// A second handle on the tag map (from its pin), for kill-tree.
     pub tags: HashMap<MapData, u32, Tag>,
+    /// Where the maps are pinned (a hold opens the held map there).
+    pub maps_dir: std::path::PathBuf,
 }
 
 /// What [`attach`] attached.
@@ -150,5 +153,6 @@ pub fn take_maps(ebpf: &mut Ebpf, maps_dir: &Path) -> Result<NetMaps, NetError> 
         raw: take_map(ebpf, maps::NET_RAW).map_err(err)?,
         secrets: take_map(ebpf, maps::NET_SECRETS).map_err(err)?,
         tags: crate::loader::open_pinned_tags(maps_dir).map_err(err)?,
+        maps_dir: maps_dir.to_path_buf(),
     })
 }

@@ -54,6 +54,8 @@ pub struct CompiledPolicy {
     pub builtin: Vec<BuiltinEntry>,
     /// `spec.approvers`.
     pub approvers: super::model::Approvers,
+    /// `spec.hold`.
+    pub hold: super::model::Hold,
     /// `spec.secrets`; its allow-list is in `endpoints` too (action `allow`, ids from
     /// [`FIRST_SECRETS_ALLOW_ID`]).
     pub secrets: CompiledSecrets,
@@ -231,6 +233,7 @@ impl Policy {
                 mode: spec.mode,
             }),
             approvers: spec.approvers.clone(),
+            hold: spec.hold,
             secrets: CompiledSecrets {
                 action: spec.secrets.taint.action(),
                 mode: effective(spec.secrets.mode),

@@ -180,10 +180,10 @@ pub enum Problem {
     #[error("endpoint rule matches nothing: give at least one of cidrs, ips, hosts or unix")]
     EndpointMatchesNothing,
     #[error(
-        "ask is for endpoint rules: a file operation cannot wait for a human yet (use deny, \
-         and approve by changing the rule)"
+        "{action} is for endpoint rules: a file operation cannot wait for a human yet (use \
+         deny, and approve by changing the rule)"
     )]
-    AskOnPaths,
+    HumanActionOnPaths { action: &'static str },
     #[error("allow-list entry matches nothing: give at least one of cidrs, ips or hosts")]
     AllowMatchesNothing,
     #[error("path rule matches nothing: paths is empty")]

@@ -87,6 +87,60 @@ pub struct Spec {
     /// Who may approve or deny the requests of `ask` rules, besides root.
     #[serde(default)]
     pub approvers: Approvers,
+    /// What becomes of a tree a `hold` rule froze when nobody decides.
+    #[serde(default)]
+    pub hold: Hold,
+}
+
+/// `spec.hold`: a tree a `hold` rule froze is thawed or killed after `timeout` if nobody
+/// decided (`guard thaw ROOT`, `guard kill ROOT`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hold {
+    /// `10m`, `90s`, `1h` (1 s to 24 h).
+    #[serde(default = "Hold::default_timeout", deserialize_with = "hold_timeout")]
+    pub timeout: std::time::Duration,
+    #[serde(default)]
+    pub then: HoldThen,
+}
+
+fn hold_timeout<'de, D: serde::Deserializer<'de>>(d: D) -> Result<std::time::Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    let t = humantime::parse_duration(&text).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "{text:?} is not a duration such as 10m or 90s: {e}"
+        ))
+    })?;
+    if !(1..=24 * 3600).contains(&t.as_secs()) {
+        return Err(serde::de::Error::custom(format!(
+            "{text:?} is out of range: a hold lasts from 1s to 24h"
+        )));
+    }
+    Ok(t)
+}
+
+impl Hold {
+    fn default_timeout() -> std::time::Duration {
+        std::time::Duration::from_secs(600)
+    }
+}
+
+impl Default for Hold {
+    fn default() -> Self {
+        Self {
+            timeout: Self::default_timeout(),
+            then: HoldThen::Kill,
+        }
+    }
+}
+
+/// What a hold's timeout does.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HoldThen {
+    #[default]
+    Kill,
+    Thaw,
 }
 
 /// `spec.approvers`: users (names or uids) and groups (names or gids) whose untagged
@@ -203,6 +257,9 @@ pub enum Action {
     /// Deny now and open a request for a human (`guard requests`, `guard approve`): an
     /// approval lets the tree retry, for a time. Endpoint rules only.
     Ask,
+    /// Deny, and freeze the whole agent tree until a human thaws or kills it (`guard thaw`,
+    /// `guard kill`); `spec.hold` says what happens when nobody does. Endpoint rules only.
+    Hold,
     /// An entry of the secrets allow-list: exempts its destinations from the secrets rule,
     /// and decides nothing else. Never written in a policy's own rules.
     #[serde(skip_deserializing)]
@@ -216,8 +273,9 @@ impl Action {
             Action::Allow | Action::Audit => 0,
             Action::Ask => 1,
             Action::Deny => 2,
-            Action::Kill => 3,
-            Action::KillTree => 4,
+            Action::Hold => 3,
+            Action::Kill => 4,
+            Action::KillTree => 5,
         }
     }
 }
@@ -339,6 +397,7 @@ impl From<Action> for guard_common::decision::Action {
             Action::KillTree => Self::KillTree,
             Action::Audit => Self::Audit,
             Action::Ask => Self::Ask,
+            Action::Hold => Self::Hold,
             Action::Allow => Self::Allow,
         }
     }

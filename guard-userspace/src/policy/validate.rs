@@ -216,8 +216,17 @@ fn rules(policy: &Policy, f: &mut Findings) {
             f.errors
                 .push((format!("{at}.access"), Problem::EmptyAccess));
         }
-        if rule.action == crate::policy::Action::Ask {
-            f.errors.push((format!("{at}.action"), Problem::AskOnPaths));
+        if let action @ (crate::policy::Action::Ask | crate::policy::Action::Hold) = rule.action {
+            f.errors.push((
+                format!("{at}.action"),
+                Problem::HumanActionOnPaths {
+                    action: if action == crate::policy::Action::Ask {
+                        "ask"
+                    } else {
+                        "hold"
+                    },
+                },
+            ));
         }
     }
 }

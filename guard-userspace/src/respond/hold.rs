@@ -15,8 +15,15 @@ use std::{
     time::{Duration, Instant},
 };
 
+use std::path::Path;
+
 use aya::maps::{HashMap, MapData};
-use guard_common::{PROBE_TGID, ProcKey, Tag};
+use guard_common::{PROBE_TGID, ProcKey, Tag, event::EventKind};
+
+use crate::events::{Decision, Decoded, Object};
+
+/// Rule name of `response` events.
+pub const RULE: &str = "guard:response";
 
 use super::{same_process, signal_process};
 
@@ -131,4 +138,57 @@ pub fn forget_gone(tags: &Tags, held: &mut HeldMap) {
             let _ = held.remove(&root);
         }
     }
+}
+
+/// The tag map and the held map, opened from their pins (each request its own handles: a
+/// freeze takes seconds and must not hold the daemon's state).
+pub fn maps(maps_dir: &Path) -> Result<(Tags, HeldMap), String> {
+    let tags = crate::loader::open_pinned_tags(maps_dir)
+        .map_err(|(name, e)| format!("opening {name}: {e}"))?;
+    let name = guard_common::maps::HELD;
+    let held = MapData::from_pin(maps_dir.join(name))
+        .map_err(|e| format!("opening {name}: {e}"))
+        .and_then(|d| {
+            HashMap::try_from(aya::maps::Map::HashMap(d)).map_err(|e| format!("{name}: {e}"))
+        })?;
+    Ok((tags, held))
+}
+
+/// The `response` line of an action on the tree of `root`.
+pub fn event(root: ProcKey, agent_id: u32, uid: u32, action: &str, r: &TreeReport) -> Decoded {
+    let header = guard_common::event::EventHeader {
+        kind: EventKind::Response as u32,
+        agent_id,
+        time_ns: crate::clock::boot_ns(),
+        proc: root,
+        root,
+        ppid: 0,
+        uid,
+    };
+    let mut d = Decoded::new(EventKind::Response, header);
+    let result = match (action, r.left) {
+        (_, n) if n > 0 => "partial",
+        ("freeze", _) => "frozen",
+        ("thaw", _) => "thawed",
+        ("kill", _) => "killed",
+        _ => "stopped-again",
+    };
+    d.decision = Some(Decision {
+        rule: RULE.to_owned(),
+        rule_id: None,
+        action: action.to_owned(),
+        mode: Some("enforce".to_owned()),
+        result: result.to_owned(),
+        hook: Some("api".to_owned()),
+    });
+    d.object = Some(Object {
+        path: Some(format!("agent tree of root {}", root.tgid)),
+        dev: None,
+        ino: None,
+        operation: Some(format!(
+            "{} processes, {} signalled, {} left",
+            r.processes, r.signalled, r.left
+        )),
+    });
+    d
 }
