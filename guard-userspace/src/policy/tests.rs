@@ -459,3 +459,39 @@ fn host_lists_expand_and_unknown_ones_are_named() {
         "{msg}"
     );
 }
+
+#[test]
+fn ask_and_hold_are_for_endpoints_and_the_hold_timeout_is_bounded() {
+    let c = Policy::from_yaml(
+        &doc("  endpoints:\n    - { name: db, ips: [10.0.0.1], action: hold }\n  hold: { timeout: 90s, then: thaw }\n"),
+        "p.yaml",
+    )
+    .unwrap()
+    .compile();
+    assert_eq!(c.endpoints[0].action, Action::Hold);
+    assert_eq!(c.hold.timeout, std::time::Duration::from_secs(90));
+    assert_eq!(c.hold.then, HoldThen::Thaw);
+    assert_eq!(
+        Policy::from_yaml(&doc(""), "p.yaml")
+            .unwrap()
+            .compile()
+            .hold,
+        Hold::default()
+    );
+    for action in ["ask", "hold"] {
+        let msg = err(&format!(
+            "  paths:\n    - {{ name: p, paths: [/srv], access: [write], action: {action} }}\n"
+        ))
+        .to_string();
+        assert!(
+            msg.contains(&format!("{action} is for endpoint rules")),
+            "{msg}"
+        );
+    }
+    let msg = err("  hold: { timeout: 2d }\n").to_string();
+    assert!(msg.contains("out of range"), "{msg}");
+    let msg = err("  hold: { timeout: soon }\n").to_string();
+    assert!(msg.contains("not a duration"), "{msg}");
+    let msg = err("  approvers: { users: [alice], team: [x] }\n").to_string();
+    assert!(msg.contains("unknown field `team`"), "{msg}");
+}
