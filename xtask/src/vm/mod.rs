@@ -161,6 +161,8 @@ pub const SMOKE: &[&str] = &[
     "secrets::the_secrets_an_agent_reads_are_inventoried",
     "secret_taint::the_chain_from_a_token_read_to_an_api_call_is_broken",
     "incident::a_frozen_tree_stays_frozen",
+    "incident::a_hold_rule_freezes_the_tree",
+    "approvals::an_approved_request_lets_the_retry_through",
     "deputies::deferred::git_reading_a_config",
 ];
 
