@@ -303,12 +303,15 @@ fn holding_agent(dir: &Path) -> (Proc, u32) {
     let script = format!(
         "(setsid bash -c 'while :; do echo x >> {d}/away; sleep 0.05; done' &) ; \
          until [ -e {d}/go ]; do sleep 0.05; done; \
-         (exec 3<>/dev/tcp/127.0.0.3/5432) 2>> {d}/reason; \
+         (exec 3<>/dev/tcp/127.0.0.3/5432); \
          while :; do echo y >> {d}/here; sleep 0.05; done",
         d = dir.display()
     );
     let mut c = Command::new(&claude);
-    c.args(["-c", &script]);
+    // The whole tree's stderr: where the offender has exited before the daemon writes the
+    // reason line (kernels whose programs cannot stop it at once), its parent gets it.
+    c.args(["-c", &script])
+        .stderr(std::fs::File::create(dir.join("reason")).unwrap());
     let p = Proc::spawn(c);
     let pid = p.pid();
     (p, pid)
