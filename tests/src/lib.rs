@@ -223,6 +223,13 @@ impl Daemon {
         ]
     }
 
+    /// Run `guard ARGS…` aimed at this daemon to completion.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        let mut c = self.guard();
+        c.args(args);
+        output(c)
+    }
+
     /// A `guard` command aimed at this daemon.
     pub fn guard(&self) -> Command {
         let mut c = Command::new(guard_bin());
@@ -462,6 +469,16 @@ impl Drop for KillOnDrop {
 /// Run a command to completion and return its output.
 pub fn output(mut cmd: Command) -> Output {
     cmd.stdin(Stdio::null()).output().expect("run command")
+}
+
+/// Status, stdout and stderr of `o` in one string, for assertion messages.
+pub fn output_text(o: &Output) -> String {
+    format!(
+        "{:?} {}{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 /// Read a pid written by a test process into `file`, waiting for it.

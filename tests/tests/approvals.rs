@@ -9,7 +9,7 @@ mod network_support;
 
 use std::{path::Path, process::Command, time::Duration};
 
-use guard_tests::{Daemon, Proc, as_nobody, output, wait_for, world_executable_guard};
+use guard_tests::{Daemon, Proc, as_nobody, output, output_text, wait_for, world_executable_guard};
 use network_support::{CLIENT, Listener, Net};
 use serde_json::Value;
 
@@ -47,24 +47,9 @@ fn attempt(dir: &Path, i: u32) -> String {
     })
 }
 
-fn guard(d: &Daemon, args: &[&str]) -> std::process::Output {
-    let mut c = d.guard();
-    c.args(args);
-    output(c)
-}
-
-fn text(o: &std::process::Output) -> String {
-    format!(
-        "{:?} {}{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
 fn requests(d: &Daemon) -> Vec<Value> {
-    let out = guard(d, &["requests", "-o", "json"]);
-    assert!(out.status.success(), "{}", text(&out));
+    let out = d.cli(&["requests", "-o", "json"]);
+    assert!(out.status.success(), "{}", output_text(&out));
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -110,42 +95,43 @@ fn an_approved_request_lets_the_retry_through_until_it_expires() {
     c.envs(d.env()).args(["approve", &id]);
     as_nobody(&mut c);
     let out = output(c);
-    assert!(text(&out).contains("not an approver"), "{}", text(&out));
+    assert!(
+        output_text(&out).contains("not an approver"),
+        "{}",
+        output_text(&out)
+    );
     let mut run = d.guard();
     run.args(["run", "--"])
         .arg(guard_tests::guard_bin())
         .args(["approve", &id]);
     let out = output(run);
     assert!(
-        text(&out).contains("a tagged process may not approve"),
+        output_text(&out).contains("a tagged process may not approve"),
         "{}",
-        text(&out)
+        output_text(&out)
     );
     for (args, says) in [
         (vec!["approve", "999999"], "no request 999999"),
         (vec!["approve", &id, "--for", "25h"], "out of range"),
     ] {
-        let out = guard(&d, &args);
+        let out = d.cli(&args);
         assert!(
-            !out.status.success() && text(&out).contains(says),
+            !out.status.success() && output_text(&out).contains(says),
             "{}",
-            text(&out)
+            output_text(&out)
         );
     }
     assert_eq!(listener.count("tcp:5432"), 0, "nothing got through");
 
-    let out = guard(
-        &d,
-        &[
-            "approve",
-            &id,
-            "--for",
-            "4s",
-            "--reason",
-            "migration window",
-        ],
-    );
-    assert!(out.status.success(), "{}", text(&out));
+    let out = d.cli(&[
+        "approve",
+        &id,
+        "--for",
+        "4s",
+        "--reason",
+        "migration window",
+    ]);
+    assert!(out.status.success(), "{}", output_text(&out));
     assert_eq!(
         attempt(dir.path(), 2),
         "ok",
@@ -169,8 +155,8 @@ fn an_approved_request_lets_the_retry_through_until_it_expires() {
     });
     let id2 = again["id"].as_u64().unwrap().to_string();
     assert_ne!(id2, id);
-    let out = guard(&d, &["deny", &id2, "--reason", "not now"]);
-    assert!(out.status.success(), "{}", text(&out));
+    let out = d.cli(&["deny", &id2, "--reason", "not now"]);
+    assert!(out.status.success(), "{}", output_text(&out));
     assert!(
         requests(&d)
             .iter()

@@ -6,7 +6,7 @@
 use std::{path::Path, process::Command, time::Duration};
 
 use guard_tests::{
-    Daemon, Proc, alive, as_nobody, lsm_tier, output, wait_for, world_executable_guard,
+    Daemon, Proc, alive, as_nobody, lsm_tier, output, output_text, wait_for, world_executable_guard,
 };
 use serde_json::Value;
 
@@ -46,21 +46,6 @@ fn members(d: &Daemon, root: u32) -> Vec<u32> {
         .filter_map(|p| p["pid"].as_u64())
         .map(|p| p as u32)
         .collect()
-}
-
-fn guard(d: &Daemon, args: &[&str]) -> std::process::Output {
-    let mut c = d.guard();
-    c.args(args);
-    output(c)
-}
-
-fn text(o: &std::process::Output) -> String {
-    format!(
-        "{:?}\n{}{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 fn size(p: &Path) -> u64 {
@@ -110,9 +95,9 @@ fn a_frozen_tree_stays_frozen_until_thawed_and_kill_ends_all_of_it() {
         c
     });
     assert!(
-        !out.status.success() && text(&out).contains("only root"),
+        !out.status.success() && output_text(&out).contains("only root"),
         "{}",
-        text(&out)
+        output_text(&out)
     );
     let mut run = d.guard();
     run.args(["run", "--"])
@@ -120,17 +105,17 @@ fn a_frozen_tree_stays_frozen_until_thawed_and_kill_ends_all_of_it() {
         .args(["freeze", &root.to_string()]);
     let out = output(run);
     assert!(
-        !out.status.success() && text(&out).contains("tagged process may not freeze"),
+        !out.status.success() && output_text(&out).contains("tagged process may not freeze"),
         "{}",
-        text(&out)
+        output_text(&out)
     );
     assert!(
         !tree.iter().any(|p| stopped(*p)),
         "a refused freeze stopped nothing"
     );
 
-    let out = guard(&d, &["freeze", &root.to_string()]);
-    assert!(out.status.success(), "{}", text(&out));
+    let out = d.cli(&["freeze", &root.to_string()]);
+    assert!(out.status.success(), "{}", output_text(&out));
     let tree = members(&d, root);
     for pid in &tree {
         assert!(
@@ -166,9 +151,9 @@ fn a_frozen_tree_stays_frozen_until_thawed_and_kill_ends_all_of_it() {
     let out = output(other);
     if lsm_tier() {
         assert!(
-            !out.status.success() && text(&out).contains("Operation not permitted"),
+            !out.status.success() && output_text(&out).contains("Operation not permitted"),
             "{}",
-            text(&out)
+            output_text(&out)
         );
     }
     std::thread::sleep(Duration::from_millis(600));
@@ -193,17 +178,21 @@ fn a_frozen_tree_stays_frozen_until_thawed_and_kill_ends_all_of_it() {
         assert_eq!(evs[0]["result"], "denied", "{evs:?}");
     }
 
-    let out = guard(&d, &["thaw", &root.to_string()]);
-    assert!(out.status.success(), "{}", text(&out));
+    let out = d.cli(&["thaw", &root.to_string()]);
+    assert!(out.status.success(), "{}", output_text(&out));
     wait_for("the tree to run again", Duration::from_secs(10), || {
         (size(&here) > h && size(&away) > a).then_some(())
     });
-    let out = guard(&d, &["thaw", &root.to_string()]);
-    assert!(text(&out).contains("is not frozen"), "{}", text(&out));
+    let out = d.cli(&["thaw", &root.to_string()]);
+    assert!(
+        output_text(&out).contains("is not frozen"),
+        "{}",
+        output_text(&out)
+    );
     assert_eq!(d.status_json().unwrap()["held_trees"], 0);
 
-    let out = guard(&d, &["kill", &root.to_string()]);
-    assert!(out.status.success(), "{}", text(&out));
+    let out = d.cli(&["kill", &root.to_string()]);
+    assert!(out.status.success(), "{}", output_text(&out));
     wait_for(
         "every process of the tree to die",
         Duration::from_secs(10),
@@ -228,11 +217,11 @@ fn a_frozen_tree_stays_frozen_until_thawed_and_kill_ends_all_of_it() {
     assert_eq!(actions, ["freeze", "thaw", "kill"], "{responses:?}");
     assert_eq!(responses[0]["result"], "frozen");
     assert!(responses[0]["ancestry"].is_array(), "with its ancestry");
-    let out = guard(&d, &["freeze", "999999999"]);
+    let out = d.cli(&["freeze", "999999999"]);
     assert!(
-        text(&out).contains("no agent tree has root"),
+        output_text(&out).contains("no agent tree has root"),
         "{}",
-        text(&out)
+        output_text(&out)
     );
 }
 
@@ -255,14 +244,11 @@ fn an_exported_tree_holds_its_commands_and_decisions() {
             .into_iter()
             .find(|e| e["rule"] == "prod-db" && e["root"]["pid"] == root)
     });
-    let out = guard(&d, &["freeze", &root.to_string()]);
-    assert!(out.status.success(), "{}", text(&out));
+    let out = d.cli(&["freeze", &root.to_string()]);
+    assert!(out.status.success(), "{}", output_text(&out));
     let file = dir.path().join("bundle.json");
-    let out = guard(
-        &d,
-        &["export", &root.to_string(), "-o", file.to_str().unwrap()],
-    );
-    assert!(out.status.success(), "{}", text(&out));
+    let out = d.cli(&["export", &root.to_string(), "-o", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", output_text(&out));
     let b: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
     assert_eq!(b["root"]["pid"], root, "{b}");
     assert_eq!(b["agent"], "claude-code");
@@ -290,8 +276,8 @@ fn an_exported_tree_holds_its_commands_and_decisions() {
         "the frozen tree is listed as running: {b}"
     );
     assert!(!b["events"].as_array().unwrap().is_empty());
-    let out = guard(&d, &["kill", &root.to_string()]);
-    assert!(out.status.success(), "{}", text(&out));
+    let out = d.cli(&["kill", &root.to_string()]);
+    assert!(out.status.success(), "{}", output_text(&out));
     drop(agent);
 }
 
@@ -353,8 +339,8 @@ fn a_hold_rule_freezes_the_tree_until_a_human_decides_or_the_timeout_kills_it() 
     assert_eq!(sizes(), before, "the held trees do not run");
     let ran_before = size(&here);
 
-    let out = guard(&d, &["thaw", &thawed.to_string()]);
-    assert!(out.status.success(), "{}", text(&out));
+    let out = d.cli(&["thaw", &thawed.to_string()]);
+    assert!(out.status.success(), "{}", output_text(&out));
     wait_for("the thawed tree to run", Duration::from_secs(10), || {
         (size(&here) > ran_before).then_some(())
     });
