@@ -6,7 +6,7 @@
 use std::{path::Path, time::Duration};
 
 use aya::maps::{HashMap, MapData};
-use guard_common::{PROBE_TGID, ProcKey, Tag, net::ExceptionKey};
+use guard_common::{PROBE_TGID, ProcKey, net::ExceptionKey};
 use tracing::{info, warn};
 
 use super::{Shared, caller::Caller};
@@ -21,19 +21,17 @@ const DEFAULT_FOR: Duration = Duration::from_secs(15 * 60);
 type Exceptions = HashMap<MapData, ExceptionKey, u64>;
 
 fn exceptions(maps_dir: &Path) -> Result<Exceptions, String> {
-    let name = guard_common::maps::NET_EXCEPTIONS;
-    let data =
-        MapData::from_pin(maps_dir.join(name)).map_err(|e| format!("opening {name}: {e}"))?;
-    HashMap::try_from(aya::maps::Map::HashMap(data)).map_err(|e| format!("{name}: {e}"))
+    crate::loader::open_pinned_hash(maps_dir, guard_common::maps::NET_EXCEPTIONS)
+        .map_err(|(name, e)| format!("opening {name}: {e}"))
 }
 
 /// The caller, if it may answer requests: its uid.
 fn approver(state: &Shared, caller: &Caller, uid: u32) -> Result<u32, String> {
     let pid = caller.live_pid()?;
-    let st = state.lock().expect("state lock");
-    if u32::try_from(pid).is_ok_and(|p| st.kernel.tags.get(&p, 0).is_ok()) {
+    if super::is_tagged(state, pid) {
         return Err("a tagged process may not approve or deny requests".into());
     }
+    let st = state.lock().expect("state lock");
     if uid == 0 {
         return Ok(uid);
     }
@@ -160,7 +158,7 @@ pub(super) fn approve(
 
 /// Every root of a tree of agent `agent_id` running now.
 fn roots_of(maps_dir: &Path, agent_id: u32) -> Result<Vec<ProcKey>, String> {
-    let tags: HashMap<MapData, u32, Tag> = crate::loader::open_pinned_tags(maps_dir)
+    let tags = crate::loader::open_pinned_tags(maps_dir)
         .map_err(|(name, e)| format!("opening {name}: {e}"))?;
     let mut roots: Vec<ProcKey> = tags
         .iter()

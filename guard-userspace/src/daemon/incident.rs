@@ -56,16 +56,14 @@ pub(super) async fn tree(
     if uid != 0 {
         return Reply::err(format!("only root may {} an agent tree", action.name()));
     }
+    if caller.pid().is_some_and(|pid| super::is_tagged(state, pid)) {
+        return Reply::err(format!(
+            "a tagged process may not {} an agent tree",
+            action.name()
+        ));
+    }
     let (maps_dir, names, sink) = {
         let st = state.lock().expect("state lock");
-        if let Some(pid) = caller.pid()
-            && u32::try_from(pid).is_ok_and(|p| st.kernel.tags.get(&p, 0).is_ok())
-        {
-            return Reply::err(format!(
-                "a tagged process may not {} an agent tree",
-                action.name()
-            ));
-        }
         (st.kernel.maps_dir(), st.names.clone(), st.sink.clone())
     };
     let spec = spec.to_owned();
@@ -81,16 +79,7 @@ pub(super) async fn tree(
                 }
                 hold::thaw(&tags, &mut held, root)
             }
-            TreeAction::Kill => {
-                let _ = held.remove(&root);
-                let k = crate::respond::kill_tree(&tags, root);
-                TreeReport {
-                    processes: k.killed + k.survivors,
-                    signalled: k.killed,
-                    passes: k.passes,
-                    left: k.survivors,
-                }
-            }
+            TreeAction::Kill => hold::kill(&tags, &mut held, root),
         };
         Ok((root, agent_id, report))
     })

@@ -177,6 +177,12 @@ struct State {
 
 type Shared = Arc<Mutex<State>>;
 
+/// Whether `pid` is a tagged process: such a caller may only read and tag itself.
+fn is_tagged(state: &Shared, pid: i32) -> bool {
+    let st = state.lock().expect("state lock");
+    u32::try_from(pid).is_ok_and(|p| st.kernel.tags.get(&p, 0).is_ok())
+}
+
 /// How often the free heap goes back to the kernel.
 const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 

@@ -9,7 +9,7 @@ use tokio::{
 };
 use tracing::{info, warn};
 
-use super::{DaemonError, Shared, caller::Caller};
+use super::{DaemonError, Shared, caller::Caller, is_tagged};
 use crate::{
     api::{PsReply, Reply, Request, TagReply},
     kernel::Kernel,
@@ -129,29 +129,17 @@ async fn handle(stream: UnixStream, state: Shared) {
                     scope,
                     reason.as_deref(),
                 );
-                if !reply.ok
-                    && let Some(pid) = caller.pid().filter(|p| is_tagged(&state, *p))
-                {
-                    refused_tagged(&state, pid, uid, text).await;
-                }
+                refused_if_tagged(&state, &caller, uid, text, reply.ok).await;
                 serde_json::to_string(&reply)
             }
             Ok(Request::Deny { id, reason }) => {
                 let reply = super::decide::deny(&state, &caller, uid, id, reason.as_deref());
-                if !reply.ok
-                    && let Some(pid) = caller.pid().filter(|p| is_tagged(&state, *p))
-                {
-                    refused_tagged(&state, pid, uid, text).await;
-                }
+                refused_if_tagged(&state, &caller, uid, text, reply.ok).await;
                 serde_json::to_string(&reply)
             }
             Ok(Request::Tree { action, root }) => {
                 let reply = super::incident::tree(&state, &caller, uid, action, &root).await;
-                if !reply.ok
-                    && let Some(pid) = caller.pid().filter(|p| is_tagged(&state, *p))
-                {
-                    refused_tagged(&state, pid, uid, text).await;
-                }
+                refused_if_tagged(&state, &caller, uid, text, reply.ok).await;
                 serde_json::to_string(&reply)
             }
             Ok(Request::Apply { policy }) => {
@@ -173,11 +161,6 @@ async fn handle(stream: UnixStream, state: Shared) {
             break;
         }
     }
-}
-
-fn is_tagged(state: &Shared, pid: i32) -> bool {
-    let st = state.lock().expect("state lock");
-    u32::try_from(pid).is_ok_and(|p| st.kernel.tags.get(&p, 0).is_ok())
 }
 
 /// `guard policy apply` from an untagged caller: root only; answered once the apply is done.
@@ -230,6 +213,14 @@ async fn read_line(
     line: &mut Vec<u8>,
 ) -> std::io::Result<usize> {
     reader.read_until(b'\n', line).await
+}
+
+/// A request for something only root and approvers may do: when it was refused and the
+/// caller is tagged, record the attempt.
+async fn refused_if_tagged(state: &Shared, caller: &Caller, uid: u32, line: &str, ok: bool) {
+    if !ok && let Some(pid) = caller.pid().filter(|p| is_tagged(state, *p)) {
+        refused_tagged(state, pid, uid, line).await;
+    }
 }
 
 /// Record a refused request from a tagged caller.

@@ -96,7 +96,14 @@ pub fn open_pinned_tags(
     maps_dir: &Path,
 ) -> Result<aya::maps::HashMap<aya::maps::MapData, u32, guard_common::Tag>, (&'static str, MapError)>
 {
-    let name = guard_common::maps::TAGS;
+    open_pinned_hash(maps_dir, guard_common::maps::TAGS)
+}
+
+/// Hash map `name`, opened again from its pin under `maps_dir`.
+pub fn open_pinned_hash<K: aya::Pod, V: aya::Pod>(
+    maps_dir: &Path,
+    name: &'static str,
+) -> Result<aya::maps::HashMap<aya::maps::MapData, K, V>, (&'static str, MapError)> {
     let data = aya::maps::MapData::from_pin(maps_dir.join(name)).map_err(|e| (name, e))?;
     aya::maps::HashMap::try_from(aya::maps::Map::HashMap(data)).map_err(|e| (name, e))
 }

@@ -54,17 +54,7 @@ impl NetHandle {
                 }
                 Some(match settings.then {
                     crate::policy::HoldThen::Thaw => ("thaw", h::thaw(&tags, &mut held, root)),
-                    crate::policy::HoldThen::Kill => {
-                        let _ = held.remove(&root);
-                        let k = crate::respond::kill_tree(&tags, root);
-                        let report = h::TreeReport {
-                            processes: k.killed + k.survivors,
-                            signalled: k.killed,
-                            passes: k.passes,
-                            left: k.survivors,
-                        };
-                        ("kill", report)
-                    }
+                    crate::policy::HoldThen::Kill => ("kill", h::kill(&tags, &mut held, root)),
                 })
             })
             .await;

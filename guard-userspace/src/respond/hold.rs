@@ -130,6 +130,18 @@ pub fn restop(tags: &Tags, held: &HeldMap) -> Vec<(ProcKey, u32)> {
     out
 }
 
+/// Release the tree from the held map and kill all of it (the kill-tree sweep).
+pub fn kill(tags: &Tags, held: &mut HeldMap, root: ProcKey) -> TreeReport {
+    let _ = held.remove(&root);
+    let k = super::kill_tree(tags, root);
+    TreeReport {
+        processes: k.killed + k.survivors,
+        signalled: k.killed,
+        passes: k.passes,
+        left: k.survivors,
+    }
+}
+
 /// Held roots whose tree has no process left: no longer held.
 pub fn forget_gone(tags: &Tags, held: &mut HeldMap) {
     let roots: Vec<ProcKey> = held.keys().filter_map(Result::ok).collect();
@@ -143,14 +155,10 @@ pub fn forget_gone(tags: &Tags, held: &mut HeldMap) {
 /// The tag map and the held map, opened from their pins (each request its own handles: a
 /// freeze takes seconds and must not hold the daemon's state).
 pub fn maps(maps_dir: &Path) -> Result<(Tags, HeldMap), String> {
-    let tags = crate::loader::open_pinned_tags(maps_dir)
-        .map_err(|(name, e)| format!("opening {name}: {e}"))?;
-    let name = guard_common::maps::HELD;
-    let held = MapData::from_pin(maps_dir.join(name))
-        .map_err(|e| format!("opening {name}: {e}"))
-        .and_then(|d| {
-            HashMap::try_from(aya::maps::Map::HashMap(d)).map_err(|e| format!("{name}: {e}"))
-        })?;
+    let opening = |(name, e)| format!("opening {name}: {e}");
+    let tags = crate::loader::open_pinned_tags(maps_dir).map_err(opening)?;
+    let held =
+        crate::loader::open_pinned_hash(maps_dir, guard_common::maps::HELD).map_err(opening)?;
     Ok((tags, held))
 }
 
