@@ -155,6 +155,9 @@ pub struct DaemonStatus {
     /// Why the bpf-lsm tier does not enforce on a kernel that offers it (or was asked for).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tier_error: Option<String>,
+    /// The mount namespace paths are resolved in (the host's, from a container).
+    #[serde(default)]
+    pub view: crate::hostview::HostView,
     /// What enforces endpoint rules.
     #[serde(default)]
     pub network: NetworkStatus,

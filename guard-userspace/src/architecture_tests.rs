@@ -79,6 +79,7 @@ const FLOORS: &[(&str, u8)] = &[
     ("secrets", 0),
     ("fshandle", 0),
     ("clock", 0),
+    ("hostview", 0),
     ("paths", 0),
 ];
 

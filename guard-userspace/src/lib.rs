@@ -14,6 +14,7 @@ pub mod events;
 pub mod export;
 pub mod files;
 pub mod fshandle;
+pub mod hostview;
 pub mod kernel;
 pub mod killer;
 pub mod loader;

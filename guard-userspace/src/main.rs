@@ -94,6 +94,12 @@ enum Cmd {
         /// tier scans them at no cost to untagged processes, always).
         #[arg(long, env = "GUARD_FALLBACK_READ_SCAN")]
         fallback_read_scan: bool,
+        /// Where paths mean what they mean: `auto` enters the host's mount and cgroup
+        /// namespaces (those of PID 1, seen through the host's PID namespace) when the daemon
+        /// runs in a container, and refuses to start in one without the host's PID namespace;
+        /// `host` always enters them; `own` resolves in the daemon's own.
+        #[arg(long, value_enum, default_value_t = guard::hostview::ViewChoice::Auto, env = "GUARD_VIEW")]
+        view: guard::hostview::ViewChoice,
     },
     /// Start CMD as a tagged agent root. Refuses to start it when the daemon is not enforcing.
     Run {
@@ -195,6 +201,10 @@ enum Cmd {
     Status {
         #[arg(short, long, value_enum, default_value_t = Output::Table)]
         output: Output,
+        /// Exit 0 whenever the daemon answers and enforces, with something not loaded too
+        /// (a liveness check: a restart would not load it either).
+        #[arg(long)]
+        alive: bool,
     },
     /// Policy tools.
     Policy {
@@ -296,6 +306,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             tag_map_size,
             policy_reviewed,
             fallback_read_scan,
+            view,
         } => {
             if uninstall {
                 if !nix::unistd::geteuid().is_root() {
@@ -320,9 +331,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
                 return Ok(ExitCode::SUCCESS);
             }
+            // Before the runtime starts any thread: entering a mount namespace needs a
+            // single-threaded process.
+            let entered = guard::hostview::enter(view, policy.as_deref())?;
             let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             rt.block_on(daemon::run(DaemonConfig {
-                policy,
+                policy: entered.policy,
+                view: entered.view,
+                own_files_outside: entered.own_files_outside,
                 paths,
                 log_stdout,
                 log: LogConfig {
@@ -381,7 +397,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Status { output } => status(&paths, output),
+        Cmd::Status { output, alive } => status(&paths, output, alive),
         Cmd::Freeze { root } => tree(&paths, TreeAction::Freeze, root),
         Cmd::Thaw { root } => tree(&paths, TreeAction::Thaw, root),
         Cmd::Kill { root } => tree(&paths, TreeAction::Kill, root),
@@ -553,7 +569,7 @@ fn run_tagged(paths: &Paths, agent: Option<String>, cmd: Vec<String>) -> anyhow:
     Ok(ExitCode::from(127))
 }
 
-fn status(paths: &Paths, output: Output) -> anyhow::Result<ExitCode> {
+fn status(paths: &Paths, output: Output, alive: bool) -> anyhow::Result<ExitCode> {
     match api::call::<DaemonStatus>(&paths.socket, &Request::Status) {
         Ok(st) => {
             match output {
@@ -569,7 +585,7 @@ fn status(paths: &Paths, output: Output) -> anyhow::Result<ExitCode> {
             // not loaded (listed as problems).
             Ok(if !st.enforcing {
                 ExitCode::FAILURE
-            } else if !st.problems.is_empty() {
+            } else if !st.problems.is_empty() && !alive {
                 ExitCode::from(2)
             } else {
                 ExitCode::SUCCESS

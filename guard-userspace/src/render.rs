@@ -88,6 +88,9 @@ pub fn status(st: &DaemonStatus, color: bool) -> String {
         yes(st.enforcing)
     );
     let _ = writeln!(out, "tier         {}", st.tier);
+    if !st.view.view.is_empty() {
+        let _ = writeln!(out, "view         {}: {}", st.view.view, st.view.detail);
+    }
     let _ = writeln!(
         out,
         "policy       {} (generation {})",

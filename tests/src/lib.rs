@@ -5,6 +5,7 @@
 //!
 //! Tests never skip silently: without root they fail with a message saying so.
 
+pub mod container;
 pub mod netns;
 
 use std::{
@@ -170,7 +171,29 @@ impl Daemon {
         Self::start_full(policy_yaml, pin_dir, &[], &[])
     }
 
+    /// A daemon's directory, policy, socket, pin directory and event log, not started: for
+    /// a test that starts the daemon elsewhere (in a container) on these same paths.
+    pub fn prepare(policy_yaml: Option<&str>) -> Self {
+        Self::prepare_full(
+            policy_yaml,
+            PathBuf::from("/sys/fs/bpf").join(unique("guard-test")),
+            &[],
+            &[],
+        )
+    }
+
     fn start_full(
+        policy_yaml: Option<&str>,
+        pin_dir: PathBuf,
+        args: &[&str],
+        env: &[(&str, &Path)],
+    ) -> Self {
+        let mut d = Self::prepare_full(policy_yaml, pin_dir, args, env);
+        d.spawn();
+        d
+    }
+
+    fn prepare_full(
         policy_yaml: Option<&str>,
         pin_dir: PathBuf,
         args: &[&str],
@@ -186,7 +209,7 @@ impl Daemon {
             std::fs::write(&p, y).expect("write policy");
             p
         });
-        let mut d = Self {
+        Self {
             socket: dir.path().join("guard.sock"),
             pin_dir,
             event_log: dir.path().join("events.jsonl"),
@@ -199,9 +222,7 @@ impl Daemon {
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), v.to_path_buf()))
                 .collect(),
-        };
-        d.spawn();
-        d
+        }
     }
 
     /// Start a daemon on `policy_yaml` with extra environment (`GUARD_PASSWD`, …).

@@ -6,6 +6,7 @@
 //! cargo xtask run [--release] [-- ARGS]   build, then exec `guard daemon ARGS` (root)
 //! cargo xtask test [-- EXTRA]       unit tests, then privileged integration tests (root)
 //! cargo xtask bench [--quick]       what guard costs the host, vs no guard and auditd (root)
+//! cargo xtask image [--tag T]       OCI image of the static guard binary, loaded into podman
 //! cargo xtask vm-test [--kernel 6.1|6.12|all]   tiers and integration tests in qemu guests
 //! cargo xtask fmt-check | lint      rustfmt / clippy, warnings denied
 //! ```
@@ -13,6 +14,7 @@
 mod agent_clis;
 mod apt;
 mod bench;
+mod image;
 mod setup;
 mod test;
 mod util;
@@ -76,6 +78,19 @@ enum Cmd {
         #[arg(long, value_name = "PATH")]
         guard_bin: Option<std::path::PathBuf>,
     },
+    /// Build an OCI image of the static (musl, release) guard binary offline and load it into
+    /// the local podman (installed, with runc, when missing); tags it TAG and <repo>:latest.
+    Image {
+        /// Container engine: podman, or docker when its daemon answers and podman is absent.
+        #[arg(long, value_enum, default_value = "auto")]
+        engine: image::EngineChoice,
+        /// The image's tag [default: localhost/guard:<workspace version>].
+        #[arg(long)]
+        tag: Option<String>,
+        /// Import again even when the loaded image already holds this binary.
+        #[arg(long)]
+        force: bool,
+    },
     /// Boot Debian's 6.1 and 6.12 cloud kernels under qemu (TCG), with BPF LSM on and off,
     /// and run the tier checks and the integration tests inside (static musl builds).
     VmTest(vm::Args),
@@ -127,6 +142,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             }
             test::test(&extra, !no_vm)
         }
+        Cmd::Image { engine, tag, force } => image::image(&image::Options { engine, tag, force }),
         Cmd::VmTest(args) => vm::vm_test(&args),
         Cmd::Bench {
             quick,

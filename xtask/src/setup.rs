@@ -311,6 +311,10 @@ const TEST_TOOLS: &[(&str, &str)] = &[
     ("ssh-keygen", "openssh-client"),
     ("socat", "socat"),
     ("iptables", "iptables"),
+    // Containers for guard's image (`cargo xtask image`). Debian's podman pulls in crun only,
+    // which refuses a hybrid cgroup layout: runc is what podman runs here (see image.rs).
+    ("podman", "podman"),
+    ("runc", "runc"),
     // The agents' command-line tools come from the npm registry (see agent_clis.rs).
     ("npm", "npm"),
 ];

@@ -10,6 +10,7 @@ use crate::{setup, util};
 const UNIT: &str = "unit tests";
 const TOOLS: &str = "test tools";
 const BINARY: &str = "guard binary";
+const IMAGE: &str = "container image";
 const INTEGRATION: &str = "integration tests";
 const VM_HOST: &str = "vm host";
 const VM: &str = "vm matrix (smoke)";
@@ -51,7 +52,16 @@ impl Summary {
 }
 
 pub fn test(extra: &[OsString], vm: bool) -> Result<()> {
-    let all = ["setup", TOOLS, VM_HOST, UNIT, BINARY, INTEGRATION, VM];
+    let all = [
+        "setup",
+        TOOLS,
+        VM_HOST,
+        UNIT,
+        BINARY,
+        IMAGE,
+        INTEGRATION,
+        VM,
+    ];
     let mut summary = Summary::default();
     let result = run_tiers(extra, vm, &mut summary).and_then(|()| {
         if !vm {
@@ -149,6 +159,17 @@ fn run_tiers(extra: &[OsString], vm: bool, summary: &mut Summary) -> Result<()> 
         Ok(bin)
     })?;
 
+    // The container tests run guard's own image (the static release build the VM matrix
+    // uses too) and a workload image made from a static busybox.
+    println!("\n== container image: guard's image and a static busybox for workloads ==");
+    let (image, busybox) = summary.tier(IMAGE, || {
+        let image = crate::image::ensure_image().context("building guard's image")?;
+        let busybox = crate::vm::tools::ensure()
+            .context("a static busybox for the workload containers")?
+            .busybox;
+        Ok((image, busybox))
+    })?;
+
     println!(
         "\n== integration tests (root, GUARD_BIN={}) ==",
         bin.display()
@@ -167,6 +188,8 @@ fn run_tiers(extra: &[OsString], vm: bool, summary: &mut Summary) -> Result<()> 
                 ])
                 .args(extra)
                 .env("GUARD_BIN", &bin)
+                .env("GUARD_IMAGE", &image)
+                .env("GUARD_BUSYBOX", &busybox)
                 .env(crate::agent_clis::ENV, crate::agent_clis::dir()),
             "fix the failing integration tests above",
         )

@@ -105,6 +105,10 @@ pub struct DaemonConfig {
     pub policy_reviewed: bool,
     /// Scan the files agents read on the fallback tier too (read tracepoints).
     pub fallback_read_scan: bool,
+    /// The mount namespace paths are resolved in.
+    pub view: crate::hostview::HostView,
+    /// The policy file and the binary are in a container, out of the host's view.
+    pub own_files_outside: bool,
 }
 
 /// Agents as the kernel maps them: ids start at 1 (0 is `guard run` without `--agent`).
@@ -173,6 +177,8 @@ struct State {
     admin_apply: Option<tokio::sync::mpsc::UnboundedSender<apply::Applied>>,
     /// Who may answer requests (`spec.approvers`).
     approvers: crate::policy::Approvers,
+    /// The mount namespace paths are resolved in.
+    view: crate::hostview::HostView,
 }
 
 type Shared = Arc<Mutex<State>>;

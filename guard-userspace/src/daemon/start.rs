@@ -92,10 +92,12 @@ pub(super) fn new_state(
     guard_self: Option<crate::selfprot::SelfMaps>,
     self_attached: crate::selfprot::SelfAttached,
 ) -> Shared {
+    // In the host's view, a policy and binary in the container have no host path to name.
+    let here = !cfg.own_files_outside;
     let internal = crate::selfprot::internal_rules(&crate::selfprot::OwnFiles {
-        policy: cfg.policy.as_ref().map(|p| absolute(p)),
+        policy: cfg.policy.as_ref().filter(|_| here).map(|p| absolute(p)),
         event_log: absolute(&cfg.paths.event_log),
-        binary: std::env::current_exe().ok(),
+        binary: std::env::current_exe().ok().filter(|_| here),
         pin_dir: absolute(&cfg.paths.pin_dir),
     });
     Arc::new(Mutex::new(State {
@@ -129,6 +131,7 @@ pub(super) fn new_state(
             .map(|p| super::integrity::Integrity::new(&absolute(p))),
         admin_apply: None,
         approvers: Default::default(),
+        view: cfg.view.clone(),
     }))
 }
 

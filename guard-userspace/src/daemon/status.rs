@@ -48,6 +48,7 @@ pub(super) fn status(state: &Shared) -> Reply<DaemonStatus> {
         // what the kernel offers).
         tier: st.kernel.tier.to_string(),
         tier_error: st.kernel.lsm_error.clone(),
+        view: st.view.clone(),
         network: network_status(&st.kernel, &st.net_attached),
         policy: st.policy_name.clone(),
         policy_generation: st.generation,

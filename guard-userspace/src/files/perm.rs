@@ -12,7 +12,7 @@
 //! devices) and `guard run`'s mount namespace keep protecting without it.
 
 use std::{
-    os::fd::{AsRawFd as _, OwnedFd},
+    os::fd::{AsRawFd as _, OwnedFd, RawFd},
     sync::Arc,
 };
 
@@ -86,6 +86,27 @@ fn strength(r: &RuleInfo) -> u8 {
     }
 }
 
+/// `dir` as the opener sees it. The kernel spells a file on a mount outside the daemon's
+/// mount namespace (a bind mount into a container) from that namespace's root, so such a
+/// path is looked up under the opener's root (`/proc/TID/root`), where it means the same.
+fn opener_view(event_fd: RawFd, tid: i32, dir: &std::path::Path) -> std::path::PathBuf {
+    let mnt_id = std::fs::read_to_string(format!("/proc/self/fdinfo/{event_fd}"))
+        .ok()
+        .and_then(|info| {
+            let line = info.lines().find_map(|l| l.strip_prefix("mnt_id:"))?;
+            Some(line.trim().to_owned())
+        });
+    let ours = |id: &str| {
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .is_ok_and(|m| m.lines().any(|l| l.split(' ').next() == Some(id)))
+    };
+    match mnt_id {
+        Some(id) if !ours(&id) => std::path::Path::new(&format!("/proc/{tid}/root"))
+            .join(dir.strip_prefix("/").unwrap_or(dir)),
+        _ => dir.to_path_buf(),
+    }
+}
+
 /// `tid`: the thread that opens (the group reports threads).
 fn decide(engine: &Engine, group: &Group, mask: u64, tid: i32, fd: OwnedFd) {
     let raw = fd.as_raw_fd();
@@ -115,8 +136,8 @@ fn decide(engine: &Engine, group: &Group, mask: u64, tid: i32, fd: OwnedFd) {
     let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
     // A file's rules may come from its directory: found by the path the kernel resolved.
     let parent = || {
-        let dir = path.parent()?;
-        let m = nix::sys::stat::stat(dir).ok()?;
+        let dir = opener_view(raw, tid, path.parent()?);
+        let m = nix::sys::stat::stat(&dir).ok()?;
         Some(FileKey::new(kernel_dev_of(m.st_dev), m.st_ino))
     };
     let rules = engine.rules_for(key, is_dir, parent);

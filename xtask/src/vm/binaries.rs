@@ -45,8 +45,9 @@ pub fn ensure_musl_target() -> Result<String> {
     Ok(format!("added {MUSL}"))
 }
 
-/// Build guard and the integration tests for the musl target.
-pub fn build(release: bool) -> Result<Binaries> {
+/// Build the static guard binary for the musl target; returns its path. Shared by the VM
+/// guests and the container image (`cargo xtask image`), so both use the same build.
+pub fn build_guard(release: bool) -> Result<PathBuf> {
     let profile = if release { "release" } else { "debug" };
     let mut cmd = util::cargo();
     cmd.args([
@@ -70,6 +71,12 @@ pub fn build(release: bool) -> Result<Binaries> {
     if !guard.is_file() {
         bail!("cargo succeeded but {} does not exist", guard.display());
     }
+    Ok(guard)
+}
+
+/// Build guard and the integration tests for the musl target.
+pub fn build(release: bool) -> Result<Binaries> {
+    let guard = build_guard(release)?;
 
     let mut cmd = util::cargo();
     cmd.args([

@@ -11,7 +11,7 @@
 //! self-protection tests are picked up without touching this module. In the guest the tests
 //! see `GUARD_VM=1` and `GUARD_EXPECT_TIER=bpf-lsm|fallback`.
 
-mod binaries;
+pub mod binaries;
 mod guest;
 mod host;
 mod init;
@@ -19,7 +19,7 @@ mod layout;
 mod modules;
 mod report;
 mod rootfs;
-mod tools;
+pub mod tools;
 
 use std::{
     fs, io,
