@@ -22,6 +22,8 @@ pub struct AgentSpec {
     pub paths: Vec<String>,
     /// Cgroup patterns (`agents[].cgroups`).
     pub cgroups: Vec<String>,
+    /// Container selectors (`agents[].containers`).
+    pub containers: Vec<crate::policy::ContainerSelector>,
 }
 
 /// Names of agents by id, for display. Cheap to clone: every event reader holds the current

@@ -63,6 +63,13 @@ pub enum Request {
         #[serde(default)]
         reason: Option<String>,
     },
+    /// A runtime is creating container `id` (`guard oci-hook`, before its first process
+    /// runs): classify it now, so that an agent's container is tagged from its first
+    /// instruction. The reply names the agent, if it is one. Never from a tagged process.
+    ContainerCreated {
+        id: String,
+        pid: u32,
+    },
 }
 
 /// What [`Request::Tree`] does to the tree.

@@ -61,6 +61,7 @@ const FLOORS: &[(&str, u8)] = &[
     ("kernel", 1),
     ("killer", 1),
     ("agents", 1),
+    ("containers", 1),
     ("metrics", 1),
     ("proctree", 1),
     ("lsm", 1),

@@ -8,6 +8,7 @@ pub mod api;
 pub mod btf;
 pub mod caps;
 pub mod clock;
+pub mod containers;
 pub mod daemon;
 pub mod deputies;
 pub mod events;

@@ -195,6 +195,13 @@ enum Cmd {
         #[arg(short = 'o', long = "out")]
         out: Option<PathBuf>,
     },
+    /// The container runtime's hook (OCI `createRuntime`, before the container's first
+    /// process runs): reads the container's state on stdin and has the daemon classify it,
+    /// so that a container `agents[].containers` selects is tagged from its start. Never
+    /// fails the container: when the daemon does not answer it says so on stderr, and the
+    /// daemon finds the container within 2 s of coming back.
+    #[command(name = "oci-hook")]
+    OciHook,
     /// Show the enforcement tier, kernel features, trackers, counters and rules. Exits 0 when
     /// everything meant to be enforced is loaded, 1 when the daemon is unreachable or not
     /// enforcing, 2 when something meant to be enforced is not loaded.
@@ -398,6 +405,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Status { output, alive } => status(&paths, output, alive),
+        Cmd::OciHook => oci_hook(&paths),
         Cmd::Freeze { root } => tree(&paths, TreeAction::Freeze, root),
         Cmd::Thaw { root } => tree(&paths, TreeAction::Thaw, root),
         Cmd::Kill { root } => tree(&paths, TreeAction::Kill, root),
@@ -567,6 +575,30 @@ fn run_tagged(paths: &Paths, agent: Option<String>, cmd: Vec<String>) -> anyhow:
     let err = Command::new(&cmd[0]).args(&cmd[1..]).exec();
     eprintln!("guard: cannot run {}: {err}", cmd[0]);
     Ok(ExitCode::from(127))
+}
+
+fn oci_hook(paths: &Paths) -> anyhow::Result<ExitCode> {
+    #[derive(serde::Deserialize)]
+    struct State {
+        id: String,
+        pid: u32,
+    }
+    let state: State = serde_json::from_reader(std::io::stdin().lock())
+        .context("reading the container's state (OCI runtime hook input) from stdin")?;
+    let reply = api::call::<Option<String>>(
+        &paths.socket,
+        &Request::ContainerCreated {
+            id: state.id.clone(),
+            pid: state.pid,
+        },
+    );
+    if let Err(e) = reply {
+        eprintln!(
+            "guard oci-hook: container {} not classified before it starts: {e:#}",
+            state.id
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn status(paths: &Paths, output: Output, alive: bool) -> anyhow::Result<ExitCode> {

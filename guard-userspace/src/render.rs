@@ -149,6 +149,13 @@ pub fn status(st: &DaemonStatus, color: bool) -> String {
         for m in &r.paths_missing {
             let _ = writeln!(out, "  missing     {m} (no agent installed there yet)");
         }
+        if r.containers > 0 {
+            let _ = writeln!(
+                out,
+                "  containers  {} selectors; metadata: {}",
+                r.containers, r.container_metadata
+            );
+        }
         let _ = writeln!(out, "  env scan    {}", r.env_scan);
         let _ = writeln!(out, "  IDE agents  {}", r.ide_agents);
         for n in &r.not_covered {

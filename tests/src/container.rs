@@ -106,9 +106,15 @@ pub struct Container {
 impl Container {
     /// `podman run -d --name NAME ARGS…` (ARGS: flags, image, command).
     pub fn start(args: &[&str]) -> Self {
+        Self::start_with(&[], args)
+    }
+
+    /// [`Container::start`] with podman's global flags `global` (`--hooks-dir …`).
+    pub fn start_with(global: &[&str], args: &[&str]) -> Self {
         let name = unique("guard-ct");
         let mut c = podman();
-        c.args(["run", "-d", "--name", &name])
+        c.args(global)
+            .args(["run", "-d", "--name", &name])
             .args(run_flags())
             .args(args);
         let out = c.output().expect("run podman");
@@ -214,4 +220,65 @@ impl Drop for Image {
             .stderr(Stdio::null())
             .status();
     }
+}
+
+/// podman's Docker-compatible API (`podman system service`) on a socket of the test's,
+/// stopped on drop.
+pub struct PodmanApi {
+    proc: crate::Proc,
+    pub socket: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl PodmanApi {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("podman.sock");
+        let mut c = podman();
+        c.args(["system", "service", "--time=0"])
+            .arg(format!("unix://{}", socket.display()));
+        let me = Self {
+            proc: crate::Proc::spawn(c),
+            socket,
+            _dir: dir,
+        };
+        crate::wait_for("podman's API", std::time::Duration::from_secs(20), || {
+            let out = Command::new("curl")
+                .args(["-sf", "--unix-socket"])
+                .arg(&me.socket)
+                .arg("http://d/_ping")
+                .output()
+                .ok()?;
+            out.status.success().then_some(())
+        });
+        me
+    }
+}
+
+impl Drop for PodmanApi {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.proc.pid() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.proc.child.wait();
+    }
+}
+
+/// A hooks directory for podman (`--hooks-dir`) with guard's `createRuntime` hook, aimed at
+/// the daemon whose socket is `socket`: the deploy/podman hook with the test's paths.
+pub fn hooks_dir(guard: &Path, socket: &Path) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hook = serde_json::json!({
+        "version": "1.0.0",
+        "hook": {
+            "path": guard,
+            "args": ["guard", "oci-hook"],
+            "env": [format!("GUARD_SOCKET={}", socket.display())],
+        },
+        "when": { "always": true },
+        "stages": ["createRuntime"],
+    });
+    std::fs::write(dir.path().join("guard.json"), hook.to_string()).expect("write the hook");
+    dir
 }

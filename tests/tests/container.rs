@@ -17,7 +17,7 @@ use std::{
 
 use guard_tests::{
     Daemon,
-    container::{Container, Image, guard_image, podman},
+    container::{Container, Image, PodmanApi, guard_image, hooks_dir, podman},
     output, output_text, wait_for,
 };
 use network_support::{CLIENT, Listener, Net};
@@ -202,6 +202,19 @@ fn guards_image_enforces_the_hosts_paths_and_restarts_on_its_pins() {
         assert_eq!(inside[key], st[key], "{key} inside and outside");
     }
 
+    // `guard run` on the host reaches the daemon in the container through the socket's
+    // directory, and its tree is held to the rules.
+    let mut c_run = d.guard();
+    c_run.args(["run", "--", "python3", "-c", CLIENT, "tcp", &net.a, "5432"]);
+    let out = output(c_run);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        text.lines().next(),
+        Some("err 1"),
+        "guard run: {}",
+        output_text(&out)
+    );
+
     // A recognised agent on the host: denied at the listener and at the host directory;
     // the same commands untagged are not.
     assert_eq!(
@@ -300,6 +313,15 @@ fn guards_image_enforces_the_hosts_paths_and_restarts_on_its_pins() {
         (decisions(&d, "host-data").len() >= before + 2).then_some(())
     });
 
+    // What the DaemonSet's memory request and limit are sized from.
+    let pid = st["daemon_pid"].as_u64().unwrap_or(0);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss: Vec<&str> = status
+        .lines()
+        .filter(|l| l.starts_with("VmRSS") || l.starts_with("VmHWM"))
+        .collect();
+    eprintln!("guard daemon in its container: {}", rss.join(", "));
+
     // Killed, the pins keep enforcing; started again, the daemon adopts them.
     c.kill();
     assert!(d.status_json().is_none(), "the daemon is gone");
@@ -316,4 +338,185 @@ fn guards_image_enforces_the_hosts_paths_and_restarts_on_its_pins() {
     assert_eq!(connect(&net.a, true), "err 1");
     assert!(!sh(&format!("echo x >> {k}"), true).status.success());
     assert_eq!(std::fs::read_to_string(&keep).unwrap(), "data\n");
+}
+
+/// `podman [--hooks-dir H] run --rm --network=host [FLAGS] IMAGE sh -c SCRIPT`.
+fn run_in(hooks: &Path, flags: &[&str], image: &str, script: &str) -> String {
+    let mut c = podman();
+    c.arg("--hooks-dir")
+        .arg(hooks)
+        .args(["run", "--rm", "--network=host"])
+        .args(guard_tests::container::run_flags())
+        .args(flags)
+        .args([image, "sh", "-c", script]);
+    output_text(&output(c))
+}
+
+/// A connect from busybox's nc to the production listener: `connected` or `refused`.
+fn nc(db: &str) -> String {
+    format!("nc -w 3 {db} 5432 </dev/null && echo connected || echo refused")
+}
+
+#[test]
+fn containers_an_agent_selects_are_agents_from_their_first_instruction() {
+    let net = Net::new();
+    let _listener = Listener::start(&net, &[format!("tcp:5432:{}", net.a)]);
+    let api = PodmanApi::start();
+    let agent_image = Image::busybox();
+    let other_image = Image::busybox();
+    let policy = format!(
+        "apiVersion: guard.dev/v1alpha1\nkind: GuardPolicy\nmetadata: {{ name: pods }}\nspec:\n\
+         \x20 agents:\n\
+         \x20   - {{ name: sandboxed, containers: [{{ image: \"{}\" }}] }}\n\
+         \x20   - {{ name: labelled, containers: [{{ labels: {{ role: \"agent-*\" }} }}] }}\n\
+         \x20 endpoints:\n    - {{ name: production, ips: [{}], ports: [5432], action: deny }}\n",
+        agent_image.tag, net.a
+    );
+    let d = Daemon::start_with_env(&policy, &[("GUARD_CONTAINER_API", &api.socket)]);
+    let st = d.status_json().expect("status");
+    let meta = st["recognition"]["container_metadata"]
+        .as_str()
+        .unwrap_or("");
+    assert!(meta.contains("(answers)"), "the API is seen: {meta}");
+    let hooks = hooks_dir(&guard_tests::guard_bin(), &d.socket);
+
+    // Selected by image: the hook has the container classified before its first process
+    // runs, so that process's first connect is refused.
+    let out = run_in(hooks.path(), &[], &agent_image.tag, &nc(&net.a));
+    assert!(
+        out.contains("refused") && !out.contains("connected"),
+        "{out}"
+    );
+    // Another image, and the host: not agents.
+    let out = run_in(hooks.path(), &[], &other_image.tag, &nc(&net.a));
+    assert!(out.contains("connected"), "an unselected container: {out}");
+    assert_eq!(connect(&net.a, false), "ok", "the host");
+
+    // Selected by a label the API reports once the container runs: everything in it is the
+    // agent, `podman exec` sessions too.
+    let hooks_flag = hooks.path().display().to_string();
+    let labelled = Container::start_with(
+        &["--hooks-dir", &hooks_flag],
+        &[
+            "--network=host",
+            "--label",
+            "role=agent-7",
+            &other_image.tag,
+            "sleep",
+            "120",
+        ],
+    );
+    let tag = wait_for(
+        "the labelled container's tag",
+        Duration::from_secs(15),
+        || {
+            d.tag_of(labelled.pid())
+                .filter(|t| t["agent"] == "labelled")
+        },
+    );
+    assert_eq!(tag["agent"], "labelled", "{tag}");
+    let exec = labelled.exec(&["sh", "-c", &nc(&net.a)]);
+    let out = output_text(&exec);
+    assert!(
+        out.contains("refused") && !out.contains("connected"),
+        "podman exec: {out}"
+    );
+
+    // The decisions name the container as the runtime does.
+    let named = |f: &dyn Fn(&Value) -> bool| {
+        wait_for(
+            "a decision naming the container",
+            Duration::from_secs(10),
+            || {
+                decisions(&d, "production")
+                    .into_iter()
+                    .find(|e| f(&e["process"]["container"]))
+            },
+        )
+    };
+    let e = named(&|c| c["image"] == agent_image.tag.as_str());
+    let c = &e["process"]["container"];
+    assert_eq!(c["runtime"], "podman", "{c}");
+    assert_eq!(e["agent"], "sandboxed", "{e}");
+    assert_eq!(c["id"], e["process"]["container_id"], "{e}");
+    let e = named(&|c| c["labels"]["role"] == "agent-7");
+    assert_eq!(
+        e["process"]["container"]["name"],
+        labelled.name.as_str(),
+        "{e}"
+    );
+    assert_eq!(e["agent"], "labelled", "{e}");
+}
+
+/// The manifests validate against Kubernetes' schemas (strictly: an unknown field is an
+/// error), run the image `cargo xtask image` builds the way the tests above run it, and carry
+/// a policy guard accepts.
+#[test]
+fn the_manifests_validate_and_run_the_image_as_the_tests_do() {
+    let validator = std::env::var("GUARD_KUBE_VALIDATE").unwrap_or_else(|_| {
+        panic!("GUARD_KUBE_VALIDATE is not set: the kubernetes-validate program (cargo xtask test installs it)")
+    });
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes/guard.yaml");
+    let validate = |file: &Path| {
+        let mut c = Command::new(&validator);
+        c.arg("--strict").arg(file);
+        output(c)
+    };
+    let out = validate(&manifest);
+    let text = output_text(&out);
+    assert!(out.status.success(), "{text}");
+    for resource in [
+        "namespace/guard-system",
+        "configmap/guard-policy",
+        "daemonset/guard",
+    ] {
+        assert!(
+            text.contains(&format!("passed for resource {resource}")),
+            "{text}"
+        );
+    }
+    let yaml = std::fs::read_to_string(&manifest).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let typo = dir.path().join("typo.yaml");
+    std::fs::write(&typo, yaml.replace("hostPID: true", "hostPid: true")).unwrap();
+    assert!(
+        !validate(&typo).status.success(),
+        "a misspelt field is refused"
+    );
+
+    // What the container test runs: this image, privileged, the host's PID and network
+    // namespaces, the policy at /etc/guard, and the socket's and log's directories.
+    let image = guard_image();
+    for line in [
+        format!("image: {image}"),
+        "hostPID: true".into(),
+        "hostNetwork: true".into(),
+        "privileged: true".into(),
+        "mountPath: /etc/guard, readOnly: true".into(),
+        "mountPath: /run/guard }".into(),
+        "mountPath: /var/log/guard, readOnly: true".into(),
+        "args: [\"daemon\", \"--policy\", \"/etc/guard/policy.yaml\"]".into(),
+    ] {
+        assert!(yaml.contains(&line), "the DaemonSet has {line:?}");
+    }
+
+    // The ConfigMap's policy.
+    let block: String = yaml
+        .split("policy.yaml: |\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n---").next())
+        .expect("a policy.yaml block in the ConfigMap")
+        .lines()
+        .map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or(l)))
+        .collect();
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(&policy, block).unwrap();
+    let mut c = Command::new(guard_tests::guard_bin());
+    c.args(["policy", "check"]).arg(&policy);
+    let out = output(c);
+    assert!(
+        out.status.success(),
+        "guard policy check: {}",
+        output_text(&out)
+    );
 }

@@ -15,6 +15,7 @@ mod agent_clis;
 mod apt;
 mod bench;
 mod image;
+mod kube;
 mod setup;
 mod test;
 mod util;

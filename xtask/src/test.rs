@@ -10,7 +10,7 @@ use crate::{setup, util};
 const UNIT: &str = "unit tests";
 const TOOLS: &str = "test tools";
 const BINARY: &str = "guard binary";
-const IMAGE: &str = "container image";
+const IMAGE: &str = "containers";
 const INTEGRATION: &str = "integration tests";
 const VM_HOST: &str = "vm host";
 const VM: &str = "vm matrix (smoke)";
@@ -160,14 +160,15 @@ fn run_tiers(extra: &[OsString], vm: bool, summary: &mut Summary) -> Result<()> 
     })?;
 
     // The container tests run guard's own image (the static release build the VM matrix
-    // uses too) and a workload image made from a static busybox.
-    println!("\n== container image: guard's image and a static busybox for workloads ==");
-    let (image, busybox) = summary.tier(IMAGE, || {
+    // uses too) and a workload image made from a static busybox, and validate the manifests.
+    println!("\n== containers: guard's image, a static busybox, the manifests' validator ==");
+    let (image, busybox, validator) = summary.tier(IMAGE, || {
         let image = crate::image::ensure_image().context("building guard's image")?;
         let busybox = crate::vm::tools::ensure()
             .context("a static busybox for the workload containers")?
             .busybox;
-        Ok((image, busybox))
+        let validator = crate::kube::ensure_validator()?;
+        Ok((image, busybox, validator))
     })?;
 
     println!(
@@ -190,6 +191,7 @@ fn run_tiers(extra: &[OsString], vm: bool, summary: &mut Summary) -> Result<()> 
                 .env("GUARD_BIN", &bin)
                 .env("GUARD_IMAGE", &image)
                 .env("GUARD_BUSYBOX", &busybox)
+                .env("GUARD_KUBE_VALIDATE", &validator)
                 .env(crate::agent_clis::ENV, crate::agent_clis::dir()),
             "fix the failing integration tests above",
         )

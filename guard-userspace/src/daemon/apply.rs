@@ -19,7 +19,7 @@ pub(super) fn refresh_installs(state: &Shared) {
         if st
             .agents
             .iter()
-            .all(|a| a.paths.is_empty() && a.cgroups.is_empty())
+            .all(|a| a.paths.is_empty() && a.cgroups.is_empty() && a.containers.is_empty())
         {
             return;
         }

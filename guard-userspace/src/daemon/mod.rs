@@ -126,6 +126,7 @@ pub fn agent_specs(policy: &CompiledPolicy) -> Vec<AgentSpec> {
             env: a.env.clone(),
             paths: a.paths.clone(),
             cgroups: a.cgroups.clone(),
+            containers: a.containers.clone(),
         })
         .collect()
 }
@@ -285,7 +286,11 @@ async fn serve_until_stopped(
     loop {
         tokio::select! {
             _ = trim.tick() => start::release_free_memory(),
-            _ = installs.tick() => apply::refresh_installs(&state),
+            _ = installs.tick() => {
+                // Off the loop: a container's lookup may wait for its runtime's API.
+                let st = state.clone();
+                tokio::task::spawn_blocking(move || apply::refresh_installs(&st));
+            },
             _ = term.recv() => if !from_tagged(libc::SIGTERM) { break },
             _ = int.recv() => if !from_tagged(libc::SIGINT) { break },
             _ = hup.recv() => if !from_tagged(libc::SIGHUP) {

@@ -142,6 +142,11 @@ async fn handle(stream: UnixStream, state: Shared) {
                 refused_if_tagged(&state, &caller, uid, text, reply.ok).await;
                 serde_json::to_string(&reply)
             }
+            Ok(Request::ContainerCreated { id, pid: _ }) => {
+                let reply = container_created(&state, &caller, id).await;
+                refused_if_tagged(&state, &caller, uid, text, reply.ok).await;
+                serde_json::to_string(&reply)
+            }
             Ok(Request::Apply { policy }) => {
                 if let Some(pid) = caller.pid().filter(|p| is_tagged(&state, *p)) {
                     refused_tagged(&state, pid, uid, text).await;
@@ -161,6 +166,32 @@ async fn handle(stream: UnixStream, state: Shared) {
             break;
         }
     }
+}
+
+/// `guard oci-hook`: find the agents' containers again now (the new one among them), without
+/// asking the runtime's API about the container it is creating; the agent it is, if any.
+/// (The runtime's init in the container is left alone: the kernel tags what it execs.)
+async fn container_created(state: &Shared, caller: &Caller, id: String) -> Reply<Option<String>> {
+    if caller.pid().is_some_and(|p| is_tagged(state, p)) {
+        return Reply::err("a tagged process may not classify containers");
+    }
+    let st = state.clone();
+    let starting = id.clone();
+    let refreshed = tokio::task::spawn_blocking(move || {
+        let _starting = crate::containers::starting_up(&starting);
+        super::apply::refresh_installs(&st);
+    })
+    .await;
+    if let Err(e) = refreshed {
+        return Reply::err(format!("classifying the container: {e}"));
+    }
+    let st = state.lock().expect("state lock");
+    let agent = st
+        .agent_cgroups
+        .values()
+        .find(|(_, path)| crate::proctree::container_id(path).as_deref() == Some(id.as_str()))
+        .map(|(agent, _)| st.names.name(*agent));
+    Reply::ok(agent)
 }
 
 /// `guard policy apply` from an untagged caller: root only; answered once the apply is done.

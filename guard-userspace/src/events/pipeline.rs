@@ -313,6 +313,13 @@ pub fn build(
         user,
         cgroup: details.as_ref().and_then(|x| x.cgroup.clone()),
         container_id: details.as_ref().and_then(|x| x.container_id.clone()),
+        container: details.as_ref().and_then(|x| {
+            let id = x.container_id.as_deref()?;
+            Some(crate::containers::lookup(
+                id,
+                x.cgroup.as_deref().unwrap_or(""),
+            ))
+        }),
     };
     let ancestor = |m: &Member| Ancestor {
         pid: m.key.tgid,
@@ -450,6 +457,7 @@ mod tests {
             env: vec![],
             paths: vec![],
             cgroups: vec![],
+            containers: vec![],
         }]);
         let clock = Clock::with_offset(0);
         let ctx = crate::events::DecodeCtx {

@@ -157,6 +157,7 @@ pub(crate) mod tests {
             env: vec![],
             paths: vec![],
             cgroups: vec![],
+            containers: vec![],
         }])
     }
 

@@ -128,6 +128,9 @@ pub struct ProcessInfo {
     pub cgroup: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub container_id: Option<String>,
+    /// The container as its runtime names it (where it says).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<crate::containers::ContainerInfo>,
 }
 
 /// A process by key.

@@ -104,6 +104,8 @@ pub struct CompiledAgent {
     pub paths: Vec<String>,
     /// Cgroup patterns as written.
     pub cgroups: Vec<String>,
+    /// Container selectors.
+    pub containers: Vec<super::model::ContainerSelector>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -173,6 +175,7 @@ impl Policy {
                 env: a.env.iter().map(|m| m.as_str().to_owned()).collect(),
                 paths: a.paths.iter().map(|p| p.as_str().to_owned()).collect(),
                 cgroups: a.cgroups.iter().map(|c| c.as_str().to_owned()).collect(),
+                containers: a.containers.clone(),
             })
             .collect();
         let endpoints: Vec<CompiledEndpointRule> = spec
@@ -425,6 +428,9 @@ impl CompiledPolicy {
             }
             if !a.cgroups.is_empty() {
                 lists.push(format!("cgroups [{}]", a.cgroups.join(", ")));
+            }
+            if !a.containers.is_empty() {
+                lists.push(format!("containers: {}", a.containers.len()));
             }
             let _ = writeln!(s, "  {:width$}  {}", a.name, lists.join(" "));
         }

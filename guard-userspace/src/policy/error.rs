@@ -175,8 +175,13 @@ pub enum Problem {
          in, or list the name under executables"
     )]
     AgentPathAnywhere { path: String },
-    #[error("agent matches nothing: give executables, scripts, env, paths or cgroups")]
+    #[error("agent matches nothing: give executables, scripts, env, paths, cgroups or containers")]
     AgentMatchesNothing,
+    #[error(
+        "container selector names nothing and would make every container an agent: give \
+         image, name, labels, namespace or pod"
+    )]
+    ContainerSelectsAll,
     #[error("endpoint rule matches nothing: give at least one of cidrs, ips, hosts or unix")]
     EndpointMatchesNothing,
     #[error(

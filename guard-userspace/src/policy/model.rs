@@ -321,6 +321,41 @@ pub struct Agent {
     /// in one, or in a cgroup below it, is tagged, and so is every process that joins.
     #[serde(default)]
     pub cgroups: Vec<CgroupPattern>,
+    /// Containers that are the agent as a whole: every process in a matching container is
+    /// tagged (`kubectl exec` and `docker exec` sessions into it too).
+    #[serde(default)]
+    pub containers: Vec<ContainerSelector>,
+}
+
+/// A container by what its runtime reports: every field given must match (globs; `labels`:
+/// each named label must be present with a matching value). `name` is the runtime's name or
+/// the Kubernetes container name; `namespace` and `pod` are Kubernetes', where known.
+#[derive(
+    Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, serde::Serialize,
+)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerSelector {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: std::collections::BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+}
+
+impl ContainerSelector {
+    /// Whether the selector names anything at all.
+    pub fn is_empty(&self) -> bool {
+        self.image.is_none()
+            && self.name.is_none()
+            && self.labels.is_empty()
+            && self.namespace.is_none()
+            && self.pod.is_none()
+    }
 }
 
 /// Network destinations tagged processes must not reach.

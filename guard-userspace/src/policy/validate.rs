@@ -80,8 +80,17 @@ fn agents(policy: &Policy, f: &mut Findings) {
             && agent.env.is_empty()
             && agent.paths.is_empty()
             && agent.cgroups.is_empty()
+            && agent.containers.is_empty()
         {
             f.errors.push((at.clone(), Problem::AgentMatchesNothing));
+        }
+        for (j, c) in agent.containers.iter().enumerate() {
+            if c.is_empty() {
+                f.errors.push((
+                    format!("{at}.containers[{j}]"),
+                    Problem::ContainerSelectsAll,
+                ));
+            }
         }
         let lists = [
             (

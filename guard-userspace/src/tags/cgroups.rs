@@ -1,4 +1,5 @@
-//! Cgroups that are agents as a whole (`agents[].cgroups`): a CI runner's unit, an agent pod.
+//! Cgroups that are agents as a whole (`agents[].cgroups`): a CI runner's unit, an agent pod;
+//! and the cgroups of containers `agents[].containers` select by what their runtime says.
 //! The daemon finds the cgroups the patterns match on the default (v2) hierarchy and puts their
 //! ids in the kernel's map; the trackers tag a process that joins one or that forks or execs
 //! in one (or below one), and the daemon tags what was already inside when a cgroup's id
@@ -6,7 +7,7 @@
 //! and every [`super::paths::RECHECK`], so a cgroup created later is found within that.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashSet},
     fs,
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
@@ -28,18 +29,44 @@ pub type Resolved = BTreeMap<u64, (u32, String)>;
 /// whose pattern matches a cgroup has it).
 pub fn resolve(agents: &[AgentSpec], root: &Path) -> Resolved {
     let mut out = Resolved::new();
-    if agents.iter().all(|a| a.cgroups.is_empty()) {
+    let by_container = agents.iter().any(|a| !a.containers.is_empty());
+    if agents.iter().all(|a| a.cgroups.is_empty()) && !by_container {
         return out;
     }
+    let mut live = HashSet::new();
     walk(root, "", 0, &mut |path, id| {
         let agent = agents
             .iter()
-            .find(|a| a.cgroups.iter().any(|p| cgroup_match(p, path)));
+            .find(|a| a.cgroups.iter().any(|p| cgroup_match(p, path)))
+            .or_else(|| {
+                by_container
+                    .then(|| container_agent(agents, path, &mut live))
+                    .flatten()
+            });
         if let Some(a) = agent {
             out.insert(id, (a.id, path.to_owned()));
         }
     });
+    if by_container {
+        crate::containers::retain(&live);
+    }
     out
+}
+
+/// The agent whose `containers` select the container of the cgroup at `path`, if it is one.
+fn container_agent<'a>(
+    agents: &'a [AgentSpec],
+    path: &str,
+    live: &mut HashSet<String>,
+) -> Option<&'a AgentSpec> {
+    let id = crate::proctree::container_id(path)?;
+    let info = crate::containers::lookup(&id, path);
+    live.insert(id);
+    agents.iter().find(|a| {
+        a.containers
+            .iter()
+            .any(|s| crate::containers::selects(s, &info))
+    })
 }
 
 fn walk(dir: &Path, rel: &str, depth: usize, f: &mut impl FnMut(&str, u64)) {
@@ -78,9 +105,17 @@ pub fn install(kernel: &mut Kernel, want: &Resolved, root: &Path) -> Result<usiz
         kernel.agent_cgroups.remove(id)?;
     }
     // Only after the id is in the map: whatever starts there from now on the kernel tags,
-    // and whatever was there before is in cgroup.procs now.
+    // and whatever was there before is in cgroup.procs now. A container its runtime is still
+    // setting up holds only the runtime's own init, which must finish unhindered: the kernel
+    // tags the container's first process when that init execs it.
     let mut tagged = 0;
-    for (id, (agent, path)) in want.iter().filter(|(id, _)| !have.contains_key(id)) {
+    let setting_up = |path: &str| {
+        crate::proctree::container_id(path).is_some_and(|c| crate::containers::is_starting(&c))
+    };
+    for (id, (agent, path)) in want
+        .iter()
+        .filter(|(id, (_, path))| !have.contains_key(id) && !setting_up(path))
+    {
         let dir = root.join(path.trim_start_matches('/'));
         tagged += tag_members(kernel, &dir, *id, *agent, 0);
     }

@@ -426,6 +426,7 @@ pub(super) mod tests {
                 env: vec![],
                 paths: vec![],
                 cgroups: vec![],
+                containers: vec![],
             },
             AgentSpec {
                 id: 2,
@@ -435,6 +436,7 @@ pub(super) mod tests {
                 env: vec![],
                 paths: vec![],
                 cgroups: vec![],
+                containers: vec![],
             },
         ]
     }

@@ -214,6 +214,7 @@ mod tests {
             env: vec![],
             paths: paths.to_vec(),
             cgroups: vec![],
+            containers: vec![],
         }
     }
 

@@ -55,6 +55,11 @@ pub struct RecognitionStatus {
     pub cgroups: usize,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cgroups_matched: Vec<String>,
+    /// Container selectors (`agents[].containers`) and where container metadata comes from.
+    #[serde(default)]
+    pub containers: usize,
+    #[serde(default)]
+    pub container_metadata: String,
     /// The bounds of the environment scan at exec and how many execs went past them.
     pub env_scan: String,
     /// What recognition of an IDE agent by its shells' markers contains, and what not.
@@ -81,6 +86,12 @@ pub fn recognition_status(
         paths: count(|a| a.paths.len()),
         cgroups: count(|a| a.cgroups.len()),
         cgroups_matched: cgroups.values().map(|(_, p)| p.clone()).collect(),
+        containers: count(|a| a.containers.len()),
+        container_metadata: if agents.iter().all(|a| a.containers.is_empty()) {
+            "off: no agents[].containers".into()
+        } else {
+            crate::containers::sources_status()
+        },
         paths_resolved,
         paths_missing: paths_missing
             .iter()
@@ -111,8 +122,8 @@ pub fn recognition_status(
             "a hard link or copy of an agent's file outside its install paths, and an \
              executable more than 16 directories below one"
                 .into(),
-            "what a process in a matching cgroup does before the daemon finds the cgroup (up \
-             to 2 s after it is created)"
+            "what a process in a matching cgroup or container does before the daemon finds it \
+             (up to 2 s after it is created)"
                 .into(),
         ],
     }
