@@ -183,8 +183,19 @@ fn an_ide_agents_shell_is_contained_and_the_humans_terminal_beside_it_is_not() {
         "agent python3: {}",
         read("agent.py")
     );
+    // The daemon's reason line reaches the same terminal while curl writes its error, and
+    // may land inside curl's words: read curl's message without it.
+    let curl_only = match agent_curl.find("guard: ") {
+        Some(at) => {
+            let end = agent_curl[at..]
+                .find('\n')
+                .map_or(agent_curl.len(), |e| at + e + 1);
+            format!("{}{}", &agent_curl[..at], &agent_curl[end..])
+        }
+        None => agent_curl.clone(),
+    };
     assert!(
-        agent_curl.contains("Couldn't connect") || agent_curl.contains("not permitted"),
+        curl_only.contains("Couldn't connect") || curl_only.contains("not permitted"),
         "agent curl: {agent_curl}"
     );
     assert!(

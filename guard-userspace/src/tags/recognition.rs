@@ -122,8 +122,9 @@ pub fn recognition_status(
             "a hard link or copy of an agent's file outside its install paths, and an \
              executable more than 16 directories below one"
                 .into(),
-            "what a process in a matching cgroup or container does before the daemon finds it \
-             (up to 2 s after it is created)"
+            "what a process in a matching cgroup does before the daemon finds the cgroup, and \
+             one in a matching container started without guard's runtime hook or selected by \
+             labels only the runtime's API reports (up to 2 s after it starts)"
                 .into(),
         ],
     }
