@@ -197,16 +197,18 @@ impl Image {
 
     fn import(root: &Path) -> Self {
         let tag = format!("localhost/{}:test", unique("guard-workload"));
-        let tar = Command::new("tar")
+        let mut tar = Command::new("tar")
             .args(["-C", root.to_str().unwrap(), "-c", "."])
             .stdout(Stdio::piped())
             .spawn()
             .expect("run tar");
         let out = podman()
             .args(["import", "--change", "CMD [\"/bin/sh\"]", "-", &tag])
-            .stdin(tar.stdout.expect("tar stdout"))
+            .stdin(tar.stdout.take().expect("tar stdout"))
             .output()
             .expect("run podman import");
+        let tarred = tar.wait().expect("wait for tar");
+        assert!(tarred.success(), "tar of the image's root: {tarred}");
         assert!(out.status.success(), "podman import: {}", output_text(&out));
         Self { tag }
     }
