@@ -53,13 +53,21 @@ pub fn fill(info: &mut ContainerInfo) {
         return;
     };
     let Ok(text) = fs::read(&path) else { return };
+    // A bundle without these annotations (podman's) says nothing the API will not.
+    if fill_from(&text, info) {
+        info.sources.push(format!("bundle:{}", path.display()));
+    }
+}
+
+/// Add what a `config.json`'s annotations say; whether they said anything.
+fn fill_from(config: &[u8], info: &mut ContainerInfo) -> bool {
     #[derive(serde::Deserialize)]
     struct Config {
         #[serde(default)]
         annotations: BTreeMap<String, String>,
     }
-    let Ok(config) = serde_json::from_slice::<Config>(&text) else {
-        return;
+    let Ok(config) = serde_json::from_slice::<Config>(config) else {
+        return false;
     };
     let mut found = false;
     for (key, field) in FIELDS {
@@ -75,10 +83,7 @@ pub fn fill(info: &mut ContainerInfo) {
         slot.get_or_insert_with(|| v.clone());
         found = true;
     }
-    // A bundle without these annotations (podman's) says nothing the API will not.
-    if found {
-        info.sources.push(format!("bundle:{}", path.display()));
-    }
+    found
 }
 
 /// The bundle locations present on this host, for status.
@@ -91,4 +96,47 @@ pub fn roots_present() -> Vec<String> {
         .filter(|r| std::path::Path::new(r).is_dir())
         .map(str::to_owned)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn containerd_and_cri_o_annotations_name_the_pod() {
+        let containerd = br#"{"ociVersion":"1.1.0","annotations":{
+            "io.kubernetes.cri.container-type":"container",
+            "io.kubernetes.cri.sandbox-name":"agent-7f9c",
+            "io.kubernetes.cri.sandbox-namespace":"ai-agents",
+            "io.kubernetes.cri.container-name":"worker",
+            "io.kubernetes.cri.image-name":"registry.internal/agents/claude:2"}}"#;
+        let mut i = ContainerInfo::default();
+        assert!(fill_from(containerd, &mut i));
+        assert_eq!(i.pod.as_deref(), Some("agent-7f9c"));
+        assert_eq!(i.namespace.as_deref(), Some("ai-agents"));
+        assert_eq!(i.container.as_deref(), Some("worker"));
+        assert_eq!(
+            i.image.as_deref(),
+            Some("registry.internal/agents/claude:2")
+        );
+
+        let crio =
+            br#"{"annotations":{"io.kubernetes.pod.name":"p","io.kubernetes.pod.namespace":"n",
+            "io.kubernetes.container.name":"c","io.kubernetes.cri-o.ImageName":"img:1"}}"#;
+        let mut i = ContainerInfo::default();
+        assert!(fill_from(crio, &mut i));
+        assert_eq!(
+            (
+                i.pod.as_deref(),
+                i.namespace.as_deref(),
+                i.container.as_deref(),
+                i.image.as_deref()
+            ),
+            (Some("p"), Some("n"), Some("c"), Some("img:1"))
+        );
+
+        let podman = br#"{"annotations":{"io.container.manager":"libpod"}}"#;
+        let mut i = ContainerInfo::default();
+        assert!(!fill_from(podman, &mut i), "podman's bundle names nothing");
+    }
 }

@@ -41,6 +41,8 @@ pub struct Outcome {
 
 pub struct Boot {
     pub label: String,
+    /// Steps this boot leaves out (the guest's init skips them), with the reason.
+    pub left_out: Vec<(String, &'static str)>,
     pub qemu: Qemu,
     pub vmlinuz: PathBuf,
     pub initrd: PathBuf,

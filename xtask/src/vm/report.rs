@@ -52,6 +52,7 @@ pub fn print(plan: &Plan, not_run: &[(String, &str)], runs: &[Run]) -> usize {
                     failed += 1;
                     format!("FAIL {:.1}s", r.millis as f64 / 1e3)
                 }
+                None if run.left_out.iter().any(|(l, _)| l == id) => "left out".to_owned(),
                 None => {
                     failed += 1;
                     "NOT REPORTED".to_owned()
@@ -63,6 +64,14 @@ pub fn print(plan: &Plan, not_run: &[(String, &str)], runs: &[Run]) -> usize {
     }
     for (id, why) in not_run {
         println!("{id:width$}  not run in the guest: {why}");
+    }
+    for run in runs {
+        for (id, why) in &run.left_out {
+            println!(
+                "[{}] {id}: left out of this boot's smoke plan: {why}",
+                run.label
+            );
+        }
     }
     let noted: Vec<String> = runs
         .iter()
@@ -85,12 +94,17 @@ pub fn print(plan: &Plan, not_run: &[(String, &str)], runs: &[Run]) -> usize {
         let o = &run.outcome;
         let passed = o.results.iter().filter(|r| r.passed).count();
         println!(
-            "{:<15} kernel {}, lsm={}, boot {}, {passed}/{} passed, {}{}",
+            "{:<15} kernel {}, lsm={}, boot {}, {passed}/{} passed{}, {}{}",
             run.label,
             o.release.as_deref().unwrap_or("?"),
             o.lsm.as_deref().unwrap_or("?"),
             o.boot.map_or("-".to_owned(), util::secs),
-            ids.len(),
+            ids.len() - run.left_out.len(),
+            if run.left_out.is_empty() {
+                String::new()
+            } else {
+                format!(" ({} left out)", run.left_out.len())
+            },
             util::secs(o.total),
             o.error
                 .as_ref()
