@@ -194,6 +194,9 @@ pub struct DaemonStatus {
     /// Agent trees frozen by `guard freeze`.
     #[serde(default)]
     pub held_trees: usize,
+    /// The webhook of `spec.notify` and how its deliveries went.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<crate::notify::NotifyStatus>,
     pub counters: Vec<(String, u64)>,
     pub probe: serde_json::Value,
     /// Path rules: what protects each access of each rule, and what it resolved to.

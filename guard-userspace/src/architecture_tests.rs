@@ -74,6 +74,7 @@ const FLOORS: &[(&str, u8)] = &[
     ("events", 1),
     ("respond", 1),
     ("requests", 1),
+    ("notify", 1),
     ("watch", 1),
     ("seccomp", 1),
     ("caps", 1),

@@ -22,6 +22,7 @@ pub mod loader;
 pub mod lsm;
 pub mod metrics;
 pub mod net;
+pub mod notify;
 pub mod paths;
 pub mod pins;
 pub mod policy;

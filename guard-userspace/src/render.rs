@@ -109,6 +109,22 @@ pub fn status(st: &DaemonStatus, color: bool) -> String {
         let _ = writeln!(out, "  kill          {}", n.kill);
     }
     let _ = writeln!(out, "tagged       {} processes", st.tagged_processes);
+    if let Some(n) = &st.notify {
+        let _ = writeln!(
+            out,
+            "webhook      {} ({}, {}): {} delivered, {} failed, {} dropped, {} pending",
+            n.url,
+            n.format,
+            if n.signed { "signed" } else { "unsigned" },
+            n.delivered,
+            n.failed,
+            n.dropped,
+            n.pending
+        );
+        if let Some(e) = &n.last_error {
+            let _ = writeln!(out, "  last error  {e}");
+        }
+    }
     if st.held_trees > 0 {
         let _ = writeln!(
             out,

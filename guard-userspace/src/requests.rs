@@ -116,6 +116,10 @@ pub struct Requests(Arc<Inner>);
 struct Inner {
     list: Mutex<List>,
     sink: OnceLock<EventSink>,
+    /// Agent names by id, of the policy in force (a request names its agent).
+    names: Mutex<crate::agents::AgentNames>,
+    /// The webhook of the policy in force (`spec.notify.webhook`), if any.
+    notifier: Mutex<Option<(crate::policy::Webhook, crate::notify::Notifier)>>,
 }
 
 #[derive(Default)]
@@ -130,6 +134,62 @@ impl Requests {
     /// Where request events go, once the pipeline runs.
     pub fn set_sink(&self, sink: EventSink) {
         let _ = self.0.sink.set(sink);
+    }
+
+    /// The agents' names from now on (a policy apply sets them).
+    pub fn set_agent_names(&self, names: crate::agents::AgentNames) {
+        *self.0.names.lock().expect("names lock") = names;
+    }
+
+    /// Deliver to `webhook` from now on (a policy apply sets it); the running one, with its
+    /// counters, stays when the webhook did not change.
+    pub fn configure_webhook(
+        &self,
+        webhook: Option<&crate::policy::Webhook>,
+    ) -> Result<(), String> {
+        let mut current = self.0.notifier.lock().expect("notifier lock");
+        if current.as_ref().map(|(w, _)| w) == webhook {
+            return Ok(());
+        }
+        *current = match webhook {
+            Some(w) => Some((w.clone(), crate::notify::Notifier::start(w)?)),
+            None => None,
+        };
+        Ok(())
+    }
+
+    /// The webhook's deliveries, for status.
+    pub fn notify_status(&self) -> Option<crate::notify::NotifyStatus> {
+        let n = self.0.notifier.lock().expect("notifier lock");
+        n.as_ref().map(|(_, n)| n.status())
+    }
+
+    /// Tell the webhook that request `r` was `result` (opened, approved, denied, expired).
+    fn notify(&self, r: &Request, result: &str) {
+        let Some((_, n)) = self.0.notifier.lock().expect("notifier lock").clone() else {
+            return;
+        };
+        let node = crate::events::pipeline::hostname();
+        let doc = serde_json::json!({
+            "source": "guard",
+            "event": format!("request.{result}"),
+            "node": node,
+            "time": now(),
+            "request": r,
+            "approve": format!("guard approve {}", r.id),
+            "deny": format!("guard deny {}", r.id),
+        });
+        let text = format!(
+            "guard on {node}: request {id} {result}: {agent} (pid {pid}, {comm}) asks to reach \
+             {dest} (rule {rule}). Approve: `guard approve {id}`; deny: `guard deny {id}`",
+            id = r.id,
+            agent = r.agent,
+            pid = r.pid,
+            comm = crate::respond::sanitize(&r.comm),
+            dest = r.destination,
+            rule = r.rule,
+        );
+        n.send(&doc, &text);
     }
 
     /// The request for `a`: the open one for the same tree, rule and destination, or a new
@@ -152,7 +212,11 @@ impl Requests {
         let r = Request {
             id,
             opened: now(),
-            agent: a.agent,
+            agent: if a.agent.is_empty() {
+                self.0.names.lock().expect("names lock").name(a.agent_id)
+            } else {
+                a.agent
+            },
             agent_id: a.agent_id,
             root_pid: a.root.tgid,
             root_start_ns: a.root.start_ns,
@@ -294,6 +358,7 @@ impl Requests {
     }
 
     fn emit(&self, r: &Request, action: &str, result: &str, uid: u32, reason: &str) {
+        self.notify(r, result);
         let Some(sink) = self.0.sink.get() else {
             return;
         };

@@ -189,3 +189,168 @@ fn an_approved_request_lets_the_retry_through_until_it_expires() {
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("ok"));
     drop(tree);
 }
+
+/// An HTTP server on loopback that appends each POST (path, headers, body) to a file as a
+/// JSON line and answers 200, or 500 on `/fail`. It prints its port.
+const HOOK_SERVER: &str = r#"
+import http.server, json, sys
+out = open(sys.argv[1], 'a', buffering=1)
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get('Content-Length', 0)))
+        out.write(json.dumps({'path': self.path, 'headers': {k.lower(): v for k, v in self.headers.items()}, 'body': body.decode()}) + '\n')
+        self.send_response(500 if self.path == '/fail' else 200)
+        self.end_headers()
+    def log_message(self, *a):
+        pass
+s = http.server.HTTPServer(('127.0.0.1', 0), H)
+print(s.server_address[1], flush=True)
+s.serve_forever()
+"#;
+
+/// HMAC-SHA256 of `TIMESTAMP.BODY` under `key`, as a receiver checks it (python's hmac).
+fn expected_signature(key: &str, timestamp: &str, body: &str) -> String {
+    let mut c = Command::new("python3");
+    c.args([
+        "-c",
+        "import hmac, hashlib, sys; print(hmac.new(sys.argv[1].encode(), \
+         (sys.argv[2] + '.' + sys.argv[3]).encode(), hashlib.sha256).hexdigest())",
+        key,
+        timestamp,
+        body,
+    ]);
+    String::from_utf8_lossy(&output(c).stdout).trim().to_owned()
+}
+
+/// The deliveries the hook server recorded.
+fn deliveries(file: &Path) -> Vec<Value> {
+    std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+fn with_webhook(db: &str, port: &str, path: &str, key: &Path, format: &str) -> String {
+    format!(
+        "{}  notify:\n    webhook: {{ url: \"http://127.0.0.1:{port}{path}\", format: {format}, \
+         secretFile: \"{}\", timeout: 2s, retries: 1 }}\n",
+        policy(db),
+        key.display()
+    )
+}
+
+#[test]
+fn every_request_reaches_the_webhook_signed_and_failed_deliveries_are_counted() {
+    let net = Net::new();
+    let _listener = Listener::start(&net, &[format!("tcp:5432:{}", net.a)]);
+    let dir = tempfile::tempdir().unwrap();
+    let (key, hooks) = (dir.path().join("hook.key"), dir.path().join("hooks.jsonl"));
+    std::fs::write(&key, "s3cret-hmac-key\n").unwrap();
+    let mut server = Command::new("python3");
+    server
+        .args(["-c", HOOK_SERVER])
+        .arg(&hooks)
+        .stdout(std::process::Stdio::piped());
+    let mut server = Proc::spawn(server);
+    let mut port = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(server.child.stdout.take().unwrap()),
+        &mut port,
+    )
+    .unwrap();
+    let port = port.trim().to_owned();
+    let d = Daemon::start_with_policy(&with_webhook(&net.a, &port, "/hook", &key, "json"));
+
+    // Opened: a signed JSON document naming the request and how to answer it.
+    let tree = agent(dir.path(), &net.a, 2);
+    assert_eq!(attempt(dir.path(), 1), "err 1");
+    let opened = wait_for(
+        "the opened request's webhook",
+        Duration::from_secs(15),
+        || {
+            deliveries(&hooks).into_iter().find(|h| {
+                h["body"]
+                    .as_str()
+                    .is_some_and(|b| b.contains("request.opened"))
+            })
+        },
+    );
+    let body = opened["body"].as_str().unwrap();
+    let doc: Value = serde_json::from_str(body).unwrap();
+    assert_eq!(opened["path"], "/hook");
+    assert_eq!(doc["request"]["agent"], "claude-code", "{doc}");
+    assert_eq!(doc["request"]["rule"], "prod-db", "{doc}");
+    assert_eq!(doc["request"]["root_pid"], tree.pid(), "{doc}");
+    assert_eq!(doc["request"]["destination"], format!("{}:5432", net.a));
+    let id = doc["request"]["id"].as_u64().unwrap();
+    assert_eq!(doc["approve"], format!("guard approve {id}"));
+    assert!(
+        !body.contains("CLIENT") && !body.contains("argv"),
+        "no command line: {body}"
+    );
+    let ts = opened["headers"]["x-guard-timestamp"]
+        .as_str()
+        .unwrap_or_default();
+    assert_eq!(
+        opened["headers"]["x-guard-signature-256"],
+        format!("sha256={}", expected_signature("s3cret-hmac-key", ts, body)),
+        "{opened}"
+    );
+
+    // Approved: another delivery; status counts them.
+    let out = d.cli(&["approve", &id.to_string(), "--for", "1m"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    wait_for("the approval's webhook", Duration::from_secs(15), || {
+        deliveries(&hooks)
+            .iter()
+            .any(|h| {
+                h["body"]
+                    .as_str()
+                    .is_some_and(|b| b.contains("request.approved"))
+            })
+            .then_some(())
+    });
+    let st = wait_for("two deliveries in status", Duration::from_secs(10), || {
+        d.status_json()
+            .filter(|s| s["notify"]["delivered"].as_u64() >= Some(2))
+    });
+    assert_eq!(st["notify"]["signed"], true, "{}", st["notify"]);
+    assert_eq!(st["notify"]["failed"], 0, "{}", st["notify"]);
+
+    // A receiver that fails: retried, then counted as failed with the answer in status. The
+    // chat format carries the same request as text.
+    d.admin_writes(
+        d.policy.as_ref().unwrap(),
+        &with_webhook(&net.a, &port, "/fail", &key, "slack"),
+    );
+    wait_for("the new webhook", Duration::from_secs(10), || {
+        d.status_json()
+            .filter(|s| s["notify"]["format"] == "slack")
+            .map(drop)
+    });
+    let other = tempfile::tempdir().unwrap();
+    let _tree2 = agent(other.path(), &net.a, 1);
+    assert_eq!(attempt(other.path(), 1), "err 1");
+    let st = wait_for("the failed delivery", Duration::from_secs(20), || {
+        d.status_json().filter(|s| s["notify"]["failed"] == 1)
+    });
+    let error = st["notify"]["last_error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("500") && error.contains("2 attempts"),
+        "{error}"
+    );
+    let fails: Vec<Value> = deliveries(&hooks)
+        .into_iter()
+        .filter(|h| h["path"] == "/fail")
+        .collect();
+    assert_eq!(fails.len(), 2, "one attempt and one retry: {fails:?}");
+    let text: Value = serde_json::from_str(fails[0]["body"].as_str().unwrap()).unwrap();
+    assert!(
+        text["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("guard approve")),
+        "{text}"
+    );
+    let _ = server.child.kill();
+}

@@ -57,6 +57,11 @@ pub async fn apply(
     compiled: CompiledPolicy,
     net: &net::NetHandle,
 ) -> Result<u64, DaemonError> {
+    // First: a webhook that cannot start (its key file) rejects the policy before any part
+    // of it is in force.
+    net.requests()
+        .configure_webhook(compiled.notify.webhook.as_ref())
+        .map_err(DaemonError::Notify)?;
     let agents = agent_specs(&compiled);
     let installs = tags::Installs::resolve(&agents);
     let kills = needs_killer(&compiled);
@@ -65,6 +70,7 @@ pub async fn apply(
         tags::install_agents(&mut st.kernel, &agents)?;
         put_installs(&mut st, installs)?;
         st.names = AgentNames::new(&agents);
+        net.requests().set_agent_names(st.names.clone());
         st.agents = agents;
         st.policy_name = compiled.name.clone();
         st.generation += 1;

@@ -83,6 +83,8 @@ pub enum DaemonError {
     Metrics(#[from] metrics::MetricsError),
     #[error("the policy file is not applied: {0}")]
     PolicyUntrusted(String),
+    #[error("spec.notify.webhook: {0}")]
+    Notify(String),
 }
 
 pub struct DaemonConfig {

@@ -58,6 +58,7 @@ pub(super) fn status(state: &Shared) -> Reply<DaemonStatus> {
         tag_map: Some(crate::tagmap::status(&st.kernel, tagged)),
         secret_reads: st.kernel.secret_reads.clone(),
         held_trees: st.kernel.held.keys().filter_map(Result::ok).count(),
+        notify: st.net.as_ref().and_then(|n| n.requests().notify_status()),
         secret_taint: st.net.as_ref().map_or_else(String::new, |net| {
             let (secrets, taints) = net.secrets();
             secret_taint(secrets.as_ref(), &taints, &st.kernel.secret_reads)

@@ -56,6 +56,8 @@ pub struct CompiledPolicy {
     pub approvers: super::model::Approvers,
     /// `spec.hold`.
     pub hold: super::model::Hold,
+    /// `spec.notify`.
+    pub notify: super::model::Notify,
     /// `spec.secrets`; its allow-list is in `endpoints` too (action `allow`, ids from
     /// [`FIRST_SECRETS_ALLOW_ID`]).
     pub secrets: CompiledSecrets,
@@ -237,6 +239,7 @@ impl Policy {
             }),
             approvers: spec.approvers.clone(),
             hold: spec.hold,
+            notify: spec.notify.clone(),
             secrets: CompiledSecrets {
                 action: spec.secrets.taint.action(),
                 mode: effective(spec.secrets.mode),

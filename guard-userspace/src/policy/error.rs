@@ -175,6 +175,10 @@ pub enum Problem {
          in, or list the name under executables"
     )]
     AgentPathAnywhere { path: String },
+    #[error("webhook {url:?}: {reason}")]
+    BadWebhook { url: String, reason: String },
+    #[error("{value} is out of range: {range}")]
+    OutOfRange { value: String, range: String },
     #[error("agent matches nothing: give executables, scripts, env, paths, cgroups or containers")]
     AgentMatchesNothing,
     #[error(

@@ -31,8 +31,8 @@ pub use compile::{
 pub use error::{Diagnostic, Location, Note, PolicyError, Problem, Warning};
 pub use model::{
     Access, Action, Agent, ApiVersion, Approvers, BuiltinAction, ContainerSelector, Destinations,
-    EndpointRule, Hold, HoldThen, Kind, Metadata, Mode, PathRule, Policy, Protocol, Secrets,
-    SelfProtection, Spec,
+    EndpointRule, Hold, HoldThen, Kind, Metadata, Mode, Notify, PathRule, Policy, Protocol,
+    Secrets, SelfProtection, Spec, Webhook, WebhookFormat, webhook_target,
 };
 pub use pattern::{PathPattern, PathSpec, expand_home, glob_match, homes_from_passwd, read_homes};
 pub use values::{

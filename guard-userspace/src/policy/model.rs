@@ -90,6 +90,112 @@ pub struct Spec {
     /// What becomes of a tree a `hold` rule froze when nobody decides.
     #[serde(default)]
     pub hold: Hold,
+    /// Who hears of requests as they open and are decided.
+    #[serde(default)]
+    pub notify: Notify,
+}
+
+/// `spec.notify`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Notify {
+    #[serde(default)]
+    pub webhook: Option<Webhook>,
+}
+
+/// `spec.notify.webhook`: every request's opening, approval, denial and expiry is POSTed to
+/// `url`, signed with HMAC-SHA256 when `secretFile` names a key.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Webhook {
+    /// `http://HOST[:PORT]/PATH`.
+    pub url: String,
+    #[serde(default)]
+    pub format: WebhookFormat,
+    /// A file holding the HMAC key (its first line), readable by root only; read when the
+    /// webhook starts (at start, and when `spec.notify` changes). Without it, deliveries
+    /// are unsigned.
+    #[serde(default)]
+    pub secret_file: Option<std::path::PathBuf>,
+    /// How long one delivery may take (`5s`; 1 s to 60 s).
+    #[serde(
+        default = "Webhook::default_timeout",
+        deserialize_with = "webhook_timeout"
+    )]
+    pub timeout: std::time::Duration,
+    /// Further attempts after a failed one, with doubling waits from 1 s (0 to 10).
+    #[serde(default = "Webhook::default_retries")]
+    pub retries: u8,
+    /// Deliveries waiting at most; past it new ones are dropped and counted (1 to 10000).
+    #[serde(default = "Webhook::default_queue")]
+    pub queue: u16,
+}
+
+impl Webhook {
+    fn default_timeout() -> std::time::Duration {
+        std::time::Duration::from_secs(5)
+    }
+    fn default_retries() -> u8 {
+        3
+    }
+    fn default_queue() -> u16 {
+        256
+    }
+}
+
+fn webhook_timeout<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<std::time::Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    let t = humantime::parse_duration(&text).map_err(|e| {
+        serde::de::Error::custom(format!("{text:?} is not a duration such as 5s: {e}"))
+    })?;
+    if !(1..=60).contains(&t.as_secs()) {
+        return Err(serde::de::Error::custom(format!(
+            "{text:?} is out of range: a delivery may take from 1s to 60s"
+        )));
+    }
+    Ok(t)
+}
+
+/// Host, port and path of a webhook URL this build can deliver to (`http://` only).
+pub fn webhook_target(url: &str) -> Result<(String, u16, String), String> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| format!("not a URL ({e}); write http://HOST[:PORT]/PATH"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => {
+            return Err(
+                "https is not supported by this build (it has no TLS): deliver to a \
+                        relay over http on the node, such as a local proxy that forwards to \
+                        the https endpoint"
+                    .into(),
+            );
+        }
+        _ => return Err("write http://HOST[:PORT]/PATH".into()),
+    }
+    let host = uri
+        .host()
+        .filter(|h| !h.is_empty())
+        .ok_or("the URL has no host")?
+        .trim_matches(['[', ']'])
+        .to_owned();
+    let path = uri
+        .path_and_query()
+        .map_or("/".to_owned(), |p| p.as_str().to_owned());
+    Ok((host, uri.port_u16().unwrap_or(80), path))
+}
+
+/// The body a webhook gets.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WebhookFormat {
+    /// guard's own JSON document.
+    #[default]
+    Json,
+    /// `{"text": …}`, as Slack's incoming webhooks (and Mattermost, Rocket.Chat) take it.
+    Slack,
 }
 
 /// `spec.hold`: a tree a `hold` rule froze is thawed or killed after `timeout` if nobody

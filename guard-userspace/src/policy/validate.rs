@@ -31,7 +31,38 @@ pub(crate) fn check(policy: &Policy) -> Findings {
     }
     agents(policy, &mut f);
     rules(policy, &mut f);
+    notify(policy, &mut f);
     f
+}
+
+/// `spec.notify.webhook`: a URL this build can deliver to, and bounds.
+fn notify(policy: &Policy, f: &mut Findings) {
+    let Some(w) = &policy.spec.notify.webhook else {
+        return;
+    };
+    if let Err(reason) = crate::policy::webhook_target(&w.url) {
+        f.errors.push((
+            "spec.notify.webhook.url".into(),
+            Problem::BadWebhook {
+                url: w.url.clone(),
+                reason,
+            },
+        ));
+    }
+    for (field, value, range) in [
+        ("retries", u32::from(w.retries), 0..=10),
+        ("queue", u32::from(w.queue), 1..=10_000),
+    ] {
+        if !range.contains(&value) {
+            f.errors.push((
+                format!("spec.notify.webhook.{field}"),
+                Problem::OutOfRange {
+                    value: value.to_string(),
+                    range: format!("{} to {}", range.start(), range.end()),
+                },
+            ));
+        }
+    }
 }
 
 /// RFC 1123 subdomain, as Kubernetes requires of `metadata.name`.
