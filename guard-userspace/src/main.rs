@@ -342,7 +342,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             // single-threaded process.
             let entered = guard::hostview::enter(view, policy.as_deref())?;
             let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-            rt.block_on(daemon::run(DaemonConfig {
+            let ran = rt.block_on(daemon::run(DaemonConfig {
                 policy: entered.policy,
                 view: entered.view,
                 own_files_outside: entered.own_files_outside,
@@ -359,7 +359,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 tag_map_size: tag_map_size.unwrap_or_else(guard::tagmap::default_size),
                 policy_reviewed,
                 fallback_read_scan,
-            }))?;
+            }));
+            // A blocking task that does not end (a lookup waiting on a runtime's API) must
+            // not keep a stopping daemon alive: its pins go on enforcing without it.
+            rt.shutdown_timeout(std::time::Duration::from_secs(5));
+            ran?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Run { agent, cmd } => run_tagged(&paths, agent, cmd),

@@ -5,8 +5,11 @@
 //! itself at every connect) so that the tree's retry goes through. Expired exceptions are
 //! removed and recorded. Every step is a `request` event.
 //!
-//! Requests live in the daemon's memory: a restarted daemon drops the open ones (and says so
-//! at start); live exceptions are pinned and outlive it, each ending at its deadline.
+//! Requests are kept in a file beside the API socket (`requests.json`, on the runtime
+//! tmpfs, so a reboot, which also ends every kernel exception, ends them too): a restarted
+//! daemon takes back the open requests whose trees still run and the approved ones before
+//! their deadline, and logs what it took back and dropped. Live exceptions are pinned and
+//! outlive it either way, each ending at its deadline.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -51,6 +54,15 @@ pub enum State {
         #[serde(skip)]
         roots: Vec<ProcKey>,
     },
+}
+
+/// A request as its file keeps it: with what `guard requests` does not show.
+#[derive(Serialize, Deserialize)]
+struct Saved {
+    request: Request,
+    deadline_ns: u64,
+    /// `(tgid, start_ns)` of each tree an approval covers.
+    roots: Vec<(u32, u64)>,
 }
 
 /// One request, as `guard requests` lists it.
@@ -116,6 +128,8 @@ pub struct Requests(Arc<Inner>);
 struct Inner {
     list: Mutex<List>,
     sink: OnceLock<EventSink>,
+    /// Where the requests are kept across restarts.
+    store: OnceLock<std::path::PathBuf>,
     /// Agent names by id, of the policy in force (a request names its agent).
     names: Mutex<crate::agents::AgentNames>,
     /// The webhook of the policy in force (`spec.notify.webhook`), if any.
@@ -230,9 +244,8 @@ impl Requests {
             addr: a.addr,
             state: State::Open,
         };
-        self.emit(&r, "ask", "opened", u32::MAX, "");
         l.open.insert(key, id);
-        l.by_id.insert(id, r);
+        l.by_id.insert(id, r.clone());
         while l.by_id.len() > OPEN_MAX {
             let Some((&old, _)) = l.by_id.iter().find(|(_, r)| r.state == State::Open) else {
                 break;
@@ -241,6 +254,9 @@ impl Requests {
                 l.open.remove(&r.key(r.root()));
             }
         }
+        // Not under the lock: the event's save takes it.
+        drop(l);
+        self.emit(&r, "ask", "opened", u32::MAX, "");
         id
     }
 
@@ -357,7 +373,95 @@ impl Requests {
         out
     }
 
+    /// Keep the requests in `file` from now on, after taking back what it holds: the open
+    /// requests whose root still runs and the approved ones before their deadline. Returns
+    /// how many were taken back and how many dropped.
+    pub fn keep_in(&self, file: std::path::PathBuf) -> (usize, usize) {
+        let saved: Vec<Saved> = std::fs::read(&file)
+            .ok()
+            .and_then(|t| serde_json::from_slice(&t).ok())
+            .unwrap_or_default();
+        let now = crate::clock::boot_ns();
+        let mut l = self.0.list.lock().expect("requests lock");
+        let (mut kept, mut dropped) = (0, 0);
+        for s in saved {
+            let mut r = s.request;
+            l.next = l.next.max(r.id);
+            let live = match &mut r.state {
+                State::Open => {
+                    r.root_pid == 0
+                        || std::path::Path::new(&format!("/proc/{}", r.root_pid)).exists()
+                }
+                State::Approved {
+                    deadline_ns, roots, ..
+                } => {
+                    *deadline_ns = s.deadline_ns;
+                    *roots = s
+                        .roots
+                        .iter()
+                        .map(|(tgid, start_ns)| ProcKey::new(*tgid, *start_ns))
+                        .collect();
+                    s.deadline_ns > now
+                }
+            };
+            if !live {
+                dropped += 1;
+                continue;
+            }
+            if r.state == State::Open {
+                l.open.insert(r.key(r.root()), r.id);
+            }
+            l.by_id.insert(r.id, r);
+            kept += 1;
+        }
+        drop(l);
+        let _ = self.0.store.set(file);
+        self.save();
+        (kept, dropped)
+    }
+
+    /// Write the requests to their file (whole, then renamed into place).
+    fn save(&self) {
+        let Some(file) = self.0.store.get() else {
+            return;
+        };
+        let saved: Vec<Saved> = self
+            .0
+            .list
+            .lock()
+            .expect("requests lock")
+            .by_id
+            .values()
+            .map(|r| {
+                let (deadline_ns, roots) = match &r.state {
+                    State::Approved {
+                        deadline_ns, roots, ..
+                    } => (
+                        *deadline_ns,
+                        roots.iter().map(|k| (k.tgid, k.start_ns)).collect(),
+                    ),
+                    State::Open => (0, Vec::new()),
+                };
+                Saved {
+                    request: r.clone(),
+                    deadline_ns,
+                    roots,
+                }
+            })
+            .collect();
+        let tmp = file.with_extension("json.tmp");
+        let written = serde_json::to_vec(&saved)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| std::fs::write(&tmp, bytes))
+            .and_then(|()| std::fs::rename(&tmp, file));
+        if let Err(e) = written {
+            tracing::warn!(file = %file.display(), error = %e, "requests not saved");
+        }
+    }
+
+    /// An event, the file and the webhook for a change of `r`; never called under the lock.
     fn emit(&self, r: &Request, action: &str, result: &str, uid: u32, reason: &str) {
+        self.save();
         self.notify(r, result);
         let Some(sink) = self.0.sink.get() else {
             return;

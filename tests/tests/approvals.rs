@@ -354,3 +354,79 @@ fn every_request_reaches_the_webhook_signed_and_failed_deliveries_are_counted() 
     );
     let _ = server.child.kill();
 }
+
+#[test]
+fn requests_outlive_a_daemon_restart_while_their_trees_do() {
+    let net = Net::new();
+    let _listener = Listener::start(&net, &[format!("tcp:5432:{}", net.a)]);
+    let mut d = Daemon::start_with_policy(&policy(&net.a));
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut tree_a = agent(a.path(), &net.a, 2);
+    let _tree_b = agent(b.path(), &net.a, 2);
+    assert_eq!(attempt(a.path(), 1), "err 1");
+    assert_eq!(attempt(b.path(), 1), "err 1");
+    let ids = |d: &Daemon| -> Vec<(u32, String)> {
+        requests(d)
+            .iter()
+            .map(|r| {
+                (
+                    r["root_pid"].as_u64().unwrap_or(0) as u32,
+                    r["state"].as_str().unwrap_or("").to_owned(),
+                )
+            })
+            .collect()
+    };
+    let both = wait_for("both requests", Duration::from_secs(10), || {
+        let r = requests(&d);
+        (r.len() == 2).then_some(r)
+    });
+    let id_of = |root: u32| {
+        both.iter()
+            .find(|r| r["root_pid"] == root)
+            .and_then(|r| r["id"].as_u64())
+            .unwrap()
+            .to_string()
+    };
+    let (id_a, id_b) = (id_of(tree_a.pid()), id_of(_tree_b.pid()));
+    let out = d.cli(&["approve", &id_b, "--for", "10m"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+
+    // Restarted: the open request and the approval are back, and the open one can still be
+    // approved.
+    d.restart();
+    let mut after = ids(&d);
+    after.sort();
+    let mut want = vec![
+        (tree_a.pid(), "open".to_owned()),
+        (_tree_b.pid(), "approved".to_owned()),
+    ];
+    want.sort();
+    assert_eq!(after, want, "{}", d.log());
+    assert!(d.log().contains("taken back"), "{}", d.log());
+    assert_eq!(
+        attempt(b.path(), 2),
+        "ok",
+        "the approval still lets b through"
+    );
+
+    // A's tree ends: the next daemon drops its request and says so.
+    let _ = tree_a.child.kill();
+    let _ = tree_a.child.wait();
+    wait_for("tree a to be gone", Duration::from_secs(10), || {
+        (!std::path::Path::new(&format!("/proc/{}", tree_a.pid())).exists()).then_some(())
+    });
+    d.restart();
+    let left = ids(&d);
+    assert_eq!(
+        left,
+        vec![(_tree_b.pid(), "approved".to_owned())],
+        "{}",
+        d.log()
+    );
+    let out = d.cli(&["approve", &id_a]);
+    assert!(
+        output_text(&out).contains(&format!("no request {id_a}")),
+        "{}",
+        output_text(&out)
+    );
+}

@@ -234,6 +234,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
     let secrets = crate::events::secret::SecretReads::new(secret_maps, taints, Some(net.tag_map()));
     let sink = start_pipeline(&cfg, &state, ring, secrets, &net).await?;
     requests.set_sink(sink.clone());
+    keep_requests(&cfg, &requests);
     net.set_sink(sink.clone());
     start_files(&cfg, &state, kernel_files, sink)?;
     keep_pins(&cfg, &state);
@@ -242,6 +243,27 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
     tokio::spawn(decide::expire_forever(state.clone()));
     start::release_free_memory();
     serve_until_stopped(&cfg, state, net).await
+}
+
+/// Keep requests beside the API socket, taking back those an earlier daemon left.
+fn keep_requests(cfg: &DaemonConfig, requests: &crate::requests::Requests) {
+    let dir = cfg
+        .paths
+        .socket
+        .parent()
+        .unwrap_or(std::path::Path::new("/run/guard"));
+    // The socket's directory, made here before the API binds there.
+    if let Err(e) = std::fs::create_dir_all(dir) {
+        warn!(dir = %dir.display(), error = %e, "requests will not outlive this daemon");
+    }
+    let (kept, dropped) = requests.keep_in(dir.join("requests.json"));
+    if kept + dropped > 0 {
+        info!(
+            kept,
+            dropped,
+            "requests of an earlier daemon: taken back, and dropped (their trees are gone or their approvals ended)"
+        );
+    }
 }
 
 /// Serve the API, and apply the policy again on SIGHUP or a change of its file, until
