@@ -72,8 +72,6 @@ pub enum ViewError {
          pass --view own to resolve paths in the container"
     )]
     NoHostPid(String),
-    #[error("--view host: {0}")]
-    Refused(String),
     #[error("entering the host's {what} namespace: {source}")]
     Setns {
         what: &'static str,
@@ -112,15 +110,24 @@ pub fn enter(choice: ViewChoice, policy: Option<&Path>) -> Result<Entered, ViewE
         (ViewChoice::Host | ViewChoice::Auto, _, Found::Host(host)) => {
             enter_host(container, host, policy)
         }
-        (ViewChoice::Auto, Some(c), Found::Pid1IsOurs) => Err(ViewError::NoHostPid(c.clone())),
-        // A marker left in a machine image built from a container image (`/.dockerenv`)
-        // with nothing outside this mount namespace in reach: this is the host.
+        (ViewChoice::Auto, Some(c), Found::Pid1IsOurs) if !in_initial_pid_namespace() => {
+            Err(ViewError::NoHostPid(c.clone()))
+        }
+        // A marker left in a machine image built from a container image (`/.dockerenv`),
+        // with PID 1 in this mount namespace or nothing outside it in reach: the host.
         (ViewChoice::Host | ViewChoice::Auto, _, Found::Pid1IsOurs | Found::Shared) => Ok(own(
             "host",
             "this process shares the host's mount namespace (no process outside it in reach)"
                 .into(),
         )),
     }
+}
+
+/// Whether this process is in the kernel's first PID namespace (its inode number is fixed:
+/// `PROC_PID_INIT_INO`), where PID 1 is the host's init and not a container's first process.
+fn in_initial_pid_namespace() -> bool {
+    const PROC_PID_INIT_INO: u64 = 0xEFFF_FFFC;
+    fs::metadata("/proc/self/ns/pid").is_ok_and(|m| m.ino() == PROC_PID_INIT_INO)
 }
 
 /// Where the host's namespaces are, from this process.
