@@ -73,18 +73,29 @@ pub mod hook {
 /// carry traffic past every endpoint rule.
 pub const RAW_RULE_ID: u32 = 0xffff_0100;
 
-/// Key of [`crate::maps::NET_EXCEPTIONS`]: an approved request of an `ask` rule — the tree
-/// (by root), the rule and the destination (family, address, port; zero address and port for
-/// a unix socket: the rule's every name). The value is the boot-time deadline in ns.
+/// Key of [`crate::maps::NET_EXCEPTIONS`]: an approved request of an `ask` rule — who
+/// (a tree by its root, or one process: [`exception_scope`]), the rule and the destination
+/// (family, address, port; zero address and port for a unix socket: the rule's every name).
+/// The value is the boot-time deadline in ns.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct ExceptionKey {
+    /// The tree's root ([`exception_scope::TREE`]) or the process ([`exception_scope::PROCESS`]).
     pub root: crate::ProcKey,
     pub rule_id: u32,
     pub family: u32,
     pub port: u32,
-    pub _pad: u32,
+    pub scope: u32,
     pub addr: [u8; 16],
+}
+
+/// What [`ExceptionKey::root`] names. A process-scoped key never matches the tree the same
+/// process is the root of: the scope is part of the key.
+pub mod exception_scope {
+    /// Every process of the tree whose root is `root`.
+    pub const TREE: u32 = 0;
+    /// The process `root` alone.
+    pub const PROCESS: u32 = 1;
 }
 const _: () = assert!(core::mem::size_of::<ExceptionKey>() == 48);
 

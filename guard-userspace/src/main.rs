@@ -175,7 +175,8 @@ enum Cmd {
         /// How long, e.g. 90s, 15m, 2h (1 s to 24 h).
         #[arg(long = "for", value_parser = humantime::parse_duration, default_value = "15m")]
         duration: Duration,
-        /// tree: the tree that asked; agent: every tree of that agent running now.
+        /// process: the process that asked, while it runs; tree: the tree that asked; agent:
+        /// every tree of that agent running now.
         #[arg(long, value_enum, default_value_t = ScopeArg::Tree)]
         scope: ScopeArg,
         #[arg(long)]
@@ -252,6 +253,7 @@ enum PolicyCmd {
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum ScopeArg {
+    Process,
     Tree,
     Agent,
 }
@@ -422,6 +424,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             reason,
         } => {
             let scope = match scope {
+                ScopeArg::Process => guard::requests::Scope::Process,
                 ScopeArg::Tree => guard::requests::Scope::Tree,
                 ScopeArg::Agent => guard::requests::Scope::Agent,
             };

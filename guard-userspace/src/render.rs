@@ -303,7 +303,7 @@ pub fn secrets_report(r: &crate::secrets::walk::Report, key_note: &str) -> Strin
     out
 }
 
-/// `guard requests`: one line per request.
+/// `guard requests`: a line per request, then the command that asked and its ancestry.
 pub fn requests_table(list: &[crate::requests::Request]) -> String {
     use crate::requests::State;
     let mut out = String::new();
@@ -317,29 +317,48 @@ pub fn requests_table(list: &[crate::requests::Request]) -> String {
         "ID", "STATE", "AGENT", "ROOT", "PROCESS", "RULE"
     );
     for r in list {
-        let state = match &r.state {
-            State::Open => "open".to_owned(),
-            State::Approved { until, .. } => format!("approved until {until}"),
+        let (state, dest) = match &r.state {
+            State::Open => ("open", r.destination.clone()),
+            State::Approved { until, scope, .. } => (
+                "approved",
+                format!(
+                    "{}  (approved for the {} until {until})",
+                    r.destination,
+                    serde_json::to_value(scope)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_owned))
+                        .unwrap_or_default()
+                ),
+            ),
         };
         let _ = writeln!(
             out,
-            "{:>4}  {:<9} {:<14} {:>7} {:<16} {:<20} {}",
+            "{:>4}  {:<9} {:<14} {:>7} {:<16} {:<20} {dest}",
             r.id,
-            if matches!(r.state, State::Open) {
-                "open"
-            } else {
-                "approved"
-            },
+            state,
             r.agent,
             r.root_pid,
             format!("{} {}", r.pid, r.comm),
             r.rule,
-            if matches!(r.state, State::Open) {
-                r.destination.clone()
-            } else {
-                format!("{}  ({state})", r.destination)
-            }
         );
+        if !r.argv.is_empty() {
+            let _ = writeln!(
+                out,
+                "      $ {}",
+                crate::respond::sanitize(&r.argv.join(" "))
+            );
+        }
+        if !r.ancestry.is_empty() {
+            let chain: Vec<String> = r
+                .ancestry
+                .iter()
+                .map(|a| {
+                    let root = if a.agent_root { " (agent root)" } else { "" };
+                    format!("{} {}{root}", a.pid, crate::respond::sanitize(&a.comm))
+                })
+                .collect();
+            let _ = writeln!(out, "      from {}", chain.join(" < "));
+        }
     }
     out
 }

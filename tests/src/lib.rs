@@ -7,6 +7,7 @@
 
 pub mod container;
 pub mod netns;
+pub mod webhook;
 
 use std::{
     os::unix::process::CommandExt as _,

@@ -9,7 +9,10 @@ mod network_support;
 
 use std::{path::Path, process::Command, time::Duration};
 
-use guard_tests::{Daemon, Proc, as_nobody, output, output_text, wait_for, world_executable_guard};
+use guard_tests::{
+    Daemon, Proc, as_nobody, output, output_text, wait_for, webhook::HookServer,
+    world_executable_guard,
+};
 use network_support::{CLIENT, Listener, Net};
 use serde_json::Value;
 
@@ -83,6 +86,34 @@ fn an_approved_request_lets_the_retry_through_until_it_expires() {
     assert_eq!(open["agent"], "claude-code", "{open}");
     assert_eq!(open["destination"], format!("{}:5432", net.a), "{open}");
     let id = open["id"].as_u64().unwrap().to_string();
+    // The request names the process that asked: its command line and its ancestry.
+    let open = wait_for("the request's process", Duration::from_secs(10), || {
+        requests(&d)
+            .into_iter()
+            .find(|r| r["root_pid"] == root && r["argv"].is_array())
+    });
+    let argv: Vec<&str> = open["argv"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        argv[0].ends_with("python3") && argv.contains(&"tcp"),
+        "{open}"
+    );
+    let ancestry = open["ancestry"].as_array().unwrap();
+    assert!(
+        ancestry
+            .iter()
+            .any(|a| a["pid"] == root && a["agent_root"] == true),
+        "{open}"
+    );
+    let table = output_text(&d.cli(&["requests"]));
+    assert!(
+        table.contains("$ ") && table.contains(&format!("{root} claude (agent root)")),
+        "{table}"
+    );
     let reasons = wait_for("the reason line", Duration::from_secs(10), || {
         let r = std::fs::read_to_string(dir.path().join("reasons")).ok()?;
         r.contains("a human was asked").then_some(r)
@@ -113,6 +144,7 @@ fn an_approved_request_lets_the_retry_through_until_it_expires() {
     for (args, says) in [
         (vec!["approve", "999999"], "no request 999999"),
         (vec!["approve", &id, "--for", "25h"], "out of range"),
+        (vec!["approve", &id, "--scope", "process"], "has exited"),
     ] {
         let out = d.cli(&args);
         assert!(
@@ -190,23 +222,94 @@ fn an_approved_request_lets_the_retry_through_until_it_expires() {
     drop(tree);
 }
 
-/// An HTTP server on loopback that appends each POST (path, headers, body) to a file as a
-/// JSON line and answers 200, or 500 on `/fail`. It prints its port.
-const HOOK_SERVER: &str = r#"
-import http.server, json, sys
-out = open(sys.argv[1], 'a', buffering=1)
-class H(http.server.BaseHTTPRequestHandler):
-    def do_POST(self):
-        body = self.rfile.read(int(self.headers.get('Content-Length', 0)))
-        out.write(json.dumps({'path': self.path, 'headers': {k.lower(): v for k, v in self.headers.items()}, 'body': body.decode()}) + '\n')
-        self.send_response(500 if self.path == '/fail' else 200)
-        self.end_headers()
-    def log_message(self, *a):
-        pass
-s = http.server.HTTPServer(('127.0.0.1', 0), H)
-print(s.server_address[1], flush=True)
-s.serve_forever()
+/// A long-lived process of the tree: a connect, then another once `again` appears in `dir`;
+/// the outcomes in `first` and `second`.
+const ASKER: &str = r#"
+import os, socket, sys, time
+addr, port, d = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+def attempt():
+    s = socket.socket()
+    s.settimeout(3)
+    try:
+        s.connect((addr, port))
+        return "ok"
+    except OSError as e:
+        return "err %d" % e.errno
+    finally:
+        s.close()
+open(d + "/first", "w").write(attempt())
+while not os.path.exists(d + "/again"):
+    time.sleep(0.05)
+open(d + "/second", "w").write(attempt())
 "#;
+
+#[test]
+fn a_process_approval_covers_that_process_alone() {
+    let net = Net::new();
+    let listener = Listener::start(&net, &[format!("tcp:5432:{}", net.a)]);
+    let d = Daemon::start_with_policy(&policy(&net.a));
+    let dir = tempfile::tempdir().unwrap();
+    let claude = dir.path().join("claude");
+    std::fs::copy("/bin/bash", &claude).unwrap();
+    let p = dir.path().display();
+    let db = &net.a;
+    // The asker, then (once it is done) another process of the same tree.
+    let script = format!(
+        "python3 -c \"$ASKER\" {db} 5432 {p} 2>/dev/null; \
+         python3 -c \"$CLIENT\" tcp {db} 5432 > {p}/third 2>/dev/null"
+    );
+    let mut c = Command::new(&claude);
+    c.env("ASKER", ASKER)
+        .env("CLIENT", CLIENT)
+        .args(["-c", &script]);
+    let tree = Proc::spawn(c);
+    let read = |name: &str| {
+        let f = dir.path().join(name);
+        wait_for(name, Duration::from_secs(15), || {
+            std::fs::read_to_string(&f).ok().filter(|t| !t.is_empty())
+        })
+    };
+    assert_eq!(read("first"), "err 1");
+    let open = wait_for("the request", Duration::from_secs(10), || {
+        requests(&d)
+            .into_iter()
+            .find(|r| r["root_pid"] == tree.pid())
+    });
+    let id = open["id"].as_u64().unwrap().to_string();
+    let asker = open["pid"].as_u64().unwrap();
+    assert_ne!(
+        asker,
+        u64::from(tree.pid()),
+        "the python process asked, not the root"
+    );
+    let out = d.cli(&["approve", &id, "--scope", "process", "--for", "60s"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(
+        output_text(&out).contains("approved for the process"),
+        "{}",
+        output_text(&out)
+    );
+    std::fs::write(dir.path().join("again"), "").unwrap();
+    assert_eq!(
+        read("second"),
+        "ok",
+        "the approved process's retry goes through"
+    );
+    assert_eq!(
+        read("third").lines().next().unwrap_or_default(),
+        "err 1",
+        "another process of the same tree was not approved"
+    );
+    wait_for("the connection", Duration::from_secs(5), || {
+        (listener.count("tcp:5432") == 1).then_some(())
+    });
+    let approved = requests(&d)
+        .into_iter()
+        .find(|r| r["id"].as_u64().unwrap().to_string() == id)
+        .unwrap();
+    assert_eq!(approved["scope"], "process", "{approved}");
+    drop(tree);
+}
 
 /// HMAC-SHA256 of `TIMESTAMP.BODY` under `key`, as a receiver checks it (python's hmac).
 fn expected_signature(key: &str, timestamp: &str, body: &str) -> String {
@@ -220,15 +323,6 @@ fn expected_signature(key: &str, timestamp: &str, body: &str) -> String {
         body,
     ]);
     String::from_utf8_lossy(&output(c).stdout).trim().to_owned()
-}
-
-/// The deliveries the hook server recorded.
-fn deliveries(file: &Path) -> Vec<Value> {
-    std::fs::read_to_string(file)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
 }
 
 fn with_webhook(db: &str, port: &str, path: &str, key: &Path, format: &str) -> String {
@@ -247,19 +341,8 @@ fn every_request_reaches_the_webhook_signed_and_failed_deliveries_are_counted() 
     let dir = tempfile::tempdir().unwrap();
     let (key, hooks) = (dir.path().join("hook.key"), dir.path().join("hooks.jsonl"));
     std::fs::write(&key, "s3cret-hmac-key\n").unwrap();
-    let mut server = Command::new("python3");
-    server
-        .args(["-c", HOOK_SERVER])
-        .arg(&hooks)
-        .stdout(std::process::Stdio::piped());
-    let mut server = Proc::spawn(server);
-    let mut port = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(server.child.stdout.take().unwrap()),
-        &mut port,
-    )
-    .unwrap();
-    let port = port.trim().to_owned();
+    let server = HookServer::start(hooks);
+    let port = server.port.clone();
     let d = Daemon::start_with_policy(&with_webhook(&net.a, &port, "/hook", &key, "json"));
 
     // Opened: a signed JSON document naming the request and how to answer it.
@@ -269,7 +352,7 @@ fn every_request_reaches_the_webhook_signed_and_failed_deliveries_are_counted() 
         "the opened request's webhook",
         Duration::from_secs(15),
         || {
-            deliveries(&hooks).into_iter().find(|h| {
+            server.deliveries().into_iter().find(|h| {
                 h["body"]
                     .as_str()
                     .is_some_and(|b| b.contains("request.opened"))
@@ -285,6 +368,13 @@ fn every_request_reaches_the_webhook_signed_and_failed_deliveries_are_counted() 
     assert_eq!(doc["request"]["destination"], format!("{}:5432", net.a));
     let id = doc["request"]["id"].as_u64().unwrap();
     assert_eq!(doc["approve"], format!("guard approve {id}"));
+    // Who asked, by process: the ancestry reaches the agent root (names, no command lines).
+    assert!(
+        doc["request"]["ancestry"].as_array().is_some_and(|a| a
+            .iter()
+            .any(|p| p["pid"] == tree.pid() && p["agent_root"] == true)),
+        "{doc}"
+    );
     assert!(
         !body.contains("CLIENT") && !body.contains("argv"),
         "no command line: {body}"
@@ -302,7 +392,8 @@ fn every_request_reaches_the_webhook_signed_and_failed_deliveries_are_counted() 
     let out = d.cli(&["approve", &id.to_string(), "--for", "1m"]);
     assert!(out.status.success(), "{}", output_text(&out));
     wait_for("the approval's webhook", Duration::from_secs(15), || {
-        deliveries(&hooks)
+        server
+            .deliveries()
             .iter()
             .any(|h| {
                 h["body"]
@@ -340,7 +431,8 @@ fn every_request_reaches_the_webhook_signed_and_failed_deliveries_are_counted() 
         error.contains("500") && error.contains("2 attempts"),
         "{error}"
     );
-    let fails: Vec<Value> = deliveries(&hooks)
+    let fails: Vec<Value> = server
+        .deliveries()
         .into_iter()
         .filter(|h| h["path"] == "/fail")
         .collect();
@@ -352,7 +444,6 @@ fn every_request_reaches_the_webhook_signed_and_failed_deliveries_are_counted() 
             .is_some_and(|t| t.contains("guard approve")),
         "{text}"
     );
-    let _ = server.child.kill();
 }
 
 #[test]

@@ -6,7 +6,8 @@
 use std::{path::Path, process::Command, time::Duration};
 
 use guard_tests::{
-    Daemon, Proc, alive, as_nobody, lsm_tier, output, output_text, wait_for, world_executable_guard,
+    Daemon, Proc, alive, as_nobody, lsm_tier, output, output_text, wait_for, webhook::HookServer,
+    world_executable_guard,
 };
 use serde_json::Value;
 
@@ -305,9 +306,13 @@ fn holding_agent(dir: &Path) -> (Proc, u32) {
 
 #[test]
 fn a_hold_rule_freezes_the_tree_until_a_human_decides_or_the_timeout_kills_it() {
+    let hooks = tempfile::tempdir().unwrap();
+    let hook = HookServer::start(hooks.path().join("hooks.jsonl"));
     let d = Daemon::start_with_policy(&format!(
         "{POLICY}\x20   - {{ name: prod-admin, ips: [127.0.0.3], ports: [5432], action: hold }}\n\
-         \x20 hold: {{ timeout: 6s, then: kill }}\n"
+         \x20 hold: {{ timeout: 6s, then: kill }}\n\
+         \x20 notify: {{ webhook: {{ url: \"http://127.0.0.1:{}/hook\", format: json }} }}\n",
+        hook.port
     ));
     let thawed_dir = tempfile::tempdir().unwrap();
     let killed_dir = tempfile::tempdir().unwrap();
@@ -384,4 +389,37 @@ fn a_hold_rule_freezes_the_tree_until_a_human_decides_or_the_timeout_kills_it() 
         "the denial is recorded"
     );
     assert!(alive(thawed), "the thawed tree lives on");
+
+    // The webhook heard each hold, the human's thaw and the timeout's kill.
+    let docs = wait_for("the trees' webhooks", Duration::from_secs(15), || {
+        let docs = hook.documents();
+        let has = |root: u32, event: &str, by: &str| {
+            docs.iter().any(|d| {
+                d["event"] == event
+                    && d["tree"]["root_pid"] == root
+                    && d["tree"]["by"].as_str().is_some_and(|b| b.starts_with(by))
+            })
+        };
+        (has(thawed, "tree.frozen", "rule prod-admin")
+            && has(killed, "tree.frozen", "rule prod-admin")
+            && has(thawed, "tree.thawed", "uid 0")
+            && has(killed, "tree.killed", "timeout"))
+        .then_some(docs)
+    });
+    let frozen = docs
+        .iter()
+        .find(|d| d["event"] == "tree.frozen" && d["tree"]["root_pid"] == killed)
+        .unwrap();
+    assert!(
+        frozen["tree"]["detail"]
+            .as_str()
+            .is_some_and(|t| t.contains("127.0.0.3:5432") && t.contains("killed")),
+        "{frozen}"
+    );
+    assert!(
+        frozen["thaw"]
+            .as_str()
+            .is_some_and(|t| t.starts_with(&format!("guard thaw {killed}:"))),
+        "{frozen}"
+    );
 }

@@ -611,27 +611,37 @@ fn apply(
     }
 }
 
-/// 1 when `rule` asks a human and an approval of it for the caller's tree and `dest` is live
-/// (its deadline, in the map, is still ahead): the operation goes through, recorded. A
-/// subprogram: only `ask` rules pay for the lookup, and the verifier walks it apart.
+/// 1 when `rule` asks a human and an approval of it for the caller's tree, or for the caller
+/// alone, and `dest` is live (its deadline, in the map, is still ahead): the operation goes
+/// through, recorded. A subprogram: only `ask` rules pay for the lookups, and the verifier
+/// walks it apart.
 #[inline(never)]
 fn approved(caller: &Caller, rule: &NetRule, dest: &Dest) -> u32 {
+    use guard_common::net::exception_scope;
     if rule.action != guard_common::decision::action::ASK {
         return 0;
     }
-    let key = guard_common::net::ExceptionKey {
+    let mut key = guard_common::net::ExceptionKey {
         root: caller.tag.root,
         rule_id: rule.rule_id,
         family: dest.family,
         port: u32::from(dest.port),
-        _pad: 0,
+        scope: exception_scope::TREE,
         addr: dest.addr,
     };
-    let Some(deadline) = NET_EXCEPTIONS.get_ptr(&key) else {
-        return 0;
-    };
-    // SAFETY: map value pointer from a successful lookup; helper without preconditions.
-    u32::from(unsafe { *deadline > aya_ebpf::helpers::bpf_ktime_get_boot_ns() })
+    if live(NET_EXCEPTIONS.get_ptr(&key)) {
+        return 1;
+    }
+    key.root = caller.key();
+    key.scope = exception_scope::PROCESS;
+    u32::from(live(NET_EXCEPTIONS.get_ptr(&key)))
+}
+
+/// An exception's deadline is still ahead.
+#[inline(always)]
+fn live(deadline: Option<*const u64>) -> bool {
+    // SAFETY: a map value pointer from a successful lookup; helper without preconditions.
+    deadline.is_some_and(|d| unsafe { *d > aya_ebpf::helpers::bpf_ktime_get_boot_ns() })
 }
 
 /// Record the caller for SIGKILL when the kernel function that ran the cgroup program returns.

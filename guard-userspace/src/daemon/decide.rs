@@ -135,17 +135,18 @@ pub(super) fn approve(
         let reqs = requests(state)?;
         let r = reqs.to_approve(id)?;
         let maps_dir = state.lock().expect("state lock").kernel.maps_dir();
-        let roots = match scope {
+        let who = match scope {
+            Scope::Process => vec![live_process(&r)?],
             Scope::Tree => vec![ProcKey::new(r.root_pid, r.root_start_ns)],
             Scope::Agent => roots_of(&maps_dir, r.agent_id)?,
         };
         let deadline = crate::clock::boot_ns() + dur.as_nanos() as u64;
         let mut map = exceptions(&maps_dir)?;
-        for key in Requests::keys(&r, &roots) {
+        for key in Requests::keys(&r, scope, &who) {
             map.insert(key, deadline, 0)
                 .map_err(|e| format!("installing the exception: {e}"))?;
         }
-        reqs.approved(id, by, deadline, roots, reason.unwrap_or_default());
+        reqs.approved(id, by, deadline, (scope, who), reason.unwrap_or_default());
         info!(id, uid = by, secs = dur.as_secs(), "request approved");
         reqs.to_list_entry(id)
             .ok_or_else(|| format!("request {id} is gone"))
@@ -153,6 +154,21 @@ pub(super) fn approve(
     match run() {
         Ok(r) => Reply::ok(r),
         Err(e) => Reply::err(e),
+    }
+}
+
+/// The process that asked `r`, if it still runs: a process-scoped approval of a process that
+/// is gone would never be used (its retry is a new process, which asks again).
+fn live_process(r: &Request) -> Result<ProcKey, String> {
+    let key = r.process();
+    if crate::respond::same_process(key.tgid, key.start_ns) {
+        Ok(key)
+    } else {
+        Err(format!(
+            "process {} that asked request {} has exited: approve its tree (--scope tree) or \
+             wait for the retry's request",
+            r.pid, r.id
+        ))
     }
 }
 

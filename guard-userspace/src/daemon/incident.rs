@@ -62,9 +62,15 @@ pub(super) async fn tree(
             action.name()
         ));
     }
-    let (maps_dir, names, sink) = {
+    let (maps_dir, names, sink, requests) = {
         let st = state.lock().expect("state lock");
-        (st.kernel.maps_dir(), st.names.clone(), st.sink.clone())
+        let requests = st.net.as_ref().map(|n| n.requests());
+        (
+            st.kernel.maps_dir(),
+            st.names.clone(),
+            st.sink.clone(),
+            requests,
+        )
     };
     let spec = spec.to_owned();
     let done = tokio::task::spawn_blocking(move || -> Result<_, String> {
@@ -98,6 +104,19 @@ pub(super) async fn tree(
     if let Some(sink) = sink {
         sink.submit(hold::event(root, agent_id, uid, action.name(), &report))
             .await;
+    }
+    if let Some(r) = requests {
+        r.notify_tree(&crate::requests::TreeNote {
+            root,
+            agent_id,
+            what: match action {
+                TreeAction::Freeze => "frozen",
+                TreeAction::Thaw => "thawed",
+                TreeAction::Kill => "killed",
+            },
+            by: format!("uid {uid}"),
+            detail: None,
+        });
     }
     Reply::ok(TreeReply {
         root_pid: root.tgid,

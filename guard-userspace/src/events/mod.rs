@@ -152,6 +152,25 @@ pub struct Decoded {
     pub secret_read: Option<guard_common::secret::SecretRead>,
     /// What the scan found: detector, fingerprint, line (never the secret).
     pub secrets: Vec<SecretFound>,
+    /// Told the event this record became, once enriched.
+    pub on_built: Option<OnBuilt>,
+}
+
+/// Called with the event a submitted record became: how a subsystem learns what the process
+/// tree knew of the record's process (its command line, its ancestry).
+#[derive(Clone)]
+pub struct OnBuilt(std::sync::Arc<dyn Fn(&Event) + Send + Sync>);
+
+impl OnBuilt {
+    pub fn new(f: impl Fn(&Event) + Send + Sync + 'static) -> Self {
+        Self(std::sync::Arc::new(f))
+    }
+}
+
+impl std::fmt::Debug for OnBuilt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OnBuilt")
+    }
 }
 
 impl Decoded {
@@ -172,6 +191,7 @@ impl Decoded {
             waited: false,
             secret_read: None,
             secrets: Vec::new(),
+            on_built: None,
         }
     }
 }

@@ -176,6 +176,9 @@ impl Pipeline {
                         };
                         let user = users.name(d.header.uid);
                         let event = build(&d, ctx.as_ref(), &names, &self.node, &clock, user);
+                        if let Some(told) = &d.on_built {
+                            (told.0)(&event);
+                        }
                         self.metrics.event_read(&event.kind);
                         if let (Some(rule), Some(action), Some(result)) =
                             (&event.rule, &event.action, &event.result)

@@ -20,12 +20,34 @@ impl NetHandle {
     }
 
     /// A `hold` rule denied a process of the tree of `root`: freeze the tree (unless it is
-    /// held already), and after `spec.hold.timeout` thaw or kill it if nobody decided.
-    /// Returns what the timeout will do, for the reason line.
-    fn hold(&self, root: guard_common::ProcKey, agent_id: u32) -> crate::policy::Hold {
+    /// held already), and after `spec.hold.timeout` thaw or kill it if nobody decided. The
+    /// webhook hears of both. Returns what the timeout will do, for the reason line.
+    fn hold(&self, ev: &guard_common::net::NetEvent) -> crate::policy::Hold {
         use crate::respond::hold as h;
+        let (root, agent_id) = (ev.header.root, ev.header.agent_id);
         let settings = self.hold_settings();
         let (dir, sink) = (self.maps_dir.clone(), Arc::clone(&self.sink));
+        let requests = self.requests.clone();
+        let d = crate::events::net::details(ev, self);
+        let note = move |what, by| crate::requests::TreeNote {
+            root,
+            agent_id,
+            what,
+            by,
+            detail: None,
+        };
+        let frozen_note = crate::requests::TreeNote {
+            detail: Some(format!(
+                "it was denied {}; unless someone decides within {}, it is {}",
+                destination(&d.destination),
+                humantime::format_duration(settings.timeout),
+                match settings.then {
+                    crate::policy::HoldThen::Thaw => "thawed",
+                    crate::policy::HoldThen::Kill => "killed",
+                }
+            )),
+            ..note("frozen", format!("rule {}", d.rule))
+        };
         tokio::spawn(async move {
             let d = dir.clone();
             let frozen = tokio::task::spawn_blocking(move || {
@@ -41,6 +63,7 @@ impl NetHandle {
                 return;
             };
             info!(root = root.tgid, ?report, "hold: agent tree frozen");
+            requests.notify_tree(&frozen_note);
             if let Some(s) = sink.get() {
                 s.submit(h::event(root, agent_id, u32::MAX, "hold", &report))
                     .await;
@@ -60,6 +83,8 @@ impl NetHandle {
             .await;
             if let (Ok(Some((action, report))), Some(s)) = (decided, sink.get()) {
                 info!(root = root.tgid, action, "hold: nobody decided in time");
+                let what = if action == "thaw" { "thawed" } else { "killed" };
+                requests.notify_tree(&note(what, "timeout".to_owned()));
                 let mut d = h::event(root, agent_id, u32::MAX, action, &report);
                 if let Some(o) = d.object.as_mut() {
                     o.operation = o
@@ -73,8 +98,9 @@ impl NetHandle {
         settings
     }
 
-    /// Open (or find) the request of a denial by an `ask` rule; its id.
-    fn ask(&self, ev: &guard_common::net::NetEvent) -> u64 {
+    /// Open (or find) the request of a denial by an `ask` rule; its id (`None`: the tree
+    /// asked too often, nobody was asked).
+    fn ask(&self, ev: &guard_common::net::NetEvent) -> Option<u64> {
         let d = crate::events::net::details(ev, self);
         let addr = d
             .destination
@@ -86,7 +112,8 @@ impl NetHandle {
             root: ev.header.root,
             agent_id: ev.header.agent_id,
             agent: String::new(),
-            pid: ev.header.proc.tgid,
+            proc: ev.header.proc,
+            ppid: ev.header.ppid,
             comm: crate::events::c_str(&ev.comm),
             rule: d.rule.clone(),
             rule_id: ev.rule_id,
@@ -113,7 +140,7 @@ impl NetHandle {
         }
         let h = ev.header;
         let request = (ev.action == action::ASK).then(|| self.ask(&ev));
-        let hold = (ev.action == action::HOLD).then(|| self.hold(h.root, h.agent_id));
+        let hold = (ev.action == action::HOLD).then(|| self.hold(&ev));
         let due = self.reasons.lock().expect("reasons lock").due(
             h.proc,
             ev.rule_id,
@@ -215,15 +242,23 @@ pub fn hold_reason_line(
 
 /// `guard: connect to … denied by rule R: a human was asked (request 17); retry after it is
 /// approved`.
-pub fn ask_reason_line(d: &crate::events::net::NetDetails, id: u64) -> String {
+pub fn ask_reason_line(d: &crate::events::net::NetDetails, id: Option<u64>) -> String {
     let verb = if d.hook.contains("sendmsg") || d.hook.contains("may_send") {
         "send to"
     } else {
         "connect to"
     };
+    let asked = match id {
+        Some(id) => {
+            format!("a human was asked (request {id}); retry after it is approved (guard requests)")
+        }
+        None => format!(
+            "this tree opened {} requests in the last minute, so nobody was asked this time",
+            crate::requests::PER_TREE_PER_MINUTE
+        ),
+    };
     format!(
-        "guard: {verb} {} denied by rule {}: a human was asked (request {id}); retry after it \
-         is approved (guard requests)",
+        "guard: {verb} {} denied by rule {}: {asked}",
         destination(&d.destination),
         d.rule
     )

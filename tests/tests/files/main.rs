@@ -466,15 +466,26 @@ fn raw_writes_to_the_volume_device_are_denied() {
         );
     }
     // An alias made by someone else is the same device: still denied.
-    run(
-        "mknod",
-        &[
-            alias.to_str().unwrap(),
-            "b",
-            &major.to_string(),
-            &minor.to_string(),
-        ],
-    );
+    let made = Command::new("mknod")
+        .arg(&alias)
+        .args(["b", &major.to_string(), &minor.to_string()])
+        .output()
+        .unwrap();
+    if !made.status.success() {
+        // Say who refused an untagged mknod: guard (an event naming this process) or the
+        // machine (its device cgroups).
+        let events: Vec<Value> = s
+            .daemon
+            .events()
+            .into_iter()
+            .filter(|e| e["hook"] == "cgroup_device")
+            .collect();
+        panic!(
+            "an untagged mknod was refused: {}\nour cgroups: {}\ndevice events: {events:#?}",
+            String::from_utf8_lossy(&made.stderr),
+            fs::read_to_string("/proc/self/cgroup").unwrap_or_default(),
+        );
+    }
     let out = s.agent.sh(&format!(
         "dd if=/dev/zero of={} bs=4k count=1 seek=1",
         alias.display()

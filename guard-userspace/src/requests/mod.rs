@@ -18,21 +18,29 @@ use std::{
     time::Duration,
 };
 
-use guard_common::{ProcKey, event::EventKind, net::ExceptionKey};
+use guard_common::{
+    ProcKey,
+    event::EventKind,
+    net::{ExceptionKey, exception_scope},
+};
 use serde::{Deserialize, Serialize};
 
-use crate::events::{Decision, Decoded, Object, pipeline::EventSink};
+use crate::events::{Ancestor, Decision, Decoded, Object, OnBuilt, pipeline::EventSink};
 
 /// Shortest and longest approval.
 pub const MIN_FOR: Duration = Duration::from_secs(1);
 pub const MAX_FOR: Duration = Duration::from_secs(24 * 3600);
 /// Open requests kept; the oldest go first beyond this (each one was an event).
 const OPEN_MAX: usize = 1024;
+/// New requests a tree may open in a minute.
+pub const PER_TREE_PER_MINUTE: u32 = 20;
 
 /// How far an approval reaches.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
+    /// The process that asked, alone (while it runs: a retry by a new process asks again).
+    Process,
     /// The agent tree that asked (by its root).
     #[default]
     Tree,
@@ -48,21 +56,14 @@ pub enum State {
     Approved {
         by_uid: u32,
         until: String,
+        #[serde(default)]
+        scope: Scope,
         #[serde(skip)]
         deadline_ns: u64,
-        /// The roots of the trees the exception covers.
+        /// The roots of the trees the exception covers (the process, with `scope: process`).
         #[serde(skip)]
         roots: Vec<ProcKey>,
     },
-}
-
-/// A request as its file keeps it: with what `guard requests` does not show.
-#[derive(Serialize, Deserialize)]
-struct Saved {
-    request: Request,
-    deadline_ns: u64,
-    /// `(tgid, start_ns)` of each tree an approval covers.
-    roots: Vec<(u32, u64)>,
 }
 
 /// One request, as `guard requests` lists it.
@@ -74,8 +75,19 @@ pub struct Request {
     pub agent_id: u32,
     pub root_pid: u32,
     pub root_start_ns: u64,
+    /// The process that asked.
     pub pid: u32,
+    #[serde(default)]
+    pub start_ns: u64,
+    #[serde(default)]
+    pub ppid: u32,
     pub comm: String,
+    /// Its command line (secrets redacted), once the event pipeline has described it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub argv: Vec<String>,
+    /// Its ancestors, nearest first, through the agent root.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ancestry: Vec<Ancestor>,
     pub rule: String,
     pub rule_id: u32,
     /// `ADDR:PORT` (with the host name a rule resolved, if any) or `unix:PATH`.
@@ -88,19 +100,33 @@ pub struct Request {
 }
 
 impl Request {
-    fn key(&self, root: ProcKey) -> ExceptionKey {
+    /// The exception key for `who`: a tree's root, or with [`Scope::Process`] a process.
+    fn key(&self, who: ProcKey, scope: Scope) -> ExceptionKey {
         ExceptionKey {
-            root,
+            root: who,
             rule_id: self.rule_id,
             family: self.family,
             port: self.port,
-            _pad: 0,
+            scope: match scope {
+                Scope::Process => exception_scope::PROCESS,
+                Scope::Tree | Scope::Agent => exception_scope::TREE,
+            },
             addr: self.addr,
         }
     }
 
+    /// The key under which the request is open: its tree, rule and destination.
+    fn open_key(&self) -> ExceptionKey {
+        self.key(self.root(), Scope::Tree)
+    }
+
     fn root(&self) -> ProcKey {
         ProcKey::new(self.root_pid, self.root_start_ns)
+    }
+
+    /// The process that asked.
+    pub fn process(&self) -> ProcKey {
+        ProcKey::new(self.pid, self.start_ns)
     }
 }
 
@@ -109,7 +135,9 @@ pub struct Asked {
     pub root: ProcKey,
     pub agent_id: u32,
     pub agent: String,
-    pub pid: u32,
+    /// The process that asked, and its parent.
+    pub proc: ProcKey,
+    pub ppid: u32,
     pub comm: String,
     pub rule: String,
     pub rule_id: u32,
@@ -142,6 +170,30 @@ struct List {
     by_id: BTreeMap<u64, Request>,
     /// The open request of each (tree, rule, destination): asked again, it is the same one.
     open: HashMap<ExceptionKey, u64>,
+    rate: Rate,
+}
+
+/// New requests per tree in a minute: an agent looping over destinations cannot flood the
+/// approvers (or the webhook).
+#[derive(Default)]
+struct Rate(HashMap<ProcKey, (std::time::Instant, u32)>);
+
+impl Rate {
+    const WINDOW: Duration = Duration::from_secs(60);
+
+    /// One more request of the tree of `root` at `now`, if its minute allows it.
+    fn allows(&mut self, root: ProcKey, now: std::time::Instant) -> bool {
+        if self.0.len() > OPEN_MAX {
+            self.0
+                .retain(|_, (since, _)| now.duration_since(*since) < Self::WINDOW);
+        }
+        let (since, count) = self.0.entry(root).or_insert((now, 0));
+        if now.duration_since(*since) >= Self::WINDOW {
+            (*since, *count) = (now, 0);
+        }
+        *count += 1;
+        *count <= PER_TREE_PER_MINUTE
+    }
 }
 
 impl Requests {
@@ -178,64 +230,28 @@ impl Requests {
         n.as_ref().map(|(_, n)| n.status())
     }
 
-    /// Tell the webhook that request `r` was `result` (opened, approved, denied, expired).
-    fn notify(&self, r: &Request, result: &str) {
-        let Some((_, n)) = self.0.notifier.lock().expect("notifier lock").clone() else {
-            return;
-        };
-        let node = crate::events::pipeline::hostname();
-        let doc = serde_json::json!({
-            "source": "guard",
-            "event": format!("request.{result}"),
-            "node": node,
-            "time": now(),
-            "request": r,
-            "approve": format!("guard approve {}", r.id),
-            "deny": format!("guard deny {}", r.id),
-        });
-        let text = format!(
-            "guard on {node}: request {id} {result}: {agent} (pid {pid}, {comm}) asks to reach \
-             {dest} (rule {rule}). Approve: `guard approve {id}`; deny: `guard deny {id}`",
-            id = r.id,
-            agent = r.agent,
-            pid = r.pid,
-            comm = crate::respond::sanitize(&r.comm),
-            dest = r.destination,
-            rule = r.rule,
-        );
-        n.send(&doc, &text);
-    }
-
     /// The request for `a`: the open one for the same tree, rule and destination, or a new
-    /// one (an event). Returns its id.
-    pub fn open(&self, a: Asked) -> u64 {
-        let key = ExceptionKey {
-            root: a.root,
-            rule_id: a.rule_id,
-            family: a.family,
-            port: a.port,
-            _pad: 0,
-            addr: a.addr,
+    /// one (an event). Its id, or `None` when the tree opened [`PER_TREE_PER_MINUTE`]
+    /// requests in the last minute already (the denial stands; nobody is asked).
+    pub fn open(&self, a: Asked) -> Option<u64> {
+        let agent = if a.agent.is_empty() {
+            self.0.names.lock().expect("names lock").name(a.agent_id)
+        } else {
+            a.agent
         };
-        let mut l = self.0.list.lock().expect("requests lock");
-        if let Some(id) = l.open.get(&key) {
-            return *id;
-        }
-        l.next += 1;
-        let id = l.next;
-        let r = Request {
-            id,
+        let mut r = Request {
+            id: 0,
             opened: now(),
-            agent: if a.agent.is_empty() {
-                self.0.names.lock().expect("names lock").name(a.agent_id)
-            } else {
-                a.agent
-            },
+            agent,
             agent_id: a.agent_id,
             root_pid: a.root.tgid,
             root_start_ns: a.root.start_ns,
-            pid: a.pid,
+            pid: a.proc.tgid,
+            start_ns: a.proc.start_ns,
+            ppid: a.ppid,
             comm: a.comm,
+            argv: Vec::new(),
+            ancestry: Vec::new(),
             rule: a.rule,
             rule_id: a.rule_id,
             destination: a.destination,
@@ -244,20 +260,35 @@ impl Requests {
             addr: a.addr,
             state: State::Open,
         };
-        l.open.insert(key, id);
-        l.by_id.insert(id, r.clone());
+        let key = r.open_key();
+        let mut l = self.0.list.lock().expect("requests lock");
+        if let Some(&open) = l.open.get(&key) {
+            return Some(open);
+        }
+        if !l.rate.allows(a.root, std::time::Instant::now()) {
+            drop(l);
+            tracing::warn!(
+                root = a.root.tgid,
+                "requests: too many from this tree; not asked"
+            );
+            return None;
+        }
+        l.next += 1;
+        r.id = l.next;
+        l.open.insert(key, r.id);
+        l.by_id.insert(r.id, r.clone());
         while l.by_id.len() > OPEN_MAX {
             let Some((&old, _)) = l.by_id.iter().find(|(_, r)| r.state == State::Open) else {
                 break;
             };
             if let Some(r) = l.by_id.remove(&old) {
-                l.open.remove(&r.key(r.root()));
+                l.open.remove(&r.open_key());
             }
         }
         // Not under the lock: the event's save takes it.
         drop(l);
         self.emit(&r, "ask", "opened", u32::MAX, "");
-        id
+        Some(r.id)
     }
 
     /// Request `id` as listed.
@@ -294,15 +325,15 @@ impl Requests {
         }
     }
 
-    /// The exception keys of `r` for each root of `roots`.
-    pub fn keys(r: &Request, roots: &[ProcKey]) -> Vec<ExceptionKey> {
-        roots.iter().map(|root| r.key(*root)).collect()
+    /// The exception keys of `r` for each of `who` (tree roots, or the process that asked).
+    pub fn keys(r: &Request, scope: Scope, who: &[ProcKey]) -> Vec<ExceptionKey> {
+        who.iter().map(|k| r.key(*k, scope)).collect()
     }
 
     /// The exception keys an approved request installed.
     pub fn installed(r: &Request) -> Vec<ExceptionKey> {
         match &r.state {
-            State::Approved { roots, .. } => Self::keys(r, roots),
+            State::Approved { roots, scope, .. } => Self::keys(r, *scope, roots),
             State::Open => Vec::new(),
         }
     }
@@ -314,7 +345,7 @@ impl Requests {
         id: u64,
         by_uid: u32,
         deadline_ns: u64,
-        roots: Vec<ProcKey>,
+        (scope, roots): (Scope, Vec<ProcKey>),
         reason: &str,
     ) {
         let mut l = self.0.list.lock().expect("requests lock");
@@ -325,11 +356,12 @@ impl Requests {
         r.state = State::Approved {
             by_uid,
             until: rfc3339_in(left),
+            scope,
             deadline_ns,
             roots,
         };
         let r = r.clone();
-        l.open.remove(&r.key(r.root()));
+        l.open.remove(&r.open_key());
         drop(l);
         self.emit(&r, "approve", "approved", by_uid, reason);
     }
@@ -347,7 +379,7 @@ impl Requests {
             Some(r) => r.clone(),
         };
         l.by_id.remove(&id);
-        l.open.remove(&r.key(r.root()));
+        l.open.remove(&r.open_key());
         drop(l);
         self.emit(&r, "deny", "denied", by_uid, reason);
         Ok(r)
@@ -373,110 +405,58 @@ impl Requests {
         out
     }
 
-    /// Keep the requests in `file` from now on, after taking back what it holds: the open
-    /// requests whose root still runs and the approved ones before their deadline. Returns
-    /// how many were taken back and how many dropped.
-    pub fn keep_in(&self, file: std::path::PathBuf) -> (usize, usize) {
-        let saved: Vec<Saved> = std::fs::read(&file)
-            .ok()
-            .and_then(|t| serde_json::from_slice(&t).ok())
-            .unwrap_or_default();
-        let now = crate::clock::boot_ns();
+    /// What the event of its opening showed of the process that asked (its command line and
+    /// ancestry, from the process tree): kept with request `id`, which the webhook then
+    /// announces.
+    fn describe(&self, id: u64, e: &crate::events::Event) {
         let mut l = self.0.list.lock().expect("requests lock");
-        let (mut kept, mut dropped) = (0, 0);
-        for s in saved {
-            let mut r = s.request;
-            l.next = l.next.max(r.id);
-            let live = match &mut r.state {
-                State::Open => {
-                    r.root_pid == 0
-                        || std::path::Path::new(&format!("/proc/{}", r.root_pid)).exists()
-                }
-                State::Approved {
-                    deadline_ns, roots, ..
-                } => {
-                    *deadline_ns = s.deadline_ns;
-                    *roots = s
-                        .roots
-                        .iter()
-                        .map(|(tgid, start_ns)| ProcKey::new(*tgid, *start_ns))
-                        .collect();
-                    s.deadline_ns > now
-                }
-            };
-            if !live {
-                dropped += 1;
-                continue;
-            }
-            if r.state == State::Open {
-                l.open.insert(r.key(r.root()), r.id);
-            }
-            l.by_id.insert(r.id, r);
-            kept += 1;
-        }
-        drop(l);
-        let _ = self.0.store.set(file);
-        self.save();
-        (kept, dropped)
-    }
-
-    /// Write the requests to their file (whole, then renamed into place).
-    fn save(&self) {
-        let Some(file) = self.0.store.get() else {
+        let Some(r) = l.by_id.get_mut(&id) else {
             return;
         };
-        let saved: Vec<Saved> = self
-            .0
-            .list
-            .lock()
-            .expect("requests lock")
-            .by_id
-            .values()
-            .map(|r| {
-                let (deadline_ns, roots) = match &r.state {
-                    State::Approved {
-                        deadline_ns, roots, ..
-                    } => (
-                        *deadline_ns,
-                        roots.iter().map(|k| (k.tgid, k.start_ns)).collect(),
-                    ),
-                    State::Open => (0, Vec::new()),
-                };
-                Saved {
-                    request: r.clone(),
-                    deadline_ns,
-                    roots,
-                }
-            })
-            .collect();
-        let tmp = file.with_extension("json.tmp");
-        let written = serde_json::to_vec(&saved)
-            .map_err(std::io::Error::other)
-            .and_then(|bytes| std::fs::write(&tmp, bytes))
-            .and_then(|()| std::fs::rename(&tmp, file));
-        if let Err(e) = written {
-            tracing::warn!(file = %file.display(), error = %e, "requests not saved");
+        if let Some(p) = &e.process {
+            r.argv.clone_from(&p.argv);
         }
+        r.ancestry.clone_from(&e.ancestry);
+        let r = r.clone();
+        drop(l);
+        self.save();
+        self.notify(&r, "opened");
     }
 
     /// An event, the file and the webhook for a change of `r`; never called under the lock.
+    /// An opening is announced once the pipeline has described the process that asked.
     fn emit(&self, r: &Request, action: &str, result: &str, uid: u32, reason: &str) {
         self.save();
-        self.notify(r, result);
+        let opening = result == "opened";
         let Some(sink) = self.0.sink.get() else {
+            self.notify(r, result);
             return;
         };
+        if !opening {
+            self.notify(r, result);
+        }
         let root = r.root();
+        // The opening is about the process that asked (the pipeline adds its command line
+        // and ancestry); the answers are about the tree.
+        let (proc, ppid) = if opening {
+            (r.process(), r.ppid)
+        } else {
+            (root, 0)
+        };
         let header = guard_common::event::EventHeader {
             kind: EventKind::Request as u32,
             agent_id: r.agent_id,
             time_ns: crate::clock::boot_ns(),
-            proc: root,
+            proc,
             root,
-            ppid: 0,
+            ppid,
             uid,
         };
         let mut d = Decoded::new(EventKind::Request, header);
+        if opening {
+            let (me, id) = (self.clone(), r.id);
+            d.on_built = Some(OnBuilt::new(move |e| me.describe(id, e)));
+        }
         d.decision = Some(Decision {
             rule: r.rule.clone(),
             rule_id: Some(r.rule_id),
@@ -537,47 +517,9 @@ fn rfc3339_in(d: Duration) -> String {
         .unwrap_or_default()
 }
 
+mod announce;
+mod store;
+
+pub use announce::TreeNote;
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn asked(root: u32, port: u32) -> Asked {
-        Asked {
-            root: ProcKey::new(root, 1_000_000_000),
-            agent_id: 0,
-            agent: String::new(),
-            pid: root + 1,
-            comm: "curl".into(),
-            rule: "prod-db".into(),
-            rule_id: 3,
-            family: guard_common::net::AF_INET,
-            port,
-            addr: [10, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-            destination: format!("10.0.0.5:{port}"),
-        }
-    }
-
-    #[test]
-    fn one_open_request_per_tree_rule_and_destination_until_answered() {
-        let r = Requests::default();
-        let a = r.open(asked(7, 5432));
-        assert_eq!(r.open(asked(7, 5432)), a, "asked again: the same request");
-        let b = r.open(asked(7, 6432));
-        let c = r.open(asked(8, 5432));
-        assert!(a != b && b != c && a != c);
-        assert!(r.to_approve(99).unwrap_err().contains("no request 99"));
-        let req = r.to_approve(a).unwrap();
-        let root = ProcKey::new(7, 1_000_000_000);
-        assert_eq!(Requests::keys(&req, &[root])[0].port, 5432);
-        r.approved(a, 0, 5_000, vec![root], "");
-        assert!(r.to_approve(a).unwrap_err().contains("already approved"));
-        assert_eq!(Requests::installed(&r.to_list_entry(a).unwrap()).len(), 1);
-        // Approved, the pair is free: a new denial (after expiry) opens a new request.
-        assert_ne!(r.open(asked(7, 5432)), a);
-        assert!(r.deny(a, 0, "").unwrap_err().contains("is approved"));
-        assert_eq!(r.deny(b, 0, "no").unwrap().id, b);
-        let expired = r.expire(6_000);
-        assert_eq!(expired.iter().map(|q| q.id).collect::<Vec<_>>(), [a]);
-        assert!(r.list().iter().all(|q| q.id != a && q.id != b));
-    }
-}
+mod tests;
