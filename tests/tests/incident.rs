@@ -282,15 +282,15 @@ fn an_exported_tree_holds_its_commands_and_decisions() {
     drop(agent);
 }
 
-/// An agent that, once `go` appears, connects to the hold rule's destination, then keeps
+/// An agent that, once `go` appears, runs `offence` (what a hold rule refuses), then keeps
 /// ticking; with a runaway that double-forked out of its session.
-fn holding_agent(dir: &Path) -> (Proc, u32) {
+fn holding_agent(dir: &Path, offence: &str) -> (Proc, u32) {
     let claude = dir.join("claude");
     std::fs::copy("/bin/bash", &claude).unwrap();
     let script = format!(
         "(setsid bash -c 'while :; do echo x >> {d}/away; sleep 0.05; done' &) ; \
          until [ -e {d}/go ]; do sleep 0.05; done; \
-         (exec 3<>/dev/tcp/127.0.0.3/5432); \
+         {offence}; \
          while :; do echo y >> {d}/here; sleep 0.05; done",
         d = dir.display()
     );
@@ -308,18 +308,34 @@ fn holding_agent(dir: &Path) -> (Proc, u32) {
 fn a_hold_rule_freezes_the_tree_until_a_human_decides_or_the_timeout_kills_it() {
     let hooks = tempfile::tempdir().unwrap();
     let hook = HookServer::start(hooks.path().join("hooks.jsonl"));
+    // A third tree writes to a file a path rule holds.
+    let (filed_dir, vault) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let victim = vault.path().join("victim");
+    std::fs::write(&victim, "intact").unwrap();
     let d = Daemon::start_with_policy(&format!(
         "{POLICY}\x20   - {{ name: prod-admin, ips: [127.0.0.3], ports: [5432], action: hold }}\n\
+         \x20 paths:\n    - {{ name: prod-files, paths: [\"{}\"], access: [write, delete], \
+         action: hold }}\n\
          \x20 hold: {{ timeout: 6s, then: kill }}\n\
          \x20 notify: {{ webhook: {{ url: \"http://127.0.0.1:{}/hook\", format: json }} }}\n",
+        vault.path().display(),
         hook.port
     ));
     let thawed_dir = tempfile::tempdir().unwrap();
     let killed_dir = tempfile::tempdir().unwrap();
-    let (_a, thawed) = holding_agent(thawed_dir.path());
-    let (_b, killed) = holding_agent(killed_dir.path());
+    let connect = "(exec 3<>/dev/tcp/127.0.0.3/5432)";
+    let (_a, thawed) = holding_agent(thawed_dir.path(), connect);
+    let (_b, killed) = holding_agent(killed_dir.path(), connect);
+    let (_c, filed) = holding_agent(
+        filed_dir.path(),
+        &format!("echo overwritten > {}", victim.display()),
+    );
     let mut reaper = Reaper(Vec::new());
-    for (dir, root) in [(thawed_dir.path(), thawed), (killed_dir.path(), killed)] {
+    for (dir, root) in [
+        (thawed_dir.path(), thawed),
+        (killed_dir.path(), killed),
+        (filed_dir.path(), filed),
+    ] {
         let m = wait_for("the tree and its runaway", Duration::from_secs(10), || {
             let m = members(&d, root);
             (m.len() >= 2 && size(&dir.join("away")) > 0).then_some(m)
@@ -327,7 +343,7 @@ fn a_hold_rule_freezes_the_tree_until_a_human_decides_or_the_timeout_kills_it() 
         reaper.0.extend(m);
         std::fs::write(dir.join("go"), "").unwrap();
     }
-    for root in [thawed, killed] {
+    for root in [thawed, killed, filed] {
         wait_for("the tree to be held", Duration::from_secs(10), || {
             let m = members(&d, root);
             (!m.is_empty() && m.iter().all(|p| stopped(*p))).then_some(())
@@ -343,6 +359,27 @@ fn a_hold_rule_freezes_the_tree_until_a_human_decides_or_the_timeout_kills_it() 
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(sizes(), before, "the held trees do not run");
     let ran_before = size(&here);
+    // The file tree: its write was refused, and a human ends it.
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "intact");
+    let reason = wait_for(
+        "the file hold's reason line",
+        Duration::from_secs(10),
+        || {
+            let r = std::fs::read_to_string(filed_dir.path().join("reason")).ok()?;
+            r.contains("prod-files").then_some(r)
+        },
+    );
+    assert!(reason.contains("frozen until a human decides"), "{reason}");
+    let filed_members = members(&d, filed);
+    let out = d.cli(&["kill", &filed.to_string()]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    wait_for(
+        "the file tree to be killed",
+        Duration::from_secs(10),
+        || filed_members.iter().all(|p| !alive(*p)).then_some(()),
+    );
+    // An untagged process writes there as before.
+    std::fs::write(&victim, "changed by a human").unwrap();
 
     let out = d.cli(&["thaw", &thawed.to_string()]);
     assert!(out.status.success(), "{}", output_text(&out));
@@ -403,7 +440,9 @@ fn a_hold_rule_freezes_the_tree_until_a_human_decides_or_the_timeout_kills_it() 
         (has(thawed, "tree.frozen", "rule prod-admin")
             && has(killed, "tree.frozen", "rule prod-admin")
             && has(thawed, "tree.thawed", "uid 0")
-            && has(killed, "tree.killed", "timeout"))
+            && has(killed, "tree.killed", "timeout")
+            && has(filed, "tree.frozen", "rule prod-files")
+            && has(filed, "tree.killed", "uid 0"))
         .then_some(docs)
     });
     let frozen = docs

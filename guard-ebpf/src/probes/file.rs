@@ -31,7 +31,7 @@ use guard_common::{
 };
 
 use crate::{
-    ctx::{self, Caller, current_ppid, kill_current, tagged},
+    ctx::{self, Caller, current_ppid, kill_current, stop_current, tagged},
     maps::{
         FILE_DEVICES, FILE_EVENTS, FILE_HIT, FILE_KILLED, FILE_OBJECTS, count_file, file_offsets,
     },
@@ -310,6 +310,11 @@ fn try_lsm_decide(
                 (-EPERM, outcome::KILL_FAILED, enforce)
             }
         } else {
+            if hit.rule.action == action::HOLD {
+                // Stopped before the refused call returns; the daemon freezes the rest of
+                // the tree.
+                let _ = stop_current();
+            }
             count_file(counter::LSM_DENIED);
             (-EPERM, outcome::DENIED, enforce)
         }

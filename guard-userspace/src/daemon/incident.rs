@@ -106,7 +106,7 @@ pub(super) async fn tree(
             .await;
     }
     if let Some(r) = requests {
-        r.notify_tree(&crate::requests::TreeNote {
+        r.notify_tree(&crate::respond::TreeNote {
             root,
             agent_id,
             what: match action {

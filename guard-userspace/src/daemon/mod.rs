@@ -228,7 +228,18 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
     start::check_policy_file(&cfg, &state)?;
     let config = net::NetConfig::from_env().map_err(net::NetError::from)?;
     let requests = crate::requests::Requests::default();
-    let net = net::NetHandle::new(net_maps, &config, taints.clone(), requests.clone())?;
+    let maps_dir = state.lock().expect("state lock").kernel.maps_dir();
+    let holder = {
+        let r = requests.clone();
+        crate::respond::Holder::new(maps_dir.clone(), move |note| r.notify_tree(note))
+    };
+    let net = net::NetHandle::new(
+        net_maps,
+        &config,
+        taints.clone(),
+        requests.clone(),
+        holder.clone(),
+    )?;
     apply::apply(&state, compiled, &net).await?;
     seed(&state)?;
     let secrets = crate::events::secret::SecretReads::new(secret_maps, taints, Some(net.tag_map()));
@@ -236,9 +247,8 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
     requests.set_sink(sink.clone());
     keep_requests(&cfg, &requests);
     net.set_sink(sink.clone());
-    start_files(&cfg, &state, kernel_files, sink)?;
+    start_files(&cfg, &state, kernel_files, sink, holder)?;
     keep_pins(&cfg, &state);
-    let maps_dir = state.lock().expect("state lock").kernel.maps_dir();
     tokio::spawn(incident::keep_held(state.clone(), maps_dir));
     tokio::spawn(decide::expire_forever(state.clone()));
     start::release_free_memory();

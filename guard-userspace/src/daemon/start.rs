@@ -246,6 +246,7 @@ pub(super) fn start_files(
     state: &Shared,
     kernel_files: Option<crate::files::Loaded>,
     sink: EventSink,
+    holder: crate::respond::Holder,
 ) -> Result<(), DaemonError> {
     let mut st = state.lock().expect("state lock");
     let rules: Vec<_> = st.path_rules.iter().chain(&st.internal).cloned().collect();
@@ -257,6 +258,7 @@ pub(super) fn start_files(
         kernel_files,
         &rules,
         sink,
+        holder,
     )?;
     st.files = Some(Arc::new(files));
     Ok(())

@@ -112,6 +112,8 @@ pub struct Shared {
     pub sink: EventSink,
     /// The bpf-lsm tier's file hooks enforce (no fanotify permission events then).
     pub lsm: bool,
+    /// Freezes the trees `hold` rules name.
+    pub holder: crate::respond::Holder,
 }
 
 /// The running file protection.
@@ -133,6 +135,7 @@ impl FileGuard {
         loaded: Option<Loaded>,
         rules: &[CompiledPathRule],
         sink: EventSink,
+        holder: crate::respond::Holder,
     ) -> Result<Self, FileError> {
         let tags = crate::loader::open_pinned_tags(&cfg.pin_dir.join("maps"))
             .map_err(|(name, source)| FileError::Map { name, source })?;
@@ -149,6 +152,7 @@ impl FileGuard {
             kernel: Mutex::new(maps),
             catalog: Mutex::new(Catalog::default()),
             sink,
+            holder,
             lsm: attached.lsm(),
         });
         let mut threads = Vec::new();
@@ -297,6 +301,12 @@ fn reporter(shared: &Shared, rx: Receiver<Report>, stop: &AtomicBool) {
                 d
             }
         };
+        if d.action == Action::Hold && d.outcome != Outcome::Allowed {
+            let what = d.what();
+            shared
+                .holder
+                .hold(d.tag.root, d.tag.agent_id, &d.rule, &what);
+        }
         // Kernel decisions; fanotify decisions kill the tree before they answer.
         if d.action == Action::KillTree
             && matches!(d.hook, Hook::Change | Hook::Device | Hook::Lsm(_))

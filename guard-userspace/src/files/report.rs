@@ -121,10 +121,10 @@ impl Decision {
         }
     }
 
-    /// The one line the offender reads on its stderr.
-    pub fn reason(&self) -> String {
+    /// What was asked: `open of PATH for write`, `delete of PATH`.
+    pub fn what(&self) -> String {
         let access = names(self.access).join("/");
-        let what = match self.hook {
+        match self.hook {
             Hook::Change => format!(
                 "{} of {}",
                 operation(self.syscall),
@@ -137,7 +137,12 @@ impl Decision {
                 self.target.as_deref().unwrap_or(&self.path)
             ),
             _ => format!("open of {} for {access}", self.path),
-        };
+        }
+    }
+
+    /// The one line the offender reads on its stderr.
+    pub fn reason(&self) -> String {
+        let what = self.what();
         let verdict = match (self.outcome, self.hook) {
             (Outcome::Allowed, _) => "recorded (audit)",
             (Outcome::Killed, Hook::Change) => "detected; process killed",
@@ -146,12 +151,22 @@ impl Decision {
             (Outcome::KillScheduled, _) => "denied; process to be killed",
             (Outcome::Denied, _) => "denied",
         };
-        let tree = if self.action == Action::KillTree && self.outcome != Outcome::Allowed {
+        let blocked = self.outcome != Outcome::Allowed;
+        let tree = if self.action == Action::KillTree && blocked {
             " (and its agent tree)"
         } else {
             ""
         };
-        format!("guard: {what} {verdict}{tree} by rule {}\n", self.rule)
+        let held = if self.action == Action::Hold && blocked {
+            format!(
+                "; its agent tree is frozen until a human decides (guard thaw {root} or guard \
+                 kill {root})",
+                root = self.tag.root.tgid
+            )
+        } else {
+            String::new()
+        };
+        format!("guard: {what} {verdict}{tree} by rule {}{held}\n", self.rule)
     }
 }
 
@@ -219,6 +234,13 @@ mod tests {
         assert_eq!(
             open.reason(),
             "guard: open of /srv/db/base/1 for write denied by rule prod-volume\n"
+        );
+        open.action = Action::Hold;
+        open.tag.root = guard_common::ProcKey::new(40, 1);
+        assert_eq!(
+            open.reason(),
+            "guard: open of /srv/db/base/1 for write denied by rule prod-volume; its agent tree \
+             is frozen until a human decides (guard thaw 40 or guard kill 40)\n"
         );
     }
 

@@ -78,8 +78,6 @@ struct State {
     raw: Option<CompiledRawRule>,
     /// `spec.secrets`.
     secrets: Option<CompiledSecrets>,
-    /// `spec.hold`.
-    hold: crate::policy::Hold,
     /// `(rule id, host)` → addresses in force.
     hosts: BTreeMap<(u32, String), HostState>,
     generation: u32,
@@ -117,10 +115,10 @@ pub struct NetHandle {
     pub(super) taints: Taints,
     /// Requests of `ask` rules.
     pub(super) requests: crate::requests::Requests,
-    /// Where the maps are pinned.
-    pub(super) maps_dir: std::path::PathBuf,
-    /// Where decisions made here (holds) are logged, once the pipeline runs.
+    /// Where decisions made here are logged, once the pipeline runs.
     pub(super) sink: Arc<std::sync::OnceLock<crate::events::pipeline::EventSink>>,
+    /// Freezes the trees `hold` rules name.
+    pub(super) holder: crate::respond::Holder,
 }
 
 /// How long applying a policy waits for its new host names to resolve.
@@ -138,6 +136,7 @@ impl NetHandle {
         config: &NetConfig,
         taints: Taints,
         requests: crate::requests::Requests,
+        holder: crate::respond::Holder,
     ) -> Result<Self, NetError> {
         // A host without /etc/resolv.conf still enforces address and unix rules; host rules
         // then stay unresolved, with the reason, until the daemon is restarted with a resolver.
@@ -153,7 +152,6 @@ impl NetHandle {
             raw,
             secrets,
             tags,
-            maps_dir,
         } = maps;
         let maps = RuleMaps {
             net4,
@@ -171,7 +169,6 @@ impl NetHandle {
                 rules: Vec::new(),
                 raw: None,
                 secrets: None,
-                hold: crate::policy::Hold::default(),
                 hosts: BTreeMap::new(),
                 generation: generation - 1,
                 names: BTreeMap::new(),
@@ -184,8 +181,8 @@ impl NetHandle {
             reasons: Arc::default(),
             taints,
             requests,
-            maps_dir,
             sink: Arc::default(),
+            holder,
         };
         tokio::spawn(handle.clone().refresh_forever());
         tokio::spawn(handle.clone().recheck_unix_files());
@@ -218,7 +215,7 @@ impl NetHandle {
         st.rules = policy.endpoints.clone();
         st.raw = policy.raw_sockets;
         st.secrets = Some(policy.secrets.clone());
-        st.hold = policy.hold;
+        self.holder.set_settings(policy.hold);
         let generation = st.generation + 1;
         install(&mut st, generation)?;
         drop(st);
@@ -427,11 +424,6 @@ impl NetHandle {
     pub fn secrets(&self) -> (Option<CompiledSecrets>, Taints) {
         let st = self.state.lock().expect("net state");
         (st.secrets.clone(), self.taints.clone())
-    }
-
-    /// `spec.hold` in force.
-    pub(super) fn hold_settings(&self) -> crate::policy::Hold {
-        self.state.lock().expect("net state").hold
     }
 
     /// The requests of `ask` rules.

@@ -68,8 +68,6 @@ pub struct NetMaps {
     pub secrets: Array<MapData, NetRule>,
     /// A second handle on the tag map (from its pin), for kill-tree.
     pub tags: HashMap<MapData, u32, Tag>,
-    /// Where the maps are pinned (a hold opens the held map there).
-    pub maps_dir: std::path::PathBuf,
 }
 
 /// What [`attach`] attached.
@@ -153,6 +151,5 @@ pub fn take_maps(ebpf: &mut Ebpf, maps_dir: &Path) -> Result<NetMaps, NetError> 
         raw: take_map(ebpf, maps::NET_RAW).map_err(err)?,
         secrets: take_map(ebpf, maps::NET_SECRETS).map_err(err)?,
         tags: crate::loader::open_pinned_tags(maps_dir).map_err(err)?,
-        maps_dir: maps_dir.to_path_buf(),
     })
 }

@@ -2,8 +2,6 @@
 //! the offender's stderr, kill-tree, a request for a human (`ask`), freezing the tree
 //! (`hold`) — and the reason lines themselves.
 
-use std::sync::Arc;
-
 use guard_common::{
     decision::{action, outcome},
     net::{SECRETS_PENDING_RULE_ID, SECRETS_RULE_ID},
@@ -16,86 +14,17 @@ use crate::secrets::Cause;
 impl NetHandle {
     /// Where decisions made here are logged.
     pub fn set_sink(&self, sink: crate::events::pipeline::EventSink) {
+        self.holder.set_sink(sink.clone());
         let _ = self.sink.set(sink);
     }
 
-    /// A `hold` rule denied a process of the tree of `root`: freeze the tree (unless it is
-    /// held already), and after `spec.hold.timeout` thaw or kill it if nobody decided. The
-    /// webhook hears of both. Returns what the timeout will do, for the reason line.
+    /// A `hold` rule denied a process of the tree: the holder freezes the tree. Returns
+    /// what the timeout will do, for the reason line.
     fn hold(&self, ev: &guard_common::net::NetEvent) -> crate::policy::Hold {
-        use crate::respond::hold as h;
-        let (root, agent_id) = (ev.header.root, ev.header.agent_id);
-        let settings = self.hold_settings();
-        let (dir, sink) = (self.maps_dir.clone(), Arc::clone(&self.sink));
-        let requests = self.requests.clone();
         let d = crate::events::net::details(ev, self);
-        let note = move |what, by| crate::requests::TreeNote {
-            root,
-            agent_id,
-            what,
-            by,
-            detail: None,
-        };
-        let frozen_note = crate::requests::TreeNote {
-            detail: Some(format!(
-                "it was denied {}; unless someone decides within {}, it is {}",
-                destination(&d.destination),
-                humantime::format_duration(settings.timeout),
-                match settings.then {
-                    crate::policy::HoldThen::Thaw => "thawed",
-                    crate::policy::HoldThen::Kill => "killed",
-                }
-            )),
-            ..note("frozen", format!("rule {}", d.rule))
-        };
-        tokio::spawn(async move {
-            let d = dir.clone();
-            let frozen = tokio::task::spawn_blocking(move || {
-                let (tags, mut held) = h::maps(&d).ok()?;
-                if held.get(&root, 0).is_ok() {
-                    return None;
-                }
-                let report = h::freeze(&tags, &mut held, root).ok()?;
-                Some((report, held.get(&root, 0).ok()?))
-            })
-            .await;
-            let Ok(Some((report, since))) = frozen else {
-                return;
-            };
-            info!(root = root.tgid, ?report, "hold: agent tree frozen");
-            requests.notify_tree(&frozen_note);
-            if let Some(s) = sink.get() {
-                s.submit(h::event(root, agent_id, u32::MAX, "hold", &report))
-                    .await;
-            }
-            tokio::time::sleep(settings.timeout).await;
-            let decided = tokio::task::spawn_blocking(move || {
-                let (tags, mut held) = h::maps(&dir).ok()?;
-                // A human decided already (thawed or killed it), or it was held anew.
-                if held.get(&root, 0).ok() != Some(since) {
-                    return None;
-                }
-                Some(match settings.then {
-                    crate::policy::HoldThen::Thaw => ("thaw", h::thaw(&tags, &mut held, root)),
-                    crate::policy::HoldThen::Kill => ("kill", h::kill(&tags, &mut held, root)),
-                })
-            })
-            .await;
-            if let (Ok(Some((action, report))), Some(s)) = (decided, sink.get()) {
-                info!(root = root.tgid, action, "hold: nobody decided in time");
-                let what = if action == "thaw" { "thawed" } else { "killed" };
-                requests.notify_tree(&note(what, "timeout".to_owned()));
-                let mut d = h::event(root, agent_id, u32::MAX, action, &report);
-                if let Some(o) = d.object.as_mut() {
-                    o.operation = o
-                        .operation
-                        .take()
-                        .map(|op| format!("{op} (hold timed out)"));
-                }
-                s.submit(d).await;
-            }
-        });
-        settings
+        let what = format!("a connection to {}", destination(&d.destination));
+        self.holder
+            .hold(ev.header.root, ev.header.agent_id, &d.rule, &what)
     }
 
     /// Open (or find) the request of a denial by an `ask` rule; its id (`None`: the tree

@@ -190,7 +190,7 @@ pub enum Problem {
     EndpointMatchesNothing,
     #[error(
         "{action} is for endpoint rules: a file operation cannot wait for a human yet (use \
-         deny, and approve by changing the rule)"
+         hold to freeze the tree until a human decides, or deny)"
     )]
     HumanActionOnPaths { action: &'static str },
     #[error("allow-list entry matches nothing: give at least one of cidrs, ips or hosts")]

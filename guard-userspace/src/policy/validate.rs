@@ -256,16 +256,10 @@ fn rules(policy: &Policy, f: &mut Findings) {
             f.errors
                 .push((format!("{at}.access"), Problem::EmptyAccess));
         }
-        if let action @ (crate::policy::Action::Ask | crate::policy::Action::Hold) = rule.action {
+        if rule.action == crate::policy::Action::Ask {
             f.errors.push((
                 format!("{at}.action"),
-                Problem::HumanActionOnPaths {
-                    action: if action == crate::policy::Action::Ask {
-                        "ask"
-                    } else {
-                        "hold"
-                    },
-                },
+                Problem::HumanActionOnPaths { action: "ask" },
             ));
         }
     }

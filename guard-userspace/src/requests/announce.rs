@@ -3,21 +3,8 @@
 //! thawed or killed it. Command lines stay on the node: redaction knows token formats, not
 //! every password someone typed as an argument; approvers read them with `guard requests`.
 
-use guard_common::ProcKey;
-
 use super::{Request, Requests, now};
-
-/// What happened to an agent tree, for the webhook.
-pub struct TreeNote {
-    pub root: ProcKey,
-    pub agent_id: u32,
-    /// `frozen`, `thawed` or `killed`.
-    pub what: &'static str,
-    /// Who did it: `rule NAME` (a hold), `uid N` (`guard freeze|thaw|kill`), `timeout`.
-    pub by: String,
-    /// What the hold denied and what its timeout will do, for a hold.
-    pub detail: Option<String>,
-}
+use crate::respond::TreeNote;
 
 impl Requests {
     /// Tell the webhook that request `r` was `result` (opened, approved, denied, expired).

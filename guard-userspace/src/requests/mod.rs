@@ -519,7 +519,5 @@ fn rfc3339_in(d: Duration) -> String {
 
 mod announce;
 mod store;
-
-pub use announce::TreeNote;
 #[cfg(test)]
 mod tests;

@@ -5,9 +5,13 @@
 //! the offender's own file description (a full pipe or a closed stderr loses the line, nothing
 //! else). Every process is
 //! reached through a pidfd opened before its start time is checked, so a reused pid is never
-//! written to or signalled. `hold.rs`: freezing and thawing a whole tree.
+//! written to or signalled. `hold.rs`: freezing and thawing a whole tree; `holder.rs`: the
+//! `hold` action of every hook family.
 
 pub mod hold;
+mod holder;
+
+pub use holder::{Holder, TreeNote};
 
 use std::{
     collections::HashSet,

@@ -480,10 +480,24 @@ fn raw_writes_to_the_volume_device_are_denied() {
             .into_iter()
             .filter(|e| e["hook"] == "cgroup_device")
             .collect();
+        let daemons: Vec<String> = fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let comm = fs::read_to_string(e.path().join("comm")).ok()?;
+                let cmd = fs::read(e.path().join("cmdline")).ok()?;
+                (comm.trim() == "guard").then(|| String::from_utf8_lossy(&cmd).replace('\0', " "))
+            })
+            .collect();
         panic!(
-            "an untagged mknod was refused: {}\nour cgroups: {}\ndevice events: {events:#?}",
+            "an untagged mknod was refused: {}\nour cgroups: {}\nguard processes: \
+             {daemons:?}\nbpffs: {:?}\ndevice events: {events:#?}",
             String::from_utf8_lossy(&made.stderr),
             fs::read_to_string("/proc/self/cgroup").unwrap_or_default(),
+            fs::read_dir("/sys/fs/bpf")
+                .map(|d| d.flatten().map(|e| e.file_name()).collect::<Vec<_>>())
+                .unwrap_or_default(),
         );
     }
     let out = s.agent.sh(&format!(
