@@ -89,6 +89,20 @@ pub struct ExceptionKey {
     pub addr: [u8; 16],
 }
 
+/// [`ExceptionKey::family`] of an approval of a file operation: `port` holds the
+/// [`crate::file::access`] bits approved and `addr` the object ([`file_object`]).
+pub const FAMILY_FILE: u32 = 0xf11e;
+
+/// [`ExceptionKey::addr`] of the file object `(dev, ino)` (kernel `dev_t` encoding).
+#[inline(always)]
+pub const fn file_object(dev: u32, ino: u64) -> [u8; 16] {
+    let d = dev.to_le_bytes();
+    let i = ino.to_le_bytes();
+    [
+        d[0], d[1], d[2], d[3], i[0], i[1], i[2], i[3], i[4], i[5], i[6], i[7], 0, 0, 0, 0,
+    ]
+}
+
 /// What [`ExceptionKey::root`] names. A process-scoped key never matches the tree the same
 /// process is the root of: the scope is part of the key.
 pub mod exception_scope {

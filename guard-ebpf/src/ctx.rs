@@ -184,3 +184,10 @@ pub fn traced(r: Result<(), i32>) -> i32 {
     }
     0
 }
+
+/// An approval's deadline (a value of `NET_EXCEPTIONS`) is still ahead.
+#[inline(always)]
+pub fn live(deadline: Option<*const u64>) -> bool {
+    // SAFETY: a map value pointer from a successful lookup; helper without preconditions.
+    deadline.is_some_and(|d| unsafe { *d > bpf_ktime_get_boot_ns() })
+}

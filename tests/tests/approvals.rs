@@ -222,6 +222,85 @@ fn an_approved_request_lets_the_retry_through_until_it_expires() {
     drop(tree);
 }
 
+/// A tree of `claude` that writes `attemptN` into `target` each time a `goN` file appears,
+/// writing `ok` or `err` to `outN` and its stderr to `reasons`.
+fn writer(dir: &Path, target: &Path, attempts: u32) -> Proc {
+    let claude = dir.join("claude");
+    std::fs::copy("/bin/bash", &claude).unwrap();
+    let (d, t) = (dir.display(), target.display());
+    let script = format!(
+        "for i in $(seq 1 {attempts}); do until [ -e {d}/go$i ]; do sleep 0.05; done; \
+         if {{ echo attempt$i > {t}; }} 2>> {d}/reasons; then echo ok > {d}/out$i; \
+         else echo err > {d}/out$i; fi; done"
+    );
+    let mut c = Command::new(&claude);
+    c.args(["-c", &script]);
+    Proc::spawn(c)
+}
+
+#[test]
+fn a_path_rule_that_asks_lets_the_approved_write_through() {
+    let vault = tempfile::tempdir().unwrap();
+    let config = vault.path().join("config");
+    std::fs::write(&config, "original").unwrap();
+    let d = Daemon::start_with_policy(&format!(
+        "apiVersion: guard.dev/v1alpha1\nkind: GuardPolicy\nmetadata: {{ name: ask }}\nspec:\n\
+         \x20 agents:\n    - {{ name: claude-code, executables: [claude] }}\n\
+         \x20 paths:\n    - {{ name: prod-config, paths: [\"{}\"], access: [write], \
+         action: ask }}\n",
+        vault.path().display()
+    ));
+    let (dir, other_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let tree = writer(dir.path(), &config, 2);
+    assert_eq!(attempt(dir.path(), 1), "err", "an ask rule refuses at once");
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), "original");
+    let open = wait_for("the request", Duration::from_secs(10), || {
+        requests(&d)
+            .into_iter()
+            .find(|r| r["root_pid"] == tree.pid())
+    });
+    assert_eq!(open["rule"], "prod-config", "{open}");
+    assert!(
+        open["destination"]
+            .as_str()
+            .is_some_and(|t| t.contains(&config.display().to_string()) && t.contains("write")),
+        "{open}"
+    );
+    let id = open["id"].as_u64().unwrap().to_string();
+    let reasons = std::fs::read_to_string(dir.path().join("reasons")).unwrap_or_default();
+    assert!(reasons.contains(&format!("(request {id})")), "{reasons}");
+
+    let out = d.cli(&["approve", &id, "--for", "60s"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert_eq!(
+        attempt(dir.path(), 2),
+        "ok",
+        "the approved tree's retry writes"
+    );
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), "attempt2\n");
+    // Another tree of the same agent was not approved; an untagged writer never asks.
+    let other = writer(other_dir.path(), &config, 1);
+    assert_eq!(attempt(other_dir.path(), 1), "err");
+    drop(other);
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), "attempt2\n");
+    std::fs::write(&config, "by a human").unwrap();
+    let evs = wait_for("the file decisions", Duration::from_secs(10), || {
+        let evs: Vec<Value> = d
+            .events()
+            .into_iter()
+            .filter(|e| e["rule"] == "prod-config" && e["root"]["pid"] == tree.pid())
+            .collect();
+        let has = |r: &str| evs.iter().any(|e| e["action"] == "ask" && e["result"] == r);
+        (has("denied") && has("allowed")).then_some(evs)
+    });
+    assert!(
+        evs.iter()
+            .all(|e| !e["ancestry"].as_array().unwrap().is_empty()),
+        "{evs:?}"
+    );
+    drop(tree);
+}
+
 /// A long-lived process of the tree: a connect, then another once `again` appears in `dir`;
 /// the outcomes in `first` and `second`.
 const ASKER: &str = r#"

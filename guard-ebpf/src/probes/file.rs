@@ -27,13 +27,15 @@ use guard_common::{
         DevKey, FileEvent, FileKey, FileRule, NAME_LEN, POLICY_RULE_ID, TARGET_LEN, access,
         change_access, counter, kernel_dev, lsm_hook, path_arg,
     },
+    net::{ExceptionKey, FAMILY_FILE, exception_scope, file_object},
     offsets::FileOffsets,
 };
 
 use crate::{
-    ctx::{self, Caller, current_ppid, kill_current, stop_current, tagged},
+    ctx::{self, Caller, current_ppid, kill_current, live, stop_current, tagged},
     maps::{
-        FILE_DEVICES, FILE_EVENTS, FILE_HIT, FILE_KILLED, FILE_OBJECTS, count_file, file_offsets,
+        FILE_DEVICES, FILE_EVENTS, FILE_HIT, FILE_KILLED, FILE_OBJECTS, NET_EXCEPTIONS, count_file,
+        file_offsets,
     },
 };
 
@@ -125,7 +127,14 @@ fn try_changed(inode: *const u8) -> Result<(), i32> {
         // file finds it counted.
         count_file(counter::POLICY_CHANGED);
     }
-    let result = if enforce != 0 {
+    // The key names the access the event reports, so the request asks for exactly it.
+    let approved = enforce != 0
+        && hit.rule.action == action::ASK
+        && approved(
+            &mut ask_key(&tag, &hit, dev, ino, access),
+            ProcKey::new(tgid, tag.start_ns),
+        ) != 0;
+    let result = if enforce != 0 && !approved {
         // One kill, one event: the unlink that changed a directory also changes the file.
         // SAFETY (closure body): map value pointer from a successful lookup.
         if FILE_KILLED
@@ -161,6 +170,32 @@ fn try_changed(inode: *const u8) -> Result<(), i32> {
         regs,
     });
     Ok(())
+}
+
+/// The approval an `ask` rule's request installs for the caller's tree doing `access` on the
+/// object `(dev, ino)` (the request names the same object and access as the event).
+#[inline(always)]
+fn ask_key(tag: &Tag, hit: &Hit, dev: u32, ino: u64, access: u32) -> ExceptionKey {
+    ExceptionKey {
+        root: tag.root,
+        rule_id: hit.rule.rule_id,
+        family: FAMILY_FILE,
+        port: access,
+        scope: exception_scope::TREE,
+        addr: file_object(dev, ino),
+    }
+}
+
+/// 1 when the approval `key` of the tree, or the same for `process` alone, is live. A
+/// subprogram: only `ask` rules pay for the lookups.
+#[inline(never)]
+fn approved(key: &mut ExceptionKey, process: ProcKey) -> u32 {
+    if live(NET_EXCEPTIONS.get_ptr(&*key)) {
+        return 1;
+    }
+    key.root = process;
+    key.scope = exception_scope::PROCESS;
+    u32::from(live(NET_EXCEPTIONS.get_ptr(&*key)))
 }
 
 /// A decision on a protected object, for its event.
@@ -299,7 +334,13 @@ fn try_lsm_decide(
     if enforce == 0 && audit == 0 {
         return Ok(0);
     }
-    let (verdict, result, access) = if enforce != 0 {
+    let approved = enforce != 0
+        && hit.rule.action == action::ASK
+        && approved(
+            &mut ask_key(tag, &hit, dev, ino, enforce),
+            ProcKey::new(tgid, tag.start_ns),
+        ) != 0;
+    let (verdict, result, access) = if enforce != 0 && !approved {
         if hit.rule.action == action::KILL || hit.rule.action == action::KILL_TREE {
             // The process is refused the operation as well.
             if kill_current() {
@@ -320,7 +361,7 @@ fn try_lsm_decide(
         }
     } else {
         count_file(counter::AUDITED);
-        (0, outcome::ALLOWED, audit)
+        (0, outcome::ALLOWED, if approved { enforce } else { audit })
     };
     let (syscall, regs) = current_syscall(&o);
     emit_change(&Change {

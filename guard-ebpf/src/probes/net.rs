@@ -42,7 +42,7 @@ use guard_common::{
 };
 
 use crate::{
-    ctx::{Caller, current_tgid, kill_current, stop_current, tagged},
+    ctx::{Caller, current_tgid, kill_current, live, stop_current, tagged},
     maps::{
         EVENTS, NET_EXCEPTIONS, NET_RAW, NET_RULES, NET_SECRETS, NET_SOCKETS, NET_UNIX, NET4, NET6,
         PENDING_COUNT, PENDING_KILLS, TAGS, TREE_READS, TREE_VERDICTS, count, kill_in_place,
@@ -635,13 +635,6 @@ fn approved(caller: &Caller, rule: &NetRule, dest: &Dest) -> u32 {
     key.root = caller.key();
     key.scope = exception_scope::PROCESS;
     u32::from(live(NET_EXCEPTIONS.get_ptr(&key)))
-}
-
-/// An exception's deadline is still ahead.
-#[inline(always)]
-fn live(deadline: Option<*const u64>) -> bool {
-    // SAFETY: a map value pointer from a successful lookup; helper without preconditions.
-    deadline.is_some_and(|d| unsafe { *d > aya_ebpf::helpers::bpf_ktime_get_boot_ns() })
 }
 
 /// Record the caller for SIGKILL when the kernel function that ran the cgroup program returns.

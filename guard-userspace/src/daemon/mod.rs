@@ -247,7 +247,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
     requests.set_sink(sink.clone());
     keep_requests(&cfg, &requests);
     net.set_sink(sink.clone());
-    start_files(&cfg, &state, kernel_files, sink, holder)?;
+    start_files(&cfg, &state, kernel_files, sink, (holder, requests.clone()))?;
     keep_pins(&cfg, &state);
     tokio::spawn(incident::keep_held(state.clone(), maps_dir));
     tokio::spawn(decide::expire_forever(state.clone()));

@@ -246,7 +246,7 @@ pub(super) fn start_files(
     state: &Shared,
     kernel_files: Option<crate::files::Loaded>,
     sink: EventSink,
-    holder: crate::respond::Holder,
+    responders: (crate::respond::Holder, crate::requests::Requests),
 ) -> Result<(), DaemonError> {
     let mut st = state.lock().expect("state lock");
     let rules: Vec<_> = st.path_rules.iter().chain(&st.internal).cloned().collect();
@@ -258,7 +258,7 @@ pub(super) fn start_files(
         kernel_files,
         &rules,
         sink,
-        holder,
+        responders,
     )?;
     st.files = Some(Arc::new(files));
     Ok(())

@@ -21,6 +21,7 @@
 //! resolved by `resolve.rs`; decisions become events, stderr reasons and kills in `report.rs`.
 
 pub mod access;
+pub mod ask;
 pub mod engine;
 pub mod fanotify;
 pub mod identity;
@@ -114,6 +115,8 @@ pub struct Shared {
     pub lsm: bool,
     /// Freezes the trees `hold` rules name.
     pub holder: crate::respond::Holder,
+    /// Requests of `ask` rules, and their approvals.
+    pub asking: ask::Asking,
 }
 
 /// The running file protection.
@@ -135,8 +138,9 @@ impl FileGuard {
         loaded: Option<Loaded>,
         rules: &[CompiledPathRule],
         sink: EventSink,
-        holder: crate::respond::Holder,
+        (holder, requests): (crate::respond::Holder, crate::requests::Requests),
     ) -> Result<Self, FileError> {
+        let asking = ask::Asking::new(requests, &cfg.pin_dir.join("maps"));
         let tags = crate::loader::open_pinned_tags(&cfg.pin_dir.join("maps"))
             .map_err(|(name, source)| FileError::Map { name, source })?;
         let (tx, rx) = mpsc::channel();
@@ -153,6 +157,7 @@ impl FileGuard {
             catalog: Mutex::new(Catalog::default()),
             sink,
             holder,
+            asking,
             lsm: attached.lsm(),
         });
         let mut threads = Vec::new();
@@ -394,6 +399,7 @@ fn kernel_decision(shared: &Shared, kind: EventKind, ev: &FileEvent) -> Decision
         ino: ev.ino,
         syscall: (ev.syscall >= 0).then_some(i64::from(ev.syscall)),
         target: (!target.is_empty()).then_some(target),
+        request: None,
     }
 }
 
@@ -409,6 +415,9 @@ fn act_on_kernel_decision(shared: &Shared, d: &mut Decision) {
         && crate::respond::kill_process(d.tgid, d.tag.start_ns).unwrap_or(false)
     {
         d.outcome = Outcome::Killed;
+    }
+    if d.action == Action::Ask {
+        d.request = shared.asking.ask(d);
     }
     let offender = guard_common::ProcKey::new(d.tgid, d.tag.start_ns);
     let _ = crate::respond::tell_nearest(&shared.tags, offender, d.ppid, d.tag.root, &d.reason());

@@ -150,7 +150,7 @@ fn decide(engine: &Engine, group: &Group, mask: u64, tid: i32, fd: OwnedFd) {
         let _ = group.respond(raw, true);
         return;
     };
-    let outcome = match (r.enforcing(), r.action) {
+    let mut outcome = match (r.enforcing(), r.action) {
         (false, _) => Outcome::Allowed,
         (true, Action::Kill | Action::KillTree) => Outcome::Killed,
         (true, _) => Outcome::Denied,
@@ -175,7 +175,16 @@ fn decide(engine: &Engine, group: &Group, mask: u64, tid: i32, fd: OwnedFd) {
         ino: key.ino,
         syscall: None,
         target: None,
+        request: None,
     };
+    if r.action == Action::Ask && outcome == Outcome::Denied {
+        if engine.shared.asking.approved(&d) {
+            // An approved request: it goes through, recorded.
+            (outcome, d.outcome) = (Outcome::Allowed, Outcome::Allowed);
+        } else {
+            d.request = engine.shared.asking.ask(&d);
+        }
+    }
     if outcome != Outcome::Allowed {
         let _ = respond::tell(tgid, tag.start_ns, &d.reason());
     }

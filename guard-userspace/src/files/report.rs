@@ -69,6 +69,8 @@ pub struct Decision {
     pub ino: u64,
     pub syscall: Option<i64>,
     pub target: Option<String>,
+    /// The request an `ask` rule opened (`None`: none, or the tree asked too often).
+    pub request: Option<u64>,
 }
 
 impl Decision {
@@ -157,16 +159,30 @@ impl Decision {
         } else {
             ""
         };
-        let held = if self.action == Action::Hold && blocked {
-            format!(
+        let after = match self.action {
+            _ if !blocked => String::new(),
+            Action::Hold => format!(
                 "; its agent tree is frozen until a human decides (guard thaw {root} or guard \
                  kill {root})",
                 root = self.tag.root.tgid
-            )
-        } else {
-            String::new()
+            ),
+            Action::Ask => match self.request {
+                Some(id) => format!(
+                    ": a human was asked (request {id}); retry after it is approved (guard \
+                     requests)"
+                ),
+                None => format!(
+                    ": this tree opened {} requests in the last minute, so nobody was asked \
+                     this time",
+                    crate::requests::PER_TREE_PER_MINUTE
+                ),
+            },
+            _ => String::new(),
         };
-        format!("guard: {what} {verdict}{tree} by rule {}{held}\n", self.rule)
+        format!(
+            "guard: {what} {verdict}{tree} by rule {}{after}\n",
+            self.rule
+        )
     }
 }
 
@@ -220,6 +236,7 @@ mod tests {
             ino: 12,
             syscall: Some(guard_common::file::nr::UNLINKAT),
             target: Some("base/1".into()),
+            request: None,
         }
     }
 

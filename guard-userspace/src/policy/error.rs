@@ -188,11 +188,6 @@ pub enum Problem {
     ContainerSelectsAll,
     #[error("endpoint rule matches nothing: give at least one of cidrs, ips, hosts or unix")]
     EndpointMatchesNothing,
-    #[error(
-        "{action} is for endpoint rules: a file operation cannot wait for a human yet (use \
-         hold to freeze the tree until a human decides, or deny)"
-    )]
-    HumanActionOnPaths { action: &'static str },
     #[error("allow-list entry matches nothing: give at least one of cidrs, ips or hosts")]
     AllowMatchesNothing,
     #[error("path rule matches nothing: paths is empty")]

@@ -256,12 +256,6 @@ fn rules(policy: &Policy, f: &mut Findings) {
             f.errors
                 .push((format!("{at}.access"), Problem::EmptyAccess));
         }
-        if rule.action == crate::policy::Action::Ask {
-            f.errors.push((
-                format!("{at}.action"),
-                Problem::HumanActionOnPaths { action: "ask" },
-            ));
-        }
     }
 }
 

@@ -27,9 +27,14 @@ impl Requests {
             "approve": format!("guard approve {}", r.id),
             "deny": format!("guard deny {}", r.id),
         });
+        let asks = if r.family == guard_common::net::FAMILY_FILE {
+            "asks for"
+        } else {
+            "asks to reach"
+        };
         let text = format!(
-            "guard on {node}: request {id} {result}: {agent} (pid {pid}, {comm}) asks to reach \
-             {dest} (rule {rule}). Approve: `guard approve {id}`; deny: `guard deny {id}`",
+            "guard on {node}: request {id} {result}: {agent} (pid {pid}, {comm}) {asks} {dest} \
+             (rule {rule}). Approve: `guard approve {id}`; deny: `guard deny {id}`",
             id = r.id,
             agent = r.agent,
             pid = r.pid,

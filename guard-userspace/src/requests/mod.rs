@@ -1,9 +1,10 @@
-//! Requests for a human (`action: ask`): the kernel denied a tagged tree's connect as it would
-//! for `deny`; the daemon opens a request, the reason line gives its id, and an approver's
-//! `guard approve ID --for 15m` installs a time-limited exception in the kernel
-//! (`GUARD_NET_EXCEPTIONS`: tree root, rule, destination → deadline, checked by the kernel
-//! itself at every connect) so that the tree's retry goes through. Expired exceptions are
-//! removed and recorded. Every step is a `request` event.
+//! Requests for a human (`action: ask`): the kernel (or the daemon's fanotify answer) refused
+//! a tagged tree's connect or file operation as it would for `deny`; the daemon opens a
+//! request, the reason line gives its id, and an approver's `guard approve ID --for 15m`
+//! installs a time-limited exception in the kernel (`GUARD_NET_EXCEPTIONS`: tree root or
+//! process, rule, destination or file object and access → deadline, checked by the kernel
+//! itself at every decision) so that the retry goes through. Expired exceptions are removed
+//! and recorded. Every step is a `request` event.
 //!
 //! Requests are kept in a file beside the API socket (`requests.json`, on the runtime
 //! tmpfs, so a reboot, which also ends every kernel exception, ends them too): a restarted
@@ -90,7 +91,8 @@ pub struct Request {
     pub ancestry: Vec<Ancestor>,
     pub rule: String,
     pub rule_id: u32,
-    /// `ADDR:PORT` (with the host name a rule resolved, if any) or `unix:PATH`.
+    /// `ADDR:PORT` (with the host name a rule resolved, if any), `unix:PATH`, or for a path
+    /// rule the operation (`open of PATH for write`).
     pub destination: String,
     pub family: u32,
     pub port: u32,
@@ -156,6 +158,8 @@ pub struct Requests(Arc<Inner>);
 struct Inner {
     list: Mutex<List>,
     sink: OnceLock<EventSink>,
+    /// The daemon's runtime: requests are opened from plain threads too (file decisions).
+    rt: OnceLock<tokio::runtime::Handle>,
     /// Where the requests are kept across restarts.
     store: OnceLock<std::path::PathBuf>,
     /// Agent names by id, of the policy in force (a request names its agent).
@@ -198,8 +202,10 @@ impl Rate {
 
 impl Requests {
     /// Where request events go, once the pipeline runs.
+    /// Called inside the daemon's runtime.
     pub fn set_sink(&self, sink: EventSink) {
         let _ = self.0.sink.set(sink);
+        let _ = self.0.rt.set(tokio::runtime::Handle::current());
     }
 
     /// The agents' names from now on (a policy apply sets them).
@@ -479,9 +485,11 @@ impl Requests {
             operation: Some(what),
         });
         let sink = sink.clone();
-        tokio::spawn(async move {
-            sink.submit(d).await;
-        });
+        if let Some(rt) = self.0.rt.get() {
+            rt.spawn(async move {
+                sink.submit(d).await;
+            });
+        }
     }
 }
 
