@@ -25,7 +25,8 @@ fn policy(db: &str) -> String {
 }
 
 /// An agent tree that makes one connect attempt each time a `goN` file appears, writing the
-/// outcome (`ok` or `err ERRNO`) to `outN`.
+/// outcome (`ok` or `err ERRNO`) to `outN`; each client lingers 0.3 s (as a tool reporting
+/// its error does), so its command line can be read.
 fn agent(dir: &Path, db: &str, attempts: u32) -> Proc {
     let claude = dir.join("claude");
     if !claude.exists() {
@@ -34,7 +35,7 @@ fn agent(dir: &Path, db: &str, attempts: u32) -> Proc {
     let d = dir.display();
     let script = format!(
         "for i in $(seq 1 {attempts}); do until [ -e {d}/go$i ]; do sleep 0.05; done; \
-         python3 -c \"$CLIENT\" tcp {db} 5432 > {d}/out$i 2>> {d}/reasons; done"
+         python3 -c \"$CLIENT\" tcp {db} 5432 0.3 > {d}/out$i 2>> {d}/reasons; done"
     );
     let mut c = Command::new(&claude);
     c.env("CLIENT", CLIENT).args(["-c", &script]);
@@ -141,6 +142,12 @@ fn an_approved_request_lets_the_retry_through_until_it_expires() {
         "{}",
         output_text(&out)
     );
+    // The client that asked has exited: a process approval would cover nothing.
+    wait_for("the first client to exit", Duration::from_secs(10), || {
+        let out = std::fs::read_to_string(dir.path().join("out1")).ok()?;
+        out.contains("after").then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(100));
     for (args, says) in [
         (vec!["approve", "999999"], "no request 999999"),
         (vec!["approve", &id, "--for", "25h"], "out of range"),

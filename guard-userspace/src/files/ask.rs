@@ -59,6 +59,7 @@ impl Asking {
             agent: String::new(),
             proc: ProcKey::new(d.tgid, d.tag.start_ns),
             ppid: d.ppid,
+            argv: crate::requests::argv_of(ProcKey::new(d.tgid, d.tag.start_ns)),
             comm: d.comm.clone(),
             rule: d.rule.clone(),
             rule_id: d.rule_id,

@@ -43,6 +43,7 @@ impl NetHandle {
             agent: String::new(),
             proc: ev.header.proc,
             ppid: ev.header.ppid,
+            argv: crate::requests::argv_of(ev.header.proc),
             comm: crate::events::c_str(&ev.comm),
             rule: d.rule.clone(),
             rule_id: ev.rule_id,

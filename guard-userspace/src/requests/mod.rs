@@ -141,6 +141,9 @@ pub struct Asked {
     pub proc: ProcKey,
     pub ppid: u32,
     pub comm: String,
+    /// Its command line (secrets redacted) when it could be read as the denial was seen; else
+    /// the event pipeline's, if it knew it.
+    pub argv: Vec<String>,
     pub rule: String,
     pub rule_id: u32,
     pub family: u32,
@@ -256,7 +259,7 @@ impl Requests {
             start_ns: a.proc.start_ns,
             ppid: a.ppid,
             comm: a.comm,
-            argv: Vec::new(),
+            argv: a.argv,
             ancestry: Vec::new(),
             rule: a.rule,
             rule_id: a.rule_id,
@@ -419,7 +422,7 @@ impl Requests {
         let Some(r) = l.by_id.get_mut(&id) else {
             return;
         };
-        if let Some(p) = &e.process {
+        if let Some(p) = e.process.as_ref().filter(|_| r.argv.is_empty()) {
             r.argv.clone_from(&p.argv);
         }
         r.ancestry.clone_from(&e.ancestry);
@@ -443,12 +446,11 @@ impl Requests {
         }
         let root = r.root();
         // The opening is about the process that asked (the pipeline adds its command line
-        // and ancestry); the answers are about the tree.
-        let (proc, ppid) = if opening {
-            (r.process(), r.ppid)
-        } else {
-            (root, 0)
-        };
+        // and ancestry); the answers are about the tree. No parent is given: this record can
+        // overtake the kernel's exec record of that process, and with a parent the pipeline
+        // would settle for a bare entry at once instead of looking again once it is read.
+        let proc = if opening { r.process() } else { root };
+        let ppid = 0;
         let header = guard_common::event::EventHeader {
             kind: EventKind::Request as u32,
             agent_id: r.agent_id,
@@ -491,6 +493,17 @@ impl Requests {
             });
         }
     }
+}
+
+/// The command line of `proc` (secrets redacted), read now: the kernel's records carry none,
+/// and a process refused a connection may exit within milliseconds. Empty when it is gone.
+pub fn argv_of(proc: ProcKey) -> Vec<String> {
+    use crate::proctree::ProcSource;
+    crate::proctree::Procfs
+        .read(proc.tgid)
+        .filter(|s| s.key == proc)
+        .map(|s| s.details.argv)
+        .unwrap_or_default()
 }
 
 /// `ADDR:PORT` of a destination, `[ADDR]:PORT` for IPv6.

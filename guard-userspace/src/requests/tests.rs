@@ -8,6 +8,7 @@ fn asked(root: u32, port: u32) -> Asked {
         proc: ProcKey::new(root + 1, 2_000_000_000),
         ppid: root,
         comm: "curl".into(),
+        argv: Vec::new(),
         rule: "prod-db".into(),
         rule_id: 3,
         family: guard_common::net::AF_INET,
