@@ -230,14 +230,16 @@ fn an_approved_request_lets_the_retry_through_until_it_expires() {
 }
 
 /// A tree of `claude` that writes `attemptN` into `target` each time a `goN` file appears,
-/// writing `ok` or `err` to `outN` and its stderr to `reasons`.
+/// writing `ok` or `err` to `outN`. The writer lingers 0.3 s with its stderr in `reasons`,
+/// where a kernel decision's reason line arrives after the refused call has returned.
 fn writer(dir: &Path, target: &Path, attempts: u32) -> Proc {
     let claude = dir.join("claude");
     std::fs::copy("/bin/bash", &claude).unwrap();
     let (d, t) = (dir.display(), target.display());
     let script = format!(
         "for i in $(seq 1 {attempts}); do until [ -e {d}/go$i ]; do sleep 0.05; done; \
-         if {{ echo attempt$i > {t}; }} 2>> {d}/reasons; then echo ok > {d}/out$i; \
+         if I=$i bash -c 'echo attempt$I > {t}; r=$?; sleep 0.3; exit $r' 2>> {d}/reasons; \
+         then echo ok > {d}/out$i; \
          else echo err > {d}/out$i; fi; done"
     );
     let mut c = Command::new(&claude);
@@ -274,8 +276,10 @@ fn a_path_rule_that_asks_lets_the_approved_write_through() {
         "{open}"
     );
     let id = open["id"].as_u64().unwrap().to_string();
-    let reasons = std::fs::read_to_string(dir.path().join("reasons")).unwrap_or_default();
-    assert!(reasons.contains(&format!("(request {id})")), "{reasons}");
+    wait_for("the reason line", Duration::from_secs(10), || {
+        let r = std::fs::read_to_string(dir.path().join("reasons")).ok()?;
+        r.contains(&format!("(request {id})")).then_some(())
+    });
 
     let out = d.cli(&["approve", &id, "--for", "60s"]);
     assert!(out.status.success(), "{}", output_text(&out));
