@@ -324,10 +324,7 @@ pub fn requests_table(list: &[crate::requests::Request]) -> String {
                 format!(
                     "{}  (approved for the {} until {until})",
                     r.destination,
-                    serde_json::to_value(scope)
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_owned))
-                        .unwrap_or_default()
+                    scope.name()
                 ),
             ),
         };

@@ -56,10 +56,8 @@ impl Asking {
         self.requests.open(Asked {
             root: d.tag.root,
             agent_id: d.tag.agent_id,
-            agent: String::new(),
             proc: ProcKey::new(d.tgid, d.tag.start_ns),
             ppid: d.ppid,
-            argv: crate::requests::argv_of(ProcKey::new(d.tgid, d.tag.start_ns)),
             comm: d.comm.clone(),
             rule: d.rule.clone(),
             rule_id: d.rule_id,

@@ -40,10 +40,8 @@ impl NetHandle {
         self.requests.open(crate::requests::Asked {
             root: ev.header.root,
             agent_id: ev.header.agent_id,
-            agent: String::new(),
             proc: ev.header.proc,
             ppid: ev.header.ppid,
-            argv: crate::requests::argv_of(ev.header.proc),
             comm: crate::events::c_str(&ev.comm),
             rule: d.rule.clone(),
             rule_id: ev.rule_id,

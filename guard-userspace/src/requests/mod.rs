@@ -49,6 +49,17 @@ pub enum Scope {
     Agent,
 }
 
+impl Scope {
+    /// As `--scope` and the JSON name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scope::Process => "process",
+            Scope::Tree => "tree",
+            Scope::Agent => "agent",
+        }
+    }
+}
+
 /// Where a request stands.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "lowercase")]
@@ -83,7 +94,8 @@ pub struct Request {
     #[serde(default)]
     pub ppid: u32,
     pub comm: String,
-    /// Its command line (secrets redacted), once the event pipeline has described it.
+    /// Its command line (secrets redacted): read as the request opened, else the event
+    /// pipeline's copy, if it had one.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub argv: Vec<String>,
     /// Its ancestors, nearest first, through the agent root.
@@ -136,14 +148,10 @@ impl Request {
 pub struct Asked {
     pub root: ProcKey,
     pub agent_id: u32,
-    pub agent: String,
     /// The process that asked, and its parent.
     pub proc: ProcKey,
     pub ppid: u32,
     pub comm: String,
-    /// Its command line (secrets redacted) when it could be read as the denial was seen; else
-    /// the event pipeline's, if it knew it.
-    pub argv: Vec<String>,
     pub rule: String,
     pub rule_id: u32,
     pub family: u32,
@@ -243,11 +251,7 @@ impl Requests {
     /// one (an event). Its id, or `None` when the tree opened [`PER_TREE_PER_MINUTE`]
     /// requests in the last minute already (the denial stands; nobody is asked).
     pub fn open(&self, a: Asked) -> Option<u64> {
-        let agent = if a.agent.is_empty() {
-            self.0.names.lock().expect("names lock").name(a.agent_id)
-        } else {
-            a.agent
-        };
+        let agent = self.0.names.lock().expect("names lock").name(a.agent_id);
         let mut r = Request {
             id: 0,
             opened: now(),
@@ -259,7 +263,7 @@ impl Requests {
             start_ns: a.proc.start_ns,
             ppid: a.ppid,
             comm: a.comm,
-            argv: a.argv,
+            argv: Vec::new(),
             ancestry: Vec::new(),
             rule: a.rule,
             rule_id: a.rule_id,
@@ -270,6 +274,11 @@ impl Requests {
             state: State::Open,
         };
         let key = r.open_key();
+        // Asked again (an agent retrying): the open request, without reading `/proc`.
+        if let Some(&open) = self.0.list.lock().expect("requests lock").open.get(&key) {
+            return Some(open);
+        }
+        r.argv = argv_of(a.proc);
         let mut l = self.0.list.lock().expect("requests lock");
         if let Some(&open) = l.open.get(&key) {
             return Some(open);
@@ -450,14 +459,13 @@ impl Requests {
         // overtake the kernel's exec record of that process, and with a parent the pipeline
         // would settle for a bare entry at once instead of looking again once it is read.
         let proc = if opening { r.process() } else { root };
-        let ppid = 0;
         let header = guard_common::event::EventHeader {
             kind: EventKind::Request as u32,
             agent_id: r.agent_id,
             time_ns: crate::clock::boot_ns(),
             proc,
             root,
-            ppid,
+            ppid: 0,
             uid,
         };
         let mut d = Decoded::new(EventKind::Request, header);
@@ -497,7 +505,7 @@ impl Requests {
 
 /// The command line of `proc` (secrets redacted), read now: the kernel's records carry none,
 /// and a process refused a connection may exit within milliseconds. Empty when it is gone.
-pub fn argv_of(proc: ProcKey) -> Vec<String> {
+fn argv_of(proc: ProcKey) -> Vec<String> {
     use crate::proctree::ProcSource;
     crate::proctree::Procfs
         .read(proc.tgid)

@@ -4,11 +4,9 @@ fn asked(root: u32, port: u32) -> Asked {
     Asked {
         root: ProcKey::new(root, 1_000_000_000),
         agent_id: 0,
-        agent: String::new(),
         proc: ProcKey::new(root + 1, 2_000_000_000),
         ppid: root,
         comm: "curl".into(),
-        argv: Vec::new(),
         rule: "prod-db".into(),
         rule_id: 3,
         family: guard_common::net::AF_INET,
@@ -98,4 +96,11 @@ fn a_process_approval_is_keyed_apart_from_the_tree_it_roots() {
     );
     let saved = serde_json::to_value(r.to_list_entry(id).unwrap()).unwrap();
     assert_eq!(saved["scope"], "process");
+}
+
+#[test]
+fn a_scope_is_named_as_its_json() {
+    for s in [Scope::Process, Scope::Tree, Scope::Agent] {
+        assert_eq!(serde_json::to_value(s).unwrap(), s.name());
+    }
 }
