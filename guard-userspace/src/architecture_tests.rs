@@ -53,6 +53,8 @@ const FLOORS: &[(&str, u8)] = &[
     ("api", 4),
     ("render", 4),
     ("export", 4),
+    // The review page: served by the daemon, through a trait the daemon implements.
+    ("ui", 3),
     ("tags", 2),
     ("tagmap", 2),
     ("net", 2),

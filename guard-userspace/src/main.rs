@@ -61,6 +61,15 @@ enum Cmd {
         /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9469 (off by default).
         #[arg(long)]
         metrics_addr: Option<SocketAddr>,
+        /// Serve the review page at http://ADDR/, e.g. 127.0.0.1:7682 (off by default). Its
+        /// sign-in tokens are written beside the API socket, in ui/viewer.token and
+        /// ui/approver.token.
+        #[arg(long, env = "GUARD_UI_ADDR")]
+        ui_addr: Option<SocketAddr>,
+        /// The group that may read the review page's viewer token (root only by default; the
+        /// approver token goes to the first group of spec.approvers).
+        #[arg(long, env = "GUARD_UI_VIEWERS")]
+        ui_viewers: Option<String>,
         /// Remove every pinned program, link and map, which stops enforcement, and exit.
         #[arg(long)]
         uninstall: bool,
@@ -308,6 +317,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             log_max_bytes,
             log_files,
             metrics_addr,
+            ui_addr,
+            ui_viewers,
             tier,
             uninstall,
             lifecycle_events,
@@ -355,6 +366,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     files: log_files,
                 },
                 metrics_addr,
+                ui_addr,
+                ui_viewers,
                 tier,
                 lifecycle_events,
                 kill_via,

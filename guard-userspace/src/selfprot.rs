@@ -298,6 +298,7 @@ pub const RULE_POLICY: &str = "guard:policy";
 pub const RULE_EVENT_LOG: &str = "guard:event-log";
 pub const RULE_BINARY: &str = "guard:binary";
 pub const RULE_PINS: &str = "guard:pins";
+pub const RULE_UI_TOKENS: &str = "guard:ui-tokens";
 /// Ids of internal rules start here, far above any policy's; each rule keeps its id (the
 /// policy's is the one the kernel counts changes of).
 pub const FIRST_INTERNAL_ID: u32 = guard_common::file::POLICY_RULE_ID;
@@ -308,6 +309,8 @@ pub struct OwnFiles {
     pub event_log: PathBuf,
     pub binary: Option<PathBuf>,
     pub pin_dir: PathBuf,
+    /// The review page's token files (`--ui-addr`): not even read by a tagged process.
+    pub ui_tokens: Option<PathBuf>,
 }
 
 /// Internal path rules: write and delete of guard's own files denied to tagged processes
@@ -318,26 +321,27 @@ pub fn internal_rules(own: &OwnFiles) -> Vec<CompiledPathRule> {
         // Rotated logs: events.jsonl.1, events.jsonl.2, …
         log_paths.push(format!("{}/{}.*", dir.display(), name.to_string_lossy()));
     }
-    let rules: Vec<(&str, Vec<String>)> = vec![
+    let changes = crate::policy::WRITE | crate::policy::DELETE;
+    let shown = |p: &Option<PathBuf>| p.iter().map(|p| p.display().to_string()).collect();
+    let rules: Vec<(&str, Vec<String>, u32)> = vec![
+        (RULE_POLICY, shown(&own.policy), changes),
+        (RULE_EVENT_LOG, log_paths, changes),
+        (RULE_BINARY, shown(&own.binary), changes),
+        (RULE_PINS, vec![own.pin_dir.display().to_string()], changes),
         (
-            RULE_POLICY,
-            own.policy.iter().map(|p| p.display().to_string()).collect(),
+            RULE_UI_TOKENS,
+            shown(&own.ui_tokens),
+            changes | crate::policy::READ,
         ),
-        (RULE_EVENT_LOG, log_paths),
-        (
-            RULE_BINARY,
-            own.binary.iter().map(|p| p.display().to_string()).collect(),
-        ),
-        (RULE_PINS, vec![own.pin_dir.display().to_string()]),
     ];
     rules
         .into_iter()
         .zip(FIRST_INTERNAL_ID..)
-        .filter(|((_, paths), _)| !paths.is_empty())
-        .map(|((name, paths), id)| CompiledPathRule {
+        .filter(|((_, paths, _), _)| !paths.is_empty())
+        .map(|((name, paths, access), id)| CompiledPathRule {
             id,
             name: name.to_owned(),
-            access: crate::policy::WRITE | crate::policy::DELETE,
+            access,
             action: Action::Deny,
             mode: Mode::Enforce,
             paths: paths
@@ -364,10 +368,21 @@ mod tests {
             event_log: "/var/log/guard/events.jsonl".into(),
             binary: Some("/usr/local/bin/guard".into()),
             pin_dir: "/sys/fs/bpf/guard".into(),
+            ui_tokens: Some("/run/guard/ui".into()),
         });
         let names: Vec<&str> = rules.iter().map(|r| r.name.as_str()).collect();
-        assert_eq!(names, [RULE_POLICY, RULE_EVENT_LOG, RULE_BINARY, RULE_PINS]);
-        assert!(rules.iter().all(|r| r.id >= FIRST_INTERNAL_ID
+        assert_eq!(
+            names,
+            [
+                RULE_POLICY,
+                RULE_EVENT_LOG,
+                RULE_BINARY,
+                RULE_PINS,
+                RULE_UI_TOKENS
+            ]
+        );
+        assert_eq!(rules[4].access & crate::policy::READ, crate::policy::READ);
+        assert!(rules[..4].iter().all(|r| r.id >= FIRST_INTERNAL_ID
             && r.mode == Mode::Enforce
             && r.access == crate::policy::WRITE | crate::policy::DELETE));
         let log: Vec<&str> = rules[1].paths.iter().map(PathSpec::as_str).collect();
@@ -384,6 +399,7 @@ mod tests {
             event_log: "/l/e".into(),
             binary: None,
             pin_dir: "/p".into(),
+            ui_tokens: None,
         });
         assert_eq!(rules.len(), 2);
     }

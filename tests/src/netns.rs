@@ -63,6 +63,18 @@ impl NetNs {
         n
     }
 
+    /// A namespace with loopback alone: nothing in it reaches anything outside.
+    pub fn loopback_only() -> Self {
+        let n = Self {
+            name: unique("gns"),
+            host_if: String::new(),
+            ns_if: String::new(),
+        };
+        ip(&["netns", "add", &n.name]);
+        ip(&["-n", &n.name, "link", "set", "lo", "up"]);
+        n
+    }
+
     /// A command that runs inside the namespace.
     pub fn command(&self, program: &str) -> Command {
         let mut c = Command::new("ip");
@@ -73,9 +85,11 @@ impl NetNs {
 
 impl Drop for NetNs {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.host_if])
-            .status();
+        if !self.host_if.is_empty() {
+            let _ = Command::new("ip")
+                .args(["link", "del", &self.host_if])
+                .status();
+        }
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .status();

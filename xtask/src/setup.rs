@@ -315,6 +315,9 @@ const TEST_TOOLS: &[(&str, &str)] = &[
     // which refuses a hybrid cgroup layout: runc is what podman runs here (see image.rs).
     ("podman", "podman"),
     ("runc", "runc"),
+    // The review page's browser test: Debian's Chromium, driven over WebDriver.
+    ("chromium", "chromium"),
+    ("chromedriver", "chromium-driver"),
     // The agents' command-line tools come from the npm registry (see agent_clis.rs).
     ("npm", "npm"),
 ];

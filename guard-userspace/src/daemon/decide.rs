@@ -121,8 +121,23 @@ pub(super) fn approve(
     scope: Scope,
     reason: Option<&str>,
 ) -> Reply<Request> {
+    match approver(state, caller, uid) {
+        Ok(by) => approve_as(state, by, id, for_secs, scope, reason),
+        Err(e) => Reply::err(e),
+    }
+}
+
+/// Approve request `id` on behalf of `by`, who was found to be an approver (by the API's
+/// peer credentials, or by the review page's approver token).
+pub(super) fn approve_as(
+    state: &Shared,
+    by: u32,
+    id: u64,
+    for_secs: Option<u64>,
+    scope: Scope,
+    reason: Option<&str>,
+) -> Reply<Request> {
     let run = || -> Result<Request, String> {
-        let by = approver(state, caller, uid)?;
         let dur = for_secs.map_or(DEFAULT_FOR, Duration::from_secs);
         if !(MIN_FOR..=MAX_FOR).contains(&dur) {
             return Err(format!(
@@ -195,11 +210,15 @@ pub(super) fn deny(
     id: u64,
     reason: Option<&str>,
 ) -> Reply<Request> {
-    let run = || -> Result<Request, String> {
-        let by = approver(state, caller, uid)?;
-        requests(state)?.deny(id, by, reason.unwrap_or_default())
-    };
-    match run() {
+    match approver(state, caller, uid) {
+        Ok(by) => deny_as(state, by, id, reason),
+        Err(e) => Reply::err(e),
+    }
+}
+
+/// Deny request `id` on behalf of `by`, an approver.
+pub(super) fn deny_as(state: &Shared, by: u32, id: u64, reason: Option<&str>) -> Reply<Request> {
+    match requests(state).and_then(|r| r.deny(id, by, reason.unwrap_or_default())) {
         Ok(r) => Reply::ok(r),
         Err(e) => Reply::err(e),
     }

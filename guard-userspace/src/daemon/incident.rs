@@ -62,6 +62,17 @@ pub(super) async fn tree(
             action.name()
         ));
     }
+    tree_as(state, uid, action, spec).await
+}
+
+/// `guard freeze|thaw|kill ROOT` on behalf of `uid`, who was found to be allowed (root on the
+/// API socket, or the review page's approver token).
+pub(super) async fn tree_as(
+    state: &Shared,
+    uid: u32,
+    action: TreeAction,
+    spec: &str,
+) -> Reply<TreeReply> {
     let (maps_dir, names, sink, requests) = {
         let st = state.lock().expect("state lock");
         let requests = st.net.as_ref().map(|n| n.requests());

@@ -22,6 +22,7 @@ mod load;
 mod serve;
 mod start;
 mod status;
+mod ui;
 
 use serve::{bind, serve};
 use start::{Preflight, keep_pins, new_state, preflight, seed, start_files, start_pipeline};
@@ -85,6 +86,10 @@ pub enum DaemonError {
     PolicyUntrusted(String),
     #[error("spec.notify.webhook: {0}")]
     Notify(String),
+    #[error(transparent)]
+    Ui(#[from] crate::ui::UiError),
+    #[error("review page tokens in {dir}: {why}")]
+    UiTokens { dir: String, why: String },
 }
 
 pub struct DaemonConfig {
@@ -95,6 +100,10 @@ pub struct DaemonConfig {
     pub log: LogConfig,
     /// Serve Prometheus metrics on this address (off when `None`).
     pub metrics_addr: Option<SocketAddr>,
+    /// Serve the review page on this address (off when `None`).
+    pub ui_addr: Option<SocketAddr>,
+    /// The group that may read the review page's viewer token (root only when `None`).
+    pub ui_viewers: Option<String>,
     /// The enforcement tier asked for.
     pub tier: crate::kernel::TierChoice,
     /// Write fork and exit lines of tagged processes too.
@@ -246,6 +255,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
     let sink = start_pipeline(&cfg, &state, ring, secrets, &net).await?;
     requests.set_sink(sink.clone());
     keep_requests(&cfg, &requests);
+    start::start_ui(&cfg, &state, &net).await?;
     net.set_sink(sink.clone());
     start_files(&cfg, &state, kernel_files, sink, (holder, requests.clone()))?;
     keep_pins(&cfg, &state);

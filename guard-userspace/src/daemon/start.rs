@@ -99,6 +99,7 @@ pub(super) fn new_state(
         event_log: absolute(&cfg.paths.event_log),
         binary: std::env::current_exe().ok().filter(|_| here),
         pin_dir: absolute(&cfg.paths.pin_dir),
+        ui_tokens: cfg.ui_addr.map(|_| absolute(&ui_token_dir(cfg))),
     });
     Arc::new(Mutex::new(State {
         kernel,
@@ -293,4 +294,64 @@ pub(super) fn release_free_memory() {
     unsafe {
         libc::malloc_trim(0);
     }
+}
+
+/// Where the review page's tokens are written: beside the API socket.
+pub(super) fn ui_token_dir(cfg: &DaemonConfig) -> PathBuf {
+    cfg.paths
+        .socket
+        .parent()
+        .unwrap_or(std::path::Path::new("/run/guard"))
+        .join("ui")
+}
+
+/// The review page, when `--ui-addr` asks for it: new tokens, then the listener. The
+/// approver token is readable by the first group of `spec.approvers`, the viewer token by
+/// `--ui-viewers`; by root alone where none is named.
+pub(super) async fn start_ui(
+    cfg: &DaemonConfig,
+    state: &Shared,
+    net: &net::NetHandle,
+) -> Result<(), DaemonError> {
+    let Some(addr) = cfg.ui_addr else {
+        return Ok(());
+    };
+    let dir = ui_token_dir(cfg);
+    let fail = |why: String| DaemonError::UiTokens {
+        dir: dir.display().to_string(),
+        why,
+    };
+    let gid = |name: &str| -> Result<u32, DaemonError> {
+        if let Ok(id) = name.parse::<u32>() {
+            return Ok(id);
+        }
+        match nix::unistd::Group::from_name(name) {
+            Ok(Some(g)) => Ok(g.gid.as_raw()),
+            _ => Err(fail(format!("no group named {name:?}"))),
+        }
+    };
+    let viewers = cfg.ui_viewers.as_deref().map(gid).transpose()?;
+    let approvers = {
+        let st = state.lock().expect("state lock");
+        st.approvers.groups.first().cloned()
+    };
+    let approvers = approvers.as_deref().map(gid).transpose()?;
+    let (tokens, files) =
+        crate::ui::Tokens::create(&dir, viewers, approvers).map_err(|e| fail(e.to_string()))?;
+    let backend = Arc::new(super::ui::UiView {
+        state: state.clone(),
+        event_log: cfg.paths.event_log.clone(),
+    });
+    let listener = crate::ui::bind(addr).await?;
+    // Tagged processes are kept off the daemon's ports (`guard:self/ports`) from the first
+    // connection on: the rule covers what the daemon listens on once the host was looked at.
+    net.discover_now().await;
+    let bound = crate::ui::serve(listener, tokens, backend)?;
+    info!(
+        addr = %bound,
+        viewer_token = %files.viewer.display(),
+        approver_token = %files.approver.display(),
+        "serving the review page"
+    );
+    Ok(())
 }

@@ -11,6 +11,7 @@
 //! - the user managers' private sockets and the session buses under `/run/user`, and every
 //!   socket a bus daemon (`dbus-daemon`, `dbus-broker`) listens on;
 //! - every TCP address a process named `sshd` listens on;
+//! - every TCP address this daemon listens on (its review page and metrics);
 //! - forwarders: a listener whose arguments say where it forwards (`ssh -L`, `socat`), or a
 //!   process that holds a connection it accepted and, at the same time, one to a protected
 //!   endpoint.
@@ -108,7 +109,11 @@ fn is_notebook(p: &Proc) -> bool {
 /// The kind of executor a running process is: by its name, and for terminal servers and
 /// notebooks only when it is not tagged (an agent's own tmux or kernel serves the agent).
 fn classify(ctx: &dyn Context, p: &Proc) -> Option<Discover> {
-    if is_terminal(&p.comm) {
+    if p.pid == std::process::id() {
+        // This daemon: its review page and metrics listen on TCP, which has no peer
+        // credentials to keep a tagged process out.
+        Some(Discover::Guard)
+    } else if is_terminal(&p.comm) {
         (!ctx.tagged(p.pid)).then_some(Discover::Terminals)
     } else if is_bus(&p.comm) {
         Some(Discover::Dbus)
@@ -135,8 +140,10 @@ pub fn scan(ctx: &dyn Context, previous: &Found) -> Found {
     // Every process only when some connection leads to a protected endpoint (a forwarder
     // found by its connections); else only the ones named like an executor or forwarder.
     let everyone = !protected_conns.is_empty();
-    let procs = sockets::processes(|comm| {
+    let me = std::process::id();
+    let procs = sockets::processes(|pid, comm| {
         everyone
+            || u32::try_from(pid) == Ok(me)
             || is_terminal(comm)
             || is_bus(comm)
             || comm == "sshd"

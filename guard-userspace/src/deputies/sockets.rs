@@ -79,7 +79,7 @@ pub struct Proc {
 
 /// Every process whose `comm` `wanted` accepts, with its sockets; processes that exit meanwhile
 /// are left out.
-pub fn processes(mut wanted: impl FnMut(&str) -> bool) -> Vec<Proc> {
+pub fn processes(mut wanted: impl FnMut(i32, &str) -> bool) -> Vec<Proc> {
     let Ok(all) = procfs::process::all_processes() else {
         return Vec::new();
     };
@@ -87,7 +87,7 @@ pub fn processes(mut wanted: impl FnMut(&str) -> bool) -> Vec<Proc> {
         .filter_map(|p| {
             let comm = std::fs::read_to_string(format!("/proc/{}/comm", p.pid)).ok()?;
             let comm = comm.trim_end().to_owned();
-            wanted(&comm).then(|| describe(&p, comm))?
+            wanted(p.pid, &comm).then(|| describe(&p, comm))?
         })
         .collect()
 }
@@ -139,7 +139,7 @@ mod tests {
         let t = Tables::read();
         let me = std::fs::read_to_string("/proc/self/comm").unwrap();
         let me = me.trim_end();
-        let procs = processes(|c| c == me);
+        let procs = processes(|_, c| c == me);
         let mine = procs
             .iter()
             .find(|p| p.pid == std::process::id())

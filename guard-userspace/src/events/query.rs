@@ -194,6 +194,18 @@ impl Follower {
         }
     }
 
+    /// Start at the end of the live file: only lines written from now on.
+    pub fn at_end(path: &Path) -> io::Result<Self> {
+        let mut f = Self::new(path);
+        if f.open(path)? {
+            f.pos = f
+                .file
+                .as_ref()
+                .map_or(Ok(0), |file| file.metadata().map(|m| m.len()))?;
+        }
+        Ok(f)
+    }
+
     /// Start at the beginning of `first`, one of the log's files, and read on from there to
     /// the live file, whatever rotations happen meanwhile.
     pub fn from(path: &Path, first: &Path) -> io::Result<Self> {

@@ -373,35 +373,41 @@ impl NetHandle {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let (ctx, previous) = {
-                let st = self.state.lock().expect("net state");
-                if st.generation == 0 {
-                    continue;
-                }
-                let ctx = ScanContext {
-                    protected: Protected::new(&st.rules, &resolved(&st)),
-                    tags: self.tags.clone(),
-                };
-                (ctx, st.found.clone())
-            };
-            let scan = move || crate::deputies::scan(&ctx, &previous);
-            let Ok(found) = tokio::task::spawn_blocking(scan).await else {
-                continue;
-            };
-            let mut st = self.state.lock().expect("net state");
-            if found == st.found {
-                continue;
+            self.discover_now().await;
+        }
+    }
+
+    /// Look at the host once, and reinstall if what is there changed: at once, where a new
+    /// listener of the daemon's own must be covered before it serves.
+    pub async fn discover_now(&self) {
+        let (ctx, previous) = {
+            let st = self.state.lock().expect("net state");
+            if st.generation == 0 {
+                return;
             }
-            info!(
-                servers = found.servers.values().map(Vec::len).sum::<usize>(),
-                forwarders = found.forwarders.len(),
-                "executors or forwarders on the host changed; reinstalling"
-            );
-            st.found = found;
-            let generation = st.generation + 1;
-            if let Err(e) = install(&mut st, generation) {
-                warn!(error = %e, "reinstalling endpoint rules for the executors found failed");
-            }
+            let ctx = ScanContext {
+                protected: Protected::new(&st.rules, &resolved(&st)),
+                tags: self.tags.clone(),
+            };
+            (ctx, st.found.clone())
+        };
+        let scan = move || crate::deputies::scan(&ctx, &previous);
+        let Ok(found) = tokio::task::spawn_blocking(scan).await else {
+            return;
+        };
+        let mut st = self.state.lock().expect("net state");
+        if found == st.found {
+            return;
+        }
+        info!(
+            servers = found.servers.values().map(Vec::len).sum::<usize>(),
+            forwarders = found.forwarders.len(),
+            "executors or forwarders on the host changed; reinstalling"
+        );
+        st.found = found;
+        let generation = st.generation + 1;
+        if let Err(e) = install(&mut st, generation) {
+            warn!(error = %e, "reinstalling endpoint rules for the executors found failed");
         }
     }
 

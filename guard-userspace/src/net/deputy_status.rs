@@ -65,7 +65,9 @@ pub fn status(
             set_by: e.set_by.clone(),
             covers: e.covers.to_owned(),
             mechanism: match e.name.as_str() {
-                "guard:executors/sshd" | "guard:executors/notebooks" => tcp.to_owned(),
+                "guard:executors/sshd"
+                | "guard:executors/notebooks"
+                | crate::policy::SELF_PORTS => tcp.to_owned(),
                 n if n.starts_with("guard:executors/") && !n.ends_with("/scheduler") => {
                     unix.to_owned()
                 }

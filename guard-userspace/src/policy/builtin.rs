@@ -17,6 +17,9 @@ use super::{
     pattern::PathSpec,
 };
 
+/// The rule that keeps tagged processes off guard's own TCP ports.
+pub const SELF_PORTS: &str = "guard:self/ports";
+
 /// First rule id of the built-in rules (below guard's own internal rules).
 pub const FIRST_BUILTIN_ID: u32 = 0xfffe_0000;
 
@@ -72,10 +75,12 @@ pub enum Discover {
     Ide,
     /// Every address and port a Jupyter kernel or server listens on.
     Notebooks,
+    /// Every address and port this daemon listens on (the review page, metrics).
+    Guard,
 }
 
 impl Discover {
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::Terminals,
         Self::SystemdUsers,
         Self::Dbus,
@@ -83,6 +88,7 @@ impl Discover {
         Self::Desktop,
         Self::Ide,
         Self::Notebooks,
+        Self::Guard,
     ];
 
     /// How status names what was found of this kind.
@@ -95,12 +101,13 @@ impl Discover {
             Self::Desktop => "desktop",
             Self::Ide => "ide",
             Self::Notebooks => "notebooks",
+            Self::Guard => "guard",
         }
     }
 
     /// Whether what is found is TCP listeners (else unix sockets).
     pub fn listeners(self) -> bool {
-        matches!(self, Self::Sshd | Self::Notebooks)
+        matches!(self, Self::Sshd | Self::Notebooks | Self::Guard)
     }
 }
 
@@ -348,6 +355,18 @@ impl Builtins {
                 b.add(id, name, action, set.mode, &entry.target);
             }
         }
+        // Not tunable: the review page's approver token is the only other thing between a
+        // tagged process and approving its own requests.
+        b.entries.push(BuiltinEntry {
+            name: SELF_PORTS.into(),
+            action: Some(Action::Deny),
+            mode: Mode::Enforce,
+            set_by: "built in".into(),
+            covers: "this daemon's review page and metrics ports",
+        });
+        let id = ids.next().unwrap_or(u32::MAX);
+        let target = Target::Listeners(Discover::Guard);
+        b.add(id, SELF_PORTS.into(), Action::Deny, Mode::Enforce, &target);
         b
     }
 
@@ -410,24 +429,26 @@ mod tests {
                 "guard:startup-files/ssh",
                 "guard:startup-files/autostart",
                 "guard:startup-files/git",
+                SELF_PORTS,
             ]
         );
         assert!(b.entries.iter().all(|e| e.action == Some(Action::Deny)
-            && e.set_by == "default"
+            && (e.set_by == "default" || e.name == SELF_PORTS)
             && e.mode == Mode::Enforce));
-        assert_eq!((b.endpoints.len(), b.paths.len()), (7, 5));
+        assert_eq!((b.endpoints.len(), b.paths.len()), (8, 5));
         // Every fixed path is a valid rule path.
         assert_eq!(b.paths[0].paths.len(), SCHEDULER_PATHS.len());
         assert_eq!(b.paths[1].paths.len(), SHELL_FILES.len());
-        let ids: Vec<u32> = b
+        let mut ids: Vec<u32> = b
             .endpoints
             .iter()
             .map(|r| r.id)
             .chain(b.paths.iter().map(|r| r.id))
             .collect();
+        ids.sort_unstable();
         assert_eq!(
             ids,
-            (FIRST_BUILTIN_ID..FIRST_BUILTIN_ID + 12).collect::<Vec<_>>()
+            (FIRST_BUILTIN_ID..FIRST_BUILTIN_ID + 13).collect::<Vec<_>>()
         );
 
         let off = Executors {
@@ -443,6 +464,7 @@ mod tests {
         assert_eq!(e("sshd").action, Some(Action::Kill));
         assert_eq!(e("dbus").action, Some(Action::Audit));
         assert_eq!(e("dbus").set_by, "spec.executors.action");
-        assert_eq!(b.endpoints.len(), 6);
+        assert_eq!(e("self/ports").action, Some(Action::Deny), "not tunable");
+        assert_eq!(b.endpoints.len(), 7);
     }
 }

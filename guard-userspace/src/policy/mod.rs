@@ -22,7 +22,9 @@ mod values;
 
 use std::path::Path;
 
-pub use builtin::{BuiltinEntry, Builtins, Discover, Executors, FIRST_BUILTIN_ID, StartupFiles};
+pub use builtin::{
+    BuiltinEntry, Builtins, Discover, Executors, FIRST_BUILTIN_ID, SELF_PORTS, StartupFiles,
+};
 pub use compile::{
     CompiledAgent, CompiledEndpointRule, CompiledPathRule, CompiledPolicy, CompiledRawRule,
     CompiledSecrets, DELETE, EXEC, FIRST_SECRETS_ALLOW_ID, RAW_RULE_NAME, READ,
