@@ -437,7 +437,18 @@ async fn review(c: &Client, base: &str, d: &Daemon, dir: &Path, tokens: (&str, &
         tree.contains("claude") && tree.contains("python3"),
         "{tree}"
     );
+    let said = texts(c, "#said").await.join("\n");
+    assert!(
+        said.contains("guard: connect to") && said.contains("prod-db"),
+        "the reason line the agent saw: {said:?}"
+    );
     screenshot(c, "event").await;
+
+    // Each rule's hits by hour.
+    c.goto(&format!("{base}/rules")).await.unwrap();
+    let hits = texts(c, "#rules tbody tr").await;
+    assert!(hits.iter().any(|r| r.starts_with("prod-db")), "{hits:?}");
+    screenshot(c, "rules").await;
 
     // The pending request: a bad CSRF token is refused, the approver's click approves it.
     let id = pending_request(d);

@@ -206,6 +206,11 @@ impl Follower {
         Ok(f)
     }
 
+    /// How far into the file it reads it has read.
+    pub fn position(&self) -> u64 {
+        self.pos
+    }
+
     /// Start at the beginning of `first`, one of the log's files, and read on from there to
     /// the live file, whatever rotations happen meanwhile.
     pub fn from(path: &Path, first: &Path) -> io::Result<Self> {

@@ -10,6 +10,7 @@
 
 pub mod hold;
 mod holder;
+pub mod said;
 
 pub use holder::{Holder, TreeNote};
 
@@ -91,6 +92,7 @@ pub fn tell(pid: u32, start: u64, line: &str) -> io::Result<()> {
     if n != bytes.len() {
         return Err(io::Error::new(io::ErrorKind::WriteZero, "short write"));
     }
+    said::record(ProcKey::new(pid, start), line);
     Ok(())
 }
 
@@ -195,6 +197,8 @@ pub fn tell_nearest(
             break;
         }
         if tell(pid, tag.start_ns, line).is_ok() {
+            // What the offender's stream showed, though its shell was the one written to.
+            said::record(offender, line);
             return Ok(pid);
         }
         let Ok(stat) = procfs::process::Process::new(pid as i32).and_then(|p| p.stat()) else {

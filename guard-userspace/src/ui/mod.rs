@@ -4,7 +4,9 @@
 //! script for live updates over server-sent events: the page works with no network beyond
 //! the daemon itself. Pages: the timeline of decisions (filters, search, export as JSON
 //! lines), an event's detail (offender, ancestry as a tree, rule and mechanism), the agent
-//! trees running now (freeze, thaw, kill) and the pending requests (approve, deny).
+//! trees running now (freeze, thaw, kill), the pending requests (approve, deny), each rule's
+//! hits by hour, and the secrets found in what agents read. What the pages show is held in
+//! [`store`], read from the event log.
 //!
 //! Who gets in (see [`auth`]): a holder of the viewer or the approver token, each a file the
 //! daemon writes at start, readable by root and one group. TCP carries no peer credentials,
@@ -16,6 +18,8 @@
 
 mod act;
 mod auth;
+mod store;
+mod summary;
 mod timeline;
 
 use std::{future::Future, net::SocketAddr, path::PathBuf, pin::Pin, sync::Arc};
@@ -75,6 +79,7 @@ struct App {
     backend: Arc<dyn Backend>,
     sessions: Arc<auth::Sessions>,
     tokens: Arc<Tokens>,
+    store: Arc<store::Store>,
     /// The port the page is served on (the Host header must name it).
     port: u16,
 }
@@ -96,10 +101,13 @@ pub fn serve(
         addr: SocketAddr::from(([0, 0, 0, 0], 0)),
         source,
     })?;
+    let store = Arc::new(store::Store::default());
+    store::follow(store.clone(), backend.event_log());
     let app = App {
         backend,
         sessions: Arc::new(auth::Sessions::default()),
         tokens: Arc::new(tokens),
+        store,
         port: bound.port(),
     };
     let router = router(app);
@@ -120,6 +128,8 @@ fn router(app: App) -> Router {
         .route("/agents", get(act::agents))
         .route("/agents/{root}/{action}", post(act::tree))
         .route("/requests", get(act::requests))
+        .route("/rules", get(summary::rules))
+        .route("/secrets", get(summary::secrets))
         .route("/requests/{id}/approve", post(act::approve))
         .route("/requests/{id}/deny", post(act::deny))
         .route("/logout", post(auth::logout))

@@ -2,7 +2,7 @@
 //! export of the current filter as JSON lines. Everything is read from the event log: the
 //! page shows what the log holds, as `guard events` does.
 
-use std::{collections::BTreeSet, convert::Infallible, time::Duration};
+use std::{collections::BTreeSet, convert::Infallible, sync::Arc};
 
 use askama::Template;
 use axum::{
@@ -17,17 +17,21 @@ use futures_util::stream::{self, Stream};
 use http::{StatusCode, header};
 use serde::Deserialize;
 use time::OffsetDateTime;
+use tokio::sync::broadcast::error::RecvError;
 
-use super::{App, auth::Session, refuse, render};
+use super::{
+    App,
+    auth::Session,
+    refuse, render,
+    store::{self, Entry},
+};
 use crate::events::{
     Event,
-    query::{self, Filter, Follower, Shown},
+    query::{Filter, Shown},
 };
 
 /// Rows the timeline shows at most (newest first); the export has them all.
 const SHOWN: usize = 500;
-/// How often the live stream looks at the log.
-const LIVE_POLL: Duration = Duration::from_millis(250);
 
 /// The filters, as the page's form and its links carry them.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -139,23 +143,6 @@ impl Row {
     }
 }
 
-/// An event's id: a digest of its line (stable for as long as the log holds it).
-fn id_of(line: &str) -> String {
-    blake3::hash(line.as_bytes()).to_hex()[..16].to_owned()
-}
-
-/// Each event of the log with its line, oldest first.
-fn history(app: &App) -> Vec<(Event, String)> {
-    let (events, _) = query::read_all(&app.backend.event_log()).unwrap_or_default();
-    events
-        .into_iter()
-        .map(|e| {
-            let line = serde_json::to_string(&e).unwrap_or_default();
-            (e, line)
-        })
-        .collect()
-}
-
 #[derive(Template)]
 #[template(path = "timeline.html")]
 struct TimelinePage {
@@ -164,6 +151,7 @@ struct TimelinePage {
     query: String,
     rows: Vec<Row>,
     matched: usize,
+    held: usize,
     agents: Vec<String>,
     rules: Vec<String>,
     actions: Vec<String>,
@@ -194,11 +182,10 @@ pub(super) async fn page(
     Extension(session): Extension<Session>,
     Query(f): Query<Filters>,
 ) -> Response {
-    let all = history(&app);
+    let all = app.store.held();
     let filter = f.filter();
     let mut sets: [BTreeSet<String>; 4] = Default::default();
-    let decisions = Filter::default();
-    for (e, _) in all.iter().filter(|(e, _)| decisions.matches(e)) {
+    for e in all.iter().map(|x| &x.event) {
         let fields = [
             Some(&e.agent),
             e.rule.as_ref(),
@@ -211,15 +198,15 @@ pub(super) async fn page(
             }
         }
     }
-    let matching: Vec<&(Event, String)> = all
+    let matching: Vec<&Arc<Entry>> = all
         .iter()
-        .filter(|(e, line)| f.matches(&filter, e, line))
+        .filter(|x| f.matches(&filter, &x.event, &x.line))
         .collect();
     let rows = matching
         .iter()
         .rev()
         .take(SHOWN)
-        .map(|(e, line)| Row::of(e, id_of(line)))
+        .map(|x| Row::of(&x.event, x.id.clone()))
         .collect();
     let [agents, rules, actions, kinds] = sets.map(|s| s.into_iter().collect());
     render(&TimelinePage {
@@ -228,6 +215,7 @@ pub(super) async fn page(
         f,
         rows,
         matched: matching.len(),
+        held: store::HELD,
         agents,
         rules,
         actions,
@@ -246,50 +234,50 @@ pub(super) async fn live(
     State(app): State<App>,
     Query(f): Query<Filters>,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
-    let follower = Follower::at_end(&app.backend.event_log())
-        .unwrap_or_else(|_| Follower::new(&app.backend.event_log()));
+    let rx = app.store.subscribe();
     let filter = f.filter();
-    let stream = stream::unfold(
-        (follower, f, filter, std::collections::VecDeque::new()),
-        |(mut follower, f, filter, mut pending)| async move {
-            loop {
-                if let Some(ev) = pending.pop_front() {
-                    return Some((Ok(ev), (follower, f, filter, pending)));
-                }
-                tokio::time::sleep(LIVE_POLL).await;
-                for line in follower.poll().unwrap_or_default() {
-                    let Ok(e) = serde_json::from_str::<Event>(&line) else {
-                        continue;
-                    };
-                    let line = serde_json::to_string(&e).unwrap_or_default();
-                    if !f.matches(&filter, &e, &line) {
-                        continue;
-                    }
-                    let row = Row::of(&e, id_of(&line));
-                    if let Ok(html) = (RowFragment { row: &row }).render() {
-                        pending.push_back(
-                            SseEvent::default()
-                                .event("row")
-                                .data(html.replace('\n', "")),
-                        );
-                    }
-                }
+    let stream = stream::unfold((rx, f, filter), |(mut rx, f, filter)| async move {
+        loop {
+            let entry = match rx.recv().await {
+                Ok(entry) => entry,
+                // A slow reader missed rows: they are on the page at its next load.
+                Err(RecvError::Lagged(_)) => continue,
+                Err(RecvError::Closed) => return None,
+            };
+            if !f.matches(&filter, &entry.event, &entry.line) {
+                continue;
             }
-        },
-    );
+            let row = Row::of(&entry.event, entry.id.clone());
+            let Ok(html) = (RowFragment { row: &row }).render() else {
+                continue;
+            };
+            let ev = SseEvent::default()
+                .event("row")
+                .data(html.replace('\n', ""));
+            return Some((Ok(ev), (rx, f, filter)));
+        }
+    });
     Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
 /// The current filter's events, oldest first, as JSON lines.
 pub(super) async fn export(State(app): State<App>, Query(f): Query<Filters>) -> Response {
     let filter = f.filter();
-    let mut body = String::new();
-    for (e, line) in history(&app) {
-        if f.matches(&filter, &e, &line) {
-            body.push_str(&line);
-            body.push('\n');
-        }
-    }
+    let path = app.backend.event_log();
+    let body = tokio::task::spawn_blocking(move || {
+        let mut body = String::new();
+        store::for_each_line(&path, u64::MAX, |line| {
+            if let Ok(e) = serde_json::from_str::<Event>(line)
+                && f.matches(&filter, &e, line)
+            {
+                body.push_str(line);
+                body.push('\n');
+            }
+        });
+        body
+    })
+    .await
+    .unwrap_or_default();
     (
         [
             (header::CONTENT_TYPE, "application/x-ndjson"),
@@ -321,6 +309,8 @@ struct EventPage {
     chain: Vec<Node>,
     offender: Node,
     complete: bool,
+    /// The reason lines written for the offender (for this rule where one names it).
+    said: Vec<String>,
     json: String,
 }
 
@@ -329,12 +319,16 @@ pub(super) async fn detail(
     Extension(session): Extension<Session>,
     Path(id): Path<String>,
 ) -> Response {
-    let Some((e, line)) = history(&app).into_iter().find(|(_, l)| id_of(l) == id) else {
+    let Some(entry) = app.store.find(&id) else {
         return refuse(
             StatusCode::NOT_FOUND,
-            format!("no event {id} in the log (rotated away?)"),
+            format!(
+                "no event {id} among the newest {} decisions (the export has the whole log)",
+                store::HELD
+            ),
         );
     };
+    let (e, line) = (&entry.event, &entry.line);
     let mut chain: Vec<Node> = e
         .ancestry
         .iter()
@@ -368,14 +362,25 @@ pub(super) async fn detail(
         .as_deref()
         .map(|r| app.backend.mechanism(r))
         .unwrap_or_default();
-    let json = serde_json::to_string_pretty(&e).unwrap_or(line.clone());
+    let said = e.process.as_ref().map_or_else(Vec::new, |p| {
+        let all = crate::respond::said::lines_for(p.pid, p.start_ns);
+        let rule = e.rule.as_deref().unwrap_or_default();
+        let named: Vec<String> = all
+            .iter()
+            .filter(|l| !rule.is_empty() && l.contains(rule))
+            .cloned()
+            .collect();
+        if named.is_empty() { all } else { named }
+    });
+    let json = serde_json::to_string_pretty(e).unwrap_or_else(|_| line.clone());
     render(&EventPage {
         nav: Nav::new(&app, &session, "timeline"),
-        row: Row::of(&e, id),
+        row: Row::of(e, id),
         mechanism,
         chain,
         offender,
         complete: e.ancestry_complete.unwrap_or(false),
+        said,
         json,
     })
 }
