@@ -66,6 +66,11 @@ enum Cmd {
         /// ui/approver.token.
         #[arg(long, env = "GUARD_UI_ADDR")]
         ui_addr: Option<SocketAddr>,
+        /// Serve the review page on the API socket only (for root, spec.approvers and
+        /// --ui-viewers, by their peer credentials: `ssh -L 7682:/run/guard/guard.sock`).
+        /// --ui-addr implies it.
+        #[arg(long, env = "GUARD_UI")]
+        ui: bool,
         /// The group that may read the review page's viewer token (root only by default; the
         /// approver token goes to the first group of spec.approvers).
         #[arg(long, env = "GUARD_UI_VIEWERS")]
@@ -318,6 +323,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             log_files,
             metrics_addr,
             ui_addr,
+            ui,
             ui_viewers,
             tier,
             uninstall,
@@ -366,6 +372,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     files: log_files,
                 },
                 metrics_addr,
+                ui: ui || ui_addr.is_some(),
                 ui_addr,
                 ui_viewers,
                 tier,

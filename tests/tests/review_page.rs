@@ -536,3 +536,94 @@ fn trees_root(d: &Daemon) -> u64 {
         .find_map(|p| p["root_pid"].as_u64())
         .expect("a tagged tree")
 }
+
+/// `curl` on the API socket as `uid:gid` (or as this test, root): status code and body.
+fn curl_unix(d: &Daemon, who: Option<(u32, u32)>, args: &[&str]) -> (String, String) {
+    let mut c = Command::new("curl");
+    c.args(["-s", "-w", "\n%{http_code}", "--unix-socket"])
+        .arg(&d.socket)
+        .args(args);
+    if let Some((uid, gid)) = who {
+        use std::os::unix::process::CommandExt;
+        // std clears the supplementary groups when root sets a uid.
+        c.uid(uid).gid(gid);
+    }
+    let out = output(c);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or((&text, ""));
+    (code.to_owned(), body.to_owned())
+}
+
+#[test]
+fn on_the_api_socket_the_page_goes_by_peer_credentials() {
+    let d = Daemon::start_with_args(
+        Some(&policy("10.255.0.1", "10.255.0.2")),
+        &["--ui", "--ui-viewers", "65534"],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    // The socket's directory must be reachable for the other users.
+    for p in [d.socket.parent().unwrap(), dir.path()] {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let _agent = agent(dir.path());
+
+    let (code, body) = curl_unix(&d, None, &["http://localhost/"]);
+    assert_eq!(code, "200", "root gets in by its credentials: {body}");
+    assert!(body.contains(r#"<b id="role">approver"#), "root approves");
+    let (code, body) = curl_unix(&d, Some((65534, 65534)), &["http://localhost/requests"]);
+    assert_eq!(code, "200", "{body}");
+    assert!(
+        body.contains(r#"<b id="role">viewer"#),
+        "the viewers' group views"
+    );
+    let (code, body) = curl_unix(&d, Some((65533, 65533)), &["http://localhost/"]);
+    assert_eq!(code, "403", "anyone else is refused: {body}");
+    assert!(body.contains("neither an approver"), "{body}");
+
+    // Actions still need the session's CSRF token, and a page Origin.
+    let post = [
+        "-X",
+        "POST",
+        "-H",
+        "Origin: http://localhost",
+        "-d",
+        "csrf=forged",
+        "http://localhost/requests/1/deny",
+    ];
+    let (code, body) = curl_unix(&d, None, &post);
+    assert_eq!(code, "403", "{body}");
+    assert!(body.contains("CSRF"), "{body}");
+    let (code, _) = curl_unix(
+        &d,
+        None,
+        &["-H", "Host: attacker.example", "http://localhost/"],
+    );
+    assert_eq!(code, "421", "a foreign Host is refused");
+
+    // A tagged process is refused, and the refusal is an event with its ancestry.
+    let out = agent_runs(
+        dir.path(),
+        1,
+        &format!(
+            "curl -s -w ' %{{http_code}}' --unix-socket {} http://localhost/",
+            d.socket.display()
+        ),
+    );
+    assert!(
+        out.contains("tagged process may not see") && out.contains(" 403"),
+        "{out}"
+    );
+    let e = wait_for("the refusal event", Duration::from_secs(10), || {
+        d.events().into_iter().find(|e| {
+            e["kind"] == "self_protect" && e["object"]["operation"] == "api request the review page"
+        })
+    });
+    assert!(
+        e["ancestry"].as_array().is_some_and(|a| !a.is_empty()),
+        "{e}"
+    );
+    // The JSON API on the same socket is unchanged.
+    let status = d.cli(&["status"]);
+    assert!(status.status.success(), "{}", output_text(&status));
+}

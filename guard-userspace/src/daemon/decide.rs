@@ -26,7 +26,7 @@ fn exceptions(maps_dir: &Path) -> Result<Exceptions, String> {
 }
 
 /// The caller, if it may answer requests: its uid.
-fn approver(state: &Shared, caller: &Caller, uid: u32) -> Result<u32, String> {
+pub(super) fn approver(state: &Shared, caller: &Caller, uid: u32) -> Result<u32, String> {
     let pid = caller.live_pid()?;
     if super::is_tagged(state, pid) {
         return Err("a tagged process may not approve or deny requests".into());
@@ -68,7 +68,7 @@ fn approver(state: &Shared, caller: &Caller, uid: u32) -> Result<u32, String> {
 }
 
 /// The primary and supplementary groups of `pid` (`/proc/PID/status`).
-fn groups_of(pid: i32) -> Vec<u32> {
+pub(super) fn groups_of(pid: i32) -> Vec<u32> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let mut out = Vec::new();
     for line in text.lines() {

@@ -100,7 +100,9 @@ pub struct DaemonConfig {
     pub log: LogConfig,
     /// Serve Prometheus metrics on this address (off when `None`).
     pub metrics_addr: Option<SocketAddr>,
-    /// Serve the review page on this address (off when `None`).
+    /// Serve the review page on the API socket (to peers whose credentials allow it).
+    pub ui: bool,
+    /// Serve the review page on this address too (token sign-in; off when `None`).
     pub ui_addr: Option<SocketAddr>,
     /// The group that may read the review page's viewer token (root only when `None`).
     pub ui_viewers: Option<String>,
@@ -189,6 +191,9 @@ struct State {
     admin_apply: Option<tokio::sync::mpsc::UnboundedSender<apply::Applied>>,
     /// Who may answer requests (`spec.approvers`).
     approvers: crate::policy::Approvers,
+    /// The review page, when it is on, and the group of its viewers.
+    page: Option<crate::ui::Page>,
+    ui_viewers: Option<u32>,
     /// The mount namespace paths are resolved in.
     view: crate::hostview::HostView,
 }

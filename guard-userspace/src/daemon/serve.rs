@@ -65,6 +65,75 @@ pub(super) async fn serve(listener: UnixListener, state: Shared) {
     }
 }
 
+/// What the client sent first, without taking it from the stream (up to 8 bytes; none if it
+/// sent nothing for [`IDLE`]).
+async fn first_bytes(stream: &UnixStream) -> Vec<u8> {
+    use std::os::fd::AsRawFd;
+    let mut buf = [0u8; 8];
+    let peek = async {
+        loop {
+            if stream.readable().await.is_err() {
+                return Vec::new();
+            }
+            let peeked = stream.try_io(tokio::io::Interest::READABLE, || {
+                nix::sys::socket::recv(
+                    stream.as_raw_fd(),
+                    &mut buf,
+                    nix::sys::socket::MsgFlags::MSG_PEEK,
+                )
+                .map_err(std::io::Error::from)
+            });
+            match peeked {
+                Ok(n) => return buf[..n].to_vec(),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(_) => return Vec::new(),
+            }
+        }
+    };
+    tokio::time::timeout(IDLE, peek).await.unwrap_or_default()
+}
+
+/// An HTTP client on the API socket: the review page, with the role the peer's credentials
+/// give (root and `spec.approvers` approve, `--ui-viewers` view); never a tagged process.
+async fn page(stream: UnixStream, state: &Shared, caller: &Caller, uid: u32) {
+    let (page, viewers) = {
+        let st = state.lock().expect("state lock");
+        (st.page.clone(), st.ui_viewers)
+    };
+    let role = match caller.pid() {
+        Some(pid) if is_tagged(state, pid) => {
+            refused_tagged(state, pid, uid, "the review page").await;
+            Err("a tagged process may not see the review page".to_owned())
+        }
+        _ if uid == 0 => Ok(crate::ui::Role::Approver),
+        _ if super::decide::approver(state, caller, uid).is_ok() => Ok(crate::ui::Role::Approver),
+        Some(pid) if viewers.is_some_and(|g| super::decide::groups_of(pid).contains(&g)) => {
+            Ok(crate::ui::Role::Viewer)
+        }
+        _ => Err(format!(
+            "uid {uid} is neither an approver (spec.approvers) nor in the page's viewers group \
+             (guard daemon --ui-viewers)"
+        )),
+    };
+    match page {
+        Some(page) => page.serve_unix(stream, role).await,
+        None => {
+            let mut stream = stream;
+            let body = "the review page is off (guard daemon --ui or --ui-addr)\n";
+            let reply = format!(
+                "HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\
+                 Connection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = tokio::time::timeout(
+                std::time::Duration::from_secs(1),
+                stream.write_all(reply.as_bytes()),
+            )
+            .await;
+        }
+    }
+}
+
 /// Answer `why` and close, without waiting on a peer that does not read.
 async fn refuse(mut stream: UnixStream, why: String) {
     let mut reply = serde_json::to_string(&Reply::<()>::err(why)).unwrap_or_default();
@@ -76,6 +145,9 @@ async fn refuse(mut stream: UnixStream, why: String) {
 async fn handle(stream: UnixStream, state: Shared) {
     let caller = Caller::of(&stream);
     let uid = stream.peer_cred().map_or(u32::MAX, |c| c.uid());
+    if crate::ui::is_http(&first_bytes(&stream).await) {
+        return page(stream, &state, &caller, uid).await;
+    }
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
     let mut line = Vec::new();

@@ -99,7 +99,7 @@ pub(super) fn new_state(
         event_log: absolute(&cfg.paths.event_log),
         binary: std::env::current_exe().ok().filter(|_| here),
         pin_dir: absolute(&cfg.paths.pin_dir),
-        ui_tokens: cfg.ui_addr.map(|_| absolute(&ui_token_dir(cfg))),
+        ui_tokens: cfg.ui.then(|| absolute(&ui_token_dir(cfg))),
     });
     Arc::new(Mutex::new(State {
         kernel,
@@ -132,6 +132,8 @@ pub(super) fn new_state(
             .map(|p| super::integrity::Integrity::new(&absolute(p))),
         admin_apply: None,
         approvers: Default::default(),
+        page: None,
+        ui_viewers: None,
         view: cfg.view.clone(),
     }))
 }
@@ -305,17 +307,17 @@ pub(super) fn ui_token_dir(cfg: &DaemonConfig) -> PathBuf {
         .join("ui")
 }
 
-/// The review page, when `--ui-addr` asks for it: new tokens, then the listener. The
-/// approver token is readable by the first group of `spec.approvers`, the viewer token by
-/// `--ui-viewers`; by root alone where none is named.
+/// The review page, when `--ui` or `--ui-addr` asks for it: new tokens, the page's store,
+/// then the listener. The approver token is readable by the first group of
+/// `spec.approvers`, the viewer token by `--ui-viewers`; by root alone where none is named.
 pub(super) async fn start_ui(
     cfg: &DaemonConfig,
     state: &Shared,
     net: &net::NetHandle,
 ) -> Result<(), DaemonError> {
-    let Some(addr) = cfg.ui_addr else {
+    if !cfg.ui {
         return Ok(());
-    };
+    }
     let dir = ui_token_dir(cfg);
     let fail = |why: String| DaemonError::UiTokens {
         dir: dir.display().to_string(),
@@ -342,16 +344,33 @@ pub(super) async fn start_ui(
         state: state.clone(),
         event_log: cfg.paths.event_log.clone(),
     });
-    let listener = crate::ui::bind(addr).await?;
-    // Tagged processes are kept off the daemon's ports (`guard:self/ports`) from the first
-    // connection on: the rule covers what the daemon listens on once the host was looked at.
-    net.discover_now().await;
-    let bound = crate::ui::serve(listener, tokens, backend)?;
+    let listener = match cfg.ui_addr {
+        Some(addr) => Some(crate::ui::bind(addr).await?),
+        None => None,
+    };
+    let port = listener
+        .as_ref()
+        .and_then(|l| l.local_addr().ok())
+        .map_or(0, |a| a.port());
+    let page = crate::ui::Page::new(tokens, backend, port);
+    if let Some(listener) = listener {
+        // Tagged processes are kept off the daemon's ports (`guard:self/ports`) from the
+        // first connection on: the rule covers what the daemon listens on once the host was
+        // looked at.
+        net.discover_now().await;
+        page.serve_tcp(listener);
+        info!(port, "serving the review page on TCP");
+    }
+    {
+        let mut st = state.lock().expect("state lock");
+        st.page = Some(page);
+        st.ui_viewers = viewers;
+    }
     info!(
-        addr = %bound,
+        socket = %cfg.paths.socket.display(),
         viewer_token = %files.viewer.display(),
         approver_token = %files.approver.display(),
-        "serving the review page"
+        "serving the review page on the API socket"
     );
     Ok(())
 }

@@ -204,14 +204,24 @@ fn session_id(headers: &HeaderMap) -> Option<String> {
         .map(|c| c.value().to_owned())
 }
 
-/// The host part of a Host header value that names this page: an IP literal or `localhost`,
-/// with the page's port. Anything else (a DNS name that resolves here) is refused.
-fn host_ok(host: &str, port: u16) -> bool {
-    let Some((name, p)) = host.rsplit_once(':') else {
-        return false;
+/// A connection of the API socket: the role its peer's credentials give, or why it has none.
+#[derive(Clone, Debug)]
+pub struct Peer(pub Result<Role, String>);
+
+/// Whether a Host header value names this page: an IP literal or `localhost`, with the
+/// page's port (`port`), or with any port or none (`None`: a connection of the API socket,
+/// which a user may forward to a port of their own). Anything else, a DNS name that resolves
+/// here, is refused.
+fn host_ok(host: &str, port: Option<u16>) -> bool {
+    let (name, p) = match host.rsplit_once(':') {
+        Some((n, p)) if !p.ends_with(']') => (n, Some(p)),
+        _ => (host, None),
     };
-    if p.parse::<u16>() != Ok(port) {
-        return false;
+    match (port, p) {
+        (Some(want), Some(p)) if p.parse::<u16>() == Ok(want) => {}
+        (None, None) => {}
+        (None, Some(p)) if p.parse::<u16>().is_ok() => {}
+        _ => return false,
     }
     let name = name.trim_start_matches('[').trim_end_matches(']');
     name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
@@ -225,7 +235,12 @@ pub(super) async fn check_origin(State(app): State<App>, req: Request, next: Nex
         .and_then(|h| h.to_str().ok())
         .unwrap_or_default()
         .to_owned();
-    if !host_ok(&host, app.port) {
+    let peer = req.extensions().get::<Peer>().cloned();
+    if let Some(Peer(Err(why))) = &peer {
+        return refuse(StatusCode::FORBIDDEN, format!("refused: {why}"));
+    }
+    let port = if peer.is_some() { None } else { Some(app.port) };
+    if !host_ok(&host, port) {
         return refuse(
             StatusCode::MISDIRECTED_REQUEST,
             format!("refused: Host {host:?} is not this page (use an IP address or localhost)"),
@@ -254,7 +269,29 @@ pub(super) async fn require_session(
     mut req: Request,
     next: Next,
 ) -> Response {
-    let Some(session) = session_id(req.headers()).and_then(|id| app.sessions.get(&id)) else {
+    let session = session_id(req.headers()).and_then(|id| app.sessions.get(&id));
+    // On the API socket the peer's credentials are the sign-in: a session of that role is
+    // opened (its cookie carries the CSRF token's session), never one of another role.
+    if let Some(Peer(Ok(role))) = req.extensions().get::<Peer>().cloned() {
+        if let Some(s) = session.filter(|s| s.role == role) {
+            req.extensions_mut().insert(s);
+            return next.run(req).await;
+        }
+        let id = app.sessions.open(role);
+        let Some(s) = app.sessions.get(&id) else {
+            return refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no session could be opened",
+            );
+        };
+        req.extensions_mut().insert(s);
+        let mut res = next.run(req).await;
+        if let Ok(v) = http::HeaderValue::from_str(&session_cookie(&id)) {
+            res.headers_mut().append(header::SET_COOKIE, v);
+        }
+        return res;
+    }
+    let Some(session) = session else {
         return if req.method() == Method::GET {
             Redirect::to("/login").into_response()
         } else {
@@ -263,6 +300,10 @@ pub(super) async fn require_session(
     };
     req.extensions_mut().insert(session);
     next.run(req).await
+}
+
+fn session_cookie(id: &str) -> String {
+    format!("{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/")
 }
 
 /// Whether a form's CSRF token is the session's.
@@ -299,8 +340,11 @@ pub(super) async fn login(State(app): State<App>, Form(form): Form<LoginForm>) -
     };
     let id = app.sessions.open(role);
     tracing::info!(role = role.name(), "review page: signed in");
-    let cookie = format!("{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/");
-    ([(header::SET_COOKIE, cookie)], Redirect::to("/")).into_response()
+    (
+        [(header::SET_COOKIE, session_cookie(&id))],
+        Redirect::to("/"),
+    )
+        .into_response()
 }
 
 #[derive(Deserialize)]
@@ -330,12 +374,17 @@ mod tests {
 
     #[test]
     fn hosts_are_addresses_or_localhost_with_the_port() {
-        assert!(host_ok("127.0.0.1:7682", 7682));
-        assert!(host_ok("localhost:7682", 7682));
-        assert!(host_ok("[::1]:7682", 7682));
-        assert!(!host_ok("127.0.0.1:80", 7682));
-        assert!(!host_ok("evil.example:7682", 7682));
-        assert!(!host_ok("127.0.0.1", 7682));
+        assert!(host_ok("127.0.0.1:7682", Some(7682)));
+        assert!(host_ok("localhost:7682", Some(7682)));
+        assert!(host_ok("[::1]:7682", Some(7682)));
+        assert!(!host_ok("127.0.0.1:80", Some(7682)));
+        assert!(!host_ok("evil.example:7682", Some(7682)));
+        assert!(!host_ok("127.0.0.1", Some(7682)));
+        // The API socket: any port or none, still no names but localhost.
+        assert!(host_ok("localhost", None));
+        assert!(host_ok("localhost:9000", None));
+        assert!(host_ok("[::1]", None));
+        assert!(!host_ok("evil.example", None));
     }
 
     #[test]

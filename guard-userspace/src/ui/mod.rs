@@ -91,32 +91,59 @@ pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, UiError> 
         .map_err(|source| UiError { addr, source })
 }
 
-/// Serve the page on `listener`, on a task.
-pub fn serve(
-    listener: tokio::net::TcpListener,
-    tokens: Tokens,
-    backend: Arc<dyn Backend>,
-) -> Result<SocketAddr, UiError> {
-    let bound = listener.local_addr().map_err(|source| UiError {
-        addr: SocketAddr::from(([0, 0, 0, 0], 0)),
-        source,
-    })?;
-    let store = Arc::new(store::Store::default());
-    store::follow(store.clone(), backend.event_log());
-    let app = App {
-        backend,
-        sessions: Arc::new(auth::Sessions::default()),
-        tokens: Arc::new(tokens),
-        store,
-        port: bound.port(),
-    };
-    let router = router(app);
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router).await {
-            tracing::error!(error = %e, "review page stopped");
+/// The page, ready to serve: on its TCP listener, and on connections of the API socket
+/// that speak HTTP ([`Page::serve_unix`]).
+#[derive(Clone)]
+pub struct Page {
+    app: App,
+}
+
+impl Page {
+    /// The page's state; its store starts reading the event log.
+    pub fn new(tokens: Tokens, backend: Arc<dyn Backend>, port: u16) -> Self {
+        let store = Arc::new(store::Store::default());
+        store::follow(store.clone(), backend.event_log());
+        Self {
+            app: App {
+                backend,
+                sessions: Arc::new(auth::Sessions::default()),
+                tokens: Arc::new(tokens),
+                store,
+                port,
+            },
         }
-    });
-    Ok(bound)
+    }
+
+    /// Serve the page on `listener`, on a task.
+    pub fn serve_tcp(&self, listener: tokio::net::TcpListener) {
+        let router = router(self.app.clone());
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, router).await {
+                tracing::error!(error = %e, "review page stopped");
+            }
+        });
+    }
+
+    /// Serve one connection of the API socket that speaks HTTP. Its peer's credentials give
+    /// the role (`peer`: the daemon's verdict, or why the peer may not see the page); no
+    /// token is asked for.
+    pub async fn serve_unix(&self, stream: tokio::net::UnixStream, peer: Result<Role, String>) {
+        let router = router(self.app.clone()).layer(axum::Extension(auth::Peer(peer)));
+        let service = hyper_util::service::TowerToHyperService::new(router);
+        let io = hyper_util::rt::TokioIo::new(stream);
+        let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, service);
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "review page connection on the API socket");
+        }
+    }
+}
+
+/// Whether the first bytes a client sent on the API socket are an HTTP request (the API
+/// itself speaks JSON lines, which start with `{`).
+pub fn is_http(first: &[u8]) -> bool {
+    [&b"GET "[..], b"POST ", b"HEAD "]
+        .iter()
+        .any(|m| first.starts_with(m))
 }
 
 fn router(app: App) -> Router {
