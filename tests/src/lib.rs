@@ -90,6 +90,19 @@ pub fn guard_bin() -> PathBuf {
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
 /// A unique name for this test process's resources.
+/// A loopback TCP port nothing listens on now.
+pub fn free_port() -> u16 {
+    free_ports::<1>()[0]
+}
+
+/// `N` distinct free loopback TCP ports (held together while they are picked).
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<std::net::TcpListener> = (0..N)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().unwrap().port())
+}
+
 pub fn unique(prefix: &str) -> String {
     format!(
         "{prefix}-{}-{}",

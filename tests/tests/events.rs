@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use guard_tests::{Daemon, Proc, alive, output, read_pid_file, wait_for};
+use guard_tests::{Daemon, Proc, alive, free_port, output, read_pid_file, wait_for};
 use nix::{
     sys::signal::{Signal, kill},
     unistd::Pid,
@@ -416,15 +416,6 @@ fn sigkill_mid_flood_leaves_only_whole_lines_and_a_restart_resumes() {
             (evs.len() > before && !of_root(&evs[before..], root).is_empty()).then_some(())
         },
     );
-}
-
-/// A free loopback port.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// `GET /metrics` over plain HTTP/1.1: (content type, body).

@@ -23,7 +23,7 @@ use std::{
 };
 
 use fantoccini::{Client, ClientBuilder, Locator};
-use guard_tests::{Daemon, Proc, netns::NetNs, output, output_text, wait_for};
+use guard_tests::{Daemon, Proc, free_ports, netns::NetNs, output, output_text, wait_for};
 use network_support::{CLIENT, Listener, Net};
 use serde_json::{Value, json};
 
@@ -52,6 +52,12 @@ fn agent(dir: &Path) -> Proc {
     Proc::spawn(c)
 }
 
+/// Whether a step's output has `line` (its stderr, where a reason line may land first, is
+/// in the same file).
+fn printed(out: &str, line: &str) -> bool {
+    out.lines().any(|l| l == line)
+}
+
 /// Step `i` of the agent: run `cmd` in its tree, and what it printed (ending `rc=N`).
 fn agent_runs(dir: &Path, i: u32, cmd: &str) -> String {
     std::fs::write(dir.join(format!("cmd{i}")), cmd).unwrap();
@@ -59,14 +65,6 @@ fn agent_runs(dir: &Path, i: u32, cmd: &str) -> String {
     wait_for(&format!("agent step {i}"), Duration::from_secs(20), || {
         std::fs::read_to_string(dir.join(format!("out{i}"))).ok()
     })
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// `socat` from `listen` to `connect` (socat address specs), in `ns` when given.
@@ -184,7 +182,7 @@ fn the_review_page_shows_decisions_live_and_approvers_answer_requests() {
         &net,
         &[format!("tcp:5432:{}", net.a), format!("tcp:443:{}", net.b)],
     );
-    let port = free_port();
+    let [port, wd_port] = free_ports::<2>();
     let addr = format!("127.0.0.1:{port}");
     let d = Daemon::start_with_args(Some(&policy(&net.a, &net.b)), &["--ui-addr", &addr]);
     let tokens = d.socket.parent().unwrap().join("ui");
@@ -210,7 +208,6 @@ fn the_review_page_shows_decisions_live_and_approvers_answer_requests() {
     );
     let ui_sock = dir.path().join("ui.sock");
     let wd_sock = dir.path().join("wd.sock");
-    let wd_port = free_port();
     let _in_ns = bridge(
         Some(&ns),
         &format!("TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr"),
@@ -348,12 +345,17 @@ async fn review(c: &Client, base: &str, d: &Daemon, dir: &Path, tokens: (&str, &
     })
     .await;
 
-    // Live: the agent's denied connect, and its asked one, appear without a reload.
-    let out = agent_runs(dir, 3, &format!("python3 -c \"$CLIENT\" tcp {} 5432", t.db));
-    assert!(out.starts_with("err 1"), "prod-db denies: {out}");
+    // Live: the agent's denied connect, and its asked one, appear without a reload. The
+    // denied client lingers, so that its reason line has a live process to go to.
+    let out = agent_runs(
+        dir,
+        3,
+        &format!("python3 -c \"$CLIENT\" tcp {} 5432 0.5", t.db),
+    );
+    assert!(printed(&out, "err 1"), "prod-db denies: {out}");
     let out = agent_runs(dir, 4, &format!("python3 -c \"$CLIENT\" tcp {} 443", t.api));
     assert!(
-        out.starts_with("err 1"),
+        printed(&out, "err 1"),
         "prod-api asks, denying at once: {out}"
     );
     let rows = eventually("both decisions on the open page", 15, || async {
@@ -440,7 +442,9 @@ async fn review(c: &Client, base: &str, d: &Daemon, dir: &Path, tokens: (&str, &
     let said = texts(c, "#said").await.join("\n");
     assert!(
         said.contains("guard: connect to") && said.contains("prod-db"),
-        "the reason line the agent saw: {said:?}"
+        "the reason line the agent saw: {said:?}; the agent's output: {:?}; the event: {}",
+        std::fs::read_to_string(dir.join("out3")),
+        texts(c, "pre.json").await.join("")
     );
     screenshot(c, "event").await;
 
@@ -470,15 +474,57 @@ async fn review(c: &Client, base: &str, d: &Daemon, dir: &Path, tokens: (&str, &
     assert!(flash.contains("approved"), "{flash}");
     let out = agent_runs(dir, 5, &format!("python3 -c \"$CLIENT\" tcp {} 443", t.api));
     assert!(
-        out.starts_with("ok"),
+        printed(&out, "ok"),
         "the agent's retry goes through once approved: {out}"
     );
 
-    // Agents now.
+    // The current filter as JSON lines: the whole log, only what matches.
+    let script = "const [done] = arguments; fetch('/export.jsonl?rule=prod-db') \
+        .then(r => r.text()).then(done, e => done(String(e)));";
+    let exported = c.execute_async(script, vec![]).await.unwrap();
+    let lines: Vec<Value> = exported
+        .as_str()
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        !lines.is_empty() && lines.iter().all(|e| e["rule"] == "prod-db"),
+        "{exported}"
+    );
+
+    // Agents now: an approver freezes the tree and thaws it again.
     c.goto(&format!("{base}/agents")).await.unwrap();
     let trees = texts(c, "#agents tbody tr").await;
     assert!(trees.iter().any(|r| r.contains("claude-code")), "{trees:?}");
     screenshot(c, "agents").await;
+    let root = trees_root(d);
+    for (action, done) in [("freeze", "froze"), ("thaw", "thawed")] {
+        let button = format!("form[action='/agents/{root}/{action}'] button");
+        c.find(Locator::Css(&button))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        let flash = eventually(&format!("the {action}'s answer"), 15, || async {
+            texts(c, "#flash")
+                .await
+                .into_iter()
+                .find(|f| f.contains(done))
+        })
+        .await;
+        let held = d.status_json().unwrap()["held_trees"].as_u64();
+        assert_eq!(held, Some(u64::from(action == "freeze")), "{flash}");
+    }
+    let out = agent_runs(dir, 6, "echo still-running");
+    assert!(printed(&out, "still-running"), "thawed: {out}");
+
+    // A narrow window: the timeline still reads.
+    c.set_window_size(420, 900).await.unwrap();
+    c.goto(&format!("{base}/")).await.unwrap();
+    screenshot(c, "timeline-narrow").await;
+    c.set_window_size(1280, 900).await.unwrap();
 
     // A viewer sees, and cannot act.
     sign_in(c, base, viewer).await;

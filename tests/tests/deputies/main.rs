@@ -16,13 +16,12 @@ mod processes;
 mod tunnels;
 
 use std::{
-    net::TcpListener,
     path::{Path, PathBuf},
     process::{Command, Output},
     time::Duration,
 };
 
-use guard_tests::{Daemon, Proc, output, wait_for};
+use guard_tests::{Daemon, Proc, free_port, free_ports, output, wait_for};
 use network_support::{CLIENT, Listener, Net, assert_eperm, assert_ok, net_events, text};
 use serde_json::Value;
 
@@ -151,19 +150,6 @@ fn wait_path_rule(daemon: &Daemon, name: &str, path: &str) {
                 .then_some(())
         },
     );
-}
-
-/// A free loopback TCP port.
-fn free_port() -> u16 {
-    free_ports::<1>()[0]
-}
-
-/// `N` distinct free loopback TCP ports (held together while they are picked).
-fn free_ports<const N: usize>() -> [u16; N] {
-    let held: Vec<TcpListener> = (0..N)
-        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    std::array::from_fn(|i| held[i].local_addr().unwrap().port())
 }
 
 /// An sshd on 127.0.0.1:`port`, key authentication only, with a key for root.
