@@ -80,6 +80,7 @@ const FLOORS: &[(&str, u8)] = &[
     ("watch", 1),
     ("seccomp", 1),
     ("caps", 1),
+    ("tiocsti", 1),
     ("secrets", 0),
     ("fshandle", 0),
     ("clock", 0),

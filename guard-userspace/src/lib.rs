@@ -36,6 +36,7 @@ pub mod secrets;
 pub mod selfprot;
 pub mod tagmap;
 pub mod tags;
+pub mod tiocsti;
 pub mod ui;
 pub mod watch;
 

@@ -71,6 +71,11 @@ enum Cmd {
         /// --ui-addr implies it.
         #[arg(long, env = "GUARD_UI")]
         ui: bool,
+        /// Set dev.tty.legacy_tiocsti to 0 and keep it there: the kernel then refuses TIOCSTI
+        /// to every process without CAP_SYS_ADMIN (agents recognised at exec on the fallback
+        /// tier have no other stop for it). Host-wide; Linux 6.2+.
+        #[arg(long, env = "GUARD_DISABLE_LEGACY_TIOCSTI")]
+        disable_legacy_tiocsti: bool,
         /// The group that may read the review page's viewer token (root only by default; the
         /// approver token goes to the first group of spec.approvers).
         #[arg(long, env = "GUARD_UI_VIEWERS")]
@@ -325,6 +330,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             ui_addr,
             ui,
             ui_viewers,
+            disable_legacy_tiocsti,
             tier,
             uninstall,
             lifecycle_events,
@@ -375,6 +381,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ui: ui || ui_addr.is_some(),
                 ui_addr,
                 ui_viewers,
+                disable_legacy_tiocsti,
                 tier,
                 lifecycle_events,
                 kill_via,

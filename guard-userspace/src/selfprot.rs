@@ -177,6 +177,18 @@ pub fn pin_restored(r: &crate::pins::Restored) -> Decoded {
     )
 }
 
+/// `dev.tty.legacy_tiocsti` found at 1 again and set back to 0 (or not), as an event.
+pub fn tiocsti_restored(ok: bool) -> Decoded {
+    daemon_decision(
+        crate::events::deputy::RULE_TERMINAL_INPUT,
+        "restore",
+        if ok { "restored" } else { "restore-failed" },
+        "sysctl-keeper",
+        std::path::Path::new(crate::tiocsti::SYSCTL),
+        "set to 1 (TIOCSTI allowed again)",
+    )
+}
+
 /// A change of the policy file the daemon did not apply on its own, as an event.
 pub fn policy_refused(path: &std::path::Path, why: &str) -> Decoded {
     daemon_decision(

@@ -88,6 +88,8 @@ pub enum DaemonError {
     Notify(String),
     #[error(transparent)]
     Ui(#[from] crate::ui::UiError),
+    #[error("--disable-legacy-tiocsti: {0}")]
+    Tiocsti(std::io::Error),
     #[error("review page tokens in {dir}: {why}")]
     UiTokens { dir: String, why: String },
 }
@@ -100,6 +102,8 @@ pub struct DaemonConfig {
     pub log: LogConfig,
     /// Serve Prometheus metrics on this address (off when `None`).
     pub metrics_addr: Option<SocketAddr>,
+    /// Set `dev.tty.legacy_tiocsti` to 0 and keep it there.
+    pub disable_legacy_tiocsti: bool,
     /// Serve the review page on the API socket (to peers whose credentials allow it).
     pub ui: bool,
     /// Serve the review page on this address too (token sign-in; off when `None`).
@@ -213,6 +217,9 @@ const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 /// step again.
 pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
     let Preflight { compiled, probe } = preflight(&cfg)?;
+    if cfg.disable_legacy_tiocsti {
+        crate::tiocsti::available().map_err(DaemonError::Tiocsti)?;
+    }
     let loaded = load::load(
         &cfg.paths.pin_dir,
         cfg.tier,
@@ -261,6 +268,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
     requests.set_sink(sink.clone());
     keep_requests(&cfg, &requests);
     start::start_ui(&cfg, &state, &net).await?;
+    start::keep_tiocsti_off(&cfg, &state)?;
     net.set_sink(sink.clone());
     start_files(&cfg, &state, kernel_files, sink, (holder, requests.clone()))?;
     keep_pins(&cfg, &state);

@@ -374,3 +374,36 @@ pub(super) async fn start_ui(
     );
     Ok(())
 }
+
+/// `--disable-legacy-tiocsti`: the sysctl to 0 now, and back to 0 within a second whenever
+/// something sets it to 1 (a root agent could), each time an event.
+pub(super) fn keep_tiocsti_off(cfg: &DaemonConfig, state: &Shared) -> Result<(), DaemonError> {
+    if !cfg.disable_legacy_tiocsti {
+        return Ok(());
+    }
+    crate::tiocsti::disable().map_err(DaemonError::Tiocsti)?;
+    info!(
+        sysctl = crate::tiocsti::SYSCTL,
+        "TIOCSTI is refused to processes without CAP_SYS_ADMIN"
+    );
+    let sink = state.lock().expect("state lock").sink.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            if crate::tiocsti::legacy_allowed() != Some(true) {
+                continue;
+            }
+            let done = crate::tiocsti::disable();
+            warn!(
+                ok = done.is_ok(),
+                "dev.tty.legacy_tiocsti was set to 1; set back to 0"
+            );
+            if let Some(sink) = &sink {
+                sink.submit(crate::selfprot::tiocsti_restored(done.is_ok()))
+                    .await;
+            }
+        }
+    });
+    Ok(())
+}

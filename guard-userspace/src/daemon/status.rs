@@ -79,6 +79,7 @@ pub(super) fn status(state: &Shared) -> Reply<DaemonStatus> {
                 bprm_check: lsm("bprm_check_security") && lsm("file_open"),
                 ctime: st.files.as_ref().is_some_and(|f| f.attached().detects()),
                 egress: !st.net_attached.lsm && st.net_attached.egress_missing.is_none(),
+                tiocsti_off: crate::tiocsti::legacy_allowed() == Some(false),
             };
             let ceiling: Vec<String> = st
                 .drop_caps

@@ -41,10 +41,12 @@ impl crate::ui::Backend for UiView {
     }
 
     fn tier(&self) -> String {
-        super::status::status(&self.state)
-            .data
-            .map(|s| s.tier)
-            .unwrap_or_default()
+        self.state
+            .lock()
+            .expect("state lock")
+            .kernel
+            .tier
+            .to_string()
     }
 
     fn mechanism(&self, rule: &str) -> String {

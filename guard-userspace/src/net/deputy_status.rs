@@ -134,6 +134,8 @@ pub struct KernelHooks {
     pub ctime: bool,
     /// fallback `cgroup_skb/egress` (destinations NAT rewrote are checked again).
     pub egress: bool,
+    /// `dev.tty.legacy_tiocsti` is 0: the kernel refuses TIOCSTI without CAP_SYS_ADMIN.
+    pub tiocsti_off: bool,
 }
 
 /// The built-in rules decided in the kernel for every tagged process, with how this tier
@@ -181,6 +183,11 @@ fn kernel_rules(hooks: KernelHooks, ceiling: &[String]) -> Vec<BuiltinRuleStatus
             "TIOCSTI and TIOCLINUX keystrokes into any terminal",
             if hooks.ioctl {
                 "enforced: lsm/file_ioctl and lsm/file_ioctl_compat".to_owned()
+            } else if hooks.tiocsti_off {
+                "partly: dev.tty.legacy_tiocsti=0, so the kernel refuses TIOCSTI to every \
+                 process without CAP_SYS_ADMIN; not covered for agents recognised at exec: \
+                 TIOCSTI by a root agent, and TIOCLINUX; guard run trees: refused by seccomp"
+                    .to_owned()
             } else {
                 "not-covered for agents recognised at exec; guard run trees: refused by seccomp. \
                  dev.tty.legacy_tiocsti=0 takes TIOCSTI from every process without \
@@ -244,11 +251,17 @@ fn not_covered(hooks: KernelHooks) -> Vec<String> {
         );
     }
     if !hooks.ioctl {
-        out.push(
+        out.push(if hooks.tiocsti_off {
+            "TIOCSTI by a root agent and TIOCLINUX keystrokes into a terminal (the rest of \
+             TIOCSTI: dev.tty.legacy_tiocsti=0; guard:terminal-input needs BPF LSM; guard run \
+             trees: seccomp)"
+                .to_owned()
+        } else {
             "TIOCSTI and TIOCLINUX keystrokes into a terminal (guard:terminal-input needs BPF \
-             LSM; guard run trees: seccomp)"
-                .to_owned(),
-        );
+             LSM; guard run trees: seccomp; guard daemon --disable-legacy-tiocsti takes \
+             TIOCSTI from agents that are not root)"
+                .to_owned()
+        });
     }
     if !hooks.capable {
         out.push(if hooks.egress {

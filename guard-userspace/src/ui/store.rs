@@ -76,6 +76,19 @@ impl Default for Store {
     }
 }
 
+/// Whether a line may be a decision, by its `kind` as guard writes it, without parsing the
+/// whole line: most of a log that keeps lifecycle lines is those, and the first read at start
+/// goes through all of it.
+fn may_be_decision(line: &str) -> bool {
+    const KEY: &str = "\"kind\":\"";
+    let Some(at) = line.find(KEY) else {
+        return true;
+    };
+    let rest = &line[at + KEY.len()..];
+    let kind = rest.split('"').next().unwrap_or_default();
+    view_of(kind) == View::Decisions
+}
+
 /// An event's id: a digest of its line (stable for as long as the log holds it).
 pub fn id_of(line: &str) -> String {
     blake3::hash(line.as_bytes()).to_hex()[..16].to_owned()
@@ -127,6 +140,9 @@ impl Store {
 
     /// Take one line of the log; `live`: tell the subscribers.
     fn take(&self, line: &str, live: bool) {
+        if !may_be_decision(line) {
+            return;
+        }
         let Ok(event) = serde_json::from_str::<Event>(line) else {
             return;
         };
@@ -271,6 +287,14 @@ mod tests {
         );
         let id = &s.held()[0].id;
         assert!(s.find(id).is_some());
+    }
+
+    #[test]
+    fn lifecycle_lines_are_skipped_unparsed() {
+        assert!(!may_be_decision(&line("tagged_fork", "", "t")));
+        assert!(!may_be_decision(&line("agent_exec", "", "t")));
+        assert!(may_be_decision(&line("net_connect", "db", "t")));
+        assert!(may_be_decision("not guard's"));
     }
 
     #[test]

@@ -236,3 +236,98 @@ fn root_agents_stay_under_the_capability_ceiling() {
         text(&out)
     );
 }
+
+/// Push one keystroke into terminal `argv[1]`: `tiocsti allowed` or `tiocsti denied ERRNO`.
+const PUSH: &str = r#"
+import fcntl, os, sys, termios
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_NOCTTY)
+try:
+    fcntl.ioctl(fd, termios.TIOCSTI, b"x")
+    print("tiocsti allowed", flush=True)
+except OSError as e:
+    print("tiocsti denied", e.errno, flush=True)
+"#;
+
+const LEGACY_TIOCSTI: &str = "/proc/sys/dev/tty/legacy_tiocsti";
+
+/// The sysctl as the test found it, put back on drop.
+struct SysctlBack(String);
+
+impl Drop for SysctlBack {
+    fn drop(&mut self) {
+        let _ = std::fs::write(LEGACY_TIOCSTI, &self.0);
+    }
+}
+
+/// `PUSH` into `tty` as uid/gid 65534, by `program` (a recognised agent's shell, or bash).
+fn push_as_nobody(program: &Path, tty: &str) -> String {
+    use std::os::unix::process::CommandExt;
+    let mut c = Command::new(program);
+    c.args(["-c", "/usr/bin/python3 -c \"$PUSH\" \"$TTY\""])
+        .env("PUSH", PUSH)
+        .env("TTY", tty)
+        .current_dir("/")
+        .uid(65534)
+        .gid(65534);
+    text(&output(c))
+}
+
+#[test]
+fn legacy_tiocsti_off_takes_tiocsti_from_agents_that_are_not_root() {
+    let Ok(before) = std::fs::read_to_string(LEGACY_TIOCSTI) else {
+        println!("NOT RUN: this kernel lacks dev.tty.legacy_tiocsti (Linux 6.2+)");
+        return;
+    };
+    let _back = SysctlBack(before);
+    let daemon = Daemon::start_with_args(Some(&policy("    []\n")), &["--disable-legacy-tiocsti"]);
+    let lsm = daemon.assert_tier() == "bpf-lsm";
+    assert_eq!(std::fs::read_to_string(LEGACY_TIOCSTI).unwrap().trim(), "0");
+    let input = rule_status(&daemon, "guard:terminal-input");
+    let mechanism = input["mechanism"].as_str().unwrap();
+    assert!(
+        mechanism.starts_with(if lsm { "enforced" } else { "partly" }),
+        "{input}"
+    );
+
+    // The human's terminal, the human being the same user as the agent.
+    let (_terminal, tty) = python_ready(&[
+        "import os, time\nm, s = os.openpty()\nos.fchown(s, 65534, 65534)\n\
+         print(os.ttyname(s), flush=True)\ntime.sleep(600)",
+    ]);
+    let sides = Sides::new();
+    {
+        // The agent runs as nobody: its directory must be reachable.
+        use std::os::unix::fs::PermissionsExt;
+        let dir = sides.claude.parent().unwrap();
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let out = push_as_nobody(&sides.claude, &tty);
+    assert!(
+        out.contains("tiocsti denied"),
+        "the agent's keystroke: {out}"
+    );
+    // Root keeps it (CAP_SYS_ADMIN), untagged.
+    let out = bash_with(
+        Path::new("bash"),
+        "python3 -c \"$PUSH\" \"$TTY\"",
+        &[("PUSH", PUSH), ("TTY", &tty)],
+    );
+    assert!(
+        out.stdout.starts_with(b"tiocsti allowed"),
+        "untagged root: {}",
+        text(&out)
+    );
+
+    // Set back to 1 (as a root agent could), it is 0 again within seconds, and recorded.
+    std::fs::write(LEGACY_TIOCSTI, "1\n").unwrap();
+    wait_for("the sysctl set back to 0", Duration::from_secs(10), || {
+        let now = std::fs::read_to_string(LEGACY_TIOCSTI).ok()?;
+        (now.trim() == "0").then_some(())
+    });
+    wait_for("the restore event", Duration::from_secs(10), || {
+        daemon
+            .events()
+            .into_iter()
+            .find(|e| e["rule"] == "guard:terminal-input" && e["result"] == "restored")
+    });
+}
