@@ -179,6 +179,13 @@ pub const SMOKE_LEFT_OUT: &[(Series, &str, &str)] = &[
     ),
     (
         Series::V6_1,
+        "incident::a_hold_rule_freezes_the_tree",
+        "a hold stops the offender with the signal helper at the hook where \
+         network::kill_leaves_the_offender_dead kills, and freezes the rest of the tree as \
+         incident::a_frozen_tree_stays_frozen does, both proven on 6.1; 6.12 runs it",
+    ),
+    (
+        Series::V6_1,
         "approvals::a_path_rule_that_asks",
         "a file approval is the refused open of files::opens_for_writing plus the exception \
          lookup of approvals::an_approved_request, both proven on 6.1; 6.12 runs it",
