@@ -38,6 +38,9 @@ pub(super) fn bind(paths: &Paths) -> Result<UnixListener, DaemonError> {
 pub const MAX_REQUEST: usize = 64 * 1024;
 /// Connections served at once; more are told so and closed.
 pub const MAX_CONNECTIONS: usize = 128;
+/// Review page connections on the API socket at once (a live timeline holds one open): they
+/// have slots of their own, so that open pages never keep `guard run` from the API.
+pub const MAX_PAGE_CONNECTIONS: usize = 32;
 /// A connection that sends no complete request, or reads no reply, for this long is closed.
 const IDLE: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -48,10 +51,7 @@ pub(super) async fn serve(listener: UnixListener, state: Shared) {
             Ok((stream, _)) => match slots.clone().try_acquire_owned() {
                 Ok(slot) => {
                     let state = state.clone();
-                    tokio::spawn(async move {
-                        handle(stream, state).await;
-                        drop(slot);
-                    });
+                    tokio::spawn(handle(stream, state, slot));
                 }
                 Err(_) => {
                     tokio::spawn(refuse(
@@ -96,6 +96,15 @@ async fn first_bytes(stream: &UnixStream) -> Vec<u8> {
 /// An HTTP client on the API socket: the review page, with the role the peer's credentials
 /// give (root and `spec.approvers` approve, `--ui-viewers` view); never a tagged process.
 async fn page(stream: UnixStream, state: &Shared, caller: &Caller, uid: u32) {
+    static SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_PAGE_CONNECTIONS);
+    let Ok(_slot) = SLOTS.try_acquire() else {
+        return http_text(
+            stream,
+            "503 Service Unavailable",
+            &format!("too many review page connections (limit {MAX_PAGE_CONNECTIONS})\n"),
+        )
+        .await;
+    };
     let (page, viewers) = {
         let st = state.lock().expect("state lock");
         (st.page.clone(), st.ui_viewers)
@@ -118,20 +127,21 @@ async fn page(stream: UnixStream, state: &Shared, caller: &Caller, uid: u32) {
     match page {
         Some(page) => page.serve_unix(stream, role).await,
         None => {
-            let mut stream = stream;
-            let body = "the review page is off (guard daemon --ui or --ui-addr)\n";
-            let reply = format!(
-                "HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\
-                 Connection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = tokio::time::timeout(
-                std::time::Duration::from_secs(1),
-                stream.write_all(reply.as_bytes()),
-            )
-            .await;
+            let why = "the review page is off (guard daemon --ui or --ui-addr)\n";
+            http_text(stream, "404 Not Found", why).await;
         }
     }
+}
+
+/// One plain-text HTTP answer, then close, without waiting on a peer that does not read.
+async fn http_text(mut stream: UnixStream, status: &str, body: &str) {
+    let reply = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let write = stream.write_all(reply.as_bytes());
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), write).await;
 }
 
 /// Answer `why` and close, without waiting on a peer that does not read.
@@ -142,12 +152,14 @@ async fn refuse(mut stream: UnixStream, why: String) {
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), write).await;
 }
 
-async fn handle(stream: UnixStream, state: Shared) {
+async fn handle(stream: UnixStream, state: Shared, slot: tokio::sync::OwnedSemaphorePermit) {
     let caller = Caller::of(&stream);
     let uid = stream.peer_cred().map_or(u32::MAX, |c| c.uid());
     if crate::ui::is_http(&first_bytes(&stream).await) {
+        drop(slot);
         return page(stream, &state, &caller, uid).await;
     }
+    let _slot = slot;
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
     let mut line = Vec::new();
