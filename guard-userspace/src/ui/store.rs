@@ -16,8 +16,9 @@ use tokio::sync::broadcast;
 
 use crate::events::{Event, View, log_files, query::Follower, view_of};
 
-/// Decisions held for the page (the newest); older ones are in the log (export).
-pub const HELD: usize = 2_000;
+/// Decisions held for the page (the newest); older ones are in the log (export). About
+/// 2.5 KB each with ancestry (the line, and the slim event rows read).
+pub const HELD: usize = 1_000;
 /// Hours of per-rule hit counts kept.
 pub const HOURS: usize = 24;
 /// How often the log is looked at for new lines.
@@ -25,11 +26,32 @@ const POLL: Duration = Duration::from_millis(250);
 /// Longest line taken from the log (a longer one is not an event guard wrote).
 const MAX_LINE: u64 = 1 << 20;
 
-/// A decision of the log, with its id (a digest of its line).
+/// A decision of the log, with its id (a digest of its line). `event` is what rows and
+/// filters read, without the ancestry and command lines (most of a line's size): the whole
+/// event is `line`, parsed again where a page shows it.
 pub struct Entry {
     pub id: String,
     pub line: String,
     pub event: Event,
+}
+
+impl Entry {
+    /// The whole event.
+    pub fn full(&self) -> Event {
+        serde_json::from_str(&self.line).unwrap_or_else(|_| self.event.clone())
+    }
+}
+
+/// `e` without what rows and filters never read.
+fn slim(mut e: Event) -> Event {
+    e.ancestry = Vec::new();
+    if let Some(p) = e.process.as_mut() {
+        p.argv = Vec::new();
+    }
+    if let Some(r) = e.root.as_mut() {
+        r.argv = Vec::new();
+    }
+    e
 }
 
 /// A rule's hits: by hour, the newest last, and in all.
@@ -154,7 +176,7 @@ impl Store {
         let entry = Arc::new(Entry {
             id: id_of(&line),
             line,
-            event,
+            event: slim(event),
         });
         self.inner.lock().expect("store lock").add(entry.clone());
         if live {

@@ -328,7 +328,8 @@ pub(super) async fn detail(
             ),
         );
     };
-    let (e, line) = (&entry.event, &entry.line);
+    let full = entry.full();
+    let (e, line) = (&full, &entry.line);
     let mut chain: Vec<Node> = e
         .ancestry
         .iter()
