@@ -627,6 +627,17 @@ fn on_the_api_socket_the_page_goes_by_peer_credentials() {
     assert_eq!(code, "403", "anyone else is refused: {body}");
     assert!(body.contains("neither an approver"), "{body}");
 
+    // A filter that cannot be read is said, and matches nothing (never everything).
+    let (code, body) = curl_unix(&d, None, &["http://localhost/?since=banana"]);
+    assert_eq!(code, "200", "{body}");
+    assert!(
+        body.contains(r#"id="filter-error""#) && body.contains(r#"<span id="matched">0<"#),
+        "{body}"
+    );
+    let (code, body) = curl_unix(&d, None, &["http://localhost/export.jsonl?since=banana"]);
+    assert_eq!(code, "400", "{body}");
+    assert!(body.contains("since \"banana\""), "{body}");
+
     // Actions still need the session's CSRF token, and a page Origin.
     let post = [
         "-X",

@@ -39,7 +39,8 @@ use crate::{requests::Scope, tags::TaggedProc};
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// What the page asks of the daemon. Every action is authorised by the page (role and CSRF)
-/// before it is called; the daemon records `by` as the actor.
+/// before it is called; the daemon carries it out as the CLI's would, recorded as root's
+/// with the reason "on the review page".
 pub trait Backend: Send + Sync + 'static {
     /// The event log the timeline reads and follows.
     fn event_log(&self) -> PathBuf;

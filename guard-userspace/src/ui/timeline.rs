@@ -13,7 +13,7 @@ use axum::{
         sse::{Event as SseEvent, KeepAlive, Sse},
     },
 };
-use futures_util::stream::{self, Stream};
+use futures_util::stream;
 use http::{StatusCode, header};
 use serde::Deserialize;
 use time::OffsetDateTime;
@@ -53,27 +53,37 @@ pub(super) struct Filters {
 }
 
 impl Filters {
-    fn filter(&self) -> Filter {
+    /// The filter these ask for, or why `since` cannot be read.
+    fn filter(&self) -> Result<Filter, String> {
         let opt = |s: &str| (!s.is_empty()).then(|| s.to_owned());
-        Filter {
+        let since = match self.since.trim() {
+            "" => None,
+            s => Some(
+                humantime::parse_duration(s)
+                    .map_err(|e| format!("since {s:?}: {e} (write 15m, 1h, 24h, 7d)"))?,
+            ),
+        };
+        Ok(Filter {
             action: opt(&self.action),
             agent: opt(&self.agent),
             rule: opt(&self.rule),
             kind: opt(&self.kind),
-            since: humantime::parse_duration(&self.since)
-                .ok()
-                .map(|d| OffsetDateTime::now_utc() - d),
+            since: since.map(|d| OffsetDateTime::now_utc() - d),
             view: Shown::Decisions,
-        }
+        })
     }
 
     fn matches(&self, filter: &Filter, e: &Event, line: &str) -> bool {
+        if !filter.matches(e) {
+            return false;
+        }
+        if self.q.trim().is_empty() {
+            return true;
+        }
         let line = line.to_lowercase();
-        filter.matches(e)
-            && self
-                .q
-                .split_whitespace()
-                .all(|w| line.contains(&w.to_lowercase()))
+        self.q
+            .split_whitespace()
+            .all(|w| line.contains(&w.to_lowercase()))
     }
 
     /// The query string of these filters, for links (live stream, export).
@@ -152,6 +162,7 @@ struct TimelinePage {
     rows: Vec<Row>,
     matched: usize,
     held: usize,
+    error: String,
     agents: Vec<String>,
     rules: Vec<String>,
     actions: Vec<String>,
@@ -183,7 +194,17 @@ pub(super) async fn page(
     Query(f): Query<Filters>,
 ) -> Response {
     let all = app.store.held();
-    let filter = f.filter();
+    let (filter, error) = match f.filter() {
+        Ok(filter) => (filter, String::new()),
+        // Nothing matches a filter that cannot be read: never everything.
+        Err(why) => (
+            Filter {
+                kind: Some(String::new()),
+                ..Filter::default()
+            },
+            why,
+        ),
+    };
     let mut sets: [BTreeSet<String>; 4] = Default::default();
     for e in all.iter().map(|x| &x.event) {
         let fields = [
@@ -216,6 +237,7 @@ pub(super) async fn page(
         rows,
         matched: matching.len(),
         held: store::HELD,
+        error,
         agents,
         rules,
         actions,
@@ -230,12 +252,12 @@ struct RowFragment<'a> {
 }
 
 /// New matching rows as they are written, each as an SSE `row` event holding its HTML.
-pub(super) async fn live(
-    State(app): State<App>,
-    Query(f): Query<Filters>,
-) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+pub(super) async fn live(State(app): State<App>, Query(f): Query<Filters>) -> Response {
+    let filter = match f.filter() {
+        Ok(filter) => filter,
+        Err(why) => return refuse(StatusCode::BAD_REQUEST, why),
+    };
     let rx = app.store.subscribe();
-    let filter = f.filter();
     let stream = stream::unfold((rx, f, filter), |(mut rx, f, filter)| async move {
         loop {
             let entry = match rx.recv().await {
@@ -254,15 +276,20 @@ pub(super) async fn live(
             let ev = SseEvent::default()
                 .event("row")
                 .data(html.replace('\n', ""));
-            return Some((Ok(ev), (rx, f, filter)));
+            return Some((Ok::<_, Infallible>(ev), (rx, f, filter)));
         }
     });
-    Sse::new(stream).keep_alive(KeepAlive::default())
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
 }
 
 /// The current filter's events, oldest first, as JSON lines.
 pub(super) async fn export(State(app): State<App>, Query(f): Query<Filters>) -> Response {
-    let filter = f.filter();
+    let filter = match f.filter() {
+        Ok(filter) => filter,
+        Err(why) => return refuse(StatusCode::BAD_REQUEST, why),
+    };
     let path = app.backend.event_log();
     let body = tokio::task::spawn_blocking(move || {
         let mut body = String::new();
