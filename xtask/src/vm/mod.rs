@@ -186,6 +186,13 @@ pub const SMOKE_LEFT_OUT: &[(Series, &str, &str)] = &[
     ),
     (
         Series::V6_1,
+        "secrets::the_secrets_an_agent_reads_are_inventoried",
+        "the read reports and scans it proves are the first half of \
+         secret_taint::the_chain_from_a_token_read, which runs on 6.1 (6.1's fallback tier has \
+         no read hook at all, as status says); 6.12 runs it",
+    ),
+    (
+        Series::V6_1,
         "approvals::a_path_rule_that_asks",
         "a file approval is the refused open of files::opens_for_writing plus the exception \
          lookup of approvals::an_approved_request, both proven on 6.1; 6.12 runs it",
