@@ -126,6 +126,14 @@ impl<T> Reply<T> {
             data: None,
         }
     }
+
+    /// The data of a reply that is ok, else its error.
+    pub fn into_result(self) -> Result<T, String> {
+        match (self.ok, self.data) {
+            (true, Some(data)) => Ok(data),
+            _ => Err(self.error.unwrap_or_else(|| "no reason given".into())),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -310,12 +318,7 @@ pub fn call<T: for<'de> Deserialize<'de>>(socket: &Path, req: &Request) -> Resul
     let mut reply = String::new();
     BufReader::new(&stream).read_line(&mut reply).map_err(io)?;
     let reply: Reply<T> = serde_json::from_str(&reply).map_err(ClientError::Decode)?;
-    match (reply.ok, reply.data) {
-        (true, Some(data)) => Ok(data),
-        _ => Err(ClientError::Refused(
-            reply.error.unwrap_or_else(|| "no reason given".into()),
-        )),
-    }
+    reply.into_result().map_err(ClientError::Refused)
 }
 
 #[cfg(test)]

@@ -21,10 +21,7 @@ pub(super) struct UiView {
 }
 
 fn said<T>(reply: Reply<T>, done: impl FnOnce(T) -> String) -> Result<String, String> {
-    match (reply.ok, reply.data) {
-        (true, Some(data)) => Ok(done(data)),
-        _ => Err(reply.error.unwrap_or_else(|| "failed".into())),
-    }
+    reply.into_result().map(done)
 }
 
 /// The reason recorded with an answer given on the page.
@@ -78,11 +75,7 @@ impl crate::ui::Backend for UiView {
     }
 
     fn requests(&self) -> Result<Vec<Request>, String> {
-        let reply = decide::list(&self.state);
-        match (reply.ok, reply.data) {
-            (true, Some(list)) => Ok(list),
-            _ => Err(reply.error.unwrap_or_default()),
-        }
+        decide::list(&self.state).into_result()
     }
 
     fn approve(

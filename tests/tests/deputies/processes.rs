@@ -277,7 +277,18 @@ fn push_as_nobody(program: &Path, tty: &str) -> String {
 #[test]
 fn legacy_tiocsti_off_takes_tiocsti_from_agents_that_are_not_root() {
     let Ok(before) = std::fs::read_to_string(LEGACY_TIOCSTI) else {
-        println!("NOT RUN: this kernel lacks dev.tty.legacy_tiocsti (Linux 6.2+)");
+        // Every kernel from 6.2 on has it: only an older one may leave this out.
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+        let release = release.trim();
+        let mut v = release
+            .split(['.', '-'])
+            .map(|n| n.parse::<u32>().unwrap_or(0));
+        let (major, minor) = (v.next().unwrap_or(0), v.next().unwrap_or(0));
+        assert!(
+            (major, minor) < (6, 2),
+            "kernel {release} should have {LEGACY_TIOCSTI}"
+        );
+        println!("NOT RUN: kernel {release} lacks dev.tty.legacy_tiocsti (Linux 6.2+)");
         return;
     };
     let _back = SysctlBack(before);
