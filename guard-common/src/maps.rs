@@ -76,10 +76,9 @@ pub const NET_PENDING_KILLS_MAX: u32 = 4096;
 /// array read for everyone while no kill is pending.
 pub const NET_PENDING_COUNT: &str = "GUARD_NET_PENDING_COUNT";
 
-/// Socket cookie → [`crate::net::TaggedSocket`]: the sockets of tagged processes, for the
-/// check after NAT.
+/// Socket-local storage of [`crate::net::TaggedSocket`]: the sockets of tagged processes, for
+/// the check after NAT.
 pub const NET_SOCKETS: &str = "GUARD_NET_SOCKETS";
-pub const NET_SOCKETS_MAX: u32 = 16_384;
 
 /// [`crate::secret::FileVersion`] → [`crate::secret::verdict`]: file versions tagged processes
 /// opened for reading, and what the daemon's scan found in them (LRU: the oldest go).

@@ -467,7 +467,7 @@ pub fn v4_mapped(addr: &[u8; 16]) -> Option<[u8; 4]> {
     (w0 == 0 && w1 == 0 && w2 == 0x0000_ffff).then(|| w3.to_be_bytes())
 }
 
-/// Value of [`crate::maps::NET_SOCKETS`], keyed by socket cookie: a tagged process's socket
+/// Value of [`crate::maps::NET_SOCKETS`], stored with the socket: a tagged process's socket
 /// and the destination its connect or last sendmsg was decided on.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]

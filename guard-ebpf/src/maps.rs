@@ -2,7 +2,7 @@
 
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
-    macros::map,
+    macros::{btf_map, map},
     maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
 };
 use guard_common::{
@@ -384,10 +384,12 @@ pub static TAINT_READERS: HashMap<NameKey, u32> = HashMap::pinned(64, 0);
 pub static DEFERRED_PENDING: aya_ebpf::maps::LruHashMap<u32, guard_common::taint::Deferred> =
     aya_ebpf::maps::LruHashMap::with_max_entries(1024, 0);
 
-/// The sockets of tagged processes and the destination they were allowed to, by cookie.
-#[map(name = "GUARD_NET_SOCKETS")]
-pub static NET_SOCKETS: aya_ebpf::maps::LruHashMap<u64, guard_common::net::TaggedSocket> =
-    aya_ebpf::maps::LruHashMap::with_max_entries(guard_common::maps::NET_SOCKETS_MAX, 0);
+/// The sockets of tagged processes and the destination they were allowed to: socket-local
+/// storage, so the check after NAT costs an untagged packet one pointer test (the socket has
+/// no storage) instead of a socket cookie and a hash lookup; it goes with the socket.
+#[btf_map(name = "GUARD_NET_SOCKETS")]
+pub static NET_SOCKETS: aya_ebpf::btf_maps::SkStorage<guard_common::net::TaggedSocket> =
+    aya_ebpf::btf_maps::SkStorage::new();
 
 /// File versions tagged processes opened for reading, and the daemon's verdict on each
 /// (`guard_common::secret`). Not pinned: a new daemon scans again what it reads again.

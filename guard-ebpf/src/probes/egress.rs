@@ -1,9 +1,10 @@
 //! The check after NAT: a tagged process's connect or sendmsg was decided on the address it
 //! asked for, before the netfilter hooks ran. A NAT rule (`iptables -t nat … DNAT`, which a
 //! root agent can add) may send the packet elsewhere. `cgroup_skb/egress` runs after NAT and
-//! sees the real destination: a packet of a tagged socket (remembered by cookie at its connect
-//! or sendmsg) whose destination changed is decided again, and dropped where a rule denies the
-//! new one. Untagged sockets cost one map lookup per packet.
+//! sees the real destination: a packet of a tagged socket (remembered in the socket's own
+//! storage at its connect or sendmsg) whose destination changed is decided again, and dropped
+//! where a rule denies the new one. An untagged socket has no storage: its packets cost one
+//! pointer test.
 //!
 //! A tree that read a secret meets the secrets rule here too: NAT cannot turn an allow-listed
 //! destination into another.
@@ -29,12 +30,26 @@ const SOCK_DGRAM: u32 = 2;
 
 #[cgroup_skb(egress)]
 pub fn guard_egress(ctx: SkBuffContext) -> i32 {
-    // SAFETY: the helper takes the program's own skb.
-    let cookie = unsafe { generated::bpf_get_socket_cookie(ctx.skb.skb as *mut _) };
-    let Some(sock) = NET_SOCKETS.get_ptr(&cookie) else {
+    // SAFETY: `sk` is a field of the program's own context, read as the verifier allows.
+    let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
+    if sk.is_null() {
         return ALLOW;
-    };
-    // SAFETY: map value pointer from a successful lookup.
+    }
+    // SAFETY: the helper takes a socket from the context and the storage map; with no value
+    // and no flags it only looks (request and time-wait sockets have none: null).
+    let sock = unsafe {
+        generated::bpf_sk_storage_get(
+            core::ptr::from_ref(&NET_SOCKETS).cast_mut().cast(),
+            sk.cast(),
+            core::ptr::null_mut(),
+            0,
+        )
+    }
+    .cast::<TaggedSocket>();
+    if sock.is_null() {
+        return ALLOW;
+    }
+    // SAFETY: a non-null pointer from the helper is the socket's storage.
     let sock = unsafe { *sock };
     check(&ctx, &sock).unwrap_or(ALLOW)
 }

@@ -255,9 +255,7 @@ fn try_inet(ctx: &SockAddrContext, hook: u32) -> Result<i32, i32> {
 /// NAT (`probes/egress.rs`).
 #[inline(always)]
 fn remember(ctx: &SockAddrContext, caller: &Caller, dest: &Dest) {
-    // SAFETY: the helper takes the program's own context.
-    let cookie = unsafe { generated::bpf_get_socket_cookie(ctx.sock_addr as *mut _) };
-    let sock = TaggedSocket {
+    let mut sock = TaggedSocket {
         tag: caller.tag,
         tgid: caller.tgid,
         family: dest.family,
@@ -266,7 +264,13 @@ fn remember(ctx: &SockAddrContext, caller: &Caller, dest: &Dest) {
         _pad: 0,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
     };
-    let _ = NET_SOCKETS.insert(&cookie, &sock, 0);
+    // SAFETY: the helper takes the context's own socket; a socket that already has storage
+    // returns it, so the value is written either way.
+    let stored = unsafe { NET_SOCKETS.get_or_insert_ptr_mut(ctx, Some(&mut sock)) };
+    if !stored.is_null() {
+        // SAFETY: a non-null pointer from the helper is the socket's storage.
+        unsafe { *stored = sock };
+    }
 }
 
 /// The check after NAT: the rewritten `dest` decided for `sock`'s process in the order of

@@ -1,21 +1,60 @@
 //! What a forwarder was told to forward, from its arguments: `ssh -L`, `ssh -o LocalForward`,
-//! `socat TCP-LISTEN:… TCP:host:port`. `ssh -L` connects to a bastion, not to the target, so
-//! its connections do not show where it leads; its arguments do.
+//! `ssh -D` (SOCKS: anywhere), `socat TCP-LISTEN:… TCP:host:port`, `kubectl port-forward` and
+//! `kubectl proxy` (through the API server they hold a connection to). `ssh -L` connects to a
+//! bastion, not to the target, so its connections do not show where it leads; its arguments
+//! do.
+
+use std::fmt;
 
 /// Where a forwarder's accepted connections go.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Dest {
+    /// Host name or address literal, as written, and a port.
+    At { host: String, port: u16 },
+    /// Wherever its client asks (a SOCKS proxy): every protected endpoint.
+    Anywhere,
+}
+
+impl Dest {
+    /// An address and port, as a destination.
+    pub fn at(addr: std::net::SocketAddr) -> Self {
+        Self::At {
+            host: addr.ip().to_string(),
+            port: addr.port(),
+        }
+    }
+}
+
+impl fmt::Display for Dest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::At { host, port } => write!(f, "{host}:{port}"),
+            Self::Anywhere => f.write_str("any destination (SOCKS)"),
+        }
+    }
+}
+
+/// What the arguments say a forwarder leads to.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Leads {
+    Dest(Dest),
+    /// Through the server it holds a connection to (`kubectl port-forward` and `kubectl
+    /// proxy` reach pods and services through the API server): that connection's endpoint.
+    ItsServer,
+}
+
+/// A forward the arguments ask for.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Forward {
-    /// The local port it listens on; `None` when the arguments do not say (socat's listener
-    /// is then whatever it listens on).
+    /// The local port it listens on; `None` when the arguments do not say (socat's and
+    /// kubectl's listeners are then whatever they listen on).
     pub listen_port: Option<u16>,
-    /// Host name or address literal, as written.
-    pub host: String,
-    pub port: u16,
+    pub leads: Leads,
 }
 
 /// Comms whose arguments are read.
 pub fn reads_arguments(comm: &str) -> bool {
-    matches!(comm, "ssh" | "socat" | "autossh")
+    matches!(comm, "ssh" | "socat" | "autossh" | "kubectl")
 }
 
 /// The forwards `cmdline` asks for.
@@ -23,6 +62,7 @@ pub fn from_arguments(comm: &str, cmdline: &[String]) -> Vec<Forward> {
     match comm {
         "ssh" | "autossh" => ssh(cmdline),
         "socat" => socat(cmdline),
+        "kubectl" => kubectl(cmdline),
         _ => Vec::new(),
     }
 }
@@ -32,24 +72,41 @@ fn ssh(args: &[String]) -> Vec<Forward> {
     let mut it = args.iter().skip(1);
     while let Some(a) = it.next() {
         if let Some(rest) = a.strip_prefix("-L") {
-            let spec = if rest.is_empty() {
-                it.next().cloned()
-            } else {
-                Some(rest.to_owned())
-            };
-            out.extend(spec.as_deref().and_then(local_forward_colons));
+            out.extend(value(rest, &mut it).as_deref().and_then(local_forward_colons));
+        } else if let Some(rest) = a.strip_prefix("-D") {
+            out.extend(value(rest, &mut it).as_deref().and_then(dynamic_forward));
         } else if let Some(rest) = a.strip_prefix("-o") {
-            let opt = if rest.is_empty() {
-                it.next().cloned()
-            } else {
-                Some(rest.to_owned())
-            };
-            out.extend(opt.as_deref().and_then(local_forward_option));
+            out.extend(value(rest, &mut it).as_deref().and_then(forward_option));
         } else if a.starts_with('-') && a.len() == 2 && takes_value(a) {
             it.next();
         }
     }
     out
+}
+
+/// An option's value: the rest of its word, or the next word.
+fn value<'a>(rest: &str, it: &mut impl Iterator<Item = &'a String>) -> Option<String> {
+    if rest.is_empty() {
+        it.next().cloned()
+    } else {
+        Some(rest.to_owned())
+    }
+}
+
+/// `kubectl [flags] port-forward … [LOCAL:]REMOTE …` and `kubectl proxy`: listeners that
+/// lead through the API server.
+fn kubectl(args: &[String]) -> Vec<Forward> {
+    let forwards = args
+        .iter()
+        .skip(1)
+        .any(|a| a == "port-forward" || a == "proxy");
+    if !forwards {
+        return Vec::new();
+    }
+    vec![Forward {
+        listen_port: None,
+        leads: Leads::ItsServer,
+    }]
 }
 
 /// ssh options that take a value (so the value is not read as an option).
@@ -67,21 +124,36 @@ fn local_forward_colons(spec: &str) -> Option<Forward> {
     };
     Some(Forward {
         listen_port: Some(port.parse().ok()?),
-        host: host.trim_matches(['[', ']']).to_owned(),
-        port: hostport.parse().ok()?,
+        leads: Leads::Dest(Dest::At {
+            host: host.trim_matches(['[', ']']).to_owned(),
+            port: hostport.parse().ok()?,
+        }),
     })
 }
 
-/// `LocalForward=[bind:]port host:hostport` (also with a space after the name).
-fn local_forward_option(opt: &str) -> Option<Forward> {
+/// `[bind:]port` of a dynamic (SOCKS) forward.
+fn dynamic_forward(spec: &str) -> Option<Forward> {
+    let port = split_colons(spec).pop()?;
+    Some(Forward {
+        listen_port: Some(port.parse().ok()?),
+        leads: Leads::Dest(Dest::Anywhere),
+    })
+}
+
+/// `LocalForward=[bind:]port host:hostport` or `DynamicForward=[bind:]port` (also with a
+/// space after the name).
+fn forward_option(opt: &str) -> Option<Forward> {
     let (name, value) = opt.split_once(['=', ' '])?;
+    let mut words = value.split_whitespace();
+    let listen = words.next()?;
+    let port = listen.rsplit(':').next()?;
+    if name.eq_ignore_ascii_case("DynamicForward") {
+        return dynamic_forward(port);
+    }
     if !name.eq_ignore_ascii_case("LocalForward") {
         return None;
     }
-    let mut words = value.split_whitespace();
-    let listen = words.next()?;
     let target = words.next()?;
-    let port = listen.rsplit(':').next()?;
     local_forward_colons(&format!("{port}:{target}"))
 }
 
@@ -143,8 +215,10 @@ fn socat(args: &[String]) -> Vec<Forward> {
             let (host, port) = target.rsplit_once(':')?;
             Some(Forward {
                 listen_port: None,
-                host: host.trim_matches(['[', ']']).to_owned(),
-                port: port.parse().ok()?,
+                leads: Leads::Dest(Dest::At {
+                    host: host.trim_matches(['[', ']']).to_owned(),
+                    port: port.parse().ok()?,
+                }),
             })
         })
         .collect()
@@ -161,9 +235,54 @@ mod tests {
     fn fwd(listen: Option<u16>, host: &str, port: u16) -> Forward {
         Forward {
             listen_port: listen,
-            host: host.to_owned(),
-            port,
+            leads: Leads::Dest(Dest::At {
+                host: host.to_owned(),
+                port,
+            }),
         }
+    }
+
+    #[test]
+    fn ssh_dynamic_forwards_lead_anywhere() {
+        let socks = |port| Forward {
+            listen_port: Some(port),
+            leads: Leads::Dest(Dest::Anywhere),
+        };
+        assert_eq!(
+            from_arguments("ssh", &args("ssh -N -D 1080 -D127.0.0.1:1081 host")),
+            [socks(1080), socks(1081)]
+        );
+        let mut a = args("ssh -o");
+        a.push("DynamicForward [::1]:1082".into());
+        a.push("host".into());
+        assert_eq!(from_arguments("ssh", &a), [socks(1082)]);
+        assert_eq!(
+            from_arguments("ssh", &args("ssh -oDynamicForward=1083 host")),
+            [socks(1083)]
+        );
+    }
+
+    #[test]
+    fn kubectl_forwards_through_its_server() {
+        let through = [Forward {
+            listen_port: None,
+            leads: Leads::ItsServer,
+        }];
+        assert_eq!(
+            from_arguments(
+                "kubectl",
+                &args("kubectl -n prod port-forward svc/db 15432:5432")
+            ),
+            through
+        );
+        assert_eq!(
+            from_arguments("kubectl", &args("kubectl proxy --port 8001")),
+            through
+        );
+        assert_eq!(
+            from_arguments("kubectl", &args("kubectl get pods")),
+            []
+        );
     }
 
     #[test]

@@ -25,9 +25,10 @@ use std::{
     time::Duration,
 };
 
-pub use forwarders::Forward;
+pub use forwarders::{Dest, Forward};
 
 use crate::policy::Discover;
+use forwarders::Leads;
 use sockets::{Proc, Tables};
 
 /// How often the host is looked at.
@@ -40,10 +41,9 @@ pub struct Forwarder {
     pub comm: String,
     /// Where it listens.
     pub listen: Vec<SocketAddr>,
-    /// Where it leads: a host name or address, and a port.
-    pub to_host: String,
-    pub to_port: u16,
-    /// `arguments` or `connections`.
+    /// Where it leads.
+    pub to: Dest,
+    /// `arguments`, `connections`, or `arguments and connections`.
     pub evidence: &'static str,
 }
 
@@ -200,17 +200,19 @@ pub fn scan(ctx: &dyn Context, previous: &Found) -> Found {
     found
 }
 
-/// The forwarders `previous` found by their connections that this scan did not see again
+/// The forwarders `previous` found by their connections (a client's, or the server
+/// `kubectl port-forward` reaches pods through, which it may reconnect to) that this scan did
+/// not see again
 /// but that still run and still listen where they did.
 fn still_forwarding(previous: &Found, now: &Found, tables: &Tables) -> Vec<Forwarder> {
     previous
         .forwarders
         .iter()
-        .filter(|f| f.evidence == "connections")
+        .filter(|f| f.evidence != "arguments")
         .filter(|f| {
             !now.forwarders
                 .iter()
-                .any(|n| n.pid == f.pid && n.to_host == f.to_host && n.to_port == f.to_port)
+                .any(|n| n.pid == f.pid && n.to == f.to)
         })
         .filter(|f| {
             std::fs::read_to_string(format!("/proc/{}/comm", f.pid))
@@ -235,47 +237,40 @@ fn forwarders_of(p: &Proc, tables: &Tables, protected: &BTreeSet<u64>) -> Vec<Fo
     if listeners.is_empty() {
         return Vec::new();
     }
-    let mut out: Vec<Forwarder> = forwarders::from_arguments(&p.comm, &p.cmdline)
-        .into_iter()
-        .filter_map(|f| {
-            let listen: Vec<SocketAddr> = listeners
-                .iter()
-                .copied()
-                .filter(|l| f.listen_port.is_none_or(|port| l.port() == port))
-                .collect();
-            (!listen.is_empty()).then(|| Forwarder {
-                pid: p.pid,
-                comm: p.comm.clone(),
-                listen,
-                to_host: f.host,
-                to_port: f.port,
-                evidence: "arguments",
-            })
-        })
-        .collect();
-    // An accepted connection (its local port is a listener's) held together with one to a
-    // protected endpoint.
-    let accepted = p.sockets.iter().any(|i| {
-        tables
-            .tcp_established
-            .get(i)
-            .is_some_and(|(local, _)| listeners.iter().any(|l| l.port() == local.port()))
-    });
-    if accepted {
-        for (_, remote) in p
-            .sockets
+    // Its connections: accepted ones (the local port is a listener's) and its own.
+    let (accepted, own): (Vec<_>, Vec<_>) = p
+        .sockets
+        .iter()
+        .filter_map(|i| tables.tcp_established.get(i).map(|c| (i, c)))
+        .partition(|(_, (local, _))| listeners.iter().any(|l| l.port() == local.port()));
+    let forwarder = |listen: Vec<SocketAddr>, to: Dest, evidence| Forwarder {
+        pid: p.pid,
+        comm: p.comm.clone(),
+        listen,
+        to,
+        evidence,
+    };
+    let mut out = Vec::new();
+    for f in forwarders::from_arguments(&p.comm, &p.cmdline) {
+        let listen: Vec<SocketAddr> = listeners
             .iter()
-            .filter(|i| protected.contains(i))
-            .filter_map(|i| tables.tcp_established.get(i))
-        {
-            out.push(Forwarder {
-                pid: p.pid,
-                comm: p.comm.clone(),
-                listen: listeners.clone(),
-                to_host: remote.ip().to_string(),
-                to_port: remote.port(),
-                evidence: "connections",
-            });
+            .copied()
+            .filter(|l| f.listen_port.is_none_or(|port| l.port() == port))
+            .collect();
+        if listen.is_empty() {
+            continue;
+        }
+        match f.leads {
+            Leads::Dest(to) => out.push(forwarder(listen, to, "arguments")),
+            Leads::ItsServer => out.extend(own.iter().map(|(_, (_, remote))| {
+                forwarder(listen.clone(), Dest::at(*remote), "arguments and connections")
+            })),
+        }
+    }
+    // An accepted connection held together with one to a protected endpoint.
+    if !accepted.is_empty() {
+        for (_, (_, remote)) in own.iter().filter(|(i, _)| protected.contains(i)) {
+            out.push(forwarder(listeners.clone(), Dest::at(*remote), "connections"));
         }
     }
     out

@@ -77,6 +77,7 @@ fn map_fd(map: &Map) -> Result<i32, String> {
         | Map::PerCpuHashMap(d)
         | Map::RingBuf(d)
         | Map::LruHashMap(d)
+        | Map::SkStorage(d)
         | Map::Unsupported(d) => d,
         other => return Err(format!("unexpected map kind {other:?}")),
     };

@@ -11,7 +11,7 @@ use std::{
 use guard_common::net::PORT_RANGES_MAX;
 
 use crate::{
-    deputies::{self, Forwarder, Found},
+    deputies::{self, Dest, Forwarder, Found},
     policy::{CompiledEndpointRule, Discover, FIRST_BUILTIN_ID, Protocol, canonical_addr},
 };
 
@@ -57,8 +57,22 @@ impl Protected {
                 port_ok && target_ok
             })
             .map(|(r, _)| r)
-            .max_by_key(|r| (r.mode == crate::policy::Mode::Enforce, r.action.strength()))
+            .max_by_key(|r| strength(r))
     }
+
+    /// The strongest rule a forwarder leading to `to` meets: for a SOCKS proxy, which
+    /// reaches every protected endpoint, the strongest of them all.
+    pub fn rule_to(&self, to: &Dest) -> Option<&CompiledEndpointRule> {
+        match to {
+            Dest::At { host, port } => self.rule_for(host, *port),
+            Dest::Anywhere => self.rules.iter().map(|(r, _)| r).max_by_key(|r| strength(r)),
+        }
+    }
+}
+
+/// Enforcing before auditing, then by action.
+fn strength(r: &CompiledEndpointRule) -> (bool, u8) {
+    (r.mode == crate::policy::Mode::Enforce, r.action.strength())
 }
 
 /// What a host scan asks: the protected endpoints and the tag map.
@@ -112,7 +126,7 @@ pub fn rules(
     // forwarder's children share its listener).
     let mut by_rule: BTreeMap<u32, (&CompiledEndpointRule, Vec<&Forwarder>)> = BTreeMap::new();
     for f in &found.forwarders {
-        if let Some(rule) = protected.rule_for(&f.to_host, f.to_port) {
+        if let Some(rule) = protected.rule_to(&f.to) {
             by_rule
                 .entry(rule.id)
                 .or_insert((rule, Vec::new()))
@@ -180,8 +194,8 @@ pub fn describe(
             .find(|f| f.listen.iter().any(|l| l.port() == port))
             .or(list.first())?;
         return Some(format!(
-            "forwarder {} (pid {}) to {}:{}, found by its {}",
-            f.comm, f.pid, f.to_host, f.to_port, f.evidence
+            "forwarder {} (pid {}) to {}, found by its {}",
+            f.comm, f.pid, f.to, f.evidence
         ));
     }
     let kind = kind?;
@@ -236,6 +250,8 @@ mod tests {
         assert!(protected.rule_for("10.20.1.1", 22).is_none());
         assert_eq!(protected.rule_for("API.internal", 80).unwrap().name, "api");
         assert_eq!(protected.rule_for("10.30.0.9", 80).unwrap().name, "api");
+        // A SOCKS proxy reaches every protected endpoint: the strongest rule (kill).
+        assert_eq!(protected.rule_to(&Dest::Anywhere).unwrap().name, "db");
         let server = |pid, comm: &str, socket: &str| Server {
             pid,
             comm: comm.into(),
@@ -255,8 +271,10 @@ mod tests {
                 pid: 9,
                 comm: "socat".into(),
                 listen: vec!["0.0.0.0:15432".parse().unwrap()],
-                to_host: "10.20.0.5".into(),
-                to_port: 5432,
+                to: Dest::At {
+                    host: "10.20.0.5".into(),
+                    port: 5432,
+                },
                 evidence: "arguments",
             }],
             local_addrs: ["10.9.0.2".parse().unwrap()].into_iter().collect(),

@@ -98,12 +98,11 @@ pub fn status(
             .map(|(rule, f)| {
                 let listen: Vec<String> = f.listen.iter().map(ToString::to_string).collect();
                 format!(
-                    "{} (pid {}) on {} to {}:{} (rule {rule}, found by its {})",
+                    "{} (pid {}) on {} to {} (rule {rule}, found by its {})",
                     f.comm,
                     f.pid,
                     listen.join(", "),
-                    f.to_host,
-                    f.to_port,
+                    f.to,
                     f.evidence
                 )
             })
@@ -285,9 +284,14 @@ fn not_covered(hooks: KernelHooks) -> Vec<String> {
     }
     out.extend(
         [
-            "tunnels that do not say where they lead: kubectl port-forward, ssh -D (SOCKS) and \
-             forwarders configured in a file (ssh_config LocalForward) until a connection \
-             through them to a protected endpoint is seen",
+            "tunnels that do not say where they lead: forwarders configured in a file \
+             (ssh_config LocalForward or DynamicForward) until a connection through them to a \
+             protected endpoint is seen; kubectl port-forward and kubectl proxy lead through \
+             the API server, so they are that server's endpoint (denied where a rule protects \
+             the control plane), not the pod's",
+            "proxies that lead anywhere and are not ssh -D (squid, tinyproxy, microsocks, a \
+             corporate proxy): agents often need the host's proxy; deny one with an endpoint \
+             rule on its port",
             "servers and listeners in other network namespaces (containers): the host's \
              loopback is looked at",
             "the ssh-agent socket: an agent can sign with the human's keys (it is how agents \

@@ -234,9 +234,13 @@ impl Drop for Sshd {
 /// line.
 fn python_ready(code_and_args: &[&str]) -> (Proc, String) {
     let mut c = Command::new("python3");
-    c.arg("-c")
-        .args(code_and_args)
-        .stdout(std::process::Stdio::piped());
+    c.arg("-c").args(code_and_args);
+    ready(c)
+}
+
+/// `c` started, once it printed its first line (which is returned).
+fn ready(mut c: Command) -> (Proc, String) {
+    c.stdout(std::process::Stdio::piped());
     let mut p = Proc::spawn(c);
     let mut line = String::new();
     std::io::BufRead::read_line(

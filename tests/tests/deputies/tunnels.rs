@@ -18,6 +18,31 @@ while True:
     held.append((c, u))
 "#;
 
+/// A stand-in for `kubectl port-forward` (run through a link named `kubectl`): it holds a
+/// connection to its server (here the protected endpoint, as a real one holds one to the API
+/// server; the listener answers and hangs up, so it connects again) and listens.
+const KUBECTL: &str = r#"
+import socket, sys, threading
+port, host = int(sys.argv[2].split(":")[0]), sys.argv[3]
+def server():
+    while True:
+        try:
+            u = socket.create_connection((host, 5432))
+            while u.recv(4096):
+                pass
+            u.close()
+        except OSError:
+            pass
+threading.Thread(target=server, daemon=True).start()
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", port)); s.listen(8)
+print("ready", flush=True)
+held = []
+while True:
+    c, _ = s.accept()
+    held.append(c)
+"#;
+
 #[test]
 fn forwarders_to_a_protected_endpoint_are_that_endpoint() {
     let ProdDb {
@@ -27,7 +52,7 @@ fn forwarders_to_a_protected_endpoint_are_that_endpoint() {
         daemon,
     } = ProdDb::start();
     let sshd = Sshd::start();
-    let [p_socat, p_ssh, p_relay] = free_ports::<3>();
+    let [p_socat, p_ssh, p_relay, p_socks, p_kube] = free_ports::<5>();
     let socat = Proc::spawn({
         let mut c = Command::new("socat");
         c.arg(format!(
@@ -47,6 +72,31 @@ fn forwarders_to_a_protected_endpoint_are_that_endpoint() {
         ]);
         c
     });
+    let socks = Proc::spawn({
+        let mut c = Command::new("bash");
+        c.args([
+            "-c",
+            &format!(
+                "exec {}",
+                sshd.ssh(&format!("-N -D 127.0.0.1:{p_socks} root@127.0.0.1"))
+            ),
+        ]);
+        c
+    });
+    let kube_dir = tempfile::tempdir().unwrap();
+    let kubectl = kube_dir.path().join("kubectl");
+    std::os::unix::fs::symlink("/usr/bin/python3", &kubectl).unwrap();
+    let (kube, _) = ready({
+        let mut c = Command::new(&kubectl);
+        c.args([
+            "-c",
+            KUBECTL,
+            "port-forward",
+            &format!("{p_kube}:5432"),
+            &db,
+        ]);
+        c
+    });
     let (relay, _) = python_ready(&[RELAY, &p_relay.to_string(), &db, "5432"]);
     // The relay says nothing about where it leads until a connection goes through it.
     let held = Proc::spawn({
@@ -55,8 +105,8 @@ fn forwarders_to_a_protected_endpoint_are_that_endpoint() {
             .stdout(std::process::Stdio::null());
         c
     });
-    let d = wait_found(&daemon, "the three forwarders found", |d| {
-        d["forwarders"].as_array().is_some_and(|f| f.len() >= 3)
+    let d = wait_found(&daemon, "the five forwarders found", |d| {
+        d["forwarders"].as_array().is_some_and(|f| f.len() >= 5)
     });
     // The connection that showed where the relay leads closes within a second (the
     // listener answers and hangs up): the relay stays known while it runs and listens.
@@ -67,12 +117,17 @@ fn forwarders_to_a_protected_endpoint_are_that_endpoint() {
         "{fwd}"
     );
     assert!(fwd.contains("ssh (pid"), "{fwd}");
+    assert!(fwd.contains("to any destination (SOCKS)"), "{fwd}");
+    assert!(
+        fwd.contains("kubectl (pid") && fwd.contains("by its arguments and connections"),
+        "{fwd}"
+    );
     assert!(
         fwd.contains("python3") && fwd.contains("by its connections"),
         "{fwd}"
     );
     let sides = Sides::new();
-    for port in [p_socat, p_ssh, p_relay] {
+    for port in [p_socat, p_ssh, p_relay, p_socks, p_kube] {
         for (side, out) in sides.run(
             &daemon,
             &format!("python3 -c \"$CLIENT\" tcp 127.0.0.1 {port}"),
@@ -80,11 +135,17 @@ fn forwarders_to_a_protected_endpoint_are_that_endpoint() {
             assert_eperm(&out, &format!("{side} through port {port}"));
         }
     }
-    let evs = denied_events(&daemon, "prod-db", 6);
+    let evs = denied_events(&daemon, "prod-db", 10);
     assert!(
         evs.iter().all(|e| e["destination"]["deputy"]
             .as_str()
             .is_some_and(|d| d.contains("forwarder"))),
+        "{evs:#?}"
+    );
+    assert!(
+        evs.iter().any(|e| e["destination"]["deputy"]
+            .as_str()
+            .is_some_and(|d| d.contains("any destination (SOCKS)"))),
         "{evs:#?}"
     );
     let before = listener.count("tcp:5432");
@@ -94,12 +155,16 @@ fn forwarders_to_a_protected_endpoint_are_that_endpoint() {
             "untagged",
         );
     }
+    // The human's own SOCKS proxy still leads where the human asks.
+    untagged(&format!(
+        "curl -s -m 5 -x socks5://127.0.0.1:{p_socks} http://{db}:5432/"
+    ));
     wait_for(
         "the untagged connections to arrive",
         Duration::from_secs(10),
-        || (listener.count("tcp:5432") >= before + 2).then_some(()),
+        || (listener.count("tcp:5432") >= before + 3).then_some(()),
     );
-    drop((held, relay, tunnel, socat));
+    drop((held, relay, tunnel, socat, socks, kube));
 }
 
 /// An `iptables -t nat` rule in the host's OUTPUT chain, deleted on drop.
