@@ -218,7 +218,120 @@ impl Default for UnixKey {
 /// above any name's length, so never equal to a name's key.
 pub const UNIX_INODE_KEY: u32 = u32::MAX;
 
+/// [`UnixKey::len`] of a key that names socket paths by their last component
+/// ([`UnixKey::last_name`]): above any name's length, never equal to a name's key.
+pub const UNIX_LAST_NAME_KEY: u32 = u32::MAX - 1;
+
+/// FNV-1a, 64 bits: the hash of a path's last component.
+const FNV_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+/// 1 when `a == b`, else 0 (both below 2^63).
+#[inline(always)]
+const fn eq(a: u64, b: u64) -> u64 {
+    (a ^ b).wrapping_sub(1) >> 63
+}
+
 impl UnixKey {
+    /// The key of every spelling the kernel resolves otherwise than as written whose last
+    /// component hashes to `hash` ([`Self::last_component`]): how the fallback tier's unix
+    /// programs meet a protected socket under a spelling they cannot resolve.
+    #[inline(always)]
+    pub fn last_name(hash: u64) -> Self {
+        Self::last_name_of(hash, 1)
+    }
+
+    /// [`Self::last_name`] with the "resolved otherwise" bit as a number (0 or 1), in the
+    /// key: the kernel programs never branch on it (a branch would make the verifier track
+    /// every byte of the loop that computed it, and explore each path).
+    #[inline(always)]
+    fn last_name_of(hash: u64, odd: u64) -> Self {
+        let mut key = Self {
+            len: UNIX_LAST_NAME_KEY,
+            path: [0; UNIX_PATH_LEN],
+        };
+        let h = hash.to_le_bytes();
+        let mut n = 0;
+        while n < 8 {
+            key.path[n] = h[n];
+            n += 1;
+        }
+        key.path[8] = odd as u8;
+        key
+    }
+
+    /// The [`Self::last_name`] key a name is looked up under when it misses: it matches only
+    /// when the name is resolved otherwise than as written. `None` for abstract names and
+    /// identity keys.
+    #[inline(always)]
+    pub fn other_spelling(&self) -> Option<Self> {
+        if self.len == 0 || self.len > UNIX_PATH_LEN as u32 || self.path[0] == 0 {
+            return None;
+        }
+        let (hash, odd) = self.hash_last();
+        Some(Self::last_name_of(hash, odd))
+    }
+
+    /// Of a normalised path name ([`Self::normalise`]): the hash of its last component, and
+    /// whether the kernel resolves the name otherwise than as written — relative to the cwd,
+    /// repeated slashes, `.` or `..` components, or under `/proc` (`/proc/*/root`,
+    /// `/proc/*/cwd`). Such a spelling of a protected socket can only be recognised by its
+    /// last component. `None` for abstract names and identity keys.
+    ///
+    /// Branch-free on the bytes, as [`Self::normalise`].
+    pub fn last_component(&self) -> Option<(u64, bool)> {
+        if self.len == 0 || self.len > UNIX_PATH_LEN as u32 || self.path[0] == 0 {
+            return None;
+        }
+        let (hash, odd) = self.hash_last();
+        Some((hash, odd != 0))
+    }
+
+    /// [`Self::last_component`] of a path name, the flag as 0 or 1.
+    ///
+    /// The loop stops at the name's end (its first NUL: [`Self::normalise`] zeroes the rest)
+    /// and never compares the index with `len`: a comparison with the length would make the
+    /// verifier keep one state per possible length.
+    #[inline(always)]
+    fn hash_last(&self) -> (u64, u64) {
+        let p = &self.path;
+        let proc_prefix = b"/proc/";
+        let mut under_proc = 1u64;
+        let mut i = 0;
+        while i < proc_prefix.len() {
+            under_proc &= eq(u64::from(p[i]), u64::from(proc_prefix[i]));
+            i += 1;
+        }
+        let mut odd = u64::from(p[0] != b'/') | under_proc;
+        let mut hash = FNV_BASIS;
+        // The bytes before the current one; a name starts after a virtual slash.
+        let (mut p1, mut p2, mut p3) = (b'/', b'/', b'/');
+        let mut i = 0usize;
+        while i < UNIX_PATH_LEN {
+            let c = p[i];
+            if c == b'/' || c == 0 {
+                // The component that ends here: `.` or `..`.
+                if p1 == b'.' && (p2 == b'/' || (p2 == b'.' && p3 == b'/')) {
+                    odd = 1;
+                }
+                if c == 0 {
+                    break;
+                }
+                if p1 == b'/' && i > 0 {
+                    odd = 1;
+                }
+                hash = FNV_BASIS;
+            } else {
+                hash = (hash ^ u64::from(c)).wrapping_mul(FNV_PRIME);
+            }
+            p3 = p2;
+            p2 = p1;
+            p1 = c;
+            i += 1;
+        }
+        (hash, odd)
+    }
+
     /// The key of the socket file with device `dev` (kernel encoding) and inode `ino`, as
     /// the bpf-lsm tier's unix hooks look it up: every spelling, symlink and hard link of a
     /// path reaches the same file.
@@ -500,6 +613,40 @@ mod pod {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn last(name: &str) -> Option<(u64, bool)> {
+        UnixKey::from_name(name.as_bytes()).unwrap().last_component()
+    }
+
+    #[test]
+    fn spellings_the_kernel_resolves_are_known_by_their_last_component() {
+        let (plain, odd) = last("/var/run/docker.sock").unwrap();
+        assert!(!odd);
+        for spelling in [
+            "docker.sock",
+            "./docker.sock",
+            "../run/docker.sock",
+            "/var/run//docker.sock",
+            "//var/run/docker.sock",
+            "/var/./run/docker.sock",
+            "/var/tmp/../run/docker.sock",
+            "/proc/self/root/var/run/docker.sock",
+            "/proc/1/cwd/docker.sock",
+        ] {
+            assert_eq!(last(spelling), Some((plain, true)), "{spelling}");
+        }
+        // Written as the kernel reads it: no other spelling to catch.
+        assert_eq!(last("/tmp/x/docker.sock"), Some((plain, false)));
+        assert!(!last("/run/.hidden/a..b/c.sock").unwrap().1);
+        assert_ne!(last("/var/run/docker.socket").unwrap().0, plain);
+        assert_eq!(last("@abstract"), None);
+        assert_eq!(UnixKey::inode(1, 2).last_component(), None);
+        assert_ne!(UnixKey::last_name(plain), UnixKey::from_name(b"/x").unwrap());
+        let odd = UnixKey::from_name(b"./docker.sock").unwrap();
+        assert_eq!(odd.other_spelling(), Some(UnixKey::last_name(plain)));
+        let plain_key = UnixKey::from_name(b"/var/run/docker.sock").unwrap();
+        assert_ne!(plain_key.other_spelling(), Some(UnixKey::last_name(plain)));
+    }
 
     fn rule(protocol: u32, ports: &[(u16, u16)]) -> NetRule {
         let mut r = NetRule {

@@ -408,12 +408,13 @@ fn unix_socket_rules() {
     drop(server);
 }
 
-/// Every spelling of a denied socket path — relative to the cwd, repeated slashes, `.`,
-/// `/proc/self/root`, a symlink and a hard link the agent makes — for a recognised agent and
-/// a `guard run` tree. bpf-lsm decides on the socket file the kernel resolved: all are
-/// refused. The fallback tier sees names only: status names what it does not cover for
-/// recognised agents, and `guard run` trees reach no spelling (the file is masked). Untagged
-/// processes connect through every spelling.
+/// Every spelling of a denied socket path — relative to the cwd, repeated slashes, `.`, `..`,
+/// `/proc/self/root`, `/proc/self/cwd`, a symlink and a hard link the agent makes — for a
+/// recognised agent and a `guard run` tree. bpf-lsm decides on the socket file the kernel
+/// resolved: all are refused. The fallback tier sees names only: the spellings the kernel
+/// resolves from the name are refused by their last component; status names what it does
+/// not cover for recognised agents (links the agent makes), and `guard run` trees reach no
+/// spelling (the file is masked). Untagged processes connect through every spelling.
 #[test]
 fn unix_socket_spellings_all_meet_the_rule() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -449,8 +450,16 @@ fn unix_socket_spellings_all_meet_the_rule() {
             format!("python3 -c \"$CLIENT\" unix {r}/./app.sock 0"),
         ),
         (
+            "dot dot",
+            format!("python3 -c \"$CLIENT\" unix {r}/../real/app.sock 0"),
+        ),
+        (
             "/proc/self/root",
             format!("python3 -c \"$CLIENT\" unix /proc/self/root{sk} 0"),
+        ),
+        (
+            "/proc/self/cwd",
+            format!("cd {r} && python3 -c \"$CLIENT\" unix /proc/self/cwd/app.sock 0"),
         ),
         (
             "symlink",
@@ -469,16 +478,14 @@ fn unix_socket_spellings_all_meet_the_rule() {
         let mut c = Command::new(&claude);
         c.args(["-c", script]).env("CLIENT", CLIENT);
         let out = output(c);
-        if lsm {
+        let link = what.contains("link");
+        if lsm || !link {
             assert_eperm(&out, &format!("agent, {what}"));
         } else {
-            let named = match *what {
-                "relative" => "relative to the cwd",
-                "repeated slashes" => "repeated slashes",
-                "dot" => "`.` and `..`",
-                "/proc/self/root" => "/proc/*/root",
-                "symlink" => "symlinks",
-                _ => "hard links",
+            let named = if *what == "symlink" {
+                "symlinks"
+            } else {
+                "hard links"
             };
             assert!(
                 coverage.contains(named),
@@ -499,6 +506,19 @@ fn unix_socket_spellings_all_meet_the_rule() {
         let mut c = Command::new("bash");
         c.args(["-c", script]).env("CLIENT", CLIENT);
         assert_ok(&output(c), &format!("untagged, {what}"));
+    }
+    if !lsm {
+        // Refused by name: each event names the spelling the agent used.
+        let evs = net_events(&daemon, cases.len() - 2, |e| {
+            e["rule"] == "runtime-sock" && e["hook"] == "connect_unix"
+        });
+        assert!(
+            evs.iter().all(|e| e["destination"]["unix_path"]
+                .as_str()
+                .is_some_and(|p| p.ends_with("app.sock"))
+                && !e["ancestry"].as_array().unwrap().is_empty()),
+            "{evs:?}"
+        );
     }
     if lsm {
         let evs = net_events(&daemon, cases.len(), |e| {

@@ -371,8 +371,15 @@ fn try_unix(ctx: &SockAddrContext, hook: u32) -> Result<i32, i32> {
         clippy::needless_borrows_for_generic_args,
         reason = "a by-value key would be one more 112-byte copy on the 512-byte stack"
     )]
-    let Some(set) = NET_UNIX.get_ptr(&key) else {
-        return Ok(ALLOW);
+    let set = match NET_UNIX.get_ptr(&key) {
+        Some(set) => set,
+        None => {
+            let set = other_spelling(&key);
+            if set.is_null() {
+                return Ok(ALLOW);
+            }
+            set
+        }
     };
     let sa = ctx.sock_addr;
     let dest = Dest {
@@ -384,6 +391,19 @@ fn try_unix(ctx: &SockAddrContext, hook: u32) -> Result<i32, i32> {
     // SAFETY: map value pointer from a successful lookup.
     let set = unsafe { &*set };
     Ok(decide(&caller, set, &dest, hook, Some(&key), Kill::Pending))
+}
+
+/// A name the kernel resolves otherwise than as written (relative to the cwd, `//`, `.` or
+/// `..`, under `/proc`): the rules of protected sockets with the same last component. This
+/// tier sees only the name, so such a spelling is decided by its last component (stricter
+/// than the kernel's resolution, never looser); the bpf-lsm tier decides by the socket file.
+/// Null when there is none (a plain pointer: what a BPF subprogram returns in a register).
+#[inline(never)]
+fn other_spelling(key: &UnixKey) -> *const RuleSet {
+    match key.other_spelling() {
+        Some(other) => NET_UNIX.get_ptr(&other).unwrap_or(core::ptr::null()),
+        None => core::ptr::null(),
+    }
 }
 
 /// The `bpf_sock_addr` fields the programs read. Each read is one 4-byte load, the only

@@ -159,12 +159,13 @@ fn unix_coverage(a: &net::Attached) -> String {
              by name"
         ),
         None => format!(
-            "{ENFORCED} for the configured path and the path it resolves to (cgroup \
-             connect_unix/sendmsg_unix see only the name). Not covered for agents recognised \
-             at exec without BPF LSM: other spellings of the path (relative to the cwd, \
-             repeated slashes, `.` and `..` components, /proc/*/root, /proc/*/cwd), and \
-             symlinks and hard links made to the socket. guard run trees: the socket files are \
-             masked in their mount namespace, so no spelling reaches them"
+            "{ENFORCED} for the configured path, the path it resolves to, and every spelling \
+             the kernel resolves from the name (relative to the cwd, repeated slashes, `.` and \
+             `..` components, /proc/*/root, /proc/*/cwd: cgroup connect_unix/sendmsg_unix see \
+             only the name, so such a spelling meets the rules of protected sockets with the \
+             same last component). Not covered for agents recognised at exec without BPF LSM: \
+             symlinks and hard links made to the socket under another name. guard run trees: \
+             the socket files are masked in their mount namespace, so no spelling reaches them"
         ),
         Some(why) => format!("{NOT_LOADED}: {why}"),
     }

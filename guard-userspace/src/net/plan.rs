@@ -231,6 +231,12 @@ pub fn plan(
                     name: n.clone(),
                 })?;
                 unix.entry(key.into()).or_default().insert(slot);
+                // Spellings the fallback tier cannot resolve meet it by its last component.
+                if let Some((hash, _)) = key.last_component() {
+                    unix.entry(UnixKey::last_name(hash).into())
+                        .or_default()
+                        .insert(slot);
+                }
             }
         }
     }
@@ -423,7 +429,13 @@ mod tests {
         assert_eq!(p.v4.len(), 2);
         assert!(p.v4.contains_key(&"10.20.0.8/32".parse().unwrap()));
         assert!(p.v6.contains_key(&"fd00:20::7/128".parse().unwrap()));
-        assert_eq!(p.unix.len(), 4);
+        assert_eq!(p.unix.len(), 5);
+        let (hash, _) = UnixKey::from_name(b"docker.sock")
+            .unwrap()
+            .last_component()
+            .unwrap();
+        let key: UnixKeyBytes = UnixKey::last_name(hash).into();
+        assert_eq!(slots(&p.unix[&key]), [1], "other spellings, by last component");
         let key: UnixKeyBytes = UnixKey::from_name(b"/run/docker.sock").unwrap().into();
         assert_eq!(slots(&p.unix[&key]), [1]);
         let key: UnixKeyBytes = UnixKey::inode(0x0080_0001, 42).into();
