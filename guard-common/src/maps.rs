@@ -164,6 +164,15 @@ pub mod programs {
         (SECRET_MAP_PAGES, "mm_filemap_map_pages"),
         (SECRET_FAULT, "mm_filemap_fault"),
     ];
+    /// Deferred execution on the fallback tier: `fentry` of the functions that call the LSM
+    /// hooks the bpf-lsm tier uses for it (they run whatever LSMs are enabled). A tracing
+    /// program cannot refuse, and need not: these record writes and tag.
+    pub const DEFERRED_OPEN: &str = "guard_deferred_open";
+    pub const DEFERRED_EXEC: &str = "guard_deferred_exec";
+    pub const DEFERRED: [(&str, &str); 2] = [
+        (DEFERRED_OPEN, "security_file_open"),
+        (DEFERRED_EXEC, "security_bprm_check"),
+    ];
 }
 
 /// [`crate::offsets::LsmOffsets`] global.
@@ -398,7 +407,7 @@ pub const GLOBALS: [&str; 7] = [
 ];
 
 /// Every program of the kernel object, by function name.
-pub const ALL_PROGRAMS: [&str; 54] = [
+pub const ALL_PROGRAMS: [&str; 56] = [
     programs::FORK,
     programs::EXEC,
     programs::CGROUP_JOIN,
@@ -415,6 +424,8 @@ pub const ALL_PROGRAMS: [&str; 54] = [
     programs::SECRET_READ,
     programs::SECRET_MAP_PAGES,
     programs::SECRET_FAULT,
+    programs::DEFERRED_OPEN,
+    programs::DEFERRED_EXEC,
     programs::KILL_AFTER_SOCK_ADDR,
     programs::KILL_AFTER_SOCK_CREATE,
     programs::SYS_EXIT,

@@ -255,6 +255,7 @@ impl Loading {
             tag_map: self.tag_map,
             keeper: None,
             secret_reads: String::new(),
+            deferred: Vec::new(),
             _ebpf: self.ebpf,
         })
     }
@@ -323,6 +324,8 @@ pub struct Kernel {
     pub keeper: Option<std::sync::Arc<crate::pins::PinKeeper>>,
     /// What reports the files agents read to the secret scan (`guard status`).
     pub secret_reads: String,
+    /// The fallback tier's deferred-execution hooks that attached (`fentry/…`).
+    pub deferred: Vec<String>,
     /// Keeps the programs' file descriptors for the daemon's lifetime.
     _ebpf: Ebpf,
 }

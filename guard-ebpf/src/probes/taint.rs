@@ -2,20 +2,23 @@
 //! later runs the agent's code, so that process becomes the root of a tree attributed to the
 //! agent (`deferred`).
 //!
-//! - Writes: bpf-lsm `file_open` for writing (the caller's own opens, refused ones not); the
-//!   fallback tier's ctime tracepoints (every change of an inode's ctime by a tagged process:
-//!   writes, creations, chmod). The file is remembered by device, inode and generation.
+//! - Writes: bpf-lsm `file_open` for writing (the caller's own opens, refused ones not); on
+//!   the fallback tier `fentry` of `security_file_open` (the function that calls that hook)
+//!   and the ctime tracepoints where the kernel has them (every change of an inode's ctime by
+//!   a tagged process: writes, creations, chmod). The file is remembered by device, inode and
+//!   generation.
 //! - Runs: the exec tracker checks the image an exec runs (a binary; both tiers). bpf-lsm
 //!   `bprm_check_security` sees each file an exec runs in turn, so a `#!` script (whose file
 //!   the exec has let go of by the time the tracker runs) is seen there and handed to the
 //!   tracker. bpf-lsm `file_open` makes an untagged interpreter that opens an agent-written
 //!   file (`python3 x.py`, `bash x.sh`, `source x`) a root, and git one that opens an
-//!   agent-written `.git/config`.
+//!   agent-written `.git/config`. The fallback tier runs the same two decisions from `fentry`
+//!   of `security_bprm_check` and `security_file_open`, which call those hooks.
 
 use aya_ebpf::{
     helpers::{bpf_get_current_comm, bpf_ktime_get_boot_ns, generated},
-    macros::lsm,
-    programs::LsmContext,
+    macros::{fentry, lsm},
+    programs::{FEntryContext, LsmContext},
 };
 use guard_common::{
     agent::{COMM_LEN, NAME_LEN, NameKey, recognised},
@@ -26,7 +29,7 @@ use guard_common::{
 
 use super::{process::make_root, recognise::Match};
 use crate::{
-    ctx::{Caller, current_tgid, is_tagged},
+    ctx::{Caller, current_tgid, is_tagged, tagged},
     maps::{DEFERRED_PENDING, TAINT_READERS, TAINTED, count, file_offsets, lsm_offsets, offsets},
 };
 
@@ -137,10 +140,60 @@ fn name_of(dentry: *const u8, out: &mut [u8; NAME_LEN]) {
 /// script, then its interpreter): an agent-written one is handed to the exec tracker.
 #[lsm(hook = "bprm_check_security")]
 pub fn guard_lsm_bprm_check(ctx: LsmContext) -> i32 {
-    if !is_tagged() && pending_from(ctx.arg(0)).is_err() {
-        count(Counter::ProbeErrors);
+    exec_checked(ctx.arg(0));
+    0
+}
+
+/// The fallback tier's `bprm_check_security`: `fentry` of `security_bprm_check`, which calls
+/// the LSM hook whatever LSMs the kernel runs.
+#[fentry(function = "security_bprm_check")]
+pub fn guard_deferred_exec(ctx: FEntryContext) -> i32 {
+    exec_checked(ctx.arg(0));
+    0
+}
+
+/// The fallback tier's `file_open`: `fentry` of `security_file_open`. A tagged process's
+/// opens for writing are remembered; an untagged reader of agent-written code becomes a
+/// root, as on the bpf-lsm tier. Nothing is refused here: path rules are fanotify's.
+#[fentry(function = "security_file_open")]
+pub fn guard_deferred_open(ctx: FEntryContext) -> i32 {
+    let file: *const u8 = ctx.arg(0);
+    match tagged() {
+        None => reader_opened(file),
+        Some(caller) => opened_for_writing(&caller, file),
     }
     0
+}
+
+#[inline(always)]
+fn exec_checked(bprm: *const u8) {
+    if !is_tagged() && pending_from(bprm).is_err() {
+        count(Counter::ProbeErrors);
+    }
+}
+
+/// A tagged open (fallback): remember the file when it is opened for writing or truncated.
+#[inline(never)]
+fn opened_for_writing(caller: &Caller, file: *const u8) {
+    const FMODE_WRITE: u32 = 0x2;
+    const O_TRUNC: u32 = 0o1000;
+    let lo = lsm_offsets();
+    if lo.valid == 0 {
+        count(Counter::ProbeErrors);
+        return;
+    }
+    let (Ok(mode), Ok(flags)) = (read::<u32>(file, lo.file_mode), read::<u32>(file, lo.file_flags))
+    else {
+        count(Counter::ProbeErrors);
+        return;
+    };
+    if mode & FMODE_WRITE == 0 && flags & O_TRUNC == 0 {
+        return;
+    }
+    match read::<*const u8>(file, lo.file_inode) {
+        Ok(inode) => wrote(caller, inode),
+        Err(_) => count(Counter::ProbeErrors),
+    }
 }
 
 fn pending_from(bprm: *const u8) -> Result<(), i32> {

@@ -84,9 +84,15 @@ pub fn load(
         })?;
     let self_attached = selfprot::attach(&mut at, offsets.self_error.clone());
     let secret_reads = attach_secret_reads(&mut at, lsm.is_some(), opts.fallback_read_scan);
+    let deferred = if lsm.is_some() {
+        Vec::new()
+    } else {
+        attach_deferred(&mut at)
+    };
     drop(at);
     let mut kernel = loading.finish(tier, lsm, lsm_error)?;
     kernel.secret_reads = secret_reads;
+    kernel.deferred = deferred;
     report(&kernel, &net_attached, &self_attached);
     Ok(Loaded {
         kernel,
@@ -126,6 +132,19 @@ fn attach_secret_reads(at: &mut Attacher<'_>, lsm: bool, fallback: bool) -> Stri
         (false, true) => hooks.join(", "),
         (false, false) => format!("{} (not covered: {})", hooks.join(", "), failed.join("; ")),
     }
+}
+
+/// The fallback tier's deferred-execution programs that attach (their hooks); a failure is
+/// logged, and status then says what is not covered.
+fn attach_deferred(at: &mut Attacher<'_>) -> Vec<String> {
+    let mut hooks = Vec::new();
+    for row in table::family(Family::Deferred) {
+        match at.attach(&row) {
+            Ok(()) => hooks.push(row.hook()),
+            Err(e) => warn!(hook = %row.hook(), error = %e, "deferred execution: not attached"),
+        }
+    }
+    hooks
 }
 
 /// The bpf-lsm tier where it is asked for or offered and every LSM program attaches; `None`

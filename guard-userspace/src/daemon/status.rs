@@ -78,6 +78,8 @@ pub(super) fn status(state: &Shared) -> Reply<DaemonStatus> {
                 cap_capable: st.self_attached.attached.iter().any(|t| t == "cap_capable"),
                 bprm_check: lsm("bprm_check_security") && lsm("file_open"),
                 ctime: st.files.as_ref().is_some_and(|f| f.attached().detects()),
+                fentry_deferred: st.kernel.deferred.len()
+                    == guard_common::maps::programs::DEFERRED.len(),
                 egress: !st.net_attached.lsm && st.net_attached.egress_missing.is_none(),
                 tiocsti_off: crate::tiocsti::legacy_allowed() == Some(false),
             };

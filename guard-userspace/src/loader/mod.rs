@@ -21,7 +21,7 @@ use aya::{
     maps::MapError,
     programs::{
         BtfTracePoint, CgroupAttachMode, CgroupDevice, CgroupSkb, CgroupSkbAttachType, CgroupSock,
-        CgroupSockAddr, FExit, Lsm, ProgramError, links::FdLink,
+        CgroupSockAddr, FEntry, FExit, Lsm, ProgramError, links::FdLink,
     },
 };
 pub use sys::{
@@ -164,7 +164,7 @@ impl<'a> Attacher<'a> {
     /// older pin atomically.
     pub fn attach(&mut self, row: &Row) -> Result<(), AttachError> {
         let link = match row.kind {
-            Kind::TpBtf(_) | Kind::FExit(_) => {
+            Kind::TpBtf(_) | Kind::FExit(_) | Kind::FEntry(_) => {
                 self.load_only(row)?;
                 attached_link(self.ebpf, row)?
             }
@@ -236,6 +236,10 @@ impl<'a> Attacher<'a> {
             }
             Kind::FExit(function) => {
                 let prog: &mut FExit = program(self.ebpf, row.name)?;
+                prog.load(function, self.btf).map_err(load_err)
+            }
+            Kind::FEntry(function) => {
+                let prog: &mut FEntry = program(self.ebpf, row.name)?;
                 prog.load(function, self.btf).map_err(load_err)
             }
             _ => Err(AttachError::Attach(
@@ -326,6 +330,11 @@ fn attached_link(ebpf: &mut Ebpf, row: &Row) -> Result<Link, AttachError> {
         }
         Kind::FExit(_) => {
             let prog: &mut FExit = program(ebpf, row.name)?;
+            let id = prog.attach().map_err(attach_err)?;
+            prog.take_link(id).map_err(attach_err)?.into()
+        }
+        Kind::FEntry(_) => {
+            let prog: &mut FEntry = program(ebpf, row.name)?;
             let id = prog.attach().map_err(attach_err)?;
             prog.take_link(id).map_err(attach_err)?.into()
         }

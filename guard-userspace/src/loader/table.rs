@@ -15,6 +15,8 @@ pub enum Kind {
     Lsm(&'static str),
     /// `fexit/<kernel function>`.
     FExit(&'static str),
+    /// `fentry/<kernel function>`.
+    FEntry(&'static str),
     /// cgroup `sock_addr` (connect4/6, sendmsg4/6) on the cgroup v2 root.
     SockAddr,
     /// cgroup `sock_create` on the cgroup v2 root.
@@ -54,6 +56,9 @@ pub enum Family {
     /// Files tagged processes read, for the secret scan, on the fallback tier (the bpf-lsm
     /// tier's `file_open` program reports them itself).
     SecretReads,
+    /// Deferred execution on the fallback tier: the writes of tagged processes, and whoever
+    /// runs or interprets what they wrote (the bpf-lsm tier's own hooks do it there).
+    Deferred,
 }
 
 /// What a family's programs do when they hit an internal error (an unreadable kernel pointer,
@@ -93,6 +98,10 @@ impl Family {
             }
             Self::LsmDeputy => allow("the keystroke or capability is not refused", "probe_errors"),
             Self::SecretReads => allow("a file read is not scanned for secrets", "probe_errors"),
+            Self::Deferred => allow(
+                "a write is not remembered, or the runner of an agent-written file goes untagged",
+                "probe_errors",
+            ),
         }
     }
 
@@ -110,10 +119,11 @@ impl Family {
             Self::LsmSelf => "self-protection (LSM)",
             Self::LsmDeputy => "no deputies (LSM)",
             Self::SecretReads => "secret scan of reads",
+            Self::Deferred => "deferred execution",
         }
     }
 
-    pub const ALL: [Self; 11] = [
+    pub const ALL: [Self; 12] = [
         Self::Tracker,
         Self::Killer,
         Self::Net,
@@ -125,6 +135,7 @@ impl Family {
         Self::LsmSelf,
         Self::LsmDeputy,
         Self::SecretReads,
+        Self::Deferred,
     ];
 }
 
@@ -140,7 +151,9 @@ impl Family {
     pub fn serves(self) -> Serves {
         match self {
             Self::Tracker | Self::FileDevice | Self::SelfProtect => Serves::Both,
-            Self::Killer | Self::Net | Self::FileDetect | Self::SecretReads => Serves::Fallback,
+            Self::Killer | Self::Net | Self::FileDetect | Self::SecretReads | Self::Deferred => {
+                Serves::Fallback
+            }
             Self::LsmNet | Self::LsmFile | Self::LsmSelf | Self::LsmDeputy => Serves::BpfLsm,
         }
     }
@@ -187,6 +200,7 @@ impl Row {
             Kind::TpBtf(tp) => format!("tp_btf/{tp}"),
             Kind::Lsm(hook) => format!("lsm/{hook}"),
             Kind::FExit(function) => format!("fexit/{function}"),
+            Kind::FEntry(function) => format!("fentry/{function}"),
             Kind::SockAddr | Kind::Unix(_) => format!("cgroup/{}", self.name),
             Kind::SockCreate => "cgroup/sock_create".into(),
             Kind::Egress => "cgroup_skb/egress".into(),
@@ -270,6 +284,9 @@ pub fn table() -> Vec<Row> {
     rows.push(Row::new(programs::EGRESS, Kind::Egress, F::Net, Optional));
     for (name, tp) in programs::SECRET_READS {
         rows.push(Row::new(name, Kind::TpBtf(tp), F::SecretReads, Optional));
+    }
+    for (name, function) in programs::DEFERRED {
+        rows.push(Row::new(name, Kind::FEntry(function), F::Deferred, Optional));
     }
     rows.push(Row::new(
         programs::CONNECT_UNIX,

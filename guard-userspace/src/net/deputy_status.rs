@@ -131,6 +131,9 @@ pub struct KernelHooks {
     pub bprm_check: bool,
     /// fallback ctime tracepoints (deferred execution: the writes of tagged processes).
     pub ctime: bool,
+    /// fallback `fentry` of `security_file_open` and `security_bprm_check` (deferred
+    /// execution: writes, scripts, readers).
+    pub fentry_deferred: bool,
     /// fallback `cgroup_skb/egress` (destinations NAT rewrote are checked again).
     pub egress: bool,
     /// `dev.tty.legacy_tiocsti` is 0: the kernel refuses TIOCSTI without CAP_SYS_ADMIN.
@@ -226,15 +229,25 @@ fn deferred_mechanism(hooks: KernelHooks) -> String {
          lsm/file_open an untagged interpreter opening agent-written code (executable, or named \
          .sh, .py, .js, …) and git opening an agent-written .git/config"
             .to_owned()
+    } else if hooks.fentry_deferred {
+        "enforced: writes recorded at fentry/security_file_open (device, inode, generation); \
+         fentry/security_bprm_check sees every file an exec runs (binaries and #! scripts), \
+         fentry/security_file_open an untagged interpreter opening agent-written code \
+         (executable, or named .sh, .py, .js, …) and git opening an agent-written .git/config \
+         — the functions that call the LSM hooks the bpf-lsm tier uses, whatever LSMs run"
+            .to_owned()
     } else if hooks.ctime {
         "partly: writes recorded by the ctime tracepoints; an exec whose image an agent wrote \
-         (a binary it built or copied) starts a root of that agent. Not covered without BPF \
-         LSM: #! scripts (the exec has let go of the script's file by the time the exec \
-         tracker runs) and scripts given to an interpreter"
+         (a binary it built or copied) starts a root of that agent. Not covered: #! scripts \
+         (the exec has let go of the script's file by the time the exec tracker runs) and \
+         scripts given to an interpreter — they need BPF LSM, or fentry on \
+         security_bprm_check and security_file_open, which this kernel refused (the daemon's \
+         log says why)"
             .to_owned()
     } else {
-        "not-covered: this kernel has neither BPF LSM nor the ctime tracepoints (Linux >= \
-         6.13) that see a tagged process's writes"
+        "not-covered: this kernel has neither BPF LSM, nor fentry on security_file_open and \
+         security_bprm_check, nor the ctime tracepoints (Linux >= 6.13) that see a tagged \
+         process's writes"
             .to_owned()
     }
 }
@@ -274,11 +287,12 @@ fn not_covered(hooks: KernelHooks) -> Vec<String> {
                 .to_owned()
         });
     }
-    if !hooks.bprm_check {
+    if !hooks.bprm_check && !hooks.fentry_deferred {
         out.push(
             "an agent-written script an untagged process runs later (a git hook, a generated \
              script, a script given to an interpreter) or a repository's .git/config git \
-             reads: guard:deferred-execution needs BPF LSM for them"
+             reads: guard:deferred-execution needs BPF LSM or fentry on security_bprm_check \
+             and security_file_open for them"
                 .to_owned(),
         );
     }
