@@ -28,6 +28,7 @@ fn files_an_agent_wrote_stay_its_when_someone_else_runs_them() {
     let scripts = mechanism.starts_with("enforced");
     let binaries = scripts || mechanism.starts_with("partly");
     println!("guard:deferred-execution on this tier: {mechanism}");
+    assert_fentry_or_why(&daemon, &mechanism);
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().display().to_string();
     let sides = Sides::new();
@@ -137,6 +138,7 @@ fn git_reading_a_config_an_agent_wrote_runs_contained() {
         tier != "bpf-lsm" || mechanism.starts_with("enforced"),
         "{mechanism}"
     );
+    assert_fentry_or_why(&daemon, &mechanism);
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().display().to_string();
     for repo in ["theirs", "mine"] {
@@ -185,4 +187,22 @@ fn git_reading_a_config_an_agent_wrote_runs_contained() {
         let nc = st["deputies"]["not_covered"].to_string();
         assert!(nc.contains(".git/config"), "{nc}");
     }
+}
+
+/// The guests' Debian kernels allow `fentry` on `security_file_open` and
+/// `security_bprm_check`: there the fallback tier covers scripts and readers. A kernel that
+/// refuses it (this machine's) leaves the reason in the daemon's log.
+fn assert_fentry_or_why(daemon: &Daemon, mechanism: &str) {
+    if mechanism.starts_with("enforced") {
+        return;
+    }
+    assert!(
+        std::env::var_os("GUARD_VM").is_none(),
+        "the guest kernel allows fentry, yet: {mechanism}"
+    );
+    assert!(
+        daemon.log().contains("deferred execution: not attached"),
+        "{mechanism}, and the daemon's log does not say why:\n{}",
+        daemon.log()
+    );
 }
