@@ -615,7 +615,9 @@ mod tests {
     use super::*;
 
     fn last(name: &str) -> Option<(u64, bool)> {
-        UnixKey::from_name(name.as_bytes()).unwrap().last_component()
+        UnixKey::from_name(name.as_bytes())
+            .unwrap()
+            .last_component()
     }
 
     #[test]
@@ -641,7 +643,10 @@ mod tests {
         assert_ne!(last("/var/run/docker.socket").unwrap().0, plain);
         assert_eq!(last("@abstract"), None);
         assert_eq!(UnixKey::inode(1, 2).last_component(), None);
-        assert_ne!(UnixKey::last_name(plain), UnixKey::from_name(b"/x").unwrap());
+        assert_ne!(
+            UnixKey::last_name(plain),
+            UnixKey::from_name(b"/x").unwrap()
+        );
         let odd = UnixKey::from_name(b"./docker.sock").unwrap();
         assert_eq!(odd.other_spelling(), Some(UnixKey::last_name(plain)));
         let plain_key = UnixKey::from_name(b"/var/run/docker.sock").unwrap();

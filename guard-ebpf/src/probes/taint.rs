@@ -182,8 +182,10 @@ fn opened_for_writing(caller: &Caller, file: *const u8) {
         count(Counter::ProbeErrors);
         return;
     }
-    let (Ok(mode), Ok(flags)) = (read::<u32>(file, lo.file_mode), read::<u32>(file, lo.file_flags))
-    else {
+    let (Ok(mode), Ok(flags)) = (
+        read::<u32>(file, lo.file_mode),
+        read::<u32>(file, lo.file_flags),
+    ) else {
         count(Counter::ProbeErrors);
         return;
     };

@@ -72,7 +72,11 @@ fn ssh(args: &[String]) -> Vec<Forward> {
     let mut it = args.iter().skip(1);
     while let Some(a) = it.next() {
         if let Some(rest) = a.strip_prefix("-L") {
-            out.extend(value(rest, &mut it).as_deref().and_then(local_forward_colons));
+            out.extend(
+                value(rest, &mut it)
+                    .as_deref()
+                    .and_then(local_forward_colons),
+            );
         } else if let Some(rest) = a.strip_prefix("-D") {
             out.extend(value(rest, &mut it).as_deref().and_then(dynamic_forward));
         } else if let Some(rest) = a.strip_prefix("-o") {
@@ -279,10 +283,7 @@ mod tests {
             from_arguments("kubectl", &args("kubectl proxy --port 8001")),
             through
         );
-        assert_eq!(
-            from_arguments("kubectl", &args("kubectl get pods")),
-            []
-        );
+        assert_eq!(from_arguments("kubectl", &args("kubectl get pods")), []);
     }
 
     #[test]

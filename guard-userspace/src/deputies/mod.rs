@@ -263,14 +263,22 @@ fn forwarders_of(p: &Proc, tables: &Tables, protected: &BTreeSet<u64>) -> Vec<Fo
         match f.leads {
             Leads::Dest(to) => out.push(forwarder(listen, to, "arguments")),
             Leads::ItsServer => out.extend(own.iter().map(|(_, (_, remote))| {
-                forwarder(listen.clone(), Dest::at(*remote), "arguments and connections")
+                forwarder(
+                    listen.clone(),
+                    Dest::at(*remote),
+                    "arguments and connections",
+                )
             })),
         }
     }
     // An accepted connection held together with one to a protected endpoint.
     if !accepted.is_empty() {
         for (_, (_, remote)) in own.iter().filter(|(i, _)| protected.contains(i)) {
-            out.push(forwarder(listeners.clone(), Dest::at(*remote), "connections"));
+            out.push(forwarder(
+                listeners.clone(),
+                Dest::at(*remote),
+                "connections",
+            ));
         }
     }
     out

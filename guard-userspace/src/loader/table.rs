@@ -286,7 +286,12 @@ pub fn table() -> Vec<Row> {
         rows.push(Row::new(name, Kind::TpBtf(tp), F::SecretReads, Optional));
     }
     for (name, function) in programs::DEFERRED {
-        rows.push(Row::new(name, Kind::FEntry(function), F::Deferred, Optional));
+        rows.push(Row::new(
+            name,
+            Kind::FEntry(function),
+            F::Deferred,
+            Optional,
+        ));
     }
     rows.push(Row::new(
         programs::CONNECT_UNIX,

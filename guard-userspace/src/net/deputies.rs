@@ -65,7 +65,11 @@ impl Protected {
     pub fn rule_to(&self, to: &Dest) -> Option<&CompiledEndpointRule> {
         match to {
             Dest::At { host, port } => self.rule_for(host, *port),
-            Dest::Anywhere => self.rules.iter().map(|(r, _)| r).max_by_key(|r| strength(r)),
+            Dest::Anywhere => self
+                .rules
+                .iter()
+                .map(|(r, _)| r)
+                .max_by_key(|r| strength(r)),
         }
     }
 }

@@ -435,7 +435,11 @@ mod tests {
             .last_component()
             .unwrap();
         let key: UnixKeyBytes = UnixKey::last_name(hash).into();
-        assert_eq!(slots(&p.unix[&key]), [1], "other spellings, by last component");
+        assert_eq!(
+            slots(&p.unix[&key]),
+            [1],
+            "other spellings, by last component"
+        );
         let key: UnixKeyBytes = UnixKey::from_name(b"/run/docker.sock").unwrap().into();
         assert_eq!(slots(&p.unix[&key]), [1]);
         let key: UnixKeyBytes = UnixKey::inode(0x0080_0001, 42).into();
