@@ -61,28 +61,14 @@ fn forwarders_to_a_protected_endpoint_are_that_endpoint() {
         .arg(format!("TCP:{db}:5432"));
         c
     });
-    let tunnel = Proc::spawn({
+    // ssh sessions to the test's sshd, kept open: a local forward and a SOCKS proxy.
+    let ssh = |args: String| {
         let mut c = Command::new("bash");
-        c.args([
-            "-c",
-            &format!(
-                "exec {}",
-                sshd.ssh(&format!("-N -L {p_ssh}:{db}:5432 root@127.0.0.1"))
-            ),
-        ]);
-        c
-    });
-    let socks = Proc::spawn({
-        let mut c = Command::new("bash");
-        c.args([
-            "-c",
-            &format!(
-                "exec {}",
-                sshd.ssh(&format!("-N -D 127.0.0.1:{p_socks} root@127.0.0.1"))
-            ),
-        ]);
-        c
-    });
+        c.args(["-c", &format!("exec {}", sshd.ssh(&args))]);
+        Proc::spawn(c)
+    };
+    let tunnel = ssh(format!("-N -L {p_ssh}:{db}:5432 root@127.0.0.1"));
+    let socks = ssh(format!("-N -D 127.0.0.1:{p_socks} root@127.0.0.1"));
     let kube_dir = tempfile::tempdir().unwrap();
     let kubectl = kube_dir.path().join("kubectl");
     std::os::unix::fs::symlink("/usr/bin/python3", &kubectl).unwrap();
