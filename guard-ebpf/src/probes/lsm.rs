@@ -41,9 +41,9 @@ use guard_common::event::Counter;
 
 const EPERM: i32 = 1;
 const FMODE_READ: u32 = 0x1;
-const FMODE_WRITE: u32 = 0x2;
+pub(super) const FMODE_WRITE: u32 = 0x2;
 const FMODE_EXEC: u32 = 0x20;
-const O_TRUNC: u32 = 0o1000;
+pub(super) const O_TRUNC: u32 = 0o1000;
 /// `__FMODE_EXEC` in `f_flags`.
 const FMODE_EXEC_FLAG: u32 = 0x20;
 

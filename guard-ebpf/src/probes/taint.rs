@@ -175,8 +175,7 @@ fn exec_checked(bprm: *const u8) {
 /// A tagged open (fallback): remember the file when it is opened for writing or truncated.
 #[inline(never)]
 fn opened_for_writing(caller: &Caller, file: *const u8) {
-    const FMODE_WRITE: u32 = 0x2;
-    const O_TRUNC: u32 = 0o1000;
+    use super::lsm::{FMODE_WRITE, O_TRUNC};
     let lo = lsm_offsets();
     if lo.valid == 0 {
         count(Counter::ProbeErrors);

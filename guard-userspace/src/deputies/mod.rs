@@ -202,8 +202,7 @@ pub fn scan(ctx: &dyn Context, previous: &Found) -> Found {
 
 /// The forwarders `previous` found by their connections (a client's, or the server
 /// `kubectl port-forward` reaches pods through, which it may reconnect to) that this scan did
-/// not see again
-/// but that still run and still listen where they did.
+/// not see again but that still run and still listen where they did.
 fn still_forwarding(previous: &Found, now: &Found, tables: &Tables) -> Vec<Forwarder> {
     previous
         .forwarders
