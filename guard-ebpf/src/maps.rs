@@ -61,6 +61,42 @@ pub static RECOGNITION: Array<Recognition> = Array::pinned(1, 0);
 #[map(name = "GUARD_EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);
 
+/// One value: nonzero while records submitted without a wake-up wait in [`EVENTS`].
+#[map(name = "GUARD_EVENTS_UNWOKEN")]
+pub static EVENTS_UNWOKEN: Array<u32> = Array::with_max_entries(1, 0);
+
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+
+/// `bpf_ringbuf_submit` flags for an [`EVENTS`] record the reader should see at once (a
+/// decision, an exec, a read to scan). The ring wakes its reader only for a record at the
+/// reader's position; after a fork or exit record submitted without a wake-up
+/// ([`submitted_unwoken`]), no later record is at that position, so the first one forces
+/// the wake-up: one per such stretch, not one per record.
+#[inline(always)]
+pub fn wake_now() -> u64 {
+    match EVENTS_UNWOKEN.get_ptr_mut(0) {
+        // SAFETY: map value pointer from a successful lookup; a racing writer at worst costs
+        // one wake-up more, or one less (the reader's timer drains then).
+        Some(p) if unsafe { *p } != 0 => {
+            unsafe { *p = 0 };
+            BPF_RB_FORCE_WAKEUP
+        }
+        _ => 0,
+    }
+}
+
+/// The flags for a record that need not wake the reader (it drains on a timer too), noted
+/// for [`wake_now`].
+#[inline(always)]
+pub fn submitted_unwoken() -> u64 {
+    if let Some(p) = EVENTS_UNWOKEN.get_ptr_mut(0) {
+        // SAFETY: map value pointer from a successful lookup.
+        unsafe { *p = 1 };
+    }
+    BPF_RB_NO_WAKEUP
+}
+
 #[map(name = "GUARD_COUNTERS")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTERS_MAX, 0);
 

@@ -195,5 +195,5 @@ fn record(caller: &Caller, what: u32, detail: u32, target: u32, result: u32, sys
         outcome: result,
         syscall,
     });
-    entry.submit(0);
+    entry.submit(crate::maps::wake_now());
 }

@@ -325,5 +325,5 @@ pub(super) fn emit(
         target_tgid,
         outcome: result,
     });
-    entry.submit(0);
+    entry.submit(crate::maps::wake_now());
 }

@@ -794,5 +794,5 @@ fn emit_with(
             }
         }
     }
-    entry.submit(0);
+    entry.submit(crate::maps::wake_now());
 }

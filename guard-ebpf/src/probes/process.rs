@@ -21,7 +21,7 @@ use crate::{
         kill_task, traced,
     },
     kernel::Task,
-    maps::{EVENTS, TAGS, count, offsets},
+    maps::{EVENTS, TAGS, count, offsets, submitted_unwoken, wake_now},
 };
 
 /// What a lifecycle record says beyond its header: nothing, an exit code, or a match.
@@ -373,12 +373,11 @@ fn try_exit() -> Result<(), i32> {
 /// [`EVENTS_WAKE_BYTES`] are queued (the reader also drains on a timer).
 #[inline(always)]
 fn lifecycle_wakeup() -> u64 {
-    const BPF_RB_NO_WAKEUP: u64 = 1;
     const BPF_RB_AVAIL_DATA: u64 = 0;
     if EVENTS.query(BPF_RB_AVAIL_DATA) >= EVENTS_WAKE_BYTES {
-        0
+        wake_now()
     } else {
-        BPF_RB_NO_WAKEUP
+        submitted_unwoken()
     }
 }
 
@@ -413,7 +412,7 @@ fn emit_as(
     // Commands (exec) are evidence a reviewer follows live: they wake the reader at once.
     let flags = match kind {
         EventKind::TaggedFork | EventKind::TaggedExit => lifecycle_wakeup(),
-        _ => 0,
+        _ => wake_now(),
     };
     entry.submit(flags);
 }

@@ -162,7 +162,7 @@ fn try_opened(caller: &Caller, inode: *const u8) -> Result<(), i32> {
         sb_magic,
         _pad: 0,
     });
-    entry.submit(0);
+    entry.submit(crate::maps::wake_now());
     Ok(())
 }
 
