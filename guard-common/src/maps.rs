@@ -30,10 +30,10 @@ pub const EVENTS_BYTES: u32 = 1 << 22;
 /// Fork and exit records wake the reader only once this much is
 /// queued: each wakeup costs a self-IPI, about 11 µs on a virtual machine (measured with
 /// bpf_stats: `guard_fork` 12.4 µs a run with a wakeup per record, 1.05 µs without), which
-/// made every tagged fork 25% slower. Decisions and execs still wake the reader at once: the
-/// ring wakes it only for a record at its position, so the first of them after records
-/// that woke nobody forces the wake-up ([`EVENTS_UNWOKEN`]). The reader also drains every
-/// [`EVENTS_DRAIN_MS`].
+/// made every tagged fork 25% slower. Decisions and reads to scan still wake the reader at
+/// once: the ring wakes it only for a record at its position, so the first of them after
+/// records that woke nobody forces the wake-up ([`EVENTS_UNWOKEN`]); an exec wakes a reader
+/// that has read everything. The reader also drains every [`EVENTS_DRAIN_MS`].
 pub const EVENTS_WAKE_BYTES: u64 = (EVENTS_BYTES / 16) as u64;
 /// One `u32`: nonzero while records submitted without a wake-up wait in [`EVENTS`].
 pub const EVENTS_UNWOKEN: &str = "GUARD_EVENTS_UNWOKEN";
