@@ -265,10 +265,7 @@ impl UnixKey {
     /// identity keys.
     #[inline(always)]
     pub fn other_spelling(&self) -> Option<Self> {
-        if self.len == 0 || self.len > UNIX_PATH_LEN as u32 || self.path[0] == 0 {
-            return None;
-        }
-        let (hash, odd) = self.hash_last();
+        let (hash, odd) = self.hash_last()?;
         Some(Self::last_name_of(hash, odd))
     }
 
@@ -277,23 +274,21 @@ impl UnixKey {
     /// repeated slashes, `.` or `..` components, or under `/proc` (`/proc/*/root`,
     /// `/proc/*/cwd`). Such a spelling of a protected socket can only be recognised by its
     /// last component. `None` for abstract names and identity keys.
-    ///
-    /// Branch-free on the bytes, as [`Self::normalise`].
     pub fn last_component(&self) -> Option<(u64, bool)> {
-        if self.len == 0 || self.len > UNIX_PATH_LEN as u32 || self.path[0] == 0 {
-            return None;
-        }
-        let (hash, odd) = self.hash_last();
+        let (hash, odd) = self.hash_last()?;
         Some((hash, odd != 0))
     }
 
-    /// [`Self::last_component`] of a path name, the flag as 0 or 1.
+    /// [`Self::last_component`], the flag as 0 or 1.
     ///
     /// The loop stops at the name's end (its first NUL: [`Self::normalise`] zeroes the rest)
     /// and never compares the index with `len`: a comparison with the length would make the
     /// verifier keep one state per possible length.
     #[inline(always)]
-    fn hash_last(&self) -> (u64, u64) {
+    fn hash_last(&self) -> Option<(u64, u64)> {
+        if self.len == 0 || self.len > UNIX_PATH_LEN as u32 || self.path[0] == 0 {
+            return None;
+        }
         let p = &self.path;
         let proc_prefix = b"/proc/";
         let mut under_proc = 1u64;
@@ -329,7 +324,7 @@ impl UnixKey {
             p1 = c;
             i += 1;
         }
-        (hash, odd)
+        Some((hash, odd))
     }
 
     /// The key of the socket file with device `dev` (kernel encoding) and inode `ino`, as
