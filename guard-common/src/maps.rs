@@ -177,6 +177,20 @@ pub mod programs {
         (DEFERRED_OPEN, "security_file_open"),
         (DEFERRED_EXEC, "security_bprm_check"),
     ];
+    /// The unix peer on the fallback tier: `fmod_ret` of the functions that call the LSM
+    /// hooks `unix_stream_connect` and `unix_may_send`, running the bpf-lsm tier's decision
+    /// on the socket file the kernel resolved. A non-zero return is the function's result:
+    /// the program refuses without BPF LSM in the kernel's LSM list.
+    pub const PEER_UNIX_CONNECT: &str = "guard_peer_unix_connect";
+    pub const PEER_UNIX_SEND: &str = "guard_peer_unix_send";
+    pub const PEER_UNIX: [(&str, &str); 2] = [
+        (PEER_UNIX_CONNECT, "security_unix_stream_connect"),
+        (PEER_UNIX_SEND, "security_unix_may_send"),
+    ];
+    /// `fmod_ret` of `security_bpf` on the fallback tier: every `bpf()` call of a tagged
+    /// process refused, as the bpf-lsm tier's `bpf` hook does.
+    pub const SELF_BPF: &str = "guard_fmod_bpf";
+    pub const SELF_BPF_FUNCTION: &str = "security_bpf";
 }
 
 /// [`crate::offsets::LsmOffsets`] global.
@@ -412,7 +426,7 @@ pub const GLOBALS: [&str; 7] = [
 ];
 
 /// Every program of the kernel object, by function name.
-pub const ALL_PROGRAMS: [&str; 56] = [
+pub const ALL_PROGRAMS: [&str; 59] = [
     programs::FORK,
     programs::EXEC,
     programs::CGROUP_JOIN,
@@ -431,6 +445,9 @@ pub const ALL_PROGRAMS: [&str; 56] = [
     programs::SECRET_FAULT,
     programs::DEFERRED_OPEN,
     programs::DEFERRED_EXEC,
+    programs::PEER_UNIX_CONNECT,
+    programs::PEER_UNIX_SEND,
+    programs::SELF_BPF,
     programs::KILL_AFTER_SOCK_ADDR,
     programs::KILL_AFTER_SOCK_CREATE,
     programs::SYS_EXIT,

@@ -66,6 +66,11 @@ pub mod hook {
     /// the connect or sendmsg hook saw it (NAT), checked again.
     pub const EGRESS4: u32 = 13;
     pub const EGRESS6: u32 = 14;
+    /// The fallback tier's `fmod_ret` of `security_unix_stream_connect` /
+    /// `security_unix_may_send`: the same decision as [`LSM_UNIX_STREAM_CONNECT`] /
+    /// [`LSM_UNIX_MAY_SEND`] without BPF LSM.
+    pub const PEER_UNIX_STREAM_CONNECT: u32 = 15;
+    pub const PEER_UNIX_MAY_SEND: u32 = 16;
 }
 
 /// Rule id of the internal raw-socket rule (`spec.rawSockets`), kept in

@@ -47,6 +47,9 @@ pub mod op {
     /// bpf-lsm tier: a `SIGCONT` to a process of a held (frozen) agent tree refused by
     /// `task_kill` (`target_tgid` is that process, not the daemon).
     pub const LSM_THAW: u32 = 8;
+    /// Fallback tier: a `bpf()` call refused by the `fmod_ret` program on `security_bpf`
+    /// (`signal` holds the command).
+    pub const FMOD_BPF: u32 = 9;
 }
 
 /// `EventKind::SelfProtect`.

@@ -103,6 +103,8 @@ pub struct Loading {
     pin_dir: PathBuf,
     ebpf: Ebpf,
     btf: Btf,
+    /// The object `ebpf` was loaded from (kfunc calls patched for this kernel).
+    object: Vec<u8>,
     kill_via: KillVia,
     tag_map: TagMapInfo,
 }
@@ -182,11 +184,18 @@ impl Loading {
             pin_dir: pin_dir.to_path_buf(),
             ebpf,
             btf,
+            object: object.bytes,
             kill_via: KillVia::InPlace,
             tag_map,
         };
         let links_dir = loading.links_dir();
-        let mut at = Attacher::new(&mut loading.ebpf, &loading.btf, &links_dir, None);
+        let mut at = Attacher::new(
+            &mut loading.ebpf,
+            &loading.btf,
+            &links_dir,
+            None,
+            &loading.object,
+        );
         // Before anything attaches: a way of killing the kernel refuses stops the start here.
         let kill_via = load_kill_way(&mut at, candidates)?;
         for row in table::family(Family::Tracker) {
@@ -216,7 +225,13 @@ impl Loading {
         links_dir: &'a Path,
         vmlinux: &'a crate::btf::Vmlinux,
     ) -> Attacher<'a> {
-        Attacher::new(&mut self.ebpf, &self.btf, links_dir, Some(vmlinux))
+        Attacher::new(
+            &mut self.ebpf,
+            &self.btf,
+            links_dir,
+            Some(vmlinux),
+            &self.object,
+        )
     }
 
     /// Take the trackers' maps; `tier` is the tier that enforces.

@@ -45,6 +45,12 @@ pub struct SelfAttached {
     #[serde(default)]
     pub unavailable: Vec<String>,
     pub error: Option<String>,
+    /// Fallback tier: `bpf()` of tagged processes is refused (`fmod_ret` of `security_bpf`).
+    #[serde(default)]
+    pub bpf_refused: bool,
+    /// Why it is not, on the fallback tier.
+    #[serde(default)]
+    pub bpf_missing: Option<String>,
 }
 
 impl SelfAttached {
@@ -58,15 +64,23 @@ impl SelfAttached {
         if tier == crate::kernel::Tier::BpfLsm {
             return "enforced: every bpf() call of a tagged process is refused (lsm/bpf)".into();
         }
+        if self.bpf_refused {
+            return "enforced: every bpf() call of a tagged process is refused (fmod_ret of \
+                    security_bpf, the function that runs the LSM bpf hook)"
+                .into();
+        }
         if self.attached.iter().any(|h| h == "cap_capable") {
             return "kill: a tagged process whose bpf() call needs a capability dies before it \
                     returns (cap_capable); opening a pin needs one (the pin directory is mode \
                     000), and so does reaching a map or link by id"
                 .into();
         }
-        "not covered: a tagged root process can open guard's pinned maps and links with bpf() \
-         (this kernel has no cap_capable tracepoint, Linux 6.13); guard run trees cannot (seccomp)"
-            .into()
+        format!(
+            "not covered: a tagged root process can open guard's pinned maps and links with \
+             bpf() (this kernel has no cap_capable tracepoint, Linux 6.13, and the fmod_ret \
+             program on security_bpf is not attached: {}); guard run trees cannot (seccomp)",
+            self.bpf_missing.as_deref().unwrap_or("not tried")
+        )
     }
 }
 
@@ -122,7 +136,13 @@ impl SelfMaps {
 
 /// Attach the self-protection programs. Failures are reported, not returned: `guard
 /// status` says what is missing.
-pub fn attach(at: &mut Attacher<'_>, offsets_error: Option<String>) -> SelfAttached {
+/// On the fallback tier (`fallback`), also the `fmod_ret` program that refuses tagged
+/// processes `bpf()`, where the kernel takes it.
+pub fn attach(
+    at: &mut Attacher<'_>,
+    offsets_error: Option<String>,
+    fallback: bool,
+) -> SelfAttached {
     let mut a = SelfAttached::default();
     let mut errors: Vec<String> = offsets_error
         .map(|e| format!("kernel BTF: {e}"))
@@ -140,6 +160,12 @@ pub fn attach(at: &mut Attacher<'_>, offsets_error: Option<String>) -> SelfAttac
     }
     if !errors.is_empty() {
         a.error = Some(errors.join("; "));
+    }
+    for row in table::family(Family::SelfBpf).iter().filter(|_| fallback) {
+        match at.attach(row) {
+            Ok(()) => a.bpf_refused = true,
+            Err(e) => a.bpf_missing = Some(format!("{}: {e}", row.hook())),
+        }
     }
     a
 }

@@ -583,14 +583,20 @@ fn a_hostile_root_agent_tree_cannot_stop_blind_or_rewrite_the_daemon() {
     let st = d.status_json().unwrap();
     let hooks = st["self_protection"]["hooks"].as_array().unwrap().len();
     let bpf_cover = st["self_protection"]["bpf"].as_str().unwrap().to_owned();
-    // cap_capable exists from 6.13; without it, status says bpf() is not covered.
+    // Where the kernel takes fmod_ret programs, bpf() is refused (security_bpf); else the
+    // cap_capable tracepoint (from 6.13) kills; without either, status says bpf() is not
+    // covered.
+    let bpf_refused = bpf_cover.starts_with("enforced");
     let bpf_killed = bpf_cover.starts_with("kill");
-    assert_eq!(
-        hooks,
-        if bpf_killed { 4 } else { 3 },
-        "self-protection hooks attached: {st}"
-    );
-    if !bpf_killed {
+    if std::env::var_os("GUARD_VM").is_some() {
+        // The VM matrix's kernels take trampoline programs.
+        assert!(bpf_refused, "{bpf_cover}");
+    }
+    if bpf_killed {
+        assert_eq!(hooks, 4, "self-protection hooks attached: {st}");
+    }
+    if !bpf_killed && !bpf_refused {
+        assert_eq!(hooks, 3, "self-protection hooks attached: {st}");
         assert!(
             bpf_cover.starts_with("not covered") && bpf_cover.contains("6.13"),
             "{bpf_cover}"
@@ -667,6 +673,47 @@ fn a_hostile_root_agent_tree_cannot_stop_blind_or_rewrite_the_daemon() {
     let grab = dir.path().join("bpf.py");
     std::fs::write(&grab, BPF_GRAB).unwrap();
     let tags_pin = d.pin_dir.join("maps/GUARD_TAGS");
+    if bpf_refused {
+        for how in ["pin", "id"] {
+            let out = agent_shell(
+                &claude,
+                &format!(
+                    "python3 {} {how} {} delete",
+                    grab.display(),
+                    tags_pin.display()
+                ),
+            );
+            assert!(
+                !killed(&out) && String::from_utf8_lossy(&out.stdout).contains("fd -1"),
+                "bpf() by {how}: {}",
+                text(&out)
+            );
+        }
+        event(&d, "the bpf() refusal", |e| {
+            e["kind"] == "self_protect"
+                && e["hook"] == "security_bpf"
+                && e["result"] == "denied"
+                && e["ancestry"].as_array().is_some_and(|a| !a.is_empty())
+        });
+        assert!(
+            d.tag_of(sleeper.pid()).is_some(),
+            "the tree is still tagged"
+        );
+    }
+    if bpf_refused || bpf_killed {
+        // Untagged root opens the same pin.
+        let out = output({
+            let mut c = Command::new("python3");
+            c.args([grab.to_str().unwrap(), "pin", tags_pin.to_str().unwrap()]);
+            c
+        });
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            stdout.starts_with("fd ") && !stdout.starts_with("fd -"),
+            "untagged: {}",
+            text(&out)
+        );
+    }
     if bpf_killed {
         for how in ["pin", "id"] {
             let out = agent_shell(
@@ -689,18 +736,6 @@ fn a_hostile_root_agent_tree_cannot_stop_blind_or_rewrite_the_daemon() {
         assert!(
             d.tag_of(sleeper.pid()).is_some(),
             "the tree is still tagged"
-        );
-        // Untagged root opens the same pin.
-        let out = output({
-            let mut c = Command::new("python3");
-            c.args([grab.to_str().unwrap(), "pin", tags_pin.to_str().unwrap()]);
-            c
-        });
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            stdout.starts_with("fd ") && !stdout.starts_with("fd -"),
-            "untagged: {}",
-            text(&out)
         );
     }
 

@@ -113,27 +113,34 @@ pub fn guard_lsm_socket_create(ctx: LsmContext) -> i32 {
 /// listening socket the kernel found, whatever spelling, symlink or hard link led to it.
 #[lsm(hook = "unix_stream_connect")]
 pub fn guard_lsm_unix_stream_connect(ctx: LsmContext) -> i32 {
-    let other: *const u8 = ctx.arg(1);
-    net_verdict(try_unix_peer(
-        other,
-        SOCK_STREAM,
-        hook::LSM_UNIX_STREAM_CONNECT,
-    ))
+    unix_stream_connect(ctx.arg(1), hook::LSM_UNIX_STREAM_CONNECT)
 }
 
 /// `unix_may_send(struct socket *sock, struct socket *other)`: the peer of a datagram.
 #[lsm(hook = "unix_may_send")]
 pub fn guard_lsm_unix_may_send(ctx: LsmContext) -> i32 {
+    unix_may_send(ctx.arg(1), hook::LSM_UNIX_MAY_SEND)
+}
+
+/// The decision on a stream connect to `other` (a `struct sock`): 0 or `-EPERM`. Shared with
+/// the fallback tier's `fmod_ret` program (`probes/peer.rs`).
+#[inline(always)]
+pub(super) fn unix_stream_connect(other: *const u8, hook: u32) -> i32 {
+    net_verdict(try_unix_peer(other, SOCK_STREAM, hook))
+}
+
+/// The decision on a datagram to `other` (a `struct socket`): 0 or `-EPERM`.
+#[inline(always)]
+pub(super) fn unix_may_send(other: *const u8, hook: u32) -> i32 {
     if !is_tagged() {
         return 0;
     }
-    let other: *const u8 = ctx.arg(1);
     let lo = lsm_offsets();
     if lo.valid == 0 || other.is_null() {
         return net_verdict(Err(-1));
     }
     match read::<*const u8>(other, lo.socket_sk) {
-        Ok(sk) => net_verdict(try_unix_peer(sk, SOCK_DGRAM, hook::LSM_UNIX_MAY_SEND)),
+        Ok(sk) => net_verdict(try_unix_peer(sk, SOCK_DGRAM, hook)),
         Err(e) => net_verdict(Err(e)),
     }
 }
@@ -689,15 +696,16 @@ pub fn guard_lsm_ptrace_access_check(ctx: LsmContext) -> i32 {
 /// load, attach, detach and read nothing.
 #[lsm(hook = "bpf")]
 pub fn guard_lsm_bpf(ctx: LsmContext) -> i32 {
-    let cmd: i32 = ctx.arg(0);
+    bpf_call(ctx.arg(0), guard_common::selfprot::op::LSM_BPF)
+}
+
+/// A `bpf()` call with command `cmd`: refused (`-EPERM`, recorded as `op`) for a tagged
+/// process. Shared with the fallback tier's `fmod_ret` program (`probes/modify_return.rs`).
+#[inline(always)]
+pub(super) fn bpf_call(cmd: i32, op: u32) -> i32 {
     let Some(Caller { tag, .. }) = tagged() else {
         return 0;
     };
-    refuse_self(
-        &tag,
-        guard_common::selfprot::op::LSM_BPF,
-        cmd as u32,
-        daemon_tgid(),
-    );
+    refuse_self(&tag, op, cmd as u32, daemon_tgid());
     -EPERM
 }

@@ -5,6 +5,7 @@ pub mod file;
 pub mod guard_self;
 pub mod lsm;
 pub mod net;
+pub mod modify_return;
 pub mod process;
 pub mod recognise;
 pub mod secret;

@@ -52,11 +52,13 @@ pub fn load(
                 .map(|(p, _)| *p)
                 .collect(),
             unix_missing: None,
+            unix_peer: false,
+            unix_peer_missing: None,
             lsm: lsm.hooks.iter().any(|h| h == "socket_connect"),
             raw: net::RawCoverage::All,
             egress_missing: None,
         },
-        None => net::attach(&mut at, &offsets.unix)?,
+        None => net::attach(&mut at, &offsets)?,
     };
     // The unix programs are relocated against every map of the object: maps are taken only
     // after them.
@@ -82,7 +84,7 @@ pub fn load(
             name: guard_common::maps::SELF_STATE,
             source,
         })?;
-    let self_attached = selfprot::attach(&mut at, offsets.self_error.clone());
+    let self_attached = selfprot::attach(&mut at, offsets.self_error.clone(), lsm.is_none());
     let secret_reads = attach_secret_reads(&mut at, lsm.is_some(), opts.fallback_read_scan);
     let deferred = if lsm.is_some() {
         Vec::new()
@@ -182,7 +184,15 @@ fn report(kernel: &Kernel, net: &net::Attached, guard_self: &selfprot::SelfAttac
         None => info!(hooks = ?guard_self.attached, "self-protection attached"),
         Some(e) => error!(error = %e, "self-protection is NOT fully attached"),
     }
-    if let Some(why) = &net.unix_missing {
-        warn!("unix socket rules are not enforced: {why}");
+    match (&net.unix_missing, net.unix_peer) {
+        (Some(why), false) => warn!("unix socket rules are not enforced: {why}"),
+        (Some(why), true) => warn!("abstract unix socket names are not covered: {why}"),
+        _ => {}
+    }
+    if let Some(why) = &net.unix_peer_missing {
+        warn!(
+            "unix socket rules hold for names only (not for links made to a socket): the peer \
+             check is not attached: {why}"
+        );
     }
 }

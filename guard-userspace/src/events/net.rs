@@ -162,6 +162,8 @@ pub fn details(ev: &NetEvent, labels: &dyn NetLabels) -> NetDetails {
             hook::LSM_UNIX_MAY_SEND => "lsm_unix_may_send",
             hook::EGRESS4 => "egress4",
             hook::EGRESS6 => "egress6",
+            hook::PEER_UNIX_STREAM_CONNECT => "unix_stream_connect",
+            hook::PEER_UNIX_MAY_SEND => "unix_may_send",
             _ => "sendmsg_unix",
         },
     }

@@ -33,6 +33,7 @@ pub fn decode(raw: &[u8], _ctx: &DecodeCtx<'_>) -> Result<Decoded, DecodeError> 
         ),
         op::LSM_PTRACE => ("ptrace".to_owned(), "lsm_ptrace_access_check"),
         op::LSM_BPF => (format!("bpf command {}", ev.signal), "lsm_bpf"),
+        op::FMOD_BPF => (format!("bpf command {}", ev.signal), "security_bpf"),
         op::BPF_CAP => (
             format!("bpf() needing capability {}", cap_name(ev.signal)),
             "cap_capable",
@@ -59,7 +60,7 @@ pub fn decode(raw: &[u8], _ctx: &DecodeCtx<'_>) -> Result<Decoded, DecodeError> 
         hook: Some(hook.to_owned()),
     });
     d.object = Some(Object {
-        path: Some(if ev.op == op::LSM_BPF || ev.op == op::BPF_CAP {
+        path: Some(if matches!(ev.op, op::LSM_BPF | op::FMOD_BPF | op::BPF_CAP) {
             "bpf()".to_owned()
         } else if ev.op == op::LSM_THAW {
             format!("process {} of a held agent tree", ev.target_tgid)

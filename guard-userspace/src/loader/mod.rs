@@ -1,13 +1,14 @@
 //! One loader for every program: the table ([`table`]) declares each program once, and
 //! [`Attacher::attach`] is the only load → attach → pin sequence, whatever the kind (BTF
-//! tracepoint, LSM hook, fexit, cgroup sock_addr/sock_create/device, unix sock_addr loaded by hand).
+//! tracepoint, LSM hook, fentry/fexit, cgroup sock_addr/sock_create/device, and the unix
+//! sock_addr and fmod_ret programs loaded by hand).
 //! Subsystems say which rows they want and report the results their own way; nothing else
 //! calls `program_mut`, `load`, `attach` or pins a link.
 
+mod by_hand;
 pub mod kfunc;
 mod sys;
 pub mod table;
-mod unix;
 
 use std::{
     fs::File,
@@ -26,7 +27,7 @@ use aya::{
 };
 pub use sys::{
     Link, bpf_attach_type, link_create, link_program_id, obj_get, obj_pin, pin_replacing,
-    sys_bpf_fd, zeroed_attr,
+    sys_bpf_fd, tracing_link, zeroed_attr,
 };
 pub use table::{Family, Kind, Need, Row};
 
@@ -42,8 +43,8 @@ pub enum AttachError {
     NoHook,
     #[error("{0}")]
     Load(String),
-    #[error("unix socket program refused by the kernel ({}):\n{log}", errno_name(*.errno))]
-    UnixLoad { errno: i32, log: String },
+    #[error("program refused by the kernel ({}){}", errno_name(*.errno), verifier_log(log))]
+    ByHandLoad { errno: i32, log: String },
     #[error("attach: {0}")]
     Attach(String),
     #[error("pinning link {path}: {source}")]
@@ -60,8 +61,17 @@ pub enum AttachError {
         #[source]
         source: io::Error,
     },
-    #[error("unix socket programs: {0}")]
-    UnixObject(String),
+    #[error("relocating the object for the programs loaded by hand: {0}")]
+    ByHandObject(String),
+}
+
+/// The verifier's log after a colon, or nothing when the kernel refused before verifying.
+fn verifier_log(log: &str) -> String {
+    if log.trim().is_empty() {
+        String::new()
+    } else {
+        format!(":\n{log}")
+    }
 }
 
 fn errno_name(errno: i32) -> String {
@@ -134,16 +144,20 @@ pub struct Attacher<'a> {
     links_dir: &'a Path,
     cgroup: Option<File>,
     vmlinux: Option<&'a crate::btf::Vmlinux>,
-    unix: Option<aya_obj::Object>,
+    /// The object aya loaded (kfunc calls patched), for the programs loaded by hand.
+    object: &'a [u8],
+    by_hand: Option<aya_obj::Object>,
 }
 
 impl<'a> Attacher<'a> {
-    /// `vmlinux` answers which LSM hooks the kernel has (needed for LSM rows only).
+    /// `vmlinux` answers which LSM hooks the kernel has (needed for LSM rows only); `object`
+    /// is the object `ebpf` was loaded from.
     pub fn new(
         ebpf: &'a mut Ebpf,
         btf: &'a Btf,
         links_dir: &'a Path,
         vmlinux: Option<&'a crate::btf::Vmlinux>,
+        object: &'a [u8],
     ) -> Self {
         Self {
             ebpf,
@@ -151,7 +165,8 @@ impl<'a> Attacher<'a> {
             links_dir,
             cgroup: None,
             vmlinux,
-            unix: None,
+            object,
+            by_hand: None,
         }
     }
 
@@ -202,15 +217,19 @@ impl<'a> Attacher<'a> {
             }
             Kind::Unix(attach) => {
                 let cgroup = self.cgroup()?;
-                if self.unix.is_none() {
-                    self.unix =
-                        Some(unix::relocated(OBJECT, self.ebpf).map_err(AttachError::UnixObject)?);
-                }
-                let obj = self.unix.as_ref().expect("set above");
-                let prog = unix::load(obj, row.name, attach)
-                    .map_err(|(errno, log)| AttachError::UnixLoad { errno, log })?;
+                let prog = self.load_by_hand(row, by_hand::Target::Cgroup(attach))?;
                 let link = link_create(prog.as_fd(), cgroup.as_fd(), attach)
                     .map_err(|e| AttachError::Attach(format!("attaching to the cgroup: {e}")))?;
+                Link::Raw(link)
+            }
+            Kind::FModRet(function) => {
+                let id = self
+                    .btf
+                    .id_by_type_name_kind(function, aya_obj::btf::BtfKind::Func)
+                    .map_err(|_| AttachError::NoHook)?;
+                let prog = self.load_by_hand(row, by_hand::Target::ModifyReturn(id))?;
+                let link = tracing_link(prog.as_fd())
+                    .map_err(|e| AttachError::Attach(format!("bpf_raw_tracepoint_open: {e}")))?;
                 Link::Raw(link)
             }
         };
@@ -246,6 +265,22 @@ impl<'a> Attacher<'a> {
                 "only tracing programs are loaded ahead of attaching".into(),
             )),
         }
+    }
+
+    /// Load `row`'s program from the object relocated against the loaded maps.
+    fn load_by_hand(
+        &mut self,
+        row: &Row,
+        target: by_hand::Target,
+    ) -> Result<std::os::fd::OwnedFd, AttachError> {
+        if self.by_hand.is_none() {
+            let obj = by_hand::relocated(self.object, self.ebpf)
+                .map_err(AttachError::ByHandObject)?;
+            self.by_hand = Some(obj);
+        }
+        let obj = self.by_hand.as_ref().expect("set above");
+        by_hand::load(obj, row.name, target)
+            .map_err(|(errno, log)| AttachError::ByHandLoad { errno, log })
     }
 
     fn cgroup(&mut self) -> Result<File, AttachError> {

@@ -63,6 +63,16 @@ pub fn link_create(
     sys_bpf_fd(bpf_cmd::BPF_LINK_CREATE, &mut attr)
 }
 
+/// `BPF_RAW_TRACEPOINT_OPEN` without a name: the link of a tracing program (`fentry`,
+/// `fexit`, `fmod_ret`) to the kernel function it was loaded for.
+pub fn tracing_link(prog: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    let mut attr = zeroed_attr();
+    // SAFETY: BPF_RAW_TRACEPOINT_OPEN reads this member; it holds only integers (name 0).
+    let open = unsafe { &mut attr.raw_tracepoint };
+    open.prog_fd = prog.as_raw_fd() as u32;
+    sys_bpf_fd(bpf_cmd::BPF_RAW_TRACEPOINT_OPEN, &mut attr)
+}
+
 /// `BPF_OBJ_PIN`: pin the object behind `fd` at `path`.
 pub fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
     let c = c_path(path)?;

@@ -17,6 +17,9 @@ pub enum Kind {
     FExit(&'static str),
     /// `fentry/<kernel function>`.
     FEntry(&'static str),
+    /// `fmod_ret/<kernel function>` (a `security_*` function): compiled in an `fentry`
+    /// section, loaded by hand with the modify-return attach type (`by_hand.rs`).
+    FModRet(&'static str),
     /// cgroup `sock_addr` (connect4/6, sendmsg4/6) on the cgroup v2 root.
     SockAddr,
     /// cgroup `sock_create` on the cgroup v2 root.
@@ -26,7 +29,7 @@ pub enum Kind {
     /// cgroup `device` on the cgroup v2 root (a link aya 0.14 cannot pin: made by hand).
     Device,
     /// cgroup `sock_addr` for unix sockets (Linux ≥ 6.7), an attach type aya 0.14 lacks:
-    /// loaded from the object by hand (`unix.rs`).
+    /// loaded from the object by hand (`by_hand.rs`).
     Unix(bpf_attach_type),
 }
 
@@ -46,6 +49,8 @@ pub enum Family {
     FileDevice,
     /// Signals and ptrace aimed at the daemon (both tiers).
     SelfProtect,
+    /// `bpf()` of tagged processes refused on the fallback tier (`fmod_ret`).
+    SelfBpf,
     /// The bpf-lsm tier's hooks.
     LsmNet,
     LsmFile,
@@ -96,6 +101,7 @@ impl Family {
             Self::SelfProtect | Self::LsmSelf => {
                 allow("the signal or trace is not stopped", "probe_errors")
             }
+            Self::SelfBpf => allow("the bpf() call goes through", "probe_errors"),
             Self::LsmDeputy => allow("the keystroke or capability is not refused", "probe_errors"),
             Self::SecretReads => allow("a file read is not scanned for secrets", "probe_errors"),
             Self::Deferred => allow(
@@ -116,6 +122,7 @@ impl Family {
             Self::FileDevice => "raw block devices",
             Self::LsmFile => "files (LSM)",
             Self::SelfProtect => "self-protection",
+            Self::SelfBpf => "bpf() refused (fmod_ret)",
             Self::LsmSelf => "self-protection (LSM)",
             Self::LsmDeputy => "no deputies (LSM)",
             Self::SecretReads => "secret scan of reads",
@@ -123,7 +130,7 @@ impl Family {
         }
     }
 
-    pub const ALL: [Self; 12] = [
+    pub const ALL: [Self; 13] = [
         Self::Tracker,
         Self::Killer,
         Self::Net,
@@ -132,6 +139,7 @@ impl Family {
         Self::FileDevice,
         Self::LsmFile,
         Self::SelfProtect,
+        Self::SelfBpf,
         Self::LsmSelf,
         Self::LsmDeputy,
         Self::SecretReads,
@@ -151,9 +159,12 @@ impl Family {
     pub fn serves(self) -> Serves {
         match self {
             Self::Tracker | Self::FileDevice | Self::SelfProtect => Serves::Both,
-            Self::Killer | Self::Net | Self::FileDetect | Self::SecretReads | Self::Deferred => {
-                Serves::Fallback
-            }
+            Self::Killer
+            | Self::Net
+            | Self::FileDetect
+            | Self::SecretReads
+            | Self::Deferred
+            | Self::SelfBpf => Serves::Fallback,
             Self::LsmNet | Self::LsmFile | Self::LsmSelf | Self::LsmDeputy => Serves::BpfLsm,
         }
     }
@@ -201,6 +212,7 @@ impl Row {
             Kind::Lsm(hook) => format!("lsm/{hook}"),
             Kind::FExit(function) => format!("fexit/{function}"),
             Kind::FEntry(function) => format!("fentry/{function}"),
+            Kind::FModRet(function) => format!("fmod_ret/{function}"),
             Kind::SockAddr | Kind::Unix(_) => format!("cgroup/{}", self.name),
             Kind::SockCreate => "cgroup/sock_create".into(),
             Kind::Egress => "cgroup_skb/egress".into(),
@@ -305,6 +317,14 @@ pub fn table() -> Vec<Row> {
         F::Net,
         WhereHookExists,
     ));
+    for (name, function) in programs::PEER_UNIX {
+        rows.push(Row::new(
+            name,
+            Kind::FModRet(function),
+            F::Net,
+            WhereHookExists,
+        ));
+    }
     for (name, tp) in file_programs::TRACEPOINTS {
         rows.push(Row::new(name, Kind::TpBtf(tp), F::FileDetect, Optional));
     }
@@ -317,6 +337,12 @@ pub fn table() -> Vec<Row> {
     for (name, tp) in self_programs::TRACEPOINTS {
         rows.push(Row::new(name, Kind::TpBtf(tp), F::SelfProtect, Optional));
     }
+    rows.push(Row::new(
+        programs::SELF_BPF,
+        Kind::FModRet(programs::SELF_BPF_FUNCTION),
+        F::SelfBpf,
+        WhereHookExists,
+    ));
     for (family, list) in [
         (F::LsmNet, &lsm_programs::NET[..]),
         (F::LsmFile, &lsm_programs::FILE[..]),

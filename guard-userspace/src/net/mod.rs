@@ -25,11 +25,11 @@ use aya::{
 use guard_common::{
     Tag, maps,
     net::{Ip4Data, Ip6Data, NetRule, RuleSet, UnixKey},
-    offsets::UnixOffsets,
 };
 
 pub use controller::{NetConfig, NetHandle};
 
+use crate::btf::Offsets;
 use crate::loader::{
     Attacher,
     table::{self, Family, Kind},
@@ -75,8 +75,13 @@ pub struct NetMaps {
 pub struct Attached {
     /// Program names attached to the cgroup.
     pub programs: Vec<&'static str>,
-    /// Why the unix programs are not attached, if they are not.
+    /// Why the cgroup unix programs (names) are not attached, if they are not.
     pub unix_missing: Option<String>,
+    /// The fallback tier's unix peer programs (`fmod_ret`) are attached: unix rules hold for
+    /// the socket file the kernel resolved, whatever name led to it.
+    pub unix_peer: bool,
+    /// Why they are not, on the fallback tier.
+    pub unix_peer_missing: Option<String>,
     /// The programs are the bpf-lsm tier's `socket_connect`/`socket_sendmsg`.
     pub lsm: bool,
     /// What the raw-socket rule covers (`guard status`).
@@ -113,20 +118,37 @@ impl RawCoverage {
 /// Attach the fallback tier's network programs to the cgroup v2 root. The raw-socket
 /// program is optional (its absence is reported in [`Attached::raw`]); the unix programs are
 /// attached where the kernel has unix hooks (≥ 6.7), their absence reported in
-/// [`Attached::unix_missing`]; any other failure is an error.
-pub fn attach(at: &mut Attacher<'_>, unix: &UnixOffsets) -> Result<Attached, NetError> {
+/// [`Attached::unix_missing`]; the unix peer programs where the kernel takes `fmod_ret`
+/// programs, their absence reported in [`Attached::unix_peer_missing`]; any other failure is
+/// an error.
+pub fn attach(at: &mut Attacher<'_>, offsets: &Offsets) -> Result<Attached, NetError> {
     let mut attached = Attached {
         raw: RawCoverage::Inet,
         ..Attached::default()
     };
     for row in table::family(Family::Net) {
-        if matches!(row.kind, Kind::Unix(_)) && unix.valid == 0 {
+        if matches!(row.kind, Kind::Unix(_)) && offsets.unix.valid == 0 {
             attached.unix_missing =
                 Some("this kernel has no unix sock_addr hooks (needs Linux >= 6.7)".into());
             continue;
         }
+        if matches!(row.kind, Kind::FModRet(_)) && offsets.lsm.valid * offsets.file.valid == 0 {
+            attached.unix_peer_missing =
+                Some("kernel BTF lacks a struct field the unix peer check reads".into());
+            continue;
+        }
         match (at.attach(&row), row.kind) {
+            (Ok(()), Kind::FModRet(_)) => {
+                attached.programs.push(row.name);
+                attached.unix_peer = true;
+            }
             (Ok(()), _) => attached.programs.push(row.name),
+            (Err(e), Kind::FModRet(_)) => {
+                // Both or neither: the peer check stands only with both programs.
+                attached
+                    .unix_peer_missing
+                    .get_or_insert_with(|| format!("{}: {e}", row.hook()));
+            }
             (Err(e), Kind::SockCreate) => attached.raw = RawCoverage::Missing(e.to_string()),
             (Err(e), Kind::Egress) => attached.egress_missing = Some(e.to_string()),
             (Err(source), _) => {
@@ -137,6 +159,7 @@ pub fn attach(at: &mut Attacher<'_>, unix: &UnixOffsets) -> Result<Attached, Net
             }
         }
     }
+    attached.unix_peer &= attached.unix_peer_missing.is_none();
     Ok(attached)
 }
 

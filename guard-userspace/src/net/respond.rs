@@ -127,7 +127,7 @@ pub fn reason_line(d: &crate::events::net::NetDetails) -> String {
         ("create a", kind)
     } else if d.hook.starts_with("sendmsg")
         || d.hook == "lsm_socket_sendmsg"
-        || d.hook == "lsm_unix_may_send"
+        || d.hook.ends_with("unix_may_send")
     {
         ("send to", destination(dest))
     } else {

@@ -1,12 +1,14 @@
-//! Loading the unix socket programs (`connect_unix`, `sendmsg_unix`, Linux ≥ 6.7), which aya
-//! 0.14 cannot: it has no `BPF_CGROUP_UNIX_CONNECT`/`BPF_CGROUP_UNIX_SENDMSG` attach type.
+//! Loading the programs aya 0.14 cannot: the unix socket programs (`connect_unix`,
+//! `sendmsg_unix`, Linux ≥ 6.7: aya has no `BPF_CGROUP_UNIX_CONNECT`/`BPF_CGROUP_UNIX_SENDMSG`
+//! attach type) and modify-return (`fmod_ret`) programs, which it has no program type for.
 //!
-//! The programs are compiled with the others, in a `cgroup/connect4` section that aya-obj
-//! parses (aya never loads them). Here the object is parsed again with aya-obj, its map
+//! The programs are compiled with the others, in sections aya-obj parses (`cgroup/connect4`,
+//! `fentry/…`; aya never loads them). Here the object is parsed again with aya-obj, its map
 //! references are relocated against the file descriptors of the maps aya already created for
 //! the loaded [`Ebpf`] (the same maps, globals included, so both sets of programs share
-//! state), its calls are linked, and the result is loaded with `BPF_PROG_LOAD` and the unix
-//! expected attach type. The loader attaches and pins it like every other link.
+//! state), its calls are linked, and the result is loaded with `BPF_PROG_LOAD` and the
+//! program type and expected attach type it is really for. The loader attaches and pins it
+//! like every other link.
 
 use std::{
     collections::HashSet,
@@ -52,19 +54,24 @@ pub fn relocated(object: &[u8], ebpf: &Ebpf) -> Result<Object, String> {
     Ok(obj)
 }
 
-/// Load program `name` of the relocated object with the unix `attach` type.
+/// What a program loaded by hand is for.
+#[derive(Clone, Copy, Debug)]
+pub enum Target {
+    /// A cgroup `sock_addr` program with this attach type.
+    Cgroup(bpf_attach_type),
+    /// `fmod_ret` of the kernel function with this BTF id.
+    ModifyReturn(u32),
+}
+
+/// Load program `name` of the relocated object for `target`.
 /// `Err((errno, verifier log tail))`.
-pub fn load(
-    obj: &Object,
-    name: &'static str,
-    attach: bpf_attach_type,
-) -> Result<OwnedFd, (i32, String)> {
+pub fn load(obj: &Object, name: &'static str, target: Target) -> Result<OwnedFd, (i32, String)> {
     let prog = obj
         .programs
         .get(name)
         .ok_or((libc::ENOENT, format!("program {name} is missing")))?;
     let insns = &obj.functions[&prog.function_key()].instructions;
-    prog_load(name, insns, attach)
+    prog_load(name, insns, target)
 }
 
 /// The descriptor of one of aya's maps.
@@ -87,15 +94,25 @@ fn map_fd(map: &Map) -> Result<i32, String> {
 fn prog_load(
     name: &'static str,
     insns: &[bpf_insn],
-    attach: bpf_attach_type,
+    target: Target,
 ) -> Result<OwnedFd, (i32, String)> {
     let attempt = |log: Option<&mut Vec<u8>>| {
         let mut attr = zeroed_attr();
         // SAFETY: BPF_PROG_LOAD reads this union member; the instructions, the license, the
         // name and the log outlive the syscall.
         let load = unsafe { &mut attr.__bindgen_anon_3 };
-        load.prog_type = bpf_prog_type::BPF_PROG_TYPE_CGROUP_SOCK_ADDR as u32;
-        load.expected_attach_type = attach as u32;
+        match target {
+            Target::Cgroup(attach) => {
+                load.prog_type = bpf_prog_type::BPF_PROG_TYPE_CGROUP_SOCK_ADDR as u32;
+                load.expected_attach_type = attach as u32;
+            }
+            Target::ModifyReturn(btf_id) => {
+                load.prog_type = bpf_prog_type::BPF_PROG_TYPE_TRACING as u32;
+                load.expected_attach_type = bpf_attach_type::BPF_MODIFY_RETURN as u32;
+                // A vmlinux function: no module BTF descriptor.
+                load.attach_btf_id = btf_id;
+            }
+        }
         load.insns = insns.as_ptr() as u64;
         load.insn_cnt = u32::try_from(insns.len()).unwrap_or(u32::MAX);
         load.license = c"GPL".as_ptr() as u64;
