@@ -191,6 +191,16 @@ pub mod programs {
     /// process refused, as the bpf-lsm tier's `bpf` hook does.
     pub const SELF_BPF: &str = "guard_fmod_bpf";
     pub const SELF_BPF_FUNCTION: &str = "security_bpf";
+    /// `fmod_ret` on the fallback tier: no deputies (process access, keystrokes into
+    /// terminals), as the bpf-lsm tier's `ptrace_access_check` and `file_ioctl` hooks do.
+    pub const DEPUTY_PTRACE: &str = "guard_fmod_ptrace";
+    pub const DEPUTY_IOCTL: &str = "guard_fmod_ioctl";
+    pub const DEPUTY_IOCTL_COMPAT: &str = "guard_fmod_ioctl_compat";
+    pub const DEPUTY: [(&str, &str); 3] = [
+        (DEPUTY_PTRACE, "security_ptrace_access_check"),
+        (DEPUTY_IOCTL, "security_file_ioctl"),
+        (DEPUTY_IOCTL_COMPAT, "security_file_ioctl_compat"),
+    ];
 }
 
 /// [`crate::offsets::LsmOffsets`] global.
@@ -426,7 +436,7 @@ pub const GLOBALS: [&str; 7] = [
 ];
 
 /// Every program of the kernel object, by function name.
-pub const ALL_PROGRAMS: [&str; 59] = [
+pub const ALL_PROGRAMS: [&str; 62] = [
     programs::FORK,
     programs::EXEC,
     programs::CGROUP_JOIN,
@@ -448,6 +458,9 @@ pub const ALL_PROGRAMS: [&str; 59] = [
     programs::PEER_UNIX_CONNECT,
     programs::PEER_UNIX_SEND,
     programs::SELF_BPF,
+    programs::DEPUTY_PTRACE,
+    programs::DEPUTY_IOCTL,
+    programs::DEPUTY_IOCTL_COMPAT,
     programs::KILL_AFTER_SOCK_ADDR,
     programs::KILL_AFTER_SOCK_CREATE,
     programs::SYS_EXIT,

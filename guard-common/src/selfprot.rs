@@ -50,6 +50,9 @@ pub mod op {
     /// Fallback tier: a `bpf()` call refused by the `fmod_ret` program on `security_bpf`
     /// (`signal` holds the command).
     pub const FMOD_BPF: u32 = 9;
+    /// Fallback tier: ptrace, `/proc/PID/mem` or `process_vm_*` access refused by the
+    /// `fmod_ret` program on `security_ptrace_access_check` (`signal` holds the mode bits).
+    pub const FMOD_PTRACE: u32 = 10;
 }
 
 /// `EventKind::SelfProtect`.

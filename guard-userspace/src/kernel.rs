@@ -271,6 +271,7 @@ impl Loading {
             keeper: None,
             secret_reads: String::new(),
             deferred: Vec::new(),
+            deputy_fmod: Vec::new(),
             _ebpf: self.ebpf,
         })
     }
@@ -341,6 +342,8 @@ pub struct Kernel {
     pub secret_reads: String,
     /// The fallback tier's deferred-execution hooks that attached (`fentry/…`).
     pub deferred: Vec<String>,
+    /// The fallback tier's no-deputies hooks that attached (`fmod_ret/…`).
+    pub deputy_fmod: Vec<String>,
     /// Keeps the programs' file descriptors for the daemon's lifetime.
     _ebpf: Ebpf,
 }

@@ -545,7 +545,10 @@ fn unix_socket_spellings_all_meet_the_rule() {
                 && (e["hook"] == "connect_unix" || e["hook"] == "unix_stream_connect")
         });
         assert!(
-            evs.iter().filter(|e| e["hook"] == "unix_stream_connect").count() >= 2
+            evs.iter()
+                .filter(|e| e["hook"] == "unix_stream_connect")
+                .count()
+                >= 2
                 && evs.iter().all(|e| e["destination"]["unix_path"]
                     .as_str()
                     .is_some_and(|p| p.ends_with("app.sock"))

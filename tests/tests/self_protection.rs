@@ -630,43 +630,79 @@ fn a_hostile_root_agent_tree_cannot_stop_blind_or_rewrite_the_daemon() {
         assert!(d.status_json().is_some_and(|s| s["daemon_pid"] == pid));
     }
 
-    // 2. strace -p (PTRACE_SEIZE): the tracer dies at its first wait; the daemon resumes.
-    let out = agent_shell(
-        &claude,
-        &format!("strace -f -p {pid} -o /dev/null; echo survived"),
-    );
-    assert!(
-        !String::from_utf8_lossy(&out.stdout).contains("survived")
-            || String::from_utf8_lossy(&out.stderr).contains("Killed"),
-        "strace: {}",
-        text(&out)
-    );
-    // Where the kernel has the cap_capable tracepoint, the capability ceiling may kill the
-    // tracer first, in its ptrace call: killed either way, and recorded.
-    event(&d, "the tracer's kill", |e| {
-        e["result"] == "killed"
-            && e["process"]["comm"] == "strace"
-            && ((e["kind"] == "self_protect" && e["hook"] == "sched_process_wait")
-                || (e["rule"] == "guard:capability-ceiling"
-                    && e["object"]["operation"]
-                        .as_str()
-                        .is_some_and(|o| o.contains("CAP_SYS_PTRACE"))))
-    });
-    wait_for("the daemon to be untraced", Duration::from_secs(10), || {
-        free(pid)
-    });
-    // PTRACE_ATTACH (as gdb does): the SIGSTOP it sends gives it away at once.
-    let out = agent_shell(
-        &claude,
-        &format!(
-            "python3 -c 'import ctypes; print(ctypes.CDLL(None).ptrace(16, {pid}, 0, 0), flush=True); import time; time.sleep(5)'"
-        ),
-    );
-    assert!(killed(&out), "PTRACE_ATTACH: {}", text(&out));
-    wait_for("the daemon to be untraced", Duration::from_secs(10), || {
-        free(pid)
-    });
-    assert!(d.status_json().is_some_and(|s| s["daemon_pid"] == pid));
+    // 2. Tracing the daemon. Where the kernel takes fmod_ret programs,
+    // security_ptrace_access_check refuses it outright (EPERM, nothing happens).
+    let ptrace_refused = st["deputies"]["rules"]
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["name"] == "guard:process-access"))
+        .and_then(|r| r["mechanism"].as_str())
+        .is_some_and(|m| m.starts_with("enforced: fmod_ret"));
+    if std::env::var_os("GUARD_VM").is_some() {
+        assert!(ptrace_refused, "{}", st["deputies"]);
+    }
+    if ptrace_refused {
+        let out = agent_shell(
+            &claude,
+            &format!(
+                "strace -f -p {pid} -o /dev/null; python3 -c 'import ctypes; l = ctypes.CDLL(None, use_errno=True); print(\"attach\", l.ptrace(16, {pid}, 0, 0), ctypes.get_errno(), flush=True)'; echo survived"
+            ),
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.contains("attach -1 1\n") && stdout.contains("survived"),
+            "ptrace of the daemon: {}",
+            text(&out)
+        );
+        event(&d, "the ptrace refusal", |e| {
+            e["kind"] == "self_protect"
+                && e["hook"] == "security_ptrace_access_check"
+                && e["result"] == "denied"
+                && e["ancestry"].as_array().is_some_and(|a| !a.is_empty())
+        });
+        assert!(
+            free(pid).is_some(),
+            "the daemon is neither stopped nor traced"
+        );
+    }
+    if !ptrace_refused {
+        // strace -p (PTRACE_SEIZE): the tracer dies at its first wait; the daemon resumes.
+        let out = agent_shell(
+            &claude,
+            &format!("strace -f -p {pid} -o /dev/null; echo survived"),
+        );
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).contains("survived")
+                || String::from_utf8_lossy(&out.stderr).contains("Killed"),
+            "strace: {}",
+            text(&out)
+        );
+        // Where the kernel has the cap_capable tracepoint, the capability ceiling may kill the
+        // tracer first, in its ptrace call: killed either way, and recorded.
+        event(&d, "the tracer's kill", |e| {
+            e["result"] == "killed"
+                && e["process"]["comm"] == "strace"
+                && ((e["kind"] == "self_protect" && e["hook"] == "sched_process_wait")
+                    || (e["rule"] == "guard:capability-ceiling"
+                        && e["object"]["operation"]
+                            .as_str()
+                            .is_some_and(|o| o.contains("CAP_SYS_PTRACE"))))
+        });
+        wait_for("the daemon to be untraced", Duration::from_secs(10), || {
+            free(pid)
+        });
+        // PTRACE_ATTACH (as gdb does): the SIGSTOP it sends gives it away at once.
+        let out = agent_shell(
+            &claude,
+            &format!(
+                "python3 -c 'import ctypes; print(ctypes.CDLL(None).ptrace(16, {pid}, 0, 0), flush=True); import time; time.sleep(5)'"
+            ),
+        );
+        assert!(killed(&out), "PTRACE_ATTACH: {}", text(&out));
+        wait_for("the daemon to be untraced", Duration::from_secs(10), || {
+            free(pid)
+        });
+        assert!(d.status_json().is_some_and(|s| s["daemon_pid"] == pid));
+    }
 
     // 3. bpf(): the tag map by its pin or by id, to delete the agent's own tag. The call's
     // capability check kills the caller before it has the descriptor.

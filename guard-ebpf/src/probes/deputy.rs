@@ -91,8 +91,10 @@ pub fn guard_lsm_file_ioctl_compat(ctx: LsmContext) -> i32 {
     terminal_input(ctx.arg(1))
 }
 
+/// An ioctl `cmd` into a terminal: `-EPERM` for a tagged caller's TIOCSTI or TIOCLINUX.
+/// Shared with the fallback tier's `fmod_ret` programs (`probes/modify_return.rs`).
 #[inline(always)]
-fn terminal_input(cmd: u32) -> i32 {
+pub(super) fn terminal_input(cmd: u32) -> i32 {
     if cmd != TIOCSTI && cmd != TIOCLINUX {
         return 0;
     }

@@ -682,13 +682,24 @@ fn thaw_of_held(task: *const u8) -> i32 {
 /// protection) and on any process outside the caller's tree (no deputies).
 #[lsm(hook = "ptrace_access_check")]
 pub fn guard_lsm_ptrace_access_check(ctx: LsmContext) -> i32 {
-    let mode: u32 = ctx.arg(1);
-    match targets_daemon(ctx.arg(0)) {
+    ptrace_access_check(
+        ctx.arg(0),
+        ctx.arg(1),
+        guard_common::selfprot::op::LSM_PTRACE,
+    )
+}
+
+/// Access to `child` in `mode` (`PTRACE_MODE_*`): refused for a tagged caller aiming at the
+/// daemon (recorded as `op`) or outside its tree. Shared with the fallback tier's `fmod_ret`
+/// program (`probes/modify_return.rs`).
+#[inline(always)]
+pub(super) fn ptrace_access_check(child: *const u8, mode: u32, op: u32) -> i32 {
+    match targets_daemon(child) {
         Some((tag, daemon)) => {
-            refuse_self(&tag, guard_common::selfprot::op::LSM_PTRACE, mode, daemon);
+            refuse_self(&tag, op, mode, daemon);
             -EPERM
         }
-        None => super::deputy::process_access(ctx.arg(0), mode),
+        None => super::deputy::process_access(child, mode),
     }
 }
 

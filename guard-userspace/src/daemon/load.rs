@@ -86,15 +86,19 @@ pub fn load(
         })?;
     let self_attached = selfprot::attach(&mut at, offsets.self_error.clone(), lsm.is_none());
     let secret_reads = attach_secret_reads(&mut at, lsm.is_some(), opts.fallback_read_scan);
-    let deferred = if lsm.is_some() {
-        Vec::new()
+    let (deferred, deputy_fmod) = if lsm.is_some() {
+        (Vec::new(), Vec::new())
     } else {
-        attach_deferred(&mut at)
+        (
+            attach_fallback(&mut at, Family::Deferred),
+            attach_fallback(&mut at, Family::Deputy),
+        )
     };
     drop(at);
     let mut kernel = loading.finish(tier, lsm, lsm_error)?;
     kernel.secret_reads = secret_reads;
     kernel.deferred = deferred;
+    kernel.deputy_fmod = deputy_fmod;
     report(&kernel, &net_attached, &self_attached);
     Ok(Loaded {
         kernel,
@@ -136,14 +140,16 @@ fn attach_secret_reads(at: &mut Attacher<'_>, lsm: bool, fallback: bool) -> Stri
     }
 }
 
-/// The fallback tier's deferred-execution programs that attach (their hooks); a failure is
-/// logged, and status then says what is not covered.
-fn attach_deferred(at: &mut Attacher<'_>) -> Vec<String> {
+/// The programs of a fallback-tier `family` that attach (their hooks); a failure is logged,
+/// and status then says what is not covered. A hook the kernel lacks is no failure.
+fn attach_fallback(at: &mut Attacher<'_>, family: Family) -> Vec<String> {
     let mut hooks = Vec::new();
-    for row in table::family(Family::Deferred) {
+    for row in table::family(family) {
         match at.attach(&row) {
             Ok(()) => hooks.push(row.hook()),
-            Err(e) => warn!(hook = %row.hook(), error = %e, "deferred execution: not attached"),
+            Err(crate::loader::AttachError::NoHook) if row.need == table::Need::WhereHookExists => {
+            }
+            Err(e) => warn!(hook = %row.hook(), error = %e, "{}: not attached", family.label()),
         }
     }
     hooks

@@ -71,9 +71,15 @@ pub(super) fn status(state: &Shared) -> Reply<DaemonStatus> {
                     .as_ref()
                     .is_some_and(|l| l.hooks.iter().any(|h| h == hook))
             };
+            let fmod = |function: &str| {
+                let hook = format!("fmod_ret/{function}");
+                st.kernel.deputy_fmod.contains(&hook)
+            };
             let hooks = net::deputy_status::KernelHooks {
                 ptrace: lsm("ptrace_access_check"),
                 ioctl: lsm("file_ioctl"),
+                fmod_ptrace: fmod("security_ptrace_access_check"),
+                fmod_ioctl: fmod("security_file_ioctl"),
                 capable: lsm("capable"),
                 cap_capable: st.self_attached.attached.iter().any(|t| t == "cap_capable"),
                 bprm_check: lsm("bprm_check_security") && lsm("file_open"),

@@ -32,6 +32,7 @@ pub fn decode(raw: &[u8], _ctx: &DecodeCtx<'_>) -> Result<Decoded, DecodeError> 
             "lsm_task_kill",
         ),
         op::LSM_PTRACE => ("ptrace".to_owned(), "lsm_ptrace_access_check"),
+        op::FMOD_PTRACE => ("ptrace".to_owned(), "security_ptrace_access_check"),
         op::LSM_BPF => (format!("bpf command {}", ev.signal), "lsm_bpf"),
         op::FMOD_BPF => (format!("bpf command {}", ev.signal), "security_bpf"),
         op::BPF_CAP => (
@@ -60,13 +61,15 @@ pub fn decode(raw: &[u8], _ctx: &DecodeCtx<'_>) -> Result<Decoded, DecodeError> 
         hook: Some(hook.to_owned()),
     });
     d.object = Some(Object {
-        path: Some(if matches!(ev.op, op::LSM_BPF | op::FMOD_BPF | op::BPF_CAP) {
-            "bpf()".to_owned()
-        } else if ev.op == op::LSM_THAW {
-            format!("process {} of a held agent tree", ev.target_tgid)
-        } else {
-            format!("guard daemon (pid {})", ev.target_tgid)
-        }),
+        path: Some(
+            if matches!(ev.op, op::LSM_BPF | op::FMOD_BPF | op::BPF_CAP) {
+                "bpf()".to_owned()
+            } else if ev.op == op::LSM_THAW {
+                format!("process {} of a held agent tree", ev.target_tgid)
+            } else {
+                format!("guard daemon (pid {})", ev.target_tgid)
+            },
+        ),
         dev: None,
         ino: None,
         operation: Some(operation),

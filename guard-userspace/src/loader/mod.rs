@@ -274,8 +274,8 @@ impl<'a> Attacher<'a> {
         target: by_hand::Target,
     ) -> Result<std::os::fd::OwnedFd, AttachError> {
         if self.by_hand.is_none() {
-            let obj = by_hand::relocated(self.object, self.ebpf)
-                .map_err(AttachError::ByHandObject)?;
+            let obj =
+                by_hand::relocated(self.object, self.ebpf).map_err(AttachError::ByHandObject)?;
             self.by_hand = Some(obj);
         }
         let obj = self.by_hand.as_ref().expect("set above");

@@ -64,6 +64,9 @@ pub enum Family {
     /// Deferred execution on the fallback tier: the writes of tagged processes, and whoever
     /// runs or interprets what they wrote (the bpf-lsm tier's own hooks do it there).
     Deferred,
+    /// No deputies on the fallback tier (`fmod_ret`): process access and keystrokes into
+    /// terminals, refused as on the bpf-lsm tier.
+    Deputy,
 }
 
 /// What a family's programs do when they hit an internal error (an unreadable kernel pointer,
@@ -108,6 +111,10 @@ impl Family {
                 "a write is not remembered, or the runner of an agent-written file goes untagged",
                 "probe_errors",
             ),
+            Self::Deputy => allow(
+                "the process access or keystroke is not refused",
+                "probe_errors",
+            ),
         }
     }
 
@@ -127,10 +134,11 @@ impl Family {
             Self::LsmDeputy => "no deputies (LSM)",
             Self::SecretReads => "secret scan of reads",
             Self::Deferred => "deferred execution",
+            Self::Deputy => "no deputies (fmod_ret)",
         }
     }
 
-    pub const ALL: [Self; 13] = [
+    pub const ALL: [Self; 14] = [
         Self::Tracker,
         Self::Killer,
         Self::Net,
@@ -144,6 +152,7 @@ impl Family {
         Self::LsmDeputy,
         Self::SecretReads,
         Self::Deferred,
+        Self::Deputy,
     ];
 }
 
@@ -164,7 +173,8 @@ impl Family {
             | Self::FileDetect
             | Self::SecretReads
             | Self::Deferred
-            | Self::SelfBpf => Serves::Fallback,
+            | Self::SelfBpf
+            | Self::Deputy => Serves::Fallback,
             Self::LsmNet | Self::LsmFile | Self::LsmSelf | Self::LsmDeputy => Serves::BpfLsm,
         }
     }
@@ -336,6 +346,14 @@ pub fn table() -> Vec<Row> {
     ));
     for (name, tp) in self_programs::TRACEPOINTS {
         rows.push(Row::new(name, Kind::TpBtf(tp), F::SelfProtect, Optional));
+    }
+    for (name, function) in programs::DEPUTY {
+        let need = if name == programs::DEPUTY_IOCTL_COMPAT {
+            WhereHookExists
+        } else {
+            Optional
+        };
+        rows.push(Row::new(name, Kind::FModRet(function), F::Deputy, need));
     }
     rows.push(Row::new(
         programs::SELF_BPF,

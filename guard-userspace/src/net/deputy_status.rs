@@ -126,6 +126,10 @@ pub struct KernelHooks {
     pub ptrace: bool,
     /// bpf-lsm `file_ioctl` (TIOCSTI, TIOCLINUX).
     pub ioctl: bool,
+    /// fallback `fmod_ret` of `security_ptrace_access_check` (process access).
+    pub fmod_ptrace: bool,
+    /// fallback `fmod_ret` of `security_file_ioctl` (TIOCSTI, TIOCLINUX).
+    pub fmod_ioctl: bool,
     /// bpf-lsm `capable` (the ceiling refused).
     pub capable: bool,
     /// fallback `tp_btf/cap_capable` (the ceiling's operations kill-on-detect).
@@ -175,6 +179,10 @@ fn kernel_rules(hooks: KernelHooks, ceiling: &[String]) -> Vec<BuiltinRuleStatus
                 "enforced: lsm/ptrace_access_check (checks ps and top make without auditing \
                  are left alone)"
                     .to_owned()
+            } else if hooks.fmod_ptrace {
+                "enforced: fmod_ret/security_ptrace_access_check, the function that runs the \
+                 LSM hook (checks ps and top make without auditing are left alone)"
+                    .to_owned()
             } else {
                 "not-covered for agents recognised at exec (no hook short of sys_enter); guard \
                  run trees lose CAP_SYS_PTRACE, so processes with more capabilities are out of \
@@ -188,6 +196,10 @@ fn kernel_rules(hooks: KernelHooks, ceiling: &[String]) -> Vec<BuiltinRuleStatus
             "TIOCSTI and TIOCLINUX keystrokes into any terminal",
             if hooks.ioctl {
                 "enforced: lsm/file_ioctl and lsm/file_ioctl_compat".to_owned()
+            } else if hooks.fmod_ioctl {
+                "enforced: fmod_ret/security_file_ioctl (and security_file_ioctl_compat where \
+                 the kernel has it), the functions that run the LSM hooks"
+                    .to_owned()
             } else if hooks.tiocsti_off {
                 "partly: dev.tty.legacy_tiocsti=0, so the kernel refuses TIOCSTI to every \
                  process without CAP_SYS_ADMIN; not covered for agents recognised at exec: \
@@ -258,14 +270,14 @@ fn deferred_mechanism(hooks: KernelHooks) -> String {
 /// Deputy channels no rule here stops for agents recognised at exec, on this tier.
 fn not_covered(hooks: KernelHooks) -> Vec<String> {
     let mut out = Vec::new();
-    if !hooks.ptrace {
+    if !hooks.ptrace && !hooks.fmod_ptrace {
         out.push(
             "ptrace, /proc/PID/mem and /proc/PID/environ, process_vm_readv/writev and \
              pidfd_getfd on untagged processes (guard:process-access needs BPF LSM)"
                 .to_owned(),
         );
     }
-    if !hooks.ioctl {
+    if !hooks.ioctl && !hooks.fmod_ioctl {
         out.push(if hooks.tiocsti_off {
             "TIOCSTI by a root agent and TIOCLINUX keystrokes into a terminal (the rest of \
              TIOCSTI: dev.tty.legacy_tiocsti=0; guard:terminal-input needs BPF LSM; guard run \
