@@ -871,7 +871,8 @@ fn enforcement_outlives_the_daemon_and_a_restart_adopts_it() {
         "after the restart",
     );
     // Every network program the daemon reports (cgroup hooks, with the unix pair where the
-    // kernel has them, and sock_create; or the LSM socket hooks) has exactly one link pin,
+    // kernel has them, the unix peer check where it takes fmod_ret programs, and sock_create;
+    // or the LSM socket hooks) has exactly one link pin,
     // replaced in place.
     let st = daemon.status_json().unwrap();
     let programs: Vec<String> = st["network"]["programs"]
@@ -891,6 +892,7 @@ fn enforcement_outlives_the_daemon_and_a_restart_adopts_it() {
                 || n == "guard_sock_create"
                 || n == "guard_egress"
                 || n.starts_with("guard_lsm_socket")
+                || n.starts_with("guard_peer_unix")
         })
         .collect();
     let mut sorted = links.clone();

@@ -415,6 +415,13 @@ fn event(d: &Daemon, what: &str, f: impl Fn(&serde_json::Value) -> bool) -> serd
     e
 }
 
+/// A self-protection refusal recorded by `hook` (with the offender's ancestry).
+fn refusal(d: &Daemon, what: &str, hook: &str) {
+    event(d, what, |e| {
+        e["kind"] == "self_protect" && e["hook"] == hook && e["result"] == "denied"
+    });
+}
+
 fn proc_state(pid: u32) -> Vec<(char, u32)> {
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
     tasks
@@ -653,12 +660,7 @@ fn a_hostile_root_agent_tree_cannot_stop_blind_or_rewrite_the_daemon() {
             "ptrace of the daemon: {}",
             text(&out)
         );
-        event(&d, "the ptrace refusal", |e| {
-            e["kind"] == "self_protect"
-                && e["hook"] == "security_ptrace_access_check"
-                && e["result"] == "denied"
-                && e["ancestry"].as_array().is_some_and(|a| !a.is_empty())
-        });
+        refusal(&d, "the ptrace refusal", "security_ptrace_access_check");
         assert!(
             free(pid).is_some(),
             "the daemon is neither stopped nor traced"
@@ -704,12 +706,13 @@ fn a_hostile_root_agent_tree_cannot_stop_blind_or_rewrite_the_daemon() {
         assert!(d.status_json().is_some_and(|s| s["daemon_pid"] == pid));
     }
 
-    // 3. bpf(): the tag map by its pin or by id, to delete the agent's own tag. The call's
-    // capability check kills the caller before it has the descriptor.
+    // 3. bpf(): the tag map by its pin or by id, to delete the agent's own tag. Refused at
+    // security_bpf where the kernel takes fmod_ret programs; else the call's capability check
+    // kills the caller before it has the descriptor.
     let grab = dir.path().join("bpf.py");
     std::fs::write(&grab, BPF_GRAB).unwrap();
     let tags_pin = d.pin_dir.join("maps/GUARD_TAGS");
-    if bpf_refused {
+    if bpf_refused || bpf_killed {
         for how in ["pin", "id"] {
             let out = agent_shell(
                 &claude,
@@ -719,24 +722,32 @@ fn a_hostile_root_agent_tree_cannot_stop_blind_or_rewrite_the_daemon() {
                     tags_pin.display()
                 ),
             );
-            assert!(
-                !killed(&out) && String::from_utf8_lossy(&out.stdout).contains("fd -1"),
-                "bpf() by {how}: {}",
-                text(&out)
-            );
+            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+            if bpf_refused {
+                assert!(
+                    !killed(&out) && stdout.contains("fd -1"),
+                    "bpf() by {how}: {}",
+                    text(&out)
+                );
+            } else {
+                assert!(
+                    killed(&out) && !stdout.contains("fd "),
+                    "bpf() by {how}: {}",
+                    text(&out)
+                );
+            }
         }
-        event(&d, "the bpf() refusal", |e| {
-            e["kind"] == "self_protect"
-                && e["hook"] == "security_bpf"
-                && e["result"] == "denied"
-                && e["ancestry"].as_array().is_some_and(|a| !a.is_empty())
-        });
+        if bpf_refused {
+            refusal(&d, "the bpf() refusal", "security_bpf");
+        } else {
+            event(&d, "the bpf() kill", |e| {
+                e["kind"] == "self_protect" && e["hook"] == "cap_capable" && e["result"] == "killed"
+            });
+        }
         assert!(
             d.tag_of(sleeper.pid()).is_some(),
             "the tree is still tagged"
         );
-    }
-    if bpf_refused || bpf_killed {
         // Untagged root opens the same pin.
         let out = output({
             let mut c = Command::new("python3");
@@ -748,30 +759,6 @@ fn a_hostile_root_agent_tree_cannot_stop_blind_or_rewrite_the_daemon() {
             stdout.starts_with("fd ") && !stdout.starts_with("fd -"),
             "untagged: {}",
             text(&out)
-        );
-    }
-    if bpf_killed {
-        for how in ["pin", "id"] {
-            let out = agent_shell(
-                &claude,
-                &format!(
-                    "python3 {} {how} {} delete",
-                    grab.display(),
-                    tags_pin.display()
-                ),
-            );
-            assert!(killed(&out), "bpf() by {how}: {}", text(&out));
-            assert!(!String::from_utf8_lossy(&out.stdout).contains("fd "));
-        }
-        event(&d, "the bpf() kill", |e| {
-            e["kind"] == "self_protect"
-                && e["hook"] == "cap_capable"
-                && e["result"] == "killed"
-                && e["ancestry"].as_array().is_some_and(|a| !a.is_empty())
-        });
-        assert!(
-            d.tag_of(sleeper.pid()).is_some(),
-            "the tree is still tagged"
         );
     }
 
