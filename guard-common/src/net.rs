@@ -592,7 +592,10 @@ pub struct TaggedSocket {
     /// IPv4 in the first four bytes, else IPv6.
     pub addr: [u8; 16],
     pub port: u32,
-    pub _pad: u32,
+    /// The process's uid, for the check after NAT's events: a cgroup skb program may not ask
+    /// for the current uid on every kernel (6.12 refuses the helper there), and a packet is
+    /// not always sent in its process's context.
+    pub uid: u32,
     pub comm: [u8; 16],
 }
 const _: () = assert!(core::mem::size_of::<TaggedSocket>() == 80);

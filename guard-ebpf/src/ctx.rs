@@ -101,6 +101,13 @@ pub fn current_ppid() -> u32 {
 /// An event header for `proc` of `tag`'s tree, recorded now by the current user.
 #[inline(always)]
 pub fn header(kind: EventKind, tag: &Tag, proc: ProcKey, ppid: u32) -> EventHeader {
+    header_as(kind, tag, proc, ppid, bpf_get_current_uid_gid() as u32)
+}
+
+/// [`header`] with the user given: program types that may not ask for the current one (cgroup
+/// skb before recent kernels) pass the uid they recorded.
+#[inline(always)]
+pub fn header_as(kind: EventKind, tag: &Tag, proc: ProcKey, ppid: u32, uid: u32) -> EventHeader {
     EventHeader {
         kind: kind as u32,
         agent_id: tag.agent_id,
@@ -109,7 +116,7 @@ pub fn header(kind: EventKind, tag: &Tag, proc: ProcKey, ppid: u32) -> EventHead
         proc,
         root: tag.root,
         ppid,
-        uid: bpf_get_current_uid_gid() as u32,
+        uid,
     }
 }
 

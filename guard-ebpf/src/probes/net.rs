@@ -22,7 +22,7 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
     bindings::bpf_sock_addr,
-    helpers::{bpf_get_current_comm, generated},
+    helpers::{bpf_get_current_comm, bpf_get_current_uid_gid, generated},
     macros::{btf_tracepoint, cgroup_sock, cgroup_sock_addr, fexit},
     maps::lpm_trie::Key,
     programs::{BtfTracePointContext, FExitContext, SockAddrContext, SockContext},
@@ -261,7 +261,7 @@ fn remember(ctx: &SockAddrContext, caller: &Caller, dest: &Dest) {
         family: dest.family,
         addr: dest.addr,
         port: u32::from(dest.port),
-        _pad: 0,
+        uid: bpf_get_current_uid_gid() as u32,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
     };
     // SAFETY: the helper takes the context's own socket; a socket that already has storage
@@ -306,7 +306,7 @@ pub(super) fn decide_rewritten(
         count(Counter::NetAudited);
         result::ALLOWED
     };
-    let header = crate::ctx::header(EventKind::NetConnect, &sock.tag, proc, 0);
+    let header = crate::ctx::header_as(EventKind::NetConnect, &sock.tag, proc, 0, sock.uid);
     emit_with(header, sock.comm, dest, hook, &rule, outcome, None);
     if outcome == result::ALLOWED {
         ALLOW
