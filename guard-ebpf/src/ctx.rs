@@ -104,8 +104,8 @@ pub fn header(kind: EventKind, tag: &Tag, proc: ProcKey, ppid: u32) -> EventHead
     header_as(kind, tag, proc, ppid, bpf_get_current_uid_gid() as u32)
 }
 
-/// [`header`] with the user given: program types that may not ask for the current one (cgroup
-/// skb before recent kernels) pass the uid they recorded.
+/// [`header`] with the user given: a program that may not ask for the current one (cgroup skb:
+/// 6.12 refuses the helper there) passes the uid it recorded.
 #[inline(always)]
 pub fn header_as(kind: EventKind, tag: &Tag, proc: ProcKey, ppid: u32, uid: u32) -> EventHeader {
     EventHeader {

@@ -123,7 +123,7 @@ pub fn guard_lsm_unix_may_send(ctx: LsmContext) -> i32 {
 }
 
 /// The decision on a stream connect to `other` (a `struct sock`): 0 or `-EPERM`. Shared with
-/// the fallback tier's `fmod_ret` program (`probes/peer.rs`).
+/// the fallback tier's `fmod_ret` program (`probes/modify_return.rs`).
 #[inline(always)]
 pub(super) fn unix_stream_connect(other: *const u8, hook: u32) -> i32 {
     net_verdict(try_unix_peer(other, SOCK_STREAM, hook))

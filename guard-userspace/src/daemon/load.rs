@@ -52,7 +52,6 @@ pub fn load(
                 .map(|(p, _)| *p)
                 .collect(),
             unix_missing: None,
-            unix_peer: false,
             unix_peer_missing: None,
             lsm: lsm.hooks.iter().any(|h| h == "socket_connect"),
             raw: net::RawCoverage::All,
@@ -190,7 +189,7 @@ fn report(kernel: &Kernel, net: &net::Attached, guard_self: &selfprot::SelfAttac
         None => info!(hooks = ?guard_self.attached, "self-protection attached"),
         Some(e) => error!(error = %e, "self-protection is NOT fully attached"),
     }
-    match (&net.unix_missing, net.unix_peer) {
+    match (&net.unix_missing, net.unix_peer()) {
         (Some(why), false) => warn!("unix socket rules are not enforced: {why}"),
         (Some(why), true) => warn!("abstract unix socket names are not covered: {why}"),
         _ => {}

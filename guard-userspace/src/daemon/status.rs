@@ -162,32 +162,31 @@ fn unix_coverage(a: &net::Attached) -> String {
     use crate::files::status::{ENFORCED, NOT_LOADED};
     const BY_FILE: &str = "by the socket file the kernel resolves, whatever spelling, symlink, \
                            hard link, /proc/*/fd/N or bind mount leads to it";
-    match &a.unix_missing {
+    match (&a.unix_missing, &a.unix_peer_missing) {
         _ if a.lsm => format!(
             "{ENFORCED}: {BY_FILE} (BPF LSM unix_stream_connect, unix_may_send); abstract names \
              by name"
         ),
-        None if a.unix_peer => format!(
+        (None, None) => format!(
             "{ENFORCED}: {BY_FILE} (fmod_ret of security_unix_stream_connect and \
              security_unix_may_send, the functions that run those LSM hooks); abstract names by \
              name (cgroup connect_unix/sendmsg_unix)"
         ),
-        Some(why) if a.unix_peer => format!(
+        (Some(why), None) => format!(
             "{ENFORCED} for socket files: {BY_FILE} (fmod_ret of security_unix_stream_connect \
              and security_unix_may_send). Abstract names are not covered: {why}"
         ),
-        None => format!(
+        (None, Some(peer_missing)) => format!(
             "{ENFORCED} for the configured path, the path it resolves to, and every spelling \
              the kernel resolves from the name (relative to the cwd, repeated slashes, `.` and \
              `..` components, /proc/*/root, /proc/*/cwd: cgroup connect_unix/sendmsg_unix see \
              only the name, so such a spelling meets the rules of protected sockets with the \
              same last component). Not covered for agents recognised at exec without BPF LSM \
-             or fmod_ret programs ({}): symlinks and hard links made to the socket under \
-             another name. guard run trees: the socket files are masked in their mount \
-             namespace, so no spelling reaches them",
-            a.unix_peer_missing.as_deref().unwrap_or("not attached")
+             or fmod_ret programs ({peer_missing}): symlinks and hard links made to the socket \
+             under another name. guard run trees: the socket files are masked in their mount \
+             namespace, so no spelling reaches them"
         ),
-        Some(why) => format!("{NOT_LOADED}: {why}"),
+        (Some(why), Some(_)) => format!("{NOT_LOADED}: {why}"),
     }
 }
 
@@ -293,7 +292,7 @@ fn problems(
         .filter(|r| r.status == crate::files::status::NOT_LOADED)
         .map(|r| format!("path rule {} is not loaded", r.name))
         .collect();
-    if let (Some(why), false) = (&net_attached.unix_missing, net_attached.unix_peer) {
+    if let (Some(why), false) = (&net_attached.unix_missing, net_attached.unix_peer()) {
         out.push(format!("unix socket rules are not enforced: {why}"));
     }
     if let crate::net::RawCoverage::Missing(why) = &net_attached.raw {

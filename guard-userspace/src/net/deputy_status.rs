@@ -44,7 +44,7 @@ pub fn status(
 ) -> DeputiesStatus {
     let unix = if attached.lsm {
         "unix_stream_connect/unix_may_send on the socket file (bpf-lsm): enforced"
-    } else if attached.unix_peer {
+    } else if attached.unix_peer() {
         "fmod_ret of security_unix_stream_connect/security_unix_may_send on the socket file: \
          enforced"
     } else if attached.unix_missing.is_some() {

@@ -77,10 +77,8 @@ pub struct Attached {
     pub programs: Vec<&'static str>,
     /// Why the cgroup unix programs (names) are not attached, if they are not.
     pub unix_missing: Option<String>,
-    /// The fallback tier's unix peer programs (`fmod_ret`) are attached: unix rules hold for
-    /// the socket file the kernel resolved, whatever name led to it.
-    pub unix_peer: bool,
-    /// Why they are not, on the fallback tier.
+    /// Why the fallback tier's unix peer programs (`fmod_ret`) are not attached, if they are
+    /// not ([`Attached::unix_peer`]).
     pub unix_peer_missing: Option<String>,
     /// The programs are the bpf-lsm tier's `socket_connect`/`socket_sendmsg`.
     pub lsm: bool,
@@ -88,6 +86,14 @@ pub struct Attached {
     pub raw: RawCoverage,
     /// Why the check after NAT (`cgroup_skb/egress`) is not attached, if it is not.
     pub egress_missing: Option<String>,
+}
+
+impl Attached {
+    /// The fallback tier's unix peer programs are attached (both of them): unix rules hold
+    /// for the socket file the kernel resolved, whatever name led to it.
+    pub fn unix_peer(&self) -> bool {
+        !self.lsm && self.unix_peer_missing.is_none()
+    }
 }
 
 /// Which new sockets the raw-socket rule sees on this tier.
@@ -138,10 +144,6 @@ pub fn attach(at: &mut Attacher<'_>, offsets: &Offsets) -> Result<Attached, NetE
             continue;
         }
         match (at.attach(&row), row.kind) {
-            (Ok(()), Kind::FModRet(_)) => {
-                attached.programs.push(row.name);
-                attached.unix_peer = true;
-            }
             (Ok(()), _) => attached.programs.push(row.name),
             (Err(e), Kind::FModRet(_)) => {
                 // Both or neither: the peer check stands only with both programs.
@@ -159,7 +161,6 @@ pub fn attach(at: &mut Attacher<'_>, offsets: &Offsets) -> Result<Attached, NetE
             }
         }
     }
-    attached.unix_peer &= attached.unix_peer_missing.is_none();
     Ok(attached)
 }
 
