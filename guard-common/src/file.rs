@@ -186,9 +186,15 @@ pub mod lsm_hook {
     pub const PATH_SYMLINK: u32 = 10;
     pub const PATH_CHMOD: u32 = 11;
     pub const PATH_CHOWN: u32 = 12;
+    /// Set on a hook id when the fallback tier's `fmod_ret` program of the `security_*`
+    /// function that calls the hook decided (the same decision, named for what ran).
+    pub const FMOD: u32 = 0x100;
 
     /// The event's `hook` name.
     pub const fn name(hook: u32) -> &'static str {
+        if hook & FMOD != 0 {
+            return fmod_name(hook & !FMOD);
+        }
         match hook {
             FILE_OPEN => "lsm_file_open",
             FILE_TRUNCATE => "lsm_file_truncate",
@@ -203,6 +209,23 @@ pub mod lsm_hook {
             PATH_CHMOD => "lsm_path_chmod",
             PATH_CHOWN => "lsm_path_chown",
             _ => "lsm",
+        }
+    }
+
+    const fn fmod_name(hook: u32) -> &'static str {
+        match hook {
+            FILE_TRUNCATE => "security_file_truncate",
+            PATH_UNLINK => "security_path_unlink",
+            PATH_RMDIR => "security_path_rmdir",
+            PATH_RENAME => "security_path_rename",
+            PATH_TRUNCATE => "security_path_truncate",
+            PATH_LINK => "security_path_link",
+            PATH_MKNOD => "security_path_mknod",
+            PATH_MKDIR => "security_path_mkdir",
+            PATH_SYMLINK => "security_path_symlink",
+            PATH_CHMOD => "security_path_chmod",
+            PATH_CHOWN => "security_path_chown",
+            _ => "security_path",
         }
     }
 }

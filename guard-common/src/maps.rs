@@ -328,6 +328,43 @@ pub mod file_programs {
         (CTIME_SKIP, "ctime_xchg_skip"),
         (CTIME_SET, "inode_set_ctime_to_ts"),
     ];
+
+    /// The bpf-lsm tier's path decisions on the fallback tier: `fmod_ret` of the functions
+    /// that call the LSM path hooks (`security_path_*`, `security_file_truncate`), refusing
+    /// in the kernel what the change detectors can only kill after the fact. `rename` and
+    /// `link` have two programs each (source and destination side), as on bpf-lsm.
+    pub const REFUSE_UNLINK: &str = "guard_fmod_unlink";
+    pub const REFUSE_RMDIR: &str = "guard_fmod_rmdir";
+    pub const REFUSE_RENAME: &str = "guard_fmod_rename";
+    pub const REFUSE_RENAME_TO: &str = "guard_fmod_rename_to";
+    pub const REFUSE_TRUNCATE: &str = "guard_fmod_truncate";
+    pub const REFUSE_FTRUNCATE: &str = "guard_fmod_ftruncate";
+    pub const REFUSE_LINK: &str = "guard_fmod_link";
+    pub const REFUSE_LINK_TO: &str = "guard_fmod_link_to";
+    pub const REFUSE_MKNOD: &str = "guard_fmod_mknod";
+    pub const REFUSE_MKDIR: &str = "guard_fmod_mkdir";
+    pub const REFUSE_SYMLINK: &str = "guard_fmod_symlink";
+    pub const REFUSE_CHMOD: &str = "guard_fmod_chmod";
+    pub const REFUSE_CHOWN: &str = "guard_fmod_chown";
+    /// (program, kernel function). `security_file_truncate` exists from Linux 6.2 (before,
+    /// `ftruncate` and `O_TRUNC` go through `security_path_truncate`).
+    pub const REFUSE: [(&str, &str); 13] = [
+        (REFUSE_UNLINK, "security_path_unlink"),
+        (REFUSE_RMDIR, "security_path_rmdir"),
+        (REFUSE_RENAME, "security_path_rename"),
+        (REFUSE_RENAME_TO, "security_path_rename"),
+        (REFUSE_TRUNCATE, "security_path_truncate"),
+        (REFUSE_FTRUNCATE, "security_file_truncate"),
+        (REFUSE_LINK, "security_path_link"),
+        (REFUSE_LINK_TO, "security_path_link"),
+        (REFUSE_MKNOD, "security_path_mknod"),
+        (REFUSE_MKDIR, "security_path_mkdir"),
+        (REFUSE_SYMLINK, "security_path_symlink"),
+        (REFUSE_CHMOD, "security_path_chmod"),
+        (REFUSE_CHOWN, "security_path_chown"),
+    ];
+    /// Kernel functions a kernel may lack without a gap.
+    pub const REFUSE_OPTIONAL: [&str; 1] = ["security_file_truncate"];
 }
 
 // --- Self-protection (probes/guard_self.rs). Pinned: holds while the daemon restarts.
@@ -436,7 +473,7 @@ pub const GLOBALS: [&str; 7] = [
 ];
 
 /// Every program of the kernel object, by function name.
-pub const ALL_PROGRAMS: [&str; 62] = [
+pub const ALL_PROGRAMS: [&str; 75] = [
     programs::FORK,
     programs::EXEC,
     programs::CGROUP_JOIN,
@@ -495,6 +532,19 @@ pub const ALL_PROGRAMS: [&str; 62] = [
     file_programs::CTIME_SKIP,
     file_programs::CTIME_SET,
     file_programs::DEVICE,
+    file_programs::REFUSE_UNLINK,
+    file_programs::REFUSE_RMDIR,
+    file_programs::REFUSE_RENAME,
+    file_programs::REFUSE_RENAME_TO,
+    file_programs::REFUSE_TRUNCATE,
+    file_programs::REFUSE_FTRUNCATE,
+    file_programs::REFUSE_LINK,
+    file_programs::REFUSE_LINK_TO,
+    file_programs::REFUSE_MKNOD,
+    file_programs::REFUSE_MKDIR,
+    file_programs::REFUSE_SYMLINK,
+    file_programs::REFUSE_CHMOD,
+    file_programs::REFUSE_CHOWN,
     self_programs::SIGNAL,
     self_programs::DELIVER,
     self_programs::WAIT,

@@ -111,8 +111,13 @@ pub struct FileOffsets {
     pub inode_ctime_nsec: u32,
     /// `address_space.host`: the inode a page-cache mapping belongs to.
     pub mapping_host: u32,
+    /// Non-zero where the kernel has the ctime tracepoints the change detectors use (Linux
+    /// ≥ 6.13): the fallback tier's `fmod_ret` path programs then leave audited changes to
+    /// the detectors, which also see writes through descriptors opened earlier (one event
+    /// per change, not two).
+    pub ctime_detectors: u32,
 }
-const _: () = assert!(core::mem::size_of::<FileOffsets>() == 80);
+const _: () = assert!(core::mem::size_of::<FileOffsets>() == 84);
 
 /// Offsets for the BPF LSM programs (probes/lsm.rs): the hook arguments' structs.
 #[repr(C)]

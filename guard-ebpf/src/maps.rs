@@ -320,6 +320,7 @@ static GUARD_FILE_OFFSETS: guard_common::offsets::FileOffsets =
         inode_ctime_sec: 0,
         inode_ctime_nsec: 0,
         mapping_host: 0,
+        ctime_detectors: 0,
     };
 
 #[inline(always)]

@@ -372,6 +372,11 @@ pub fn file_offsets(btf: &Btf) -> Result<FileOffsets, BtfError> {
         inode_ctime_sec,
         inode_ctime_nsec,
         mapping_host: off("address_space", "host")?,
+        ctime_detectors: u32::from(
+            guard_common::maps::file_programs::TRACEPOINTS
+                .iter()
+                .all(|(_, tp)| func_params_in(btf, &format!("btf_trace_{tp}")).is_some()),
+        ),
     })
 }
 

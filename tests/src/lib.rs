@@ -54,10 +54,49 @@ pub fn lsm_tier() -> bool {
     expected_tier() == "bpf-lsm"
 }
 
-/// In the VM matrix, on the fallback tier of a kernel without the ctime tracepoints (before
-/// 6.13), kill-on-detect cannot attach: the reason, when `guard status` reports the delete
-/// layer of some path rule `not-loaded` there. Never on the development machine, where the
-/// tests must exercise it (it returns `None` and the test goes on to fail).
+/// Whether destructive file operations of tagged processes (unlink, rename, truncate,
+/// chmod/chown, link, create) are refused in the kernel with EPERM, nothing lost: the bpf-lsm
+/// tier's path hooks, or on the fallback tier the `fmod_ret` programs on the `security_path_*`
+/// functions that run them, where the kernel takes trampoline programs. Elsewhere (this
+/// machine's 6.18 refuses trampolines) the fallback tier kills on detection. Read from what
+/// `guard status` says of the delete or protected-name layer of its path rules; the VM
+/// matrix's kernels (6.1, 6.12) take trampolines, so there the fallback tier must refuse.
+pub fn file_changes_refused(status: &Value) -> bool {
+    if lsm_tier() {
+        return true;
+    }
+    let refused = status["path_rules"].as_array().is_some_and(|rules| {
+        rules.iter().any(|r| {
+            r["layers"].as_array().is_some_and(|ls| {
+                ls.iter().any(|l| {
+                    l["covers"]
+                        .as_str()
+                        .is_some_and(|c| c.starts_with("delete") || c.starts_with("protected name"))
+                        && l["status"] == "enforced"
+                        && l["via"].as_str().is_some_and(|v| v.contains("fmod_ret"))
+                })
+            })
+        })
+    });
+    assert!(
+        refused || std::env::var_os("GUARD_VM").is_none(),
+        "the VM's kernels take fmod_ret programs, yet guard status does not say the fallback \
+         tier refuses file changes: {}",
+        status["path_rules"]
+    );
+    refused
+}
+
+/// The prefix of the `hook` of a file change refused in the kernel: `lsm_` (bpf-lsm) or
+/// `security_` (the fallback tier's `fmod_ret` programs, named for the function).
+pub fn refusal_hook_prefix() -> &'static str {
+    if lsm_tier() { "lsm_" } else { "security_" }
+}
+
+/// In the VM matrix, on the fallback tier of a kernel with neither the ctime tracepoints
+/// (before 6.13) nor the refusals: the reason, when `guard status` reports the delete layer
+/// of some path rule `not-loaded` there. Never on the development machine, where the tests
+/// must exercise it (it returns `None` and the test goes on to fail).
 pub fn kill_on_detect_unavailable(status: &Value) -> Option<String> {
     std::env::var_os("GUARD_VM")?;
     let rules = status["path_rules"].as_array()?;

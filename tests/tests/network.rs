@@ -511,6 +511,31 @@ fn unix_socket_spellings_all_meet_the_rule() {
         let link = what.contains("link");
         if by_file || !link {
             assert_eperm(&out, &format!("agent, {what}"));
+        } else if *what == "hard link" {
+            // The socket file is a protected name (guard:socket-files): the change detectors
+            // kill the linker before `ln` returns, so nothing connects through its link.
+            assert_eq!(
+                out.status.code(),
+                Some(137),
+                "agent, {what}: {}",
+                text(&out)
+            );
+            assert!(
+                !stdout(&out).contains("ok\n"),
+                "agent, {what}: {}",
+                text(&out)
+            );
+            assert!(
+                coverage.contains("hard links: the linker is killed"),
+                "{coverage}"
+            );
+            wait_for("the linker's kill", Duration::from_secs(10), || {
+                daemon.events().into_iter().find(|e| {
+                    e["rule"] == "guard:socket-files"
+                        && e["result"] == "killed"
+                        && e["object"]["operation"] == "link"
+                })
+            });
         } else {
             let named = if *what == "symlink" {
                 "symlinks"

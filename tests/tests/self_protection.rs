@@ -416,6 +416,33 @@ fn event(d: &Daemon, what: &str, f: impl Fn(&serde_json::Value) -> bool) -> serd
 }
 
 /// A self-protection refusal recorded by `hook` (with the offender's ancestry).
+/// `rm -rf` of the pin directory refused in the kernel: it fails with EPERM, every link pin
+/// is still there, and the refusal is recorded (checked while the daemon runs).
+fn pins_refused(d: &Daemon, out: &std::process::Output, links_before: &[String], running: bool) {
+    assert!(
+        !killed(out) && String::from_utf8_lossy(&out.stderr).contains("Operation not permitted"),
+        "rm -rf pins: {}",
+        text(out)
+    );
+    let mut links: Vec<String> = std::fs::read_dir(d.pin_dir.join("links"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    links.sort();
+    assert_eq!(links, links_before, "a link pin was removed");
+    if running {
+        event(d, "the refused pin removal", |e| {
+            e["kind"] == "file_change"
+                && e["rule"] == "guard:pins"
+                && e["result"] == "denied"
+                && e["hook"]
+                    .as_str()
+                    .is_some_and(|h| h.starts_with("security_path_"))
+        });
+    }
+}
+
 fn refusal(d: &Daemon, what: &str, hook: &str) {
     event(d, what, |e| {
         e["kind"] == "self_protect" && e["hook"] == hook && e["result"] == "denied"
@@ -766,17 +793,25 @@ fn a_hostile_root_agent_tree_cannot_stop_blind_or_rewrite_the_daemon() {
         println!("pins, policy and log steps NOT RUN on this kernel's fallback tier: {why}");
         return;
     }
-    // 4. Removing the pins: rm dies at its first unlink; the pin is put back at once.
+    // 4. Removing the pins: refused where the fallback tier refuses file changes in the
+    // kernel; elsewhere rm dies at its first unlink and the pin is put back at once.
+    let fmod_refuses =
+        !guard_tests::lsm_tier() && guard_tests::file_changes_refused(&d.status_json().unwrap());
     let out = agent_shell(&claude, &format!("rm -rf {}", d.pin_dir.display()));
-    assert!(killed(&out), "rm -rf pins: {}", text(&out));
-    event(&d, "the pin removal", |e| {
-        e["kind"] == "file_change" && e["rule"] == "guard:pins" && e["result"] == "killed"
-    });
-    let restored = wait_for("the pin to be put back", Duration::from_secs(10), || {
-        d.events()
-            .into_iter()
-            .find(|e| e["hook"] == "pin-keeper" && e["result"] == "restored")
-    });
+    if fmod_refuses {
+        pins_refused(&d, &out, &links_before, true);
+    } else {
+        assert!(killed(&out), "rm -rf pins: {}", text(&out));
+        event(&d, "the pin removal", |e| {
+            e["kind"] == "file_change" && e["rule"] == "guard:pins" && e["result"] == "killed"
+        });
+        let restored = wait_for("the pin to be put back", Duration::from_secs(10), || {
+            d.events()
+                .into_iter()
+                .find(|e| e["hook"] == "pin-keeper" && e["result"] == "restored")
+        });
+        eprintln!("pin put back: {}", restored["object"]["path"]);
+    }
     wait_for("every link pinned", Duration::from_secs(10), || {
         let mut l: Vec<String> = std::fs::read_dir(d.pin_dir.join("links"))
             .ok()?
@@ -786,7 +821,6 @@ fn a_hostile_root_agent_tree_cannot_stop_blind_or_rewrite_the_daemon() {
         l.sort();
         (l == links_before).then_some(())
     });
-    eprintln!("pin put back: {}", restored["object"]["path"]);
 
     // 5. The policy and the event log: opens for writing fail with EPERM.
     for (what, script) in [
@@ -891,11 +925,15 @@ fn a_hostile_root_agent_tree_cannot_stop_blind_or_rewrite_the_daemon() {
     });
     d.signal_and_reap(nix::sys::signal::Signal::SIGKILL);
     let out = agent_shell(&claude, &format!("rm -rf {}", d.pin_dir.display()));
-    assert!(
-        killed(&out),
-        "with the daemon down, pins are still protected: {}",
-        text(&out)
-    );
+    if fmod_refuses {
+        pins_refused(&d, &out, &links_before, false);
+    } else {
+        assert!(
+            killed(&out),
+            "with the daemon down, pins are still protected: {}",
+            text(&out)
+        );
+    }
     d.spawn();
     let new_pid = d.pid();
     let tag = wait_for(
@@ -964,8 +1002,9 @@ fn generation(d: &Daemon) -> (u64, String) {
 }
 
 /// A policy file changed by a tagged process (replaced by a rename, rewritten by `sed -i`,
-/// appended to) is never applied: on bpf-lsm the change is refused; on the fallback tier it
-/// is killed after the fact, and the daemon keeps the policy in force, says why in status and
+/// appended to) is never applied: on bpf-lsm, and on the fallback tier where the kernel takes
+/// `fmod_ret` programs, the change is refused; elsewhere on the fallback tier it is killed
+/// after the fact, and the daemon keeps the policy in force, says why in status and
 /// an event, and waits for an untagged root `guard policy apply`. A daemon restarted on such a
 /// file refuses to start until told the file was reviewed.
 #[test]
@@ -1004,6 +1043,9 @@ fn a_policy_changed_by_a_tagged_process_is_not_applied() {
         "a tampered policy applied"
     );
     let lsm = d.assert_tier() == "bpf-lsm";
+    // Refused in the kernel: bpf-lsm, or the fallback tier's fmod_ret programs (renames) with
+    // the fanotify layer (opens for writing).
+    let refused = guard_tests::file_changes_refused(&d.status_json().unwrap());
     let watched = d.file_changes_apply();
     if !watched {
         // No BPF LSM and no change detectors (before 6.13): nothing tells who changed the
@@ -1016,7 +1058,7 @@ fn a_policy_changed_by_a_tagged_process_is_not_applied() {
         std::fs::write(&policy, GOOD.replace("gen-a", "gen-b")).unwrap();
         std::thread::sleep(Duration::from_millis(1500));
         assert_eq!(generation(&d).1, "gen-a");
-    } else if !lsm {
+    } else if !refused {
         let st = d.status_json().unwrap();
         let why = st["policy_rejected"].as_str().unwrap_or_default();
         assert!(why.contains("tagged processes changed"), "{st}");
@@ -1061,7 +1103,7 @@ fn a_policy_changed_by_a_tagged_process_is_not_applied() {
     wait_for("an untagged edit to apply", Duration::from_secs(10), || {
         (generation(&d).1 == "gen-c").then_some(())
     });
-    if lsm || !watched {
+    if refused || !watched {
         return;
     }
 

@@ -362,7 +362,7 @@ fn dentry_inode(dentry: *const u8) -> Result<*const u8, i32> {
 
 /// Decide on the object behind `dentry`.
 #[inline(always)]
-fn on_dentry(dentry: *const u8, want: u32, hook: u32) -> i32 {
+pub(super) fn on_dentry(dentry: *const u8, want: u32, hook: u32) -> i32 {
     if !is_tagged() {
         return 0;
     }
@@ -374,7 +374,7 @@ fn on_dentry(dentry: *const u8, want: u32, hook: u32) -> i32 {
 
 /// Decide on the object behind a `const struct path *`.
 #[inline(always)]
-fn on_path(path: *const u8, want: u32, hook: u32) -> i32 {
+pub(super) fn on_path(path: *const u8, want: u32, hook: u32) -> i32 {
     if !is_tagged() {
         return 0;
     }
@@ -386,7 +386,7 @@ fn on_path(path: *const u8, want: u32, hook: u32) -> i32 {
 
 /// Decide on creating the entry `dentry` in the directory `dir`.
 #[inline(always)]
-fn on_create(dir: *const u8, dentry: *const u8, hook: u32) -> i32 {
+pub(super) fn on_create(dir: *const u8, dentry: *const u8, hook: u32) -> i32 {
     if !is_tagged() {
         return 0;
     }
@@ -398,7 +398,7 @@ fn on_create(dir: *const u8, dentry: *const u8, hook: u32) -> i32 {
 
 /// Decide on an opened or truncated `struct file *`.
 #[inline(always)]
-fn on_file(file: *const u8, want: u32, hook: u32) -> i32 {
+pub(super) fn on_file(file: *const u8, want: u32, hook: u32) -> i32 {
     if !is_tagged() {
         return 0;
     }
@@ -507,7 +507,7 @@ pub fn guard_lsm_path_rename_to(ctx: LsmContext) -> i32 {
 /// Decide on the entry `dentry` of directory `dir` being created or replaced: the replaced
 /// object itself (delete or write), then the directory and its ancestors (write).
 #[inline(always)]
-fn on_target(dir: *const u8, dentry: *const u8, hook: u32) -> i32 {
+pub(super) fn on_target(dir: *const u8, dentry: *const u8, hook: u32) -> i32 {
     if !is_tagged() {
         return 0;
     }

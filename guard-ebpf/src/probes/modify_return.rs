@@ -14,6 +14,11 @@
 //! - No deputies: `security_ptrace_access_check` (ptrace, `/proc/PID/mem`, `environ`,
 //!   `process_vm_*`, `pidfd_getfd`) refuses a target outside the caller's tree or the daemon;
 //!   `security_file_ioctl` and `security_file_ioctl_compat` refuse TIOCSTI and TIOCLINUX.
+//! - Files: `security_path_*` (unlink, rmdir, rename, truncate, link, mknod, mkdir, symlink,
+//!   chmod, chown) and `security_file_truncate` refuse what the change detectors can only
+//!   kill after the fact: protected objects and protected names keep every byte, and the
+//!   kernels without the detectors' tracepoints (before 6.13) get them at all. Opens stay
+//!   with the fanotify layer.
 //!
 //! aya's `fentry` macro discards a program's return value, so the sections are written here;
 //! the loader loads these programs by hand with the modify-return attach type.
@@ -21,11 +26,17 @@
 use core::ffi::c_void;
 
 use aya_ebpf::programs::FEntryContext;
-use guard_common::net::hook;
+use guard_common::{
+    file::{access, lsm_hook},
+    net::hook,
+};
 
 use super::{
     deputy::terminal_input,
-    lsm::{bpf_call, ptrace_access_check, unix_may_send, unix_stream_connect},
+    lsm::{
+        bpf_call, on_create, on_dentry, on_file, on_path, on_target, ptrace_access_check,
+        unix_may_send, unix_stream_connect,
+    },
 };
 
 /// `security_unix_stream_connect(struct sock *sock, struct sock *other, struct sock *newsk)`.
@@ -77,4 +88,116 @@ pub fn guard_fmod_ioctl(ctx: *mut c_void) -> i32 {
 #[unsafe(link_section = "fentry/security_file_ioctl_compat")]
 pub fn guard_fmod_ioctl_compat(ctx: *mut c_void) -> i32 {
     terminal_input(FEntryContext::new(ctx).arg(1))
+}
+
+// --- Files: the bpf-lsm tier's path decisions (`probes/lsm.rs`), named for the function.
+
+/// The hook id of an event decided here.
+const fn fmod(hook: u32) -> u32 {
+    hook | lsm_hook::FMOD
+}
+
+/// `security_path_unlink(const struct path *dir, struct dentry *dentry)`.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "fentry/security_path_unlink")]
+pub fn guard_fmod_unlink(ctx: *mut c_void) -> i32 {
+    let ctx = FEntryContext::new(ctx);
+    on_dentry(ctx.arg(1), access::DELETE, fmod(lsm_hook::PATH_UNLINK))
+}
+
+/// `security_path_rmdir(const struct path *dir, struct dentry *dentry)`.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "fentry/security_path_rmdir")]
+pub fn guard_fmod_rmdir(ctx: *mut c_void) -> i32 {
+    let ctx = FEntryContext::new(ctx);
+    on_dentry(ctx.arg(1), access::DELETE, fmod(lsm_hook::PATH_RMDIR))
+}
+
+/// `security_path_rename(old_dir, old_dentry, new_dir, new_dentry, flags)`: the source side.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "fentry/security_path_rename")]
+pub fn guard_fmod_rename(ctx: *mut c_void) -> i32 {
+    let ctx = FEntryContext::new(ctx);
+    on_dentry(ctx.arg(1), access::DELETE, fmod(lsm_hook::PATH_RENAME))
+}
+
+/// `security_path_rename`, destination side (a second program on the function).
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "fentry/security_path_rename")]
+pub fn guard_fmod_rename_to(ctx: *mut c_void) -> i32 {
+    let ctx = FEntryContext::new(ctx);
+    on_target(ctx.arg(2), ctx.arg(3), fmod(lsm_hook::PATH_RENAME))
+}
+
+/// `security_path_truncate(const struct path *path)`.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "fentry/security_path_truncate")]
+pub fn guard_fmod_truncate(ctx: *mut c_void) -> i32 {
+    let ctx = FEntryContext::new(ctx);
+    on_path(ctx.arg(0), access::WRITE, fmod(lsm_hook::PATH_TRUNCATE))
+}
+
+/// `security_file_truncate(struct file *file)` (Linux ≥ 6.2).
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "fentry/security_file_truncate")]
+pub fn guard_fmod_ftruncate(ctx: *mut c_void) -> i32 {
+    let ctx = FEntryContext::new(ctx);
+    on_file(ctx.arg(0), access::WRITE, fmod(lsm_hook::FILE_TRUNCATE))
+}
+
+/// `security_path_link(struct dentry *old_dentry, const struct path *new_dir, struct dentry
+/// *new_dentry)`: a new name for a protected object.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "fentry/security_path_link")]
+pub fn guard_fmod_link(ctx: *mut c_void) -> i32 {
+    let ctx = FEntryContext::new(ctx);
+    on_dentry(ctx.arg(0), access::WRITE, fmod(lsm_hook::PATH_LINK))
+}
+
+/// `security_path_link`, destination side: a new entry in a protected directory.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "fentry/security_path_link")]
+pub fn guard_fmod_link_to(ctx: *mut c_void) -> i32 {
+    let ctx = FEntryContext::new(ctx);
+    on_create(ctx.arg(1), ctx.arg(2), fmod(lsm_hook::PATH_LINK))
+}
+
+/// `security_path_mknod(dir, dentry, mode, dev)`: also every `open(O_CREAT)` of a new file.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "fentry/security_path_mknod")]
+pub fn guard_fmod_mknod(ctx: *mut c_void) -> i32 {
+    let ctx = FEntryContext::new(ctx);
+    on_create(ctx.arg(0), ctx.arg(1), fmod(lsm_hook::PATH_MKNOD))
+}
+
+/// `security_path_mkdir(dir, dentry, mode)`.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "fentry/security_path_mkdir")]
+pub fn guard_fmod_mkdir(ctx: *mut c_void) -> i32 {
+    let ctx = FEntryContext::new(ctx);
+    on_create(ctx.arg(0), ctx.arg(1), fmod(lsm_hook::PATH_MKDIR))
+}
+
+/// `security_path_symlink(dir, dentry, old_name)`.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "fentry/security_path_symlink")]
+pub fn guard_fmod_symlink(ctx: *mut c_void) -> i32 {
+    let ctx = FEntryContext::new(ctx);
+    on_create(ctx.arg(0), ctx.arg(1), fmod(lsm_hook::PATH_SYMLINK))
+}
+
+/// `security_path_chmod(const struct path *path, umode_t mode)`.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "fentry/security_path_chmod")]
+pub fn guard_fmod_chmod(ctx: *mut c_void) -> i32 {
+    let ctx = FEntryContext::new(ctx);
+    on_path(ctx.arg(0), access::WRITE, fmod(lsm_hook::PATH_CHMOD))
+}
+
+/// `security_path_chown(const struct path *path, kuid_t uid, kgid_t gid)`.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "fentry/security_path_chown")]
+pub fn guard_fmod_chown(ctx: *mut c_void) -> i32 {
+    let ctx = FEntryContext::new(ctx);
+    on_path(ctx.arg(0), access::WRITE, fmod(lsm_hook::PATH_CHOWN))
 }

@@ -241,12 +241,13 @@ pub fn reload(
     });
 }
 
-/// Whether the kernel refuses (bpf-lsm file hooks) or detects (change detectors) a tagged
-/// process's change of the policy file.
+/// Whether the kernel refuses (bpf-lsm file hooks, the fallback tier's `fmod_ret` programs,
+/// with the fanotify layer for opens) or detects (change detectors) a tagged process's change
+/// of the policy file.
 pub(super) fn policy_watched(st: &super::State) -> bool {
     st.files.as_ref().is_some_and(|f| {
         let a = f.attached();
-        !a.lsm.is_empty() || a.detects()
+        a.refused_in_kernel() || a.detects()
     })
 }
 

@@ -62,7 +62,7 @@ pub fn load(
     // The unix programs are relocated against every map of the object: maps are taken only
     // after them.
     let net = net::take_maps(at.ebpf(), &maps_dir)?;
-    let files = crate::files::kernel::load(&mut at, offsets.file_error.clone(), lsm.as_ref());
+    let files = crate::files::kernel::load(&mut at, &offsets, lsm.as_ref());
     if lsm.is_some() {
         crate::lsm::remove_fallback_pins(&links_dir);
     } else {

@@ -24,7 +24,8 @@ pub(super) fn status(state: &Shared) -> Reply<DaemonStatus> {
         policy_changes: if st.integrity.is_none() {
             "no policy file: the daemon runs on its embedded default policy".into()
         } else if super::apply::policy_watched(&st) {
-            "applied on their own, unless a tagged process made them (counted in the kernel) or \
+            "applied on their own, unless a tagged process made them (refused or counted in the \
+             kernel) or \
              a directory on the file's path was replaced: those wait for `guard policy apply`"
                 .into()
         } else {
@@ -182,9 +183,11 @@ fn unix_coverage(a: &net::Attached) -> String {
              `..` components, /proc/*/root, /proc/*/cwd: cgroup connect_unix/sendmsg_unix see \
              only the name, so such a spelling meets the rules of protected sockets with the \
              same last component). Not covered for agents recognised at exec without BPF LSM \
-             or fmod_ret programs ({peer_missing}): symlinks and hard links made to the socket \
-             under another name. guard run trees: the socket files are masked in their mount \
-             namespace, so no spelling reaches them"
+             or fmod_ret programs ({peer_missing}): symlinks made to the socket under another \
+             name, and hard links: the linker is killed where the change detectors load (rule \
+             guard:socket-files, kill-on-detect), but the link it made stays for the rest of \
+             its tree. guard run trees: the socket files are masked in their mount namespace, \
+             so no spelling reaches them"
         ),
         (Some(why), Some(_)) => format!("{NOT_LOADED}: {why}"),
     }

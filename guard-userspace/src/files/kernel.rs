@@ -1,5 +1,6 @@
 //! The kernel half of file protection: attaching the change detectors (timestamp
-//! tracepoints) and the block-device program, the maps they read, and the thread that drains
+//! tracepoints), the fallback tier's refusals (`fmod_ret` of the `security_path_*`
+//! functions) and the block-device program, the maps they read, and the thread that drains
 //! their events.
 
 use std::{
@@ -27,7 +28,7 @@ use serde::Serialize;
 use super::FileError;
 use crate::loader::{
     Attacher,
-    table::{self, Family, Kind},
+    table::{self, Family, Kind, Need},
     take_map,
 };
 
@@ -80,6 +81,12 @@ pub struct Attached {
     /// fanotify permission events: the LSM programs refuse every access in the kernel).
     #[serde(default)]
     pub lsm: Vec<String>,
+    /// Fallback tier: the `fmod_ret` programs that refuse destructive operations (their
+    /// kernel functions), and why the rest did not attach.
+    #[serde(default)]
+    pub refuse: Vec<String>,
+    #[serde(default)]
+    pub refuse_error: Option<String>,
 }
 
 impl Attached {
@@ -93,13 +100,28 @@ impl Attached {
     pub fn lsm(&self) -> bool {
         !self.lsm.is_empty()
     }
+
+    /// The fallback tier refuses deletes, renames, truncates, chmod/chown, links and creates
+    /// in the kernel: every `fmod_ret` program the kernel has a function for is attached.
+    pub fn refuses(&self) -> bool {
+        !self.refuse.is_empty() && self.refuse_error.is_none()
+    }
+
+    /// Destructive operations are refused in the kernel (bpf-lsm, or the fallback tier's
+    /// `fmod_ret` programs): nothing is lost.
+    pub fn refused_in_kernel(&self) -> bool {
+        self.lsm() || self.refuses()
+    }
 }
 
-/// Attach the kill-on-detect programs (fallback tier) and the block-device program.
+/// Attach the fallback tier's refusals (where the kernel takes `fmod_ret` programs and
+/// `lsm_offsets` are known), the kill-on-detect programs and the block-device program.
 /// Failures are reported in [`Attached`], not returned: the fanotify layer works without them,
-/// and `guard status` says what is missing.
-pub fn attach(at: &mut Attacher<'_>) -> Attached {
+/// and `guard status` says what is missing. The detectors stay beside the refusals: they also
+/// see writes through descriptors opened earlier.
+pub fn attach(at: &mut Attacher<'_>, lsm_offsets: bool) -> Attached {
     let mut a = attach_device(at);
+    attach_refusals(at, lsm_offsets, &mut a);
     let mut errors = Vec::new();
     for row in table::family(Family::FileDetect) {
         let Kind::TpBtf(tracepoint) = row.kind else {
@@ -114,6 +136,35 @@ pub fn attach(at: &mut Attacher<'_>) -> Attached {
         a.detect_error = Some(errors.join("; "));
     }
     a
+}
+
+fn attach_refusals(at: &mut Attacher<'_>, lsm_offsets: bool, a: &mut Attached) {
+    if !lsm_offsets {
+        a.refuse_error = Some("kernel BTF lacks a struct field the path programs read".into());
+        return;
+    }
+    let mut errors = Vec::new();
+    for row in table::family(Family::FileRefuse) {
+        let Kind::FModRet(function) = row.kind else {
+            continue;
+        };
+        match at.attach(&row) {
+            Ok(()) => {
+                if !a.refuse.iter().any(|f| f == function) {
+                    a.refuse.push(function.to_owned());
+                }
+            }
+            Err(crate::loader::AttachError::NoHook) if row.need == Need::WhereHookExists => {}
+            Err(e) => errors.push(format!("{}: {e}", row.hook())),
+        }
+    }
+    if !errors.is_empty() {
+        tracing::warn!(
+            "destructive file operations are not refused in the kernel: {}",
+            errors.join("; ")
+        );
+        a.refuse_error = Some(errors.join("; "));
+    }
 }
 
 /// Only the block-device program (both tiers).
@@ -203,7 +254,7 @@ pub fn spawn_reader(
 /// object). `offsets_error` is why the offsets are unset, if they are.
 pub fn load(
     at: &mut Attacher<'_>,
-    offsets_error: Option<String>,
+    offsets: &crate::btf::Offsets,
     lsm: Option<&crate::lsm::LsmAttached>,
 ) -> Option<super::Loaded> {
     let mut attached = match lsm {
@@ -221,9 +272,9 @@ pub fn load(
                 .collect();
             a
         }
-        None => attach(at),
+        None => attach(at, offsets.lsm.valid * offsets.file.valid != 0),
     };
-    if let Some(e) = offsets_error {
+    if let Some(e) = &offsets.file_error {
         attached.detect_error = Some(format!("kernel BTF: {e}"));
         attached.detectors.clear();
     }

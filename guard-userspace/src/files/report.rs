@@ -189,7 +189,7 @@ impl Decision {
 /// The operation an LSM hook refused or recorded.
 fn lsm_operation(hook: u32, access: u32) -> String {
     use guard_common::file::lsm_hook as h;
-    match hook {
+    match hook & !h::FMOD {
         h::PATH_UNLINK | h::PATH_RMDIR => "delete".into(),
         h::PATH_RENAME => "rename".into(),
         h::PATH_TRUNCATE | h::FILE_TRUNCATE => "truncate".into(),
@@ -215,6 +215,19 @@ fn operation(syscall: Option<i64>) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refusal_by_the_fallback_tiers_fmod_ret_program_is_named_for_its_function() {
+        use guard_common::file::lsm_hook as h;
+        let fmod = h::PATH_RENAME | h::FMOD;
+        assert_eq!(Hook::Lsm(fmod).name(), "security_path_rename");
+        assert_eq!(Hook::Lsm(h::PATH_RENAME).name(), "lsm_path_rename");
+        assert_eq!(lsm_operation(fmod, 0), "rename");
+        assert_eq!(
+            lsm_operation(h::FILE_TRUNCATE | h::FMOD, 0),
+            lsm_operation(h::FILE_TRUNCATE, 0)
+        );
+    }
 
     fn decision(hook: Hook, outcome: Outcome) -> Decision {
         Decision {

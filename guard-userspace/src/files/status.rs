@@ -123,24 +123,57 @@ pub fn rule_status(
             "fanotify FAN_OPEN_EXEC_PERM answered FAN_DENY (EPERM) by the daemon",
         ));
     }
+    let refuse = attached.refuses() && !attached.lsm();
+    let refused = |functions: &str| {
+        format!(
+            "fmod_ret of {functions}, the functions that run the LSM hooks (in the kernel: \
+             EPERM before the operation, daemon or not)"
+        )
+    };
+    let mut later = Vec::new();
     if !attached.lsm() && rule.access & access::WRITE != 0 {
         own.push(layer(
             "write: open for writing or with O_TRUNC",
             fan,
             "fanotify FAN_OPEN_PERM answered FAN_DENY (EPERM) by the daemon",
         ));
-        own.push(layer(
-            "write: truncate(2), chmod/chown, create, link, writes through descriptors opened earlier",
-            detect,
-            "ctime tracepoints (pinned); SIGKILL before the system call returns (that object is changed)",
-        ));
+        if refuse {
+            own.push(layer(
+                "write: truncate(2), chmod/chown, create, link",
+                ENFORCED,
+                &refused(
+                    "security_path_truncate/security_file_truncate, security_path_chmod, \
+                     security_path_chown, security_path_mknod, security_path_mkdir, \
+                     security_path_symlink, security_path_link, security_path_rename",
+                ),
+            ));
+            later.push(layer(
+                "write: writes through descriptors opened before the rule or the tag",
+                detect,
+                "ctime tracepoints (pinned; Linux >= 6.13); SIGKILL before the system call returns (that object is changed)",
+            ));
+        } else {
+            own.push(layer(
+                "write: truncate(2), chmod/chown, create, link, writes through descriptors opened earlier",
+                detect,
+                "ctime tracepoints (pinned); SIGKILL before the system call returns (that object is changed)",
+            ));
+        }
     }
     if !attached.lsm() && rule.access & access::DELETE != 0 {
-        own.push(layer(
-            "delete: unlink, rmdir, rename away",
-            detect,
-            "ctime tracepoints (pinned); SIGKILL before the system call returns (that object is lost)",
-        ));
+        own.push(if refuse {
+            layer(
+                "delete: unlink, rmdir, rename away",
+                ENFORCED,
+                &refused("security_path_unlink, security_path_rmdir, security_path_rename"),
+            )
+        } else {
+            layer(
+                "delete: unlink, rmdir, rename away",
+                detect,
+                "ctime tracepoints (pinned); SIGKILL before the system call returns (that object is lost)",
+            )
+        });
     }
     let enforcing = rule.enforcing();
     let status = if !enforcing {
@@ -153,6 +186,8 @@ pub fn rule_status(
             .to_owned()
     };
     let mut layers = own;
+    // Not part of the rule's status: beyond what the other tier covers.
+    layers.extend(later);
     if enforcing && rule.access & access::DELETE == 0 {
         // Not part of the rule's status: its access does not ask for it.
         layers.push(if attached.lsm() {
@@ -160,6 +195,12 @@ pub fn rule_status(
                 "protected name: unlink, rmdir, rename away, whatever the access",
                 ENFORCED,
                 "BPF LSM path_unlink, path_rmdir, path_rename",
+            )
+        } else if refuse {
+            layer(
+                "protected name: unlink, rmdir, rename away, whatever the access",
+                ENFORCED,
+                &refused("security_path_unlink, security_path_rmdir, security_path_rename"),
             )
         } else {
             layer(

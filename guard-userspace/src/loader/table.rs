@@ -45,6 +45,8 @@ pub enum Family {
     Net,
     /// Fallback kill-on-detect for destructive file operations.
     FileDetect,
+    /// Destructive file operations refused on the fallback tier (`fmod_ret`), as on bpf-lsm.
+    FileRefuse,
     /// Raw block-device opens (both tiers).
     FileDevice,
     /// Signals and ptrace aimed at the daemon (both tiers).
@@ -98,7 +100,7 @@ impl Family {
             ),
             Self::Killer => allow("the denied process is not killed", "net_kill_failed"),
             Self::Net | Self::LsmNet => allow("the connect or send goes through", "net_fail_open"),
-            Self::FileDetect | Self::FileDevice | Self::LsmFile => {
+            Self::FileDetect | Self::FileRefuse | Self::FileDevice | Self::LsmFile => {
                 allow("the file operation goes through", "file_probe_errors")
             }
             Self::SelfProtect | Self::LsmSelf => {
@@ -126,6 +128,7 @@ impl Family {
             Self::Net => "network (cgroup)",
             Self::LsmNet => "network (LSM)",
             Self::FileDetect => "file kill-on-detect",
+            Self::FileRefuse => "files refused (fmod_ret)",
             Self::FileDevice => "raw block devices",
             Self::LsmFile => "files (LSM)",
             Self::SelfProtect => "self-protection",
@@ -138,12 +141,13 @@ impl Family {
         }
     }
 
-    pub const ALL: [Self; 14] = [
+    pub const ALL: [Self; 15] = [
         Self::Tracker,
         Self::Killer,
         Self::Net,
         Self::LsmNet,
         Self::FileDetect,
+        Self::FileRefuse,
         Self::FileDevice,
         Self::LsmFile,
         Self::SelfProtect,
@@ -171,6 +175,7 @@ impl Family {
             Self::Killer
             | Self::Net
             | Self::FileDetect
+            | Self::FileRefuse
             | Self::SecretReads
             | Self::Deferred
             | Self::SelfBpf
@@ -337,6 +342,14 @@ pub fn table() -> Vec<Row> {
     }
     for (name, tp) in file_programs::TRACEPOINTS {
         rows.push(Row::new(name, Kind::TpBtf(tp), F::FileDetect, Optional));
+    }
+    for (name, function) in file_programs::REFUSE {
+        let need = if file_programs::REFUSE_OPTIONAL.contains(&function) {
+            WhereHookExists
+        } else {
+            Optional
+        };
+        rows.push(Row::new(name, Kind::FModRet(function), F::FileRefuse, need));
     }
     rows.push(Row::new(
         file_programs::DEVICE,

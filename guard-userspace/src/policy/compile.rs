@@ -222,6 +222,7 @@ impl Policy {
         endpoints.extend(secrets_allow(&spec.secrets));
         let mut paths: Vec<CompiledPathRule> = paths;
         paths.extend(builtins.paths);
+        paths.extend(socket_files(&endpoints));
         CompiledPolicy {
             name: self.metadata.name.clone(),
             mode: spec.mode,
@@ -257,6 +258,34 @@ impl Policy {
 
 /// The secrets allow-list as endpoint rules whose action is `allow`: the kernel finds them
 /// with the endpoint rules of a destination, and they only exempt it from the secrets rule.
+/// The built-in path rule that keeps protected sockets where their rules name them.
+pub const SOCKET_FILES_RULE: &str = "guard:socket-files";
+/// Its id: in the built-in range, above every set's entries.
+pub const SOCKET_FILES_ID: u32 = FIRST_BUILTIN_ID + 0xff00;
+
+/// The socket files of the enforcing unix rules that refuse, as one path rule: a tagged
+/// process may not link, rename, delete, chmod or chown them. A hard link or a move would
+/// reach the socket under a name the rule does not know (the fallback tier's unix hooks see
+/// names), and a socket moved away leaves its path free for the agent's own listener, which
+/// the untagged clients of the real one would then talk to.
+fn socket_files(endpoints: &[CompiledEndpointRule]) -> Option<CompiledPathRule> {
+    let paths: std::collections::BTreeSet<&str> = endpoints
+        .iter()
+        .filter(|r| r.mode == Mode::Enforce && !matches!(r.action, Action::Audit | Action::Allow))
+        .flat_map(|r| r.unix.iter())
+        .map(String::as_str)
+        .filter(|u| !u.starts_with('@'))
+        .collect();
+    (!paths.is_empty()).then(|| CompiledPathRule {
+        id: SOCKET_FILES_ID,
+        name: SOCKET_FILES_RULE.to_owned(),
+        access: WRITE | DELETE,
+        action: Action::Deny,
+        mode: Mode::Enforce,
+        paths: paths.into_iter().filter_map(PathSpec::internal).collect(),
+    })
+}
+
 fn secrets_allow(secrets: &Secrets) -> Vec<CompiledEndpointRule> {
     secrets
         .allow

@@ -496,3 +496,33 @@ fn ask_and_hold_are_for_endpoints_and_the_hold_timeout_is_bounded() {
     let msg = err("  approvers: { users: [alice], team: [x] }\n").to_string();
     assert!(msg.contains("unknown field `team`"), "{msg}");
 }
+
+#[test]
+fn protected_socket_files_are_kept_where_their_rules_name_them() {
+    let p = Policy::from_yaml(
+        &doc("  endpoints:\n    - { name: rt, unix: [/run/x.sock, \"@abstract\"], action: deny }\n    \
+              - { name: seen, unix: [/run/audited.sock], action: audit }\n    \
+              - { name: tried, unix: [/run/tried.sock], action: deny, mode: audit }\n"),
+        "p.yaml",
+    )
+    .unwrap();
+    let c = p.compile();
+    let files = c
+        .paths
+        .iter()
+        .find(|r| r.name == compile::SOCKET_FILES_RULE)
+        .expect("the socket-files rule");
+    let paths: Vec<&str> = files.paths.iter().map(PathSpec::as_str).collect();
+    // The built-in executors' sockets (systemd, D-Bus) and the policy's refusing, enforced,
+    // non-abstract one; never an audited rule's.
+    assert!(paths.contains(&"/run/x.sock"), "{paths:?}");
+    assert!(paths.contains(&"/run/systemd/private"), "{paths:?}");
+    assert!(
+        !paths
+            .iter()
+            .any(|p| p.contains("audited") || p.contains("tried") || p.starts_with('@')),
+        "{paths:?}"
+    );
+    assert_eq!(files.access, WRITE | DELETE);
+    assert_eq!((files.action, files.mode), (Action::Deny, Mode::Enforce));
+}
