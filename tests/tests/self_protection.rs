@@ -418,19 +418,28 @@ fn event(d: &Daemon, what: &str, f: impl Fn(&serde_json::Value) -> bool) -> serd
 /// A self-protection refusal recorded by `hook` (with the offender's ancestry).
 /// `rm -rf` of the pin directory refused in the kernel: it fails with EPERM, every link pin
 /// is still there, and the refusal is recorded (checked while the daemon runs).
+/// The daemon's link pins, sorted (`None` while the directory is gone).
+fn link_pins(d: &Daemon) -> Option<Vec<String>> {
+    let mut l: Vec<String> = std::fs::read_dir(d.pin_dir.join("links"))
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    l.sort();
+    Some(l)
+}
+
 fn pins_refused(d: &Daemon, out: &std::process::Output, links_before: &[String], running: bool) {
     assert!(
         !killed(out) && String::from_utf8_lossy(&out.stderr).contains("Operation not permitted"),
         "rm -rf pins: {}",
         text(out)
     );
-    let mut links: Vec<String> = std::fs::read_dir(d.pin_dir.join("links"))
-        .unwrap()
-        .filter_map(Result::ok)
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    links.sort();
-    assert_eq!(links, links_before, "a link pin was removed");
+    assert_eq!(
+        link_pins(d).as_deref(),
+        Some(links_before),
+        "a link pin was removed"
+    );
     if running {
         event(d, "the refused pin removal", |e| {
             e["kind"] == "file_change"
@@ -602,15 +611,7 @@ fn a_hostile_root_agent_tree_cannot_stop_blind_or_rewrite_the_daemon() {
     let claude = dir.path().join("claude");
     std::fs::copy("/bin/bash", &claude).unwrap();
     let pid = d.pid();
-    let links_before: Vec<String> = {
-        let mut l: Vec<String> = std::fs::read_dir(d.pin_dir.join("links"))
-            .unwrap()
-            .filter_map(Result::ok)
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect();
-        l.sort();
-        l
-    };
+    let links_before = link_pins(&d).expect("the link pins");
     if d.assert_tier() == "bpf-lsm" {
         return hostile_tree_on_the_lsm_tier(&d, &claude, &policy, &policy_text);
     }
@@ -813,13 +814,7 @@ fn a_hostile_root_agent_tree_cannot_stop_blind_or_rewrite_the_daemon() {
         eprintln!("pin put back: {}", restored["object"]["path"]);
     }
     wait_for("every link pinned", Duration::from_secs(10), || {
-        let mut l: Vec<String> = std::fs::read_dir(d.pin_dir.join("links"))
-            .ok()?
-            .filter_map(Result::ok)
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect();
-        l.sort();
-        (l == links_before).then_some(())
+        (link_pins(&d)? == links_before).then_some(())
     });
 
     // 5. The policy and the event log: opens for writing fail with EPERM.
