@@ -64,6 +64,140 @@ fn rank(s: &str) -> u8 {
     }
 }
 
+fn layer(covers: &str, status: &str, via: &str) -> Layer {
+    Layer {
+        covers: covers.to_owned(),
+        status: status.to_owned(),
+        via: via.to_owned(),
+    }
+}
+
+/// The bpf-lsm tier's layers for `access`: every one refused in the kernel.
+fn lsm_layers(access: u32) -> Vec<Layer> {
+    let via = |hooks: &str| {
+        format!("BPF LSM {hooks} (in the kernel: EPERM before the operation, daemon or not)")
+    };
+    let mut own = Vec::new();
+    if access & access::READ != 0 {
+        own.push(layer("read", ENFORCED, &via("file_open")));
+    }
+    if access & access::EXEC != 0 {
+        own.push(layer("exec", ENFORCED, &via("file_open")));
+    }
+    if access & access::WRITE != 0 {
+        own.push(layer(
+            "write: open for writing or O_TRUNC, truncate, chmod/chown, create, link",
+            ENFORCED,
+            &via("file_open, path_truncate/file_truncate, path_chmod, path_chown, path_mknod, path_mkdir, path_symlink, path_link, path_rename"),
+        ));
+    }
+    if access & access::DELETE != 0 {
+        own.push(layer(
+            "delete: unlink, rmdir, rename away",
+            ENFORCED,
+            &via("path_unlink, path_rmdir, path_rename"),
+        ));
+    }
+    own
+}
+
+/// How the fallback tier's `fmod_ret` programs are named in a layer.
+fn refused_by(functions: &str) -> String {
+    format!(
+        "fmod_ret of {functions}, the functions that run the LSM hooks (in the kernel: EPERM \
+         before the operation, daemon or not)"
+    )
+}
+
+const DELETE_FUNCTIONS: &str = "security_path_unlink, security_path_rmdir, security_path_rename";
+
+/// The fallback tier's layers for `access`: opens answered by the daemon (`fan`), the rest
+/// refused in the kernel (`refuse`: the `fmod_ret` programs attached) or killed on detection
+/// (`detect`). Second, the layers beyond what the rule's status counts.
+fn fallback_layers(access: u32, fan: &str, detect: &str, refuse: bool) -> (Vec<Layer>, Vec<Layer>) {
+    let (mut own, mut beyond) = (Vec::new(), Vec::new());
+    if access & access::READ != 0 {
+        own.push(layer(
+            "read",
+            fan,
+            "fanotify FAN_OPEN_PERM/FAN_ACCESS_PERM answered FAN_DENY (EPERM) by the daemon",
+        ));
+    }
+    if access & access::EXEC != 0 {
+        own.push(layer(
+            "exec",
+            fan,
+            "fanotify FAN_OPEN_EXEC_PERM answered FAN_DENY (EPERM) by the daemon",
+        ));
+    }
+    if access & access::WRITE != 0 {
+        own.push(layer(
+            "write: open for writing or with O_TRUNC",
+            fan,
+            "fanotify FAN_OPEN_PERM answered FAN_DENY (EPERM) by the daemon",
+        ));
+        if refuse {
+            own.push(layer(
+                "write: truncate(2), chmod/chown, create, link",
+                ENFORCED,
+                &refused_by(
+                    "security_path_truncate/security_file_truncate, security_path_chmod, \
+                     security_path_chown, security_path_mknod, security_path_mkdir, \
+                     security_path_symlink, security_path_link, security_path_rename",
+                ),
+            ));
+            // As on bpf-lsm, the refusals see operations, not writes through descriptors.
+            beyond.push(layer(
+                "write: writes through descriptors opened before the rule or the tag",
+                detect,
+                "ctime tracepoints (pinned; Linux >= 6.13); SIGKILL before the system call returns (that object is changed)",
+            ));
+        } else {
+            own.push(layer(
+                "write: truncate(2), chmod/chown, create, link, writes through descriptors opened earlier",
+                detect,
+                "ctime tracepoints (pinned); SIGKILL before the system call returns (that object is changed)",
+            ));
+        }
+    }
+    if access & access::DELETE != 0 {
+        own.push(if refuse {
+            layer(
+                "delete: unlink, rmdir, rename away",
+                ENFORCED,
+                &refused_by(DELETE_FUNCTIONS),
+            )
+        } else {
+            layer(
+                "delete: unlink, rmdir, rename away",
+                detect,
+                "ctime tracepoints (pinned); SIGKILL before the system call returns (that object is lost)",
+            )
+        });
+    }
+    (own, beyond)
+}
+
+/// Renames and unlinks of an enforcing rule's objects, whatever its access.
+fn protected_name_layer(attached: &Attached, detect: &str) -> Layer {
+    const COVERS: &str = "protected name: unlink, rmdir, rename away, whatever the access";
+    if attached.lsm() {
+        layer(
+            COVERS,
+            ENFORCED,
+            "BPF LSM path_unlink, path_rmdir, path_rename",
+        )
+    } else if attached.refuses() {
+        layer(COVERS, ENFORCED, &refused_by(DELETE_FUNCTIONS))
+    } else {
+        layer(
+            COVERS,
+            detect,
+            "ctime tracepoints (pinned); SIGKILL before the system call returns (the object moves, and stays protected where it is: the identity set finds it by file handle after refreshes, reloads and restarts, until the rule changes)",
+        )
+    }
+}
+
 /// The status of `rule`, given what it resolved to, whether its fanotify group exists and
 /// what the kernel side attached.
 pub fn rule_status(
@@ -78,103 +212,11 @@ pub fn rule_status(
     } else {
         NOT_LOADED
     };
-    let layer = |covers: &str, status: &str, via: &str| Layer {
-        covers: covers.to_owned(),
-        status: status.to_owned(),
-        via: via.to_owned(),
+    let (own, beyond) = if attached.lsm() {
+        (lsm_layers(rule.access), Vec::new())
+    } else {
+        fallback_layers(rule.access, fan, detect, attached.refuses())
     };
-    let mut own = Vec::new();
-    if attached.lsm() {
-        let via = |hooks: &str| {
-            format!("BPF LSM {hooks} (in the kernel: EPERM before the operation, daemon or not)")
-        };
-        if rule.access & access::READ != 0 {
-            own.push(layer("read", ENFORCED, &via("file_open")));
-        }
-        if rule.access & access::EXEC != 0 {
-            own.push(layer("exec", ENFORCED, &via("file_open")));
-        }
-        if rule.access & access::WRITE != 0 {
-            own.push(layer(
-                "write: open for writing or O_TRUNC, truncate, chmod/chown, create, link",
-                ENFORCED,
-                &via("file_open, path_truncate/file_truncate, path_chmod, path_chown, path_mknod, path_mkdir, path_symlink, path_link, path_rename"),
-            ));
-        }
-        if rule.access & access::DELETE != 0 {
-            own.push(layer(
-                "delete: unlink, rmdir, rename away",
-                ENFORCED,
-                &via("path_unlink, path_rmdir, path_rename"),
-            ));
-        }
-    }
-    if !attached.lsm() && rule.access & access::READ != 0 {
-        own.push(layer(
-            "read",
-            fan,
-            "fanotify FAN_OPEN_PERM/FAN_ACCESS_PERM answered FAN_DENY (EPERM) by the daemon",
-        ));
-    }
-    if !attached.lsm() && rule.access & access::EXEC != 0 {
-        own.push(layer(
-            "exec",
-            fan,
-            "fanotify FAN_OPEN_EXEC_PERM answered FAN_DENY (EPERM) by the daemon",
-        ));
-    }
-    let refuse = attached.refuses() && !attached.lsm();
-    let refused = |functions: &str| {
-        format!(
-            "fmod_ret of {functions}, the functions that run the LSM hooks (in the kernel: \
-             EPERM before the operation, daemon or not)"
-        )
-    };
-    let mut later = Vec::new();
-    if !attached.lsm() && rule.access & access::WRITE != 0 {
-        own.push(layer(
-            "write: open for writing or with O_TRUNC",
-            fan,
-            "fanotify FAN_OPEN_PERM answered FAN_DENY (EPERM) by the daemon",
-        ));
-        if refuse {
-            own.push(layer(
-                "write: truncate(2), chmod/chown, create, link",
-                ENFORCED,
-                &refused(
-                    "security_path_truncate/security_file_truncate, security_path_chmod, \
-                     security_path_chown, security_path_mknod, security_path_mkdir, \
-                     security_path_symlink, security_path_link, security_path_rename",
-                ),
-            ));
-            later.push(layer(
-                "write: writes through descriptors opened before the rule or the tag",
-                detect,
-                "ctime tracepoints (pinned; Linux >= 6.13); SIGKILL before the system call returns (that object is changed)",
-            ));
-        } else {
-            own.push(layer(
-                "write: truncate(2), chmod/chown, create, link, writes through descriptors opened earlier",
-                detect,
-                "ctime tracepoints (pinned); SIGKILL before the system call returns (that object is changed)",
-            ));
-        }
-    }
-    if !attached.lsm() && rule.access & access::DELETE != 0 {
-        own.push(if refuse {
-            layer(
-                "delete: unlink, rmdir, rename away",
-                ENFORCED,
-                &refused("security_path_unlink, security_path_rmdir, security_path_rename"),
-            )
-        } else {
-            layer(
-                "delete: unlink, rmdir, rename away",
-                detect,
-                "ctime tracepoints (pinned); SIGKILL before the system call returns (that object is lost)",
-            )
-        });
-    }
     let enforcing = rule.enforcing();
     let status = if !enforcing {
         AUDIT_ONLY.to_owned()
@@ -186,29 +228,11 @@ pub fn rule_status(
             .to_owned()
     };
     let mut layers = own;
-    // Not part of the rule's status: beyond what the other tier covers.
-    layers.extend(later);
+    // Not part of the rule's status: beyond what the bpf-lsm tier covers.
+    layers.extend(beyond);
     if enforcing && rule.access & access::DELETE == 0 {
         // Not part of the rule's status: its access does not ask for it.
-        layers.push(if attached.lsm() {
-            layer(
-                "protected name: unlink, rmdir, rename away, whatever the access",
-                ENFORCED,
-                "BPF LSM path_unlink, path_rmdir, path_rename",
-            )
-        } else if refuse {
-            layer(
-                "protected name: unlink, rmdir, rename away, whatever the access",
-                ENFORCED,
-                &refused("security_path_unlink, security_path_rmdir, security_path_rename"),
-            )
-        } else {
-            layer(
-                "protected name: unlink, rmdir, rename away, whatever the access",
-                detect,
-                "ctime tracepoints (pinned); SIGKILL before the system call returns (the object moves, and stays protected where it is: the identity set finds it by file handle after refreshes, reloads and restarts, until the rule changes)",
-            )
-        });
+        layers.push(protected_name_layer(attached, detect));
     }
     let devices: Vec<String> = st
         .targets
@@ -374,5 +398,31 @@ mod tests {
             &attached(true),
         );
         assert!(r.note.is_some(), "an empty rule says so");
+    }
+
+    #[test]
+    fn fallback_refusals_enforce_what_the_detectors_would_kill() {
+        let st = RuleState::default();
+        let mut a = attached(false);
+        a.refuse = vec!["security_path_unlink".into()];
+        let r = rule_status(
+            &rule(access::WRITE | access::DELETE, Mode::Enforce),
+            &st,
+            true,
+            &a,
+        );
+        assert_eq!(r.status, ENFORCED, "{r:?}");
+        let beyond = r.layers.iter().find(|l| l.covers.contains("opened before"));
+        assert_eq!(beyond.map(|l| l.status.as_str()), Some(NOT_LOADED));
+        let r = rule_status(&rule(access::READ, Mode::Enforce), &st, true, &a);
+        let name = r
+            .layers
+            .iter()
+            .find(|l| l.covers.starts_with("protected name"));
+        assert!(name.is_some_and(|l| l.status == ENFORCED && l.via.contains("fmod_ret")));
+        // One program refused by the kernel: nothing is claimed.
+        a.refuse_error = Some("fmod_ret/security_path_rmdir: refused".into());
+        let r = rule_status(&rule(access::DELETE, Mode::Enforce), &st, true, &a);
+        assert_eq!(r.status, NOT_LOADED, "{r:?}");
     }
 }
