@@ -51,6 +51,10 @@ const HOST_TOOLS: &[(&str, &str)] = &[
         "git",
         "deferred execution: git reading a .git/config an agent wrote",
     ),
+    (
+        "tmux",
+        "the terminal-server executor: the human's tmux server and the agent's own",
+    ),
 ];
 
 /// Parts of the Python standard library no test imports (and the big ones).

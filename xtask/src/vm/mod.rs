@@ -51,12 +51,6 @@ const NOT_IN_GUEST: &[(&str, &str)] = &[
          proves is never taken; it runs natively in `cargo xtask test`",
     ),
     (
-        "deputies::executors::a_terminal_server",
-        "tmux is not in the guest's initramfs; the decision it rests on (a unix connect to a \
-         socket the rule names) is proven in the guest by network::unix_socket_spellings; it \
-         runs natively in `cargo xtask test`",
-    ),
-    (
         "deputies::executors::at_jobs",
         "at and atd are not in the guest's initramfs; the path rules they meet are proven in \
          the guest by the files tests; it runs natively in `cargo xtask test`",
