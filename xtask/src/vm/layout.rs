@@ -140,6 +140,12 @@ pub fn tree(bins: &Binaries, plan: &Plan, busybox_bin: &Path) -> Result<(Tree, V
             )),
         }
     }
+    // tmux refuses to start without a UTF-8 locale; it falls back to C.UTF-8 when it finds one.
+    let c_utf8 = Path::new("/usr/lib/locale/C.utf8");
+    if c_utf8.is_dir() {
+        t.host_dir(c_utf8, &|_| false)?;
+        notes.push("C.UTF-8 locale: for tmux".into());
+    }
     busybox(&mut t, busybox_bin)?;
 
     t.stripped(init::GUARD, &bins.guard);
