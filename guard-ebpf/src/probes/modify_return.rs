@@ -20,8 +20,8 @@
 //!   kernels without the detectors' tracepoints (before 6.13) get them at all. Opens stay
 //!   with the fanotify layer.
 //!
-//! aya's `fentry` macro discards a program's return value, so the sections are written here;
-//! the loader loads these programs by hand with the modify-return attach type.
+//! aya's `fentry` macro discards a program's return value, so [`fmod_ret!`] writes the
+//! sections; the loader loads these programs by hand with the modify-return attach type.
 
 use core::ffi::c_void;
 
@@ -39,56 +39,61 @@ use super::{
     },
 };
 
-/// `security_unix_stream_connect(struct sock *sock, struct sock *other, struct sock *newsk)`.
-#[unsafe(no_mangle)]
-#[unsafe(link_section = "fentry/security_unix_stream_connect")]
-pub fn guard_peer_unix_connect(ctx: *mut c_void) -> i32 {
-    let ctx = FEntryContext::new(ctx);
-    unix_stream_connect(ctx.arg(1), hook::PEER_UNIX_STREAM_CONNECT)
+/// A modify-return program on kernel function `$function`: `$name(ctx)` returns `$body`, its
+/// non-zero value the function's result. `$body` reads the function's arguments with
+/// `ctx.arg(n)`.
+macro_rules! fmod_ret {
+    ($(#[$doc:meta])* $name:ident, $function:literal, |$ctx:ident| $body:expr) => {
+        $(#[$doc])*
+        #[unsafe(no_mangle)]
+        #[unsafe(link_section = concat!("fentry/", $function))]
+        pub fn $name(ctx: *mut c_void) -> i32 {
+            let $ctx = FEntryContext::new(ctx);
+            $body
+        }
+    };
 }
 
-/// `security_unix_may_send(struct socket *sock, struct socket *other)`.
-#[unsafe(no_mangle)]
-#[unsafe(link_section = "fentry/security_unix_may_send")]
-pub fn guard_peer_unix_send(ctx: *mut c_void) -> i32 {
-    let ctx = FEntryContext::new(ctx);
-    unix_may_send(ctx.arg(1), hook::PEER_UNIX_MAY_SEND)
-}
-
-/// `security_bpf(int cmd, union bpf_attr *attr, unsigned int size[, bool kernel])`.
-#[unsafe(no_mangle)]
-#[unsafe(link_section = "fentry/security_bpf")]
-pub fn guard_fmod_bpf(ctx: *mut c_void) -> i32 {
-    let ctx = FEntryContext::new(ctx);
-    bpf_call(ctx.arg(0), guard_common::selfprot::op::FMOD_BPF)
-}
-
-/// `security_ptrace_access_check(struct task_struct *child, unsigned int mode)`.
-#[unsafe(no_mangle)]
-#[unsafe(link_section = "fentry/security_ptrace_access_check")]
-pub fn guard_fmod_ptrace(ctx: *mut c_void) -> i32 {
-    let ctx = FEntryContext::new(ctx);
-    ptrace_access_check(
+fmod_ret!(
+    /// `(struct sock *sock, struct sock *other, struct sock *newsk)`.
+    guard_peer_unix_connect,
+    "security_unix_stream_connect",
+    |ctx| unix_stream_connect(ctx.arg(1), hook::PEER_UNIX_STREAM_CONNECT)
+);
+fmod_ret!(
+    /// `(struct socket *sock, struct socket *other)`.
+    guard_peer_unix_send,
+    "security_unix_may_send",
+    |ctx| unix_may_send(ctx.arg(1), hook::PEER_UNIX_MAY_SEND)
+);
+fmod_ret!(
+    /// `(int cmd, union bpf_attr *attr, unsigned int size[, bool kernel])`.
+    guard_fmod_bpf,
+    "security_bpf",
+    |ctx| bpf_call(ctx.arg(0), guard_common::selfprot::op::FMOD_BPF)
+);
+fmod_ret!(
+    /// `(struct task_struct *child, unsigned int mode)`.
+    guard_fmod_ptrace,
+    "security_ptrace_access_check",
+    |ctx| ptrace_access_check(
         ctx.arg(0),
         ctx.arg(1),
-        guard_common::selfprot::op::FMOD_PTRACE,
+        guard_common::selfprot::op::FMOD_PTRACE
     )
-}
-
-/// `security_file_ioctl(struct file *file, unsigned int cmd, unsigned long arg)`.
-#[unsafe(no_mangle)]
-#[unsafe(link_section = "fentry/security_file_ioctl")]
-pub fn guard_fmod_ioctl(ctx: *mut c_void) -> i32 {
-    terminal_input(FEntryContext::new(ctx).arg(1))
-}
-
-/// `security_file_ioctl_compat(struct file *file, unsigned int cmd, unsigned long arg)`
-/// (Linux ≥ 6.7; before that `security_file_ioctl` saw 32-bit callers too).
-#[unsafe(no_mangle)]
-#[unsafe(link_section = "fentry/security_file_ioctl_compat")]
-pub fn guard_fmod_ioctl_compat(ctx: *mut c_void) -> i32 {
-    terminal_input(FEntryContext::new(ctx).arg(1))
-}
+);
+fmod_ret!(
+    /// `(struct file *file, unsigned int cmd, unsigned long arg)`.
+    guard_fmod_ioctl,
+    "security_file_ioctl",
+    |ctx| terminal_input(ctx.arg(1))
+);
+fmod_ret!(
+    /// The same for 32-bit callers (Linux ≥ 6.7; before, `security_file_ioctl` saw them).
+    guard_fmod_ioctl_compat,
+    "security_file_ioctl_compat",
+    |ctx| terminal_input(ctx.arg(1))
+);
 
 // --- Files: the bpf-lsm tier's path decisions (`probes/lsm.rs`), named for the function.
 
@@ -97,107 +102,82 @@ const fn fmod(hook: u32) -> u32 {
     hook | lsm_hook::FMOD
 }
 
-/// `security_path_unlink(const struct path *dir, struct dentry *dentry)`.
-#[unsafe(no_mangle)]
-#[unsafe(link_section = "fentry/security_path_unlink")]
-pub fn guard_fmod_unlink(ctx: *mut c_void) -> i32 {
-    let ctx = FEntryContext::new(ctx);
-    on_dentry(ctx.arg(1), access::DELETE, fmod(lsm_hook::PATH_UNLINK))
-}
-
-/// `security_path_rmdir(const struct path *dir, struct dentry *dentry)`.
-#[unsafe(no_mangle)]
-#[unsafe(link_section = "fentry/security_path_rmdir")]
-pub fn guard_fmod_rmdir(ctx: *mut c_void) -> i32 {
-    let ctx = FEntryContext::new(ctx);
-    on_dentry(ctx.arg(1), access::DELETE, fmod(lsm_hook::PATH_RMDIR))
-}
-
-/// `security_path_rename(old_dir, old_dentry, new_dir, new_dentry, flags)`: the source side.
-#[unsafe(no_mangle)]
-#[unsafe(link_section = "fentry/security_path_rename")]
-pub fn guard_fmod_rename(ctx: *mut c_void) -> i32 {
-    let ctx = FEntryContext::new(ctx);
-    on_dentry(ctx.arg(1), access::DELETE, fmod(lsm_hook::PATH_RENAME))
-}
-
-/// `security_path_rename`, destination side (a second program on the function).
-#[unsafe(no_mangle)]
-#[unsafe(link_section = "fentry/security_path_rename")]
-pub fn guard_fmod_rename_to(ctx: *mut c_void) -> i32 {
-    let ctx = FEntryContext::new(ctx);
-    on_target(ctx.arg(2), ctx.arg(3), fmod(lsm_hook::PATH_RENAME))
-}
-
-/// `security_path_truncate(const struct path *path)`.
-#[unsafe(no_mangle)]
-#[unsafe(link_section = "fentry/security_path_truncate")]
-pub fn guard_fmod_truncate(ctx: *mut c_void) -> i32 {
-    let ctx = FEntryContext::new(ctx);
-    on_path(ctx.arg(0), access::WRITE, fmod(lsm_hook::PATH_TRUNCATE))
-}
-
-/// `security_file_truncate(struct file *file)` (Linux ≥ 6.2).
-#[unsafe(no_mangle)]
-#[unsafe(link_section = "fentry/security_file_truncate")]
-pub fn guard_fmod_ftruncate(ctx: *mut c_void) -> i32 {
-    let ctx = FEntryContext::new(ctx);
-    on_file(ctx.arg(0), access::WRITE, fmod(lsm_hook::FILE_TRUNCATE))
-}
-
-/// `security_path_link(struct dentry *old_dentry, const struct path *new_dir, struct dentry
-/// *new_dentry)`: a new name for a protected object.
-#[unsafe(no_mangle)]
-#[unsafe(link_section = "fentry/security_path_link")]
-pub fn guard_fmod_link(ctx: *mut c_void) -> i32 {
-    let ctx = FEntryContext::new(ctx);
-    on_dentry(ctx.arg(0), access::WRITE, fmod(lsm_hook::PATH_LINK))
-}
-
-/// `security_path_link`, destination side: a new entry in a protected directory.
-#[unsafe(no_mangle)]
-#[unsafe(link_section = "fentry/security_path_link")]
-pub fn guard_fmod_link_to(ctx: *mut c_void) -> i32 {
-    let ctx = FEntryContext::new(ctx);
-    on_create(ctx.arg(1), ctx.arg(2), fmod(lsm_hook::PATH_LINK))
-}
-
-/// `security_path_mknod(dir, dentry, mode, dev)`: also every `open(O_CREAT)` of a new file.
-#[unsafe(no_mangle)]
-#[unsafe(link_section = "fentry/security_path_mknod")]
-pub fn guard_fmod_mknod(ctx: *mut c_void) -> i32 {
-    let ctx = FEntryContext::new(ctx);
-    on_create(ctx.arg(0), ctx.arg(1), fmod(lsm_hook::PATH_MKNOD))
-}
-
-/// `security_path_mkdir(dir, dentry, mode)`.
-#[unsafe(no_mangle)]
-#[unsafe(link_section = "fentry/security_path_mkdir")]
-pub fn guard_fmod_mkdir(ctx: *mut c_void) -> i32 {
-    let ctx = FEntryContext::new(ctx);
-    on_create(ctx.arg(0), ctx.arg(1), fmod(lsm_hook::PATH_MKDIR))
-}
-
-/// `security_path_symlink(dir, dentry, old_name)`.
-#[unsafe(no_mangle)]
-#[unsafe(link_section = "fentry/security_path_symlink")]
-pub fn guard_fmod_symlink(ctx: *mut c_void) -> i32 {
-    let ctx = FEntryContext::new(ctx);
-    on_create(ctx.arg(0), ctx.arg(1), fmod(lsm_hook::PATH_SYMLINK))
-}
-
-/// `security_path_chmod(const struct path *path, umode_t mode)`.
-#[unsafe(no_mangle)]
-#[unsafe(link_section = "fentry/security_path_chmod")]
-pub fn guard_fmod_chmod(ctx: *mut c_void) -> i32 {
-    let ctx = FEntryContext::new(ctx);
-    on_path(ctx.arg(0), access::WRITE, fmod(lsm_hook::PATH_CHMOD))
-}
-
-/// `security_path_chown(const struct path *path, kuid_t uid, kgid_t gid)`.
-#[unsafe(no_mangle)]
-#[unsafe(link_section = "fentry/security_path_chown")]
-pub fn guard_fmod_chown(ctx: *mut c_void) -> i32 {
-    let ctx = FEntryContext::new(ctx);
-    on_path(ctx.arg(0), access::WRITE, fmod(lsm_hook::PATH_CHOWN))
-}
+fmod_ret!(
+    /// `(const struct path *dir, struct dentry *dentry)`.
+    guard_fmod_unlink,
+    "security_path_unlink",
+    |ctx| on_dentry(ctx.arg(1), access::DELETE, fmod(lsm_hook::PATH_UNLINK))
+);
+fmod_ret!(
+    /// `(const struct path *dir, struct dentry *dentry)`.
+    guard_fmod_rmdir,
+    "security_path_rmdir",
+    |ctx| on_dentry(ctx.arg(1), access::DELETE, fmod(lsm_hook::PATH_RMDIR))
+);
+fmod_ret!(
+    /// `(old_dir, old_dentry, new_dir, new_dentry, flags)`: the source side.
+    guard_fmod_rename,
+    "security_path_rename",
+    |ctx| on_dentry(ctx.arg(1), access::DELETE, fmod(lsm_hook::PATH_RENAME))
+);
+fmod_ret!(
+    /// The destination side (a second program on the function, as on bpf-lsm).
+    guard_fmod_rename_to,
+    "security_path_rename",
+    |ctx| on_target(ctx.arg(2), ctx.arg(3), fmod(lsm_hook::PATH_RENAME))
+);
+fmod_ret!(
+    /// `(const struct path *path)`.
+    guard_fmod_truncate,
+    "security_path_truncate",
+    |ctx| on_path(ctx.arg(0), access::WRITE, fmod(lsm_hook::PATH_TRUNCATE))
+);
+fmod_ret!(
+    /// `(struct file *file)` (Linux ≥ 6.2).
+    guard_fmod_ftruncate,
+    "security_file_truncate",
+    |ctx| on_file(ctx.arg(0), access::WRITE, fmod(lsm_hook::FILE_TRUNCATE))
+);
+fmod_ret!(
+    /// `(struct dentry *old_dentry, const struct path *new_dir, struct dentry *new_dentry)`:
+    /// a new name for a protected object.
+    guard_fmod_link,
+    "security_path_link",
+    |ctx| on_dentry(ctx.arg(0), access::WRITE, fmod(lsm_hook::PATH_LINK))
+);
+fmod_ret!(
+    /// The destination side: a new entry in a protected directory.
+    guard_fmod_link_to,
+    "security_path_link",
+    |ctx| on_create(ctx.arg(1), ctx.arg(2), fmod(lsm_hook::PATH_LINK))
+);
+fmod_ret!(
+    /// `(dir, dentry, mode, dev)`: also every `open(O_CREAT)` of a new file.
+    guard_fmod_mknod,
+    "security_path_mknod",
+    |ctx| on_create(ctx.arg(0), ctx.arg(1), fmod(lsm_hook::PATH_MKNOD))
+);
+fmod_ret!(
+    /// `(dir, dentry, mode)`.
+    guard_fmod_mkdir,
+    "security_path_mkdir",
+    |ctx| on_create(ctx.arg(0), ctx.arg(1), fmod(lsm_hook::PATH_MKDIR))
+);
+fmod_ret!(
+    /// `(dir, dentry, old_name)`.
+    guard_fmod_symlink,
+    "security_path_symlink",
+    |ctx| on_create(ctx.arg(0), ctx.arg(1), fmod(lsm_hook::PATH_SYMLINK))
+);
+fmod_ret!(
+    /// `(const struct path *path, umode_t mode)`.
+    guard_fmod_chmod,
+    "security_path_chmod",
+    |ctx| on_path(ctx.arg(0), access::WRITE, fmod(lsm_hook::PATH_CHMOD))
+);
+fmod_ret!(
+    /// `(const struct path *path, kuid_t uid, kgid_t gid)`.
+    guard_fmod_chown,
+    "security_path_chown",
+    |ctx| on_path(ctx.arg(0), access::WRITE, fmod(lsm_hook::PATH_CHOWN))
+);
