@@ -13,10 +13,12 @@ use std::{collections::BTreeMap, process::Command, time::Duration};
 use guard_tests::{Daemon, Proc, output, read_pid_file, wait_for};
 use network_support::{CLIENT, Listener, Net, counter, net_events};
 
-/// `sleep 60` with exactly `env` (no other variable), in the order of its names.
+/// A sleeping process with exactly `env` (no other variable), in the order of its names. It
+/// outlives any test (dropped, it is killed): a daemon started after it may take more than a
+/// minute to verify its programs under the VM matrix's emulation.
 fn sleeper(env: &BTreeMap<String, String>) -> Proc {
     let mut c = Command::new("/bin/sleep");
-    c.arg("60").env_clear().envs(env);
+    c.arg("3600").env_clear().envs(env);
     Proc::spawn(c)
 }
 
@@ -345,12 +347,13 @@ fn an_agent_installed_by_path_is_recognised_however_it_is_started() {
     // A script an interpreter runs, installed under an agent's path, named like nothing.
     std::fs::create_dir_all(d.join("lib/agentjs")).unwrap();
     std::fs::create_dir_all(d.join("lib/otherjs")).unwrap();
-    let js = "setTimeout(() => {}, 60000);\n";
+    // Longer than any daemon start under emulation: each is killed when dropped.
+    let js = "setTimeout(() => {}, 3600000);\n";
     std::fs::write(d.join("lib/agentjs/main.js"), js).unwrap();
     std::fs::write(d.join("lib/otherjs/main.js"), js).unwrap();
     let sleep = |prog: &std::path::Path, cwd: &std::path::Path| {
         let mut c = Command::new(prog);
-        c.arg("60").current_dir(cwd);
+        c.arg("3600").current_dir(cwd);
         Proc::spawn(c)
     };
     let node = |script: &std::path::Path| {
