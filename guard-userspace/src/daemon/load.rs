@@ -10,7 +10,7 @@ use crate::{
     btf::{Offsets, Vmlinux},
     kernel::{Kernel, KernelError, LoadOptions, Loading, Tier, TierChoice},
     loader::{
-        Attacher,
+        Attacher, FamilyAttached,
         table::{self, Family},
     },
     lsm::LsmAttached,
@@ -122,16 +122,11 @@ fn attach_secret_reads(at: &mut Attacher<'_>, lsm: bool, fallback: bool) -> Stri
                 --fallback-read-scan` turns them on"
             .to_owned();
     }
-    let (mut hooks, mut failed) = (Vec::new(), Vec::new());
-    for row in table::family(Family::SecretReads) {
-        match at.attach(&row) {
-            Ok(()) => hooks.push(row.hook()),
-            Err(e) => {
-                warn!(hook = %row.hook(), error = %e, "a read path is not scanned for secrets");
-                failed.push(format!("{}: {e}", row.hook()));
-            }
-        }
+    let FamilyAttached { attached, failed } = at.attach_family(Family::SecretReads);
+    for f in &failed {
+        warn!("a read path is not scanned for secrets: {f}");
     }
+    let hooks: Vec<String> = attached.iter().map(table::Row::hook).collect();
     match (hooks.is_empty(), failed.is_empty()) {
         (true, _) => format!("not covered: {}", failed.join("; ")),
         (false, true) => hooks.join(", "),
@@ -142,16 +137,11 @@ fn attach_secret_reads(at: &mut Attacher<'_>, lsm: bool, fallback: bool) -> Stri
 /// The programs of a fallback-tier `family` that attach (their hooks); a failure is logged,
 /// and status then says what is not covered. A hook the kernel lacks is no failure.
 fn attach_fallback(at: &mut Attacher<'_>, family: Family) -> Vec<String> {
-    let mut hooks = Vec::new();
-    for row in table::family(family) {
-        match at.attach(&row) {
-            Ok(()) => hooks.push(row.hook()),
-            Err(crate::loader::AttachError::NoHook) if row.need == table::Need::WhereHookExists => {
-            }
-            Err(e) => warn!(hook = %row.hook(), error = %e, "{}: not attached", family.label()),
-        }
+    let FamilyAttached { attached, failed } = at.attach_family(family);
+    for f in &failed {
+        warn!("{}: not attached: {f}", family.label());
     }
-    hooks
+    attached.iter().map(table::Row::hook).collect()
 }
 
 /// The bpf-lsm tier where it is asked for or offered and every LSM program attaches; `None`

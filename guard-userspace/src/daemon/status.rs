@@ -25,8 +25,8 @@ pub(super) fn status(state: &Shared) -> Reply<DaemonStatus> {
             "no policy file: the daemon runs on its embedded default policy".into()
         } else if super::apply::policy_watched(&st) {
             "applied on their own, unless a tagged process made them (refused or counted in the \
-             kernel) or \
-             a directory on the file's path was replaced: those wait for `guard policy apply`"
+             kernel) or a directory on the file's path was replaced: those wait for `guard \
+             policy apply`"
                 .into()
         } else {
             super::integrity::UNWATCHED.into()

@@ -28,7 +28,7 @@ use serde::Serialize;
 use super::FileError;
 use crate::loader::{
     Attacher,
-    table::{self, Family, Kind, Need},
+    table::{self, Family, Kind},
     take_map,
 };
 
@@ -143,27 +143,18 @@ fn attach_refusals(at: &mut Attacher<'_>, lsm_offsets: bool, a: &mut Attached) {
         a.refuse_error = Some("kernel BTF lacks a struct field the path programs read".into());
         return;
     }
-    let mut errors = Vec::new();
-    for row in table::family(Family::FileRefuse) {
-        let Kind::FModRet(function) = row.kind else {
-            continue;
-        };
-        match at.attach(&row) {
-            Ok(()) => {
-                if !a.refuse.iter().any(|f| f == function) {
-                    a.refuse.push(function.to_owned());
-                }
-            }
-            Err(crate::loader::AttachError::NoHook) if row.need == Need::WhereHookExists => {}
-            Err(e) => errors.push(format!("{}: {e}", row.hook())),
+    let attempt = at.attach_family(Family::FileRefuse);
+    for row in &attempt.attached {
+        if let Kind::FModRet(function) = row.kind
+            && !a.refuse.iter().any(|f| f == function)
+        {
+            a.refuse.push(function.to_owned());
         }
     }
-    if !errors.is_empty() {
-        tracing::warn!(
-            "destructive file operations are not refused in the kernel: {}",
-            errors.join("; ")
-        );
-        a.refuse_error = Some(errors.join("; "));
+    if !attempt.failed.is_empty() {
+        let errors = attempt.failed.join("; ");
+        tracing::warn!("destructive file operations are not refused in the kernel: {errors}");
+        a.refuse_error = Some(errors);
     }
 }
 

@@ -31,6 +31,14 @@ pub use sys::{
 };
 pub use table::{Family, Kind, Need, Row};
 
+/// What [`Attacher::attach_family`] attached, and why not the rest.
+#[derive(Debug, Default)]
+pub struct FamilyAttached {
+    pub attached: Vec<Row>,
+    /// `hook: reason`, one per row that did not attach.
+    pub failed: Vec<String>,
+}
+
 /// The compiled kernel object, embedded in the binary.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/guard"));
 
@@ -173,6 +181,21 @@ impl<'a> Attacher<'a> {
     /// The object, for what the loader does not do (taking maps).
     pub fn ebpf(&mut self) -> &mut Ebpf {
         self.ebpf
+    }
+
+    /// Attach every row of `family`, in table order: the rows that attached, and `hook:
+    /// reason` for each that did not. A hook the kernel lacks is no failure for a row that
+    /// attaches only where its hook exists.
+    pub fn attach_family(&mut self, family: Family) -> FamilyAttached {
+        let mut out = FamilyAttached::default();
+        for row in table::family(family) {
+            match self.attach(&row) {
+                Ok(()) => out.attached.push(row),
+                Err(AttachError::NoHook) if row.need == Need::WhereHookExists => {}
+                Err(e) => out.failed.push(format!("{}: {e}", row.hook())),
+            }
+        }
+        out
     }
 
     /// Load `row`'s program, attach it and pin its link as `links/<row.pin>`, replacing an

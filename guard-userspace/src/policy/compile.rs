@@ -256,8 +256,6 @@ impl Policy {
     }
 }
 
-/// The secrets allow-list as endpoint rules whose action is `allow`: the kernel finds them
-/// with the endpoint rules of a destination, and they only exempt it from the secrets rule.
 /// The built-in path rule that keeps protected sockets where their rules name them.
 pub const SOCKET_FILES_RULE: &str = "guard:socket-files";
 /// Its id: in the built-in range, above every set's entries.
@@ -286,6 +284,8 @@ fn socket_files(endpoints: &[CompiledEndpointRule]) -> Option<CompiledPathRule> 
     })
 }
 
+/// The secrets allow-list as endpoint rules whose action is `allow`: the kernel finds them
+/// with the endpoint rules of a destination, and they only exempt it from the secrets rule.
 fn secrets_allow(secrets: &Secrets) -> Vec<CompiledEndpointRule> {
     secrets
         .allow
