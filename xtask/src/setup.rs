@@ -310,6 +310,7 @@ const TEST_TOOLS: &[(&str, &str)] = &[
     ("ssh", "openssh-client"),
     ("ssh-keygen", "openssh-client"),
     ("socat", "socat"),
+    ("microsocks", "microsocks"),
     ("iptables", "iptables"),
     // Containers for guard's image (`cargo xtask image`). Debian's podman pulls in crun only,
     // which refuses a hybrid cgroup layout: runc is what podman runs here (see image.rs).

@@ -2,7 +2,8 @@
 //! `ssh -D` (SOCKS: anywhere), `socat TCP-LISTEN:… TCP:host:port`, `kubectl port-forward` and
 //! `kubectl proxy` (through the API server they hold a connection to). `ssh -L` connects to a
 //! bastion, not to the target, so its connections do not show where it leads; its arguments
-//! do.
+//! do. An ssh client's listener its arguments do not explain leads where nothing here can
+//! tell ([`Dest::Unsaid`]).
 
 use std::fmt;
 
@@ -13,6 +14,10 @@ pub enum Dest {
     At { host: String, port: u16 },
     /// Wherever its client asks (a SOCKS proxy): every protected endpoint.
     Anywhere,
+    /// Where its configuration says, not its arguments (an ssh client's `LocalForward` in a
+    /// file, or a forward added at run time): every protected endpoint, as nothing tells
+    /// which.
+    Unsaid,
 }
 
 impl Dest {
@@ -30,6 +35,7 @@ impl fmt::Display for Dest {
         match self {
             Self::At { host, port } => write!(f, "{host}:{port}"),
             Self::Anywhere => f.write_str("any destination (SOCKS)"),
+            Self::Unsaid => f.write_str("a destination its arguments do not say"),
         }
     }
 }
@@ -55,6 +61,12 @@ pub struct Forward {
 /// Comms whose arguments are read.
 pub fn reads_arguments(comm: &str) -> bool {
     matches!(comm, "ssh" | "socat" | "autossh" | "kubectl")
+}
+
+/// Comms that listen on TCP only to forward: every listener is a forward, said in the
+/// arguments or not (ssh's client: `LocalForward`, `DynamicForward`).
+pub fn listens_to_forward(comm: &str) -> bool {
+    matches!(comm, "ssh" | "autossh")
 }
 
 /// The forwards `cmdline` asks for.

@@ -11,10 +11,12 @@
 //! - the user managers' private sockets and the session buses under `/run/user`, and every
 //!   socket a bus daemon (`dbus-daemon`, `dbus-broker`) listens on;
 //! - every TCP address a process named `sshd` listens on;
+//! - every TCP address an HTTP or SOCKS proxy that is not tagged listens on (by its name);
 //! - every TCP address this daemon listens on (its review page and metrics);
-//! - forwarders: a listener whose arguments say where it forwards (`ssh -L`, `socat`), or a
-//!   process that holds a connection it accepted and, at the same time, one to a protected
-//!   endpoint.
+//! - forwarders: a listener whose arguments say where it forwards (`ssh -L`, `socat`), an ssh
+//!   client listening where its arguments do not say (a forward from its configuration file,
+//!   or one added at run time through its control socket or `~C`), or a process that holds a
+//!   connection it accepted and, at the same time, one to a protected endpoint.
 
 pub mod forwarders;
 pub mod sockets;
@@ -94,6 +96,40 @@ fn is_bus(comm: &str) -> bool {
     comm.starts_with("dbus-daemon") || comm.starts_with("dbus-broker")
 }
 
+/// HTTP and SOCKS proxies, by name (`comm`, at most 15 bytes): each leads wherever its
+/// client asks.
+const PROXIES: &[&str] = &[
+    "squid",
+    "tinyproxy",
+    "privoxy",
+    "polipo",
+    "microsocks",
+    "3proxy",
+    "danted",
+    "sockd",
+    "tor",
+    "mitmproxy",
+    "mitmdump",
+    "mitmweb",
+    "cntlm",
+    "px",
+    "gost",
+    "glider",
+    "v2ray",
+    "xray",
+    "sing-box",
+    "clash",
+    "mihomo",
+    "ss-local",
+    "sslocal",
+    "redsocks",
+    "proxy.py",
+];
+
+fn is_proxy(comm: &str) -> bool {
+    PROXIES.contains(&comm)
+}
+
 /// Processes that may be a Jupyter kernel or server (their arguments say).
 fn may_be_notebook(comm: &str) -> bool {
     comm.starts_with("python") || comm.starts_with("jupyter") || comm.starts_with("ipykernel")
@@ -121,6 +157,9 @@ fn classify(ctx: &dyn Context, p: &Proc) -> Option<Discover> {
         Some(Discover::Sshd)
     } else if may_be_notebook(&p.comm) && is_notebook(p) && !ctx.tagged(p.pid) {
         Some(Discover::Notebooks)
+    } else if is_proxy(&p.comm) {
+        // An agent's own proxy is tagged: its connections meet the rules themselves.
+        (!ctx.tagged(p.pid)).then_some(Discover::Proxies)
     } else {
         None
     }
@@ -148,6 +187,7 @@ pub fn scan(ctx: &dyn Context, previous: &Found) -> Found {
             || is_bus(comm)
             || comm == "sshd"
             || may_be_notebook(comm)
+            || is_proxy(comm)
             || forwarders::reads_arguments(comm)
     });
     let mut found = Found {
@@ -250,6 +290,7 @@ fn forwarders_of(p: &Proc, tables: &Tables, protected: &BTreeSet<u64>) -> Vec<Fo
         evidence,
     };
     let mut out = Vec::new();
+    let mut said: BTreeSet<SocketAddr> = BTreeSet::new();
     for f in forwarders::from_arguments(&p.comm, &p.cmdline) {
         let listen: Vec<SocketAddr> = listeners
             .iter()
@@ -259,6 +300,7 @@ fn forwarders_of(p: &Proc, tables: &Tables, protected: &BTreeSet<u64>) -> Vec<Fo
         if listen.is_empty() {
             continue;
         }
+        said.extend(&listen);
         match f.leads {
             Leads::Dest(to) => out.push(forwarder(listen, to, "arguments")),
             Leads::ItsServer => out.extend(own.iter().map(|(_, (_, remote))| {
@@ -269,6 +311,17 @@ fn forwarders_of(p: &Proc, tables: &Tables, protected: &BTreeSet<u64>) -> Vec<Fo
                 )
             })),
         }
+    }
+    // An ssh client listens only to forward (`LocalForward`, `DynamicForward`): a listener its
+    // arguments do not account for leads where its configuration file, or a forward added
+    // since (`ssh -O forward`, `~C`), says, through a server whose connections do not show it.
+    let unsaid: Vec<SocketAddr> = listeners
+        .iter()
+        .copied()
+        .filter(|l| !said.contains(l))
+        .collect();
+    if forwarders::listens_to_forward(&p.comm) && !unsaid.is_empty() {
+        out.push(forwarder(unsaid, Dest::Unsaid, "listeners"));
     }
     // An accepted connection held together with one to a protected endpoint.
     if !accepted.is_empty() {

@@ -61,11 +61,12 @@ impl Protected {
     }
 
     /// The strongest rule a forwarder leading to `to` meets: for a SOCKS proxy, which
-    /// reaches every protected endpoint, the strongest of them all.
+    /// reaches every protected endpoint, or a forward whose destination nothing here says,
+    /// the strongest of them all.
     pub fn rule_to(&self, to: &Dest) -> Option<&CompiledEndpointRule> {
         match to {
             Dest::At { host, port } => self.rule_for(host, *port),
-            Dest::Anywhere => self
+            Dest::Anywhere | Dest::Unsaid => self
                 .rules
                 .iter()
                 .map(|(r, _)| r)
@@ -256,6 +257,8 @@ mod tests {
         assert_eq!(protected.rule_for("10.30.0.9", 80).unwrap().name, "api");
         // A SOCKS proxy reaches every protected endpoint: the strongest rule (kill).
         assert_eq!(protected.rule_to(&Dest::Anywhere).unwrap().name, "db");
+        // So does a forward whose destination its arguments do not say.
+        assert_eq!(protected.rule_to(&Dest::Unsaid).unwrap().name, "db");
         let server = |pid, comm: &str, socket: &str| Server {
             pid,
             comm: comm.into(),

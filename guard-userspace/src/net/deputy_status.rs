@@ -70,6 +70,7 @@ pub fn status(
             mechanism: match e.name.as_str() {
                 "guard:executors/sshd"
                 | "guard:executors/notebooks"
+                | "guard:executors/proxies"
                 | crate::policy::SELF_PORTS => tcp.to_owned(),
                 n if n.starts_with("guard:executors/") && !n.ends_with("/scheduler") => {
                     unix.to_owned()
@@ -313,14 +314,13 @@ fn not_covered(hooks: KernelHooks) -> Vec<String> {
     }
     out.extend(
         [
-            "tunnels that do not say where they lead: forwarders configured in a file \
-             (ssh_config LocalForward or DynamicForward) until a connection through them to a \
-             protected endpoint is seen; kubectl port-forward and kubectl proxy lead through \
-             the API server, so they are that server's endpoint (denied where a rule protects \
-             the control plane), not the pod's",
-            "proxies that lead anywhere and are not ssh -D (squid, tinyproxy, microsocks, a \
-             corporate proxy): agents often need the host's proxy; deny one with an endpoint \
-             rule on its port",
+            "relays that do not say where they lead and are not ssh clients, until a \
+             connection through them to a protected endpoint is seen; kubectl port-forward and \
+             kubectl proxy lead through the API server, so they are that server's endpoint \
+             (denied where a rule protects the control plane), not the pod's",
+            "proxies not named like one (guard:executors/proxies knows them by name) and \
+             proxies on other hosts (a corporate proxy): deny one with an endpoint rule on its \
+             address and port",
             "servers and listeners in other network namespaces (containers): the host's \
              loopback is looked at",
             "the ssh-agent socket: an agent can sign with the human's keys (it is how agents \

@@ -41,6 +41,7 @@ pub struct Executors {
     pub desktop: Option<BuiltinAction>,
     pub ide: Option<BuiltinAction>,
     pub notebooks: Option<BuiltinAction>,
+    pub proxies: Option<BuiltinAction>,
 }
 
 /// `spec.startupFiles`.
@@ -75,12 +76,14 @@ pub enum Discover {
     Ide,
     /// Every address and port a Jupyter kernel or server listens on.
     Notebooks,
+    /// Every address and port an HTTP or SOCKS proxy on this host listens on.
+    Proxies,
     /// Every address and port this daemon listens on (the review page, metrics).
     Guard,
 }
 
 impl Discover {
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 9] = [
         Self::Terminals,
         Self::SystemdUsers,
         Self::Dbus,
@@ -88,6 +91,7 @@ impl Discover {
         Self::Desktop,
         Self::Ide,
         Self::Notebooks,
+        Self::Proxies,
         Self::Guard,
     ];
 
@@ -101,13 +105,17 @@ impl Discover {
             Self::Desktop => "desktop",
             Self::Ide => "ide",
             Self::Notebooks => "notebooks",
+            Self::Proxies => "proxies",
             Self::Guard => "guard",
         }
     }
 
     /// Whether what is found is TCP listeners (else unix sockets).
     pub fn listeners(self) -> bool {
-        matches!(self, Self::Sshd | Self::Notebooks | Self::Guard)
+        matches!(
+            self,
+            Self::Sshd | Self::Notebooks | Self::Proxies | Self::Guard
+        )
     }
 }
 
@@ -247,6 +255,12 @@ const EXECUTORS: &[EntrySpec] = &[
         target: Target::Listeners(Discover::Notebooks),
     },
     EntrySpec {
+        name: "proxies",
+        covers: "HTTP and SOCKS proxies on this host (squid, tinyproxy, microsocks, dante, tor, \
+                 mitmproxy, …): they lead anywhere, protected endpoints included",
+        target: Target::Listeners(Discover::Proxies),
+    },
+    EntrySpec {
         name: "scheduler",
         covers: "at, batch, cron and anacron spools and /etc/cron*: the jobs at, batch and \
                  crontab write",
@@ -285,7 +299,7 @@ struct SetSpec {
     action: BuiltinAction,
     mode: Mode,
     entries: &'static [EntrySpec],
-    overrides: [Option<BuiltinAction>; 8],
+    overrides: [Option<BuiltinAction>; 9],
 }
 
 impl Builtins {
@@ -308,6 +322,7 @@ impl Builtins {
                     ex.desktop,
                     ex.ide,
                     ex.notebooks,
+                    ex.proxies,
                     ex.scheduler,
                 ],
             },
@@ -322,6 +337,7 @@ impl Builtins {
                     st.ssh,
                     st.autostart,
                     st.git,
+                    None,
                     None,
                     None,
                     None,
@@ -424,6 +440,7 @@ mod tests {
                 "guard:executors/desktop",
                 "guard:executors/ide",
                 "guard:executors/notebooks",
+                "guard:executors/proxies",
                 "guard:executors/scheduler",
                 "guard:startup-files/shell",
                 "guard:startup-files/ssh",
@@ -435,7 +452,7 @@ mod tests {
         assert!(b.entries.iter().all(|e| e.action == Some(Action::Deny)
             && (e.set_by == "default" || e.name == SELF_PORTS)
             && e.mode == Mode::Enforce));
-        assert_eq!((b.endpoints.len(), b.paths.len()), (8, 5));
+        assert_eq!((b.endpoints.len(), b.paths.len()), (9, 5));
         // Every fixed path is a valid rule path.
         assert_eq!(b.paths[0].paths.len(), SCHEDULER_PATHS.len());
         assert_eq!(b.paths[1].paths.len(), SHELL_FILES.len());
@@ -448,7 +465,7 @@ mod tests {
         ids.sort_unstable();
         assert_eq!(
             ids,
-            (FIRST_BUILTIN_ID..FIRST_BUILTIN_ID + 13).collect::<Vec<_>>()
+            (FIRST_BUILTIN_ID..FIRST_BUILTIN_ID + 14).collect::<Vec<_>>()
         );
 
         let off = Executors {
@@ -465,6 +482,6 @@ mod tests {
         assert_eq!(e("dbus").action, Some(Action::Audit));
         assert_eq!(e("dbus").set_by, "spec.executors.action");
         assert_eq!(e("self/ports").action, Some(Action::Deny), "not tunable");
-        assert_eq!(b.endpoints.len(), 7);
+        assert_eq!(b.endpoints.len(), 8);
     }
 }

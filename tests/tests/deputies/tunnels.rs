@@ -153,6 +153,124 @@ fn forwarders_to_a_protected_endpoint_are_that_endpoint() {
     drop((held, relay, tunnel, socat, socks, kube));
 }
 
+/// Forwards no argument shows: an ssh client whose `LocalForward` is in its configuration
+/// file, and one given a forward at run time through its control socket; and a SOCKS proxy
+/// (microsocks), which leads wherever its client asks.
+#[test]
+fn forwarders_configured_in_files_or_at_run_time_and_proxies_lead_anywhere() {
+    let ProdDb {
+        _net,
+        db,
+        listener,
+        daemon,
+    } = ProdDb::start();
+    let sshd = Sshd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let [p_cfg, p_mux, p_proxy] = free_ports::<3>();
+    let config = dir.path().join("ssh_config");
+    std::fs::write(
+        &config,
+        format!(
+            "Host tunnelhost\n  HostName 127.0.0.1\n  Port {}\n  User root\n  IdentityFile {}\n\
+             \x20 BatchMode yes\n  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n\
+             \x20 LogLevel ERROR\n  LocalForward 127.0.0.1:{p_cfg} {db}:5432\n",
+            sshd.port,
+            sshd.key.display()
+        ),
+    )
+    .unwrap();
+    let from_file = Proc::spawn({
+        let mut c = Command::new("ssh");
+        c.arg("-F").arg(&config).args(["-N", "tunnelhost"]);
+        c
+    });
+    let control = dir.path().join("cm");
+    let master = Proc::spawn({
+        let mut c = Command::new("bash");
+        c.args([
+            "-c",
+            &format!(
+                "exec {}",
+                sshd.ssh(&format!(
+                    "-N -o ControlMaster=yes -o ControlPath={} root@127.0.0.1",
+                    control.display()
+                ))
+            ),
+        ]);
+        c
+    });
+    wait_for("the control socket", Duration::from_secs(10), || {
+        control.exists().then_some(())
+    });
+    let added = untagged(&sshd.ssh(&format!(
+        "-o ControlPath={} -O forward -L 127.0.0.1:{p_mux}:{db}:5432 root@127.0.0.1",
+        control.display()
+    )));
+    assert!(added.status.success(), "ssh -O forward: {}", text(&added));
+    let proxy = Proc::spawn({
+        let mut c = Command::new("microsocks");
+        c.args(["-i", "127.0.0.1", "-p", &p_proxy.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        c
+    });
+    let d = wait_found(&daemon, "both ssh forwards and the proxy found", |d| {
+        let fwd = d["forwarders"].to_string();
+        let unsaid = fwd
+            .matches("a destination its arguments do not say")
+            .count();
+        unsaid >= 2 && found_has(d, "proxies", &format!("127.0.0.1:{p_proxy}"))
+    });
+    let fwd = d["forwarders"].to_string();
+    assert!(
+        fwd.contains(&format!("ssh (pid {})", from_file.child.id()))
+            && fwd.contains(&format!("ssh (pid {})", master.child.id()))
+            && fwd.contains("found by its listeners"),
+        "{fwd}"
+    );
+    let sides = Sides::new();
+    for port in [p_cfg, p_mux, p_proxy] {
+        for (side, out) in sides.run(
+            &daemon,
+            &format!("python3 -c \"$CLIENT\" tcp 127.0.0.1 {port}"),
+        ) {
+            assert_eperm(&out, &format!("{side} through port {port}"));
+        }
+    }
+    let evs = denied_events(&daemon, "prod-db", 4);
+    assert!(
+        evs.iter().all(|e| e["destination"]["deputy"]
+            .as_str()
+            .is_some_and(|d| d.contains("do not say"))),
+        "{evs:#?}"
+    );
+    let evs = denied_events(&daemon, "guard:executors/proxies", 2);
+    assert!(
+        evs.iter().all(|e| e["destination"]["deputy"]
+            .as_str()
+            .is_some_and(|d| d.contains("microsocks"))
+            && e["ancestry"].as_array().is_some_and(|a| !a.is_empty())),
+        "{evs:#?}"
+    );
+    // The human's forwards and proxy still lead where the human asks.
+    let before = listener.count("tcp:5432");
+    for port in [p_cfg, p_mux] {
+        assert_ok(
+            &untagged(&format!("python3 -c \"$CLIENT\" tcp 127.0.0.1 {port}")),
+            "untagged",
+        );
+    }
+    untagged(&format!(
+        "curl -s -m 5 -x socks5://127.0.0.1:{p_proxy} http://{db}:5432/"
+    ));
+    wait_for(
+        "the untagged connections to arrive",
+        Duration::from_secs(10),
+        || (listener.count("tcp:5432") >= before + 3).then_some(()),
+    );
+    drop((proxy, master, from_file));
+}
+
 /// An `iptables -t nat` rule in the host's OUTPUT chain, deleted on drop.
 #[test]
 fn a_destination_nat_rewrote_is_decided_again() {

@@ -62,8 +62,8 @@ const NOT_IN_GUEST: &[(&str, &str)] = &[
     ),
     (
         "deputies::tunnels::forwarders",
-        "openssh and socat are not in the guest's initramfs; it runs natively in `cargo xtask \
-         test`",
+        "openssh, socat and microsocks are not in the guest's initramfs; it runs natively in \
+         `cargo xtask test`",
     ),
     (
         "deputies::tunnels::a_destination_nat",
