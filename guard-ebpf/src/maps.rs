@@ -155,6 +155,9 @@ pub struct ScanState {
     pub agent: u64,
     /// Bytes of the component being looked up.
     pub size: u64,
+    /// The script argument: its length and user address.
+    pub len: u64,
+    pub base: u64,
 }
 
 /// Struct offsets of the running kernel, set by the loader from BTF.

@@ -35,7 +35,7 @@ use super::{
     file::{lsm_decide, read},
     net::{ALLOW, Dest, Kill, carried_v4, decide, decide_inet, decide_raw},
 };
-use crate::ctx::{Caller, daemon_tgid, is_tagged, tagged};
+use crate::ctx::{Caller, daemon_tgid, forget, is_tagged, tagged};
 use crate::maps::{NET_UNIX, NET4, NET6, count, count_file, file_offsets, lsm_offsets};
 use guard_common::event::Counter;
 
@@ -318,7 +318,10 @@ fn try_net(sock: *const u8, addr: *const u8, len: i32, hook: u32) -> Result<i32,
         // AF_UNSPEC (disconnect) and families no rule can name.
         return Ok(ALLOW);
     };
-    Ok(decide_inet(&caller, set, &dest, hook, Kill::Now))
+    // One verifier state for every path here (see `forget` and `net::try_inet`).
+    let set = set.copied();
+    let dest = forget(&dest);
+    Ok(decide_inet(&caller, set.as_ref(), &dest, hook, Kill::Now))
 }
 
 // --- Files.

@@ -42,7 +42,7 @@ use guard_common::{
 };
 
 use crate::{
-    ctx::{Caller, current_tgid, kill_current, live, stop_current, tagged},
+    ctx::{Caller, current_tgid, forget, kill_current, live, stop_current, tagged},
     maps::{
         EVENTS, NET_EXCEPTIONS, NET_RAW, NET_RULES, NET_SECRETS, NET_SOCKETS, NET_UNIX, NET4, NET6,
         PENDING_COUNT, PENDING_KILLS, TAGS, TREE_READS, TREE_VERDICTS, count, kill_in_place,
@@ -187,6 +187,7 @@ pub(super) fn carried_v4(addr: &[u8; 16]) -> Option<[u8; 4]> {
 }
 
 /// Where a tagged process is connecting or sending to.
+#[derive(Clone, Copy)]
 pub(super) struct Dest {
     pub family: u32,
     pub addr: [u8; 16],
@@ -247,8 +248,18 @@ fn try_inet(ctx: &SockAddrContext, hook: u32) -> Result<i32, i32> {
             }
         }
     };
+    // One verifier state for every path here (see `forget`): the rule set is a copy, as
+    // pointers into two maps (NET4, NET6) never compare equal, and the destination forgotten.
+    let set: Option<RuleSet> = set.copied();
+    let dest = forget(&dest);
     remember(ctx, &caller, &dest);
-    Ok(decide_inet(&caller, set, &dest, hook, Kill::Pending))
+    Ok(decide_inet(
+        &caller,
+        set.as_ref(),
+        &dest,
+        hook,
+        Kill::Pending,
+    ))
 }
 
 /// Remember a tagged process's socket and the destination decided here, for the check after

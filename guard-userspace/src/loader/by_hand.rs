@@ -129,12 +129,19 @@ fn prog_load(
     };
     match attempt(None) {
         Ok(fd) => Ok(fd),
+        // Refused before verification (a kernel without trampolines says EPERM): a second
+        // load for the log would say nothing more, and costs a verification.
+        Err(e)
+            if e.raw_os_error() != Some(libc::EACCES) && e.raw_os_error() != Some(libc::EINVAL) =>
+        {
+            Err((e.raw_os_error().unwrap_or(libc::EIO), String::new()))
+        }
         Err(e) => {
             let errno = e.raw_os_error().unwrap_or(libc::EIO);
             let mut log = vec![0u8; LOG_SIZE];
             let _ = attempt(Some(&mut log));
-            let text = String::from_utf8_lossy(&log);
-            let text = text.trim_end_matches('\0');
+            let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
+            let text = String::from_utf8_lossy(&log[..end]);
             // The end of the log says why.
             let tail: Vec<&str> = text.lines().rev().take(30).collect();
             Err((errno, tail.into_iter().rev().collect::<Vec<_>>().join("\n")))

@@ -22,9 +22,8 @@ const MAX_COMPONENTS: u32 = 8;
 /// Find the agent an interpreter runs from its arguments (`node …/claude-code/cli.js`,
 /// `python3 -m aider`), following `guard_common::agent::{script_arg, script_candidates}`.
 ///
-/// Loop state lives in the per-CPU scratch value (volatile accesses), not in registers, so
-/// that the verifier sees the same register state at every loop head and prunes: a
-/// byte-by-byte scan with data-dependent state in registers exceeds its complexity limit.
+/// Loop state lives in the per-CPU scratch value (volatile accesses), where the `bpf_loop`
+/// callback finds it.
 #[inline(always)]
 pub(super) fn match_script(matched: &mut [u8; NAME_LEN]) -> Result<Option<(u32, u32)>, i32> {
     let o: KernelOffsets = offsets();
@@ -84,43 +83,76 @@ pub(super) fn match_script(matched: &mut [u8; NAME_LEN]) -> Result<Option<(u32, 
     }
 
     // 2. Scan it backwards, looking up each path component, and for the basename also its
-    // stem (`cli.js` → `cli`) and first dotted part (`aider.main` → `aider`).
+    // stem (`cli.js` → `cli`) and first dotted part (`aider.main` → `aider`). A `bpf_loop`:
+    // the verifier checks one turn, where a bounded loop of this many turns made this the
+    // costliest program to load (190k verified instructions, most of every start's time).
     sc.state.end = len as u64;
     sc.state.comp = 0;
     sc.state.first_dot = 0;
     sc.state.last_dot = 0;
     sc.state.found = 0;
-    let mut k = 0usize;
-    while k < MASK {
-        if k >= len {
-            break;
-        }
-        let i = (len - 1 - k) & MASK;
-        let c = sc.args[i];
-        if c == b'.' && vread(&sc.state.comp) == 0 && i > 0 {
-            if vread(&sc.state.last_dot) == 0 {
-                vwrite(&mut sc.state.last_dot, i as u64);
-            }
-            vwrite(&mut sc.state.first_dot, i as u64);
-        }
-        if c == b'/' {
-            if component(sc, base, (i + 1) as u64, matched) {
-                break;
-            }
-            vwrite(&mut sc.state.end, i as u64);
-            let comp = vread(&sc.state.comp) + 1;
-            vwrite(&mut sc.state.comp, comp);
-            if comp >= MAX_COMPONENTS as u64 {
-                break;
-            }
-        }
-        k += 1;
-    }
+    vwrite(&mut sc.state.len, len as u64);
+    vwrite(&mut sc.state.base, base);
+    // SAFETY: `script_turn` has the callback signature; it takes no context.
+    unsafe {
+        generated::bpf_loop(
+            MASK as u32,
+            script_turn as *mut core::ffi::c_void,
+            core::ptr::null_mut(),
+            0,
+        )
+    };
     if vread(&sc.state.found) == 0 && vread(&sc.state.comp) < MAX_COMPONENTS as u64 {
-        component(sc, base, 0, matched);
+        component(sc, base, 0);
     }
-    let found = vread(&sc.state.found);
-    Ok((found != 0).then(|| (vread(&sc.state.agent) as u32, recognised::SCRIPT)))
+    if vread(&sc.state.found) == 0 {
+        return Ok(None);
+    }
+    // The key last looked up is the one that matched: the scan stops there.
+    *matched = sc.key.bytes;
+    Ok(Some((vread(&sc.state.agent) as u32, recognised::SCRIPT)))
+}
+
+/// One turn of the backward scan's `bpf_loop` (byte `k` from the end): 0 to go on, 1 to stop.
+#[inline(never)]
+extern "C" fn script_turn(k: u32, _ctx: *mut core::ffi::c_void) -> i64 {
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: per-CPU scratch value, exclusive on this CPU for the program's run.
+    let sc = unsafe { &mut *scratch };
+    i64::from(!script_step(sc, k as usize))
+}
+
+/// Byte `k` from the end of the script argument: a dot of the basename is remembered, a
+/// slash ends a component, which is looked up. False when the scan is over.
+#[inline(always)]
+fn script_step(sc: &mut Scratch, k: usize) -> bool {
+    let len = vread(&sc.state.len) as usize;
+    if k >= len {
+        return false;
+    }
+    let i = (len - 1 - k) & MASK;
+    let c = sc.args[i];
+    if c == b'.' && vread(&sc.state.comp) == 0 && i > 0 {
+        if vread(&sc.state.last_dot) == 0 {
+            vwrite(&mut sc.state.last_dot, i as u64);
+        }
+        vwrite(&mut sc.state.first_dot, i as u64);
+    }
+    if c == b'/' {
+        let base = vread(&sc.state.base);
+        if component(sc, base, (i + 1) as u64) {
+            return false;
+        }
+        vwrite(&mut sc.state.end, i as u64);
+        let comp = vread(&sc.state.comp) + 1;
+        vwrite(&mut sc.state.comp, comp);
+        if comp >= MAX_COMPONENTS as u64 {
+            return false;
+        }
+    }
+    true
 }
 
 /// The agent installed where an interpreter's script is, by the script's absolute path as
@@ -150,18 +182,18 @@ fn match_script_path(sc: &mut Scratch, base: u64) -> Option<u32> {
 /// Look up the component `[start, state.end)` of the script at user address `base`; for the
 /// basename also its stem and first dotted part. Records a match in the scratch state.
 #[inline(always)]
-fn component(sc: &mut Scratch, base: u64, start: u64, matched: &mut [u8; NAME_LEN]) -> bool {
+fn component(sc: &mut Scratch, base: u64, start: u64) -> bool {
     let end = vread(&sc.state.end);
-    if lookup_user(sc, base, start, end, matched) {
+    if lookup_user(sc, base, start, end) {
         return true;
     }
     if vread(&sc.state.comp) == 0 {
         let last = vread(&sc.state.last_dot);
         let first = vread(&sc.state.first_dot);
-        if last > start && lookup_user(sc, base, start, last, matched) {
+        if last > start && lookup_user(sc, base, start, last) {
             return true;
         }
-        if first > start && first != last && lookup_user(sc, base, start, first, matched) {
+        if first > start && first != last && lookup_user(sc, base, start, first) {
             return true;
         }
     }
@@ -169,13 +201,7 @@ fn component(sc: &mut Scratch, base: u64, start: u64, matched: &mut [u8; NAME_LE
 }
 
 #[inline(always)]
-fn lookup_user(
-    sc: &mut Scratch,
-    base: u64,
-    start: u64,
-    end: u64,
-    matched: &mut [u8; NAME_LEN],
-) -> bool {
+fn lookup_user(sc: &mut Scratch, base: u64, start: u64, end: u64) -> bool {
     if end <= start {
         return false;
     }
@@ -203,7 +229,6 @@ fn lookup_user(
     let Some(id) = AGENT_SCRIPTS.get_ptr(&sc.key) else {
         return false;
     };
-    *matched = sc.key.bytes;
     // SAFETY: map value pointer from a successful lookup.
     vwrite(&mut sc.state.agent, u64::from(unsafe { *id }));
     vwrite(&mut sc.state.found, 1);
