@@ -11,6 +11,7 @@
 //! - the user managers' private sockets and the session buses under `/run/user`, and every
 //!   socket a bus daemon (`dbus-daemon`, `dbus-broker`) listens on;
 //! - every TCP address a process named `sshd` listens on;
+//! - the unix sockets of ssh clients that are not tagged (control sockets, unix forwards);
 //! - every TCP address an HTTP or SOCKS proxy that is not tagged listens on (by its name);
 //! - every TCP address this daemon listens on (its review page and metrics);
 //! - forwarders: a listener whose arguments say where it forwards (`ssh -L`, `socat`), an ssh
@@ -157,6 +158,10 @@ fn classify(ctx: &dyn Context, p: &Proc) -> Option<Discover> {
         Some(Discover::Sshd)
     } else if may_be_notebook(&p.comm) && is_notebook(p) && !ctx.tagged(p.pid) {
         Some(Discover::Notebooks)
+    } else if forwarders::listens_to_forward(&p.comm) && !p.sockets.is_empty() {
+        // An ssh client: its unix listeners are control sockets and unix-socket forwards (its
+        // TCP listeners are forwarders, below).
+        (!ctx.tagged(p.pid)).then_some(Discover::SshClients)
     } else if is_proxy(&p.comm) {
         // An agent's own proxy is tagged: its connections meet the rules themselves.
         (!ctx.tagged(p.pid)).then_some(Discover::Proxies)
@@ -215,6 +220,8 @@ pub fn scan(ctx: &dyn Context, previous: &Found) -> Found {
         if let Some(kind) = classify(ctx, p) {
             let sockets: Vec<String> = if kind.listeners() {
                 tcp().collect()
+            } else if kind == Discover::SshClients {
+                unix().map(|path| control_path(path)).collect()
             } else {
                 unix().cloned().collect()
             };
@@ -334,6 +341,20 @@ fn forwarders_of(p: &Proc, tables: &Tables, protected: &BTreeSet<u64>) -> Vec<Fo
         }
     }
     out
+}
+
+/// The name a client connects to for an ssh control socket: OpenSSH binds `PATH.` and 16
+/// random characters, then links the socket to `PATH` and removes the bound name, so the
+/// kernel's table shows a name that no longer exists. Other sockets as they are.
+fn control_path(bound: &str) -> String {
+    use std::os::unix::fs::FileTypeExt;
+    let is_socket = |p: &str| std::fs::metadata(p).is_ok_and(|m| m.file_type().is_socket());
+    match bound.rsplit_once('.') {
+        Some((path, random)) if random.len() == 16 && !is_socket(bound) && is_socket(path) => {
+            path.to_owned()
+        }
+        _ => bound.to_owned(),
+    }
 }
 
 /// The sockets found by their file names, no process looked at: the user managers' private

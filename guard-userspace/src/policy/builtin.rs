@@ -42,6 +42,7 @@ pub struct Executors {
     pub ide: Option<BuiltinAction>,
     pub notebooks: Option<BuiltinAction>,
     pub proxies: Option<BuiltinAction>,
+    pub ssh: Option<BuiltinAction>,
 }
 
 /// `spec.startupFiles`.
@@ -78,12 +79,15 @@ pub enum Discover {
     Notebooks,
     /// Every address and port an HTTP or SOCKS proxy on this host listens on.
     Proxies,
+    /// The unix sockets of ssh clients that are not tagged: control sockets (`ControlMaster`)
+    /// and unix-socket forwards.
+    SshClients,
     /// Every address and port this daemon listens on (the review page, metrics).
     Guard,
 }
 
 impl Discover {
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 10] = [
         Self::Terminals,
         Self::SystemdUsers,
         Self::Dbus,
@@ -92,6 +96,7 @@ impl Discover {
         Self::Ide,
         Self::Notebooks,
         Self::Proxies,
+        Self::SshClients,
         Self::Guard,
     ];
 
@@ -106,6 +111,7 @@ impl Discover {
             Self::Ide => "ide",
             Self::Notebooks => "notebooks",
             Self::Proxies => "proxies",
+            Self::SshClients => "ssh",
             Self::Guard => "guard",
         }
     }
@@ -261,6 +267,13 @@ const EXECUTORS: &[EntrySpec] = &[
         target: Target::Listeners(Discover::Proxies),
     },
     EntrySpec {
+        name: "ssh",
+        covers: "the human's open ssh connections: their control sockets (ControlMaster: `ssh \
+                 -S SOCKET host CMD` runs commands on the remote host with no login) and their \
+                 unix-socket forwards",
+        target: Target::Sockets(&[], Discover::SshClients),
+    },
+    EntrySpec {
         name: "scheduler",
         covers: "at, batch, cron and anacron spools and /etc/cron*: the jobs at, batch and \
                  crontab write",
@@ -299,7 +312,7 @@ struct SetSpec {
     action: BuiltinAction,
     mode: Mode,
     entries: &'static [EntrySpec],
-    overrides: [Option<BuiltinAction>; 9],
+    overrides: [Option<BuiltinAction>; 10],
 }
 
 impl Builtins {
@@ -323,6 +336,7 @@ impl Builtins {
                     ex.ide,
                     ex.notebooks,
                     ex.proxies,
+                    ex.ssh,
                     ex.scheduler,
                 ],
             },
@@ -337,6 +351,7 @@ impl Builtins {
                     st.ssh,
                     st.autostart,
                     st.git,
+                    None,
                     None,
                     None,
                     None,
@@ -441,6 +456,7 @@ mod tests {
                 "guard:executors/ide",
                 "guard:executors/notebooks",
                 "guard:executors/proxies",
+                "guard:executors/ssh",
                 "guard:executors/scheduler",
                 "guard:startup-files/shell",
                 "guard:startup-files/ssh",
@@ -452,7 +468,7 @@ mod tests {
         assert!(b.entries.iter().all(|e| e.action == Some(Action::Deny)
             && (e.set_by == "default" || e.name == SELF_PORTS)
             && e.mode == Mode::Enforce));
-        assert_eq!((b.endpoints.len(), b.paths.len()), (9, 5));
+        assert_eq!((b.endpoints.len(), b.paths.len()), (10, 5));
         // Every fixed path is a valid rule path.
         assert_eq!(b.paths[0].paths.len(), SCHEDULER_PATHS.len());
         assert_eq!(b.paths[1].paths.len(), SHELL_FILES.len());
@@ -465,7 +481,7 @@ mod tests {
         ids.sort_unstable();
         assert_eq!(
             ids,
-            (FIRST_BUILTIN_ID..FIRST_BUILTIN_ID + 14).collect::<Vec<_>>()
+            (FIRST_BUILTIN_ID..FIRST_BUILTIN_ID + 15).collect::<Vec<_>>()
         );
 
         let off = Executors {
@@ -482,6 +498,6 @@ mod tests {
         assert_eq!(e("dbus").action, Some(Action::Audit));
         assert_eq!(e("dbus").set_by, "spec.executors.action");
         assert_eq!(e("self/ports").action, Some(Action::Deny), "not tunable");
-        assert_eq!(b.endpoints.len(), 8);
+        assert_eq!(b.endpoints.len(), 9);
     }
 }

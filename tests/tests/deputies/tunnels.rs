@@ -154,8 +154,8 @@ fn forwarders_to_a_protected_endpoint_are_that_endpoint() {
 }
 
 /// Forwards no argument shows: an ssh client whose `LocalForward` is in its configuration
-/// file, and one given a forward at run time through its control socket; and a SOCKS proxy
-/// (microsocks), which leads wherever its client asks.
+/// file, and one given a forward at run time through its control socket, which is itself
+/// closed to agents; and a SOCKS proxy (microsocks), which leads wherever its client asks.
 #[test]
 fn forwarders_configured_in_files_or_at_run_time_and_proxies_lead_anywhere() {
     let ProdDb {
@@ -214,13 +214,19 @@ fn forwarders_configured_in_files_or_at_run_time_and_proxies_lead_anywhere() {
             .stderr(std::process::Stdio::null());
         c
     });
-    let d = wait_found(&daemon, "both ssh forwards and the proxy found", |d| {
-        let fwd = d["forwarders"].to_string();
-        let unsaid = fwd
-            .matches("a destination its arguments do not say")
-            .count();
-        unsaid >= 2 && found_has(d, "proxies", &format!("127.0.0.1:{p_proxy}"))
-    });
+    let d = wait_found(
+        &daemon,
+        "both ssh forwards, the proxy and the control socket",
+        |d| {
+            let fwd = d["forwarders"].to_string();
+            let unsaid = fwd
+                .matches("a destination its arguments do not say")
+                .count();
+            unsaid >= 2
+                && found_has(d, "proxies", &format!("127.0.0.1:{p_proxy}"))
+                && found_has(d, "ssh", &control.display().to_string())
+        },
+    );
     let fwd = d["forwarders"].to_string();
     assert!(
         fwd.contains(&format!("ssh (pid {})", from_file.child.id()))
@@ -252,6 +258,22 @@ fn forwarders_configured_in_files_or_at_run_time_and_proxies_lead_anywhere() {
             && e["ancestry"].as_array().is_some_and(|a| !a.is_empty())),
         "{evs:#?}"
     );
+    // The human's open connection runs nothing for an agent: its control socket is closed to
+    // tagged processes (`ssh -S SOCKET host CMD` would run CMD on the remote host, no login).
+    let check = format!(
+        "ssh -o ControlPath={} -O check root@127.0.0.1 2>&1",
+        control.display()
+    );
+    for (side, out) in sides.run(&daemon, &check) {
+        assert!(
+            !out.status.success() && text(&out).contains("Operation not permitted"),
+            "{side}: used the human's ssh connection\n{}",
+            text(&out)
+        );
+    }
+    denied_events(&daemon, "guard:executors/ssh", 2);
+    let out = untagged(&check);
+    assert!(out.status.success(), "untagged -O check: {}", text(&out));
     // The human's forwards and proxy still lead where the human asks.
     let before = listener.count("tcp:5432");
     for port in [p_cfg, p_mux] {

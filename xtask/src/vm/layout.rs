@@ -1,6 +1,7 @@
 //! What goes into the guest: the host's own programs that the integration tests drive (dash as
 //! /bin/sh, coreutils, findutils, util-linux, bash, python3 with its standard library, node,
-//! ip, tcpdump, mkfs.ext4, curl, openssl, nc, strace — each with the shared libraries `ldd` names), busybox for
+//! ip, tcpdump, mkfs.ext4, curl, openssl, nc, strace, git, tmux, openssh, socat, microsocks —
+//! each with the shared libraries `ldd` names), busybox for
 //! every other small command, `guard`, the test binaries and the guest's `/init`.
 
 use std::{
@@ -55,6 +56,17 @@ const HOST_TOOLS: &[(&str, &str)] = &[
         "tmux",
         "the terminal-server executor: the human's tmux server and the agent's own",
     ),
+    (
+        "sshd",
+        "the local-sshd executor and the ssh tunnels' server",
+    ),
+    (
+        "ssh",
+        "`ssh localhost CMD`, `ssh -L`/`-D` tunnels and their control socket",
+    ),
+    ("ssh-keygen", "host and user keys for the tests' sshd"),
+    ("socat", "a forwarder found by its arguments"),
+    ("microsocks", "a SOCKS proxy on the host, found by its name"),
 ];
 
 /// Parts of the Python standard library no test imports (and the big ones).
@@ -95,6 +107,7 @@ pub fn tree(bins: &Binaries, plan: &Plan, busybox_bin: &Path) -> Result<(Tree, V
     t.data(
         "/etc/passwd",
         "root:x:0:0:root:/root:/bin/sh\ntcpdump:x:100:100::/nonexistent:/bin/false\n\
+         sshd:x:101:65534::/run/sshd:/usr/sbin/nologin\n\
          nobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
         0o644,
     );

@@ -56,16 +56,6 @@ const NOT_IN_GUEST: &[(&str, &str)] = &[
          the guest by the files tests; it runs natively in `cargo xtask test`",
     ),
     (
-        "deputies::executors::a_local_sshd",
-        "openssh is not in the guest's initramfs; the TCP decision it rests on is proven in \
-         the guest by network::tagged_tools_get_eperm; it runs natively in `cargo xtask test`",
-    ),
-    (
-        "deputies::tunnels::forwarders",
-        "openssh, socat and microsocks are not in the guest's initramfs; it runs natively in \
-         `cargo xtask test`",
-    ),
-    (
         "deputies::tunnels::a_destination_nat",
         "iptables is not in the guest's initramfs; on bpf-lsm a root agent cannot add the rule \
          (the capability ceiling), and the fallback tier's check after NAT runs natively in \
