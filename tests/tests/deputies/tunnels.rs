@@ -112,15 +112,7 @@ fn forwarders_to_a_protected_endpoint_are_that_endpoint() {
         fwd.contains("python3") && fwd.contains("by its connections"),
         "{fwd}"
     );
-    let sides = Sides::new();
-    for port in [p_socat, p_ssh, p_relay, p_socks, p_kube] {
-        for (side, out) in sides.run(
-            &daemon,
-            &format!("python3 -c \"$CLIENT\" tcp 127.0.0.1 {port}"),
-        ) {
-            assert_eperm(&out, &format!("{side} through port {port}"));
-        }
-    }
+    agents_refused_through(&daemon, &[p_socat, p_ssh, p_relay, p_socks, p_kube]);
     let evs = denied_events(&daemon, "prod-db", 10);
     assert!(
         evs.iter().all(|e| e["destination"]["deputy"]
@@ -134,22 +126,8 @@ fn forwarders_to_a_protected_endpoint_are_that_endpoint() {
             .is_some_and(|d| d.contains("any destination (SOCKS)"))),
         "{evs:#?}"
     );
-    let before = listener.count("tcp:5432");
-    for port in [p_socat, p_ssh] {
-        assert_ok(
-            &untagged(&format!("python3 -c \"$CLIENT\" tcp 127.0.0.1 {port}")),
-            "untagged",
-        );
-    }
     // The human's own SOCKS proxy still leads where the human asks.
-    untagged(&format!(
-        "curl -s -m 5 -x socks5://127.0.0.1:{p_socks} http://{db}:5432/"
-    ));
-    wait_for(
-        "the untagged connections to arrive",
-        Duration::from_secs(10),
-        || (listener.count("tcp:5432") >= before + 3).then_some(()),
-    );
+    the_human_still_gets_through(&listener, &db, &[p_socat, p_ssh], p_socks);
     drop((held, relay, tunnel, socat, socks, kube));
 }
 
@@ -234,15 +212,7 @@ fn forwarders_configured_in_files_or_at_run_time_and_proxies_lead_anywhere() {
             && fwd.contains("found by its listeners"),
         "{fwd}"
     );
-    let sides = Sides::new();
-    for port in [p_cfg, p_mux, p_proxy] {
-        for (side, out) in sides.run(
-            &daemon,
-            &format!("python3 -c \"$CLIENT\" tcp 127.0.0.1 {port}"),
-        ) {
-            assert_eperm(&out, &format!("{side} through port {port}"));
-        }
-    }
+    agents_refused_through(&daemon, &[p_cfg, p_mux, p_proxy]);
     let evs = denied_events(&daemon, "prod-db", 4);
     assert!(
         evs.iter().all(|e| e["destination"]["deputy"]
@@ -264,7 +234,7 @@ fn forwarders_configured_in_files_or_at_run_time_and_proxies_lead_anywhere() {
         "ssh -o ControlPath={} -O check root@127.0.0.1 2>&1",
         control.display()
     );
-    for (side, out) in sides.run(&daemon, &check) {
+    for (side, out) in Sides::new().run(&daemon, &check) {
         assert!(
             !out.status.success() && text(&out).contains("Operation not permitted"),
             "{side}: used the human's ssh connection\n{}",
@@ -275,22 +245,41 @@ fn forwarders_configured_in_files_or_at_run_time_and_proxies_lead_anywhere() {
     let out = untagged(&check);
     assert!(out.status.success(), "untagged -O check: {}", text(&out));
     // The human's forwards and proxy still lead where the human asks.
+    the_human_still_gets_through(&listener, &db, &[p_cfg, p_mux], p_proxy);
+    drop((proxy, master, from_file));
+}
+
+/// Untagged connections through each of `ports` and through the SOCKS proxy on `socks` all
+/// reach the database.
+fn the_human_still_gets_through(listener: &Listener, db: &str, ports: &[u16], socks: u16) {
     let before = listener.count("tcp:5432");
-    for port in [p_cfg, p_mux] {
+    for port in ports {
         assert_ok(
             &untagged(&format!("python3 -c \"$CLIENT\" tcp 127.0.0.1 {port}")),
             "untagged",
         );
     }
     untagged(&format!(
-        "curl -s -m 5 -x socks5://127.0.0.1:{p_proxy} http://{db}:5432/"
+        "curl -s -m 5 -x socks5://127.0.0.1:{socks} http://{db}:5432/"
     ));
     wait_for(
         "the untagged connections to arrive",
         Duration::from_secs(10),
-        || (listener.count("tcp:5432") >= before + 3).then_some(()),
+        || (listener.count("tcp:5432") >= before + ports.len() as u64 + 1).then_some(()),
     );
-    drop((proxy, master, from_file));
+}
+
+/// Both kinds of tagged tree are refused a connection through each of `ports`.
+fn agents_refused_through(daemon: &Daemon, ports: &[u16]) {
+    let sides = Sides::new();
+    for port in ports {
+        for (side, out) in sides.run(
+            daemon,
+            &format!("python3 -c \"$CLIENT\" tcp 127.0.0.1 {port}"),
+        ) {
+            assert_eperm(&out, &format!("{side} through port {port}"));
+        }
+    }
 }
 
 /// An `iptables -t nat` rule in the host's OUTPUT chain, deleted on drop.
