@@ -45,12 +45,14 @@ impl Vmlinux {
     }
 
     pub fn read_from(path: &Path) -> Result<Self, BtfError> {
-        Btf::from_file(path)
-            .map(Self)
-            .map_err(|source| BtfError::Read {
-                path: path.display().to_string(),
-                source,
-            })
+        let read = |source| BtfError::Read {
+            path: path.display().to_string(),
+            source,
+        };
+        // Read whole, then parsed: btf-rs parsing the file itself seeks for every type (a
+        // tenth of a start's CPU went to lseek).
+        let bytes = std::fs::read(path).map_err(|e| read(btf_rs::Error::from(e)))?;
+        Btf::from_bytes(&bytes).map(Self).map_err(read)
     }
 
     pub fn btf(&self) -> &Btf {
