@@ -60,13 +60,27 @@ pub struct Forward {
 
 /// Comms whose arguments are read.
 pub fn reads_arguments(comm: &str) -> bool {
-    matches!(comm, "ssh" | "socat" | "autossh" | "kubectl")
+    matches!(comm, "socat" | "kubectl") || listens_to_forward(comm)
 }
 
 /// Comms that listen on TCP only to forward: every listener is a forward, said in the
-/// arguments or not (ssh's client: `LocalForward`, `DynamicForward`).
+/// arguments or not. ssh's client (`LocalForward`, `DynamicForward`), and the clients that
+/// open a local port into a cloud's or a bastion's network, whose arguments name an instance
+/// or a target by id, not an address: Cloud SQL and AlloyDB's auth proxies, AWS Session
+/// Manager's plugin (`aws ssm start-session … PortForwarding…`), Teleport's `tsh proxy`,
+/// HashiCorp Boundary's `boundary connect` (`comm` holds 15 bytes of the name).
 pub fn listens_to_forward(comm: &str) -> bool {
-    matches!(comm, "ssh" | "autossh")
+    matches!(
+        comm,
+        "ssh"
+            | "autossh"
+            | "cloud-sql-proxy"
+            | "cloud_sql_proxy"
+            | "alloydb-auth-pr"
+            | "session-manager"
+            | "tsh"
+            | "boundary"
+    )
 }
 
 /// The forwards `cmdline` asks for.

@@ -158,7 +158,7 @@ fn classify(ctx: &dyn Context, p: &Proc) -> Option<Discover> {
         Some(Discover::Sshd)
     } else if may_be_notebook(&p.comm) && is_notebook(p) && !ctx.tagged(p.pid) {
         Some(Discover::Notebooks)
-    } else if forwarders::listens_to_forward(&p.comm) && !p.sockets.is_empty() {
+    } else if (p.comm == "ssh" || p.comm == "autossh") && !p.sockets.is_empty() {
         // An ssh client: its unix listeners are control sockets and unix-socket forwards (its
         // TCP listeners are forwarders, below).
         (!ctx.tagged(p.pid)).then_some(Discover::SshClients)
@@ -322,6 +322,7 @@ fn forwarders_of(p: &Proc, tables: &Tables, protected: &BTreeSet<u64>) -> Vec<Fo
     // An ssh client listens only to forward (`LocalForward`, `DynamicForward`): a listener its
     // arguments do not account for leads where its configuration file, or a forward added
     // since (`ssh -O forward`, `~C`), says, through a server whose connections do not show it.
+    // So do the cloud and bastion tunnel clients, whose arguments name no address.
     let unsaid: Vec<SocketAddr> = listeners
         .iter()
         .copied()

@@ -18,6 +18,17 @@ while True:
     held.append((c, u))
 "#;
 
+/// A listener that accepts and holds what it accepted.
+const LISTENER: &str = r#"
+import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(8)
+print("ready", flush=True)
+held = []
+while True:
+    held.append(s.accept())
+"#;
+
 /// A stand-in for `kubectl port-forward` (run through a link named `kubectl`): it holds a
 /// connection to its server (here the protected endpoint, as a real one holds one to the API
 /// server; the listener answers and hangs up, so it connects again) and listens.
@@ -132,8 +143,9 @@ fn forwarders_to_a_protected_endpoint_are_that_endpoint() {
 }
 
 /// Forwards no argument shows: an ssh client whose `LocalForward` is in its configuration
-/// file, and one given a forward at run time through its control socket, which is itself
-/// closed to agents; and a SOCKS proxy (microsocks), which leads wherever its client asks.
+/// file, one given a forward at run time through its control socket, which is itself closed
+/// to agents, and a cloud's tunnel client; and a SOCKS proxy (microsocks), which leads
+/// wherever its client asks.
 #[test]
 fn forwarders_configured_in_files_or_at_run_time_and_proxies_lead_anywhere() {
     let ProdDb {
@@ -144,7 +156,7 @@ fn forwarders_configured_in_files_or_at_run_time_and_proxies_lead_anywhere() {
     } = ProdDb::start();
     let sshd = Sshd::start();
     let dir = tempfile::tempdir().unwrap();
-    let [p_cfg, p_mux, p_proxy] = free_ports::<3>();
+    let [p_cfg, p_mux, p_proxy, p_sql] = free_ports::<4>();
     let config = dir.path().join("ssh_config");
     std::fs::write(
         &config,
@@ -192,15 +204,25 @@ fn forwarders_configured_in_files_or_at_run_time_and_proxies_lead_anywhere() {
             .stderr(std::process::Stdio::null());
         c
     });
+    // A cloud's tunnel client (its arguments name an instance, not an address): a listener
+    // run through a link named like Cloud SQL's auth proxy.
+    let sql_dir = tempfile::tempdir().unwrap();
+    let cloud_sql = sql_dir.path().join("cloud-sql-proxy");
+    std::os::unix::fs::symlink("/usr/bin/python3", &cloud_sql).unwrap();
+    let (sql, _) = ready({
+        let mut c = Command::new(&cloud_sql);
+        c.args(["-c", LISTENER, &p_sql.to_string()]);
+        c
+    });
     let d = wait_found(
         &daemon,
-        "both ssh forwards, the proxy and the control socket",
+        "the forwards, the proxy and the control socket",
         |d| {
             let fwd = d["forwarders"].to_string();
             let unsaid = fwd
                 .matches("a destination its arguments do not say")
                 .count();
-            unsaid >= 2
+            unsaid >= 3
                 && found_has(d, "proxies", &format!("127.0.0.1:{p_proxy}"))
                 && found_has(d, "ssh", &control.display().to_string())
         },
@@ -209,11 +231,12 @@ fn forwarders_configured_in_files_or_at_run_time_and_proxies_lead_anywhere() {
     assert!(
         fwd.contains(&format!("ssh (pid {})", from_file.child.id()))
             && fwd.contains(&format!("ssh (pid {})", master.child.id()))
+            && fwd.contains(&format!("cloud-sql-proxy (pid {})", sql.child.id()))
             && fwd.contains("found by its listeners"),
         "{fwd}"
     );
-    agents_refused_through(&daemon, &[p_cfg, p_mux, p_proxy]);
-    let evs = denied_events(&daemon, "prod-db", 4);
+    agents_refused_through(&daemon, &[p_cfg, p_mux, p_proxy, p_sql]);
+    let evs = denied_events(&daemon, "prod-db", 6);
     assert!(
         evs.iter().all(|e| e["destination"]["deputy"]
             .as_str()
@@ -246,7 +269,7 @@ fn forwarders_configured_in_files_or_at_run_time_and_proxies_lead_anywhere() {
     assert!(out.status.success(), "untagged -O check: {}", text(&out));
     // The human's forwards and proxy still lead where the human asks.
     the_human_still_gets_through(&listener, &db, &[p_cfg, p_mux], p_proxy);
-    drop((proxy, master, from_file));
+    drop((sql, proxy, master, from_file));
 }
 
 /// Untagged connections through each of `ports` and through the SOCKS proxy on `socks` all
