@@ -193,6 +193,11 @@ fn the_chain_from_a_token_read_to_an_api_call_is_broken() {
     let Some(s) = setup() else { return };
     let (a, b) = (s.net.a.clone(), s.net.b.clone());
     let go = s.vol.mnt.join(unique("go"));
+    let done = s.vol.mnt.join(unique("done"));
+    // The agent's stderr is a file the test can read while the tree runs: the reason line goes
+    // to the nearest live process of the tree (curl exits at once), so the shell waits until
+    // the test has seen it.
+    let err_file = s.vol.mnt.join(unique("stderr"));
     // The agent: a tool reads the token and exits; the same command line then uses it (the
     // hard case: read and call at once); later, after the scan, another command calls the
     // API; the allow-listed registry still works.
@@ -201,18 +206,20 @@ fn the_chain_from_a_token_read_to_an_api_call_is_broken() {
          T=$(grep -o 'ghp_[A-Za-z0-9]*' notes.txt); echo -n 'chain: '; {chain}\n\
          until [ -e {go} ]; do sleep 0.05; done\n\
          echo -n 'later: '; {later}\n\
-         echo -n 'registry: '; {registry}\n",
+         echo -n 'registry: '; {registry}\n\
+         i=0; until [ -e {done} ] || [ $i -ge 400 ]; do sleep 0.05; i=$((i+1)); done\n",
         chain = curl(API, &a, "-H \"Authorization: token $T\""),
         go = go.display(),
         later = curl(API, &a, ""),
         registry = curl(REGISTRY, &b, ""),
+        done = done.display(),
     );
     let mut agent = Command::new(&s.claude);
     agent
         .current_dir(&s.proj)
         .args(["-c", &script])
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
+        .stderr(std::fs::File::create(&err_file).unwrap());
     let mut agent = Proc::spawn(agent);
     let root = agent.pid();
 
@@ -226,9 +233,27 @@ fn the_chain_from_a_token_read_to_an_api_call_is_broken() {
     });
     assert_eq!(read["secrets"][0]["detector"], "github-token", "{read}");
     std::fs::write(&go, "").unwrap();
+
+    // Two denials by the secrets rule, the first possibly its pending form (the scan's
+    // answer had not come back yet), the last the rule itself; each names the destination
+    // and the tree, and the reason line names the file and the detector.
+    let denials = wait_for("the two denials", Duration::from_secs(10), || {
+        let evs = events(&s.daemon, |e| {
+            e["kind"] == "net_connect"
+                && rule_is(e, &["guard:secrets", "guard:secrets-pending"])
+                && e["root"]["pid"] == root
+        });
+        (evs.len() >= 2).then_some(evs)
+    });
+    let reason = "by rule guard:secrets: this agent read a secret (github-token fp:";
+    let stderr = wait_for("the reason line", Duration::from_secs(10), || {
+        std::fs::read_to_string(&err_file)
+            .ok()
+            .filter(|t| t.contains(reason))
+    });
+    std::fs::write(&done, "").unwrap();
     agent.wait_timeout(Duration::from_secs(30));
     let mut stdout = String::new();
-    let mut stderr = String::new();
     use std::io::Read as _;
     agent
         .child
@@ -236,13 +261,6 @@ fn the_chain_from_a_token_read_to_an_api_call_is_broken() {
         .take()
         .unwrap()
         .read_to_string(&mut stdout)
-        .unwrap();
-    agent
-        .child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
         .unwrap();
     let got = results(&stdout);
     let of = |label: &str| {
@@ -255,17 +273,6 @@ fn the_chain_from_a_token_read_to_an_api_call_is_broken() {
     assert_eq!(of("chain"), "000 rc=7", "{stdout}\n{stderr}");
     assert_eq!(of("later"), "000 rc=7", "{stdout}\n{stderr}");
     assert_eq!(of("registry"), "200 rc=0", "{stdout}\n{stderr}");
-
-    // Each denial is an event with the offender's ancestry up to the agent root; the later
-    // one is the taint's, and its reason line names the file and the detector.
-    let denials = wait_for("the two denials", Duration::from_secs(10), || {
-        let evs = events(&s.daemon, |e| {
-            e["kind"] == "net_connect"
-                && rule_is(e, &["guard:secrets", "guard:secrets-pending"])
-                && e["root"]["pid"] == root
-        });
-        (evs.len() >= 2).then_some(evs)
-    });
     for e in &denials {
         assert_eq!(e["result"], "denied", "{e}");
         assert_eq!(e["destination"]["address"], a.as_str(), "{e}");
@@ -280,8 +287,7 @@ fn the_chain_from_a_token_read_to_an_api_call_is_broken() {
     }
     assert_eq!(denials.last().unwrap()["rule"], "guard:secrets");
     assert!(
-        stderr.contains("by rule guard:secrets: this agent read a secret (github-token fp:")
-            && stderr.contains(s.notes.to_str().unwrap()),
+        stderr.contains(reason) && stderr.contains(s.notes.to_str().unwrap()),
         "the reason line names the file and the detector: {stderr}"
     );
 
