@@ -33,6 +33,10 @@ use crate::policy::{ContainerSelector, glob_match};
 
 /// How long a lookup that found nothing stands before the sources are asked again.
 pub const RETRY: Duration = Duration::from_secs(2);
+/// How long what was known of a container that no longer runs is kept: the events of a
+/// short-lived container (`podman run --rm`) may be written after it is gone, when no source
+/// knows it any more.
+const GONE_KEPT: Duration = Duration::from_secs(60);
 
 /// The Docker-compatible API sockets asked, in order (colon-separated; `GUARD_CONTAINER_API`).
 pub const ENV_API: &str = "GUARD_CONTAINER_API";
@@ -114,6 +118,8 @@ pub fn runtime_of(path: &str) -> Option<&'static str> {
 struct Cached {
     info: ContainerInfo,
     at: Instant,
+    /// When its cgroup was first seen gone.
+    gone: Option<Instant>,
 }
 
 fn cache() -> &'static Mutex<HashMap<String, Cached>> {
@@ -158,15 +164,27 @@ fn api_sockets() -> Vec<PathBuf> {
 
 /// What the runtime says of container `id` (in cgroup `path`), from the cache when known.
 pub fn lookup(id: &str, path: &str) -> ContainerInfo {
-    if let Some(c) = cache().lock().expect("container cache").get(id)
-        && (c.info.sources.iter().any(|s| s.starts_with("api:")) || c.at.elapsed() < RETRY)
-    {
-        return c.info.clone();
-    }
-    let mut info = ContainerInfo {
-        id: id.to_owned(),
-        runtime: runtime_of(path).map(str::to_owned),
-        ..Default::default()
+    let known = cache()
+        .lock()
+        .expect("container cache")
+        .get(id)
+        .map(|c| (c.info.clone(), c.at, c.gone));
+    let mut info = match known {
+        Some((info, at, gone))
+            if gone.is_some()
+                || info.sources.iter().any(|s| s.starts_with("api:"))
+                || at.elapsed() < RETRY =>
+        {
+            return info;
+        }
+        // Asked again: what was found before stays (a container's metadata does not change;
+        // a source may since have forgotten it).
+        Some((info, ..)) => info,
+        None => ContainerInfo {
+            id: id.to_owned(),
+            runtime: runtime_of(path).map(str::to_owned),
+            ..Default::default()
+        },
     };
     bundle::fill(&mut info);
     storage::fill(&mut info);
@@ -177,22 +195,31 @@ pub fn lookup(id: &str, path: &str) -> ContainerInfo {
         }
     }
     info.kubernetes_from_labels();
+    info.sources.sort();
+    info.sources.dedup();
     cache().lock().expect("container cache").insert(
         id.to_owned(),
         Cached {
             info: info.clone(),
             at: Instant::now(),
+            gone: None,
         },
     );
     info
 }
 
-/// Forget containers not in `live` (ids), so that the cache holds only what runs.
+/// Containers not in `live` (ids) are gone: what was known of them is kept for
+/// [`GONE_KEPT`], for their late events, then forgotten, so that the cache holds what runs.
 pub fn retain(live: &HashSet<String>) {
-    cache()
-        .lock()
-        .expect("container cache")
-        .retain(|id, _| live.contains(id));
+    let now = Instant::now();
+    cache().lock().expect("container cache").retain(|id, c| {
+        if live.contains(id) {
+            c.gone = None;
+            return true;
+        }
+        let gone = *c.gone.get_or_insert(now);
+        now.duration_since(gone) < GONE_KEPT
+    });
 }
 
 /// For `guard status`: where container metadata comes from on this host.
@@ -239,6 +266,36 @@ mod tests {
             container: Some("worker".into()),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn what_was_known_outlives_the_container_for_its_late_events() {
+        // Known from a source that has since forgotten it (a `--rm` container removed).
+        let id = "gone-0123456789abcdef";
+        let known = ContainerInfo {
+            id: id.into(),
+            ..info()
+        };
+        cache().lock().unwrap().insert(
+            id.into(),
+            Cached {
+                info: known.clone(),
+                at: Instant::now() - RETRY * 2,
+                gone: None,
+            },
+        );
+        // Asked again while it runs: no source knows it now, what was found stays.
+        assert_eq!(
+            lookup(id, "/machine.slice/libpod-x.scope").image,
+            known.image
+        );
+        // Gone: kept, and answered without asking anyone.
+        retain(&HashSet::new());
+        assert_eq!(lookup(id, "").labels, known.labels);
+        // Long gone: forgotten.
+        cache().lock().unwrap().get_mut(id).unwrap().gone = Some(Instant::now() - GONE_KEPT);
+        retain(&HashSet::new());
+        assert!(!cache().lock().unwrap().contains_key(id));
     }
 
     #[test]
