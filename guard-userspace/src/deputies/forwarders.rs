@@ -70,17 +70,21 @@ pub fn reads_arguments(comm: &str) -> bool {
 /// Manager's plugin (`aws ssm start-session … PortForwarding…`), Teleport's `tsh proxy`,
 /// HashiCorp Boundary's `boundary connect` (`comm` holds 15 bytes of the name).
 pub fn listens_to_forward(comm: &str) -> bool {
-    matches!(
-        comm,
-        "ssh"
-            | "autossh"
-            | "cloud-sql-proxy"
-            | "cloud_sql_proxy"
-            | "alloydb-auth-pr"
-            | "session-manager"
-            | "tsh"
-            | "boundary"
-    )
+    is_ssh_client(comm)
+        || matches!(
+            comm,
+            "cloud-sql-proxy"
+                | "cloud_sql_proxy"
+                | "alloydb-auth-pr"
+                | "session-manager"
+                | "tsh"
+                | "boundary"
+        )
+}
+
+/// ssh's client (and autossh, which runs it).
+pub fn is_ssh_client(comm: &str) -> bool {
+    matches!(comm, "ssh" | "autossh")
 }
 
 /// The forwards `cmdline` asks for.

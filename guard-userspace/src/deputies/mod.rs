@@ -158,7 +158,7 @@ fn classify(ctx: &dyn Context, p: &Proc) -> Option<Discover> {
         Some(Discover::Sshd)
     } else if may_be_notebook(&p.comm) && is_notebook(p) && !ctx.tagged(p.pid) {
         Some(Discover::Notebooks)
-    } else if (p.comm == "ssh" || p.comm == "autossh") && !p.sockets.is_empty() {
+    } else if forwarders::is_ssh_client(&p.comm) && !p.sockets.is_empty() {
         // An ssh client: its unix listeners are control sockets and unix-socket forwards (its
         // TCP listeners are forwarders, below).
         (!ctx.tagged(p.pid)).then_some(Discover::SshClients)

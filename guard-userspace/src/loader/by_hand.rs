@@ -129,15 +129,13 @@ fn prog_load(
     };
     match attempt(None) {
         Ok(fd) => Ok(fd),
-        // Refused before verification (a kernel without trampolines says EPERM): a second
-        // load for the log would say nothing more, and costs a verification.
-        Err(e)
-            if e.raw_os_error() != Some(libc::EACCES) && e.raw_os_error() != Some(libc::EINVAL) =>
-        {
-            Err((e.raw_os_error().unwrap_or(libc::EIO), String::new()))
-        }
         Err(e) => {
             let errno = e.raw_os_error().unwrap_or(libc::EIO);
+            // Refused before verification (a kernel without trampolines says EPERM): a second
+            // load for the log would say nothing more, and costs a verification.
+            if errno != libc::EACCES && errno != libc::EINVAL {
+                return Err((errno, String::new()));
+            }
             let mut log = vec![0u8; LOG_SIZE];
             let _ = attempt(Some(&mut log));
             let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
